@@ -1,0 +1,100 @@
+"""Peak memory of whole edits at several frame counts, each in a fresh process.
+
+On CUDA the figure is ``torch.cuda.max_memory_allocated`` during the edit (after the model is
+loaded); on the CPU it is the process's peak resident set, with the peak after loading the model
+given beside it so the edit's own share can be read off.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from ._common import save_json, show, synthetic_clip
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def probe(args: argparse.Namespace) -> dict:
+    """One measurement, in this process."""
+    import torch
+
+    from vedit.models import load_model
+    from vedit.pipeline import edit
+    from vedit.video import parse_size
+
+    size = parse_size(args.size)
+    with tempfile.TemporaryDirectory() as tmp:
+        clip = synthetic_clip(Path(tmp) / "clip.mp4", args.frames, size)
+        sd = load_model(args.model, device=args.device, dtype=args.dtype)
+        after_load = _peak_rss_mb()
+        cuda = sd.device.type == "cuda"
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            weights = torch.cuda.memory_allocated()
+        result = edit(
+            clip, Path(tmp) / "out.mp4", sd=sd, prompt="a painting", model=args.model, size=args.size,
+            steps=args.steps, inversion_steps=args.steps, editor=args.editor, propagator=args.propagator,
+            chunk_size=args.chunk_size, device=args.device, dtype=args.dtype, cache_dir=str(Path(tmp) / "cache"),
+        )
+        row = {
+            "frames": args.frames,
+            "peak_rss_mb": round(_peak_rss_mb(), 1),
+            "rss_after_load_mb": round(after_load, 1),
+            "seconds": round(result.seconds, 2),
+            "forwards_per_frame_step": round(result.forwards_per_frame_step, 4),
+        }
+        if cuda:
+            row["cuda_peak_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+            row["cuda_weights_mb"] = round(weights / 2**20, 1)
+        return row
+
+
+def run_memory_suite(frame_counts, *, model, size, steps, editor, propagator, chunk_size, device, dtype, save) -> list[dict]:
+    rows = []
+    for frames in frame_counts:
+        cmd = [
+            sys.executable, "-m", "vedit_bench.memory", "--frames", str(frames), "--model", model, "--size", size,
+            "--steps", str(steps), "--editor", editor, "--propagator", propagator, "--chunk-size", str(chunk_size),
+            "--device", device, "--dtype", dtype,
+        ]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"memory probe for {frames} frames failed:\n{done.stderr[-2000:]}")
+        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    base = rows[0]
+    columns = ["frames", "peak RSS MB", "RSS after load MB", "edit's share MB", "s", "UNet fwd/frame/step"]
+    table = [
+        [r["frames"], r["peak_rss_mb"], r["rss_after_load_mb"], round(r["peak_rss_mb"] - r["rss_after_load_mb"], 1), r["seconds"], r["forwards_per_frame_step"]]
+        for r in rows
+    ]
+    if "cuda_peak_mb" in base:
+        columns += ["CUDA peak MB", "CUDA weights MB"]
+        for line, r in zip(table, rows):
+            line += [r["cuda_peak_mb"], r["cuda_weights_mb"]]
+    show(f"peak memory: {model} {size}, {steps} step(s), {editor}+{propagator}, B={chunk_size}", columns, table)
+    save_json(save, {"suite": "memory", "model": model, "size": size, "steps": steps, "editor": editor,
+                     "propagator": propagator, "chunk_size": chunk_size, "rows": rows})
+    return rows
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--frames", type=int, required=True)
+    parser.add_argument("--model", default="tiny")
+    parser.add_argument("--size", default="64x64")
+    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--editor", default="pnp")
+    parser.add_argument("--propagator", default="tokenflow")
+    parser.add_argument("--chunk-size", type=int, default=8)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="auto")
+    print(json.dumps(probe(parser.parse_args())))

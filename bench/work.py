@@ -1,0 +1,44 @@
+"""UNet image-forwards per frame per step, counted by the code for each propagator (tiny model).
+
+TokenFlow costs a keyframe pass of 3K images and a propagation pass of 3N images per step, with
+K = ceil(N / B): 3·(1 + K/N) forwards per frame per step, 3·(1 + 1/B) when B divides N.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from pathlib import Path
+
+from ._common import save_json, show, synthetic_clip
+
+
+def run_work_suite(frame_counts, *, chunk_size: int, steps: int, save: str | None) -> list[dict]:
+    from vedit.models import load_model
+    from vedit.pipeline import edit
+
+    sd = load_model("tiny", device="cpu", dtype="fp32")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for frames in frame_counts:
+            clip = synthetic_clip(Path(tmp) / f"clip{frames}.mp4", frames, (64, 64))
+            for propagator in ("tokenflow", "none"):
+                result = edit(
+                    clip, Path(tmp) / "out.mp4", sd=sd, prompt="a painting", model="tiny", steps=steps,
+                    inversion_steps=steps, propagator=propagator, chunk_size=chunk_size, device="cpu", dtype="fp32",
+                    cache_dir=str(Path(tmp) / "cache"),
+                )
+                keyframes = math.ceil(frames / chunk_size)
+                expected = 3 * (1 + keyframes / frames) if propagator == "tokenflow" else 3.0
+                rows.append({
+                    "frames": frames, "propagator": propagator, "forwards": result.forwards,
+                    "per_frame_step": round(result.forwards_per_frame_step, 4), "expected": round(expected, 4),
+                    "inversion_per_frame_step": result.forwards.get("inversion", 0) / (frames * steps),
+                })
+    show(
+        f"UNet image-forwards, B={chunk_size}, {steps} steps",
+        ["frames", "propagator", "per frame per step", "3(1+K/N)", "inversion per frame per step", "by pass"],
+        [[r["frames"], r["propagator"], r["per_frame_step"], r["expected"], r["inversion_per_frame_step"], r["forwards"]] for r in rows],
+    )
+    save_json(save, {"suite": "work", "chunk_size": chunk_size, "steps": steps, "rows": rows})
+    return rows

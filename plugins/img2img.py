@@ -1,0 +1,38 @@
+"""Editor ``img2img``: fresh Gaussian noise added to each frame at the strength's timestep (SDEdit-style,
+as in diffusers' img2img pipeline); needs no inversion."""
+
+from __future__ import annotations
+
+import torch
+
+from vedit.denoise import EditJob, EditPlan
+from vedit.errors import ConfigError
+from vedit.hookspecs import hookimpl
+
+
+class Img2Img:
+    name = "img2img"
+    description = "plain img2img: noise each frame to --strength and denoise it with the target prompt"
+    needs_inversion = False
+
+    def plan(self, job: EditJob) -> EditPlan:
+        scheduler, config = job.scheduler, job.config
+        total = len(scheduler.timesteps)
+        run = min(int(total * config.strength), total)
+        if run == 0:
+            raise ConfigError(f"--strength {config.strength} with --steps {total} runs no denoising step; raise either")
+        timesteps = scheduler.timesteps[total - run :]
+        z0 = job.clean_latents
+        noise = torch.randn(z0.shape, generator=job.generator, dtype=torch.float32).to(z0)
+        start = scheduler.add_noise(z0, noise, timesteps[:1])
+
+        def source(t: int, frames: torch.Tensor) -> torch.Tensor:
+            # The unedited frames at the same noise level, for propagators that match tokens.
+            return scheduler.add_noise(z0[frames], noise[frames], torch.tensor([t]))
+
+        return EditPlan(timesteps=timesteps, start_latents=start, source=source)
+
+
+@hookimpl
+def register_editors(register):
+    register(Img2Img())

@@ -1,0 +1,29 @@
+"""Propagator ``none``: every frame is denoised on its own (the per-frame baseline)."""
+
+from __future__ import annotations
+
+import torch
+
+from vedit.denoise import Denoiser, EditJob, EditPlan, Step
+from vedit.hookspecs import hookimpl
+
+
+class PerFrame:
+    name = "none"
+    description = "no coupling: each frame is edited on its own, in batches of --batch-size"
+    needs_source_branch = False
+
+    def begin(self, job: EditJob, plan: EditPlan) -> None:
+        self.batch_size = job.config.batch_size
+
+    def predict(self, step: Step, latents: torch.Tensor, denoiser: Denoiser) -> torch.Tensor:
+        eps = torch.empty_like(latents)
+        for start in range(0, latents.shape[0], self.batch_size):
+            frames = torch.arange(start, min(start + self.batch_size, latents.shape[0]))
+            eps[frames] = denoiser(frames, latents[frames], step, kind="frames")
+        return eps
+
+
+@hookimpl
+def register_propagators(register):
+    register(PerFrame())

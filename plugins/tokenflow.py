@@ -1,0 +1,168 @@
+"""Propagator ``tokenflow``: TokenFlow (Geyer et al., ICLR 2024, Sec. 4) keyframe editing and propagation.
+
+At every step the frames are split into chunks of B and one keyframe is drawn in each. The
+keyframes are denoised jointly with extended self-attention (each keyframe attends to the tokens
+of all keyframes of its branch) while every transformer block records its self-attention input of
+the source branch and its self-attention output of all branches. Then every chunk is denoised
+with self-attention replaced: each token takes the recorded output of its cosine nearest
+neighbour (in the source branch's features) in keyframe i and in keyframe i−1, blended by
+distance to the chunks' centres (Sec. 4.2, eq. 5).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from vedit import plugins
+from vedit.attention import joint_attention, per_frame_attention, project_out, project_qkv
+from vedit.denoise import Denoiser, EditJob, EditPlan, Step
+from vedit.errors import ConfigError
+from vedit.hookspecs import hookimpl
+from vedit.unet import SOURCE, CallContext, LayerInfo
+
+
+def chunk_ranges(num_frames: int, chunk_size: int) -> list[range]:
+    """Consecutive chunks of ``chunk_size`` frames; the last one may be shorter."""
+    return [range(s, min(s + chunk_size, num_frames)) for s in range(0, num_frames, chunk_size)]
+
+
+def blend_weights(frames: range, chunk: int, chunk_size: int) -> torch.Tensor:
+    """w1 = sigmoid(d2 / (d1 + d2)): the weight of keyframe ``chunk`` against keyframe ``chunk − 1``."""
+    s = torch.tensor(list(frames), dtype=torch.float32)
+    d1 = (s - (chunk * chunk_size + chunk_size // 2)).abs()
+    d2 = (s - ((chunk - 1) * chunk_size + chunk_size // 2)).abs()
+    return torch.sigmoid(d2 / (d1 + d2))
+
+
+def read_keyframe_schedule(path: str | Path) -> list[list[int]]:
+    """A keyframe schedule file: ``{"keyframes": [[k, ...], ...]}``, one list per step run."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"keyframe schedule {path} does not exist") from None
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"keyframe schedule {path} is not readable JSON: {error}") from None
+    schedule = data.get("keyframes") if isinstance(data, dict) else None
+    if not isinstance(schedule, list) or not all(
+        isinstance(step, list) and all(isinstance(k, int) and not isinstance(k, bool) for k in step) for step in schedule
+    ):
+        raise ConfigError(f"keyframe schedule {path} must be {{\"keyframes\": [[int, ...], ...]}}")
+    return schedule
+
+
+@dataclass
+class KeyframeRecords:
+    """Per transformer block: source-branch self-attention inputs (K, seq, dim) and outputs (3K, seq, dim)."""
+
+    features: dict[int, torch.Tensor] = field(default_factory=dict)
+    outputs: dict[int, torch.Tensor] = field(default_factory=dict)
+
+
+class KeyframeAttention:
+    """Keyframe pass: extended attention in the edited branches, per-frame in the source branch; records."""
+
+    def __init__(self, records: KeyframeRecords):
+        self.records = records
+
+    def self_attention(self, layer: LayerInfo, attn, hidden_states: torch.Tensor, ctx: CallContext) -> torch.Tensor:
+        query, key, value = project_qkv(attn, hidden_states, ctx, layer)
+        parts = []
+        for branch in ctx.branches:
+            s = ctx.branch(branch)
+            attend = per_frame_attention if branch == SOURCE else joint_attention
+            parts.append(attend(attn, query[s], key[s], value[s]))
+        out = project_out(attn, torch.cat(parts))  # (3K, seq, dim)
+        self.records.features[layer.index] = hidden_states[ctx.branch(SOURCE)]
+        self.records.outputs[layer.index] = out
+        return out
+
+
+class PropagatedAttention:
+    """Propagation pass: self-attention is not computed; keyframe outputs flow along the NN field."""
+
+    def __init__(self, records: KeyframeRecords, slots: list[int], weights: torch.Tensor | None, nn):
+        self.records = records
+        self.slots = slots  # positions among the keyframes: [i] or [i, i − 1]
+        self.weights = weights  # (n,) weight of slots[0], when two keyframes
+        self.nn = nn
+
+    def self_attention(self, layer: LayerInfo, attn, hidden_states: torch.Tensor, ctx: CallContext) -> torch.Tensor:
+        n = ctx.frames
+        _, seq, dim = hidden_states.shape
+        source = hidden_states[ctx.branch(SOURCE)].reshape(n * seq, dim)  # (n·seq, dim)
+        features = self.records.features[layer.index]  # (K, seq, dim)
+        outputs = self.records.outputs[layer.index]
+        outputs = outputs.view(len(ctx.branches), -1, seq, dim)  # (branches, K, seq, dim)
+        gathered = []
+        for slot in self.slots:
+            nearest = self.nn.nearest(source, features[slot])  # (n·seq,)
+            gathered.append(outputs[:, slot][:, nearest].view(len(ctx.branches), n, seq, dim))
+        if len(gathered) == 1:
+            out = gathered[0]
+        else:
+            w = self.weights.to(device=gathered[0].device, dtype=gathered[0].dtype).view(1, n, 1, 1)
+            out = w * gathered[0] + (1 - w) * gathered[1]
+        return out.reshape(len(ctx.branches) * n, seq, dim)
+
+
+class TokenFlow:
+    name = "tokenflow"
+    description = "TokenFlow: joint keyframe editing with extended attention, propagated along NN correspondences"
+    needs_source_branch = True
+
+    def begin(self, job: EditJob, plan: EditPlan) -> None:
+        config = job.config
+        self.chunk_size = config.chunk_size
+        self.chunks = chunk_ranges(job.num_frames, config.chunk_size)
+        self.nn = plugins.choose("nn_backend", config.nn_backend, job.clean_latents.device)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.schedule = None
+        if config.keyframes:
+            self.schedule = read_keyframe_schedule(config.keyframes)
+            self._check_schedule(self.schedule, len(plan.timesteps), config.keyframes)
+
+    def _check_schedule(self, schedule: list[list[int]], steps: int, path: str) -> None:
+        if len(schedule) != steps:
+            raise ConfigError(f"keyframe schedule {path} has {len(schedule)} steps; this run denoises {steps}")
+        for index, keys in enumerate(schedule):
+            if len(keys) != len(self.chunks):
+                raise ConfigError(
+                    f"keyframe schedule {path}, step {index}: {len(keys)} keyframes for {len(self.chunks)} chunks"
+                )
+            for chunk, key in zip(self.chunks, keys):
+                if key not in chunk:
+                    raise ConfigError(
+                        f"keyframe schedule {path}, step {index}: frame {key} is not in chunk {chunk.start}-{chunk.stop - 1}"
+                    )
+
+    def keyframes(self, step: Step) -> torch.Tensor:
+        """One keyframe per chunk for this step: from the schedule, else drawn with the seeded generator."""
+        if self.schedule is not None:
+            return torch.tensor(self.schedule[step.index])
+        offsets = [int(torch.randint(len(chunk), (1,), generator=self.generator)) for chunk in self.chunks]
+        return torch.tensor([chunk.start + o for chunk, o in zip(self.chunks, offsets)])
+
+    def predict(self, step: Step, latents: torch.Tensor, denoiser: Denoiser) -> torch.Tensor:
+        keys = self.keyframes(step)
+        records = KeyframeRecords()
+        # The keyframe pass only records features; its noise prediction is not used.
+        denoiser(keys, latents[keys.to(latents.device)], step, KeyframeAttention(records), kind="keyframes")
+        eps = torch.empty_like(latents)
+        for i, chunk in enumerate(self.chunks):
+            frames = torch.arange(chunk.start, chunk.stop)
+            slots = [i] if i == 0 else [i, i - 1]
+            weights = None if i == 0 else blend_weights(chunk, i, self.chunk_size)
+            handler = PropagatedAttention(records, slots, weights, self.nn)
+            eps[chunk.start : chunk.stop] = denoiser(
+                frames, latents[chunk.start : chunk.stop], step, handler, kind="propagation"
+            )
+        return eps
+
+
+@hookimpl
+def register_propagators(register):
+    register(TokenFlow())

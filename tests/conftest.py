@@ -1,0 +1,78 @@
+"""Shared fixtures: offline, deterministic, small."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import subprocess
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+PLUGIN_PKG = Path(__file__).resolve().parent / "plugin_pkg"
+SHARED_CLIPS = REPO.parent / "shared" / "clips"
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path, monkeypatch):
+    """Each test gets its own cache folder and a fresh plugin registry."""
+    from vedit import plugins
+
+    monkeypatch.setenv("VEDIT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("VEDIT_PLUGINS", raising=False)
+    monkeypatch.delenv("VEDIT_TRACE_PLUGINS", raising=False)
+    plugins.reset()
+    yield
+    plugins.reset()
+
+
+@pytest.fixture(scope="session")
+def example_plugin():
+    """Install the example third-party plugin package (tests/plugin_pkg) for the session, offline."""
+    cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index", str(PLUGIN_PKG)]
+    subprocess.run(cmd, check=True, capture_output=True)
+    importlib.invalidate_caches()
+    yield "vedit-example-plugin"
+    subprocess.run([sys.executable, "-m", "pip", "uninstall", "-q", "-y", "vedit-example-plugin"], capture_output=True)
+    importlib.invalidate_caches()
+
+
+def ffmpeg() -> str:
+    from vedit.video import find_ffmpeg
+
+    return find_ffmpeg()
+
+
+def make_clip(
+    path: Path,
+    *,
+    frames: int = 12,
+    size: tuple[int, int] = (64, 48),
+    fps: Fraction | int = 24,
+    audio: bool = False,
+    source: str = "testsrc2",
+    codec: list[str] | None = None,
+) -> Path:
+    """A synthetic clip made with ffmpeg (``source`` is any lavfi video source)."""
+    rate = f"{Fraction(fps).numerator}/{Fraction(fps).denominator}"
+    cmd = [ffmpeg(), "-v", "error", "-y", "-f", "lavfi", "-i", f"{source}=size={size[0]}x{size[1]}:rate={rate}"]
+    if audio:
+        cmd += ["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100"]
+    cmd += ["-frames:v", str(frames)]
+    cmd += codec if codec is not None else ["-c:v", "libx264", "-pix_fmt", "yuv420p", "-crf", "10"]
+    if audio:
+        cmd += ["-c:a", "aac", "-shortest"]
+    cmd.append(str(path))
+    subprocess.run(cmd, check=True, capture_output=True)
+    return path
+
+
+@pytest.fixture
+def clip(tmp_path) -> Path:
+    return make_clip(tmp_path / "clip.mp4")

@@ -1,0 +1,67 @@
+"""Run options: defaults, vedit.toml, flags, and errors that name the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from vedit.config import RunConfig, defaults_as_toml, load_config, read_config_file
+from vedit.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_repository_vedit_toml_states_exactly_the_defaults():
+    assert read_config_file(REPO / "vedit.toml") == read_config_file_text(defaults_as_toml())
+    assert load_config(REPO / "vedit.toml") == RunConfig()
+
+
+def read_config_file_text(text: str) -> dict:
+    import tomllib
+
+    from vedit.config import validate
+
+    return validate(tomllib.loads(text)["run"], "defaults")
+
+
+def test_working_directory_file_then_flags(tmp_path):
+    (tmp_path / "vedit.toml").write_text('[run]\nsteps = 12\nnegative-prompt = "blurry"\npnp_f_t = 0.6\n')
+    config = load_config(cwd=tmp_path, steps=7)
+    assert config.steps == 7  # the flag wins
+    assert config.negative_prompt == "blurry"
+    assert config.pnp_f_t == 0.6
+    assert config.editor == "pnp"
+
+
+def test_explicit_config_path_replaces_the_working_directory_file(tmp_path):
+    (tmp_path / "vedit.toml").write_text("[run]\nsteps = 12\n")
+    other = tmp_path / "other.toml"
+    other.write_text("[run]\nguidance = 3\n")
+    config = load_config(other, cwd=tmp_path)
+    assert config.steps == 50 and config.guidance == 3.0
+
+
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("[run]\nstepz = 3\n", "unknown option 'stepz'"),
+        ('[run]\nsteps = "many"\n', "option 'steps' must be int, got str"),
+        ("[run]\nguidance = true\n", "option 'guidance' must be float"),
+        ("[run]\nstrength = 1.5\n", "option 'strength' must be between 0 and 1"),
+        ("[runn]\nsteps = 3\n", "unknown table or key 'runn'"),
+        ("[run\n", "not valid TOML"),
+    ],
+)
+def test_bad_files_name_the_problem(tmp_path, text, fragment):
+    path = tmp_path / "vedit.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert fragment in str(error.value)
+    assert str(path) in str(error.value)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.toml")

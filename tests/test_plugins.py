@@ -1,0 +1,149 @@
+"""The plugin host: registries built on demand, attribution, conflicts, failures, tracing."""
+
+from __future__ import annotations
+
+import pytest
+
+from vedit import plugins
+from vedit.errors import PluginError
+from vedit.hookspecs import hookimpl
+
+BUILTIN = {
+    "editor": {"img2img", "pnp", "sdedit"},
+    "propagator": {"tokenflow", "none"},
+    "engine": {"eager"},
+    "nn_backend": {"torch", "faiss"},
+}
+
+
+def test_builtins_come_through_the_public_entry_points():
+    for kind, names in BUILTIN.items():
+        found = plugins.registered(kind)
+        assert names <= set(found), kind
+        for name in names:
+            assert found[name].package == "vedit"
+            assert found[name].version == __import__("vedit").__version__
+
+
+def test_a_plugin_registered_late_appears_and_is_attributed():
+    class Mine:
+        name = "mine"
+        needs_inversion = False
+
+    class Plugin:
+        @hookimpl
+        def register_editors(self, register):
+            register(Mine())
+
+    plugins.get_plugin_manager().register(Plugin(), name="late-plugin")
+    entry = plugins.registered("editor")["mine"]
+    assert entry.plugin == "late-plugin"
+    assert isinstance(plugins.get("editor", "mine"), Mine)
+
+
+def test_two_plugins_registering_one_name_is_an_error_naming_both():
+    class Twin:
+        @hookimpl
+        def register_propagators(self, register):
+            class TokenFlowAgain:
+                name = "tokenflow"
+
+            register(TokenFlowAgain())
+
+    plugins.get_plugin_manager().register(Twin(), name="twin-plugin")
+    with pytest.raises(PluginError) as error:
+        plugins.registered("propagator")
+    assert "'tokenflow'" in str(error.value)
+    assert "'tokenflow'" in str(error.value) and "twin-plugin" in str(error.value)
+    assert "plugin 'tokenflow' (vedit)" in str(error.value)
+
+
+def test_a_plugin_whose_hook_raises_is_reported_and_the_rest_work():
+    class Broken:
+        @hookimpl
+        def register_editors(self, register):
+            raise RuntimeError("boom")
+
+    plugins.get_plugin_manager().register(Broken(), name="broken-hook")
+    assert BUILTIN["editor"] <= set(plugins.registered("editor"))
+    assert any(f.plugin == "broken-hook" and "boom" in f.error for f in plugins.failures())
+
+
+def test_unknown_names_are_one_line_errors_listing_the_choices():
+    with pytest.raises(PluginError) as error:
+        plugins.get("editor", "nope")
+    message = str(error.value)
+    assert "\n" not in message
+    assert "unknown editor 'nope'" in message and "img2img" in message and "pnp" in message
+
+
+def test_unavailable_plugins_say_why():
+    class NeedsGpu:
+        name = "gpu-only"
+
+        def unavailable_reason(self):
+            return "needs CUDA"
+
+    class Plugin:
+        @hookimpl
+        def register_engines(self, register):
+            register(NeedsGpu())
+
+    plugins.get_plugin_manager().register(Plugin(), name="gpu-plugin")
+    assert plugins.registered("engine")["gpu-only"].unavailable_reason() == "needs CUDA"
+    with pytest.raises(PluginError, match="cannot run here: needs CUDA"):
+        plugins.get("engine", "gpu-only")
+
+
+def test_auto_choices_are_firstresult_and_overridable():
+    assert plugins.choose("engine", "auto", "cpu").name == "eager"
+    assert plugins.choose("nn_backend", "auto", "cpu").name == "torch"
+
+    class Prefer:
+        @hookimpl
+        def choose_nn_backend(self, device):
+            return "faiss"
+
+    plugins.get_plugin_manager().register(Prefer(), name="prefer-faiss")
+    assert plugins.choose("nn_backend", "auto", "cpu").name == "faiss"
+
+
+def test_vedit_plugins_limits_what_loads(monkeypatch):
+    monkeypatch.setenv("VEDIT_PLUGINS", "img2img,perframe")
+    plugins.reset()
+    assert set(plugins.registered("editor")) == {"img2img"}
+    assert set(plugins.registered("propagator")) == {"none"}
+    assert plugins.registered("engine") == {}
+
+
+def test_tracing_prints_every_hook_call(monkeypatch, capsys):
+    monkeypatch.setenv("VEDIT_TRACE_PLUGINS", "1")
+    plugins.reset()
+    plugins.registered("editor")
+    err = capsys.readouterr().err
+    assert "hook register_editors(register) -> [pnp]" in err
+    assert "hook register_editors(register) -> [img2img]" in err
+
+
+def test_every_hook_has_a_docstring_and_is_in_the_readme():
+    from pathlib import Path
+
+    from vedit import hookspecs
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    names = [n for n in dir(hookspecs) if n.startswith(("register_", "choose_"))]
+    assert len(names) == 8
+    for name in names:
+        assert getattr(hookspecs, name).__doc__, name
+        assert f"`{name}" in readme, f"hook {name} is not documented in README.md"
+
+
+def test_third_party_package_is_found_and_a_broken_one_reported(example_plugin):
+    editors = plugins.registered("editor")
+    assert editors["reconstruct"].package == "vedit-example-plugin"
+    assert editors["reconstruct"].version == "0.3.1"
+    assert plugins.registered("postprocessor")["negative"].plugin == "example"
+    failures = {f.plugin: f for f in plugins.failures()}
+    assert "example_broken" in failures
+    assert "vedit_example_plugin_missing_dependency" in failures["example_broken"].error
+    assert BUILTIN["editor"] <= set(editors)

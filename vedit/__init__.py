@@ -1,0 +1,31 @@
+"""vedit: edit a whole video from a text prompt with Stable Diffusion, consistently across frames.
+
+    >>> import vedit
+    >>> result = vedit.edit("clip.mp4", "out.mp4", prompt="a watercolor painting", model="tiny")
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .pipeline import EditResult
+
+
+def edit(input: Any, output: Any, config: Any = None, **options: Any) -> "EditResult":
+    """Edit ``input`` into ``output``; see :func:`vedit.pipeline.edit` for the options."""
+    from .pipeline import edit as _edit
+
+    return _edit(input, output, config, **options)
+
+
+def invert(input: Any, output: Any = None, config: Any = None, **options: Any):
+    """DDIM-invert ``input`` (cached); see :func:`vedit.pipeline.invert_clip`."""
+    from .pipeline import invert_clip
+
+    return invert_clip(input, output, config, **options)
+
+
+__all__ = ["edit", "invert", "__version__"]

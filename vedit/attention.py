@@ -1,0 +1,82 @@
+"""Self-attention building blocks shared by attention handlers (fused, memory-bounded)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .unet import CallContext, LayerInfo, inject_from_source
+
+# Queries are processed in blocks of at most this many (query × key) scores per head, so that
+# attention over many frames' tokens never materialises one huge score matrix, even on
+# backends without a fused kernel.
+MAX_SCORES_PER_BLOCK = 1 << 26
+
+
+def project_qkv(
+    attn: nn.Module, hidden_states: torch.Tensor, ctx: CallContext, layer: LayerInfo
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Queries, keys and values (b, seq, inner), with the source branch's Q and K injected where on."""
+    query = attn.to_q(hidden_states)
+    key = attn.to_k(hidden_states)
+    value = attn.to_v(hidden_states)
+    if layer.inject_qk:
+        query = inject_from_source(query, ctx, ctx.injection.qk)
+        key = inject_from_source(key, ctx, ctx.injection.qk)
+    return query, key, value
+
+
+def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    b, seq, inner = x.shape
+    return x.view(b, seq, heads, inner // heads).transpose(1, 2)  # (b, heads, seq, d)
+
+
+def merge_heads(x: torch.Tensor) -> torch.Tensor:
+    b, heads, seq, d = x.shape
+    return x.transpose(1, 2).reshape(b, seq, heads * d)  # (b, seq, inner)
+
+
+def attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """Softmax attention (b, heads, q, d) × (b, heads, k, d), queries in bounded blocks."""
+    q_len, k_len = query.shape[-2], key.shape[-2]
+    block = max(1, MAX_SCORES_PER_BLOCK // max(1, k_len * query.shape[0] * query.shape[1]))
+    if block >= q_len:
+        return F.scaled_dot_product_attention(query, key, value)
+    return torch.cat(
+        [F.scaled_dot_product_attention(query[..., s : s + block, :], key, value) for s in range(0, q_len, block)],
+        dim=-2,
+    )
+
+
+def project_out(attn: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
+    hidden_states = attn.to_out[0](hidden_states)
+    return attn.to_out[1](hidden_states)
+
+
+def per_frame_attention(attn: nn.Module, query, key, value) -> torch.Tensor:
+    """Ordinary self-attention of every frame on its own tokens; (b, seq, inner) in and out."""
+    heads = attn.heads
+    out = attend(split_heads(query, heads), split_heads(key, heads), split_heads(value, heads))
+    return merge_heads(out)
+
+
+def joint_attention(attn: nn.Module, query, key, value) -> torch.Tensor:
+    """Extended attention: every frame's queries attend to the tokens of all frames given.
+
+    Equivalent to concatenating the keys and values of all frames for each frame's queries,
+    without repeating them per frame: the frames' queries are laid side by side as one sequence.
+    """
+    frames, seq, inner = query.shape
+    heads = attn.heads
+    flat = lambda x: split_heads(x.reshape(1, frames * seq, inner), heads)  # noqa: E731  (1, heads, F·seq, d)
+    out = attend(flat(query), flat(key), flat(value))
+    return merge_heads(out).reshape(frames, seq, inner)
+
+
+class PlainAttention:
+    """Each frame attends to itself, as in the unmodified UNet (with Q/K injection where on)."""
+
+    def self_attention(self, layer: LayerInfo, attn: nn.Module, hidden_states: torch.Tensor, ctx: CallContext):
+        query, key, value = project_qkv(attn, hidden_states, ctx, layer)
+        return project_out(attn, per_frame_attention(attn, query, key, value))

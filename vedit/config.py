@@ -1,0 +1,186 @@
+"""Run options: their defaults, the ``vedit.toml`` file that overrides them, and validation.
+
+Precedence, lowest first: the defaults below, ``vedit.toml`` in the working directory (or the
+file given with ``--config``), then command-line flags. A key in ``vedit.toml`` has the same
+name as its flag (``negative-prompt``; ``negative_prompt`` is accepted too).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import typing
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+CONFIG_FILENAME = "vedit.toml"
+DEFAULT_MODEL = "stabilityai/stable-diffusion-2-1-base"
+
+
+@dataclass
+class RunConfig:
+    """Every option of ``vedit run``; the Python API takes the same names as keyword arguments."""
+
+    prompt: str | None = None
+    source_prompt: str = ""
+    negative_prompt: str = ""
+    editor: str = "pnp"
+    propagator: str = "tokenflow"
+    engine: str = "auto"
+    nn_backend: str = "auto"
+    model: str = DEFAULT_MODEL
+    revision: str | None = None
+    steps: int = 50
+    inversion_steps: int = 50
+    strength: float = 0.8
+    start: float = 0.9
+    guidance: float = 7.5
+    pnp_f_t: float = 0.8
+    pnp_attn_t: float = 0.5
+    chunk_size: int = 8
+    keyframes: str | None = None
+    inversion: str | None = None
+    seed: int = 0
+    size: str | None = None
+    frames: str | None = None
+    max_frames: int | None = None
+    fps: str | None = None
+    output_size: str = "source"
+    device: str = "auto"
+    dtype: str = "auto"
+    batch_size: int = 8
+    postprocess: str | None = None
+    cache_dir: str | None = None
+    no_cache: bool = False
+
+    def replace(self, **changes: Any) -> "RunConfig":
+        return dataclasses.replace(self, **changes)
+
+
+_RANGES: dict[str, tuple[float, float]] = {
+    "steps": (1, 1000),
+    "inversion_steps": (1, 1000),
+    "strength": (0.0, 1.0),
+    "start": (0.0, 1.0),
+    "pnp_f_t": (0.0, 1.0),
+    "pnp_attn_t": (0.0, 1.0),
+    "chunk_size": (1, 1024),
+    "batch_size": (1, 4096),
+    "max_frames": (1, 10**9),
+    "guidance": (0.0, 100.0),
+}
+
+
+def flag_name(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def _field_types() -> dict[str, Any]:
+    hints = typing.get_type_hints(RunConfig)
+    return {f.name: hints[f.name] for f in fields(RunConfig)}
+
+
+def _accepts(annotation: Any, value: Any) -> bool:
+    allowed = typing.get_args(annotation) or (annotation,)
+    for kind in allowed:
+        if kind is type(None) and value is None:
+            return True
+        if kind is bool and isinstance(value, bool):
+            return True
+        if kind is int and isinstance(value, int) and not isinstance(value, bool):
+            return True
+        if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True
+        if kind is str and isinstance(value, str):
+            return True
+    return False
+
+
+def _type_label(annotation: Any) -> str:
+    names = [getattr(a, "__name__", str(a)) for a in (typing.get_args(annotation) or (annotation,)) if a is not type(None)]
+    return " or ".join(names)
+
+
+def validate(values: dict[str, Any], origin: str) -> dict[str, Any]:
+    """Normalise keys and check names, types and ranges; errors name the offending key."""
+    types = _field_types()
+    clean: dict[str, Any] = {}
+    for raw_key, value in values.items():
+        key = raw_key.replace("-", "_")
+        if key not in types:
+            known = ", ".join(sorted(k.replace("_", "-") for k in types))
+            raise ConfigError(f"{origin}: unknown option {raw_key!r} (known: {known})")
+        if not _accepts(types[key], value):
+            raise ConfigError(
+                f"{origin}: option {raw_key!r} must be {_type_label(types[key])}, got {type(value).__name__} {value!r}"
+            )
+        if types[key] is float or float in typing.get_args(types[key]):
+            value = float(value) if value is not None else None
+        if key in _RANGES and value is not None:
+            low, high = _RANGES[key]
+            if not low <= value <= high:
+                raise ConfigError(f"{origin}: option {raw_key!r} must be between {low:g} and {high:g}, got {value!r}")
+        clean[key] = value
+    return clean
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The ``[run]`` table of a vedit.toml file, validated."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except OSError as error:
+        raise ConfigError(f"config file {path} cannot be read: {error.strerror}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
+    unknown = set(data) - {"run"}
+    if unknown:
+        raise ConfigError(f"{path}: unknown table or key {sorted(unknown)[0]!r} (options go under [run])")
+    run = data.get("run", {})
+    if not isinstance(run, dict):
+        raise ConfigError(f"{path}: 'run' must be a table")
+    return validate(run, str(path))
+
+
+def load_config(config_path: str | Path | None = None, cwd: Path | None = None, **overrides: Any) -> RunConfig:
+    """Defaults, then vedit.toml (``config_path`` or the working directory's), then ``overrides``.
+
+    Overrides whose value is None are treated as not given.
+    """
+    values: dict[str, Any] = {}
+    if config_path is not None:
+        values.update(read_config_file(config_path))
+    else:
+        local = (cwd or Path.cwd()) / CONFIG_FILENAME
+        if local.is_file():
+            values.update(read_config_file(local))
+    given = {k: v for k, v in overrides.items() if v is not None}
+    values.update(validate(given, "option"))
+    return RunConfig(**values)
+
+
+def defaults_as_toml() -> str:
+    """The defaults written as a vedit.toml ``[run]`` table (options without a default are left out)."""
+    lines = ["[run]"]
+    for f in fields(RunConfig):
+        value = f.default
+        if value is None or value is dataclasses.MISSING:
+            continue
+        key = f.name.replace("_", "-")
+        if isinstance(value, bool):
+            lines.append(f"{key} = {'true' if value else 'false'}")
+        elif isinstance(value, str):
+            lines.append(f'{key} = "{value}"')
+        else:
+            lines.append(f"{key} = {value!r}")
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["RunConfig", "load_config", "read_config_file", "validate", "flag_name", "defaults_as_toml"]

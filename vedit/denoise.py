@@ -1,0 +1,144 @@
+"""The denoising loop every editor and propagator shares, and the types they exchange.
+
+An *editor* turns an :class:`EditJob` into an :class:`EditPlan` (start latents, the timesteps
+to run, the source branch's latents and when PnP injection acts). A *propagator* produces the
+guided noise prediction of every frame at one step, calling the :class:`Denoiser` on whatever
+groups of frames it chooses with whatever attention handler it needs. The loop applies DDIM.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+import torch
+
+from .attention import PlainAttention
+from .unet import COND, SOURCE, UNCOND, AttentionHandler, CallContext, ControlledUNet, Injection
+
+
+class SourceLatents(Protocol):
+    """The source branch's latents of the given frames at timestep ``t``."""
+
+    def __call__(self, t: int, frames: torch.Tensor) -> torch.Tensor: ...
+
+
+@dataclass
+class EditJob:
+    """Everything an editor may use to plan an edit."""
+
+    config: Any  # vedit.config.RunConfig
+    model: Any  # vedit.models.StableDiffusion
+    scheduler: Any  # a DDIMScheduler with set_timesteps(config.steps) applied
+    clean_latents: torch.Tensor  # (N, 4, h, w), VAE posterior mean × scaling factor
+    trajectory: Any | None = None  # vedit.inversion.Trajectory when the editor needs inversion
+    generator: torch.Generator | None = None
+
+    @property
+    def num_frames(self) -> int:
+        return self.clean_latents.shape[0]
+
+
+@dataclass
+class EditPlan:
+    """An editor's decisions for one edit."""
+
+    timesteps: torch.Tensor  # the steps actually run, noisiest first
+    start_latents: torch.Tensor  # (N, 4, h, w) at timesteps[0]
+    source: SourceLatents | None = None  # needed for PnP and for any propagator that matches tokens
+    injection: Callable[[int], Injection] = field(default=lambda step: Injection())  # by index into timesteps
+    conv_layers: tuple[str, ...] = ()
+    qk_layers: tuple[str, ...] = ()
+    needs_source_branch: bool = False
+
+
+@dataclass(frozen=True)
+class Step:
+    """One denoising step: its position among the steps run and its timestep."""
+
+    index: int
+    t: torch.Tensor
+    count: int  # steps run in all
+
+
+class Denoiser:
+    """Guided noise prediction for groups of frames through the controlled UNet."""
+
+    def __init__(
+        self,
+        unet: ControlledUNet,
+        plan: EditPlan,
+        embeds: dict[str, torch.Tensor],
+        guidance: float,
+        with_source: bool,
+    ):
+        self.unet = unet
+        self.plan = plan
+        self.embeds = embeds  # branch name -> (1, L, D)
+        self.guidance = guidance
+        self.branches = (SOURCE, UNCOND, COND) if with_source else (UNCOND, COND)
+
+    def __call__(
+        self,
+        frames: torch.Tensor,
+        latents: torch.Tensor,
+        step: Step,
+        attention: AttentionHandler | None = None,
+        *,
+        kind: str = "frames",
+    ) -> torch.Tensor:
+        """ε = ε_u + g (ε_c − ε_u) for ``latents`` (n, 4, h, w) of global frame indices ``frames``."""
+        n = latents.shape[0]
+        parts = []
+        for branch in self.branches:
+            if branch == SOURCE:
+                parts.append(self.plan.source(int(step.t), frames).to(latents))
+            else:
+                parts.append(latents)
+        batch = torch.cat(parts)  # (branches·n, 4, h, w)
+        text = torch.cat([self.embeds[b].expand(n, -1, -1) for b in self.branches])
+        ctx = CallContext(
+            branches=self.branches,
+            frames=n,
+            attention=attention or PlainAttention(),
+            injection=self.plan.injection(step.index),
+        )
+        eps = self.unet(batch, step.t, text, ctx, kind=kind)
+        eps_uncond, eps_cond = eps[-2 * n : -n], eps[-n:]
+        return eps_uncond + self.guidance * (eps_cond - eps_uncond)
+
+
+class Propagator(Protocol):
+    """Couples frames at each step (see plugins/tokenflow.py and plugins/perframe.py)."""
+
+    name: str
+    needs_source_branch: bool
+
+    def begin(self, job: EditJob, plan: EditPlan) -> None: ...
+
+    def predict(self, step: Step, latents: torch.Tensor, denoiser: Denoiser) -> torch.Tensor: ...
+
+
+def denoise(
+    job: EditJob,
+    plan: EditPlan,
+    propagator: Propagator,
+    unet: ControlledUNet,
+    embeds: dict[str, torch.Tensor],
+    on_step: Callable[[Step], None] | None = None,
+) -> torch.Tensor:
+    """Run the plan's timesteps with DDIM (η = 0); returns the edited clean latents (N, 4, h, w)."""
+    with_source = plan.needs_source_branch or propagator.needs_source_branch
+    if with_source and plan.source is None:
+        raise ValueError(f"propagator {propagator.name!r} needs source latents, which the editor does not provide")
+    denoiser = Denoiser(unet, plan, embeds, job.config.guidance, with_source)
+    propagator.begin(job, plan)
+    latents = plan.start_latents
+    count = len(plan.timesteps)
+    for index, t in enumerate(plan.timesteps):
+        step = Step(index=index, t=t, count=count)
+        eps = propagator.predict(step, latents, denoiser)
+        latents = job.scheduler.step(eps, t, latents, eta=0.0, return_dict=False)[0]
+        if on_step is not None:
+            on_step(step)
+    return latents

@@ -1,0 +1,56 @@
+"""The hooks a vedit plugin can implement (pluggy project name ``vedit``).
+
+Every built-in editor, propagator, engine, nearest-neighbour backend and post-processor is
+registered through these hooks, exactly as a third-party package registers its own.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("vedit")
+hookimpl = pluggy.HookimplMarker("vedit")
+
+Register = Callable[[Any], None]
+
+
+@hookspec
+def register_editors(register: Register) -> None:
+    """Register editors: objects that choose start latents, the timesteps to run and the injection."""
+
+
+@hookspec
+def register_propagators(register: Register) -> None:
+    """Register propagators: objects that run the UNet over all frames at one denoising step."""
+
+
+@hookspec
+def register_engines(register: Register) -> None:
+    """Register engines: objects that run (and may compile) the UNet."""
+
+
+@hookspec
+def register_nn_backends(register: Register) -> None:
+    """Register nearest-neighbour backends used to match tokens between frames."""
+
+
+@hookspec
+def register_postprocessors(register: Register) -> None:
+    """Register post-processors applied to decoded frames before they are written."""
+
+
+@hookspec
+def register_commands(app: Any) -> None:
+    """Add commands to the ``vedit`` Typer app."""
+
+
+@hookspec(firstresult=True)
+def choose_engine(device: Any) -> str | None:
+    """Name the engine to use when ``--engine auto`` is asked for on ``device``."""
+
+
+@hookspec(firstresult=True)
+def choose_nn_backend(device: Any) -> str | None:
+    """Name the nearest-neighbour backend to use when ``--nn-backend auto`` is asked for."""

@@ -1,0 +1,193 @@
+"""The UNet with the method's hooks in it: self-attention handlers and PnP feature injection.
+
+Every ``attn1`` of every transformer block gets a processor that hands its input to the
+*attention handler* of the current call (plain per-frame attention, TokenFlow's extended
+attention, TokenFlow's propagation, or a plugin's own). The editor's conv-injection layers
+get their ``conv2`` wrapped so the residual branch of the uncond and cond branches can be
+replaced by the source branch's. What acts in a call is described by a :class:`CallContext`
+given with it; no state survives between calls except what a handler keeps itself.
+
+Batches are laid out branch-major: ``[source × n, uncond × n, cond × n]`` (or without the
+source branch when no one needs it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Iterator, Protocol
+
+import torch
+from torch import nn
+
+SOURCE, UNCOND, COND = "source", "uncond", "cond"
+
+
+@dataclass(frozen=True)
+class Injection:
+    """Which PnP injections act in one UNet call. Flags are bools eagerly, bool tensors in a graph."""
+
+    conv: bool | torch.Tensor = False
+    qk: bool | torch.Tensor = False
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One transformer block's self-attention, as handlers see it."""
+
+    name: str  # module path of the transformer block
+    index: int  # position among all transformer blocks, in forward order
+    inject_qk: bool  # whether the editor's Q/K injection acts here
+
+
+class AttentionHandler(Protocol):
+    """Computes one self-attention layer's output (after ``to_out``, before the residual)."""
+
+    def self_attention(
+        self, layer: LayerInfo, attn: nn.Module, hidden_states: torch.Tensor, ctx: "CallContext"
+    ) -> torch.Tensor: ...
+
+
+@dataclass
+class CallContext:
+    """What acts inside one UNet call."""
+
+    branches: tuple[str, ...]
+    frames: int  # frames per branch
+    attention: AttentionHandler
+    injection: Injection = field(default_factory=Injection)
+
+    def branch(self, name: str) -> slice:
+        i = self.branches.index(name)
+        return slice(i * self.frames, (i + 1) * self.frames)
+
+    @property
+    def can_inject(self) -> bool:
+        return self.branches[:1] == (SOURCE,) and len(self.branches) > 1
+
+
+def select(flag: bool | torch.Tensor, chosen: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """``chosen`` where ``flag`` holds, else ``other``: a Python branch eagerly, ``where`` in a graph."""
+    if isinstance(flag, torch.Tensor):
+        return torch.where(flag, chosen, other)
+    return chosen if flag else other
+
+
+def inject_from_source(x: torch.Tensor, ctx: CallContext, flag: bool | torch.Tensor) -> torch.Tensor:
+    """Replace every non-source branch of ``x`` by the source branch where ``flag`` holds."""
+    if not ctx.can_inject or flag is False:
+        return x
+    n = ctx.frames
+    source = x[:n]
+    parts = [source] + [select(flag, source, x[i * n : (i + 1) * n]) for i in range(1, len(ctx.branches))]
+    return torch.cat(parts)
+
+
+class _SelfAttentionProcessor:
+    """Routes one ``attn1`` to the current call's attention handler."""
+
+    def __init__(self, controlled: "ControlledUNet", layer: LayerInfo):
+        self.controlled = controlled
+        self.layer = layer
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
+        ctx = self.controlled.context
+        return ctx.attention.self_attention(self.layer, attn, hidden_states, ctx)
+
+
+class _InjectedConv(nn.Module):
+    """A resnet's ``conv2`` whose output (the residual branch) can take the source branch's."""
+
+    def __init__(self, conv: nn.Module, controlled: "ControlledUNet"):
+        super().__init__()
+        self.conv = conv
+        self._controlled = [controlled]  # a list so nn.Module does not register a cycle
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv(x)
+        ctx = self._controlled[0].context
+        return inject_from_source(out, ctx, ctx.injection.conv)
+
+
+def transformer_block_names(unet: nn.Module) -> list[str]:
+    """Module paths of every transformer block that has a self-attention ``attn1``, in forward order."""
+    return [name for name, module in unet.named_modules() if type(module).__name__ == "BasicTransformerBlock"]
+
+
+class ControlledUNet:
+    """A diffusers UNet whose self-attention and injection layers obey a per-call context.
+
+    Use as a context manager: the original processors and convolutions come back on exit.
+    """
+
+    def __init__(self, unet: nn.Module, *, conv_layers: tuple[str, ...] = (), qk_layers: tuple[str, ...] = ()):
+        self.unet = unet
+        self.conv_layers = tuple(conv_layers)
+        self.qk_layers = tuple(qk_layers)
+        self.forwards: Counter[str] = Counter()
+        self._context: CallContext | None = None
+        self._saved_processors = None
+        self._saved_convs: dict[str, nn.Module] = {}
+        self.layers: list[LayerInfo] = []
+
+    # installation -------------------------------------------------------------------------
+    def install(self) -> "ControlledUNet":
+        modules = dict(self.unet.named_modules())
+        for path in self.conv_layers + self.qk_layers:
+            if path not in modules:
+                raise ValueError(f"the UNet has no layer {path!r} to inject into")
+        self._saved_processors = self.unet.attn_processors
+        processors = dict(self._saved_processors)
+        self.layers = []
+        for index, name in enumerate(transformer_block_names(self.unet)):
+            inject = any(name == p or name.startswith(p + ".") for p in self.qk_layers)
+            layer = LayerInfo(name=name, index=index, inject_qk=inject)
+            self.layers.append(layer)
+            processors[f"{name}.attn1.processor"] = _SelfAttentionProcessor(self, layer)
+        self.unet.set_attn_processor(processors)
+        for path in self.conv_layers:
+            resnet = modules[path]
+            self._saved_convs[path] = resnet.conv2
+            resnet.conv2 = _InjectedConv(resnet.conv2, self)
+        return self
+
+    def uninstall(self) -> None:
+        modules = dict(self.unet.named_modules())
+        for path, conv in self._saved_convs.items():
+            modules[path].conv2 = conv
+        self._saved_convs.clear()
+        if self._saved_processors is not None:
+            self.unet.set_attn_processor(self._saved_processors)
+            self._saved_processors = None
+
+    def __enter__(self) -> "ControlledUNet":
+        return self.install()
+
+    def __exit__(self, *exc) -> None:
+        self.uninstall()
+
+    # calls --------------------------------------------------------------------------------
+    @property
+    def context(self) -> CallContext:
+        if self._context is None:
+            raise RuntimeError("the controlled UNet was called outside ControlledUNet.__call__")
+        return self._context
+
+    @contextlib.contextmanager
+    def _using(self, ctx: CallContext) -> Iterator[None]:
+        self._context = ctx
+        try:
+            yield
+        finally:
+            self._context = None
+
+    def __call__(
+        self, latents: torch.Tensor, t: torch.Tensor | int, text: torch.Tensor, ctx: CallContext, *, kind: str = "unet"
+    ) -> torch.Tensor:
+        """Noise prediction for a branch-major batch ``latents`` (len(branches)·n, 4, h, w)."""
+        if latents.shape[0] != len(ctx.branches) * ctx.frames:
+            raise ValueError(f"batch of {latents.shape[0]} does not hold {len(ctx.branches)} branches of {ctx.frames}")
+        self.forwards[kind] += latents.shape[0]
+        with self._using(ctx):
+            return self.unet(latents, t, encoder_hidden_states=text, return_dict=False)[0]
