@@ -114,6 +114,11 @@ class TokenFlow:
     description = "TokenFlow: joint keyframe editing with extended attention, propagated along NN correspondences"
     needs_source_branch = True
 
+    def validate(self, config) -> None:
+        """Fail on a malformed keyframe file before any heavy work (its fit is checked in begin)."""
+        if config.keyframes:
+            read_keyframe_schedule(config.keyframes)
+
     def begin(self, job: EditJob, plan: EditPlan) -> None:
         config = job.config
         self.chunk_size = config.chunk_size

@@ -257,6 +257,8 @@ def create_app() -> typer.Typer:
         """List every plugin: kind, name, version, source package and whether it can run here."""
         with user_errors():
             table = Table("kind", "name", "version", "package", "plugin", "runs here")
+            for column in table.columns:
+                column.overflow = "fold"  # never cut a name short on a narrow terminal
             for kind in plugins.KINDS:
                 for name, item in sorted(plugins.registered(kind).items()):
                     reason = item.unavailable_reason()

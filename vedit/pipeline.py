@@ -21,7 +21,7 @@ from .denoise import EditJob, denoise
 from .errors import ConfigError, InputError
 from .inversion import InversionCache, Trajectory, cache_key, invert
 from .unet import COND, SOURCE, UNCOND, CallContext, ControlledUNet
-from .video import FrameRange, FrameReader, VideoWriter, check_output_path, parse_size, probe
+from .video import FrameRange, FrameReader, VideoWriter, check_output_path, parse_size, probe, working_size
 
 
 class Task(Protocol):
@@ -91,7 +91,7 @@ def open_clip(input_path: str | os.PathLike, config: RunConfig) -> _Clip:
     """Probe the input and set up the frame reader; fails before any heavy work."""
     info = probe(input_path)
     selection = FrameRange.parse(config.frames, config.max_frames)
-    size = parse_size(config.size) if config.size else None
+    size = working_size(info.width, info.height, parse_size(config.size)) if config.size else None
     reader = FrameReader(input_path, frames=selection, size=size, info=info)
     if len(reader.indices) == 0:
         raise InputError(f"{input_path}: no frames selected (the clip has {info.num_frames}; check --frames/--max-frames)")

@@ -1,0 +1,266 @@
+"""The command line as a user meets it: real clips in, real clips out, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from conftest import SHARED_CLIPS, make_clip
+from vedit.cli import create_app
+from vedit.video import FrameReader
+
+FAST = ["--model", "tiny", "--steps", "2", "--inversion-steps", "2", "--chunk-size", "4", "--quiet"]
+
+
+def vedit(*args: str, cwd: Path | None = None):
+    runner = CliRunner()
+    old = os.getcwd()
+    if cwd is not None:
+        os.chdir(cwd)
+    try:
+        return runner.invoke(create_app(), [str(a) for a in args], catch_exceptions=False, env={"COLUMNS": "200"})
+    finally:
+        os.chdir(old)
+
+
+def streams(path: Path) -> dict:
+    with av.open(str(path)) as container:
+        video = container.streams.video[0]
+        frames = sum(1 for _ in container.decode(video=0))
+        info = {"codec": video.codec_context.name, "pix_fmt": video.codec_context.pix_fmt,
+                "size": (video.codec_context.width, video.codec_context.height),
+                "fps": Fraction(video.average_rate), "frames": frames, "audio": None}
+    with av.open(str(path)) as container:
+        if container.streams.audio:
+            audio = container.streams.audio[0]
+            info["audio"] = float(audio.duration * audio.time_base) if audio.duration else None
+        info["duration"] = container.duration / 1e6 if container.duration else None
+    return info
+
+
+def one_error_line(result) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("vedit: error: ")
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def clip_ntsc(tmp_path_factory):
+    """250x170 at 30000/1001 fps with an audio track: odd size, NTSC rate."""
+    return make_clip(tmp_path_factory.mktemp("clips") / "ntsc.mp4", frames=14, size=(250, 170), fps=Fraction(30000, 1001), audio=True)
+
+
+def test_run_keeps_rate_size_and_audio_of_the_source(clip_ntsc, tmp_path):
+    (tmp_path / "o").mkdir()
+    out = tmp_path / "o" / "out.mp4"
+    result = vedit("run", clip_ntsc, "--prompt", "a watercolor", "--size", "64x48", "-o", out, *FAST)
+    assert result.exit_code == 0, result.output
+    info = streams(out)
+    assert info["codec"] == "h264" and info["pix_fmt"] == "yuv420p"
+    assert info["size"] == (250, 170)
+    assert info["fps"] == Fraction(30000, 1001)
+    assert info["frames"] == 14
+    assert info["audio"] == pytest.approx(14 * 1001 / 30000, abs=0.08)
+    assert [p.name for p in out.parent.iterdir()] == ["out.mp4"]  # no temporary left behind
+
+
+def test_frame_range_and_stride_trim_video_and_audio(clip_ntsc, tmp_path):
+    out = tmp_path / "part.mp4"
+    result = vedit("run", clip_ntsc, "-p", "x", "--size", "64x48", "--frames", "2:12:2", "--output-size", "working", "-o", out, *FAST)
+    assert result.exit_code == 0, result.output
+    info = streams(out)
+    assert info["frames"] == 5
+    assert info["fps"] == Fraction(30000, 1001) / 2  # real-time playback of the kept frames
+    assert info["size"] == (64, 48)
+    assert info["audio"] == pytest.approx(10 * 1001 / 30000, abs=0.08)
+
+
+def test_summary_reports_the_run(clip, tmp_path):
+    out = tmp_path / "o.mp4"
+    args = [a for a in FAST if a != "--quiet"]
+    result = vedit("run", clip, "-p", "x", "--size", "64x48", "-o", out, *args)
+    assert result.exit_code == 0, result.output
+    for fragment in ("frames  12", "64x48 working, 64x48 written", "pnp + tokenflow, 2 steps, inversion computed",
+                     "(3.750 per frame per step)", str(out)):
+        assert fragment in result.stdout, fragment
+
+
+def test_same_seed_same_frames_and_the_inversion_is_reused(clip, tmp_path):
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    args = ["--size", "64x48", "--output-size", "working", *[x for x in FAST if x != "--quiet"]]
+    first = vedit("run", clip, "-p", "a watercolor", "-o", a, *args)
+    second = vedit("run", clip, "-p", "a watercolor", "-o", b, *args)
+    other = vedit("run", clip, "-p", "a pencil sketch", "-o", c, *args)
+    assert "inversion computed" in first.stdout
+    assert "inversion cached" in second.stdout and "inversion cached" in other.stdout
+    frames_a, frames_b, frames_c = (FrameReader(p).read_all() for p in (a, b, c))
+    assert frames_a.shape == (12, 48, 64, 3)
+    assert np.array_equal(frames_a, frames_b)
+    assert not np.array_equal(frames_a, frames_c)
+
+
+def test_invert_to_a_file_then_edit_from_it(clip, tmp_path):
+    traj = tmp_path / "clip.safetensors"
+    result = vedit("invert", clip, "--size", "64x48", "--model", "tiny", "--steps", "2", "--inversion-steps", "4", "-o", traj)
+    assert result.exit_code == 0, result.output
+    assert "12 frames, 2 stored timesteps (noisiest t=751)" in result.stdout
+    from safetensors import safe_open
+
+    with safe_open(str(traj), "pt") as f:
+        meta = f.metadata()
+        assert meta["format"] == "vedit-trajectory/1" and json.loads(meta["timesteps"]) == [501, 1]
+        assert set(f.keys()) == {"clean", "latents_t0501", "latents_t0001", "latents_t0751"}
+        assert tuple(f.get_tensor("latents_t0751").shape) == (12, 4, 6, 8)
+    listing = vedit("cache", "list")
+    assert "1 entries" in listing.stdout
+    via_file = vedit("run", clip, "-p", "x", "--size", "64x48", "--inversion", traj, "--no-cache",
+                     "-o", tmp_path / "f", "--model", "tiny", "--steps", "2", "--chunk-size", "4")
+    via_cache = vedit("run", clip, "-p", "x", "--size", "64x48", "--inversion-steps", "4",
+                      "-o", tmp_path / "g", "--model", "tiny", "--steps", "2", "--chunk-size", "4")
+    assert "inversion file" in via_file.stdout and "inversion cached" in via_cache.stdout
+    assert np.array_equal(FrameReader(tmp_path / "f").read_all(), FrameReader(tmp_path / "g").read_all())
+    cleared = vedit("cache", "clear")
+    assert "removed 1 cached inversions" in cleared.stdout
+    assert "no cached inversions" in vedit("cache", "list").stdout
+
+
+@pytest.mark.parametrize("editor, propagator", [("img2img", "none"), ("img2img", "tokenflow"), ("sdedit", "none"), ("pnp", "none")])
+def test_every_editor_and_propagator_pair_runs(clip, tmp_path, editor, propagator):
+    out = tmp_path / "o"
+    result = vedit("run", clip, "-p", "x", "--size", "64x48", "--editor", editor, "--propagator", propagator, "-o", out, *FAST)
+    assert result.exit_code == 0, result.output
+    assert len(list(out.glob("*.png"))) == 12
+
+
+def test_a_folder_of_aligned_frames_is_used_as_is(tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(5):
+        Image.fromarray(rng.integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(folder / f"f_{i}.png")
+    out = tmp_path / "out"
+    result = vedit("run", folder, "-p", "x", "--editor", "img2img", "--propagator", "none", "-o", out, *FAST[:-1])
+    assert result.exit_code == 0, result.output
+    assert "56x40 working, 56x40 written" in result.stdout
+    assert FrameReader(out).read_all().shape == (5, 40, 56, 3)
+
+
+def test_real_clip_from_the_shared_folder(tmp_path):
+    tree = SHARED_CLIPS / "tree.avi"
+    if not tree.exists():
+        pytest.skip("../shared/clips is not beside the checkout")
+    out = tmp_path / "tree.mp4"
+    result = vedit("run", tree, "-p", "autumn", "--size", "64x48", "--max-frames", "6", "-o", out, *FAST)
+    assert result.exit_code == 0, result.output
+    info = streams(out)
+    assert (info["size"], info["fps"], info["frames"]) == ((320, 240), Fraction(1_000_000, 66_667), 6)
+
+
+def test_third_party_editor_and_postprocessor_from_the_cli(example_plugin, clip, tmp_path):
+    plain, negative = tmp_path / "plain", tmp_path / "negative"
+    args = ["--size", "64x48", "--editor", "reconstruct", "--propagator", "none", "--model", "tiny", "--quiet"]
+    assert vedit("run", clip, "-p", "x", "-o", plain, *args).exit_code == 0
+    assert vedit("run", clip, "-p", "x", "-o", negative, "--postprocess", "negative", *args).exit_code == 0
+    a, b = FrameReader(plain).read_all(), FrameReader(negative).read_all()
+    assert np.array_equal(b, 255 - a)
+    listing = vedit("plugins")
+    assert "reconstruct" in listing.stdout and "vedit-example-plugin" in listing.stdout and "0.3.1" in listing.stdout
+    assert "example_broken" in listing.stderr
+
+
+def test_plugins_lists_everything_with_availability():
+    result = vedit("plugins")
+    assert result.exit_code == 0
+    for name in ("img2img", "pnp", "sdedit", "tokenflow", "none", "eager", "torch", "faiss"):
+        assert f" {name} " in result.stdout, name
+    assert "0.1.0" in result.stdout
+
+
+def test_config_file_in_the_working_directory(clip, tmp_path):
+    (tmp_path / "vedit.toml").write_text('[run]\nmodel = "tiny"\nsteps = 3\ninversion-steps = 3\nsize = "64x48"\neditor = "sdedit"\n')
+    result = vedit("run", clip, "-p", "x", "-o", tmp_path / "o", "--start", "0.7", cwd=tmp_path)
+    assert result.exit_code == 0, result.output
+    assert "sdedit + tokenflow, 2 steps" in result.stdout  # round(0.7 · 3) = 2 steps
+    (tmp_path / "vedit.toml").write_text("[run]\nstep = 3\n")
+    bad = vedit("run", clip, "-p", "x", "-o", tmp_path / "p", cwd=tmp_path)
+    assert bad.exit_code != 0
+    assert "unknown option 'step'" in one_error_line(bad)
+
+
+def _bad(tmp_path, *args):
+    out = tmp_path / "never.mp4"
+    result = vedit("run", *args, "-o", out, *FAST)
+    assert result.exit_code != 0
+    assert not out.exists()
+    return one_error_line(result)
+
+
+def test_bad_inputs_end_in_one_line(clip, tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("not a video")
+    corrupt = tmp_path / "corrupt.mp4"
+    corrupt.write_bytes(clip.read_bytes()[: len(clip.read_bytes()) // 3])
+    garbage = tmp_path / "garbage.mp4"
+    garbage.write_bytes(os.urandom(5000))
+    keyframes = tmp_path / "k.json"
+    keyframes.write_text('{"keyframes": [[9, 9, 9]]}')
+    assert "no such file" in _bad(tmp_path, tmp_path / "missing.mp4", "-p", "x")
+    assert "notes.txt" in _bad(tmp_path, text, "-p", "x")
+    assert "garbage.mp4" in _bad(tmp_path, garbage, "-p", "x")
+    assert "no frames selected" in _bad(tmp_path, clip, "-p", "x", "--frames", "100:")
+    assert "unknown editor 'paint'" in _bad(tmp_path, clip, "-p", "x", "--editor", "paint")
+    assert "unknown propagator" in _bad(tmp_path, clip, "-p", "x", "--propagator", "magic")
+    assert "--prompt" in _bad(tmp_path, clip)
+    assert "--size" in _bad(tmp_path, clip, "-p", "x", "--size", "63x48")
+    assert "keyframe schedule" in _bad(tmp_path, clip, "-p", "x", "--size", "64x48", "--keyframes", keyframes)
+    missing_model = vedit("run", clip, "-p", "x", "--model", "does-not/exist", "-o", tmp_path / "m.mp4")
+    assert missing_model.exit_code != 0 and not (tmp_path / "m.mp4").exists()
+    assert "does-not/exist" in one_error_line(missing_model)
+    result = vedit("run", corrupt, "-p", "x", "--size", "64x48", "-o", tmp_path / "c.mp4", *FAST)
+    assert result.exit_code != 0 and not (tmp_path / "c.mp4").exists()
+    one_error_line(result)
+
+
+def test_unwritable_output_fails_before_any_work(clip, tmp_path):
+    result = vedit("run", clip, "-p", "x", "-o", tmp_path / "no" / "such" / "dir.mp4", *FAST)
+    assert result.exit_code != 0
+    assert "no/such" in one_error_line(result)
+    same = vedit("run", clip, "-p", "x", "-o", clip, *FAST)
+    assert same.exit_code != 0
+    one_error_line(same)
+    assert clip.stat().st_size > 0
+
+
+def test_python_api_matches_the_cli(clip, tmp_path):
+    import vedit as api
+
+    result = api.edit(clip, tmp_path / "api", prompt="x", model="tiny", steps=2, inversion_steps=2, chunk_size=4,
+                      size="64x48", output_size="working")
+    cli = vedit("run", clip, "-p", "x", "--size", "64x48", "--output-size", "working", "-o", tmp_path / "cli", *FAST)
+    assert cli.exit_code == 0
+    assert result.frames == 12 and result.size == (64, 48) and result.fps == 24
+    assert result.forwards_per_frame_step == pytest.approx(3 * (1 + 3 / 12))
+    assert np.array_equal(FrameReader(tmp_path / "api").read_all(), FrameReader(tmp_path / "cli").read_all())
+
+
+def test_help_lists_every_run_option():
+    from dataclasses import fields
+
+    from vedit.config import RunConfig
+
+    result = vedit("run", "--help")
+    text = " ".join(result.stdout.split())
+    for f in fields(RunConfig):
+        flag = "--" + f.name.replace("_", "-")
+        assert flag in text, flag

@@ -1,0 +1,502 @@
+"""Reading and writing clips: exact frame rates and counts, frame-exact ranges, sizes, audio,
+atomic output, and one clear error for every kind of bad input or output."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from PIL import Image
+
+from vedit.errors import ConfigError, InputError, OutputError
+from vedit.video import (
+    FrameRange,
+    FrameReader,
+    VideoWriter,
+    check_output_path,
+    find_ffmpeg,
+    parse_size,
+    probe,
+    working_size,
+)
+
+SHARED_CLIPS = Path(__file__).parents[2] / "shared" / "clips"
+NTSC = Fraction(24000, 1001)
+
+
+def ffmpeg_run(*args: str) -> None:
+    subprocess.run([find_ffmpeg(), "-hide_banner", "-loglevel", "error", "-y", *args], check=True)
+
+
+def grey_level(n: int) -> float:
+    """RGB value of frame ``n`` of the ``graded`` clip."""
+    return 16 + 7 * n
+
+
+def ffmpeg_children() -> list[str]:
+    """Our ffmpeg child processes, running or zombie ("pid state"), read from /proc."""
+    me = str(os.getpid())
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            head, tail = stat.read_text().rsplit(")", 1)
+        except (OSError, ValueError):
+            continue
+        state, parent = tail.split()[:2]
+        if parent == me and "ffmpeg" in head:
+            children.append(f"{stat.parent.name} {state}")
+    return children
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Small synthetic clips, made once for the whole module."""
+    root = tmp_path_factory.mktemp("clips")
+    made = {
+        "ntsc_audio": root / "ntsc_audio.mp4",
+        "graded": root / "graded.mp4",
+        "vp9": root / "odd.webm",
+        "mjpeg": root / "odd.avi",
+        "short_audio": root / "short_audio.mkv",
+    }
+    # 48 frames of 320x240 at 23.976 fps with a 2 s 440 Hz tone.
+    ffmpeg_run(
+        "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=24000/1001",
+        "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100:duration=2",
+        "-frames:v", "48", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac",
+        str(made["ntsc_audio"]),
+    )  # fmt: skip
+    # 30 flat grey frames whose level encodes the frame number: frame n is grey 16 + 7n.
+    ffmpeg_run(
+        "-f", "lavfi", "-i", "color=size=64x48:rate=30:duration=1,format=gray,geq=lum='16+7*N'",
+        "-c:v", "libx264", "-crf", "4", "-pix_fmt", "yuv420p", str(made["graded"]),
+    )  # fmt: skip
+    # 250x170 is 8 x odd numbers; webm records no frame count, only a duration.
+    ffmpeg_run(
+        "-f", "lavfi", "-i", "testsrc2=size=250x170:rate=30", "-frames:v", "30",
+        "-c:v", "libvpx-vp9", "-b:v", "300k", str(made["vp9"]),
+    )  # fmt: skip
+    ffmpeg_run(
+        "-f", "lavfi", "-i", "testsrc2=size=250x170:rate=30", "-frames:v", "30",
+        "-c:v", "mjpeg", str(made["mjpeg"]),
+    )  # fmt: skip
+    # 3 s of video over only 1 s of sound.
+    ffmpeg_run(
+        "-f", "lavfi", "-i", "testsrc2=size=64x48:rate=30:duration=3",
+        "-f", "lavfi", "-i", "sine=frequency=440:duration=1",
+        "-c:v", "libx264", "-c:a", "aac", str(made["short_audio"]),
+    )  # fmt: skip
+    return made
+
+
+def coloured_frames(count: int, width: int = 64, height: int = 48) -> np.ndarray:
+    """Flat frames, each a different colour, so order survives lossy encoding."""
+    frames = np.empty((count, height, width, 3), np.uint8)
+    for i in range(count):
+        frames[i] = (20 + 5 * i, 230 - 4 * i, (60 + 37 * i) % 256)
+    return frames
+
+
+def no_leftovers(folder: Path) -> bool:
+    return not any(entry.name.startswith(".") for entry in folder.iterdir())
+
+
+# --------------------------------------------------------------------------- ffmpeg
+
+
+def test_find_ffmpeg_honours_vedit_ffmpeg(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = find_ffmpeg()
+    monkeypatch.setenv("VEDIT_FFMPEG", real)
+    assert find_ffmpeg() == real
+    monkeypatch.setenv("VEDIT_FFMPEG", "/nowhere/ffmpeg")
+    with pytest.raises(ConfigError, match="VEDIT_FFMPEG"):
+        find_ffmpeg()
+
+
+# --------------------------------------------------------------------------- probe
+
+
+def test_probe_mp4_keeps_the_exact_ntsc_rate(clips: dict[str, Path]) -> None:
+    info = probe(clips["ntsc_audio"])
+    assert info.fps == NTSC  # not 23.976
+    assert (info.width, info.height) == (320, 240)
+    assert info.num_frames == 48
+    assert info.has_audio
+    assert info.codec == "h264"
+    assert info.duration == pytest.approx(48 / NTSC, abs=0.01)
+    assert not info.is_image_sequence
+
+
+@pytest.mark.parametrize(("name", "codec"), [("vp9", "vp9"), ("mjpeg", "mjpeg")])
+def test_probe_other_containers(clips: dict[str, Path], name: str, codec: str) -> None:
+    info = probe(clips[name])
+    assert (info.width, info.height, info.fps) == (250, 170, Fraction(30))
+    assert info.num_frames == 30  # from the duration for webm, from the header for avi
+    assert info.codec == codec
+    assert not info.has_audio
+
+
+def test_probe_folder_orders_frames_by_their_last_number(tmp_path: Path) -> None:
+    for n in (10, 2, 1):
+        Image.new("RGB", (64, 48), (n, n, n)).save(tmp_path / f"take3_frame_{n}.png")
+    (tmp_path / "notes.txt").write_text("not a frame")
+    info = probe(tmp_path)
+    assert info.is_image_sequence and info.codec == "png"
+    assert (info.width, info.height, info.num_frames, info.fps) == (64, 48, 3, Fraction(24))
+    frames = FrameReader(tmp_path).read_all()
+    assert frames.shape == (3, 48, 64, 3)  # aligned to 8 already, so not resized
+    assert [int(frame[0, 0, 0]) for frame in frames] == [1, 2, 10]
+
+
+def test_probe_refuses_empty_and_mixed_folders(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="no images found"):
+        probe(tmp_path)
+    Image.new("RGB", (64, 48)).save(tmp_path / "0.png")
+    Image.new("RGB", (64, 40)).save(tmp_path / "1.png")
+    with pytest.raises(InputError, match="1.png: is 64x40.*same size"):
+        probe(tmp_path)
+
+
+def test_probe_refuses_what_is_not_a_video(tmp_path: Path, clips: dict[str, Path]) -> None:
+    with pytest.raises(InputError, match="missing.mp4: no such file or folder"):
+        probe(tmp_path / "missing.mp4")
+    text = tmp_path / "readme.txt"
+    text.write_text("just some words\n" * 50)
+    noise = tmp_path / "noise.mp4"
+    noise.write_bytes(np.random.default_rng(0).integers(0, 256, 50_000, np.uint8).tobytes())
+    # Without -movflags +faststart the index sits at the end, so half a file has no index.
+    whole = clips["ntsc_audio"].read_bytes()
+    headless = tmp_path / "headless.mp4"
+    headless.write_bytes(whole[: len(whole) // 2])
+    for path in (text, noise, headless):
+        with pytest.raises(InputError, match="not a readable video") as caught:
+            probe(path)
+        assert "\n" not in str(caught.value)
+
+
+# --------------------------------------------------------------------------- options
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (None, FrameRange()),
+        ("", FrameRange()),
+        ("10:", FrameRange(start=10)),
+        (":50", FrameRange(stop=50)),
+        ("::2", FrameRange(step=2)),
+        ("5:40:3", FrameRange(5, 40, 3)),
+    ],
+)
+def test_frame_range_parse(text: str | None, expected: FrameRange) -> None:
+    assert FrameRange.parse(text) == expected
+
+
+@pytest.mark.parametrize("text", ["::0", "::-2", "-5:", "a:b", "1:2:3:4", "7", "9:3"])
+def test_frame_range_parse_refuses(text: str) -> None:
+    with pytest.raises(ConfigError, match="--frames"):
+        FrameRange.parse(text)
+
+
+def test_frame_range_indices_clip_to_the_clip_and_max_frames() -> None:
+    assert FrameRange.parse("5:40:3").indices(100) == range(5, 40, 3)
+    assert FrameRange.parse("5:40:3").indices(20) == range(5, 20, 3)
+    assert list(FrameRange.parse("::2", max_frames=3).indices(100)) == [0, 2, 4]
+    assert len(FrameRange.parse("50:").indices(10)) == 0
+    with pytest.raises(ConfigError, match="--max-frames"):
+        FrameRange.parse(None, max_frames=0)
+
+
+def test_working_size_scales_the_short_side_to_512_in_multiples_of_8() -> None:
+    assert working_size(320, 240) == (680, 512)  # 682.7 rounds to 680
+    assert working_size(250, 170) == (752, 512)
+    assert working_size(1920, 1080) == (912, 512)
+    assert working_size(1080, 1920) == (512, 912)
+    w, h = working_size(768, 576)
+    assert w % 8 == 0 and h % 8 == 0 and abs(w / h - 768 / 576) < 0.01
+    assert working_size(64, 48, keep_if_aligned=True) == (64, 48)
+    assert working_size(250, 170, keep_if_aligned=True) == (752, 512)  # 250 is not aligned
+    assert working_size(320, 240, (256, 192)) == (256, 192)
+    with pytest.raises(ConfigError, match="--size"):
+        working_size(320, 240, (250, 192))
+
+
+def test_parse_size() -> None:
+    assert parse_size("512x320") == (512, 320)
+    assert parse_size(" 640X480 ") == (640, 480)
+    for bad in ("512", "512x", "x512", "axb", "0x512", "-8x8"):
+        with pytest.raises(ConfigError, match="--size"):
+            parse_size(bad)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+@pytest.mark.parametrize(
+    ("frames", "expected"),
+    [("3:20:4", [3, 7, 11, 15, 19]), ("::10", [0, 10, 20]), ("25:", [25, 26, 27, 28, 29])],
+)
+def test_reader_selects_exact_frames(clips: dict[str, Path], frames: str, expected: list[int]) -> None:
+    reader = FrameReader(clips["graded"], frames=FrameRange.parse(frames), size=(64, 48))
+    assert list(reader.indices) == expected and len(reader) == len(expected)
+    got = reader.read_all()
+    assert got.shape == (len(expected), 48, 64, 3)
+    np.testing.assert_allclose(got.mean(axis=(1, 2, 3)), [grey_level(n) for n in expected], atol=2.5)
+
+
+def test_reader_default_size_and_batches(clips: dict[str, Path]) -> None:
+    reader = FrameReader(clips["ntsc_audio"], frames=FrameRange.parse(":10"))
+    assert reader.size == (680, 512)
+    assert [batch.shape for batch in reader.batches(4)] == [(4, 512, 680, 3)] * 2 + [(2, 512, 680, 3)]
+    small = FrameReader(clips["ntsc_audio"], frames=FrameRange(max_frames=3), size=(160, 120))
+    frames = small.read_all()
+    assert frames.shape == (3, 120, 160, 3) and frames.dtype == np.uint8
+
+
+def test_reader_kills_ffmpeg_once_it_has_what_it_needs(clips: dict[str, Path]) -> None:
+    reader = FrameReader(clips["ntsc_audio"], size=(320, 240))
+    for count, _ in enumerate(reader, start=1):
+        if count == 2:
+            break
+    assert ffmpeg_children() == []
+    assert len(FrameReader(clips["ntsc_audio"], frames=FrameRange(stop=3)).read_all()) == 3
+    assert ffmpeg_children() == []
+
+
+def test_reader_refuses_a_range_past_the_end(clips: dict[str, Path]) -> None:
+    with pytest.raises(InputError, match="no frames selected"):
+        FrameReader(clips["graded"], frames=FrameRange.parse("30:"))
+    # A container may promise more frames than it holds; then we only learn it while reading.
+    optimistic = dataclasses.replace(probe(clips["graded"]), num_frames=100)
+    reader = FrameReader(clips["graded"], frames=FrameRange.parse("50:"), info=optimistic)
+    with pytest.raises(InputError, match="no frames selected"):
+        reader.read_all()
+
+
+def test_reader_reports_a_file_damaged_mid_stream(tmp_path: Path, clips: dict[str, Path]) -> None:
+    # With the index at the front, half a file opens fine and then runs out of data.
+    faststart = tmp_path / "faststart.mp4"
+    ffmpeg_run("-i", str(clips["ntsc_audio"]), "-c", "copy", "-movflags", "+faststart", str(faststart))
+    whole = faststart.read_bytes()
+    half = tmp_path / "half.mp4"
+    half.write_bytes(whole[: len(whole) // 2])
+    reader = FrameReader(half, size=(320, 240))
+    with pytest.raises(InputError, match="decoding failed after [0-9]+ frames") as caught:
+        reader.read_all()
+    assert "\n" not in str(caught.value)
+    assert ffmpeg_children() == []
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def test_roundtrip_keeps_rate_count_and_content(tmp_path: Path, clips: dict[str, Path]) -> None:
+    source = FrameReader(clips["ntsc_audio"], size=(320, 240)).read_all()
+    out = tmp_path / "copy.mp4"
+    with VideoWriter(out, fps=NTSC) as writer:
+        writer.write(source[:20])
+        for frame in source[20:]:
+            writer.write(frame)
+    assert writer.frames_written == 48
+    info = probe(out)
+    assert (info.fps, info.num_frames, info.width, info.height) == (NTSC, 48, 320, 240)
+    assert info.codec == "h264" and not info.has_audio
+    back = FrameReader(out, size=(320, 240)).read_all()
+    assert np.abs(back.astype(int) - source).mean() < 4
+    assert no_leftovers(tmp_path)
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mov", ".mkv"])
+def test_written_frames_keep_their_order(tmp_path: Path, suffix: str) -> None:
+    frames = coloured_frames(25)
+    out = tmp_path / f"order{suffix}"
+    with VideoWriter(out, fps=Fraction(30)) as writer:
+        writer.write(frames)
+    back = FrameReader(out, size=(64, 48)).read_all()
+    assert len(back) == 25
+    np.testing.assert_allclose(back.mean(axis=(1, 2)), frames.mean(axis=(1, 2)), atol=4)
+
+
+def test_output_dimensions_are_even(tmp_path: Path) -> None:
+    odd = tmp_path / "odd.mp4"
+    with VideoWriter(odd, fps=Fraction(30)) as writer:
+        writer.write(coloured_frames(3, width=251, height=171))
+    assert (probe(odd).width, probe(odd).height) == (250, 170)
+    resized = tmp_path / "resized.mp4"
+    with VideoWriter(resized, fps=Fraction(30), size=(301, 201)) as writer:
+        writer.write(coloured_frames(3))
+    assert (probe(resized).width, probe(resized).height) == (300, 200)
+
+
+def audible_seconds(path: Path) -> float:
+    """Seconds of the first audio track louder than near-silence."""
+    loud = 0
+    with av.open(str(path)) as container:
+        for frame in container.decode(audio=0):
+            samples = frame.to_ndarray()
+            if np.sqrt(np.mean(samples.astype(np.float64) ** 2)) > 0.02:
+                loud += frame.samples
+            rate = frame.sample_rate
+    return loud / rate
+
+
+def stream_seconds(path: Path, kind: str) -> float:
+    with av.open(str(path)) as container:
+        stream = getattr(container.streams, kind)[0]
+        if kind == "audio":
+            assert stream.codec_context.name == "aac"
+        return float(stream.duration * stream.time_base)
+
+
+def test_audio_is_trimmed_and_ends_with_the_video(tmp_path: Path, clips: dict[str, Path]) -> None:
+    source = probe(clips["ntsc_audio"])
+    frames = coloured_frames(48)  # 2.002 s at 23.976 fps
+    trimmed = tmp_path / "trimmed.mp4"
+    with VideoWriter(trimmed, fps=NTSC, audio_from=source, audio_range=(0.5, 1.0)) as writer:
+        writer.write(frames)
+    assert probe(trimmed).has_audio
+    assert probe(trimmed).num_frames == 48  # a short audio track never cuts the video
+    assert audible_seconds(trimmed) == pytest.approx(0.5, abs=0.05)
+    # Padded with silence up to the last frame and not past it (give or take one AAC frame).
+    assert stream_seconds(trimmed, "audio") == pytest.approx(stream_seconds(trimmed, "video"), abs=0.025)
+
+    # The whole 2 s track behind a 1 s video stops with the video.
+    short = tmp_path / "short.mp4"
+    with VideoWriter(short, fps=NTSC, audio_from=source) as writer:
+        writer.write(frames[:24])
+    assert stream_seconds(short, "video") == pytest.approx(1.001, abs=0.01)
+    assert stream_seconds(short, "audio") == pytest.approx(1.001, abs=0.025)
+
+
+def test_an_audio_range_past_the_sound_gives_silence(tmp_path: Path, clips: dict[str, Path]) -> None:
+    out = tmp_path / "quiet.mp4"
+    source = probe(clips["short_audio"])  # 3 s of video over 1 s of sound
+    with VideoWriter(out, fps=Fraction(30), audio_from=source, audio_range=(1.5, 2.5)) as writer:
+        writer.write(coloured_frames(30))
+    assert probe(out).has_audio and probe(out).num_frames == 30
+    assert audible_seconds(out) == 0
+    assert stream_seconds(out, "audio") == pytest.approx(1.0, abs=0.025)
+
+
+def test_no_audio_track_means_no_audio_stream(tmp_path: Path, clips: dict[str, Path]) -> None:
+    out = tmp_path / "silent.mp4"
+    with VideoWriter(out, fps=Fraction(30), audio_from=probe(clips["vp9"]), audio_range=(0, 1)) as writer:
+        writer.write(coloured_frames(5))
+    assert not probe(out).has_audio
+
+
+def test_png_folder_roundtrip_is_exact(tmp_path: Path) -> None:
+    frames = np.random.default_rng(1).integers(0, 256, (12, 48, 64, 3), np.uint8)
+    out = tmp_path / "frames"
+    with VideoWriter(out, fps=Fraction(24)) as writer:
+        writer.write(frames)
+    assert sorted(p.name for p in out.iterdir())[:3] == ["00000.png", "00001.png", "00002.png"]
+    np.testing.assert_array_equal(FrameReader(out).read_all(), frames)
+    # Rewriting replaces the old frames rather than mixing two runs.
+    with VideoWriter(f"{out}/", fps=Fraction(24)) as writer:
+        writer.write(frames[:3])
+    assert len(list(out.iterdir())) == 3
+    assert no_leftovers(tmp_path)
+
+
+def test_folder_with_other_files_is_not_overwritten(tmp_path: Path) -> None:
+    (tmp_path / "holiday").mkdir()
+    (tmp_path / "holiday" / "beach.jpg").write_bytes(b"precious")
+    with pytest.raises(OutputError, match="already holds other files"):
+        VideoWriter(tmp_path / "holiday", fps=Fraction(24))
+
+
+@pytest.mark.parametrize("interruption", [RuntimeError, KeyboardInterrupt])
+@pytest.mark.parametrize("with_audio", [False, True])
+def test_a_failed_run_leaves_nothing_behind(
+    tmp_path: Path, clips: dict[str, Path], interruption: type[BaseException], with_audio: bool
+) -> None:
+    folder = tmp_path / "work"
+    folder.mkdir()
+    audio_from = probe(clips["ntsc_audio"]) if with_audio else None
+    with pytest.raises(interruption):
+        with VideoWriter(folder / "out.mp4", fps=Fraction(30), audio_from=audio_from) as writer:
+            writer.write(coloured_frames(10))
+            raise interruption()
+    assert list(folder.iterdir()) == []
+    assert ffmpeg_children() == []
+
+
+def test_a_failed_run_keeps_the_previous_output(tmp_path: Path) -> None:
+    out = tmp_path / "out.mp4"
+    out.write_bytes(b"the previous result")
+    with pytest.raises(RuntimeError):
+        with VideoWriter(out, fps=Fraction(30)) as writer:
+            writer.write(coloured_frames(5))
+            raise RuntimeError("model crashed")
+    assert out.read_bytes() == b"the previous result"
+    assert no_leftovers(tmp_path)
+    with VideoWriter(out, fps=Fraction(30)) as writer:
+        writer.write(coloured_frames(5))
+    assert probe(out).num_frames == 5
+
+
+@pytest.mark.parametrize("name", ["out.mp4", "frames"])
+def test_zero_frames_is_an_error_and_leaves_nothing(tmp_path: Path, name: str) -> None:
+    folder = tmp_path / "work"
+    folder.mkdir()
+    with pytest.raises(OutputError, match="no frames were written"):
+        with VideoWriter(folder / name, fps=Fraction(30)):
+            pass
+    assert list(folder.iterdir()) == []
+
+
+def test_bad_outputs_are_refused_before_any_work(tmp_path: Path, clips: dict[str, Path]) -> None:
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    cases = [
+        (tmp_path / "missing" / "out.mp4", "does not exist"),
+        (a_file / "out.mp4", "is a file, not a folder"),
+        (tmp_path / "out.txt", "cannot write .txt files"),
+        (a_file, "is a file; give a new folder name"),
+    ]
+    for path, message in cases:
+        with pytest.raises(OutputError, match=message):
+            VideoWriter(path, fps=Fraction(30))
+    with pytest.raises(OutputError, match="this is the input"):
+        check_output_path(clips["ntsc_audio"], clips["ntsc_audio"])
+    assert check_output_path(tmp_path / "new.mkv", clips["ntsc_audio"]) == tmp_path / "new.mkv"
+
+
+def test_unwritable_folder_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    if os.geteuid() == 0:  # root writes anywhere, so let the permission check see what a user would
+        real_access = os.access
+        monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != locked and real_access(path, mode))
+    try:
+        with pytest.raises(OutputError, match="locked: folder is not writable"):
+            VideoWriter(locked / "out.mp4", fps=Fraction(30))
+    finally:
+        locked.chmod(0o700)
+
+
+# --------------------------------------------------------------------------- real clips
+
+
+@pytest.mark.skipif(not (SHARED_CLIPS / "tree.avi").exists(), reason="shared sample clips not present")
+def test_tree_avi_holds_fewer_frames_than_its_header_claims() -> None:
+    info = probe(SHARED_CLIPS / "tree.avi")
+    assert (info.width, info.height, info.codec) == (320, 240, "cinepak")
+    assert info.fps == Fraction(1_000_000, 66_667)  # the header's exact rate, about 15 fps
+    assert info.num_frames == 444 and not info.has_audio
+    reader = FrameReader(SHARED_CLIPS / "tree.avi", size=(320, 240))
+    frames = reader.read_all()
+    # The AVI index lists 444 slots but only 68 hold a new picture; the others repeat the one
+    # before. Reading at the stream's constant rate keeps every slot, so timing is preserved.
+    assert frames.shape == (444, 240, 320, 3) and len(reader) == 444
+    pictures = 1 + sum(not np.array_equal(frames[i], frames[i - 1]) for i in range(1, len(frames)))
+    assert pictures == 68
+    assert frames.std() > 20  # real pictures, not blank frames
