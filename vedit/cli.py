@@ -196,6 +196,7 @@ def create_app() -> typer.Typer:
         batch_size: Optional[int] = typer.Option(None, help="Frames per UNet batch."),
         cache_dir: Optional[str] = typer.Option(None, help="Inversion cache folder."),
         no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the inversion cache."),
+        check: bool = typer.Option(False, "--check", help="Sample back from the inverted noise with the source prompt and report the PSNR against the clip."),
         config: Optional[Path] = typer.Option(None, "--config", help="Read defaults from this vedit.toml."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
     ) -> None:
@@ -210,12 +211,18 @@ def create_app() -> typer.Typer:
                 no_cache=True if no_cache else None,
             )
             with reporting(quiet) as reporter:
-                trajectory, how, written = invert_clip(clip, output, run_config, reporter=reporter)
+                trajectory, how, written, *checked = invert_clip(clip, output, run_config, reporter=reporter, check=check)
         if not quiet:
             where = f", written to {written}" if written else ""
             out_console.print(
                 f"{trajectory.num_frames} frames, {len(trajectory.timesteps)} stored timesteps "
                 f"(noisiest t={trajectory.noisiest}), {how}{where}",
+                markup=False,
+            )
+        if checked:
+            (reconstruction,) = checked
+            out_console.print(
+                f"reconstruction PSNR {reconstruction.psnr:.2f} dB (the VAE alone: {reconstruction.vae_psnr:.2f} dB)",
                 markup=False,
             )
 

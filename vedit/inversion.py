@@ -163,6 +163,37 @@ def invert(
     )
 
 
+@torch.no_grad()
+def reconstruct(
+    unet: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+    scheduler: Any,
+    trajectory: Trajectory,
+    source_embeds: torch.Tensor,
+    *,
+    inversion_steps: int,
+    batch_size: int = 8,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """DDIM sampling (η = 0, guidance 1, source prompt) from z_T back down the inversion schedule.
+
+    The exact reverse of :func:`invert`; with a faithful inversion it returns z_0 (N, 4, h, w).
+    """
+    schedule = inversion_timesteps(scheduler, inversion_steps)
+    alphas = scheduler.alphas_cumprod.to(torch.float64)
+    final_alpha = torch.as_tensor(scheduler.final_alpha_cumprod, dtype=torch.float64)
+    x = trajectory.latents[trajectory.noisiest].to(device=device, dtype=source_embeds.dtype).clone()
+    for i in reversed(range(len(schedule))):
+        t = schedule[i]
+        alpha_t = alphas[t]
+        alpha_prev = alphas[schedule[i - 1]] if i > 0 else final_alpha
+        for b in range(0, x.shape[0], batch_size):
+            x_b = x[b : b + batch_size]
+            eps = unet(x_b, torch.tensor(t, device=x.device), source_embeds.expand(x_b.shape[0], -1, -1))
+            x0 = (x_b - (1 - alpha_t).sqrt().to(x_b) * eps) / alpha_t.sqrt().to(x_b)
+            x[b : b + batch_size] = alpha_prev.sqrt().to(x_b) * x0 + (1 - alpha_prev).sqrt().to(x_b) * eps
+    return x
+
+
 # cache -----------------------------------------------------------------------------------------
 
 

@@ -332,11 +332,13 @@ def invert_clip(
     *,
     reporter: Reporter | None = None,
     sd: Any = None,
+    check: bool = False,
     **options: Any,
-) -> tuple[Trajectory, str, Path | None]:
+) -> tuple:
     """Invert ``input`` (or reuse the cached inversion); optionally also write it to ``output``.
 
-    Returns the trajectory, how it was obtained ("computed" or "cached") and the written path.
+    Returns the trajectory, how it was obtained ("computed" or "cached") and the written path;
+    with ``check``, also a :class:`Reconstruction` (PSNR of sampling back from the inverted noise).
     """
     config = _resolve(config, options)
     reporter = reporter or _Silent()
@@ -352,8 +354,45 @@ def invert_clip(
     latents, frames_sha = _read_latents(model, clip, config.batch_size, reporter)
     with ControlledUNet(model.unet) as plain:
         trajectory, how = _trajectory(model, config.replace(inversion=None), clip, latents, frames_sha, source_embeds, plain, reporter)
+        if check:
+            reconstruction = reconstruction_psnr(model, config, clip, trajectory, source_embeds, plain, reporter)
     written = trajectory.save(output) if output is not None else None
+    if check:
+        return trajectory, how, written, reconstruction
     return trajectory, how, written
+
+
+@dataclass
+class Reconstruction:
+    """How well the inversion reproduces the clip: PSNR against the input frames, in dB."""
+
+    psnr: float  # decode(DDIM sampling from z_T with the source prompt) vs the frames
+    vae_psnr: float  # decode(z_0) vs the frames: the autoencoder's own loss, a ceiling for the above
+
+
+def reconstruction_psnr(model, config, clip, trajectory, source_embeds, controlled, reporter) -> Reconstruction:
+    """Sample back from the inverted noise and compare the decoded frames with the clip's."""
+    from .inversion import reconstruct
+
+    task = reporter.task("reconstruct", 1)
+    z0 = reconstruct(
+        _plain_unet(controlled, "reconstruction"), model.new_scheduler(), trajectory, source_embeds,
+        inversion_steps=config.inversion_steps, batch_size=config.batch_size, device=model.device,
+    )
+    task.advance(1)
+    errors = {"sampled": 0.0, "vae": 0.0}
+    count = 0
+    start = 0
+    for frames in clip.reader.batches(config.batch_size):  # (b, H, W, 3) uint8
+        end = start + len(frames)
+        reference = frames.astype(np.float64)
+        for key, latents in (("sampled", z0[start:end]), ("vae", trajectory.clean[start:end])):
+            decoded = _to_uint8(model.decode_latents(latents.to(model.device, model.dtype), batch_size=config.batch_size))
+            errors[key] += float(((decoded.astype(np.float64) - reference) ** 2).sum())
+        count += frames.size
+        start = end
+    to_db = lambda total: float("inf") if total == 0 else float(10 * np.log10(255.0**2 * count / total))  # noqa: E731
+    return Reconstruction(psnr=to_db(errors["sampled"]), vae_psnr=to_db(errors["vae"]))
 
 
 __all__ = ["edit", "invert_clip", "EditResult", "Reporter", "open_clip"]

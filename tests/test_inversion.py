@@ -1,0 +1,92 @@
+"""DDIM inversion: exact reversibility, schedules, the trajectory file and the reconstruction check."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from test_cli import vedit
+from vedit.errors import InputError
+from vedit.inversion import InversionCache, Trajectory, cache_key, invert, inversion_timesteps, reconstruct
+from vedit.models import load_model
+
+
+def latent_blind_unet(x, t, text):
+    """ε that depends on t and the text only: DDIM inversion is then exactly reversible."""
+    gen = torch.Generator().manual_seed(int(t))
+    return torch.randn(x.shape[1:], generator=gen).expand_as(x) * (1 + text.mean())
+
+
+@pytest.mark.parametrize("inversion_steps, steps", [(50, 50), (500, 50), (1000, 50), (20, 10)])
+def test_inversion_is_exactly_reversible_and_stores_the_sampling_schedule(inversion_steps, steps):
+    sd = load_model("tiny", device="cpu", dtype="fp32")
+    clean = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    text = torch.zeros(1, 77, 32, dtype=torch.float64)
+    calls = []
+
+    def counting(x, t, text):
+        calls.append(x.shape[0])
+        return latent_blind_unet(x, t, text)
+
+    trajectory = invert(counting, sd.new_scheduler(), clean, text, inversion_steps=inversion_steps, steps=steps, batch_size=2)
+    scheduler = sd.new_scheduler()
+    scheduler.set_timesteps(steps)
+    assert trajectory.timesteps == [int(t) for t in scheduler.timesteps]
+    assert trajectory.noisiest == max(inversion_timesteps(sd.new_scheduler(), inversion_steps)) < 1000
+    assert set(trajectory.latents) == set(trajectory.timesteps) | {trajectory.noisiest}
+    assert sum(calls) == 3 * len(inversion_timesteps(sd.new_scheduler(), inversion_steps))
+    back = reconstruct(latent_blind_unet, sd.new_scheduler(), trajectory, text, inversion_steps=inversion_steps)
+    assert torch.allclose(back, clean, atol=1e-8)
+    # the DDIM noise recovered from z_T brings z_0 back to z_T
+    eps = trajectory.ddim_noise(scheduler.alphas_cumprod)
+    z_t = scheduler.add_noise(clean, eps, torch.tensor([trajectory.noisiest]))
+    assert torch.allclose(z_t, trajectory.latents[trajectory.noisiest], atol=1e-6)
+
+
+def test_a_schedule_that_misses_the_sampling_steps_is_refused():
+    sd = load_model("tiny", device="cpu", dtype="fp32")
+    with pytest.raises(ValueError, match="multiple of 50"):
+        invert(latent_blind_unet, sd.new_scheduler(), torch.zeros(1, 4, 8, 8), torch.zeros(1, 77, 32), inversion_steps=30, steps=50)
+
+
+def test_trajectory_round_trip_and_cache(tmp_path):
+    latents = {t: torch.full((2, 4, 8, 8), float(t)) for t in (501, 1, 751)}
+    trajectory = Trajectory(clean=torch.zeros(2, 4, 8, 8), latents=latents, timesteps=[501, 1], noisiest=751,
+                            metadata={"model": "tiny"})
+    loaded = Trajectory.load(trajectory.save(tmp_path / "t.safetensors"))
+    assert loaded.timesteps == [501, 1] and loaded.noisiest == 751 and loaded.metadata["model"] == "tiny"
+    assert torch.equal(loaded.at(751, torch.tensor([1])), latents[751][1:])
+    cache = InversionCache(tmp_path / "c")
+    key = cache_key(frames_sha256="ab", fingerprint="tiny:seed0", size=(64, 64), inversion_steps=50, steps=50,
+                    source_prompt="", dtype="float32")
+    assert key != cache_key(frames_sha256="ab", fingerprint="tiny:seed0", size=(64, 64), inversion_steps=50, steps=50,
+                            source_prompt="a cat", dtype="float32")
+    assert cache.get(key) is None
+    cache.put(key, trajectory)
+    assert cache.get(key).noisiest == 751
+    cache.path(key).write_bytes(b"broken")
+    assert cache.get(key) is None and not cache.path(key).exists()  # damaged entries are dropped
+    (tmp_path / "x.safetensors").write_bytes(b"nonsense")
+    with pytest.raises(InputError, match="not a readable vedit trajectory"):
+        Trajectory.load(tmp_path / "x.safetensors")
+
+
+def test_invert_check_reports_psnr_that_matches_a_direct_computation(clip):
+    result = vedit("invert", clip, "--model", "tiny", "--size", "64x48", "--steps", "2", "--inversion-steps", "2", "--check")
+    assert result.exit_code == 0, result.output
+    found = re.search(r"reconstruction PSNR ([\d.]+) dB \(the VAE alone: ([\d.]+) dB\)", result.stdout)
+    assert found, result.stdout
+    sampled, vae_alone = float(found.group(1)), float(found.group(2))
+    from vedit.video import FrameReader
+
+    sd = load_model("tiny", device="cpu", dtype="fp32")
+    frames = FrameReader(clip, size=(64, 48)).read_all()
+    images = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255
+    decoded = sd.decode_latents(sd.encode_images(images))
+    decoded = (decoded.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    mse = np.mean((decoded.astype(np.float64) - frames) ** 2)
+    assert vae_alone == pytest.approx(10 * np.log10(255**2 / mse), abs=0.01)
+    assert 0 < sampled < 100
