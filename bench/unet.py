@@ -85,13 +85,15 @@ def run_unet_suite(*, model, size, frames, chunks, repeats, device, dtype, save)
             ("propagation pass, 3B batch", propagate, 3 * frames),
         ):
             seconds = _timed(fn, repeats, sd.device)
-            tflops = TFLOP_PER_IMAGE_512 * (h * w) / (64 * 64) * images / seconds
+            # The FLOP figure holds for the SD 1.5 / 2.1 UNet only (real or random weights).
+            sd_sized = model != "tiny"
+            tflops = TFLOP_PER_IMAGE_512 * (h * w) / (64 * 64) * images / seconds if sd_sized else None
             rows.append({"pass": name, "images": images, "ms": round(seconds * 1e3, 2),
-                         "images_per_s": round(images / seconds, 2), "approx_tflops": round(tflops, 3)})
+                         "images_per_s": round(images / seconds, 2), "approx_tflops": round(tflops, 3) if tflops else None})
     show(
         f"UNet passes: {model} {size} {sd.dtype} on {sd.device}, B={frames}, K={chunks}",
         ["pass", "images", "ms", "images/s", "≈TFLOP/s"],
-        [[r["pass"], r["images"], r["ms"], r["images_per_s"], r["approx_tflops"]] for r in rows],
+        [[r["pass"], r["images"], r["ms"], r["images_per_s"], r["approx_tflops"] or "-"] for r in rows],
     )
     save_json(save, {"suite": "unet", "model": model, "size": size, "frames": frames, "chunks": chunks,
                      "device": str(sd.device), "dtype": str(sd.dtype), "rows": rows})

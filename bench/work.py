@@ -38,7 +38,8 @@ def run_work_suite(frame_counts, *, chunk_size: int, steps: int, save: str | Non
     show(
         f"UNet image-forwards, B={chunk_size}, {steps} steps",
         ["frames", "propagator", "per frame per step", "3(1+K/N)", "inversion per frame per step", "by pass"],
-        [[r["frames"], r["propagator"], r["per_frame_step"], r["expected"], r["inversion_per_frame_step"], r["forwards"]] for r in rows],
+        [[r["frames"], r["propagator"], r["per_frame_step"], r["expected"], r["inversion_per_frame_step"],
+          ", ".join(f"{k} {v}" for k, v in r["forwards"].items())] for r in rows],
     )
     save_json(save, {"suite": "work", "chunk_size": chunk_size, "steps": steps, "rows": rows})
     return rows

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from vedit.hookspecs import hookimpl
 
 # Similarity entries computed at once; bounds memory whatever the number of tokens.
-BLOCK_ELEMENTS = 1 << 25
+BLOCK_ELEMENTS = 1 << 24
 
 
 def cosine_nearest(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:

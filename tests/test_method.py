@@ -197,3 +197,31 @@ def test_blend_weights_follow_the_formula():
     expected = [torch.sigmoid(torch.tensor(abs(s - 6) / (abs(s - 10) + abs(s - 6)))) for s in range(8, 12)]
     assert torch.allclose(w, torch.stack(expected))
     assert w[2] == pytest.approx(torch.sigmoid(torch.tensor(1.0)).item())
+
+
+def test_blocked_attention_equals_one_fused_call(monkeypatch):
+    import torch.nn.functional as F
+
+    from vedit import attention
+
+    gen = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(1, 2, 96, 8, generator=gen) for _ in range(3))
+    whole = F.scaled_dot_product_attention(q, k, v)
+    monkeypatch.setattr(attention, "MAX_SCORES_PER_BLOCK", 2 * 96 * 10)  # blocks of 10 queries
+    assert torch.allclose(attention.attend(q, k, v), whole, atol=1e-6)
+
+
+def test_blocked_nearest_neighbours_equal_one_matmul(monkeypatch):
+    from vedit_plugins import torch_nn
+
+    gen = torch.Generator().manual_seed(4)
+    queries, keys = torch.randn(300, 16, generator=gen), torch.randn(70, 16, generator=gen)
+    expected = (F_normalize(queries) @ F_normalize(keys).T).argmax(-1)
+    monkeypatch.setattr(torch_nn, "BLOCK_ELEMENTS", 70 * 7)
+    assert torch.equal(torch_nn.cosine_nearest(queries, keys), expected)
+    if plugins.registered("nn_backend")["faiss"].unavailable_reason() is None:
+        assert torch.equal(plugins.get("nn_backend", "faiss").nearest(queries, keys), expected)
+
+
+def F_normalize(x):
+    return x / x.norm(dim=-1, keepdim=True)

@@ -11,7 +11,7 @@ from .unet import CallContext, LayerInfo, inject_from_source
 # Queries are processed in blocks of at most this many (query × key) scores per head, so that
 # attention over many frames' tokens never materialises one huge score matrix, even on
 # backends without a fused kernel.
-MAX_SCORES_PER_BLOCK = 1 << 26
+MAX_SCORES_PER_BLOCK = 1 << 24
 
 
 def project_qkv(
