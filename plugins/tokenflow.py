@@ -76,7 +76,8 @@ class KeyframeAttention:
             attend = per_frame_attention if branch == SOURCE else joint_attention
             parts.append(attend(attn, query[s], key[s], value[s]))
         out = project_out(attn, torch.cat(parts))  # (3K, seq, dim)
-        self.records.features[layer.index] = hidden_states[ctx.branch(SOURCE)]
+        # A copy: a slice would keep the whole three-branch input of the layer alive.
+        self.records.features[layer.index] = hidden_states[ctx.branch(SOURCE)].clone()
         self.records.outputs[layer.index] = out
         return out
 
