@@ -66,3 +66,21 @@ def register_commands(app):
         from .unet import run_unet_suite
 
         run_unet_suite(model=model, size=size, frames=frames, chunks=chunks, repeats=repeats, device=device, dtype=dtype, save=save)
+
+    @bench.command("consistency")
+    def consistency(
+        seeds: str = typer.Option("0,1,2", help="Comma-separated model seeds."),
+        frames: int = typer.Option(12, help="Frames of the translating clip."),
+        size: str = typer.Option("128x128", help="Working size WxH (the clip moves 8 px per frame)."),
+        steps: int = typer.Option(10, help="Sampling (and inversion) steps."),
+        editor: str = typer.Option("pnp", help="Editor."),
+        chunk_size: int = typer.Option(4, help="Chunk size B."),
+        save: Optional[str] = typer.Option(None, help="Also write the results as JSON to this file."),
+    ) -> None:
+        """Warp error of tokenflow against none on a translating pattern (consistency test model, CPU)."""
+        from .consistency import run_consistency_suite
+
+        run_consistency_suite(
+            [int(s) for s in seeds.split(",")], frames=frames, size=size, steps=steps, editor=editor,
+            chunk_size=chunk_size, save=save,
+        )
