@@ -264,3 +264,23 @@ def test_help_lists_every_run_option():
     for f in fields(RunConfig):
         flag = "--" + f.name.replace("_", "-")
         assert flag in text, flag
+
+
+def test_a_terminated_run_leaves_no_output(clip, tmp_path):
+    """SIGTERM mid-run ends like Ctrl-C: one line, no output file, no temporary left behind."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out_dir = tmp_path / "o"
+    out_dir.mkdir()
+    cmd = [sys.executable, "-m", "vedit", "run", str(clip), "-p", "x", "--model", "tiny", "--size", "64x48",
+           "--steps", "200", "--inversion-steps", "200", "--no-cache", "-o", str(out_dir / "out.mp4")]
+    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(6)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "interrupted" in stderr.strip().splitlines()[-1]
+    assert list(out_dir.iterdir()) == []

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import os
-import sys
+import signal
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -281,7 +280,13 @@ def create_app() -> typer.Typer:
     return app
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> None:
+    # A terminated run (a job scheduler's SIGTERM) cleans up like Ctrl-C: temporary output removed.
+    signal.signal(signal.SIGTERM, _interrupt)
     app = create_app()
     app(prog_name="vedit")
 
