@@ -90,3 +90,15 @@ def test_invert_check_reports_psnr_that_matches_a_direct_computation(clip):
     mse = np.mean((decoded.astype(np.float64) - frames) ** 2)
     assert vae_alone == pytest.approx(10 * np.log10(255**2 / mse), abs=0.01)
     assert 0 < sampled < 100
+
+
+def test_python_api_inverts_once_then_reuses_the_cache(clip, tmp_path):
+    import vedit as api
+
+    options = dict(model="tiny", size="64x48", steps=2, inversion_steps=2)
+    first = api.invert(clip, tmp_path / "t.safetensors", check=True, **options)
+    again = api.invert(clip, **options)
+    assert (first.how, again.how) == ("computed", "cached")
+    assert first.path == tmp_path / "t.safetensors" and again.path is None
+    assert again.reconstruction is None and 0 < first.reconstruction.psnr < 100
+    assert torch.equal(first.trajectory.latents[first.trajectory.noisiest], again.trajectory.latents[again.trajectory.noisiest])

@@ -210,16 +210,17 @@ def create_app() -> typer.Typer:
                 no_cache=True if no_cache else None,
             )
             with reporting(quiet) as reporter:
-                trajectory, how, written, *checked = invert_clip(clip, output, run_config, reporter=reporter, check=check)
+                result = invert_clip(clip, output, run_config, reporter=reporter, check=check)
+        trajectory = result.trajectory
         if not quiet:
-            where = f", written to {written}" if written else ""
+            where = f", written to {result.path}" if result.path else ""
             out_console.print(
                 f"{trajectory.num_frames} frames, {len(trajectory.timesteps)} stored timesteps "
-                f"(noisiest t={trajectory.noisiest}), {how}{where}",
+                f"(noisiest t={trajectory.noisiest}), {result.how}{where}",
                 markup=False,
             )
-        if checked:
-            (reconstruction,) = checked
+        if result.reconstruction is not None:
+            reconstruction = result.reconstruction
             out_console.print(
                 f"reconstruction PSNR {reconstruction.psnr:.2f} dB (the VAE alone: {reconstruction.vae_psnr:.2f} dB)",
                 markup=False,

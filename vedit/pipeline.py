@@ -334,11 +334,10 @@ def invert_clip(
     sd: Any = None,
     check: bool = False,
     **options: Any,
-) -> tuple:
+) -> "InversionResult":
     """Invert ``input`` (or reuse the cached inversion); optionally also write it to ``output``.
 
-    Returns the trajectory, how it was obtained ("computed" or "cached") and the written path;
-    with ``check``, also a :class:`Reconstruction` (PSNR of sampling back from the inverted noise).
+    With ``check``, also sample back from the inverted noise and measure the reconstruction.
     """
     config = _resolve(config, options)
     reporter = reporter or _Silent()
@@ -352,14 +351,23 @@ def invert_clip(
     model = _load(config, sd)
     (source_embeds,) = model.encode_prompt([config.source_prompt]).split(1)
     latents, frames_sha = _read_latents(model, clip, config.batch_size, reporter)
+    reconstruction = None
     with ControlledUNet(model.unet) as plain:
         trajectory, how = _trajectory(model, config.replace(inversion=None), clip, latents, frames_sha, source_embeds, plain, reporter)
         if check:
             reconstruction = reconstruction_psnr(model, config, clip, trajectory, source_embeds, plain, reporter)
     written = trajectory.save(output) if output is not None else None
-    if check:
-        return trajectory, how, written, reconstruction
-    return trajectory, how, written
+    return InversionResult(trajectory=trajectory, how=how, path=written, reconstruction=reconstruction)
+
+
+@dataclass
+class InversionResult:
+    """What :func:`invert_clip` produced."""
+
+    trajectory: Trajectory
+    how: str  # "computed" or "cached"
+    path: Path | None  # the file written with ``output``
+    reconstruction: "Reconstruction | None" = None  # with ``check``
 
 
 @dataclass
@@ -395,4 +403,4 @@ def reconstruction_psnr(model, config, clip, trajectory, source_embeds, controll
     return Reconstruction(psnr=to_db(errors["sampled"]), vae_psnr=to_db(errors["vae"]))
 
 
-__all__ = ["edit", "invert_clip", "EditResult", "Reporter", "open_clip"]
+__all__ = ["edit", "invert_clip", "EditResult", "InversionResult", "Reconstruction", "Reporter", "open_clip"]
