@@ -55,12 +55,17 @@ class RunConfig:
     postprocess: str | None = None
     cache_dir: str | None = None
     no_cache: bool = False
+    cache_max_gb: float = 20.0
+    allow_short: bool = False
+    force_inversion: bool = False
+    keep_timestamps: bool = False
 
     def replace(self, **changes: Any) -> "RunConfig":
         return dataclasses.replace(self, **changes)
 
 
-_RANGES: dict[str, tuple[float, float]] = {
+# Inclusive bounds; None means unbounded on that side.
+_RANGES: dict[str, tuple[float | None, float | None]] = {
     "steps": (1, 1000),
     "inversion_steps": (1, 1000),
     "strength": (0.0, 1.0),
@@ -69,8 +74,10 @@ _RANGES: dict[str, tuple[float, float]] = {
     "pnp_attn_t": (0.0, 1.0),
     "chunk_size": (1, 1024),
     "batch_size": (1, 4096),
-    "max_frames": (1, 10**9),
+    "max_frames": (1, None),
     "guidance": (0.0, 100.0),
+    "seed": (0, 2**63 - 1),
+    "cache_max_gb": (0.0, None),
 }
 
 
@@ -104,25 +111,42 @@ def _type_label(annotation: Any) -> str:
     return " or ".join(names)
 
 
-def validate(values: dict[str, Any], origin: str) -> dict[str, Any]:
-    """Normalise keys and check names, types and ranges; errors name the offending key."""
+def _number(value: float) -> str:
+    """A bound as a person writes it: 1, 0.5, 1000 (never 1e+03)."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def _range_text(low: float | None, high: float | None) -> str:
+    if high is None:
+        return f"{_number(low)} or more"
+    if low is None:
+        return f"{_number(high)} or less"
+    return f"between {_number(low)} and {_number(high)}"
+
+
+def validate(values: dict[str, Any], origin: str | None = None) -> dict[str, Any]:
+    """Normalise keys and check names, types and ranges; errors name the offending key.
+
+    With ``origin`` (a file name) errors name the key as written in that file; without it the
+    values came from the command line or the Python API and errors name the flag (``--max-frames``).
+    """
     types = _field_types()
     clean: dict[str, Any] = {}
     for raw_key, value in values.items():
         key = raw_key.replace("-", "_")
+        where = f"{origin}: option {raw_key!r}" if origin else flag_name(key)
         if key not in types:
             known = ", ".join(sorted(k.replace("_", "-") for k in types))
-            raise ConfigError(f"{origin}: unknown option {raw_key!r} (known: {known})")
+            prefix = f"{origin}: " if origin else ""
+            raise ConfigError(f"{prefix}unknown option {raw_key!r} (known: {known})")
         if not _accepts(types[key], value):
-            raise ConfigError(
-                f"{origin}: option {raw_key!r} must be {_type_label(types[key])}, got {type(value).__name__} {value!r}"
-            )
+            raise ConfigError(f"{where} must be {_type_label(types[key])}, got {type(value).__name__} {value!r}")
         if types[key] is float or float in typing.get_args(types[key]):
             value = float(value) if value is not None else None
         if key in _RANGES and value is not None:
             low, high = _RANGES[key]
-            if not low <= value <= high:
-                raise ConfigError(f"{origin}: option {raw_key!r} must be between {low:g} and {high:g}, got {value!r}")
+            if (low is not None and value < low) or (high is not None and value > high):
+                raise ConfigError(f"{where} must be {_range_text(low, high)}, got {_number(value)}")
         clean[key] = value
     return clean
 
@@ -162,7 +186,7 @@ def load_config(config_path: str | Path | None = None, cwd: Path | None = None, 
         if local.is_file():
             values.update(read_config_file(local))
     given = {k: v for k, v in overrides.items() if v is not None}
-    values.update(validate(given, "option"))
+    values.update(validate(given))
     return RunConfig(**values)
 
 
