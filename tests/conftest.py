@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import shutil
 import subprocess
 import sys
 from fractions import Fraction
@@ -37,13 +38,24 @@ def _isolated(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="session")
-def example_plugin():
-    """Install the example third-party plugin package (tests/plugin_pkg) for the session, offline."""
-    cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index", str(PLUGIN_PKG)]
+def example_plugin(tmp_path_factory):
+    """The example third-party plugin package (tests/plugin_pkg), installed offline for the session.
+
+    It is built from a copy in a temporary folder and installed there (``pip --target``), then put
+    on ``sys.path``: the user's environment and the checkout are left exactly as they were.
+    """
+    work = tmp_path_factory.mktemp("example-plugin")
+    source, site = work / "src", work / "site"
+    shutil.copytree(PLUGIN_PKG, source)
+    cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index",
+           "--target", str(site), str(source)]
     subprocess.run(cmd, check=True, capture_output=True)
+    sys.path.insert(0, str(site))
     importlib.invalidate_caches()
     yield "vedit-example-plugin"
-    subprocess.run([sys.executable, "-m", "pip", "uninstall", "-q", "-y", "vedit-example-plugin"], capture_output=True)
+    sys.path.remove(str(site))
+    for name in [m for m in sys.modules if m.startswith("vedit_example_plugin")]:
+        del sys.modules[name]
     importlib.invalidate_caches()
 
 

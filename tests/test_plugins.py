@@ -99,13 +99,24 @@ def test_auto_choices_are_firstresult_and_overridable():
     assert plugins.choose("engine", "auto", "cpu").name == "eager"
     assert plugins.choose("nn_backend", "auto", "cpu").name == "torch"
 
+    class Exhaustive:
+        name = "exhaustive"
+
+        def nearest(self, queries, keys):
+            raise NotImplementedError
+
     class Prefer:
         @hookimpl
-        def choose_nn_backend(self, device):
-            return "faiss"
+        def register_nn_backends(self, register):
+            register(Exhaustive())
 
-    plugins.get_plugin_manager().register(Prefer(), name="prefer-faiss")
-    assert plugins.choose("nn_backend", "auto", "cpu").name == "faiss"
+        @hookimpl
+        def choose_nn_backend(self, device):
+            return "exhaustive"
+
+    # A backend of the test's own, so the answer does not depend on whether faiss is installed.
+    plugins.get_plugin_manager().register(Prefer(), name="prefer-exhaustive")
+    assert plugins.choose("nn_backend", "auto", "cpu").name == "exhaustive"
 
 
 def test_vedit_plugins_limits_what_loads(monkeypatch):
@@ -147,3 +158,16 @@ def test_third_party_package_is_found_and_a_broken_one_reported(example_plugin):
     assert "example_broken" in failures
     assert "vedit_example_plugin_missing_dependency" in failures["example_broken"].error
     assert BUILTIN["editor"] <= set(editors)
+
+
+def test_the_example_package_is_installed_outside_the_environment_and_the_checkout(example_plugin):
+    import importlib.metadata
+    import sys
+    from pathlib import Path
+
+    from conftest import PLUGIN_PKG
+
+    dist = importlib.metadata.distribution(example_plugin)
+    location = Path(dist.locate_file("")).resolve()
+    assert not location.is_relative_to(Path(sys.prefix).resolve())  # not in the user's environment
+    assert sorted(p.name for p in PLUGIN_PKG.iterdir()) == ["pyproject.toml", "vedit_example_plugin"]
