@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import subprocess
 from fractions import Fraction
 from pathlib import Path
@@ -16,6 +17,7 @@ from PIL import Image
 
 from vedit.errors import ConfigError, InputError, OutputError
 from vedit.video import (
+    ColorTags,
     FrameRange,
     FrameReader,
     VideoWriter,
@@ -24,6 +26,7 @@ from vedit.video import (
     parse_size,
     probe,
     working_size,
+    written_size,
 )
 
 SHARED_CLIPS = Path(__file__).parents[2] / "shared" / "clips"
@@ -293,6 +296,229 @@ def test_reader_reports_a_file_damaged_mid_stream(tmp_path: Path, clips: dict[st
     assert ffmpeg_children() == []
 
 
+def cut_before_video_packet(source: Path, target: Path, packet: int) -> Path:
+    """``source`` cut at the byte where its ``packet``-th video packet starts: a clean end."""
+    with av.open(str(source)) as container:
+        positions = [p.pos for p in container.demux(video=0) if p.size]
+    target.write_bytes(source.read_bytes()[: positions[packet]])
+    return target
+
+
+@pytest.fixture(scope="module")
+def truncated(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """217 frames promised by the index at the front, the data cut off after the 27th."""
+    root = tmp_path_factory.mktemp("truncated")
+    whole = root / "whole.mp4"
+    ffmpeg_run(
+        "-f", "lavfi", "-i", "testsrc2=size=160x120:rate=24", "-f", "lavfi", "-i", "sine",
+        "-frames:v", "217", "-c:v", "libx264", "-c:a", "aac", "-shortest",
+        "-movflags", "+faststart", str(whole),
+    )  # fmt: skip
+    return cut_before_video_packet(whole, root / "clip.mp4", 27)
+
+
+def test_a_truncated_file_is_refused_with_what_was_read(truncated: Path) -> None:
+    reader = FrameReader(truncated, size=(160, 120))
+    assert len(reader) == 217  # the index still promises every frame
+    with pytest.raises(InputError) as caught:
+        reader.read_all()
+    message = str(caught.value)
+    match = re.fullmatch(
+        r".*clip\.mp4: read (\d+) of 217 frames; the file is truncated or damaged "
+        r"\(pass --allow-short to edit the (\d+) frames that could be read\)",
+        message,
+    )
+    assert match is not None, message
+    read = int(match.group(1))
+    assert 20 <= read <= 30 and int(match.group(2)) == read
+    assert reader.frames_read == read
+    assert ffmpeg_children() == []
+
+    # The stride is counted in selected frames.
+    every_other = FrameReader(truncated, frames=FrameRange.parse("::2"), size=(160, 120))
+    with pytest.raises(InputError, match=f"read {(read + 1) // 2} of 109 frames"):
+        every_other.read_all()
+    # Reading every frame at its own time, the container's frame count is still the promise.
+    with pytest.raises(InputError, match=r"read 2\d of 217 frames"):
+        FrameReader(truncated, size=(160, 120), keep_timestamps=True).read_all()
+
+
+def test_allow_short_reads_what_there_is_and_says_so(truncated: Path) -> None:
+    reader = FrameReader(truncated, size=(160, 120), allow_short=True)
+    assert reader.frames_read == 0 and reader.short_read is None
+    first = reader.read_all()
+    read = len(first)
+    assert 20 <= read <= 30
+    assert reader.frames_read == read and reader.short_read == (read, 217)
+    assert len(reader.timestamps) == read  # one per frame read, to cut the sound by
+    # A second pass (as the pipeline makes to reconstruct) runs a fresh ffmpeg, same result.
+    second = reader.read_all()
+    np.testing.assert_array_equal(second, first)
+    assert reader.short_read == (read, 217)
+    # A loop that stops early is not a short clip.
+    for count, _ in enumerate(reader, start=1):
+        if count == 5:
+            break
+    assert reader.frames_read == 5 and reader.short_read is None
+    assert ffmpeg_children() == []
+
+
+@pytest.fixture(scope="module")
+def complete_clips(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Whole clips whose frame counts the reader must not take for truncation."""
+    root = tmp_path_factory.mktemp("complete")
+    codecs = {
+        ".mp4": ["-c:v", "libx264", "-c:a", "aac"],
+        ".mov": ["-c:v", "libx264", "-c:a", "aac"],
+        ".mkv": ["-c:v", "libx264", "-c:a", "aac"],
+        ".webm": ["-c:v", "libvpx", "-deadline", "realtime", "-c:a", "libopus"],
+        ".avi": ["-c:v", "mpeg4", "-c:a", "libmp3lame"],
+        ".ts": ["-c:v", "libx264", "-c:a", "aac"],
+    }
+    made = []
+    for n, (suffix, codec) in enumerate(codecs.items()):
+        for rate, frames in ((Fraction(30000, 1001), 31), (Fraction(2997, 125), 7 + n)):
+            for audio in (False, True):
+                path = root / f"{rate.numerator}-{frames}-{audio}{suffix}"
+                sound = ["-f", "lavfi", "-t", f"{float(frames / rate):.3f}", "-i", "sine"] if audio else []
+                # Half of them with the picture starting late, as after an edit.
+                delay = ["-itsoffset", "0.2"] if audio and n % 2 else []
+                ffmpeg_run(
+                    *delay, "-f", "lavfi", "-i", f"testsrc2=size=64x48:rate={rate}", *sound,
+                    "-frames:v", str(frames), *(codec if audio else codec[:-2]), str(path),
+                )  # fmt: skip
+                made.append(path)
+    # A Matroska file whose sound runs a second past its picture.
+    picture, sound = root / "picture.mp4", root / "sound.m4a"
+    ffmpeg_run("-f", "lavfi", "-i", "testsrc2=size=64x48:rate=24:duration=1", str(picture))
+    ffmpeg_run("-f", "lavfi", "-i", "sine=duration=2", str(sound))
+    ffmpeg_run("-i", str(picture), "-i", str(sound), "-c", "copy", str(root / "long_sound.mkv"))
+    return made + [root / "long_sound.mkv"]
+
+
+def test_complete_clips_are_not_taken_for_truncated(complete_clips: list[Path]) -> None:
+    for path in complete_clips:
+        reader = FrameReader(path, size=(64, 48))
+        frames = reader.read_all()
+        assert reader.short_read is None and reader.frames_read == len(frames), path
+        assert len(reader) - len(frames) <= 1, path  # the promise is at most a frame over
+
+
+@pytest.mark.skipif(not (SHARED_CLIPS / "vtest.avi").exists(), reason="shared sample clips not present")
+def test_vtest_avi_reads_to_its_last_frame() -> None:
+    reader = FrameReader(SHARED_CLIPS / "vtest.avi", frames=FrameRange.parse("700:"), size=(96, 72))
+    assert len(reader.read_all()) == 95 and reader.short_read is None
+
+
+def asymmetric_clip(path: Path) -> Path:
+    """A picture with no symmetry, losslessly coded so every decode gives the same pixels."""
+    ffmpeg_run(
+        "-f", "lavfi", "-i", "testsrc2=size=96x64:rate=24", "-frames:v", "3",
+        "-c:v", "libx264", "-qp", "0", "-pix_fmt", "yuv444p", str(path),
+    )  # fmt: skip
+    return path
+
+
+@pytest.mark.parametrize("degrees", [90, 180, 270])
+def test_rotated_clips_are_read_and_written_upright(tmp_path: Path, degrees: int) -> None:
+    stored = asymmetric_clip(tmp_path / "stored.mp4")
+    phone = tmp_path / "phone.mp4"
+    ffmpeg_run("-display_rotation", str(degrees), "-i", str(stored), "-c", "copy", str(phone))
+    info = probe(phone)
+    assert info.rotation == degrees
+    turned = degrees in (90, 270)
+    assert (info.width, info.height) == ((64, 96) if turned else (96, 64))
+    plain = FrameReader(stored, size=(96, 64)).read_all()
+    upright = FrameReader(phone, size=(info.width, info.height)).read_all()
+    # -display_rotation turns counter-clockwise, as np.rot90 does.
+    expected = np.rot90(plain, k=degrees // 90, axes=(1, 2))
+    assert upright.shape == expected.shape
+    assert np.abs(upright.astype(int) - expected).mean() < 1
+    out = tmp_path / "out.mp4"
+    with VideoWriter(out, fps=Fraction(24)) as writer:
+        writer.write(upright)
+    written = probe(out)
+    assert written.rotation == 0 and (written.width, written.height) == (info.width, info.height)
+    back = FrameReader(out, size=(info.width, info.height)).read_all()
+    assert np.abs(back.astype(int) - expected).mean() < 8  # 4:2:0 and crf 18 on sharp edges
+    if degrees == 180:
+        assert np.abs(back.astype(int) - plain).mean() > 40  # far from the picture as stored
+
+
+# Saturated colours, where a wrong matrix or range shows most.
+QUADRANTS = [(200, 60, 30), (40, 180, 90), (30, 70, 220), (235, 230, 40)]
+
+
+def quadrant_picture(width: int = 64, height: int = 48) -> np.ndarray:
+    picture = np.empty((height, width, 3), np.uint8)
+    for index, colour in enumerate(QUADRANTS):
+        rows = slice(0, height // 2) if index < 2 else slice(height // 2, height)
+        cols = slice(0, width // 2) if index % 2 == 0 else slice(width // 2, width)
+        picture[rows, cols] = colour
+    return picture
+
+
+def quadrant_centres(frames: np.ndarray) -> np.ndarray:
+    """Each quadrant's colour, away from the edges that chroma subsampling blurs."""
+    height, width = frames.shape[1:3]
+    centres = [(height // 4, width // 4), (height // 4, 3 * width // 4)]
+    centres += [(3 * height // 4, width // 4), (3 * height // 4, 3 * width // 4)]
+    return np.stack([frames[:, y - 4 : y + 4, x - 4 : x + 4].reshape(-1, 3).mean(axis=0) for y, x in centres])
+
+
+@pytest.fixture(scope="module")
+def bt601_full_range(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Quadrants converted to YUV with BT.601 at full range, and tagged so."""
+    path = tmp_path_factory.mktemp("colour") / "bt601.mp4"
+    frames = np.stack([quadrant_picture()] * 6)
+    subprocess.run(
+        [
+            find_ffmpeg(), "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", "64x48",
+            "-r", "24", "-i", "pipe:", "-vf",
+            "scale=out_color_matrix=bt601:out_range=pc,format=yuv420p,"
+            "setparams=colorspace=bt470bg:color_primaries=bt470bg:color_trc=smpte170m:range=pc",
+            "-c:v", "libx264", "-qp", "0", str(path),
+        ],
+        input=frames.tobytes(), check=True,
+    )  # fmt: skip
+    return path
+
+
+def test_colour_tags_are_probed_and_kept(tmp_path: Path, bt601_full_range: Path) -> None:
+    info = probe(bt601_full_range)
+    assert info.color == ColorTags(primaries="bt470bg", transfer="smpte170m", matrix="bt470bg", range="pc")
+    first = FrameReader(bt601_full_range, size=(64, 48)).read_all()
+    # Read with the source's own matrix (BT.709's would put these 7 to 18 levels off); YUV
+    # rounding and swscale's full-range arithmetic cost up to 2.
+    np.testing.assert_allclose(quadrant_centres(first), np.array(QUADRANTS, float), atol=2.01)
+    out = tmp_path / "kept.mp4"
+    # Lossless coding, so that what is left is the colour conversion there and back.
+    with VideoWriter(out, fps=Fraction(24), color=info.color, crf=0) as writer:
+        writer.write(first)
+    assert probe(out).color == info.color
+    again = FrameReader(out, size=(64, 48)).read_all()
+    np.testing.assert_allclose(quadrant_centres(again), quadrant_centres(first), atol=2.01)
+
+
+def test_untagged_sources_are_written_as_bt709(tmp_path: Path) -> None:
+    out = tmp_path / "plain.mkv"
+    with VideoWriter(out, fps=Fraction(24), color=ColorTags()) as writer:
+        writer.write(np.stack([quadrant_picture()] * 3))
+    assert probe(out).color == ColorTags(primaries="bt709", transfer="bt709", matrix="bt709", range="tv")
+    back = FrameReader(out, size=(64, 48)).read_all()
+    np.testing.assert_allclose(quadrant_centres(back), np.array(QUADRANTS, float), atol=2.01)
+
+
+def test_written_size_is_what_ends_up_in_the_file(tmp_path: Path) -> None:
+    assert written_size(tmp_path / "out.mp4", (321, 241)) == (320, 240)
+    assert written_size(tmp_path / "out.mkv", (320, 240)) == (320, 240)
+    assert written_size(tmp_path / "frames", (321, 241)) == (321, 241)
+    out = tmp_path / "odd.mov"
+    with VideoWriter(out, fps=Fraction(24)) as writer:
+        writer.write(coloured_frames(2, width=321, height=241))
+    assert (probe(out).width, probe(out).height) == written_size(out, (321, 241))
+
+
 # --------------------------------------------------------------------------- writing
 
 
@@ -497,6 +723,7 @@ def test_tree_avi_holds_fewer_frames_than_its_header_claims() -> None:
     # The AVI index lists 444 slots but only 68 hold a new picture; the others repeat the one
     # before. Reading at the stream's constant rate keeps every slot, so timing is preserved.
     assert frames.shape == (444, 240, 320, 3) and len(reader) == 444
+    assert reader.frames_read == 444 and reader.short_read is None
     pictures = 1 + sum(not np.array_equal(frames[i], frames[i - 1]) for i in range(1, len(frames)))
     assert pictures == 68
     assert frames.std() > 20  # real pictures, not blank frames

@@ -2,8 +2,16 @@
 
 Frames are streamed through an ffmpeg subprocess (never the whole clip in memory) and picked
 by decoded frame index, so ``--frames 10:50:2`` means exactly those frames whatever the
-container's timestamps say. Output is written to a hidden sibling and renamed into place
-only when everything succeeded, so an interrupted run never leaves half a video behind.
+container's timestamps say. They come upright (rotation tags applied), converted from YUV
+with the clip's own colour matrix and range, and at the stream's constant average rate
+(:func:`resampling` says what that drops and repeats), or with ``keep_timestamps`` each
+decoded frame once with its own time. A clip that ends well before the frame count its
+container promised is refused as truncated unless the caller allows a short read.
+
+Output keeps the source's colour tags and, given timestamps, its frame timing; the source's
+audio is cut on the source's own clock, so it keeps its place against the first frame. It
+is written to a hidden sibling and renamed into place only when everything succeeded, so an
+interrupted run never leaves half a video behind.
 
 Environment:
     VEDIT_FFMPEG   the ffmpeg binary to use (default: ``ffmpeg`` on PATH, else the one
@@ -20,6 +28,7 @@ import secrets
 import shutil
 import subprocess
 import threading
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -39,6 +48,7 @@ FOLDER_FPS = Fraction(24)  # image folders carry no rate; the caller may overrid
 _OUR_FRAME_NAME = re.compile(r"^\d{5,}\.png$")
 _LAST_INTEGER = re.compile(r"(\d+)(?!.*\d)")
 _FFMPEG_PREFIX = re.compile(r"^(\[[^\]]*\]\s*)+")
+_NUT_TIME_BASE = Fraction(1, 1_000_000)  # frames written with timestamps are placed to the microsecond
 
 
 def find_ffmpeg() -> str:
@@ -67,19 +77,65 @@ def find_ffmpeg() -> str:
 # --------------------------------------------------------------------------- probing
 
 
+# ffmpeg's names for the ISO/IEC 23091-4 (H.273) colour codes that streams carry.
+_PRIMARIES = {
+    1: "bt709", 4: "bt470m", 5: "bt470bg", 6: "smpte170m", 7: "smpte240m", 8: "film",
+    9: "bt2020", 10: "smpte428", 11: "smpte431", 12: "smpte432", 22: "ebu3213",
+}  # fmt: skip
+_TRANSFERS = {
+    1: "bt709", 4: "gamma22", 5: "gamma28", 6: "smpte170m", 7: "smpte240m", 8: "linear",
+    9: "log100", 10: "log316", 11: "iec61966-2-4", 12: "bt1361e", 13: "iec61966-2-1",
+    14: "bt2020-10", 15: "bt2020-12", 16: "smpte2084", 17: "smpte428", 18: "arib-std-b67",
+}  # fmt: skip
+_MATRICES = {
+    0: "gbr", 1: "bt709", 4: "fcc", 5: "bt470bg", 6: "smpte170m", 7: "smpte240m", 8: "ycgco",
+    9: "bt2020nc", 10: "bt2020c", 11: "smpte2085", 12: "chroma-derived-nc",
+    13: "chroma-derived-c", 14: "ictcp",
+}  # fmt: skip
+_RANGES = {1: "tv", 2: "pc"}
+# The matrices ffmpeg's scale filter can convert RGB with, by their colorspace names.
+_SCALE_MATRICES = {
+    "bt709": "bt709", "fcc": "fcc", "bt470bg": "bt470", "smpte170m": "smpte170m",
+    "smpte240m": "smpte240m", "bt2020nc": "bt2020",
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ColorTags:
+    """How a clip says its YUV values map to colours, in ffmpeg's names; ``None`` where untagged."""
+
+    primaries: str | None = None  # e.g. "bt709", "bt470bg", "bt2020"
+    transfer: str | None = None  # e.g. "bt709", "smpte170m", "iec61966-2-1"
+    matrix: str | None = None  # e.g. "bt709", "bt470bg", "smpte170m"
+    range: str | None = None  # "tv" (limited) or "pc" (full)
+
+    @property
+    def tagged(self) -> bool:
+        """Whether the clip states any of the four."""
+        return any(value is not None for value in (self.primaries, self.transfer, self.matrix, self.range))
+
+
 @dataclass(frozen=True)
 class VideoInfo:
     """What :func:`probe` learnt about a clip or a folder of frames."""
 
     path: Path
-    width: int  # stored frame size, before any rotation a player would apply
+    width: int  # displayed frame size: for a rotated clip, after the rotation a player applies
     height: int
     fps: Fraction
-    num_frames: int  # exact for folders and most mp4/mov; otherwise an upper-bound estimate
+    num_frames: int  # exact for folders and most mp4/mov/avi; otherwise an upper-bound estimate
     has_audio: bool
     duration: float | None  # seconds
     codec: str
     is_image_sequence: bool
+    # Degrees counter-clockwise that players turn the stored picture (0, 90, 180 or 270), as
+    # ffmpeg's -display_rotation sets it; frames are read already turned.
+    rotation: int = 0
+    color: ColorTags = ColorTags()
+    # Where num_frames comes from: "count" (the container's own count, the packets, or the
+    # files of a folder), "duration" (the video stream's duration x fps) or "container" (the
+    # whole file's duration x fps, which may include a longer audio track).
+    frames_from: str = "count"
 
 
 def probe(path: str | os.PathLike) -> VideoInfo:
@@ -115,20 +171,32 @@ def _probe_file(path: Path) -> VideoInfo:
         if width <= 0 or height <= 0:
             raise InputError(unreadable)
         fps = _stream_fps(stream)
+        frames_from = "duration"
         if stream.duration and stream.time_base:
             duration: float | None = float(stream.duration * stream.time_base)
+        elif _tagged_duration(stream) is not None:
+            # Matroska stores no per-stream duration, but its muxers tag when each track ends
+            # (the file's duration would include an audio track running on past the picture).
+            # The tag counts from the file's zero, so a track that starts late is shorter.
+            duration = _tagged_duration(stream)
+            if stream.start_time is not None and stream.time_base:
+                duration = max(0.0, duration - float(stream.start_time * stream.time_base)) or None
         elif container.duration:
             duration = container.duration / av.time_base
+            frames_from = "container"
         else:
             duration = None
+        rotation, color = _first_frame_facts(container, stream)
         if stream.frames and stream.frames > 0:
-            num_frames = int(stream.frames)
+            num_frames, frames_from = int(stream.frames), "count"
         elif duration:
             # Rounded up (with a little slack for millisecond timestamps) so that the
             # estimate stays an upper bound: the reader never yields more than this.
             num_frames = max(1, math.ceil(duration * fps - 0.05))
         else:
-            num_frames = _count_packets(container, stream)
+            num_frames, frames_from = _count_packets(container, stream), "count"
+        if rotation in (90, 270):
+            width, height = height, width
         codec = getattr(context.codec, "canonical_name", None) or context.codec.name
         return VideoInfo(
             path=path,
@@ -140,7 +208,54 @@ def _probe_file(path: Path) -> VideoInfo:
             duration=duration,
             codec=codec,
             is_image_sequence=False,
+            rotation=rotation,
+            color=color,
+            frames_from=frames_from,
         )
+
+
+def _tagged_duration(stream: av.video.stream.VideoStream) -> float | None:
+    """The ``DURATION`` tag (``HH:MM:SS.fraction``) that Matroska muxers give each track."""
+    text = stream.metadata.get("DURATION") or stream.metadata.get("duration")
+    match = re.fullmatch(r"(\d+):(\d\d):(\d\d(?:\.\d+)?)", (text or "").strip())
+    if match is None:
+        return None
+    hours, minutes, seconds = match.groups()
+    return int(hours) * 3600 + int(minutes) * 60 + float(seconds) or None
+
+
+def _first_frame_facts(
+    container: av.container.InputContainer, stream: av.video.stream.VideoStream
+) -> tuple[int, ColorTags]:
+    """The display rotation and colour tags, read from the first decoded frame.
+
+    PyAV cannot read a stream's side data, where the rotation lives, but the decoder copies
+    it onto every frame, along with the colour tags as decoded (some codecs only know them
+    then). Decoding one frame is cheap.
+    """
+    context = stream.codec_context
+    codes = (context.color_primaries, context.color_trc, context.colorspace, context.color_range)
+    rotation = 0.0
+    try:
+        for frame in container.decode(stream):
+            rotation = frame.rotation or 0.0
+            codes = (frame.color_primaries, frame.color_trc, frame.colorspace, frame.color_range)
+            break
+    except (FFmpegError, ValueError):
+        pass  # a damaged start is reported by the reader, with the frame it failed at
+    try:
+        container.seek(0)  # packets may still have to be counted, from the start
+    except (FFmpegError, ValueError):
+        pass
+    primaries, transfer, matrix, range_ = (int(code) if code is not None else -1 for code in codes)
+    color = ColorTags(
+        primaries=_PRIMARIES.get(primaries),
+        transfer=_TRANSFERS.get(transfer),
+        matrix=_MATRICES.get(matrix),
+        range=_RANGES.get(range_),
+    )
+    # ffmpeg turns by multiples of 90 degrees; anything else is a tagging oddity.
+    return int(round(rotation / 90.0)) % 4 * 90, color
 
 
 def _first_real_video_stream(container: av.container.InputContainer) -> av.video.stream.VideoStream | None:
@@ -275,14 +390,14 @@ class FrameRange:
         return f"{self.start}:{stop}:{self.step}"
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    """Parse ``WxH`` (``512x320``) into ``(width, height)``."""
+def parse_size(text: str, option: str = "--size") -> tuple[int, int]:
+    """Parse ``WxH`` (``512x320``) into ``(width, height)``; errors name ``option``."""
     match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text or "")
     if match is None:
-        raise ConfigError(f"--size: expected WIDTHxHEIGHT such as 512x512, got {text!r}")
+        raise ConfigError(f"{option}: expected WIDTHxHEIGHT such as 512x512, got {text!r}")
     width, height = int(match.group(1)), int(match.group(2))
     if width < 1 or height < 1:
-        raise ConfigError(f"--size: width and height must be positive, got {text!r}")
+        raise ConfigError(f"{option}: width and height must be positive, got {text!r}")
     return width, height
 
 
@@ -397,17 +512,156 @@ def _stop(process: subprocess.Popen, stderr: _StderrTail, *, kill: bool) -> int:
     return returncode
 
 
+# --------------------------------------------------------------------------- timing
+
+
+@dataclass(frozen=True)
+class _Timeline:
+    """When a file's video frames are shown, from its packets' timestamps (nothing decoded).
+
+    Times are in ``time_base`` units on the clock of an ffmpeg that reads the video stream
+    alone, so they line up with the timestamps it gives the frames it decodes.
+    """
+
+    ticks: list[int]  # presentation times of the frames, ascending
+    end: int  # when the last frame stops being shown
+    time_base: Fraction
+    shift: int  # where ffmpeg's clock starts, in the file's own timestamps
+
+    def seconds(self, tick: int) -> Fraction:
+        return tick * self.time_base
+
+
+_AVFMT_TS_DISCONT = 0x0200  # libavformat's flag for formats with timestamp discontinuities
+
+
+def _round_half_up(numerator: int, denominator: int) -> int:
+    """``numerator / denominator`` rounded to nearest, halves away from zero, as ffmpeg does."""
+    if numerator < 0:
+        return -_round_half_up(-numerator, denominator)
+    return (2 * numerator + denominator) // (2 * denominator)
+
+
+def _timeline(path: Path, fps: Fraction, *, limit: int | None = None) -> _Timeline | None:
+    """The video frames' times, or ``None`` when the packets carry none (raw H.264, say).
+
+    ``limit`` stops after that many frames, for when only the first one matters.
+    """
+    try:
+        container = av.open(str(path))
+    except (FFmpegError, OSError, ValueError, UnicodeDecodeError):
+        return None
+    with container:
+        stream = _first_real_video_stream(container)
+        if stream is None or not stream.time_base:
+            return None
+        time_base = Fraction(stream.time_base.numerator, stream.time_base.denominator)
+        per_frame = 1 / (fps * time_base)  # a frame's length in ticks, for packets that lack one
+        frame_ticks = max(1, _round_half_up(per_frame.numerator, per_frame.denominator))
+        ticks: list[int] = []
+        end: int | None = None
+        try:
+            for packet in container.demux(stream):
+                # Empty packets are "show the previous frame again" markers (AVI drop frames)
+                # and decode to nothing; discarded ones lie before an edit list's start.
+                if not packet.size or packet.is_discard:
+                    continue
+                tick = packet.pts if packet.pts is not None else packet.dts
+                if tick is None:
+                    return None
+                ticks.append(tick)
+                stop = tick + (packet.duration or frame_ticks)
+                end = stop if end is None else max(end, stop)
+                if limit is not None and len(ticks) >= limit:
+                    break
+        except FFmpegError:
+            pass  # a damaged tail: the reader reports it; time the frames before it
+        if not ticks or end is None:
+            return None
+        # ffmpeg moves every input timestamp back by the container's start time, or, for
+        # formats whose timestamps may jump (MPEG-TS and -PS), by the earliest start of the
+        # streams it reads: the video's alone when reading frames.
+        if container.format.flags & _AVFMT_TS_DISCONT and stream.start_time is not None:
+            shift = int(stream.start_time)
+        else:
+            start = container.start_time or 0
+            shift = _round_half_up(start * time_base.denominator, av.time_base * time_base.numerator)
+        ticks.sort()
+        return _Timeline(
+            ticks=[tick - shift for tick in ticks], end=end - shift, time_base=time_base, shift=shift
+        )
+
+
+def _constant_rate_slots(timeline: _Timeline, fps: Fraction) -> np.ndarray:
+    """For each frame read at the constant rate ``fps``, the index of the source frame it shows.
+
+    This is what ffmpeg's ``fps`` filter does: frame times are rounded to the nearest slot of
+    the output rate, a slot shows the last frame rounded to it or before it, and slots run from
+    the first frame's slot up to where the last frame ends.
+    """
+    scale_num = timeline.time_base.numerator * fps.numerator
+    scale_den = timeline.time_base.denominator * fps.denominator
+    slots = np.array([_round_half_up(tick * scale_num, scale_den) for tick in timeline.ticks], np.int64)
+    end = _round_half_up(timeline.end * scale_num, scale_den)
+    wanted = np.arange(slots[0], max(end, slots[0]), dtype=np.int64)
+    return np.searchsorted(slots, wanted, side="right") - 1
+
+
+@dataclass(frozen=True)
+class Resampling:
+    """What reading at the stream's constant rate does to a clip's own frames."""
+
+    dropped: int  # source frames inside the selection that no frame read shows
+    repeated: int  # frames read that show the same source frame as the frame read before them
+    variable: bool  # whether the source's frames are unevenly spaced in time
+
+
+def resampling(info: VideoInfo, frames: FrameRange = FrameRange()) -> Resampling:
+    """How many source frames the constant-rate reading of ``frames`` drops and repeats.
+
+    Worked out from the packets' timestamps, without decoding. ``repeated`` compares each
+    selected frame with the selected frame before it, so a stride's own skipping is not
+    counted as dropping; ``dropped`` counts source frames between the first and the last
+    selected frame that the constant rate never shows at all.
+    """
+    timeline = None if info.is_image_sequence else _timeline(info.path, info.fps)
+    if timeline is None:
+        return Resampling(dropped=0, repeated=0, variable=False)
+    gaps = np.diff(np.array(timeline.ticks, np.int64))
+    if len(gaps):
+        typical = float(np.median(gaps))
+        # Timestamps rounded to the time base wobble by a tick (33 and 34 ms at 30 fps in mkv).
+        variable = bool(np.abs(gaps - typical).max() > max(2.0, 0.02 * typical))
+    else:
+        variable = False
+    shown = _constant_rate_slots(timeline, info.fps)
+    selected = [index for index in frames.indices(info.num_frames) if index < len(shown)]
+    if not selected:
+        return Resampling(dropped=0, repeated=0, variable=variable)
+    picked = shown[selected]
+    repeated = int(np.count_nonzero(picked[1:] == picked[:-1]))
+    span = shown[selected[0] : selected[-1] + 1]
+    dropped = int(span[-1] - span[0] + 1 - len(np.unique(span)))
+    return Resampling(dropped=dropped, repeated=repeated, variable=variable)
+
+
 # --------------------------------------------------------------------------- reading
 
 
 class FrameReader:
     """Streams the selected frames of a clip or image folder as uint8 RGB ``(H, W, 3)`` arrays.
 
-    ``len(reader)`` is exact for image folders. For files it is an upper bound: it trusts the
-    container's frame count (or duration x fps when there is none), and some files hold fewer
-    frames than they claim; iteration yields at most ``len(reader)`` frames, fewer in that case.
-    Each iteration runs its own ffmpeg, which is killed as soon as the last selected frame is
-    read or the loop stops early.
+    Frames come upright (a phone clip's rotation tag is applied) and, by default, at the
+    stream's constant average rate; with ``keep_timestamps`` every decoded frame comes once, as
+    stored, and ``timestamps`` says when each is shown.
+
+    ``len(reader)`` is exact for image folders. For files it is what the container promises: its
+    frame count, or duration x fps rounded up where it has none. A few frames short of that is
+    normal (the duration is an estimate); more means the file is cut short or damaged, and
+    iterating raises :class:`InputError` unless ``allow_short`` is set. After an iteration,
+    ``frames_read`` is how many frames it yielded and ``short_read`` is ``(read, promised)`` when
+    the clip ended that early (``None`` otherwise). Each iteration runs its own ffmpeg, which is
+    killed as soon as the last selected frame is read or the loop stops early.
     """
 
     def __init__(
@@ -417,11 +671,29 @@ class FrameReader:
         frames: FrameRange = FrameRange(),
         size: tuple[int, int] | None = None,
         info: VideoInfo | None = None,
+        allow_short: bool = False,
+        keep_timestamps: bool = False,
     ) -> None:
         self.info = info if info is not None else probe(path)
         self.path = Path(path)
         self.frames = frames
-        self.indices = frames.indices(self.info.num_frames)
+        self.allow_short = allow_short
+        self.keep_timestamps = keep_timestamps
+        self.frames_read = 0
+        self.short_read: tuple[int, int] | None = None
+        self._timeline: _Timeline | None = None
+        total = self.info.num_frames
+        if keep_timestamps and not self.info.is_image_sequence:
+            # Every decoded frame once: the packets say how many there are and when each shows.
+            self._timeline = _timeline(self.path, self.info.fps)
+            if self._timeline is not None:
+                total = len(self._timeline.ticks)
+        self._total = total
+        # What the container promised: its own frame count also covers packets cut off.
+        self._promised_total = total
+        if self._timeline is not None and self.info.frames_from == "count":
+            self._promised_total = max(total, self.info.num_frames)
+        self.indices = frames.indices(total)
         if size is None:
             size = working_size(
                 self.info.width, self.info.height, keep_if_aligned=self.info.is_image_sequence
@@ -431,11 +703,14 @@ class FrameReader:
         self.size = (int(size[0]), int(size[1]))
         if len(self.indices) == 0:
             raise InputError(self._nothing_selected())
+        self.timestamps: list[float] = self._planned_timestamps()
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __iter__(self) -> Iterator[np.ndarray]:
+        self.frames_read, self.short_read = 0, None
+        self.timestamps[:] = self._planned_timestamps()  # in place: callers may hold the list
         if self.info.is_image_sequence:
             return self._read_folder()
         return self._read_file()
@@ -457,18 +732,72 @@ class FrameReader:
         """Every selected frame at once, ``(N, H, W, 3)``."""
         return np.stack(list(self))
 
+    def _planned_timestamps(self) -> list[float]:
+        """Seconds from the clip's first frame to each selected frame, as far as known up front.
+
+        At the constant rate frame i is at i / fps; with ``keep_timestamps`` the packets' times
+        are used, and reading replaces them with the times ffmpeg actually gave the frames.
+        """
+        if self._timeline is None:
+            return [float(index / self.info.fps) for index in self.indices]
+        first = self._timeline.ticks[0]
+        return [float(self._timeline.seconds(self._timeline.ticks[i] - first)) for i in self.indices]
+
     def _nothing_selected(self) -> str:
         return (
             f"{self.path}: no frames selected by --frames {self.frames} "
-            f"(the clip has {self.info.num_frames} frames); choose a range inside the clip"
+            f"(the clip has {self._total} frames); choose a range inside the clip"
         )
+
+    def _short_tolerance(self) -> int:
+        """Source frames a complete clip may fall short of its promise, measured on real files.
+
+        Frame counts from the container, or duration x fps from the video stream's own
+        duration, are at most one frame over what ffmpeg decodes (the duration is rounded up).
+        A whole-file duration also covers an audio track that may run past the last frame.
+        """
+        if self.info.is_image_sequence:
+            return 0
+        if self.info.frames_from == "container" and self._timeline is None:
+            return 2 + math.ceil(self.info.fps)  # a second's worth: not measured, a precaution
+        return 2
+
+    def _finish(self, produced: int) -> None:
+        """Check a read that gave fewer frames than promised: an error, or a short read."""
+        total = self._promised_total
+        if produced == 0:
+            truncated = self.indices.start < total - self._short_tolerance()
+            raise InputError(
+                f"{self.path}: no frames selected by --frames {self.frames}; the clip ends before "
+                f"frame {self.indices.start}"
+                + (f" although it claims {total} frames (it may be truncated)" if truncated else "")
+                + ", choose a range inside the clip"
+            )
+        # Selected frames that a complete clip surely holds: those before the tolerance zone.
+        selected = self.frames.indices(total)
+        limit = max(0, total - self._short_tolerance())
+        surely_there = len(range(selected.start, min(selected.stop, limit), selected.step))
+        if produced >= surely_there:
+            return
+        promised = len(selected)
+        if not self.allow_short:
+            raise InputError(
+                f"{self.path}: read {produced} of {promised} frames; the file is truncated or damaged "
+                f"(pass --allow-short to edit the {produced} frames that could be read)"
+            )
+        self._record_short(produced, promised)
+
+    def _record_short(self, produced: int, promised: int) -> None:
+        """Note a short read; ``timestamps`` keeps one entry per frame actually read."""
+        self.short_read = (produced, promised)
+        del self.timestamps[produced:]
 
     def _read_folder(self) -> Iterator[np.ndarray]:
         images = _numbered_images(self.path)
         source_size = (self.info.width, self.info.height)
         for index in self.indices:
             if index >= len(images):
-                break  # files were removed since probing; yield what is there
+                break  # files were removed since probing
             try:
                 with Image.open(images[index]) as image:
                     if image.size != source_size:
@@ -483,59 +812,116 @@ class FrameReader:
                     frame = np.asarray(image, dtype=np.uint8)
             except (OSError, ValueError):
                 raise InputError(f"{images[index]}: not a readable image; remove or replace it") from None
+            self.frames_read += 1
             yield frame
+        if self.frames_read < len(self.indices):
+            self._finish(self.frames_read)
 
     def _read_file(self) -> Iterator[np.ndarray]:
         width, height = self.size
-        frame_bytes = width * height * 3
         wanted = len(self.indices)
         # Map the first real video stream explicitly: ffmpeg would otherwise pick the largest.
-        # noautorotate keeps frames as stored, matching the width and height probe reports.
-        video = ffmpeg.input(_ffmpeg_path(self.path), noautorotate=None)["V:0"]
-        # Constant frame rate at the stream's average rate: a frame the container marks as
-        # "repeat the previous one" (AVI drop frames, variable-rate phone clips) still takes its
-        # place in time, so indices, frame counts and the output's duration match the source.
-        rate = self.info.fps
-        video = video.filter("fps", fps=f"{rate.numerator}/{rate.denominator}")
+        # ffmpeg turns rotated clips upright first, so the filters below see displayed frames.
+        video = ffmpeg.input(_ffmpeg_path(self.path))["V:0"]
+        if not self.keep_timestamps:
+            # Constant frame rate at the stream's average rate: a frame the container marks as
+            # "repeat the previous one" (AVI drop frames, variable-rate phone clips) still takes
+            # its place in time, so indices, frame counts and the output's duration match the
+            # source. See resampling() for what this does to a variable-rate clip.
+            rate = self.info.fps
+            video = video.filter("fps", fps=f"{rate.numerator}/{rate.denominator}")
         first, step = self.indices.start, self.indices.step
         if first > 0 or step > 1:
             # Selecting on the decoded frame number `n` is exact where seeking by time is not.
             wanted_n = f"gte(n,{first})*lt(n,{self.indices.stop})*not(mod(n-{first},{step}))"
             video = video.filter("select", wanted_n)
-        if self.size != (self.info.width, self.info.height):
-            video = video.filter("scale", width, height, flags="lanczos")
+        # Converted to RGB here rather than by the converter ffmpeg would add at the end, to
+        # ask for exact rounding: the default is about one level darker. The YUV is read with
+        # the matrix and range the frames are tagged with (BT.601 when untagged).
+        flags = "lanczos+accurate_rnd+full_chroma_int"
+        video = video.filter("scale", width, height, flags=flags).filter("format", "rgb24")
         # passthrough: one output frame per selected decoded frame, none duplicated or dropped
-        spec = ffmpeg.output(
-            video, "pipe:", format="rawvideo", pix_fmt="rgb24", fps_mode="passthrough",
-            an=None, sn=None, dn=None,
-        )  # fmt: skip
-        process, stderr = _start(spec, pipe_stdout=True)
-        produced, leftover, ended = 0, 0, False
+        options: dict[str, object] = dict(pix_fmt="rgb24", fps_mode="passthrough", an=None, sn=None, dn=None)
+        if self.keep_timestamps:
+            # Raw frames in NUT packets carry each frame's timestamp, in the source's time base.
+            options.update(format="nut", vcodec="rawvideo", enc_time_base="demux")
+        else:
+            options.update(format="rawvideo")
+        process, stderr = _start(ffmpeg.output(video, "pipe:", **options), pipe_stdout=True)
+        frames = self._nut_frames(process) if self.keep_timestamps else self._raw_frames(process)
+        produced, broken, ended = 0, False, False
         try:
             while produced < wanted:
-                # A fresh bytearray per frame: the arrays handed out stay writable and independent.
-                buffer = bytearray(frame_bytes)
-                got = process.stdout.readinto(buffer)
-                if got < frame_bytes:
-                    ended, leftover = True, got
+                try:
+                    frame = next(frames)
+                except StopIteration as stop:
+                    ended, broken = True, bool(stop.value)
                     break
                 produced += 1
-                yield np.frombuffer(buffer, dtype=np.uint8).reshape(height, width, 3)
+                self.frames_read = produced
+                yield frame
         finally:
+            frames.close()
             # Kill ffmpeg once the last wanted frame is in (it would decode on to the end) or
             # when the consumer stopped early; if it ended on its own, let it exit and report.
             returncode = _stop(process, stderr, kill=not ended)
-        if ended:
-            if returncode != 0 or leftover:
-                raise InputError(
-                    f"{self.path}: decoding failed after {produced} frames ({stderr.last_error()}); "
-                    "the file looks damaged, re-encode or replace it"
-                )
-            if produced == 0:
-                raise InputError(
-                    f"{self.path}: no frames selected by --frames {self.frames}; the clip ends "
-                    f"before frame {self.indices.start}, choose a range inside the clip"
-                )
+        if ended and (returncode != 0 or broken):
+            if self.allow_short and produced > 0:
+                self._record_short(produced, len(self.frames.indices(self._promised_total)))
+                return
+            raise InputError(
+                f"{self.path}: decoding failed after {produced} frames ({stderr.last_error()}); "
+                "the file looks damaged, re-encode or replace it"
+                + (f" (or pass --allow-short to edit the {produced} frames before it)" if produced else "")
+            )
+        if produced < len(self.frames.indices(self._promised_total)):
+            self._finish(produced)
+
+    def _raw_frames(self, process: subprocess.Popen) -> Generator[np.ndarray, None, bool]:
+        """Frames from ffmpeg's rawvideo output; returns True if the last one came incomplete."""
+        width, height = self.size
+        frame_bytes = width * height * 3
+        while True:
+            # A fresh bytearray per frame: the arrays handed out stay writable and independent.
+            buffer = bytearray(frame_bytes)
+            got = process.stdout.readinto(buffer)
+            if got < frame_bytes:
+                return got > 0
+            yield np.frombuffer(buffer, dtype=np.uint8).reshape(height, width, 3)
+
+    def _nut_frames(self, process: subprocess.Popen) -> Generator[np.ndarray, None, bool]:
+        """Frames from ffmpeg's NUT output, noting each one's time in ``timestamps``."""
+        width, height = self.size
+        frame_bytes = width * height * 3
+        # ffmpeg's clock may start elsewhere than the packets' (an MPEG-TS stream's start, a
+        # muxer's shift), so the first frame read is pinned to its planned time and the
+        # others keep their distances from it.
+        origin: Fraction | None = None
+        try:
+            container = av.open(process.stdout, mode="r", format="nut")
+        except (FFmpegError, OSError, ValueError):
+            return True  # not even a header: ffmpeg failed before the first frame
+        with container:
+            count = 0
+            try:
+                for packet in container.demux(video=0):
+                    if not packet.size:
+                        continue
+                    data = bytes(packet)
+                    if len(data) < frame_bytes:
+                        return True
+                    if packet.pts is not None:
+                        seconds = Fraction(packet.pts) * packet.time_base
+                        if origin is None:
+                            origin = seconds - Fraction(self.timestamps[0])
+                        if count < len(self.timestamps):
+                            self.timestamps[count] = float(seconds - origin)
+                    count += 1
+                    picture = np.frombuffer(bytearray(data[:frame_bytes]), dtype=np.uint8)
+                    yield picture.reshape(height, width, 3)
+            except FFmpegError:
+                return True
+        return False
 
 
 # --------------------------------------------------------------------------- writing
@@ -595,12 +981,30 @@ def _even(side: int) -> int:
     return max(2, side - side % 2)
 
 
+def written_size(output: str | os.PathLike, size: tuple[int, int]) -> tuple[int, int]:
+    """The ``(width, height)`` that frames of ``size`` are written at to ``output``.
+
+    Video files need even sides (yuv420p keeps colour at half resolution), so an odd side
+    loses its last row or column; PNG folders are written as given.
+    """
+    width, height = int(size[0]), int(size[1])
+    if _output_kind(output) == "folder":
+        return width, height
+    return _even(width), _even(height)
+
+
 class VideoWriter:
     """Writes uint8 RGB frames to an H.264 file or a folder of PNGs, atomically.
 
     Use it as a context manager: on a clean exit the output is finished and renamed into
     place; on any exception (Ctrl-C included) ffmpeg is killed, the temporary output is
     deleted and the exception goes on. An existing output is replaced only on success.
+
+    Frames are shown ``1 / fps`` apart, or, given ``timestamps`` (seconds, one per frame, such
+    as :attr:`FrameReader.timestamps`), frame i at ``timestamps[i] - timestamps[0]``. With
+    ``color`` tags from the source the frames are converted to YUV the way the source was
+    and tagged like it; without, as BT.709. ``audio_range`` is in seconds from the first
+    video frame of ``audio_from``, and the audio keeps its offset from that frame.
     """
 
     def __init__(
@@ -612,6 +1016,8 @@ class VideoWriter:
         audio_from: VideoInfo | None = None,
         audio_range: tuple[float, float] | None = None,
         crf: int = 18,
+        color: ColorTags | None = None,
+        timestamps: Sequence[float] | None = None,
     ) -> None:
         self.path = check_output_path(path, audio_from.path if audio_from is not None else None)
         self.kind = _output_kind(path)
@@ -624,7 +1030,16 @@ class VideoWriter:
             raise ValueError(f"audio_range must be (start, end) with 0 <= start < end, got {audio_range}")
         if not 0 <= crf <= 51:
             raise ValueError(f"crf must be between 0 and 51, got {crf}")
+        if timestamps is not None:
+            timestamps = [float(t) for t in timestamps]
+            if not timestamps or any(b <= a for a, b in zip(timestamps, timestamps[1:])):
+                raise ValueError("timestamps must be a non-empty, strictly increasing list of seconds")
         self.size = None if size is None else (int(size[0]), int(size[1]))
+        self.color = color
+        self.timestamps = timestamps
+        self._muxer: av.container.OutputContainer | None = None  # frames to ffmpeg as NUT
+        self._muxer_stream: av.video.stream.VideoStream | None = None
+        self._nut_ticks: list[int] = []
         self.audio_from = audio_from
         self.audio_range = audio_range
         self.crf = crf
@@ -682,6 +1097,8 @@ class VideoWriter:
         try:
             if self.frames_written == 0:
                 raise OutputError(f"{self.path}: no frames were written, so nothing was saved")
+            if self._muxer is not None:
+                self._close_muxer()
             if self._process is not None:
                 self._finish_ffmpeg("could not finish the video")
             if self._video_only is not None:
@@ -699,6 +1116,12 @@ class VideoWriter:
             assert self._stderr is not None
             _stop(self._process, self._stderr, kill=True)
             self._process = None
+        if self._muxer is not None:
+            try:
+                self._muxer.close()
+            except (FFmpegError, OSError, ValueError):
+                pass  # its pipe is closed already; there is nothing left to flush
+            self._muxer = None
         for temp in (self._video_only, self._temp):
             if temp is not None and temp.is_dir():
                 shutil.rmtree(temp, ignore_errors=True)
@@ -725,30 +1148,67 @@ class VideoWriter:
         if self._audio_source() is not None:
             encode_to = self._video_only = self._temp_sibling("-video")
         height, width = shape
-        out_width, out_height = self.size or (width, height)
-        out_width, out_height = _even(out_width), _even(out_height)
+        out_width, out_height = written_size(self.path, self.size or (width, height))
         rate = f"{self.fps.numerator}/{self.fps.denominator}"
-        frames_in = ffmpeg.input(
-            "pipe:", format="rawvideo", pix_fmt="rgb24", s=f"{width}x{height}", framerate=rate
-        )
-        # Convert with, and tag, BT.709 so players show the colours we meant; untagged
-        # video gets BT.601 or BT.709 depending on the player and the resolution.
+        options: dict[str, object] = dict(vcodec="libx264", crf=self.crf, pix_fmt="yuv420p")
+        if self.timestamps is None:
+            frames_in = ffmpeg.input(
+                "pipe:", format="rawvideo", pix_fmt="rgb24", s=f"{width}x{height}", framerate=rate
+            )
+        else:
+            # Raw frames carry no timestamps; NUT packets do, so frames go to ffmpeg in NUT
+            # and every one keeps its own time. B-frames would make x264 derive decoding times
+            # that mp4 and mov turn into wrong frame durations when the spacing varies.
+            frames_in = ffmpeg.input("pipe:", format="nut")
+            options.update(fps_mode="passthrough", enc_time_base="demux", bf=0)
+        matrix, range_, primaries, transfer = self._output_colors()
         video = frames_in.video.filter(
-            "scale", out_width, out_height, flags="lanczos", out_color_matrix="bt709", out_range="tv"
-        )
-        options: dict[str, object] = dict(
-            vcodec="libx264",
-            crf=self.crf,
-            pix_fmt="yuv420p",
-            colorspace="bt709",
-            color_primaries="bt709",
-            color_trc="bt709",
-            color_range="tv",
-        )
+            "scale", out_width, out_height, flags="lanczos",
+            out_color_matrix=_SCALE_MATRICES[matrix], out_range=range_,
+        ).filter("format", "yuv420p")  # fmt: skip
+        # The encoder takes its tags from the frames, so they are stamped on the frames.
+        stamps = dict(colorspace=matrix, range=range_)
+        if primaries is not None:
+            stamps["color_primaries"] = primaries
+        if transfer is not None:
+            stamps["color_trc"] = transfer
+        video = video.filter("setparams", **stamps)
         if encode_to == self._temp:
             options.update(self._container_options())
         spec = ffmpeg.output(video, _ffmpeg_path(encode_to), **options).overwrite_output()
         self._process, self._stderr = _start(spec, pipe_stdin=True)
+        if self.timestamps is not None:
+            self._open_muxer(width, height)
+
+    def _output_colors(self) -> tuple[str, str, str | None, str | None]:
+        """The matrix, range, primaries and transfer to convert with and tag the output with.
+
+        A tagged source keeps its tags, so that its colours come back as they were read;
+        the matrix falls back to BT.709 where the scale filter cannot convert with the source's
+        (and is then tagged as BT.709). Untagged sources are written as BT.709, which players
+        agree on, where untagged video gets BT.601 or BT.709 depending on the player.
+        """
+        tags = self.color
+        if tags is None or not tags.tagged:
+            return "bt709", "tv", "bt709", "bt709"
+        matrix = tags.matrix if tags.matrix in _SCALE_MATRICES else "bt709"
+        return matrix, tags.range or "tv", tags.primaries, tags.transfer
+
+    def _open_muxer(self, width: int, height: int) -> None:
+        """Start the NUT stream of raw frames on ffmpeg's stdin."""
+        assert self._process is not None and self.timestamps is not None
+        first = self.timestamps[0]
+        ticks = [round((t - first) / _NUT_TIME_BASE) for t in self.timestamps]
+        # The last frame lasts one frame at the nominal rate, where the next would have come.
+        self._nut_ticks = ticks + [ticks[-1] + max(1, round(1 / (self.fps * _NUT_TIME_BASE)))]
+        try:
+            self._muxer = av.open(self._process.stdin, mode="w", format="nut")
+            stream = self._muxer.add_stream("rawvideo", rate=self.fps)
+            stream.width, stream.height, stream.pix_fmt = width, height, "rgb24"
+            stream.time_base = stream.codec_context.time_base = _NUT_TIME_BASE
+            self._muxer_stream = stream
+        except (FFmpegError, OSError, ValueError):
+            self._lost_ffmpeg()
 
     def _container_options(self) -> dict[str, object]:
         if self.path.suffix.lower() == ".mp4":
@@ -769,21 +1229,51 @@ class VideoWriter:
         """Mux the trimmed source audio beside the finished video, cut exactly at its end."""
         source = self._audio_source()
         assert source is not None and self._video_only is not None and self._temp is not None
-        trim = {} if self.audio_range is None else dict(ss=self.audio_range[0], to=self.audio_range[1])
+        if self.timestamps is None:
+            video_seconds = Fraction(self.frames_written) / self.fps
+        else:
+            video_seconds = self._nut_ticks[self.frames_written] * _NUT_TIME_BASE
+        start, end = self.audio_range if self.audio_range is not None else (0.0, None)
+        # The audio is cut on the source's own clock (-copyts), at the time of its first video
+        # frame plus the range. Seeking the input instead (-ss) lets the demuxer land wherever
+        # its index allows: an AVI whose video has B-frames resumes its audio up to a GOP or
+        # more late, and ffmpeg can only trim what comes after the landing point.
+        origin = float(self._source_origin(source))
+        cut = dict(start=f"{origin + start:.6f}")
+        if end is not None:
+            cut["end"] = f"{origin + end:.6f}"
         video = ffmpeg.input(_ffmpeg_path(self._video_only))["v:0"]
-        audio = ffmpeg.input(_ffmpeg_path(source.path), **trim)["a:0"]
-        video_seconds = Fraction(self.frames_written) / self.fps
+        audio = (
+            ffmpeg.input(_ffmpeg_path(source.path))["a:0"]
+            .filter("atrim", **cut)
+            .filter("asetpts", f"PTS-{origin + start:.6f}/TB")
+            # Silence before audio that starts after the cut (or after the first frame), so
+            # the sound keeps its place against the picture; gaps are filled the same way.
+            .filter("aresample", **{"async": 1, "first_pts": 0})
+            .filter("apad")  # and after a track that ends early, up to the video's end
+        )
         spec = ffmpeg.output(
             video, audio, _ffmpeg_path(self._temp),
-            vcodec="copy", af="apad", acodec="aac", audio_bitrate="192k",
-            t=f"{float(video_seconds):.6f}",  # apad fills a short track with silence up to here
+            vcodec="copy", acodec="aac", audio_bitrate="192k",
+            t=f"{float(video_seconds):.6f}",
             **self._container_options(),
-        ).overwrite_output()  # fmt: skip
+        ).global_args("-copyts").overwrite_output()  # fmt: skip
         # Tolerate glitches in the source audio rather than lose the finished video over them.
         self._process, self._stderr = _start(spec, exit_on_error=False)
         self._finish_ffmpeg("could not add the audio")
         self._video_only.unlink()
         self._video_only = None
+
+    def _source_origin(self, source: VideoInfo) -> Fraction:
+        """When the first video frame of ``source`` is shown, on the source's own clock, in seconds.
+
+        Read at the constant rate, frames land on the rate's grid from there, within half a
+        frame of their own times; read with their timestamps, exactly at them.
+        """
+        timeline = _timeline(source.path, source.fps, limit=64)  # enough to see past B-frames
+        if timeline is None:
+            return Fraction(0)
+        return (timeline.shift + timeline.ticks[0]) * timeline.time_base
 
     def _finish_ffmpeg(self, failure: str) -> None:
         assert self._process is not None and self._stderr is not None
@@ -794,15 +1284,54 @@ class VideoWriter:
 
     def _write_video(self, batch: np.ndarray) -> None:
         assert self._process is not None and self._stderr is not None
+        if self._muxer is not None:
+            self._mux_frames(batch)
+            return
         try:
             self._process.stdin.write(np.ascontiguousarray(batch).tobytes())
         except (BrokenPipeError, ValueError):
-            _stop(self._process, self._stderr, kill=True)
-            self._process = None
-            raise OutputError(
-                f"{self.path}: ffmpeg stopped while writing: {self._stderr.last_error()}"
-            ) from None
+            self._lost_ffmpeg()
         self.frames_written += len(batch)
+
+    def _mux_frames(self, batch: np.ndarray) -> None:
+        """Send frames as NUT packets, each at its timestamp and lasting until the next one."""
+        assert self._muxer is not None and self._muxer_stream is not None and self.timestamps is not None
+        if self.frames_written + len(batch) > len(self.timestamps):
+            raise ValueError(
+                f"{self.frames_written + len(batch)} frames written but only "
+                f"{len(self.timestamps)} timestamps given"
+            )
+        ticks = self._nut_ticks
+        try:
+            for frame in batch:
+                index = self.frames_written
+                picture = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+                picture.pts, picture.time_base = ticks[index], _NUT_TIME_BASE
+                for packet in self._muxer_stream.encode(picture):
+                    packet.duration = ticks[index + 1] - ticks[index]
+                    self._muxer.mux(packet)
+                self.frames_written += 1
+        except (FFmpegError, OSError, ValueError):
+            self._lost_ffmpeg()
+
+    def _close_muxer(self) -> None:
+        """Flush the NUT stream and write its trailer, so ffmpeg sees the end of the frames."""
+        assert self._muxer is not None and self._muxer_stream is not None
+        try:
+            for packet in self._muxer_stream.encode(None):
+                self._muxer.mux(packet)
+            self._muxer.close()
+        except (FFmpegError, OSError, ValueError):
+            self._lost_ffmpeg()
+        self._muxer = None
+
+    def _lost_ffmpeg(self) -> None:
+        """ffmpeg went away while frames were being sent: stop it and say why."""
+        assert self._process is not None and self._stderr is not None
+        self._muxer = None  # its buffers can no longer be flushed anywhere
+        _stop(self._process, self._stderr, kill=True)
+        self._process = None
+        raise OutputError(f"{self.path}: ffmpeg stopped while writing: {self._stderr.last_error()}") from None
 
     def _write_pngs(self, batch: np.ndarray) -> None:
         assert self._temp is not None
