@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from test_cli import vedit
-from vedit.errors import InputError
+from vedit.errors import ConfigError, InputError
 from vedit.inversion import InversionCache, Trajectory, cache_key, invert, inversion_timesteps, reconstruct
 from vedit.models import load_model
 
@@ -48,7 +48,7 @@ def test_inversion_is_exactly_reversible_and_stores_the_sampling_schedule(invers
 
 def test_a_schedule_that_misses_the_sampling_steps_is_refused():
     sd = load_model("tiny", device="cpu", dtype="fp32")
-    with pytest.raises(ValueError, match="multiple of 50"):
+    with pytest.raises(ConfigError, match="--inversion-steps 50"):
         invert(latent_blind_unet, sd.new_scheduler(), torch.zeros(1, 4, 8, 8), torch.zeros(1, 77, 32), inversion_steps=30, steps=50)
 
 
@@ -68,7 +68,8 @@ def test_trajectory_round_trip_and_cache(tmp_path):
     cache.put(key, trajectory)
     assert cache.get(key).noisiest == 751
     cache.path(key).write_bytes(b"broken")
-    assert cache.get(key) is None and not cache.path(key).exists()  # damaged entries are dropped
+    with pytest.warns(UserWarning, match="is damaged"):
+        assert cache.get(key) is None and not cache.path(key).exists()  # damaged entries are dropped, and said
     (tmp_path / "x.safetensors").write_bytes(b"nonsense")
     with pytest.raises(InputError, match="not a readable vedit trajectory"):
         Trajectory.load(tmp_path / "x.safetensors")

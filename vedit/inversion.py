@@ -15,20 +15,23 @@ inversion ran in; frames are in clip order.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import re
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .errors import InputError
+from .errors import ConfigError, InputError, OutputError
 
 FORMAT = "vedit-trajectory/1"
 
@@ -84,19 +87,13 @@ class Trajectory:
     @classmethod
     def load(cls, path: str | Path) -> "Trajectory":
         path = Path(path)
-        if not path.is_file():
-            raise InputError(f"inversion file {path} does not exist")
+        metadata = read_metadata(path)
         try:
+            timesteps = [int(t) for t in json.loads(metadata["timesteps"])]
+            noisiest = int(metadata["noisiest"])
             with safe_open(str(path), framework="pt") as f:
-                metadata = f.metadata() or {}
-                if metadata.get("format") != FORMAT:
-                    raise InputError(f"{path} is not a vedit trajectory (format {metadata.get('format')!r})")
-                timesteps = [int(t) for t in json.loads(metadata["timesteps"])]
-                noisiest = int(metadata["noisiest"])
                 clean = f.get_tensor("clean")
                 latents = {t: f.get_tensor(_name(t)) for t in [*timesteps, noisiest]}
-        except InputError:
-            raise
         except Exception as error:
             raise InputError(f"{path} is not a readable vedit trajectory: {error}") from None
         return cls(clean=clean, latents=latents, timesteps=timesteps, noisiest=noisiest, metadata=metadata)
@@ -110,6 +107,56 @@ def inversion_timesteps(scheduler: Any, inversion_steps: int) -> list[int]:
     scheduler.set_timesteps(inversion_steps)
     limit = scheduler.config.num_train_timesteps
     return sorted(int(t) for t in scheduler.timesteps if int(t) < limit)
+
+
+def sampling_timesteps(scheduler: Any, steps: int) -> list[int]:
+    """The ``steps``-step sampling schedule, noisiest first."""
+    scheduler.set_timesteps(steps)
+    return [int(t) for t in scheduler.timesteps]
+
+
+def check_schedules(scheduler: Any, steps: int, inversion_steps: int | None = None) -> None:
+    """ConfigError unless ``steps`` fit the model's schedule and the inversion passes through them.
+
+    The stored trajectory holds latents at the sampling schedule's timesteps, so every one of
+    them must be visited by the inversion schedule (with SD's "leading" spacing, 3 inversion
+    steps never visit the 2-step schedule's t=501; 500 always visit the 50-step one's).
+    """
+    limit = scheduler.config.num_train_timesteps
+    sampling = sampling_timesteps(scheduler, steps)
+    if max(sampling) >= limit:
+        raise ConfigError(
+            f"--steps {steps}: that schedule reaches t={max(sampling)}, past the model's {limit} "
+            f"training timesteps; use at most {limit - 1} steps"
+        )
+    if inversion_steps is None:
+        return
+    missing = sorted(set(sampling) - set(inversion_timesteps(scheduler, inversion_steps)), reverse=True)
+    if missing:
+        fitting = [
+            n for n in range(steps, limit + 1, steps)
+            if not set(sampling) - set(inversion_timesteps(scheduler, n))
+        ]
+        better = [n for n in fitting if n >= inversion_steps] or fitting or [steps]
+        raise ConfigError(
+            f"--inversion-steps {inversion_steps} does not pass through the {steps}-step sampling schedule "
+            f"(it never visits t={missing[0]}); use --inversion-steps {better[0]}"
+        )
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """A trajectory file's metadata alone, without its tensors; InputError if it is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"inversion file {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+    except Exception as error:
+        raise InputError(f"{path} is not a readable vedit trajectory: {error}") from None
+    if metadata.get("format") != FORMAT:
+        raise InputError(f"{path} is not a vedit trajectory (format {metadata.get('format')!r})")
+    return metadata
 
 
 @torch.no_grad()
@@ -129,15 +176,10 @@ def invert(
     ``unet(latents, t, text)`` returns ε. Keeps every frame's latent at each timestep of the
     ``steps``-step sampling schedule and at the noisiest inversion timestep.
     """
+    check_schedules(scheduler, steps, inversion_steps)
     scheduler.set_timesteps(steps)
     keep = [int(t) for t in scheduler.timesteps]
     schedule = inversion_timesteps(scheduler, inversion_steps)
-    missing = sorted(set(keep) - set(schedule))
-    if missing:
-        raise ValueError(
-            f"{inversion_steps} inversion steps do not pass through the {steps}-step sampling schedule "
-            f"(timesteps {missing[:3]}...); use a multiple of {steps}"
-        )
     alphas = scheduler.alphas_cumprod.to(torch.float64)
     final_alpha = torch.as_tensor(scheduler.final_alpha_cumprod, dtype=torch.float64)
     x = clean_latents.clone()
@@ -196,6 +238,16 @@ def reconstruct(
 
 # cache -----------------------------------------------------------------------------------------
 
+# Sizes are shown in binary units everywhere (MB = 2**20 bytes in `vedit cache list`), so a cap in
+# GB is 2**30 bytes.
+GB = 2**30
+MB = 2**20
+
+
+def gb_to_bytes(gb: float) -> int:
+    """``--cache-max-gb`` as the ``max_bytes`` of :class:`InversionCache` (1 GB = 2**30 bytes)."""
+    return int(gb * GB)
+
 
 def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
     """Where inversions are cached: ``cache_dir``, ``$VEDIT_CACHE_DIR``, or the user cache folder."""
@@ -238,56 +290,287 @@ class CacheEntry:
     modified: float
     metadata: dict[str, str]
 
+    @property
+    def key(self) -> str:
+        return self.path.stem
+
+    @property
+    def source(self) -> str:
+        """The clip the entry was inverted from, as it was given ("" for entries without it)."""
+        return self.metadata.get("source", "")
+
+    @property
+    def content(self) -> str:
+        """A short hash of the decoded frames: tells apart two clips at the same path, or finds a moved one."""
+        return self.metadata.get("frames_sha256", "")[:12]
+
+
+def _reason(error: BaseException) -> str:
+    """The operating system's words for a failure, without paths or error numbers, on one line."""
+    if isinstance(error, FileExistsError):
+        # mkdir found a file where the cache folder should be
+        return f"{error.filename} is a file, not a folder" if error.filename else "a file is in the way"
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    # safetensors reports its own I/O failures (a full disk among them) as SafetensorError text
+    text = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    text = text.removeprefix("Error while serializing: ").removeprefix("I/O error: ")
+    text = re.sub(r"\s*\(os error \d+\)", "", text)
+    text = re.sub(r"\s*at path \S+$", "", text)
+    return text[:160]
+
+
+def _damage(error: InputError, path: Path) -> str:
+    """Why a cached file could not be loaded, without its (long) path."""
+    cause = error.__context__  # Trajectory.load raises `from None`, which keeps the original here
+    if isinstance(cause, KeyError):
+        text = f"no {cause}"
+    elif cause is not None:
+        text = str(cause).strip() or type(cause).__name__
+    else:
+        text = str(error).removeprefix(str(path)).strip()
+    return (text.splitlines() or ["unreadable"])[0][:160]
+
+
+def _size(size_bytes: int) -> str:
+    return f"{size_bytes / MB:.1f} MB"
+
+
+def _cap(max_bytes: int) -> str:
+    # --cache-max-gb is given in GB, but a cap of a few MB (tests, prune) reads badly as 2.8e-05 GB
+    return f"{max_bytes / GB:g} GB" if max_bytes == 0 or max_bytes >= GB // 10 else _size(max_bytes)
+
+
+def _short(key: str) -> str:
+    return f"{key[:8]}…"
+
 
 class InversionCache:
-    """A folder of trajectory files named by :func:`cache_key`."""
+    """A folder of trajectory files named by :func:`cache_key`, optionally kept under a size cap.
 
-    def __init__(self, root: str | os.PathLike | None = None):
+    The cache is a convenience: :meth:`get` and :meth:`put` never raise for problems of the file
+    system (no permission, read-only, full disk, a file where a folder should be); they report one
+    line through ``warn`` (default :func:`warnings.warn`) and answer as if there were no cache.
+
+    ``max_bytes`` caps the folder's total size. After each :meth:`put` the least recently used
+    entries (by modification time, which :meth:`get` refreshes) are deleted until the total is at
+    most ``max_bytes``. The entry just written is never deleted by its own put:
+
+    * ``max_bytes=None`` — no cap; nothing is ever evicted.
+    * ``max_bytes=0`` — keep only the entry written last: every put deletes all the others, so a
+      run's inversion survives only until another clip is inverted.
+    * an entry larger than a positive ``max_bytes`` on its own is kept (with one warning) and the
+      cache is over the cap until the next put evicts it.
+
+    A :meth:`get` that hits does not evict, so a lowered cap takes effect at the next put (or with
+    :meth:`prune`).
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike | None = None,
+        *,
+        max_bytes: int | None = None,
+        warn: Callable[[str], None] | None = None,
+    ):
+        if max_bytes is not None and max_bytes < 0:
+            raise ValueError(f"max_bytes must be 0 or more, got {max_bytes}")
         self.root = cache_root(root) / "inversions"
+        self.max_bytes = max_bytes
+        self.warn: Callable[[str], None] = warn if warn is not None else warnings.warn
 
     def path(self, key: str) -> Path:
         return self.root / f"{key}.safetensors"
 
     def get(self, key: str) -> Trajectory | None:
+        """The cached trajectory for ``key``, or None (missing, damaged, or the cache is unreadable)."""
         path = self.path(key)
-        if not path.is_file():
+        try:
+            # Opening first separates "cannot read" (keep the entry) from "damaged" (drop it).
+            with open(path, "rb"):
+                pass
+        except (FileNotFoundError, NotADirectoryError):
+            return None  # a plain miss; if the folder cannot be created, put says so
+        except OSError as error:
+            self.warn(f"cannot read the inversion cache in {self.root} ({_reason(error)}); carrying on without it")
             return None
         try:
             trajectory = Trajectory.load(path)
-        except InputError:
-            path.unlink(missing_ok=True)  # a damaged entry is dropped and rebuilt
+        except InputError as error:
+            if not path.exists():
+                return None  # another run evicted it meanwhile
+            self._drop_damaged(key, path, _damage(error, path))
             return None
-        os.utime(path)  # most recently used
+        with contextlib.suppress(OSError):
+            # A read-only cache still serves hits; only its least-recently-used order goes stale.
+            os.utime(path)
         return trajectory
 
-    def put(self, key: str, trajectory: Trajectory) -> Path:
-        return trajectory.save(self.path(key))
+    def _drop_damaged(self, key: str, path: Path, why: str) -> None:
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as error:
+            self.warn(
+                f"cached inversion {_short(key)} is damaged ({why}); computing it again "
+                f"(cannot remove it: {_reason(error)})"
+            )
+            return
+        self.warn(f"cached inversion {_short(key)} is damaged ({why}); computing it again")
 
-    def entries(self) -> list[CacheEntry]:
-        if not self.root.is_dir():
+    def put(self, key: str, trajectory: Trajectory, *, note: Callable[[str], None] | None = None) -> Path | None:
+        """Store ``trajectory`` under ``key`` and apply the size cap; the path, or None if it cannot be written.
+
+        ``note`` receives one line when entries are evicted to stay under the cap.
+        """
+        path = self.path(key)
+        try:
+            # Trajectory.save writes a temporary sibling and renames it, removing it on any failure.
+            trajectory.save(path)
+        except (OSError, SafetensorError) as error:
+            self.warn(f"cannot write the inversion cache in {self.root} ({_reason(error)}); carrying on without it")
+            return None
+        if self.max_bytes is not None:
+            self._apply_cap(key, path, self.max_bytes, note)
+        return path
+
+    def _apply_cap(self, key: str, path: Path, max_bytes: int, note: Callable[[str], None] | None) -> None:
+        try:
+            files, freed = self._evict(max_bytes, keep=path)
+            size = path.stat().st_size
+        except OSError as error:
+            self.warn(
+                f"cannot prune the inversion cache in {self.root} ({_reason(error)}); "
+                f"it may grow past {_cap(max_bytes)}"
+            )
+            return
+        if files and note is not None:
+            note(f"evicted {files} cached inversion{'s' if files != 1 else ''} ({_size(freed)}), "
+                 f"least recently used first, to keep the cache under {_cap(max_bytes)}")
+        # With a cap of 0 the user asked for exactly this (keep only the last entry): no warning.
+        if 0 < max_bytes < size:
+            self.warn(
+                f"cached inversion {_short(key)} ({_size(size)}) is larger than the {_cap(max_bytes)} cache cap; "
+                f"it is kept until the next inversion is cached"
+            )
+
+    def _scan(self, *, metadata: bool) -> list[CacheEntry]:
+        """Every entry, oldest use first; OSError if the folder cannot be listed. A missing folder is empty."""
+        try:
+            with os.scandir(self.root) as listing:
+                names = [item.name for item in listing if item.name.endswith(".safetensors")]
+        except FileNotFoundError:
             return []
         found = []
-        for path in sorted(self.root.glob("*.safetensors")):
+        for name in names:
+            path = self.root / name
             try:
-                with safe_open(str(path), framework="pt") as f:
-                    metadata = f.metadata() or {}
-            except Exception:
-                metadata = {"error": "unreadable"}
-            stat = path.stat()
-            found.append(CacheEntry(path, stat.st_size, stat.st_mtime, metadata))
+                stat = path.stat()
+            except FileNotFoundError:
+                continue  # removed by another run since the listing
+            info: dict[str, str] = {}
+            if metadata:
+                try:
+                    with safe_open(str(path), framework="pt") as f:
+                        info = f.metadata() or {}
+                except Exception:
+                    info = {"error": "unreadable"}
+            found.append(CacheEntry(path, stat.st_size, stat.st_mtime, info))
+        found.sort(key=lambda entry: (entry.modified, entry.path.name))
         return found
 
-    def clear(self) -> tuple[int, int]:
-        """Delete every entry; returns (files, bytes) removed."""
+    def _evict(self, max_bytes: int, *, keep: Path | None = None) -> tuple[int, int]:
+        entries = self._scan(metadata=False)
+        total = sum(entry.size_bytes for entry in entries)
         files = freed = 0
-        for entry in self.entries():
+        for entry in entries:
+            if total <= max_bytes:
+                break
+            if entry.path == keep:
+                continue
+            try:
+                entry.path.unlink()
+            except FileNotFoundError:
+                pass  # another run removed it: it no longer counts, but we did not free it
+            else:
+                files += 1
+                freed += entry.size_bytes
+            total -= entry.size_bytes
+        return files, freed
+
+    def entries(self) -> list[CacheEntry]:
+        """Every entry with its metadata, least recently used first; [] when the folder does not exist.
+
+        Raises :class:`OutputError` when the folder cannot be listed.
+        """
+        try:
+            return self._scan(metadata=True)
+        except OSError as error:
+            raise OutputError(f"cannot read the inversion cache in {self.root}: {_reason(error)}") from None
+
+    def find(self, key: str) -> CacheEntry:
+        """The entry whose key is ``key`` or starts with it (a unique prefix, as git accepts).
+
+        Raises :class:`ConfigError` when no entry or more than one matches.
+        """
+        # Accept a key as it is printed elsewhere: a warning's "1a2b3c4d…" or a file name.
+        wanted = key.strip().removesuffix("…").removesuffix(".safetensors").lower()
+        if not wanted:
+            raise ConfigError("give a cache key or the start of one (see 'vedit cache list')")
+        entries = self.entries()
+        exact = [entry for entry in entries if entry.key == wanted]
+        matches = exact or [entry for entry in entries if entry.key.startswith(wanted)]
+        if not matches:
+            raise ConfigError(f"no cached inversion has a key starting with {wanted!r} (see 'vedit cache list')")
+        if len(matches) > 1:
+            shown = ", ".join(entry.key[:12] for entry in matches[:3]) + (", ..." if len(matches) > 3 else "")
+            raise ConfigError(
+                f"{wanted!r} is the start of {len(matches)} cached inversions' keys ({shown}); give more of the key"
+            )
+        return matches[0]
+
+    def remove(self, entry: CacheEntry) -> None:
+        """Delete one entry (see :meth:`find`); raises :class:`OutputError` if it cannot be deleted."""
+        try:
             entry.path.unlink(missing_ok=True)
+        except OSError as error:
+            raise OutputError(f"cannot remove cached inversion {entry.key}: {_reason(error)}") from None
+
+    def prune(self, max_bytes: int) -> tuple[int, int]:
+        """Delete least recently used entries until the total is at most ``max_bytes``; returns (files, bytes).
+
+        Raises :class:`OutputError` when the folder cannot be listed or an entry cannot be deleted.
+        """
+        try:
+            return self._evict(max_bytes)
+        except OSError as error:
+            raise OutputError(f"cannot prune the inversion cache in {self.root}: {_reason(error)}") from None
+
+    def clear(self) -> tuple[int, int]:
+        """Delete every entry; returns (files, bytes) removed.
+
+        Raises :class:`OutputError` when the folder cannot be listed or some entry cannot be deleted
+        (after deleting every entry it can).
+        """
+        files = freed = 0
+        failures: list[OSError] = []
+        for entry in self.entries():
+            try:
+                entry.path.unlink(missing_ok=True)
+            except OSError as error:
+                failures.append(error)
+                continue
             files += 1
             freed += entry.size_bytes
+        if failures:
+            raise OutputError(
+                f"cannot remove {len(failures)} cached inversion{'s' if len(failures) != 1 else ''} in {self.root} "
+                f"({_reason(failures[0])}); removed {files} ({_size(freed)})"
+            )
         return files, freed
 
 
 def describe_age(seconds: float) -> str:
+    """How long ago a modification time was, coarsely ("3d ago"); "just now" under a minute or in the future."""
     age = time.time() - seconds
     for unit, span in (("d", 86400), ("h", 3600), ("m", 60)):
         if age >= span:
