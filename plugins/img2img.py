@@ -15,13 +15,18 @@ class Img2Img:
     description = "plain img2img: noise each frame to --strength and denoise it with the target prompt"
     needs_inversion = False
 
-    def plan(self, job: EditJob) -> EditPlan:
-        scheduler, config = job.scheduler, job.config
+    def timesteps(self, scheduler, config) -> torch.Tensor:
+        """The last ``int(strength·T)`` timesteps of the T-step schedule."""
+        scheduler.set_timesteps(config.steps)
         total = len(scheduler.timesteps)
         run = min(int(total * config.strength), total)
         if run == 0:
-            raise ConfigError(f"--strength {config.strength} with --steps {total} runs no denoising step; raise either")
-        timesteps = scheduler.timesteps[total - run :]
+            raise ConfigError(f"--strength {config.strength:g} with --steps {total} runs no denoising step; raise either")
+        return scheduler.timesteps[total - run :]
+
+    def plan(self, job: EditJob) -> EditPlan:
+        scheduler = job.scheduler
+        timesteps = self.timesteps(scheduler, job.config)
         z0 = job.clean_latents
         noise = torch.randn(z0.shape, generator=job.generator, dtype=torch.float32).to(z0)
         start = scheduler.add_noise(z0, noise, timesteps[:1])

@@ -7,6 +7,8 @@ self-attention queries and keys of decoder blocks 4–11 do.
 
 from __future__ import annotations
 
+import torch
+
 from vedit.denoise import EditJob, EditPlan
 from vedit.hookspecs import hookimpl
 from vedit.unet import Injection
@@ -31,12 +33,17 @@ class PnP:
     description = "Plug-and-Play: inject source conv features and self-attention Q/K (needs inversion)"
     needs_inversion = True
 
+    def timesteps(self, scheduler, config) -> torch.Tensor:
+        """All T timesteps."""
+        scheduler.set_timesteps(config.steps)
+        return scheduler.timesteps
+
     def plan(self, job: EditJob) -> EditPlan:
         check_trajectory(job)
-        total = len(job.scheduler.timesteps)
+        timesteps = self.timesteps(job.scheduler, job.config)
+        total = len(timesteps)
         conv_steps = int(total * job.config.pnp_f_t)
         qk_steps = int(total * job.config.pnp_attn_t)
-        timesteps = job.scheduler.timesteps
         return EditPlan(
             timesteps=timesteps,
             start_latents=start_from_ddim_noise(job, timesteps[0]),

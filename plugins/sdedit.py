@@ -6,6 +6,8 @@ latents noised with the noise DDIM inversion found.
 
 from __future__ import annotations
 
+import torch
+
 from vedit.denoise import EditJob, EditPlan
 from vedit.errors import ConfigError
 from vedit.hookspecs import hookimpl
@@ -18,13 +20,18 @@ class SDEdit:
     description = "SDEdit: denoise the last --start fraction of the schedule from the DDIM noise (needs inversion)"
     needs_inversion = True
 
+    def timesteps(self, scheduler, config) -> torch.Tensor:
+        """The last ``round(start·T)`` timesteps of the T-step schedule."""
+        scheduler.set_timesteps(config.steps)
+        total = len(scheduler.timesteps)
+        run = round(config.start * total)
+        if run == 0:
+            raise ConfigError(f"--start {config.start:g} with --steps {total} runs no denoising step; raise either")
+        return scheduler.timesteps[total - run :]
+
     def plan(self, job: EditJob) -> EditPlan:
         check_trajectory(job)
-        total = len(job.scheduler.timesteps)
-        run = round(job.config.start * total)
-        if run == 0:
-            raise ConfigError(f"--start {job.config.start} with --steps {total} runs no denoising step; raise either")
-        timesteps = job.scheduler.timesteps[total - run :]
+        timesteps = self.timesteps(job.scheduler, job.config)
         return EditPlan(
             timesteps=timesteps,
             start_latents=start_from_ddim_noise(job, timesteps[0]),

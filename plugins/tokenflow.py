@@ -19,7 +19,7 @@ import torch
 
 from vedit import plugins
 from vedit.attention import joint_attention, per_frame_attention, project_out, project_qkv
-from vedit.denoise import Denoiser, EditJob, EditPlan, Step
+from vedit.denoise import Denoiser, EditJob, EditPlan, RunShape, Step
 from vedit.errors import ConfigError
 from vedit.hookspecs import hookimpl
 from vedit.unet import SOURCE, CallContext, LayerInfo
@@ -52,6 +52,20 @@ def read_keyframe_schedule(path: str | Path) -> list[list[int]]:
     ):
         raise ConfigError(f"keyframe schedule {path} must be {{\"keyframes\": [[int, ...], ...]}}")
     return schedule
+
+
+def check_keyframe_schedule(schedule: list[list[int]], chunks: list[range], steps: int, path: str) -> None:
+    """ConfigError unless ``schedule`` has one list per step, each with one frame inside each chunk."""
+    if len(schedule) != steps:
+        raise ConfigError(f"keyframe schedule {path} has {len(schedule)} steps; this run denoises {steps}")
+    for index, keys in enumerate(schedule):
+        if len(keys) != len(chunks):
+            raise ConfigError(f"keyframe schedule {path}, step {index}: {len(keys)} keyframes for {len(chunks)} chunks")
+        for chunk, key in zip(chunks, keys):
+            if key not in chunk:
+                raise ConfigError(
+                    f"keyframe schedule {path}, step {index}: frame {key} is not in chunk {chunk.start}-{chunk.stop - 1}"
+                )
 
 
 @dataclass
@@ -115,10 +129,12 @@ class TokenFlow:
     description = "TokenFlow: joint keyframe editing with extended attention, propagated along NN correspondences"
     needs_source_branch = True
 
-    def validate(self, config) -> None:
-        """Fail on a malformed keyframe file before any heavy work (its fit is checked in begin)."""
+    def validate(self, config, shape: RunShape) -> None:
+        """Before any heavy work: the NN backend exists and runs here, the keyframe file fits the run."""
+        plugins.choose("nn_backend", config.nn_backend, shape.device)
         if config.keyframes:
-            read_keyframe_schedule(config.keyframes)
+            schedule = read_keyframe_schedule(config.keyframes)
+            check_keyframe_schedule(schedule, chunk_ranges(shape.frames, config.chunk_size), shape.steps, config.keyframes)
 
     def begin(self, job: EditJob, plan: EditPlan) -> None:
         config = job.config
@@ -128,22 +144,9 @@ class TokenFlow:
         self.generator = torch.Generator().manual_seed(config.seed)
         self.schedule = None
         if config.keyframes:
+            # Checked again: a clip that ended early (--allow-short) has fewer chunks than promised.
             self.schedule = read_keyframe_schedule(config.keyframes)
-            self._check_schedule(self.schedule, len(plan.timesteps), config.keyframes)
-
-    def _check_schedule(self, schedule: list[list[int]], steps: int, path: str) -> None:
-        if len(schedule) != steps:
-            raise ConfigError(f"keyframe schedule {path} has {len(schedule)} steps; this run denoises {steps}")
-        for index, keys in enumerate(schedule):
-            if len(keys) != len(self.chunks):
-                raise ConfigError(
-                    f"keyframe schedule {path}, step {index}: {len(keys)} keyframes for {len(self.chunks)} chunks"
-                )
-            for chunk, key in zip(self.chunks, keys):
-                if key not in chunk:
-                    raise ConfigError(
-                        f"keyframe schedule {path}, step {index}: frame {key} is not in chunk {chunk.start}-{chunk.stop - 1}"
-                    )
+            check_keyframe_schedule(self.schedule, self.chunks, len(plan.timesteps), config.keyframes)
 
     def keyframes(self, step: Step) -> torch.Tensor:
         """One keyframe per chunk for this step: from the schedule, else drawn with the seeded generator."""

@@ -3,21 +3,31 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
+import sys
+import time
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator, Optional, TextIO
 
 import typer
+import typer.core
 from rich.console import Console
+from rich.markup import escape as rich_escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from . import __version__, plugins
 from .config import RunConfig, load_config
-from .errors import VeditError
+from .errors import ConfigError, VeditError
+from .report import SilentReporter
 
-err_console = Console(stderr=True)
-out_console = Console()
+# Nothing vedit prints is rich markup: paths, prompts and messages are shown literally
+# (no "[faiss]" eaten as a tag, no ":100:" turned into an emoji, no numbers recoloured).
+err_console = Console(stderr=True, emoji=False, highlight=False)
+out_console = Console(emoji=False, highlight=False)
+PROGRESS_INTERVAL = 10.0  # seconds between plain progress lines ($VEDIT_PROGRESS_INTERVAL)
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
@@ -44,8 +54,20 @@ def user_errors() -> Iterator[None]:
         raise fail("interrupted; nothing was written", 130) from None
 
 
-class RichReporter:
-    """Progress bars on stderr for each stage."""
+def warn(text: str) -> None:
+    """One warning line on stderr; printed even with --quiet, since it tells of something lost."""
+    err_console.print(f"vedit: warning: {text}", markup=False, highlight=False, soft_wrap=True)
+
+
+class QuietReporter(SilentReporter):
+    """--quiet: no progress, no messages; warnings still reach the user, as lines on stderr."""
+
+    def warning(self, text: str) -> None:
+        warn(text)
+
+
+class RichReporter(QuietReporter):
+    """Progress bars on stderr for each stage (a terminal)."""
 
     def __init__(self, progress: Progress):
         self.progress = progress
@@ -63,14 +85,80 @@ class RichReporter:
     def message(self, text: str) -> None:
         self.progress.console.print(text, markup=False, highlight=False)
 
+    def warning(self, text: str) -> None:
+        self.progress.console.print(f"vedit: warning: {text}", markup=False, highlight=False, soft_wrap=True)
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m{seconds:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+class PlainReporter(QuietReporter):
+    """Progress as plain lines, for stderr that is not a terminal (nohup, CI, a job scheduler).
+
+    Each stage prints a line when it starts, one every ``interval`` seconds while it runs, and
+    one when it is done, each flushed at once, so a log file shows where a long run is.
+    """
+
+    def __init__(self, stream: TextIO | None = None, interval: float | None = None):
+        self.stream = stream or sys.stderr
+        if interval is None:
+            interval = float(os.environ.get("VEDIT_PROGRESS_INTERVAL", "") or PROGRESS_INTERVAL)
+        self.interval = interval
+
+    def _print(self, text: str) -> None:
+        print(f"vedit: {text}", file=self.stream, flush=True)
+
+    def task(self, description: str, total: int | None):
+        reporter = self
+        began = time.monotonic()
+        reporter._print(f"{description}: started" + (f", {total} to do" if total else ""))
+
+        class _Task:
+            done = 0
+            last = began
+
+            def advance(self, amount: int = 1) -> None:
+                self.done += amount
+                now = time.monotonic()
+                elapsed = now - began
+                if total is not None and self.done >= total:
+                    reporter._print(f"{description}: done, {self.done}/{total} in {_duration(elapsed)}")
+                elif now - self.last >= reporter.interval:
+                    self.last = now
+                    if total:
+                        left = elapsed / self.done * (total - self.done)
+                        reporter._print(
+                            f"{description}: {self.done}/{total} ({100 * self.done // total}%), "
+                            f"{_duration(elapsed)} elapsed, about {_duration(left)} left"
+                        )
+                    else:
+                        reporter._print(f"{description}: {self.done} done, {_duration(elapsed)} elapsed")
+
+        return _Task()
+
+    def message(self, text: str) -> None:
+        self._print(text)
+
 
 @contextlib.contextmanager
-def reporting(quiet: bool) -> Iterator[object | None]:
+def reporting(quiet: bool) -> Iterator[QuietReporter]:
+    """Rich bars on a terminal, plain lines otherwise, nothing but warnings with --quiet."""
     if quiet:
-        yield None
+        yield QuietReporter()
+        return
+    if not err_console.is_terminal:
+        yield PlainReporter()
         return
     progress = Progress(
-        TextColumn("{task.description:<16}"),
+        TextColumn("{task.description:<16}", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
@@ -90,9 +178,92 @@ def _config(config_path: Optional[Path], **values) -> RunConfig:
     return load_config(config_path, **_options(**values))
 
 
+def _help(text: str, key: str | None = None, default: str | None = None) -> str:
+    """Help text shown literally (rich would eat "[...]"), with the default taken from RunConfig."""
+    if key is not None and default is None:
+        value = RunConfig.__dataclass_fields__[key].default
+        if isinstance(value, str):
+            default = value if value else '""'
+        elif value is not None and not isinstance(value, bool):
+            default = f"{value:g}" if isinstance(value, float) else str(value)
+    if default is not None:
+        text = f"{text} [default: {default}]"
+    return rich_escape(text)
+
+
+# Typer may vendor its own copy of click: take the exception classes from wherever it gets them.
+_click_errors = sys.modules[typer.BadParameter.__module__]
+_UsageError = _click_errors.UsageError
+_ClickException = _click_errors.ClickException
+_NoArgsIsHelp = getattr(_click_errors, "NoArgsIsHelpError", ())
+_Aborts = tuple({typer.Abort, getattr(_click_errors, "Abort", typer.Abort)})
+
+
+class _Group(typer.core.TyperGroup):
+    """Ends a usage error (bad flag, bad value) in one line and exit code 4, like every other bad option."""
+
+    def main(self, *args, standalone_mode: bool = True, **kwargs):
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except _NoArgsIsHelp as error:
+            error.show()
+            code = error.exit_code
+        except _UsageError as error:
+            where = f"; see '{error.ctx.command_path} --help'" if error.ctx is not None and error.ctx.parent else ""
+            message = " ".join(error.format_message().split()).rstrip(".")
+            fail(f"{message}{where}")
+            code = ConfigError.exit_code
+        except _ClickException as error:
+            fail(" ".join(error.format_message().split()))
+            code = error.exit_code
+        except _Aborts:
+            fail("interrupted; nothing was written")
+            code = 130
+        if not standalone_mode:
+            return code
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def _summary(result, config: RunConfig) -> Table:
+    """What was written and everything needed to repeat the run; every cell literal text."""
+    rows: list[tuple[str, str]] = [("output", str(result.output))]
+    frames = str(result.frames)
+    if result.short_read is not None:
+        got, promised = result.short_read
+        frames += f" (the clip promised {promised}; it ends early)"
+    rows.append(("frames", frames))
+    size = f"{result.size[0]}x{result.size[1]} working, {result.output_size[0]}x{result.output_size[1]} written"
+    if result.size_note:
+        size += f" ({result.size_note})"
+    rows.append(("size", size))
+    fps = f"{result.fps} ({float(result.fps):.3f})"
+    if result.timing_note:
+        fps += f"; {result.timing_note}"
+    rows.append(("fps", fps))
+    rows.append(("prompt", repr(config.prompt)))
+    rows.append(("source prompt", repr(config.source_prompt)))
+    if config.negative_prompt:
+        rows.append(("negative prompt", repr(config.negative_prompt)))
+    rows.append(("model", result.model))
+    rows.append(("seed", str(config.seed)))
+    rows.append(("editor", f"{config.editor} + {config.propagator}, {result.steps_run} steps, inversion {result.inversion}"))
+    if result.inversion_path is not None:
+        rows.append(("inversion", str(result.inversion_path)))
+    rows.append(("UNet", f"{sum(result.forwards.values())} image-forwards ({result.forwards_per_frame_step:.3f} per frame per step)"))
+    stages = ", ".join(f"{k} {v:.1f}s" for k, v in result.stage_seconds.items())
+    rows.append(("time", f"{result.seconds:.1f}s ({stages})"))
+    if result.warnings:
+        rows.append(("warnings", f"{len(result.warnings)} (printed above)"))
+    table = Table(show_header=False, box=None, pad_edge=False)
+    for name, value in rows:
+        table.add_row(Text(name), Text(value))
+    return table
+
+
 def create_app() -> typer.Typer:
     app = typer.Typer(
         name="vedit",
+        cls=_Group,
         help="Edit a whole video from a text prompt with Stable Diffusion, consistently across frames (TokenFlow).",
         no_args_is_help=True,
         pretty_exceptions_enable=False,
@@ -101,7 +272,7 @@ def create_app() -> typer.Typer:
 
     def version_callback(value: bool) -> None:
         if value:
-            out_console.print(f"vedit {__version__}")
+            out_console.print(f"vedit {__version__}", markup=False)
             raise typer.Exit()
 
     @app.callback()
@@ -110,43 +281,49 @@ def create_app() -> typer.Typer:
     ) -> None:
         """vedit: prompt-driven, temporally consistent video editing."""
 
+    cache_dir_default = "$VEDIT_CACHE_DIR or ~/.cache/vedit"
+
     @app.command()
     def run(
         clip: Path = typer.Argument(..., help="Input video file, or a folder of numbered images."),
-        prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="What the edited video should show."),
-        output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output .mp4/.mov/.mkv, or a folder for PNG frames. Default: <clip>-edited.mp4 here."),
-        source_prompt: Optional[str] = typer.Option(None, help="What the input shows (inversion and source branch). [default: \"\"]"),
-        negative_prompt: Optional[str] = typer.Option(None, help="Negative prompt. [default: \"\"]"),
-        editor: Optional[str] = typer.Option(None, help="Editor plugin: pnp, sdedit, img2img, ... [default: pnp]"),
-        propagator: Optional[str] = typer.Option(None, help="Propagator plugin: tokenflow, none, ... [default: tokenflow]"),
-        engine: Optional[str] = typer.Option(None, help="UNet engine plugin, or auto. [default: auto]"),
-        nn_backend: Optional[str] = typer.Option(None, help="Nearest-neighbour backend: torch, faiss or auto. [default: auto]"),
-        model: Optional[str] = typer.Option(None, help="Hub id, local diffusers folder, 'tiny', 'random:sd15' or 'random:sd21'. [default: stabilityai/stable-diffusion-2-1-base]"),
-        revision: Optional[str] = typer.Option(None, help="Model revision (hub branch, tag or commit)."),
-        steps: Optional[int] = typer.Option(None, help="Sampling steps T. [default: 50]"),
-        inversion_steps: Optional[int] = typer.Option(None, help="DDIM inversion steps (a multiple of --steps). [default: 50]"),
-        strength: Optional[float] = typer.Option(None, help="img2img: fraction of the schedule to run. [default: 0.8]"),
-        start: Optional[float] = typer.Option(None, help="sdedit: fraction of the schedule to run from the DDIM noise. [default: 0.9]"),
-        guidance: Optional[float] = typer.Option(None, help="Classifier-free guidance scale. [default: 7.5]"),
-        pnp_f_t: Optional[float] = typer.Option(None, help="pnp: fraction of steps with conv feature injection. [default: 0.8]"),
-        pnp_attn_t: Optional[float] = typer.Option(None, help="pnp: fraction of steps with self-attention Q/K injection. [default: 0.5]"),
-        chunk_size: Optional[int] = typer.Option(None, help="tokenflow: frames per chunk B (one keyframe each). [default: 8]"),
-        keyframes: Optional[str] = typer.Option(None, help="tokenflow: JSON keyframe schedule {\"keyframes\": [[k, ...], ...]}."),
-        inversion: Optional[str] = typer.Option(None, help="Use this trajectory file (from 'vedit invert -o') instead of inverting."),
-        seed: Optional[int] = typer.Option(None, help="Random seed (noise, keyframes, tiny weights). [default: 0]"),
-        size: Optional[str] = typer.Option(None, help="Working size WxH (multiples of 8). Default: short side near 512."),
-        frames: Optional[str] = typer.Option(None, help="Frame range START:STOP:STEP (source frame indices, STOP exclusive)."),
-        max_frames: Optional[int] = typer.Option(None, help="At most this many frames."),
-        fps: Optional[str] = typer.Option(None, help="Source frame rate override (folders of images default to 24)."),
-        output_size: Optional[str] = typer.Option(None, help="'source', 'working' or WxH. [default: source]"),
-        device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, cuda:N or mps. [default: auto]"),
-        dtype: Optional[str] = typer.Option(None, help="auto, fp32, fp16 or bf16. [default: auto]"),
-        batch_size: Optional[int] = typer.Option(None, help="Frames per VAE / per-frame UNet batch. [default: 8]"),
-        postprocess: Optional[str] = typer.Option(None, help="Comma-separated post-processor plugins applied to decoded frames."),
-        cache_dir: Optional[str] = typer.Option(None, help="Inversion cache folder. [default: $VEDIT_CACHE_DIR or ~/.cache/vedit]"),
-        no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the inversion cache."),
-        config: Optional[Path] = typer.Option(None, "--config", help="Read defaults from this vedit.toml instead of ./vedit.toml."),
-        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or summary."),
+        prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help=_help("What the edited video should show (required).")),
+        output: Optional[Path] = typer.Option(None, "--output", "-o", help=_help("Output .mp4/.mov/.mkv, or a folder for PNG frames.", default="<clip>-edited.mp4 here")),
+        source_prompt: Optional[str] = typer.Option(None, help=_help("What the input shows (inversion and source branch).", "source_prompt")),
+        negative_prompt: Optional[str] = typer.Option(None, help=_help("Negative prompt (the unconditional branch).", "negative_prompt")),
+        editor: Optional[str] = typer.Option(None, help=_help("Editor plugin: pnp, sdedit, img2img, or a plugin's.", "editor")),
+        propagator: Optional[str] = typer.Option(None, help=_help("Propagator plugin: tokenflow, none, or a plugin's.", "propagator")),
+        engine: Optional[str] = typer.Option(None, help=_help("UNet engine plugin, or auto.", "engine")),
+        nn_backend: Optional[str] = typer.Option(None, help=_help("Nearest-neighbour backend: torch, faiss or auto.", "nn_backend")),
+        model: Optional[str] = typer.Option(None, help=_help("Hub id, local diffusers folder, tiny, random:sd15 or random:sd21.", "model")),
+        revision: Optional[str] = typer.Option(None, help=_help("Model revision (hub branch, tag or commit).")),
+        steps: Optional[int] = typer.Option(None, help=_help("Sampling steps T.", "steps")),
+        inversion_steps: Optional[int] = typer.Option(None, help=_help("DDIM inversion steps (their schedule must pass through the T-step one, e.g. a multiple of T).", "inversion_steps")),
+        strength: Optional[float] = typer.Option(None, help=_help("img2img: fraction of the schedule to run.", "strength")),
+        start: Optional[float] = typer.Option(None, help=_help("sdedit: fraction of the schedule to run from the DDIM noise.", "start")),
+        guidance: Optional[float] = typer.Option(None, help=_help("Classifier-free guidance scale.", "guidance")),
+        pnp_f_t: Optional[float] = typer.Option(None, help=_help("pnp: fraction of steps with conv feature injection.", "pnp_f_t")),
+        pnp_attn_t: Optional[float] = typer.Option(None, help=_help("pnp: fraction of steps with self-attention Q/K injection.", "pnp_attn_t")),
+        chunk_size: Optional[int] = typer.Option(None, help=_help("tokenflow: frames per chunk B (one keyframe each).", "chunk_size")),
+        keyframes: Optional[str] = typer.Option(None, help=_help('tokenflow: JSON keyframe schedule file, {"keyframes": [[k, ...], ...]}, one list per step.')),
+        inversion: Optional[str] = typer.Option(None, help=_help("Use this trajectory file (from 'vedit invert -o') instead of inverting.")),
+        force_inversion: bool = typer.Option(False, "--force-inversion", help=_help("Use the --inversion file even if it was made from another clip, model or source prompt.")),
+        seed: Optional[int] = typer.Option(None, help=_help("Random seed (noise, keyframes, tiny weights).", "seed")),
+        size: Optional[str] = typer.Option(None, help=_help("Working size WxH (multiples of 8).", default="short side near 512")),
+        frames: Optional[str] = typer.Option(None, help=_help("Frame range START:STOP:STEP (source frame indices, STOP exclusive).", default="all")),
+        max_frames: Optional[int] = typer.Option(None, help=_help("At most this many frames.")),
+        allow_short: bool = typer.Option(False, "--allow-short", help=_help("Accept a clip that ends before its container says: warn and edit the frames that could be read.")),
+        fps: Optional[str] = typer.Option(None, help=_help("Source frame rate override (folders of images default to 24).", default="the source's")),
+        keep_timestamps: bool = typer.Option(False, "--keep-timestamps", help=_help("Keep a variable-rate source's own frame times instead of resampling it to its average rate.")),
+        output_size: Optional[str] = typer.Option(None, help=_help("source, working or WxH.", "output_size")),
+        device: Optional[str] = typer.Option(None, help=_help("auto, cpu, cuda, cuda:N or mps.", "device")),
+        dtype: Optional[str] = typer.Option(None, help=_help("auto, fp32, fp16 or bf16.", "dtype")),
+        batch_size: Optional[int] = typer.Option(None, help=_help("Frames per VAE / inversion / per-frame UNet batch.", "batch_size")),
+        postprocess: Optional[str] = typer.Option(None, help=_help("Comma-separated post-processor plugins applied to decoded frames, in order.")),
+        cache_dir: Optional[str] = typer.Option(None, help=_help("Inversion cache folder.", default=cache_dir_default)),
+        cache_max_gb: Optional[float] = typer.Option(None, help=_help("Cache size cap in GB; the least recently used inversions are evicted.", "cache_max_gb")),
+        no_cache: bool = typer.Option(False, "--no-cache", help=_help("Neither read nor write the inversion cache.")),
+        config: Optional[Path] = typer.Option(None, "--config", help=_help("Read defaults from this vedit.toml instead of ./vedit.toml.")),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help=_help("No progress or summary; warnings and errors only.")),
     ) -> None:
         """Edit CLIP so that it shows PROMPT."""
         from .pipeline import edit
@@ -158,46 +335,41 @@ def create_app() -> typer.Typer:
                 propagator=propagator, engine=engine, nn_backend=nn_backend, model=model, revision=revision,
                 steps=steps, inversion_steps=inversion_steps, strength=strength, start=start, guidance=guidance,
                 pnp_f_t=pnp_f_t, pnp_attn_t=pnp_attn_t, chunk_size=chunk_size, keyframes=keyframes,
-                inversion=inversion, seed=seed, size=size, frames=frames, max_frames=max_frames, fps=fps,
-                output_size=output_size, device=device, dtype=dtype, batch_size=batch_size,
-                postprocess=postprocess, cache_dir=cache_dir, no_cache=True if no_cache else None,
+                inversion=inversion, force_inversion=force_inversion or None, seed=seed, size=size, frames=frames,
+                max_frames=max_frames, allow_short=allow_short or None, fps=fps,
+                keep_timestamps=keep_timestamps or None, output_size=output_size, device=device, dtype=dtype,
+                batch_size=batch_size, postprocess=postprocess, cache_dir=cache_dir, cache_max_gb=cache_max_gb,
+                no_cache=no_cache or None,
             )
             target = output or Path(f"{clip.stem if clip.suffix else clip.name}-edited.mp4")
             with reporting(quiet) as reporter:
                 result = edit(clip, target, run_config, reporter=reporter)
         if not quiet:
-            table = Table(show_header=False, box=None, pad_edge=False)
-            table.add_row("output", str(result.output))
-            table.add_row("frames", str(result.frames))
-            table.add_row("size", f"{result.size[0]}x{result.size[1]} working, {result.output_size[0]}x{result.output_size[1]} written")
-            table.add_row("fps", f"{result.fps} ({float(result.fps):.3f})")
-            table.add_row("editor", f"{run_config.editor} + {run_config.propagator}, {result.steps_run} steps, inversion {result.inversion}")
-            table.add_row("UNet", f"{sum(result.forwards.values())} image-forwards ({result.forwards_per_frame_step:.3f} per frame per step)")
-            stages = ", ".join(f"{k} {v:.1f}s" for k, v in result.stage_seconds.items())
-            table.add_row("time", f"{result.seconds:.1f}s ({stages})")
-            out_console.print(table)
+            out_console.print(_summary(result, run_config))
 
     @app.command()
     def invert(
         clip: Path = typer.Argument(..., help="Input video file, or a folder of numbered images."),
-        output: Optional[Path] = typer.Option(None, "--output", "-o", help="Also write the trajectory to this .safetensors file."),
-        source_prompt: Optional[str] = typer.Option(None, help="What the input shows. [default: \"\"]"),
-        model: Optional[str] = typer.Option(None, help="Model (as for 'vedit run')."),
-        revision: Optional[str] = typer.Option(None, help="Model revision."),
-        steps: Optional[int] = typer.Option(None, help="Sampling steps T the trajectory is stored for. [default: 50]"),
-        inversion_steps: Optional[int] = typer.Option(None, help="DDIM inversion steps. [default: 50]"),
-        seed: Optional[int] = typer.Option(None, help="Seed (tiny/random weights)."),
-        size: Optional[str] = typer.Option(None, help="Working size WxH."),
-        frames: Optional[str] = typer.Option(None, help="Frame range START:STOP:STEP."),
-        max_frames: Optional[int] = typer.Option(None, help="At most this many frames."),
-        device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, cuda:N or mps."),
-        dtype: Optional[str] = typer.Option(None, help="auto, fp32, fp16 or bf16."),
-        batch_size: Optional[int] = typer.Option(None, help="Frames per UNet batch."),
-        cache_dir: Optional[str] = typer.Option(None, help="Inversion cache folder."),
-        no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the inversion cache."),
-        check: bool = typer.Option(False, "--check", help="Sample back from the inverted noise with the source prompt and report the PSNR against the clip."),
-        config: Optional[Path] = typer.Option(None, "--config", help="Read defaults from this vedit.toml."),
-        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+        output: Optional[Path] = typer.Option(None, "--output", "-o", help=_help("Also write the trajectory to this .safetensors file.")),
+        source_prompt: Optional[str] = typer.Option(None, help=_help("What the input shows.", "source_prompt")),
+        model: Optional[str] = typer.Option(None, help=_help("Model (as for 'vedit run').", "model")),
+        revision: Optional[str] = typer.Option(None, help=_help("Model revision.")),
+        steps: Optional[int] = typer.Option(None, help=_help("Sampling steps T the trajectory is stored for.", "steps")),
+        inversion_steps: Optional[int] = typer.Option(None, help=_help("DDIM inversion steps.", "inversion_steps")),
+        seed: Optional[int] = typer.Option(None, help=_help("Seed (tiny/random weights).", "seed")),
+        size: Optional[str] = typer.Option(None, help=_help("Working size WxH.", default="short side near 512")),
+        frames: Optional[str] = typer.Option(None, help=_help("Frame range START:STOP:STEP.", default="all")),
+        max_frames: Optional[int] = typer.Option(None, help=_help("At most this many frames.")),
+        allow_short: bool = typer.Option(False, "--allow-short", help=_help("Accept a clip that ends before its container says.")),
+        device: Optional[str] = typer.Option(None, help=_help("auto, cpu, cuda, cuda:N or mps.", "device")),
+        dtype: Optional[str] = typer.Option(None, help=_help("auto, fp32, fp16 or bf16.", "dtype")),
+        batch_size: Optional[int] = typer.Option(None, help=_help("Frames per UNet batch.", "batch_size")),
+        cache_dir: Optional[str] = typer.Option(None, help=_help("Inversion cache folder.", default=cache_dir_default)),
+        cache_max_gb: Optional[float] = typer.Option(None, help=_help("Cache size cap in GB.", "cache_max_gb")),
+        no_cache: bool = typer.Option(False, "--no-cache", help=_help("Neither read nor write the inversion cache.")),
+        check: bool = typer.Option(False, "--check", help=_help("Sample back from the inverted noise with the source prompt and report the PSNR against the clip.")),
+        config: Optional[Path] = typer.Option(None, "--config", help=_help("Read defaults from this vedit.toml.")),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help=_help("No progress; warnings and errors only.")),
     ) -> None:
         """DDIM-invert CLIP into the cache (and optionally a file), for reuse by every later 'vedit run'."""
         from .pipeline import invert_clip
@@ -206,17 +378,18 @@ def create_app() -> typer.Typer:
             run_config = _config(
                 config, source_prompt=source_prompt, model=model, revision=revision, steps=steps,
                 inversion_steps=inversion_steps, seed=seed, size=size, frames=frames, max_frames=max_frames,
-                device=device, dtype=dtype, batch_size=batch_size, cache_dir=cache_dir,
-                no_cache=True if no_cache else None,
+                allow_short=allow_short or None, device=device, dtype=dtype, batch_size=batch_size,
+                cache_dir=cache_dir, cache_max_gb=cache_max_gb, no_cache=no_cache or None,
             )
             with reporting(quiet) as reporter:
                 result = invert_clip(clip, output, run_config, reporter=reporter, check=check)
         trajectory = result.trajectory
         if not quiet:
             where = f", written to {result.path}" if result.path else ""
+            entry = f", cache entry {result.cache_path}" if result.cache_path else ""
             out_console.print(
                 f"{trajectory.num_frames} frames, {len(trajectory.timesteps)} stored timesteps "
-                f"(noisiest t={trajectory.noisiest}), {result.how}{where}",
+                f"(noisiest t={trajectory.noisiest}), {result.how}{entry}{where}",
                 markup=False,
             )
         if result.reconstruction is not None:
@@ -231,32 +404,90 @@ def create_app() -> typer.Typer:
 
     @cache_app.command("list")
     def cache_list(cache_dir: Optional[str] = typer.Option(None, help="Cache folder.")) -> None:
-        """List cached inversions."""
-        from .inversion import InversionCache, describe_age
+        """List cached inversions, least recently used first, with the clip each came from."""
+        from rich.text import Text
 
-        cache = InversionCache(cache_dir)
-        entries = cache.entries()
+        from .inversion import InversionCache, describe_age, gb_to_bytes
+
+        with user_errors():
+            cache = InversionCache(cache_dir)
+            entries = cache.entries()
         if not entries:
-            out_console.print(f"no cached inversions in {cache.root}", markup=False)
+            out_console.print(f"no cached inversions in {cache.root}", markup=False, soft_wrap=True)
             return
-        table = Table("key", "frames", "size", "model", "source prompt", "steps", "MB", "used")
+        table = Table("key", "clip", "content", "frames", "size", "model", "source prompt", "steps", "MB", "used")
+        for column in table.columns:
+            column.overflow = "fold"  # a cut path, prompt or key would be useless; fold it instead
         for entry in entries:
             m = entry.metadata
+            unreadable = "error" in m
+            # Text(...) everywhere: paths, prompts and model ids are shown as written, never as rich markup.
             table.add_row(
-                entry.path.stem, m.get("frames", "?"), f"{m.get('width', '?')}x{m.get('height', '?')}",
-                m.get("model", "?"), repr(m.get("source_prompt", "")), f"{m.get('inversion_steps', '?')}/{m.get('steps', '?')}",
-                f"{entry.size_bytes / 2**20:.1f}", describe_age(entry.modified),
+                Text(entry.key[:12]),
+                Text("(unreadable)" if unreadable else entry.source or "?"),
+                Text(entry.content or "?"),
+                Text(m.get("frames", "?")),
+                Text(f"{m.get('width', '?')}x{m.get('height', '?')}"),
+                Text(m.get("model", "?")),
+                Text(repr(m.get("source_prompt", ""))),
+                Text(f"{m.get('inversion_steps', '?')}/{m.get('steps', '?')}"),
+                Text(f"{entry.size_bytes / 2**20:.1f}"),
+                Text(describe_age(entry.modified)),
             )
         out_console.print(table)
         total = sum(e.size_bytes for e in entries)
-        out_console.print(f"{len(entries)} entries, {total / 2**20:.1f} MB in {cache.root}", markup=False)
+        cap = RunConfig.cache_max_gb
+        share = f" ({100 * total / gb_to_bytes(cap):.0f}%)" if cap > 0 else ""
+        out_console.print(
+            f"{len(entries)} entries, {total / 2**20:.1f} MB in {cache.root}; "
+            f"the default cap (--cache-max-gb) is {cap:g} GB{share}",
+            markup=False, soft_wrap=True,
+        )
+
+    @cache_app.command("rm")
+    def cache_rm(
+        key: str = typer.Argument(..., help="An entry's key as 'vedit cache list' shows it, or any unique start of it."),
+        cache_dir: Optional[str] = typer.Option(None, help="Cache folder."),
+    ) -> None:
+        """Delete one cached inversion."""
+        from .inversion import InversionCache
+
+        with user_errors():
+            cache = InversionCache(cache_dir)
+            entry = cache.find(key)
+            cache.remove(entry)
+        clip = f" of {entry.source}" if entry.source else ""
+        out_console.print(
+            f"removed cached inversion {entry.key}{clip} ({entry.size_bytes / 2**20:.1f} MB)", markup=False, soft_wrap=True
+        )
+
+    @cache_app.command("prune")
+    def cache_prune(
+        max_gb: float = typer.Option(
+            RunConfig.cache_max_gb, "--max-gb", min=0.0, help="Delete least recently used inversions until the cache holds at most this much."
+        ),
+        cache_dir: Optional[str] = typer.Option(None, help="Cache folder."),
+    ) -> None:
+        """Shrink the cache to a size, least recently used inversions first."""
+        from .inversion import InversionCache, gb_to_bytes
+
+        with user_errors():
+            cache = InversionCache(cache_dir)
+            files, freed = cache.prune(gb_to_bytes(max_gb))
+            left = cache.entries()
+        out_console.print(
+            f"removed {files} cached inversions ({freed / 2**20:.1f} MB); "
+            f"{len(left)} left, {sum(e.size_bytes for e in left) / 2**20:.1f} MB",
+            markup=False,
+        )
 
     @cache_app.command("clear")
     def cache_clear(cache_dir: Optional[str] = typer.Option(None, help="Cache folder.")) -> None:
         """Delete every cached inversion."""
         from .inversion import InversionCache
 
-        files, freed = InversionCache(cache_dir).clear()
+        with user_errors():
+            files, freed = InversionCache(cache_dir).clear()
         out_console.print(f"removed {files} cached inversions ({freed / 2**20:.1f} MB)", markup=False)
 
     @app.command("plugins")
@@ -269,7 +500,8 @@ def create_app() -> typer.Typer:
             for kind in plugins.KINDS:
                 for name, item in sorted(plugins.registered(kind).items()):
                     reason = item.unavailable_reason()
-                    table.add_row(kind, name, item.version, item.package, item.plugin, "yes" if not reason else f"no: {reason}")
+                    cells = (kind, name, item.version, item.package, item.plugin, "yes" if not reason else f"no: {reason}")
+                    table.add_row(*(Text(str(cell)) for cell in cells))
             out_console.print(table)
             for failure in plugins.failures():
                 err_console.print(

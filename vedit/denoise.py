@@ -23,6 +23,15 @@ class SourceLatents(Protocol):
     def __call__(self, t: int, frames: torch.Tensor) -> torch.Tensor: ...
 
 
+@dataclass(frozen=True)
+class RunShape:
+    """What is known of a run before any heavy work, for plugins' ``validate(config, shape)``."""
+
+    frames: int  # frames selected (as many as the container promises)
+    steps: int  # denoising steps the editor will run
+    device: torch.device
+
+
 @dataclass
 class EditJob:
     """Everything an editor may use to plan an edit."""
@@ -108,8 +117,25 @@ class Denoiser:
         return eps_uncond + self.guidance * (eps_cond - eps_uncond)
 
 
+class Editor(Protocol):
+    """Chooses start latents, the timesteps to run and PnP injection (see plugins/pnp.py).
+
+    Optional: ``timesteps(scheduler, config)``, the timesteps ``plan`` will run, known before any
+    heavy work (without it the whole schedule is assumed), and ``validate(config, shape)``.
+    """
+
+    name: str
+    needs_inversion: bool
+
+    def plan(self, job: EditJob) -> EditPlan: ...
+
+
 class Propagator(Protocol):
-    """Couples frames at each step (see plugins/tokenflow.py and plugins/perframe.py)."""
+    """Couples frames at each step (see plugins/tokenflow.py and plugins/perframe.py).
+
+    Optional: ``validate(config, shape)``, called with a :class:`RunShape` before any heavy work,
+    raising a :class:`~vedit.errors.VeditError` for options that cannot work.
+    """
 
     name: str
     needs_source_branch: bool

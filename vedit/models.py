@@ -106,6 +106,31 @@ class StableDiffusion:
         ids = tokens.input_ids.to(self.text_encoder.device)  # (n, 77)
         return self.text_encoder(ids)[0].to(self.device, self.dtype)  # (n, 77, dim)
 
+    def prompt_overflow(self, prompt: str) -> tuple[int, str, str] | None:
+        """(tokens, kept, dropped) when ``prompt`` is longer than the text encoder reads, else None.
+
+        CLIP reads 77 tokens including its start and end markers and ``encode_prompt`` cuts the
+        rest. ``kept`` and ``dropped`` are the prompt's own words on either side of the cut (a word
+        the cut falls inside counts as dropped).
+        """
+        limit = self.tokenizer.model_max_length
+
+        def tokens(text: str) -> int:
+            return len(self.tokenizer(text, truncation=False, verbose=False).input_ids)
+
+        count = tokens(prompt)
+        if count <= limit:
+            return None
+        words = prompt.split()
+        low, high = 0, len(words)  # the most whole words that fit
+        while low < high:
+            middle = (low + high + 1) // 2
+            if tokens(" ".join(words[:middle])) <= limit:
+                low = middle
+            else:
+                high = middle - 1
+        return count, " ".join(words[:low]), " ".join(words[low:])
+
     @torch.no_grad()
     def encode_images(self, images: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
         """Images (n, 3, H, W) in [0, 1] to latents (n, 4, H/8, W/8): posterior mean × scale."""
@@ -236,6 +261,33 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 
 # ----------------------------------------------------------------------------- loading
+
+
+def peek_scheduler(spec: str = DEFAULT_MODEL, revision: str | None = None) -> DDIMScheduler | None:
+    """The model's DDIM scheduler from its config file alone (no weights), or None if not at hand.
+
+    Lets option combinations be checked against the model's real schedule before loading it.
+    """
+    from diffusers import DDIMScheduler
+
+    spec = str(spec).strip()
+    if spec in BUILT_IN_SPECS:
+        return DDIMScheduler(**SD_SCHEDULER_CONFIG)
+    try:
+        path = Path(spec).expanduser()
+        if path.is_dir():
+            config_file = path / "scheduler" / "scheduler_config.json"
+        else:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(spec, "scheduler/scheduler_config.json", revision=revision)
+            if not isinstance(cached, str):
+                return None
+            config_file = Path(cached)
+        return DDIMScheduler.from_config(json.loads(config_file.read_text(encoding="utf-8")))
+    except Exception:  # unreadable or not there: loading the model will say what is wrong
+        return None
+
 
 
 def load_model(

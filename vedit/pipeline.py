@@ -4,47 +4,66 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import time
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
 import numpy as np
 import torch
+from diffusers import DDIMScheduler
 
 from . import plugins
 from .attention import PlainAttention
-from .config import RunConfig, load_config
-from .denoise import EditJob, denoise
-from .errors import ConfigError, InputError
-from .inversion import InversionCache, Trajectory, cache_key, invert
+from .config import RunConfig, load_config, validate
+from .denoise import EditJob, RunShape, denoise
+from .errors import ConfigError, InputError, OutputError
+from .inversion import (
+    InversionCache,
+    Trajectory,
+    cache_key,
+    check_schedules,
+    gb_to_bytes,
+    invert,
+    read_metadata,
+    sampling_timesteps,
+)
+from .models import SD_SCHEDULER_CONFIG
+from .report import Reporter, SilentReporter, Task, VeditWarning
 from .unet import COND, SOURCE, UNCOND, CallContext, ControlledUNet
-from .video import FrameRange, FrameReader, VideoWriter, check_output_path, parse_size, probe, working_size
+from .video import (
+    FrameRange,
+    FrameReader,
+    VideoWriter,
+    check_output_path,
+    parse_size,
+    probe,
+    resampling,
+    working_size,
+    written_size,
+)
 
 
-class Task(Protocol):
-    def advance(self, amount: int = 1) -> None: ...
+class _Recording:
+    """Passes everything on to ``reporter`` and keeps the warnings for the result."""
 
+    def __init__(self, reporter: Reporter):
+        self.reporter = reporter
+        self.warnings: list[str] = []
 
-class Reporter(Protocol):
-    """Receives progress: the CLI shows rich bars, the Python API reports nothing by default."""
-
-    def task(self, description: str, total: int | None) -> Task: ...
-
-    def message(self, text: str) -> None: ...
-
-
-class _Silent:
-    def task(self, description: str, total: int | None) -> "_Silent":
-        return self
-
-    def advance(self, amount: int = 1) -> None:
-        pass
+    def task(self, description: str, total: int | None) -> Task:
+        return self.reporter.task(description, total)
 
     def message(self, text: str) -> None:
-        pass
+        self.reporter.message(text)
+
+    def warning(self, text: str) -> None:
+        self.warnings.append(text)
+        warn = getattr(self.reporter, "warning", None)  # reporters written before warnings existed
+        (warn or self.reporter.message)(text)
 
 
 @dataclass
@@ -54,13 +73,20 @@ class EditResult:
     output: Path
     frames: int
     size: tuple[int, int]  # working size (W, H)
-    output_size: tuple[int, int]
+    output_size: tuple[int, int]  # what was written (W, H)
     fps: Fraction
     seconds: float
     stage_seconds: dict[str, float] = field(default_factory=dict)
     forwards: dict[str, int] = field(default_factory=dict)  # UNet image-forwards by pass
     steps_run: int = 0
     inversion: str = "none"  # "none", "computed", "cached" or "file"
+    inversion_path: Path | None = None  # the cache entry or file the trajectory came from or went to
+    model: str = ""  # model id, with its fingerprint where that says more
+    seed: int = 0
+    short_read: tuple[int, int] | None = None  # (frames read, frames promised) with --allow-short
+    size_note: str = ""  # why the written size differs from the one asked for
+    timing_note: str = ""  # how a variable-rate source was resampled, or that its times were kept
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def forwards_per_frame_step(self) -> float:
@@ -74,7 +100,18 @@ class _Clip:
     reader: FrameReader
     info: Any
     fps: Fraction
-    audio_range: tuple[float, float]
+
+    def audio_range(self) -> tuple[float, float]:
+        """The source audio that goes with the frames read, in seconds from the first video frame.
+
+        With ``--keep-timestamps`` the frames' own times decide, since a variable-rate clip's
+        frame n is not at n / fps; the writer also cuts the audio where the last frame ends.
+        """
+        reader, step = self.reader, self.reader.indices.step
+        if self.reader.keep_timestamps and reader.timestamps:
+            return (reader.timestamps[0], reader.timestamps[-1] + float(step / self.info.fps))
+        first, last = reader.indices[0], reader.indices[-1]
+        return (float(first / self.info.fps), float((last + step) / self.info.fps))
 
 
 def _parse_fps(text: str) -> Fraction:
@@ -92,15 +129,12 @@ def open_clip(input_path: str | os.PathLike, config: RunConfig) -> _Clip:
     info = probe(input_path)
     selection = FrameRange.parse(config.frames, config.max_frames)
     size = working_size(info.width, info.height, parse_size(config.size)) if config.size else None
-    reader = FrameReader(input_path, frames=selection, size=size, info=info)
-    if len(reader.indices) == 0:
-        raise InputError(f"{input_path}: no frames selected (the clip has {info.num_frames}; check --frames/--max-frames)")
     source_fps = _parse_fps(config.fps) if config.fps else info.fps
-    fps = source_fps / selection.step
-    first = reader.indices[0]
-    last = reader.indices[-1]
-    audio_range = (float(first / info.fps), float((last + selection.step) / info.fps))
-    return _Clip(reader=reader, info=info, fps=fps, audio_range=audio_range)
+    reader = FrameReader(
+        input_path, frames=selection, size=size, info=info, allow_short=config.allow_short,
+        keep_timestamps=config.keep_timestamps,
+    )  # fmt: skip
+    return _Clip(reader=reader, info=info, fps=source_fps / selection.step)
 
 
 def _output_size(config: RunConfig, clip: _Clip) -> tuple[int, int]:
@@ -108,34 +142,136 @@ def _output_size(config: RunConfig, clip: _Clip) -> tuple[int, int]:
         return (clip.info.width, clip.info.height)
     if config.output_size == "working":
         return clip.reader.size
-    return parse_size(config.output_size)
-
-
-def _check_plugins(config: RunConfig) -> tuple[Any, Any]:
-    editor = plugins.get("editor", config.editor)
-    propagator = plugins.get("propagator", config.propagator)
-    for name in _postprocessor_names(config):
-        plugins.get("postprocessor", name)
-    validate = getattr(propagator, "validate", None)
-    if validate is not None:
-        validate(config)
-    return editor, propagator
+    return parse_size(config.output_size, "--output-size")
 
 
 def _postprocessor_names(config: RunConfig) -> list[str]:
     return [n.strip() for n in (config.postprocess or "").split(",") if n.strip()]
 
 
-def _load(config: RunConfig, sd: Any = None):
+@dataclass
+class _Preflight:
+    """Everything checked, resolved and opened before any heavy work."""
+
+    clip: _Clip
+    editor: Any
+    propagator: Any
+    postprocessors: list[Any]
+    engine: Any
+    device: torch.device
+    dtype: torch.dtype
+    steps_run: int
+    inversion_metadata: dict[str, str] | None  # of the --inversion file
+
+
+def _preflight(
+    input: str | os.PathLike, config: RunConfig, reporter: Reporter, *, sd: Any = None, editing: bool = True
+) -> _Preflight:
+    """Check every option and option combination that can be checked from the options and the
+    clip's probe, so that a mistake ends in one line before the model loads or a frame is read."""
+    from .models import peek_scheduler, resolve_device, resolve_dtype
+
+    clip = open_clip(input, config)
+    if sd is not None:
+        device, dtype = sd.device, sd.dtype
+    else:
+        device = resolve_device(config.device)
+        dtype = resolve_dtype(config.dtype, device)
+    engine = plugins.choose("engine", config.engine, device)
+    editor = plugins.get("editor", config.editor) if editing else None
+    propagator = plugins.get("propagator", config.propagator) if editing else None
+    postprocessors = [plugins.get("postprocessor", name) for name in _postprocessor_names(config)] if editing else []
+    if editing:
+        _output_size(config, clip)
+    # The model's own schedule when its config is at hand, else SD's: checked again after loading.
+    scheduler = sd.new_scheduler() if sd is not None else peek_scheduler(config.model, config.revision)
+    if scheduler is None:
+        scheduler = DDIMScheduler(**SD_SCHEDULER_CONFIG)
+    needs_inversion = not editing or editor.needs_inversion
+    inverting = needs_inversion and not config.inversion
+    check_schedules(scheduler, config.steps, config.inversion_steps if inverting else None)
+    steps_run = config.steps
+    if editing:
+        timesteps = getattr(editor, "timesteps", None)
+        steps_run = len(timesteps(scheduler, config)) if timesteps is not None else config.steps
+        shape = RunShape(frames=len(clip.reader), steps=steps_run, device=device)
+        for plugin in (editor, propagator):
+            validate = getattr(plugin, "validate", None)
+            if validate is not None:
+                validate(config, shape)
+    metadata = None
+    if config.inversion:
+        if not needs_inversion:
+            raise ConfigError(f"--inversion {config.inversion}: editor {config.editor!r} uses no inversion; leave it out")
+        metadata = read_metadata(config.inversion)
+        _check_inversion_file(config, metadata, clip, sampling_timesteps(scheduler, config.steps), reporter)
+    return _Preflight(clip, editor, propagator, postprocessors, engine, device, dtype, steps_run, metadata)
+
+
+def _check_inversion_file(
+    config: RunConfig, metadata: dict[str, str], clip: _Clip, timesteps: list[int], reporter: Reporter
+) -> None:
+    """Refuse a trajectory file that cannot fit this run, or (unless forced) came from another one."""
+    path = config.inversion
+    stored = [int(t) for t in json.loads(metadata.get("timesteps", "[]"))]
+    if stored != timesteps:
+        raise ConfigError(
+            f"inversion file {path} was stored for a {len(stored)}-step schedule, this run uses "
+            f"{len(timesteps)} steps: pass --steps {len(stored)} or invert again"
+        )
+    size = (metadata.get("width"), metadata.get("height"))
+    if size != tuple(str(side) for side in clip.reader.size):
+        raise ConfigError(
+            f"inversion file {path} was made at {size[0]}x{size[1]}, this run works at "
+            f"{clip.reader.size[0]}x{clip.reader.size[1]}: pass --size {size[0]}x{size[1]}"
+        )
+    frames = metadata.get("frames")
+    if frames is not None and int(frames) != len(clip.reader):
+        raise ConfigError(
+            f"inversion file {path} holds {frames} frames, {len(clip.reader)} are selected from the clip: "
+            "use the --frames and --max-frames it was made with"
+        )
+    if metadata.get("source_prompt", "") != config.source_prompt:
+        _identity_mismatch(
+            config,
+            f"it was made with --source-prompt {metadata.get('source_prompt', '')!r}, this run's is {config.source_prompt!r}",
+            reporter,
+        )
+
+
+def _identity_mismatch(config: RunConfig, what: str, reporter: Reporter) -> None:
+    """A trajectory made from another clip, model or prompt: refused, or used with a warning when forced."""
+    if config.force_inversion:
+        reporter.warning(f"inversion file {config.inversion}: {what}; using it anyway (--force-inversion)")
+        return
+    raise ConfigError(f"inversion file {config.inversion} does not fit this run: {what}; pass --force-inversion to use it anyway")
+
+
+def _load(config: RunConfig, preflight: _Preflight, sd: Any = None):
     """The model (loaded unless given), prepared by the chosen engine."""
     from .models import load_model
 
     model = sd
     if model is None:
-        model = load_model(config.model, device=config.device, dtype=config.dtype, revision=config.revision, seed=config.seed)
-    engine = plugins.choose("engine", config.engine, model.device)
-    engine.prepare(model, config)
+        model = load_model(config.model, device=preflight.device, dtype=preflight.dtype, revision=config.revision, seed=config.seed)
+    preflight.engine.prepare(model, config)
     return model
+
+
+def _warn_long_prompts(model, config: RunConfig, reporter: Reporter, flags: tuple[str, ...]) -> None:
+    for flag in flags:
+        text = getattr(config, flag.removeprefix("--").replace("-", "_")) or ""
+        overflow = model.prompt_overflow(text)
+        if overflow is None:
+            continue
+        count, kept, dropped = overflow
+        limit = model.tokenizer.model_max_length
+        tail = kept[-40:] if len(kept) > 40 else kept
+        cut = f'after "...{tail}"' if kept else "from its start"
+        reporter.warning(
+            f"{flag} is {count} tokens, the text encoder reads {limit}: it is cut {cut}, "
+            f'so "{dropped[:60]}{"..." if len(dropped) > 60 else ""}" is ignored'
+        )
 
 
 def _read_latents(model, clip: _Clip, batch_size: int, reporter: Reporter) -> tuple[torch.Tensor, str]:
@@ -150,6 +286,12 @@ def _read_latents(model, clip: _Clip, batch_size: int, reporter: Reporter) -> tu
         task.advance(len(batch))
     if not latents:
         raise InputError(f"{clip.info.path}: no frame could be decoded")
+    if clip.reader.short_read is not None:
+        got, promised = clip.reader.short_read
+        reporter.warning(
+            f"{clip.info.path}: read {got} of {promised} frames, the clip ends early; "
+            f"editing the {got} that were read (--allow-short)"
+        )
     return torch.cat(latents), digest.hexdigest()
 
 
@@ -161,17 +303,29 @@ def _plain_unet(controlled: ControlledUNet, kind: str) -> Callable:
     return run
 
 
+def _cache(config: RunConfig, reporter: Reporter) -> InversionCache:
+    return InversionCache(config.cache_dir, max_bytes=gb_to_bytes(config.cache_max_gb), warn=reporter.warning)
+
+
 def _trajectory(
     model, config: RunConfig, clip: _Clip, latents: torch.Tensor, frames_sha: str, source_embeds, controlled, reporter
-) -> tuple[Trajectory, str]:
+) -> tuple[Trajectory, str, Path | None]:
+    """The inverted clip: from --inversion, the cache, or computed now (and cached)."""
     if config.inversion:
         trajectory = Trajectory.load(config.inversion)
         if trajectory.clean.shape != latents.shape:
-            raise InputError(
+            raise ConfigError(
                 f"inversion file {config.inversion} holds latents {tuple(trajectory.clean.shape)}, "
                 f"but the selected frames give {tuple(latents.shape)}: use the same --frames and --size"
             )
-        return trajectory, "file"
+        meta = trajectory.metadata
+        if meta.get("fingerprint") and meta["fingerprint"] != model.fingerprint:
+            _identity_mismatch(config, f"it was made with model {meta.get('model', '?')} ({meta['fingerprint']}), "
+                                       f"this run uses {model.model_id} ({model.fingerprint})", reporter)
+        if meta.get("frames_sha256") and meta["frames_sha256"] != frames_sha:
+            _identity_mismatch(config, f"it was made from other frames ({meta.get('source', 'another clip')}, "
+                                       f"content {meta['frames_sha256'][:12]}; these are {frames_sha[:12]})", reporter)
+        return trajectory, "file", Path(config.inversion)
     key = cache_key(
         frames_sha256=frames_sha,
         fingerprint=model.fingerprint,
@@ -181,12 +335,12 @@ def _trajectory(
         source_prompt=config.source_prompt,
         dtype=str(model.dtype).removeprefix("torch."),
     )
-    cache = InversionCache(config.cache_dir)
+    cache = _cache(config, reporter)
     if not config.no_cache:
         cached = cache.get(key)
         if cached is not None:
             reporter.message(f"reusing cached inversion {cache.path(key)}")
-            return cached, "cached"
+            return cached, "cached", cache.path(key)
     task = reporter.task("invert", config.inversion_steps)
     trajectory = invert(
         _plain_unet(controlled, "inversion"),
@@ -209,11 +363,10 @@ def _trajectory(
         frames_sha256=frames_sha,
         width=str(clip.reader.size[0]),
         height=str(clip.reader.size[1]),
-        source=str(clip.info.path),
+        source=str(Path(clip.info.path).resolve()),
     )
-    if not config.no_cache:
-        cache.put(key, trajectory)
-    return trajectory, "computed"
+    written = None if config.no_cache else cache.put(key, trajectory, note=reporter.message)
+    return trajectory, "computed", written
 
 
 def _to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -224,7 +377,32 @@ def _to_uint8(images: torch.Tensor) -> np.ndarray:
 def _resolve(config: RunConfig | None, options: dict[str, Any]) -> RunConfig:
     if config is None:
         return load_config(**options)
-    return config.replace(**options) if options else config
+    return config.replace(**validate(options)) if options else config
+
+
+def _size_note(config: RunConfig, clip: _Clip, asked: tuple[int, int], written: tuple[int, int]) -> str:
+    """Why the written size is not the one asked for (empty when it is)."""
+    if asked == written:
+        return ""
+    whose = "the source is" if config.output_size == "source" else "asked for"
+    return f"{whose} {asked[0]}x{asked[1]}; H.264 4:2:0 video needs even sides"
+
+
+def _timing_note(config: RunConfig, clip: _Clip, reporter: Reporter) -> str:
+    """Say how a variable-rate source is timed in the output; warn when frames are dropped."""
+    if config.keep_timestamps:
+        return "source frame times kept (--keep-timestamps)"
+    change = resampling(clip.info, clip.reader.frames)
+    if not change.dropped and not change.repeated:
+        return ""
+    kind = "variable-rate source" if change.variable else "source"
+    note = (
+        f"{kind} resampled to its average {clip.info.fps} fps: {change.dropped} frames dropped, "
+        f"{change.repeated} repeated (--keep-timestamps keeps its own times)"
+    )
+    if change.dropped:
+        reporter.warning(f"{clip.info.path}: {note}")
+    return note
 
 
 @torch.no_grad()
@@ -244,21 +422,25 @@ def edit(
     already loaded :class:`~vedit.models.StableDiffusion`, to reuse one model across edits.
     """
     config = _resolve(config, options)
-    reporter = reporter or _Silent()
+    reporter = _Recording(reporter or SilentReporter())
     began = time.perf_counter()
     stages: dict[str, float] = {}
     if not config.prompt:
         raise ConfigError("a target prompt is required: pass --prompt TEXT")
 
     # 1. Check everything a user can get wrong before any heavy work.
-    clip = open_clip(input, config)
+    checked = _preflight(input, config, reporter, sd=sd)
     output = check_output_path(output, input)
-    editor, propagator = _check_plugins(config)
-    output_size = _output_size(config, clip)
+    clip, editor, propagator = checked.clip, checked.editor, checked.propagator
+    asked_size = _output_size(config, clip)
+    output_size = written_size(output, asked_size)
+    timing_note = _timing_note(config, clip, reporter)
 
     # 2. Model and prompts.
     mark = time.perf_counter()
-    model = _load(config, sd)
+    model = _load(config, checked, sd)
+    check_schedules(model.new_scheduler(), config.steps, None if config.inversion or not editor.needs_inversion else config.inversion_steps)
+    _warn_long_prompts(model, config, reporter, ("--prompt", "--source-prompt", "--negative-prompt"))
     embeds = dict(zip((SOURCE, UNCOND, COND), model.encode_prompt([config.source_prompt, config.negative_prompt, config.prompt]).split(1)))
     stages["load"] = time.perf_counter() - mark
 
@@ -269,12 +451,13 @@ def edit(
 
     # 4. Inversion (cached), then the editor's plan and the coupled denoising loop.
     forwards: dict[str, int] = {}
-    inversion = "none"
-    trajectory = None
+    inversion, inversion_path, trajectory = "none", None, None
     if editor.needs_inversion:
         mark = time.perf_counter()
         with ControlledUNet(model.unet) as plain:
-            trajectory, inversion = _trajectory(model, config, clip, latents, frames_sha, embeds[SOURCE], plain, reporter)
+            trajectory, inversion, inversion_path = _trajectory(
+                model, config, clip, latents, frames_sha, embeds[SOURCE], plain, reporter
+            )
         forwards.update(plain.forwards)
         stages["invert"] = time.perf_counter() - mark
     mark = time.perf_counter()
@@ -298,18 +481,22 @@ def edit(
 
     # 5. Decode, post-process and write (atomically).
     mark = time.perf_counter()
-    postprocessors = [plugins.get("postprocessor", name) for name in _postprocessor_names(config)]
     audio_from = clip.info if clip.info.has_audio else None
+    timestamps = clip.reader.timestamps if config.keep_timestamps else None
     task = reporter.task("decode + write", edited.shape[0])
-    with VideoWriter(output, fps=clip.fps, size=output_size, audio_from=audio_from, audio_range=clip.audio_range) as writer:
+    with VideoWriter(
+        output, fps=clip.fps, size=asked_size, audio_from=audio_from, audio_range=clip.audio_range(),
+        color=clip.info.color, timestamps=timestamps,
+    ) as writer:  # fmt: skip
         for start in range(0, edited.shape[0], config.batch_size):
             frames = _to_uint8(model.decode_latents(edited[start : start + config.batch_size], batch_size=config.batch_size))
-            for post in postprocessors:
+            for post in checked.postprocessors:
                 frames = post.process(frames, start)
             writer.write(frames)
             task.advance(len(frames))
     stages["write"] = time.perf_counter() - mark
 
+    model_name = model.model_id if model.fingerprint == model.model_id else f"{model.model_id} ({model.fingerprint})"
     return EditResult(
         output=Path(output),
         frames=edited.shape[0],
@@ -321,7 +508,28 @@ def edit(
         forwards=forwards,
         steps_run=len(plan.timesteps),
         inversion=inversion,
+        inversion_path=inversion_path,
+        model=model_name,
+        seed=config.seed,
+        short_read=clip.reader.short_read,
+        size_note=_size_note(config, clip, asked_size, output_size),
+        timing_note=timing_note,
+        warnings=list(reporter.warnings),
     )
+
+
+def _check_trajectory_output(output: str | os.PathLike) -> Path:
+    """Refuse an inversion file path that cannot be written, before any work."""
+    output = Path(output)
+    if output.suffix != ".safetensors":
+        raise ConfigError(f"{output}: an inversion file must end in .safetensors")
+    if output.is_dir():
+        raise OutputError(f"{output}: is a folder; give a file name ending in .safetensors")
+    if not output.parent.is_dir():
+        raise OutputError(f"{output}: folder {output.parent} does not exist; create it or choose another path")
+    if not os.access(output.parent, os.W_OK | os.X_OK):
+        raise OutputError(f"{output}: folder {output.parent} is not writable; choose another path")
+    return output
 
 
 @torch.no_grad()
@@ -339,25 +547,32 @@ def invert_clip(
 
     With ``check``, also sample back from the inverted noise and measure the reconstruction.
     """
-    config = _resolve(config, options)
-    reporter = reporter or _Silent()
-    clip = open_clip(input, config)
+    config = _resolve(config, options).replace(inversion=None)
+    reporter = _Recording(reporter or SilentReporter())
     if output is not None:
-        output = Path(output)
-        if output.suffix != ".safetensors":
-            raise ConfigError(f"{output}: an inversion file must end in .safetensors")
-        if not output.parent.is_dir():
-            raise ConfigError(f"{output}: folder {output.parent} does not exist")
-    model = _load(config, sd)
+        output = _check_trajectory_output(output)
+    checked = _preflight(input, config, reporter, sd=sd, editing=False)
+    clip = checked.clip
+    model = _load(config, checked, sd)
+    check_schedules(model.new_scheduler(), config.steps, config.inversion_steps)
+    _warn_long_prompts(model, config, reporter, ("--source-prompt",))
     (source_embeds,) = model.encode_prompt([config.source_prompt]).split(1)
     latents, frames_sha = _read_latents(model, clip, config.batch_size, reporter)
     reconstruction = None
     with ControlledUNet(model.unet) as plain:
-        trajectory, how = _trajectory(model, config.replace(inversion=None), clip, latents, frames_sha, source_embeds, plain, reporter)
+        trajectory, how, cache_path = _trajectory(model, config, clip, latents, frames_sha, source_embeds, plain, reporter)
         if check:
             reconstruction = reconstruction_psnr(model, config, clip, trajectory, source_embeds, plain, reporter)
-    written = trajectory.save(output) if output is not None else None
-    return InversionResult(trajectory=trajectory, how=how, path=written, reconstruction=reconstruction)
+    written = None
+    if output is not None:
+        try:
+            written = trajectory.save(output)
+        except OSError as error:
+            raise OutputError(f"{output}: cannot write the inversion file: {error.strerror or error}") from None
+    return InversionResult(
+        trajectory=trajectory, how=how, path=written, reconstruction=reconstruction, cache_path=cache_path,
+        warnings=list(reporter.warnings),
+    )  # fmt: skip
 
 
 @dataclass
@@ -368,6 +583,8 @@ class InversionResult:
     how: str  # "computed" or "cached"
     path: Path | None  # the file written with ``output``
     reconstruction: "Reconstruction | None" = None  # with ``check``
+    cache_path: Path | None = None  # the cache entry read or written
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -403,4 +620,4 @@ def reconstruction_psnr(model, config, clip, trajectory, source_embeds, controll
     return Reconstruction(psnr=to_db(errors["sampled"]), vae_psnr=to_db(errors["vae"]))
 
 
-__all__ = ["edit", "invert_clip", "EditResult", "InversionResult", "Reconstruction", "Reporter", "open_clip"]
+__all__ = ["edit", "invert_clip", "EditResult", "InversionResult", "Reconstruction", "Reporter", "VeditWarning", "open_clip"]

@@ -1,0 +1,363 @@
+"""Mistakes end in one line before any heavy work; what is lost or changed is said; the CLI tells the truth."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import make_clip
+from test_cli import FAST, one_error_line, streams, vedit
+from vedit.video import FrameReader
+
+
+@pytest.fixture
+def no_heavy_work(monkeypatch):
+    """Fail the test if the model is loaded or a frame is decoded: the check must come first."""
+    import vedit.models
+    import vedit.video
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("heavy work started before the options were checked")
+
+    monkeypatch.setattr(vedit.models, "load_model", refuse)
+    monkeypatch.setattr(vedit.video.FrameReader, "__iter__", refuse)
+
+
+def _refused(tmp_path, clip, *args, code=4):
+    out = tmp_path / "never.mp4"
+    result = vedit("run", clip, "-p", "x", "--size", "64x48", "-o", out, *args)
+    assert result.exit_code == code, result.output
+    assert not out.exists()
+    assert not (tmp_path / "cache").exists()  # nothing was inverted or cached
+    return one_error_line(result)
+
+
+def test_option_combinations_that_cannot_work_are_refused_first(clip, tmp_path, no_heavy_work):
+    tiny = ["--model", "tiny", "--chunk-size", "4"]
+    line = _refused(tmp_path, clip, *tiny, "--steps", "2", "--inversion-steps", "3")
+    assert "--inversion-steps 3 does not pass through the 2-step sampling schedule" in line
+    assert "use --inversion-steps 4" in line
+    assert "--steps 1000" in _refused(tmp_path, clip, *tiny, "--steps", "1000", "--inversion-steps", "1000")
+    assert "--strength 0.1 with --steps 5 runs no denoising step" in _refused(
+        tmp_path, clip, *tiny, "--editor", "img2img", "--strength", "0.1", "--steps", "5")
+    assert "--start 0.01" in _refused(tmp_path, clip, *tiny, "--editor", "sdedit", "--start", "0.01", "--steps", "5")
+    assert "editor 'img2img' uses no inversion" in _refused(
+        tmp_path, clip, *tiny, "--editor", "img2img", "--inversion", tmp_path / "t.safetensors")
+    assert "fp16 is not supported on the CPU" in _refused(tmp_path, clip, *tiny, "--dtype", "fp16")
+
+
+def test_unknown_plugins_are_refused_before_the_model_loads(clip, tmp_path, no_heavy_work):
+    assert "unknown nn backend 'annoy'" in _refused(tmp_path, clip, "--model", "tiny", "--nn-backend", "annoy", code=5)
+    assert "unknown engine 'tensorrt'" in _refused(tmp_path, clip, "--model", "tiny", "--engine", "tensorrt", code=5)
+
+
+@pytest.mark.parametrize("schedule, expected", [
+    ([[0, 4, 8]] * 3, "has 3 steps; this run denoises 2"),
+    ([[0, 4]] * 2, "step 0: 2 keyframes for 3 chunks"),
+    ([[0, 4, 3]] * 2, "frame 3 is not in chunk 8-11"),
+])
+def test_a_keyframe_file_that_does_not_fit_is_refused_first(clip, tmp_path, no_heavy_work, schedule, expected):
+    path = tmp_path / "k.json"
+    path.write_text(json.dumps({"keyframes": schedule}))
+    line = _refused(tmp_path, clip, *FAST, "--keyframes", path)
+    assert expected in line
+
+
+def test_messages_name_the_flag_and_numbers_as_written(clip, tmp_path):
+    assert "--output-size: expected WIDTHxHEIGHT" in _refused(tmp_path, clip, *FAST, "--output-size", "huge")
+    line = _refused(tmp_path, clip, *FAST, "--max-frames", "0")
+    assert line == "vedit: error: --max-frames must be 1 or more, got 0"
+    assert "--steps must be between 1 and 1000, got 1001" in _refused(tmp_path, clip, "--steps", "1001")
+    (tmp_path / "vedit.toml").write_text("[run]\nmax-frames = 0\n")
+    bad = vedit("run", clip, "-p", "x", "-o", tmp_path / "o.mp4", cwd=tmp_path)
+    assert bad.exit_code == 4
+    assert one_error_line(bad).endswith("vedit.toml: option 'max-frames' must be 1 or more, got 0")
+
+
+def test_usage_errors_are_one_line_with_exit_code_4(clip):
+    for args, expected in [
+        (["run", clip, "-p", "x", "--steps", "abc"], "Invalid value for '--steps'"),
+        (["run", clip, "-p", "x", "--bogus"], "No such option: --bogus"),
+        (["run"], "Missing argument"),
+    ]:
+        result = vedit(*args)
+        assert result.exit_code == 4, result.output
+        assert expected in one_error_line(result)
+
+
+def test_text_with_brackets_and_colons_is_shown_literally(clip, tmp_path):
+    help_text = " ".join(vedit("run", "--help").stdout.split())
+    for fragment in ("[default: pnp]", "[default: 50]", "[default: 7.5]", '[default: ""]',
+                     '{"keyframes": [[k, ...], ...]}', "[default: stabilityai/stable-diffusion-2-1-base]"):
+        assert fragment in help_text, fragment
+    line = _refused(tmp_path, clip, *FAST, "--frames", "a:100:")
+    assert line.endswith("got 'a:100:'")  # not an emoji
+
+
+def test_plugin_reasons_keep_their_brackets():
+    from vedit import plugins
+    from vedit.hookspecs import hookimpl
+
+    class NeedsExtra:
+        name = "needs-extra"
+
+        def unavailable_reason(self):
+            return "needs faiss: pip install 'vedit[faiss]'"
+
+    class Plugin:
+        @hookimpl
+        def register_nn_backends(self, register):
+            register(NeedsExtra())
+
+    plugins.get_plugin_manager().register(Plugin(), name="needs-extra")
+    listing = " ".join(vedit("plugins").stdout.split())
+    assert "pip install 'vedit[faiss]'" in listing
+
+
+def test_an_odd_source_size_is_reported_as_written(tmp_path):
+    odd = make_clip(tmp_path / "odd.mp4", frames=4, size=(321, 241), source="testsrc",
+                    codec=["-c:v", "libx264", "-pix_fmt", "yuv444p"])  # testsrc2 rounds to even sides
+    out = tmp_path / "out.mp4"
+    result = vedit("run", odd, "-p", "x", "--size", "64x48", "-o", out, *[a for a in FAST if a != "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert streams(out)["size"] == (320, 240)
+    text = " ".join(result.stdout.split())
+    assert "64x48 working, 320x240 written (the source is 321x241; H.264 4:2:0 video needs even sides)" in text
+
+
+def test_the_summary_says_how_to_repeat_the_run(clip, tmp_path):
+    out = tmp_path / "o.mp4"
+    args = [a for a in FAST if a != "--quiet"]
+    result = vedit("run", clip, "-p", "a [red] car", "--source-prompt", "a clip", "--seed", "7", "--size", "64x48", "-o", out, *args)
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.stdout.split())
+    for fragment in ("prompt 'a [red] car'", "source prompt 'a clip'", "model tiny (tiny:seed7)", "seed 7"):
+        assert fragment in text, fragment
+    entries = list((tmp_path / "cache" / "inversions").glob("*.safetensors"))
+    assert len(entries) == 1 and f"inversion {entries[0]}" in text
+
+
+def test_progress_is_printed_as_lines_when_stderr_is_not_a_terminal(clip, tmp_path, monkeypatch):
+    monkeypatch.setenv("VEDIT_PROGRESS_INTERVAL", "0")  # a line at every advance
+    args = [a for a in FAST if a != "--quiet"]
+    result = vedit("run", clip, "-p", "x", "--size", "64x48", "-o", tmp_path / "o.mp4", *args)
+    assert result.exit_code == 0, result.output
+    lines = result.stderr.splitlines()
+    for stage, total in (("read + encode", 12), ("invert", 2), ("denoise", 2), ("decode + write", 12)):
+        assert f"vedit: {stage}: started, {total} to do" in lines
+    assert "vedit: denoise: 1/2 (50%)" in result.stderr
+    assert any(line.startswith("vedit: denoise: done, 2/2 in ") for line in lines)
+    assert "\x1b[" not in result.stderr and "━" not in result.stderr  # no terminal codes, no bars
+
+
+def test_plain_progress_reaches_a_redirected_log_while_the_run_goes_on(clip, tmp_path):
+    """In a real process with stderr in a file, lines appear as stages start, not only at the end."""
+    log = tmp_path / "log.txt"
+    cmd = [sys.executable, "-m", "vedit", "run", str(clip), "-p", "x", "--model", "tiny", "--size", "64x48",
+           "--steps", "2", "--inversion-steps", "2", "--chunk-size", "4", "-o", str(tmp_path / "o.mp4")]
+    with log.open("w") as stderr:
+        done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=stderr, text=True, timeout=300,
+                              env={**__import__("os").environ, "VEDIT_CACHE_DIR": str(tmp_path / "c")})
+    assert done.returncode == 0
+    text = log.read_text()
+    assert "vedit: invert: started, 2 to do" in text and "vedit: decode + write: done, 12/12" in text
+
+
+def test_a_prompt_past_77_tokens_is_cut_with_a_warning(clip, tmp_path):
+    long_prompt = "a watercolor painting of a tree " + "with many leaves " * 4  # tiny's tokenizer: a token per byte
+    result = vedit("run", clip, "-p", long_prompt, "--size", "64x48", "-o", tmp_path / "o.mp4", *FAST)
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("vedit: warning:")]
+    assert len(warnings) == 1
+    count = len(long_prompt.replace(" ", "")) + 2  # a token per byte of each word, plus start and end
+    assert count == 84
+    assert f"--prompt is {count} tokens, the text encoder reads 77: it is cut after" in warnings[0]
+    assert warnings[0].endswith('so "many leaves" is ignored')  # 72 of the 75 free tokens hold whole words
+
+
+def test_the_python_api_warns_and_records_what_it_warned(clip, tmp_path):
+    import vedit as api
+    from vedit.report import VeditWarning
+
+    with pytest.warns(VeditWarning, match="--prompt is 102 tokens"):
+        result = api.edit(clip, tmp_path / "o", prompt="y" * 100, model="tiny", steps=2, inversion_steps=2,
+                          chunk_size=4, size="64x48", output_size="working")
+    assert len(result.warnings) == 1 and "is cut from its start" in result.warnings[0]
+
+
+def test_the_python_api_checks_its_options_like_the_cli(clip, tmp_path):
+    import vedit as api
+    from vedit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--max-frames must be 1 or more"):
+        api.edit(clip, tmp_path / "o", config=api_config(), max_frames=0)
+
+
+def api_config():
+    from vedit.config import RunConfig
+
+    return RunConfig(prompt="x", model="tiny", steps=2, inversion_steps=2, chunk_size=4, size="64x48")
+
+
+# --------------------------------------------------------------------------- trajectory files
+
+
+@pytest.fixture
+def trajectory_file(clip, tmp_path):
+    path = tmp_path / "clip.safetensors"
+    result = vedit("invert", clip, "--size", "64x48", "--model", "tiny", "--steps", "2", "--inversion-steps", "2",
+                   "--source-prompt", "a test card", "-o", path, "--no-cache", "--quiet")
+    assert result.exit_code == 0, result.output
+    return path
+
+
+def _with_file(clip, tmp_path, path, *args):
+    out = tmp_path / "f.mp4"
+    return vedit("run", clip, "-p", "x", "--size", "64x48", "--inversion", path, "--no-cache", "-o", out,
+                 "--model", "tiny", "--steps", "2", "--chunk-size", "4", "--quiet", *args), out
+
+
+def test_a_trajectory_from_another_prompt_is_refused_before_the_model_loads(clip, tmp_path, trajectory_file, no_heavy_work):
+    result, out = _with_file(clip, tmp_path, trajectory_file, "--source-prompt", "a cat")
+    assert result.exit_code == 4 and not out.exists()
+    line = one_error_line(result)
+    assert "it was made with --source-prompt 'a test card', this run's is 'a cat'" in line
+    assert "--force-inversion" in line
+
+
+def test_a_trajectory_from_another_model_or_clip_is_refused(clip, tmp_path, trajectory_file):
+    other_model, out = _with_file(clip, tmp_path, trajectory_file, "--source-prompt", "a test card", "--seed", "1")
+    assert other_model.exit_code == 4 and not out.exists()
+    assert "made with model tiny (tiny:seed0), this run uses tiny (tiny:seed1)" in one_error_line(other_model)
+    other = make_clip(tmp_path / "other.mp4", source="mandelbrot")
+    other_clip, out = _with_file(other, tmp_path, trajectory_file, "--source-prompt", "a test card")
+    assert other_clip.exit_code == 4 and not out.exists()
+    assert "it was made from other frames" in one_error_line(other_clip)
+    assert str(clip.resolve()) in one_error_line(other_clip)  # names the clip it came from
+
+
+def test_force_inversion_uses_a_mismatched_file_and_says_so(clip, tmp_path, trajectory_file):
+    other = make_clip(tmp_path / "other.mp4", source="mandelbrot")
+    result, out = _with_file(other, tmp_path, trajectory_file, "--source-prompt", "a cat", "--force-inversion")
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("vedit: warning:")]
+    assert len(warnings) == 2
+    assert "--source-prompt 'a test card'" in warnings[0] and "other frames" in warnings[1]
+    assert streams(out)["frames"] == 12
+
+
+def test_the_matching_trajectory_is_used_silently(clip, tmp_path, trajectory_file):
+    result, out = _with_file(clip, tmp_path, trajectory_file, "--source-prompt", "a test card")
+    assert result.exit_code == 0, result.output
+    assert result.stderr == ""
+
+
+def test_invert_refuses_an_output_it_cannot_write_before_any_work(clip, tmp_path, no_heavy_work):
+    result = vedit("invert", clip, "--model", "tiny", "-o", tmp_path / "no" / "t.safetensors")
+    assert result.exit_code == 3
+    assert "does not exist" in one_error_line(result)
+
+
+# --------------------------------------------------------------------------- cache trouble
+
+
+def test_an_unwritable_cache_never_ends_the_run(clip, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    out = tmp_path / "o.mp4"
+    result = vedit("run", clip, "-p", "x", "--size", "64x48", "--cache-dir", blocker / "cache", "-o", out, *FAST)
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("vedit: warning:")]
+    assert len(warnings) == 1 and "carrying on without it" in warnings[0]
+    assert streams(out)["frames"] == 12
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "clip.mp4", "o.mp4"]
+
+
+def test_same_output_with_and_without_a_working_cache(clip, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    args = ["-p", "x", "--size", "64x48", "--output-size", "working", *FAST]
+    assert vedit("run", clip, *args, "-o", tmp_path / "a").exit_code == 0
+    assert vedit("run", clip, *args, "--cache-dir", blocker, "-o", tmp_path / "b").exit_code == 0
+    assert np.array_equal(FrameReader(tmp_path / "a").read_all(), FrameReader(tmp_path / "b").read_all())
+
+
+# --------------------------------------------------------------------------- clips that are not what they say
+
+
+@pytest.fixture(scope="module")
+def truncated(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("truncated")
+    whole = make_clip(folder / "whole.mp4", frames=96, size=(64, 48), audio=True,
+                      codec=["-c:v", "libx264", "-pix_fmt", "yuv420p", "-crf", "10", "-movflags", "+faststart"])
+    cut = folder / "cut.mp4"
+    data = whole.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    return cut
+
+
+def test_a_truncated_clip_is_refused_with_how_much_was_read(truncated, tmp_path):
+    out = tmp_path / "o.mp4"
+    result = vedit("run", truncated, "-p", "x", "--size", "64x48", "-o", out, *FAST)
+    assert result.exit_code == 2 and not out.exists()
+    line = one_error_line(result)
+    assert " of 96 frames; the file is truncated or damaged (pass --allow-short" in line
+
+
+def test_allow_short_edits_what_was_read_and_says_so(truncated, tmp_path):
+    out = tmp_path / "o.mp4"
+    args = [a for a in FAST if a != "--quiet"]
+    result = vedit("run", truncated, "-p", "x", "--size", "64x48", "--allow-short", "-o", out, *args)
+    assert result.exit_code == 0, result.output
+    warning = [line for line in result.stderr.splitlines() if line.startswith("vedit: warning:")]
+    assert len(warning) == 1 and "of 96 frames, the clip ends early" in warning[0]
+    read = int(warning[0].split("read ")[1].split(" of")[0])
+    assert 0 < read < 96
+    info = streams(out)
+    assert info["frames"] == read
+    assert info["audio"] == pytest.approx(read / 24, abs=0.05)  # the audio of the frames written, no more
+    assert f"frames {read} (the clip promised 96; it ends early)" in " ".join(result.stdout.split())
+
+
+def test_a_variable_rate_clip_is_resampled_with_a_word_or_kept_as_it_is(tmp_path):
+    from test_video_timing import graded_vfr_clip
+
+    from vedit.video import FrameRange, probe, resampling
+
+    clip = graded_vfr_clip(tmp_path / "vfr.mp4")
+    change = resampling(probe(clip), FrameRange())
+    assert change.dropped > 0 and change.repeated > 0
+    args = ["-p", "x", "--size", "64x48", *[a for a in FAST if a != "--quiet"]]
+    resampled = vedit("run", clip, *args, "-o", tmp_path / "r.mp4")
+    assert resampled.exit_code == 0, resampled.output
+    note = f"{change.dropped} frames dropped, {change.repeated} repeated (--keep-timestamps keeps its own times)"
+    assert note in " ".join(resampled.stdout.split())
+    assert any(note in line for line in resampled.stderr.splitlines() if line.startswith("vedit: warning:"))
+    kept = vedit("run", clip, *args, "--keep-timestamps", "-o", tmp_path / "k.mp4")
+    assert kept.exit_code == 0, kept.output
+    assert "source frame times kept (--keep-timestamps)" in " ".join(kept.stdout.split())
+    assert "vedit: warning:" not in kept.stderr
+    times = lambda path: [float(f.pts * f.time_base) for f in __import__("av").open(str(path)).decode(video=0)]  # noqa: E731
+    source, written = times(clip), times(tmp_path / "k.mp4")
+    assert len(written) == len(source)
+    assert np.allclose(np.array(written) - written[0], np.array(source) - source[0], atol=1e-3)
+
+
+def test_a_rotated_phone_clip_is_edited_and_written_upright(tmp_path):
+    from conftest import ffmpeg
+
+    stored = make_clip(tmp_path / "stored.mp4", frames=4, size=(64, 48))
+    rotated = tmp_path / "phone.mp4"
+    subprocess.run([ffmpeg(), "-v", "error", "-display_rotation", "90", "-i", str(stored), "-c", "copy", str(rotated)],
+                   check=True)
+    out = tmp_path / "o.mp4"
+    args = [a for a in FAST if a != "--quiet"]
+    result = vedit("run", rotated, "-p", "x", "--size", "48x64", "-o", out, *args)
+    assert result.exit_code == 0, result.output
+    assert "48x64 working, 48x64 written" in " ".join(result.stdout.split())
+    assert streams(out)["size"] == (48, 64)
