@@ -236,6 +236,7 @@ def test_several_entries_are_evicted_oldest_first_and_counted(tmp_path):
     # 5 entries, room for 3: the two least recently used (b, then c) go
     assert [e.key[0] for e in cache.entries()] == ["d", "a", "e"]
     assert note[0].startswith(f"evicted 2 cached inversions ({2 * size / MB:.1f} MB)")
+    assert warn == []  # nothing alone was larger than the cap
 
 
 def test_a_cap_of_zero_keeps_only_the_entry_just_written(tmp_path):
