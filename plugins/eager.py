@@ -1,16 +1,22 @@
-"""Engine ``eager``: runs the UNet in plain PyTorch (every device, every plugin)."""
+"""Engine ``eager``: runs the pass modules in plain PyTorch (every device, every plugin)."""
 
 from __future__ import annotations
+
+import torch
 
 from vedit.hookspecs import hookimpl
 
 
 class Eager:
     name = "eager"
-    description = "plain PyTorch; the method's hooks run as Python attention processors"
+    description = "plain PyTorch: the pass modules run as written, nothing is built"
 
-    def prepare(self, model, config) -> None:
-        """Nothing to build: the UNet runs as loaded."""
+    def build(self, module, example, target):
+        def run(*inputs):
+            with torch.inference_mode():
+                return module(*inputs)
+
+        return run
 
 
 @hookimpl
@@ -20,4 +26,7 @@ def register_engines(register):
 
 @hookimpl(trylast=True)
 def choose_engine(device):
+    """``--engine auto``: see the README's engine table for the measurements behind this rule."""
+    if getattr(device, "type", str(device)) == "cuda":
+        return "tensorrt,compile"
     return "eager"

@@ -32,6 +32,8 @@ class PnP:
     name = "pnp"
     description = "Plug-and-Play: inject source conv features and self-attention Q/K (needs inversion)"
     needs_inversion = True
+    conv_layers = CONV_LAYERS  # what `vedit engines build` builds the passes with
+    qk_layers = QK_LAYERS
 
     def timesteps(self, scheduler, config) -> torch.Tensor:
         """All T timesteps."""

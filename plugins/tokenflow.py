@@ -7,22 +7,22 @@ the source branch and its self-attention output of all branches. Then every chun
 with self-attention replaced: each token takes the recorded output of its cosine nearest
 neighbour (in the source branch's features) in keyframe i and in keyframe i−1, blended by
 distance to the chunks' centres (Sec. 4.2, eq. 5).
+
+The two passes themselves live in :mod:`vedit.passes` (the modules every engine runs); this
+plugin chooses the keyframes and the chunks and calls them through the :class:`Denoiser`.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from vedit import plugins
-from vedit.attention import joint_attention, per_frame_attention, project_out, project_qkv
 from vedit.denoise import Denoiser, EditJob, EditPlan, RunShape, Step
 from vedit.errors import ConfigError
 from vedit.hookspecs import hookimpl
-from vedit.unet import SOURCE, CallContext, LayerInfo
 
 
 def chunk_ranges(num_frames: int, chunk_size: int) -> list[range]:
@@ -68,62 +68,6 @@ def check_keyframe_schedule(schedule: list[list[int]], chunks: list[range], step
                 )
 
 
-@dataclass
-class KeyframeRecords:
-    """Per transformer block: source-branch self-attention inputs (K, seq, dim) and outputs (3K, seq, dim)."""
-
-    features: dict[int, torch.Tensor] = field(default_factory=dict)
-    outputs: dict[int, torch.Tensor] = field(default_factory=dict)
-
-
-class KeyframeAttention:
-    """Keyframe pass: extended attention in the edited branches, per-frame in the source branch; records."""
-
-    def __init__(self, records: KeyframeRecords):
-        self.records = records
-
-    def self_attention(self, layer: LayerInfo, attn, hidden_states: torch.Tensor, ctx: CallContext) -> torch.Tensor:
-        query, key, value = project_qkv(attn, hidden_states, ctx, layer)
-        parts = []
-        for branch in ctx.branches:
-            s = ctx.branch(branch)
-            attend = per_frame_attention if branch == SOURCE else joint_attention
-            parts.append(attend(attn, query[s], key[s], value[s]))
-        out = project_out(attn, torch.cat(parts))  # (3K, seq, dim)
-        # A copy: a slice would keep the whole three-branch input of the layer alive.
-        self.records.features[layer.index] = hidden_states[ctx.branch(SOURCE)].clone()
-        self.records.outputs[layer.index] = out
-        return out
-
-
-class PropagatedAttention:
-    """Propagation pass: self-attention is not computed; keyframe outputs flow along the NN field."""
-
-    def __init__(self, records: KeyframeRecords, slots: list[int], weights: torch.Tensor | None, nn):
-        self.records = records
-        self.slots = slots  # positions among the keyframes: [i] or [i, i − 1]
-        self.weights = weights  # (n,) weight of slots[0], when two keyframes
-        self.nn = nn
-
-    def self_attention(self, layer: LayerInfo, attn, hidden_states: torch.Tensor, ctx: CallContext) -> torch.Tensor:
-        n = ctx.frames
-        _, seq, dim = hidden_states.shape
-        source = hidden_states[ctx.branch(SOURCE)].reshape(n * seq, dim)  # (n·seq, dim)
-        features = self.records.features[layer.index]  # (K, seq, dim)
-        outputs = self.records.outputs[layer.index]
-        outputs = outputs.view(len(ctx.branches), -1, seq, dim)  # (branches, K, seq, dim)
-        gathered = []
-        for slot in self.slots:
-            nearest = self.nn.nearest(source, features[slot])  # (n·seq,)
-            gathered.append(outputs[:, slot][:, nearest].view(len(ctx.branches), n, seq, dim))
-        if len(gathered) == 1:
-            out = gathered[0]
-        else:
-            w = self.weights.to(device=gathered[0].device, dtype=gathered[0].dtype).view(1, n, 1, 1)
-            out = w * gathered[0] + (1 - w) * gathered[1]
-        return out.reshape(len(ctx.branches) * n, seq, dim)
-
-
 class TokenFlow:
     name = "tokenflow"
     description = "TokenFlow: joint keyframe editing with extended attention, propagated along NN correspondences"
@@ -140,8 +84,8 @@ class TokenFlow:
         config = job.config
         self.chunk_size = config.chunk_size
         self.chunks = chunk_ranges(job.num_frames, config.chunk_size)
-        self.nn = plugins.choose("nn_backend", config.nn_backend, job.clean_latents.device)
         self.generator = torch.Generator().manual_seed(config.seed)
+        self._prepared = None
         self.schedule = None
         if config.keyframes:
             # Checked again: a clip that ended early (--allow-short) has fewer chunks than promised.
@@ -157,19 +101,27 @@ class TokenFlow:
 
     def predict(self, step: Step, latents: torch.Tensor, denoiser: Denoiser) -> torch.Tensor:
         keys = self.keyframes(step)
-        records = KeyframeRecords()
         # The keyframe pass only records features; its noise prediction is not used.
-        denoiser(keys, latents[keys.to(latents.device)], step, KeyframeAttention(records), kind="keyframes")
+        records = denoiser.keyframes(keys, latents[keys.to(latents.device)], step)
         eps = torch.empty_like(latents)
-        for i, chunk in enumerate(self.chunks):
-            frames = torch.arange(chunk.start, chunk.stop)
-            slots = [i] if i == 0 else [i, i - 1]
-            weights = None if i == 0 else blend_weights(chunk, i, self.chunk_size)
-            handler = PropagatedAttention(records, slots, weights, self.nn)
-            eps[chunk.start : chunk.stop] = denoiser(
-                frames, latents[chunk.start : chunk.stop], step, handler, kind="propagation"
+        for chunk, frames, slots, weights in self._chunks(latents.device):
+            eps[chunk.start : chunk.stop] = denoiser.propagate(
+                frames, latents[chunk.start : chunk.stop], step, records, slots, weights
             )
         return eps
+
+    def _chunks(self, device: torch.device) -> list[tuple[range, torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Per chunk, made once: its frames, the keyframe slots [i, i−1] and the blend weights on
+        ``device``. Chunk 0 has one keyframe: slots [0, 0] with weight 1 (no Python branch in the pass)."""
+        if getattr(self, "_prepared", None) is None or self._prepared[0] != device:
+            prepared = []
+            for i, chunk in enumerate(self.chunks):
+                frames = torch.arange(chunk.start, chunk.stop)
+                slots = torch.tensor([i, max(i - 1, 0)], device=device)
+                weights = torch.ones(len(chunk)) if i == 0 else blend_weights(chunk, i, self.chunk_size)
+                prepared.append((chunk, frames, slots, weights.to(device)))
+            self._prepared = (device, prepared)
+        return self._prepared[1]
 
 
 @hookimpl

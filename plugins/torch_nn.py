@@ -22,6 +22,7 @@ def cosine_nearest(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
 class TorchNearest:
     name = "torch"
     description = "exact cosine nearest neighbours with torch matmuls (any device, works inside compiled graphs)"
+    traceable = True  # the propagation pass then searches in its own graph (vedit.passes.cosine_nearest_tokens)
 
     def nearest(self, queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
         return cosine_nearest(queries, keys)

@@ -52,7 +52,10 @@ def test_option_combinations_that_cannot_work_are_refused_first(clip, tmp_path, 
 
 def test_unknown_plugins_are_refused_before_the_model_loads(clip, tmp_path, no_heavy_work):
     assert "unknown nn backend 'annoy'" in _refused(tmp_path, clip, "--model", "tiny", "--nn-backend", "annoy", code=5)
-    assert "unknown engine 'tensorrt'" in _refused(tmp_path, clip, "--model", "tiny", "--engine", "tensorrt", code=5)
+    assert "engine 'tensorrt' cannot run here: tensorrt is not installed" in _refused(
+        tmp_path, clip, "--model", "tiny", "--engine", "tensorrt", code=5
+    )
+    assert "unknown engine 'warp'" in _refused(tmp_path, clip, "--model", "tiny", "--engine", "warp", code=5)
 
 
 @pytest.mark.parametrize("schedule, expected", [

@@ -15,8 +15,10 @@ from vedit.config import RunConfig
 from vedit.denoise import EditJob, denoise
 from vedit.inversion import Trajectory, invert
 from vedit.models import load_model
+from vedit.engine import Passes
+from vedit.passes import PropagatedAttention
 from vedit.unet import COND, SOURCE, UNCOND, CallContext, ControlledUNet, Injection
-from vedit_plugins.tokenflow import KeyframeAttention, KeyframeRecords, PropagatedAttention, blend_weights
+from vedit_plugins.tokenflow import blend_weights
 
 N, B, T = 11, 4, 6  # 11 frames: chunks of 4, 4 and 3
 
@@ -79,9 +81,10 @@ def run_vedit(sd, clean, embeds, trajectory, tmp_path, **options):
                   generator=torch.Generator().manual_seed(0))
     plan = plugins.get("editor", config.editor).plan(job)
     propagator = plugins.get("propagator", config.propagator)
-    with ControlledUNet(sd.unet, conv_layers=plan.conv_layers, qk_layers=plan.qk_layers) as controlled:
-        latents = denoise(job, plan, propagator, controlled, embeds)
-    return latents, controlled.forwards, plan
+    eager = [plugins.get("engine", "eager")]
+    with Passes(sd, eager, conv_layers=plan.conv_layers, qk_layers=plan.qk_layers) as passes:
+        latents = denoise(job, plan, propagator, passes, embeds)
+    return latents, passes.forwards, plan
 
 
 @pytest.mark.parametrize("editor, steps_run", [("pnp", T), ("sdedit", round(0.5 * T))])
@@ -155,18 +158,26 @@ def test_an_exact_copy_of_the_keyframe_gets_exactly_its_attention_output(sd, emb
     source = torch.randn(4, 4, 8, 8, generator=gen)
     source[2] = source[0]
     t = torch.tensor(501)
+    flags = torch.tensor([False, False])
     text = lambda n: torch.cat([embeds[b].expand(n, -1, -1) for b in (SOURCE, UNCOND, COND)])  # noqa: E731
-    records = KeyframeRecords()
-    with ControlledUNet(sd.unet) as controlled:
+    with Passes(sd, [plugins.get("engine", "eager")]) as passes:
         key = torch.cat([source[:1], frames[:1], frames[:1]])
-        controlled(key, t, text(1), CallContext((SOURCE, UNCOND, COND), 1, KeyframeAttention(records)))
-        capture = Capture(PropagatedAttention(records, [0], None, plugins.get("nn_backend", "torch")))
+        _, records = passes.keyframe(key, t, text(1), flags)
+        # Chunk 0: its one keyframe in both slots with weight 1, exactly as every chunk runs.
+        slots = torch.tensor([0, 0])
+        chosen = []
+        for f, o in zip(records[0::2], records[1::2]):
+            chosen += [f.index_select(0, slots), o.view(3, 1, *o.shape[1:]).index_select(1, slots).reshape(6, *o.shape[1:])]
+        capture = Capture(PropagatedAttention(list(zip(chosen[0::2], chosen[1::2])), torch.ones(4)))
         batch = torch.cat([source, frames, frames])
-        controlled(batch, t, text(4), CallContext((SOURCE, UNCOND, COND), 4, capture))
-    assert len(capture.outputs) == len(controlled.layers) == 16
+        by_hand = passes.custom(batch, t, text(4), CallContext((SOURCE, UNCOND, COND), 4, capture), kind="propagation")
+        assert len(capture.outputs) == len(passes.layers) == 16
+        # ...and the propagation pass module gives the same ε as its handler run by hand.
+        via_pass = passes.propagate(batch, t, text(4), flags, torch.ones(4), chosen)
+    assert torch.equal(via_pass, by_hand)
     for index, out in capture.outputs.items():
         out = out.view(3, 4, *out.shape[1:])
-        recorded = records.outputs[index].view(3, 1, *out.shape[2:])
+        recorded = records[2 * index + 1].view(3, 1, *out.shape[2:])
         assert torch.equal(out[:, 2], recorded[:, 0]), f"block {index}"
         assert torch.equal(out[:, 0], recorded[:, 0])
 

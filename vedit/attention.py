@@ -37,8 +37,17 @@ def merge_heads(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).reshape(b, seq, heads * d)  # (b, seq, inner)
 
 
+def _in_graph() -> bool:
+    """Whether a compiler or exporter is tracing: fused kernels bound memory there, and a Python
+    loop over shapes would tie the graph to the example's batch size."""
+    return torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting()
+
+
 def attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-    """Softmax attention (b, heads, q, d) × (b, heads, k, d), queries in bounded blocks."""
+    """Softmax attention (b, heads, q, d) × (b, heads, k, d), queries in bounded blocks in eager
+    PyTorch off CUDA (CUDA's fused kernels never hold the score matrix)."""
+    if query.device.type == "cuda" or _in_graph():
+        return F.scaled_dot_product_attention(query, key, value)
     q_len, k_len = query.shape[-2], key.shape[-2]
     block = max(1, MAX_SCORES_PER_BLOCK // max(1, k_len * query.shape[0] * query.shape[1]))
     if block >= q_len:

@@ -250,6 +250,11 @@ def _summary(result, config: RunConfig) -> Table:
     if result.inversion_path is not None:
         rows.append(("inversion", str(result.inversion_path)))
     rows.append(("UNet", f"{sum(result.forwards.values())} image-forwards ({result.forwards_per_frame_step:.3f} per frame per step)"))
+    if result.engines:
+        by_engine: dict[str, list[str]] = {}
+        for name, engine in result.engines.items():
+            by_engine.setdefault(engine, []).append(name)
+        rows.append(("engine", "; ".join(f"{engine} ({', '.join(names)})" for engine, names in by_engine.items())))
     stages = ", ".join(f"{k} {v:.1f}s" for k, v in result.stage_seconds.items())
     rows.append(("time", f"{result.seconds:.1f}s ({stages})"))
     if result.warnings:
@@ -292,7 +297,8 @@ def create_app() -> typer.Typer:
         negative_prompt: Optional[str] = typer.Option(None, help=_help("Negative prompt (the unconditional branch).", "negative_prompt")),
         editor: Optional[str] = typer.Option(None, help=_help("Editor plugin: pnp, sdedit, img2img, or a plugin's.", "editor")),
         propagator: Optional[str] = typer.Option(None, help=_help("Propagator plugin: tokenflow, none, or a plugin's.", "propagator")),
-        engine: Optional[str] = typer.Option(None, help=_help("UNet engine plugin, or auto.", "engine")),
+        engine: Optional[str] = typer.Option(None, help=_help("UNet engine: eager, compile, torchscript, onnxruntime, tensorrt, torch-tensorrt, a plugin's, auto, or a comma-separated list to try in order.", "engine")),
+        engine_cache: Optional[str] = typer.Option(None, help=_help("Folder of built engines (ONNX, TorchScript, TensorRT plans).", "engine_cache")),
         nn_backend: Optional[str] = typer.Option(None, help=_help("Nearest-neighbour backend: torch, faiss or auto.", "nn_backend")),
         model: Optional[str] = typer.Option(None, help=_help("Hub id, local diffusers folder, tiny, random:sd15 or random:sd21.", "model")),
         revision: Optional[str] = typer.Option(None, help=_help("Model revision (hub branch, tag or commit).")),
@@ -332,7 +338,8 @@ def create_app() -> typer.Typer:
             run_config = _config(
                 config,
                 prompt=prompt, source_prompt=source_prompt, negative_prompt=negative_prompt, editor=editor,
-                propagator=propagator, engine=engine, nn_backend=nn_backend, model=model, revision=revision,
+                propagator=propagator, engine=engine, engine_cache=engine_cache, nn_backend=nn_backend, model=model,
+                revision=revision,
                 steps=steps, inversion_steps=inversion_steps, strength=strength, start=start, guidance=guidance,
                 pnp_f_t=pnp_f_t, pnp_attn_t=pnp_attn_t, chunk_size=chunk_size, keyframes=keyframes,
                 inversion=inversion, force_inversion=force_inversion or None, seed=seed, size=size, frames=frames,
@@ -354,6 +361,8 @@ def create_app() -> typer.Typer:
         source_prompt: Optional[str] = typer.Option(None, help=_help("What the input shows.", "source_prompt")),
         model: Optional[str] = typer.Option(None, help=_help("Model (as for 'vedit run').", "model")),
         revision: Optional[str] = typer.Option(None, help=_help("Model revision.")),
+        engine: Optional[str] = typer.Option(None, help=_help("UNet engine (as for 'vedit run').", "engine")),
+        engine_cache: Optional[str] = typer.Option(None, help=_help("Folder of built engines.", "engine_cache")),
         steps: Optional[int] = typer.Option(None, help=_help("Sampling steps T the trajectory is stored for.", "steps")),
         inversion_steps: Optional[int] = typer.Option(None, help=_help("DDIM inversion steps.", "inversion_steps")),
         seed: Optional[int] = typer.Option(None, help=_help("Seed (tiny/random weights).", "seed")),
@@ -376,7 +385,8 @@ def create_app() -> typer.Typer:
 
         with user_errors():
             run_config = _config(
-                config, source_prompt=source_prompt, model=model, revision=revision, steps=steps,
+                config, source_prompt=source_prompt, model=model, revision=revision, engine=engine,
+                engine_cache=engine_cache, steps=steps,
                 inversion_steps=inversion_steps, seed=seed, size=size, frames=frames, max_frames=max_frames,
                 allow_short=allow_short or None, device=device, dtype=dtype, batch_size=batch_size,
                 cache_dir=cache_dir, cache_max_gb=cache_max_gb, no_cache=no_cache or None,
@@ -398,6 +408,74 @@ def create_app() -> typer.Typer:
                 f"reconstruction PSNR {reconstruction.psnr:.2f} dB (the VAE alone: {reconstruction.vae_psnr:.2f} dB)",
                 markup=False,
             )
+
+    engines_app = typer.Typer(help="Build, list and clear compiled UNet engines.", no_args_is_help=True)
+    app.add_typer(engines_app, name="engines")
+    engine_cache_help = "Folder of built engines."
+
+    @engines_app.command("build")
+    def engines_build(
+        engine: str = typer.Option(..., help="Engine, or a comma-separated list to try in order (as for 'vedit run')."),
+        model: Optional[str] = typer.Option(None, help=_help("Model (as for 'vedit run').", "model")),
+        revision: Optional[str] = typer.Option(None, help=_help("Model revision.")),
+        size: str = typer.Option("512x512", help="Working size WxH the run will use."),
+        frames: int = typer.Option(40, min=1, help="Frames the run will edit (decides the batch sizes built)."),
+        editor: Optional[str] = typer.Option(None, help=_help("Editor plugin.", "editor")),
+        propagator: Optional[str] = typer.Option(None, help=_help("Propagator plugin.", "propagator")),
+        chunk_size: Optional[int] = typer.Option(None, help=_help("tokenflow: frames per chunk B.", "chunk_size")),
+        batch_size: Optional[int] = typer.Option(None, help=_help("Frames per inversion / per-frame batch.", "batch_size")),
+        device: Optional[str] = typer.Option(None, help=_help("auto, cpu, cuda, cuda:N or mps.", "device")),
+        dtype: Optional[str] = typer.Option(None, help=_help("auto, fp32, fp16 or bf16.", "dtype")),
+        seed: Optional[int] = typer.Option(None, help=_help("Seed (tiny/random weights).", "seed")),
+        engine_cache: Optional[str] = typer.Option(None, help=_help(engine_cache_help, "engine_cache")),
+        config: Optional[Path] = typer.Option(None, "--config", help=_help("Read defaults from this vedit.toml.")),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help=_help("No progress; warnings and errors only.")),
+    ) -> None:
+        """Build every pass a run of this shape uses, ahead of the run (progress per pass)."""
+        from .pipeline import build_engines
+        from .video import parse_size
+
+        with user_errors():
+            run_config = _config(
+                config, engine=engine, model=model, revision=revision, editor=editor, propagator=propagator,
+                chunk_size=chunk_size, batch_size=batch_size, device=device, dtype=dtype, seed=seed,
+                engine_cache=engine_cache,
+            )
+            with reporting(quiet) as reporter:
+                built = build_engines(run_config, frames, size=parse_size(size, "--size"), reporter=reporter)
+        if not quiet:
+            table = Table("pass", "batch", "engine", "seconds")
+            for item in built:
+                table.add_row(item.pass_name, str(item.batch), item.engine, f"{item.seconds:.1f}")
+            out_console.print(table)
+
+    @engines_app.command("list")
+    def engines_list(engine_cache: Optional[str] = typer.Option(None, help=engine_cache_help, show_default="engines")) -> None:
+        """List built engines: pass, engine, model, shapes, precision and what they were built with."""
+        from .engine import EngineCache
+
+        cache = EngineCache(engine_cache or RunConfig.engine_cache)
+        entries = cache.entries()
+        if not entries:
+            out_console.print(f"no built engines in {cache.root}", markup=False, soft_wrap=True)
+            return
+        table = Table("entry", "pass", "engine", "model", "batches", "dtype", "built with", "MB")
+        for column in table.columns:
+            column.overflow = "fold"
+        for e in entries:
+            library = ", ".join(f"{k} {e.parts[k]}" for k in ("onnxruntime", "tensorrt", "torch", "compute_capability") if k in e.parts)
+            table.add_row(Text(e.path.name), Text(e.pass_name), Text(e.engine), Text(e.model), Text(e.parts.get("batches", "?")),
+                          Text(e.parts.get("dtype", "?")), Text(library), f"{e.bytes / 1e6:.1f}")  # fmt: skip
+        out_console.print(table)
+
+    @engines_app.command("clear")
+    def engines_clear(engine_cache: Optional[str] = typer.Option(None, help=engine_cache_help, show_default="engines")) -> None:
+        """Delete every built engine."""
+        from .engine import EngineCache
+
+        cache = EngineCache(engine_cache or RunConfig.engine_cache)
+        freed = cache.clear()
+        out_console.print(f"removed {freed / 1e6:.1f} MB of built engines from {cache.root}", markup=False, soft_wrap=True)
 
     cache_app = typer.Typer(help="Manage the inversion cache.", no_args_is_help=True)
     app.add_typer(cache_app, name="cache")

@@ -30,6 +30,7 @@ class RunConfig:
     editor: str = "pnp"
     propagator: str = "tokenflow"
     engine: str = "auto"
+    engine_cache: str = "engines"
     nn_backend: str = "auto"
     model: str = DEFAULT_MODEL
     revision: str | None = None

@@ -13,8 +13,7 @@ from typing import Any, Callable, Protocol
 
 import torch
 
-from .attention import PlainAttention
-from .unet import COND, SOURCE, UNCOND, AttentionHandler, CallContext, ControlledUNet, Injection
+from .unet import COND, SOURCE, UNCOND, AttentionHandler, CallContext, Injection
 
 
 class SourceLatents(Protocol):
@@ -71,21 +70,50 @@ class Step:
 
 
 class Denoiser:
-    """Guided noise prediction for groups of frames through the controlled UNet."""
+    """Guided noise prediction for groups of frames, through the run's :class:`~vedit.engine.Passes`.
 
-    def __init__(
-        self,
-        unet: ControlledUNet,
-        plan: EditPlan,
-        embeds: dict[str, torch.Tensor],
-        guidance: float,
-        with_source: bool,
-    ):
-        self.unet = unet
+    ``__call__`` runs the plain (or, with a source branch, the injected per-frame) pass, or a
+    plugin's own attention handler eagerly; ``keyframes`` and ``propagate`` run TokenFlow's two
+    passes. Everything a pass takes is prepared here once per step: the timestep and the
+    injection flags as device tensors, the text embeddings per batch size.
+    """
+
+    def __init__(self, passes: Any, plan: EditPlan, embeds: dict[str, torch.Tensor], guidance: float, with_source: bool):
+        self.passes = passes
         self.plan = plan
         self.embeds = embeds  # branch name -> (1, L, D)
         self.guidance = guidance
         self.branches = (SOURCE, UNCOND, COND) if with_source else (UNCOND, COND)
+        self.device = next(iter(embeds.values())).device
+        self._texts: dict[int, torch.Tensor] = {}
+        self._step: tuple[int, torch.Tensor, torch.Tensor] | None = None
+
+    def _text(self, n: int) -> torch.Tensor:
+        if n not in self._texts:
+            self._texts[n] = torch.cat([self.embeds[b].expand(n, -1, -1) for b in self.branches]).contiguous()
+        return self._texts[n]
+
+    def _step_inputs(self, step: Step) -> tuple[torch.Tensor, torch.Tensor]:
+        """The timestep (0-d int64) and injection flags (2,) bool of ``step``, on the device, made once."""
+        if self._step is None or self._step[0] != step.index:
+            injection = self.plan.injection(step.index)
+            flags = torch.tensor([bool(injection.conv), bool(injection.qk)], device=self.device)
+            t = step.t.to(device=self.device, dtype=torch.int64).reshape(())
+            self._step = (step.index, t, flags)
+        return self._step[1], self._step[2]
+
+    def _batch(self, frames: torch.Tensor, latents: torch.Tensor, step: Step) -> torch.Tensor:
+        parts = []
+        for branch in self.branches:
+            if branch == SOURCE:
+                parts.append(self.plan.source(int(step.t), frames).to(latents))
+            else:
+                parts.append(latents)
+        return torch.cat(parts)  # (branches·n, 4, h, w)
+
+    def _guide(self, eps: torch.Tensor, n: int) -> torch.Tensor:
+        eps_uncond, eps_cond = eps[-2 * n : -n], eps[-n:]
+        return eps_uncond + self.guidance * (eps_cond - eps_uncond)
 
     def __call__(
         self,
@@ -98,23 +126,49 @@ class Denoiser:
     ) -> torch.Tensor:
         """ε = ε_u + g (ε_c − ε_u) for ``latents`` (n, 4, h, w) of global frame indices ``frames``."""
         n = latents.shape[0]
-        parts = []
-        for branch in self.branches:
-            if branch == SOURCE:
-                parts.append(self.plan.source(int(step.t), frames).to(latents))
-            else:
-                parts.append(latents)
-        batch = torch.cat(parts)  # (branches·n, 4, h, w)
-        text = torch.cat([self.embeds[b].expand(n, -1, -1) for b in self.branches])
-        ctx = CallContext(
-            branches=self.branches,
-            frames=n,
-            attention=attention or PlainAttention(),
-            injection=self.plan.injection(step.index),
-        )
-        eps = self.unet(batch, step.t, text, ctx, kind=kind)
-        eps_uncond, eps_cond = eps[-2 * n : -n], eps[-n:]
-        return eps_uncond + self.guidance * (eps_cond - eps_uncond)
+        batch, text = self._batch(frames, latents, step), self._text(n)
+        t, flags = self._step_inputs(step)
+        if attention is not None:
+            ctx = CallContext(branches=self.branches, frames=n, attention=attention, injection=self.plan.injection(step.index))
+            eps = self.passes.custom(batch, t, text, ctx, kind=kind)
+        elif self.branches[0] == SOURCE:
+            eps = self.passes.frames(batch, t, text, flags, kind=kind)
+        else:
+            eps = self.passes.plain(batch, t, text, kind=kind)
+        return self._guide(eps, n)
+
+    def keyframes(self, frames: torch.Tensor, latents: torch.Tensor, step: Step) -> list[torch.Tensor]:
+        """TokenFlow's keyframe pass on ``latents`` (K, 4, h, w); returns the per-block records
+        ``[features₀ (K, seq, dim), outputs₀ (3K, seq, dim), features₁, …]``. Its ε is not used."""
+        if self.branches[0] != SOURCE:
+            raise ValueError("the keyframe pass needs the source branch")
+        t, flags = self._step_inputs(step)
+        _, records = self.passes.keyframe(self._batch(frames, latents, step), t, self._text(len(frames)), flags)
+        return records
+
+    def propagate(
+        self,
+        frames: torch.Tensor,
+        latents: torch.Tensor,
+        step: Step,
+        records: list[torch.Tensor],
+        slots: torch.Tensor,
+        weights: torch.Tensor,
+    ) -> torch.Tensor:
+        """TokenFlow's propagation pass: guided ε of ``latents`` (n, 4, h, w) from the records of
+        keyframes ``slots`` = [i, i−1] (positions among the keyframes, on the device), blended with
+        ``weights`` (n,), the weight of keyframe i."""
+        n = latents.shape[0]
+        t, flags = self._step_inputs(step)
+        chosen = []
+        for index in range(0, len(records), 2):
+            features, outputs = records[index], records[index + 1]
+            keys, seq, dim = features.shape
+            chosen.append(features.index_select(0, slots))  # (2, seq, dim)
+            chosen.append(outputs.view(3, keys, seq, dim).index_select(1, slots).reshape(6, seq, dim))
+        batch = self._batch(frames, latents, step)
+        eps = self.passes.propagate(batch, t, self._text(n), flags, weights, chosen)
+        return self._guide(eps, n)
 
 
 class Editor(Protocol):
@@ -149,7 +203,7 @@ def denoise(
     job: EditJob,
     plan: EditPlan,
     propagator: Propagator,
-    unet: ControlledUNet,
+    passes: Any,
     embeds: dict[str, torch.Tensor],
     on_step: Callable[[Step], None] | None = None,
 ) -> torch.Tensor:
@@ -157,7 +211,7 @@ def denoise(
     with_source = plan.needs_source_branch or propagator.needs_source_branch
     if with_source and plan.source is None:
         raise ValueError(f"propagator {propagator.name!r} needs source latents, which the editor does not provide")
-    denoiser = Denoiser(unet, plan, embeds, job.config.guidance, with_source)
+    denoiser = Denoiser(passes, plan, embeds, job.config.guidance, with_source)
     propagator.begin(job, plan)
     latents = plan.start_latents
     count = len(plan.timesteps)

@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import re
+import sys
 import tempfile
 import warnings
 from contextlib import contextmanager
@@ -534,10 +535,33 @@ def _build(spec: str, device: torch.device, dtype: torch.dtype, seed: int) -> St
 # ----------------------------------------------------------------------------- from_pretrained
 
 
+class _CurrentStderr:
+    """A stream that writes to whatever ``sys.stderr`` is now, not to the one of the first import."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+def _route_library_logs() -> None:
+    """diffusers and transformers bind their log handler to ``sys.stderr`` when first imported; an
+    embedding application (or a test runner) may have swapped and closed that stream since."""
+    import logging
+
+    for name in ("diffusers", "transformers"):
+        for handler in logging.getLogger(name).handlers:
+            if type(handler) is logging.StreamHandler and not isinstance(handler.stream, _CurrentStderr):
+                handler.stream = _CurrentStderr()  # not setStream: it flushes the old, maybe closed, one
+
+
 def _load_pretrained(spec: str, device: torch.device, dtype: torch.dtype,
                      revision: str | None) -> StableDiffusion:
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
+
+    _route_library_logs()
 
     folder = _local_folder(spec)
     source = str(folder) if folder else spec

@@ -17,9 +17,9 @@ import torch
 from diffusers import DDIMScheduler
 
 from . import plugins
-from .attention import PlainAttention
 from .config import RunConfig, load_config, validate
 from .denoise import EditJob, RunShape, denoise
+from .engine import DEFAULT_ENGINE_CACHE, EngineCache, Passes, engine_chain
 from .errors import ConfigError, InputError, OutputError
 from .inversion import (
     InversionCache,
@@ -33,7 +33,7 @@ from .inversion import (
 )
 from .models import SD_SCHEDULER_CONFIG
 from .report import Reporter, SilentReporter, Task, VeditWarning
-from .unet import COND, SOURCE, UNCOND, CallContext, ControlledUNet
+from .unet import COND, SOURCE, UNCOND
 from .video import (
     FrameRange,
     FrameReader,
@@ -87,6 +87,7 @@ class EditResult:
     size_note: str = ""  # why the written size differs from the one asked for
     timing_note: str = ""  # how a variable-rate source was resampled, or that its times were kept
     warnings: list[str] = field(default_factory=list)
+    engines: dict[str, str] = field(default_factory=dict)  # pass -> the engine that ran it
 
     @property
     def forwards_per_frame_step(self) -> float:
@@ -157,7 +158,8 @@ class _Preflight:
     editor: Any
     propagator: Any
     postprocessors: list[Any]
-    engine: Any
+    engines: list[Any]  # to try in order, ending at eager unless strict
+    strict_engine: bool  # one engine named alone: its failure is an error
     device: torch.device
     dtype: torch.dtype
     steps_run: int
@@ -177,7 +179,9 @@ def _preflight(
     else:
         device = resolve_device(config.device)
         dtype = resolve_dtype(config.dtype, device)
-    engine = plugins.choose("engine", config.engine, device)
+    engines, strict_engine, notes = engine_chain(config.engine, device)
+    for note in notes:
+        reporter.warning(note)
     editor = plugins.get("editor", config.editor) if editing else None
     propagator = plugins.get("propagator", config.propagator) if editing else None
     postprocessors = [plugins.get("postprocessor", name) for name in _postprocessor_names(config)] if editing else []
@@ -205,7 +209,7 @@ def _preflight(
             raise ConfigError(f"--inversion {config.inversion}: editor {config.editor!r} uses no inversion; leave it out")
         metadata = read_metadata(config.inversion)
         _check_inversion_file(config, metadata, clip, sampling_timesteps(scheduler, config.steps), reporter)
-    return _Preflight(clip, editor, propagator, postprocessors, engine, device, dtype, steps_run, metadata)
+    return _Preflight(clip, editor, propagator, postprocessors, engines, strict_engine, device, dtype, steps_run, metadata)
 
 
 def _check_inversion_file(
@@ -248,14 +252,36 @@ def _identity_mismatch(config: RunConfig, what: str, reporter: Reporter) -> None
 
 
 def _load(config: RunConfig, preflight: _Preflight, sd: Any = None):
-    """The model (loaded unless given), prepared by the chosen engine."""
+    """The model (loaded unless given)."""
     from .models import load_model
 
-    model = sd
-    if model is None:
-        model = load_model(config.model, device=preflight.device, dtype=preflight.dtype, revision=config.revision, seed=config.seed)
-    preflight.engine.prepare(model, config)
-    return model
+    if sd is not None:
+        return sd
+    return load_model(config.model, device=preflight.device, dtype=preflight.dtype, revision=config.revision, seed=config.seed)
+
+
+def make_passes(
+    model: Any,
+    config: RunConfig,
+    checked: "_Preflight",
+    reporter: Reporter,
+    *,
+    conv_layers: tuple[str, ...] = (),
+    qk_layers: tuple[str, ...] = (),
+    nearest: Any = None,
+    batches: dict[str, list[int]] | None = None,
+) -> Passes:
+    """The run's UNet passes, through the engines chosen in preflight (use as a context manager)."""
+    cache = EngineCache(config.engine_cache or DEFAULT_ENGINE_CACHE, message=reporter.message)
+    return Passes(
+        model, checked.engines, strict=checked.strict_engine, conv_layers=conv_layers, qk_layers=qk_layers,
+        nearest=nearest, cache=cache, message=reporter.message, warn=reporter.warning, batches=batches,
+    )  # fmt: skip
+
+
+def _split(total: int, size: int) -> list[int]:
+    """The batch sizes of ``total`` items taken ``size`` at a time: [size] and the remainder."""
+    return sorted({min(size, total)} | ({total % size} if total % size else set()))
 
 
 def _warn_long_prompts(model, config: RunConfig, reporter: Reporter, flags: tuple[str, ...]) -> None:
@@ -274,8 +300,8 @@ def _warn_long_prompts(model, config: RunConfig, reporter: Reporter, flags: tupl
         )
 
 
-def _read_latents(model, clip: _Clip, batch_size: int, reporter: Reporter) -> tuple[torch.Tensor, str]:
-    """Stream the frames through the VAE encoder; returns (N, 4, h, w) latents and the frames' sha256."""
+def encode_clip(model, clip: _Clip, batch_size: int, reporter: Reporter) -> tuple[torch.Tensor, str]:
+    """Stage clip → latents: stream the frames through the VAE encoder; returns (N, 4, h, w) latents and the frames' sha256."""
     digest = hashlib.sha256()
     latents = []
     task = reporter.task("read + encode", len(clip.reader))
@@ -295,10 +321,9 @@ def _read_latents(model, clip: _Clip, batch_size: int, reporter: Reporter) -> tu
     return torch.cat(latents), digest.hexdigest()
 
 
-def _plain_unet(controlled: ControlledUNet, kind: str) -> Callable:
+def _plain_unet(passes: Passes, kind: str) -> Callable:
     def run(latents: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        ctx = CallContext(branches=(SOURCE,), frames=latents.shape[0], attention=PlainAttention())
-        return controlled(latents, t, text, ctx, kind=kind)
+        return passes.plain(latents, t.reshape(()), text, kind=kind)
 
     return run
 
@@ -308,7 +333,7 @@ def _cache(config: RunConfig, reporter: Reporter) -> InversionCache:
 
 
 def _trajectory(
-    model, config: RunConfig, clip: _Clip, latents: torch.Tensor, frames_sha: str, source_embeds, controlled, reporter
+    model, config: RunConfig, clip: _Clip, latents: torch.Tensor, frames_sha: str, source_embeds, passes, reporter
 ) -> tuple[Trajectory, str, Path | None]:
     """The inverted clip: from --inversion, the cache, or computed now (and cached)."""
     if config.inversion:
@@ -343,7 +368,7 @@ def _trajectory(
             return cached, "cached", cache.path(key)
     task = reporter.task("invert", config.inversion_steps)
     trajectory = invert(
-        _plain_unet(controlled, "inversion"),
+        _plain_unet(passes, "inversion"),
         model.new_scheduler(),
         latents,
         source_embeds,
@@ -367,6 +392,63 @@ def _trajectory(
     )
     written = None if config.no_cache else cache.put(key, trajectory, note=reporter.message)
     return trajectory, "computed", written
+
+
+def invert_latents(
+    model, config: RunConfig, checked: _Preflight, latents: torch.Tensor, frames_sha: str, source_embeds, reporter
+) -> tuple[Trajectory, str, Path | None, dict[str, int], dict[str, str]]:
+    """Stage latents → trajectory: from --inversion, the cache, or computed now through the
+    engines (and cached). Returns the trajectory, how it was had, its file, UNet forwards and the
+    engine that ran each pass."""
+    batches = {"plain": _split(len(latents), config.batch_size)}
+    with make_passes(model, config, checked, reporter, batches=batches) as plain:
+        trajectory, how, path = _trajectory(model, config, checked.clip, latents, frames_sha, source_embeds, plain, reporter)
+    return trajectory, how, path, dict(plain.forwards), dict(plain.used)
+
+
+def edit_latents(
+    model, config: RunConfig, checked: _Preflight, latents: torch.Tensor, trajectory: Trajectory | None, embeds, reporter
+) -> tuple[torch.Tensor, dict[str, int], int, dict[str, str]]:
+    """Stage trajectory → edited latents: the editor's plan and the propagator-coupled denoising
+    loop, every UNet call through the engines. Returns the edited clean latents, UNet forwards by
+    kind, the steps run and the engine that ran each pass."""
+    editor, propagator = checked.editor, checked.propagator
+    scheduler = model.new_scheduler()
+    scheduler.set_timesteps(config.steps)
+    job = EditJob(
+        config=config, model=model, scheduler=scheduler, clean_latents=latents, trajectory=trajectory,
+        generator=torch.Generator().manual_seed(config.seed),
+    )  # fmt: skip
+    plan = editor.plan(job)
+    nearest = plugins.choose("nn_backend", config.nn_backend, model.device)
+    batches = _pass_batches(config, len(latents), editor, propagator)
+    task = reporter.task("denoise", len(plan.timesteps))
+    with make_passes(
+        model, config, checked, reporter, conv_layers=plan.conv_layers, qk_layers=plan.qk_layers, nearest=nearest,
+        batches=batches,
+    ) as passes:  # fmt: skip
+        edited = denoise(job, plan, propagator, passes, embeds, on_step=lambda step: task.advance(1))
+    return edited, dict(passes.forwards), len(plan.timesteps), dict(passes.used)
+
+
+def write_frames(
+    model, config: RunConfig, checked: _Preflight, edited: torch.Tensor, output: Path, size: tuple[int, int], reporter
+) -> None:
+    """Stage edited latents → frames → file: decode, post-process and write atomically."""
+    clip = checked.clip
+    audio_from = clip.info if clip.info.has_audio else None
+    timestamps = clip.reader.timestamps if config.keep_timestamps else None
+    task = reporter.task("decode + write", edited.shape[0])
+    with VideoWriter(
+        output, fps=clip.fps, size=size, audio_from=audio_from, audio_range=clip.audio_range(),
+        color=clip.info.color, timestamps=timestamps,
+    ) as writer:  # fmt: skip
+        for start in range(0, edited.shape[0], config.batch_size):
+            frames = _to_uint8(model.decode_latents(edited[start : start + config.batch_size], batch_size=config.batch_size))
+            for post in checked.postprocessors:
+                frames = post.process(frames, start)
+            writer.write(frames)
+            task.advance(len(frames))
 
 
 def _to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -446,54 +528,28 @@ def edit(
 
     # 3. Frames → latents.
     mark = time.perf_counter()
-    latents, frames_sha = _read_latents(model, clip, config.batch_size, reporter)
+    latents, frames_sha = encode_clip(model, clip, config.batch_size, reporter)
     stages["read"] = time.perf_counter() - mark
 
-    # 4. Inversion (cached), then the editor's plan and the coupled denoising loop.
+    # 4. Latents → trajectory (cached), then → edited latents.
     forwards: dict[str, int] = {}
-    inversion, inversion_path, trajectory = "none", None, None
+    inversion, inversion_path, trajectory, inversion_engines = "none", None, None, {}
     if editor.needs_inversion:
         mark = time.perf_counter()
-        with ControlledUNet(model.unet) as plain:
-            trajectory, inversion, inversion_path = _trajectory(
-                model, config, clip, latents, frames_sha, embeds[SOURCE], plain, reporter
-            )
-        forwards.update(plain.forwards)
+        trajectory, inversion, inversion_path, used, inversion_engines = invert_latents(
+            model, config, checked, latents, frames_sha, embeds[SOURCE], reporter
+        )
+        forwards.update(used)
         stages["invert"] = time.perf_counter() - mark
     mark = time.perf_counter()
-    scheduler = model.new_scheduler()
-    scheduler.set_timesteps(config.steps)
-    job = EditJob(
-        config=config,
-        model=model,
-        scheduler=scheduler,
-        clean_latents=latents,
-        trajectory=trajectory,
-        generator=torch.Generator().manual_seed(config.seed),
-    )
-    plan = editor.plan(job)
-    task = reporter.task("denoise", len(plan.timesteps))
-    with ControlledUNet(model.unet, conv_layers=plan.conv_layers, qk_layers=plan.qk_layers) as controlled:
-        edited = denoise(job, plan, propagator, controlled, embeds, on_step=lambda step: task.advance(1))
-        for kind, count in controlled.forwards.items():
-            forwards[kind] = forwards.get(kind, 0) + count
+    edited, used, steps_run, engines = edit_latents(model, config, checked, latents, trajectory, embeds, reporter)
+    for kind, count in used.items():
+        forwards[kind] = forwards.get(kind, 0) + count
     stages["denoise"] = time.perf_counter() - mark
 
-    # 5. Decode, post-process and write (atomically).
+    # 5. Edited latents → frames: decode, post-process and write (atomically).
     mark = time.perf_counter()
-    audio_from = clip.info if clip.info.has_audio else None
-    timestamps = clip.reader.timestamps if config.keep_timestamps else None
-    task = reporter.task("decode + write", edited.shape[0])
-    with VideoWriter(
-        output, fps=clip.fps, size=asked_size, audio_from=audio_from, audio_range=clip.audio_range(),
-        color=clip.info.color, timestamps=timestamps,
-    ) as writer:  # fmt: skip
-        for start in range(0, edited.shape[0], config.batch_size):
-            frames = _to_uint8(model.decode_latents(edited[start : start + config.batch_size], batch_size=config.batch_size))
-            for post in checked.postprocessors:
-                frames = post.process(frames, start)
-            writer.write(frames)
-            task.advance(len(frames))
+    write_frames(model, config, checked, edited, output, asked_size, reporter)
     stages["write"] = time.perf_counter() - mark
 
     model_name = model.model_id if model.fingerprint == model.model_id else f"{model.model_id} ({model.fingerprint})"
@@ -506,7 +562,8 @@ def edit(
         seconds=time.perf_counter() - began,
         stage_seconds=stages,
         forwards=forwards,
-        steps_run=len(plan.timesteps),
+        steps_run=steps_run,
+        engines={**inversion_engines, **engines},
         inversion=inversion,
         inversion_path=inversion_path,
         model=model_name,
@@ -516,6 +573,92 @@ def edit(
         timing_note=timing_note,
         warnings=list(reporter.warnings),
     )
+
+
+@dataclass
+class BuiltEngine:
+    """One pass built (or found in the engine cache) by :func:`build_engines`."""
+
+    pass_name: str
+    batch: int
+    engine: str
+    seconds: float
+
+
+def _pass_batches(config: RunConfig, frames: int, editor: Any, propagator: Any) -> dict[str, list[int]]:
+    """The batch sizes each pass runs at in a run of ``frames`` frames with these plugins."""
+    n, b, size = frames, config.chunk_size, config.batch_size
+    batches: dict[str, list[int]] = {}
+    if editor.needs_inversion:
+        batches["plain"] = _split(n, size)
+    if propagator.name == "tokenflow":
+        batches["keyframe"] = [3 * -(-n // b)]
+        batches["propagation"] = [3 * x for x in _split(n, b)]
+    elif propagator.needs_source_branch or getattr(editor, "conv_layers", ()) or getattr(editor, "qk_layers", ()):
+        batches["frames"] = [3 * x for x in _split(n, size)]
+    else:
+        batches.setdefault("plain", [])
+        batches["plain"] = sorted(set(batches["plain"]) | {2 * x for x in _split(n, size)})
+    return batches
+
+
+@torch.no_grad()
+def build_engines(
+    config: RunConfig, frames: int, *, size: tuple[int, int], reporter: Reporter | None = None, sd: Any = None
+) -> list[BuiltEngine]:
+    """Build (or find in the engine cache) every pass a run of ``frames`` frames at ``size`` (W, H)
+    would use, so that the run itself starts at once. What ``vedit engines build`` does."""
+    from .models import load_model, resolve_device, resolve_dtype
+
+    reporter = _Recording(reporter or SilentReporter())
+    editor = plugins.get("editor", config.editor)
+    propagator = plugins.get("propagator", config.propagator)
+    device = sd.device if sd is not None else resolve_device(config.device)
+    dtype = sd.dtype if sd is not None else resolve_dtype(config.dtype, device)
+    engines, strict, notes = engine_chain(config.engine, device)
+    for note in notes:
+        reporter.warning(note)
+    if size[0] % 8 or size[1] % 8:
+        raise ConfigError(f"--size {size[0]}x{size[1]}: both sides must be multiples of 8")
+    model = sd or load_model(config.model, device=device, dtype=dtype, revision=config.revision, seed=config.seed)
+    checked = _Preflight(None, editor, propagator, [], engines, strict, device, dtype, config.steps, None)  # type: ignore[arg-type]
+    batches = _pass_batches(config, frames, editor, propagator)
+    h, w = size[1] // 8, size[0] // 8
+    gen = torch.Generator().manual_seed(0)
+    text_len, text_dim = model.tokenizer.model_max_length, model.text_encoder.config.hidden_size
+
+    def example(batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        latents = torch.randn(batch, 4, h, w, generator=gen).to(device, dtype)
+        text = torch.randn(batch, text_len, text_dim, generator=gen).to(device, dtype)
+        return latents, torch.tensor(501, device=device), text
+
+    flags = torch.tensor([True, True], device=device)
+    layers = (getattr(editor, "conv_layers", ()), getattr(editor, "qk_layers", ()))
+    built: list[BuiltEngine] = []
+    task = reporter.task("build engines", sum(len(v) for v in batches.values()))
+    nearest = plugins.choose("nn_backend", config.nn_backend, device)
+    with make_passes(model, config, checked, reporter, conv_layers=layers[0], qk_layers=layers[1], nearest=nearest,
+                     batches=batches) as passes:  # fmt: skip
+        records: list[torch.Tensor] = []
+        for name in ("plain", "frames", "keyframe", "propagation"):
+            for batch in batches.get(name, []):
+                mark = time.perf_counter()
+                inputs: tuple[torch.Tensor, ...] = example(batch)
+                if name != "plain":
+                    inputs += (flags,)
+                if name == "propagation":
+                    slots = torch.tensor([0, 0], device=device)
+                    chosen = []
+                    for f, o in zip(records[0::2], records[1::2]):
+                        keys, seq, dim = f.shape
+                        chosen += [f.index_select(0, slots), o.view(3, keys, seq, dim).index_select(1, slots).reshape(6, seq, dim)]
+                    inputs += (torch.ones(batch // 3, device=device), *chosen)
+                out = passes.prepare(name, inputs)(*inputs)
+                if name == "keyframe":
+                    records = list(out[1:])
+                built.append(BuiltEngine(name, batch, passes.used[name], time.perf_counter() - mark))
+                task.advance(1)
+    return built
 
 
 def _check_trajectory_output(output: str | os.PathLike) -> Path:
@@ -557,9 +700,10 @@ def invert_clip(
     check_schedules(model.new_scheduler(), config.steps, config.inversion_steps)
     _warn_long_prompts(model, config, reporter, ("--source-prompt",))
     (source_embeds,) = model.encode_prompt([config.source_prompt]).split(1)
-    latents, frames_sha = _read_latents(model, clip, config.batch_size, reporter)
+    latents, frames_sha = encode_clip(model, clip, config.batch_size, reporter)
     reconstruction = None
-    with ControlledUNet(model.unet) as plain:
+    batches = {"plain": _split(len(latents), config.batch_size)}
+    with make_passes(model, config, checked, reporter, batches=batches) as plain:
         trajectory, how, cache_path = _trajectory(model, config, clip, latents, frames_sha, source_embeds, plain, reporter)
         if check:
             reconstruction = reconstruction_psnr(model, config, clip, trajectory, source_embeds, plain, reporter)
@@ -595,13 +739,13 @@ class Reconstruction:
     vae_psnr: float  # decode(z_0) vs the frames: the autoencoder's own loss, a ceiling for the above
 
 
-def reconstruction_psnr(model, config, clip, trajectory, source_embeds, controlled, reporter) -> Reconstruction:
+def reconstruction_psnr(model, config, clip, trajectory, source_embeds, passes, reporter) -> Reconstruction:
     """Sample back from the inverted noise and compare the decoded frames with the clip's."""
     from .inversion import reconstruct
 
     task = reporter.task("reconstruct", 1)
     z0 = reconstruct(
-        _plain_unet(controlled, "reconstruction"), model.new_scheduler(), trajectory, source_embeds,
+        _plain_unet(passes, "reconstruction"), model.new_scheduler(), trajectory, source_embeds,
         inversion_steps=config.inversion_steps, batch_size=config.batch_size, device=model.device,
     )
     task.advance(1)
@@ -620,4 +764,4 @@ def reconstruction_psnr(model, config, clip, trajectory, source_embeds, controll
     return Reconstruction(psnr=to_db(errors["sampled"]), vae_psnr=to_db(errors["vae"]))
 
 
-__all__ = ["edit", "invert_clip", "EditResult", "InversionResult", "Reconstruction", "Reporter", "VeditWarning", "open_clip"]
+__all__ = ["edit", "invert_clip", "encode_clip", "invert_latents", "edit_latents", "write_frames", "build_engines", "EditResult", "InversionResult", "Reconstruction", "Reporter", "VeditWarning", "open_clip"]

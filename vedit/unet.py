@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Iterator, Protocol
+from typing import Iterator, NamedTuple, Protocol
 
 import torch
 from torch import nn
@@ -24,9 +24,8 @@ from torch import nn
 SOURCE, UNCOND, COND = "source", "uncond", "cond"
 
 
-@dataclass(frozen=True)
-class Injection:
-    """Which PnP injections act in one UNet call. Flags are bools eagerly, bool tensors in a graph."""
+class Injection(NamedTuple):
+    """Which PnP injections act in one UNet call: bools, or 0-d bool tensors (one graph for every step)."""
 
     conv: bool | torch.Tensor = False
     qk: bool | torch.Tensor = False
@@ -137,6 +136,11 @@ class ControlledUNet:
         for path in self.conv_layers + self.qk_layers:
             if path not in modules:
                 raise ValueError(f"the UNet has no layer {path!r} to inject into")
+        if any(isinstance(p, _SelfAttentionProcessor) for p in self.unet.attn_processors.values()):
+            raise RuntimeError(
+                "this UNet already carries the method's hooks of another ControlledUNet (or Passes); "
+                "leave that one's context before entering a new one"
+            )
         self._saved_processors = self.unet.attn_processors
         processors = dict(self._saved_processors)
         self.layers = []
@@ -189,5 +193,9 @@ class ControlledUNet:
         if latents.shape[0] != len(ctx.branches) * ctx.frames:
             raise ValueError(f"batch of {latents.shape[0]} does not hold {len(ctx.branches)} branches of {ctx.frames}")
         self.forwards[kind] += latents.shape[0]
+        return self.run(latents, t, text, ctx)
+
+    def run(self, latents: torch.Tensor, t: torch.Tensor, text: torch.Tensor, ctx: CallContext) -> torch.Tensor:
+        """The UNet on ``latents`` with ``ctx`` acting inside (nothing counted: traced and compiled passes call this)."""
         with self._using(ctx):
             return self.unet(latents, t, encoder_hidden_states=text, return_dict=False)[0]

@@ -1,0 +1,287 @@
+"""Engines: every pass through every engine that runs here equals eager, whole runs give eager's
+frames, one compiled graph per pass and shape, the engine cache, and falling back."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import make_clip
+from vedit import plugins
+from vedit.engine import EngineCache, EngineError, Passes, engine_chain
+from vedit.errors import PluginError
+from vedit.hookspecs import hookimpl
+from vedit.models import load_model
+from vedit.pipeline import edit
+from vedit.unet import COND, SOURCE, UNCOND
+from vedit_plugins.pnp import CONV_LAYERS, QK_LAYERS
+from vedit_plugins.tokenflow import blend_weights
+
+# The shapes of the whole runs below (8 frames of 64x48, B = 4, batch 8), so that the per-pass
+# builds and the runs share entries (and inductor's own cache, for compile).
+H, W, K, B = 6, 8, 2, 4
+ENGINES = ["torchscript", "onnxruntime", "compile"]
+
+
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float() - b.float()).norm() / b.float().norm())
+
+
+@pytest.fixture(scope="module")
+def sd():
+    return load_model("tiny", device="cpu", dtype="fp32", seed=0)
+
+
+@pytest.fixture(scope="module")
+def engine_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("engines")
+
+
+def pass_inputs(sd, passes: Passes) -> dict[str, tuple[torch.Tensor, ...]]:
+    """Inputs of every pass, with real records from an eager keyframe pass."""
+    gen = torch.Generator().manual_seed(4)
+    embeds = dict(zip((SOURCE, UNCOND, COND), sd.encode_prompt(["a cat", "", "a dog"]).split(1)))
+    text = lambda n: torch.cat([embeds[b].expand(n, -1, -1) for b in (SOURCE, UNCOND, COND)])  # noqa: E731
+    t, flags = torch.tensor(601), torch.tensor([True, True])
+    keyframe = (torch.randn(3 * K, 4, H, W, generator=gen), t, text(K), flags)
+    _, records = passes.keyframe(*keyframe)
+    slots = torch.tensor([1, 0])
+    chosen = []
+    for f, o in zip(records[0::2], records[1::2]):
+        chosen += [f.index_select(0, slots), o.view(3, K, *o.shape[1:]).index_select(1, slots).reshape(6, *o.shape[1:])]
+    weights = blend_weights(range(4, 8), 1, B)
+    return {
+        "plain": (torch.randn(8, 4, H, W, generator=gen), t, embeds[SOURCE].expand(8, -1, -1).contiguous()),
+        "frames": (torch.randn(3 * B, 4, H, W, generator=gen), t, text(B), torch.tensor([True, False])),
+        "keyframe": keyframe,
+        "propagation": (torch.randn(3 * B, 4, H, W, generator=gen), t, text(B), flags, weights, *chosen),
+    }
+
+
+def run_all(passes: Passes, inputs) -> dict[str, list[torch.Tensor]]:
+    out = {}
+    for name, args in inputs.items():
+        result = {"plain": passes.plain, "frames": passes.frames, "propagation": lambda *a: passes.propagate(*a[:5], a[5:])}.get(name)
+        if name == "keyframe":
+            eps, records = passes.keyframe(*args)
+            out[name] = [eps, *records]
+        else:
+            out[name] = [result(*args)]
+    return out
+
+
+@pytest.fixture(scope="module")
+def eager_outputs(sd):
+    with Passes(sd, [plugins.get("engine", "eager")], conv_layers=CONV_LAYERS, qk_layers=QK_LAYERS) as passes:
+        inputs = pass_inputs(sd, passes)
+        return inputs, run_all(passes, inputs)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_every_pass_through_the_engine_equals_eager(sd, eager_outputs, engine_cache, engine):
+    inputs, expected = eager_outputs
+    cache = EngineCache(engine_cache)
+    with Passes(sd, [plugins.get("engine", engine)], strict=True, conv_layers=CONV_LAYERS, qk_layers=QK_LAYERS,
+                cache=cache) as passes:  # fmt: skip
+        got = run_all(passes, inputs)
+        # Called again (the first call's result comes from the build): the built callable itself.
+        again = run_all(passes, inputs)
+    assert set(passes.used.values()) == {engine}
+    for name in expected:
+        assert len(got[name]) == len(expected[name]) == (33 if name == "keyframe" else 1)
+        for a, b, e in zip(got[name], again[name], expected[name]):
+            assert relative_error(a, e) < 1e-4, name
+            assert relative_error(b, e) < 1e-4, name
+    # the propagation pass really reads its record inputs (an export that baked them in would not)
+    args = inputs["propagation"]
+    zeroed = passes_with(sd, engine, cache, lambda p: p.propagate(*args[:5], [r * 0 for r in args[5:]]))
+    assert relative_error(zeroed, expected["propagation"][0]) > 1e-2
+
+
+def passes_with(sd, engine, cache, fn):
+    with Passes(sd, [plugins.get("engine", engine)], strict=True, conv_layers=CONV_LAYERS, qk_layers=QK_LAYERS,
+                cache=cache) as passes:  # fmt: skip
+        return fn(passes)
+
+
+def frames_of(folder: Path) -> np.ndarray:
+    return np.stack([np.asarray(Image.open(p)) for p in sorted(folder.glob("*.png"))]).astype(np.int16)
+
+
+@pytest.fixture(scope="module")
+def run_clip(tmp_path_factory) -> Path:
+    return make_clip(tmp_path_factory.mktemp("clip") / "clip.mp4", frames=8, size=(64, 48))
+
+
+RUN = dict(prompt="a watercolor", source_prompt="a test pattern", model="tiny", steps=2, inversion_steps=2,
+           chunk_size=B, batch_size=8, size="64x48", output_size="working", seed=0, device="cpu", dtype="fp32")  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def eager_run(run_clip, tmp_path_factory):
+    out = tmp_path_factory.mktemp("eager") / "frames"
+    result = edit(run_clip, out, engine="eager", no_cache=True, **RUN)
+    return frames_of(out), result
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_whole_run_through_the_engine_gives_eagers_frames(run_clip, eager_run, engine_cache, tmp_path, engine):
+    from torch._dynamo.utils import counters
+
+    expected, eager_result = eager_run
+    if engine == "compile":
+        torch._dynamo.reset()  # count from nothing (inductor's on-disk cache still spares the codegen)
+    graphs = counters["stats"]["unique_graphs"]
+    out = tmp_path / "frames"
+    result = edit(run_clip, out, engine=engine, engine_cache=str(engine_cache), no_cache=True, **RUN)
+    got = frames_of(out)
+    assert got.shape == expected.shape == (8, 48, 64, 3)
+    assert np.abs(got - expected).max() <= 1
+    assert result.engines == {"plain": engine, "keyframe": engine, "propagation": engine}
+    assert result.forwards == eager_result.forwards
+    if engine == "compile":
+        # 2 inversion steps, 2 denoising steps of 2 chunks: 3 graphs (plain 8, keyframe 6, propagation
+        # 12), not one per step or chunk, although t, flags, keyframes and weights change between calls.
+        assert counters["stats"]["unique_graphs"] - graphs == 3
+
+
+def test_engine_cache_rebuilds_stale_and_corrupt_entries(sd, eager_outputs, tmp_path):
+    inputs, expected = eager_outputs
+    notes: list[str] = []
+    cache = EngineCache(tmp_path / "engines", message=notes.append)
+    run = lambda: passes_with(sd, "torchscript", cache, lambda p: p.plain(*inputs["plain"]))  # noqa: E731
+    assert relative_error(run(), expected["plain"][0]) < 1e-4
+    (entry,) = cache.entries()
+    assert entry.pass_name == "plain" and entry.engine == "torchscript" and entry.parts["model"] == sd.fingerprint
+    assert notes == []
+    assert relative_error(run(), expected["plain"][0]) < 1e-4  # loaded, not rebuilt
+    assert notes == []
+
+    meta_path = entry.path / "entry.json"
+    meta = json.loads(meta_path.read_text())
+    meta["parts"]["torch"] = "1.0.0"  # built by another torch: stale
+    meta_path.write_text(json.dumps(meta))
+    assert relative_error(run(), expected["plain"][0]) < 1e-4
+    assert len(notes) == 1 and "stale" in notes[0] and "torch 1.0.0" in notes[0] and "rebuilding" in notes[0]
+
+    artefact = entry.path / "pass.pt"
+    artefact.write_bytes(artefact.read_bytes()[:1000])  # truncated: corrupt
+    assert relative_error(run(), expected["plain"][0]) < 1e-4
+    assert len(notes) == 2 and "corrupt" in notes[1]
+    assert len(cache.entries()) == 1 and cache.entries()[0].bytes > 100_000
+
+    data = bytearray(artefact.read_bytes())  # same size, one byte flipped, mtime changed: hashed, corrupt
+    data[len(data) // 2] ^= 0xFF
+    artefact.write_bytes(bytes(data))
+    assert relative_error(run(), expected["plain"][0]) < 1e-4
+    assert len(notes) == 3 and "does not match its recorded hash" in notes[2]
+
+
+def test_two_builders_of_one_entry_both_succeed(tmp_path):
+    cache = EngineCache(tmp_path)
+    parts = {"engine": "fake", "pass": "plain", "model": "m"}
+    both_building = threading.Barrier(2)
+    results, errors = [], []
+
+    def build(folder):
+        (folder / "artefact.bin").write_bytes(b"x" * 1000)
+        both_building.wait(timeout=10)  # both have built before either installs
+
+    def worker():
+        try:
+            results.append(cache.load_or_build(parts, ("engine", "pass", "model"), build,
+                                               lambda f: (f / "artefact.bin").read_bytes(), label="fake"))
+        except Exception as error:  # pragma: no cover - the failure this test looks for
+            errors.append(error)
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == [] and results == [b"x" * 1000] * 2
+    assert [p.name for p in tmp_path.iterdir()] == [cache.folder(parts, ("engine", "pass", "model")).name]
+
+
+class Broken:
+    name = "broken"
+    description = "an engine whose build always fails"
+
+    def build(self, module, example, target):
+        raise RuntimeError("unsupported operator aten::frobnicate\nmore detail that must not be printed")
+
+
+class BrokenPlugin:
+    @hookimpl
+    def register_engines(self, register):
+        register(Broken())
+
+
+@pytest.fixture
+def broken_engine():
+    plugins.get_plugin_manager().register(BrokenPlugin(), name="broken-engine")
+    yield
+    plugins.reset()
+
+
+def test_a_failing_engine_falls_back_in_one_line_unless_named_alone(run_clip, eager_run, broken_engine, tmp_path):
+    expected, _ = eager_run
+    result = edit(run_clip, tmp_path / "frames", engine="broken,eager", no_cache=True, **RUN)
+    assert np.array_equal(frames_of(tmp_path / "frames"), expected)
+    assert result.engines == {"plain": "eager", "keyframe": "eager", "propagation": "eager"}
+    fallbacks = [w for w in result.warnings if "broken" in w]
+    # one line per pass it could not run, naming the engine, the pass and the first line of the reason
+    assert sorted(fallbacks) == sorted(
+        f"engine 'broken' cannot run the {name} pass (RuntimeError: unsupported operator aten::frobnicate); trying the next"
+        for name in ("plain", "keyframe", "propagation")
+    )
+    with pytest.raises(EngineError) as error:
+        edit(run_clip, tmp_path / "alone", engine="broken", no_cache=True, **RUN)
+    assert error.value.exit_code == 5
+    assert str(error.value) == "engine 'broken' cannot run the plain pass: RuntimeError: unsupported operator aten::frobnicate"
+    assert not (tmp_path / "alone").exists()
+
+
+def test_engine_lists_auto_and_engines_that_cannot_run_here():
+    cpu = torch.device("cpu")
+    chain, strict, notes = engine_chain("auto", cpu)
+    assert [e.name for e in chain] == ["eager"] and not strict and notes == []
+    chain, strict, notes = engine_chain("tensorrt,torchscript", cpu)
+    assert [e.name for e in chain] == ["torchscript", "eager"] and not strict
+    assert len(notes) == 1 and notes[0].startswith("engine 'tensorrt' cannot run here (")
+    # on CUDA, auto tries TensorRT, then torch.compile, then eager (those that can run there)
+    chain, _, notes = engine_chain("auto", torch.device("cuda"))
+    assert [e.name for e in chain][-2:] == ["compile", "eager"]
+    with pytest.raises(PluginError, match="cannot run here"):
+        engine_chain("tensorrt", cpu)
+    with pytest.raises(PluginError, match="unknown engine 'warp'"):
+        engine_chain("warp,eager", cpu)
+
+
+def test_a_plugins_own_attention_handler_and_a_python_nn_backend_run_eagerly_said_once(sd, eager_outputs, tmp_path):
+    from vedit.attention import PlainAttention
+    from vedit.unet import CallContext
+
+    inputs, expected = eager_outputs
+    notes: list[str] = []
+    faiss = pytest.importorskip("faiss") and plugins.get("nn_backend", "faiss")
+    with Passes(sd, [plugins.get("engine", "torchscript"), plugins.get("engine", "eager")], conv_layers=CONV_LAYERS,
+                qk_layers=QK_LAYERS, cache=EngineCache(tmp_path), warn=notes.append, nearest=faiss) as passes:  # fmt: skip
+        args = inputs["propagation"]
+        for _ in range(2):
+            eps = passes.propagate(*args[:5], args[5:])
+        assert relative_error(eps, expected["propagation"][0]) < 1e-4
+        assert passes.used["propagation"] == "eager"
+        latents, t, text, _ = inputs["frames"]
+        for _ in range(2):
+            passes.custom(latents, t, text, CallContext((SOURCE, UNCOND, COND), B, PlainAttention()), kind="frames")
+    assert notes == [
+        "nn backend 'faiss' runs in Python, so the propagation pass runs eagerly (the torch backend compiles with it)",
+        "attention handler PlainAttention is Python code, so its UNet calls run eagerly",
+    ]
