@@ -1,0 +1,758 @@
+"""The TensorRT engines: the ONNX graph they build from, their profiles, cache keys, the plan
+runner (against a stand-in TensorRT context on the CPU) and, where TensorRT and a GPU are
+present, real builds compared with the eager passes."""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import importlib
+import importlib.util
+import math
+import shutil
+import types
+from pathlib import Path
+
+import pytest
+import torch
+from vedit_plugins import tensorrt_engine as trt_engine
+from vedit_plugins.pnp import CONV_LAYERS, QK_LAYERS
+from vedit_plugins.tensorrt_engine import (
+    PlanRunner,
+    TensorRT,
+    TorchTensorRT,
+    dynamic_shapes,
+    key_parts,
+    parser_error_line,
+    precision_for,
+    profile_shapes,
+    remove_onnx,
+    timing_cache_path,
+    torch_dtype_for,
+    workspace_bytes,
+    write_atomically,
+)
+
+from vedit import plugins
+from vedit.engine import BuildTarget, EngineCache
+from vedit.models import load_model
+from vedit.passes import KeyframePass, PlainPass, PropagationPass
+from vedit.unet import ControlledUNet
+
+PROMPTS = ["a photo of a cat", "", "a watercolor of a dog"]  # source, uncond, cond
+BATCHES = (9, 12)  # propagation chunks of 3 and 4 frames
+
+
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.float(), b.float()
+    return float((a - b).norm() / b.norm())
+
+
+def pass_inputs(sd, frames: int, seed: int, *, records=(), device="cpu", dtype=torch.float32):
+    """Inputs of the frames/keyframe pass (no records) or the propagation pass (with records)."""
+    gen = torch.Generator().manual_seed(seed)
+    text = sd.encode_prompt(PROMPTS).to(device, dtype).repeat_interleave(frames, 0)  # branch-major
+    latents = torch.randn(3 * frames, 4, 8, 8, generator=gen).to(device, dtype)
+    t = torch.tensor(501, device=device)
+    flags = torch.tensor([True, False], device=device)
+    if not records:
+        return (latents, t, text, flags)
+    weights = torch.rand(frames, generator=gen).to(device, dtype)
+    return (latents, t, text, flags, weights, *records)
+
+
+def keyframe_records(sd, keyframe: KeyframePass, **kw) -> tuple[torch.Tensor, ...]:
+    """Per block, features (2, seq, dim) and outputs (6, seq, dim) of two keyframes."""
+    with torch.no_grad():
+        out = keyframe(*pass_inputs(sd, 2, seed=1, **kw))
+    return tuple(out[1:])
+
+
+# --------------------------------------------------------------------------------------------
+# The tiny model's propagation pass and its ONNX export (shared: exporting takes ~30 s)
+
+
+@pytest.fixture(scope="module")
+def sd():
+    return load_model("tiny", device="cpu", dtype="fp32", seed=3)
+
+
+@pytest.fixture(scope="module")
+def controlled(sd):
+    with ControlledUNet(sd.unet, conv_layers=CONV_LAYERS, qk_layers=QK_LAYERS) as controlled:
+        yield controlled
+
+
+@pytest.fixture(scope="module")
+def propagation(controlled):
+    return PropagationPass(controlled).eval()
+
+
+@pytest.fixture(scope="module")
+def records(sd, controlled):
+    return keyframe_records(sd, KeyframePass(controlled).eval())
+
+
+@pytest.fixture(scope="module")
+def examples(sd, records):
+    """Propagation inputs at batch 12 (4 frames) and batch 9 (3 frames)."""
+    return {12: pass_inputs(sd, 4, seed=2, records=records), 9: pass_inputs(sd, 3, seed=5, records=records)}
+
+
+@pytest.fixture(scope="module")
+def eager(propagation, examples):
+    with torch.no_grad():
+        return {batch: propagation(*inputs) for batch, inputs in examples.items()}
+
+
+@pytest.fixture(scope="module")
+def onnx_file(tmp_path_factory, propagation, examples):
+    """What the tensorrt engine's build step hands to TensorRT's ONNX parser."""
+    folder = tmp_path_factory.mktemp("tensorrt-onnx")
+    return trt_engine.export_onnx(propagation, examples[12], folder, BATCHES)
+
+
+def test_the_onnx_graph_is_valid_and_matches_the_eager_pass_at_two_batch_sizes(
+    propagation, examples, eager, onnx_file
+):
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    assert onnx_file.name == "pass.onnx" and onnx_file.with_name("pass.onnx.data").is_file()
+    onnx.checker.check_model(str(onnx_file))  # by path: the external weights are checked too
+
+    session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    wanted = {i.name for i in session.get_inputs()}
+    assert [o.name for o in session.get_outputs()] == ["eps"]
+    for batch, inputs in examples.items():
+        feed = {n: x.numpy() for n, x in zip(propagation.input_names, inputs) if n in wanted}
+        (eps,) = session.run(["eps"], feed)
+        assert eps.shape == (batch, 4, 8, 8)
+        assert relative_error(torch.from_numpy(eps), eager[batch]) < 1e-4, batch
+
+
+def test_the_onnx_inputs_are_what_the_profile_describes(propagation, examples, onnx_file):
+    onnx = pytest.importorskip("onnx")
+    model = onnx.load(str(onnx_file), load_external_data=False)
+    profile = profile_shapes("propagation", propagation.input_names, examples[12], BATCHES)
+    graph_inputs = {i.name: i for i in model.graph.input}
+    assert set(graph_inputs) <= set(propagation.input_names)
+    assert {"latents", "t", "text", "flags", "weights"} <= set(graph_inputs)
+    elem = onnx.TensorProto
+    assert graph_inputs["t"].type.tensor_type.elem_type == elem.INT64
+    assert graph_inputs["flags"].type.tensor_type.elem_type == elem.BOOL
+    assert graph_inputs["latents"].type.tensor_type.elem_type == elem.FLOAT
+    for name, value in graph_inputs.items():
+        dims = value.type.tensor_type.shape.dim
+        low, _, high = profile[name]
+        assert len(dims) == len(low), name
+        for axis, dim in enumerate(dims):
+            if low[axis] == high[axis]:
+                assert dim.dim_value == low[axis], (name, axis)
+            else:  # the profile varies exactly the dimensions the graph leaves symbolic
+                assert dim.dim_param and not dim.dim_value, (name, axis)
+
+
+def test_export_program_spans_the_profile_for_torch_tensorrt(propagation, examples, eager):
+    profile = profile_shapes("propagation", propagation.input_names, examples[12], BATCHES)
+    program = trt_engine.export_program(propagation, examples[12], profile)
+    ranges = sorted((int(r.lower), int(r.upper)) for r in program.range_constraints.values())
+    assert ranges == [(3, 4), (9, 12)]  # frames, and the batch 3·frames
+    module = program.module()
+    with torch.no_grad():
+        for batch in (9, 12):
+            assert relative_error(module(*examples[batch]), eager[batch]) < 1e-5
+
+
+# --------------------------------------------------------------------------------------------
+# Profiles, precisions, dtypes
+
+
+def fake_inputs(pass_name: str, frames: int, blocks: int = 2) -> tuple[tuple[str, ...], tuple[torch.Tensor, ...]]:
+    per = 1 if pass_name == "plain" else 3
+    names = ["latents", "t", "text"]
+    tensors = [torch.zeros(per * frames, 4, 8, 8), torch.tensor(501), torch.zeros(per * frames, 77, 32)]
+    if pass_name != "plain":
+        names.append("flags")
+        tensors.append(torch.ones(2, dtype=torch.bool))
+    if pass_name == "propagation":
+        names.append("weights")
+        tensors.append(torch.zeros(frames))
+        for block in range(blocks):
+            names += [f"features_{block}", f"outputs_{block}"]
+            tensors += [torch.zeros(2, 64, 16), torch.zeros(6, 64, 16)]
+    return tuple(names), tuple(tensors)
+
+
+def test_profile_covers_every_batch_of_a_run():
+    n, b, k = 10, 4, 3  # 10 frames in chunks of 4, 4 and 2; one keyframe per chunk
+    names, example = fake_inputs("propagation", b)
+    profile = profile_shapes("propagation", names, example, (3 * b, 3 * (n % b)))
+    assert profile["latents"] == ((6, 4, 8, 8), (12, 4, 8, 8), (12, 4, 8, 8))
+    assert profile["text"] == ((6, 77, 32), (12, 77, 32), (12, 77, 32))
+    assert profile["weights"] == ((2,), (4,), (4,))
+    assert profile["t"] == ((), (), ())
+    assert profile["flags"] == ((2,), (2,), (2,))
+    assert profile["features_1"] == ((2, 64, 16),) * 3 and profile["outputs_1"] == ((6, 64, 16),) * 3
+
+    names, example = fake_inputs("keyframe", k)
+    profile = profile_shapes("keyframe", names, example, (3 * k,))
+    assert profile["latents"] == ((9, 4, 8, 8),) * 3  # one batch: a fixed shape
+
+    # The example's own batch is always served, even when the list leaves it out.
+    names, example = fake_inputs("frames", 5)
+    assert profile_shapes("frames", names, example, (6, 12))["latents"] == ((6, 4, 8, 8), (15, 4, 8, 8), (15, 4, 8, 8))
+
+    # The plain pass has one row per frame.
+    names, example = fake_inputs("plain", 4)
+    assert profile_shapes("plain", names, example, (2, 4))["text"] == ((2, 77, 32), (4, 77, 32), (4, 77, 32))
+
+
+def test_profile_rejects_what_cannot_be_a_pass_batch():
+    names, example = fake_inputs("propagation", 4)
+    with pytest.raises(ValueError, match="not whole frames"):
+        profile_shapes("propagation", names, example, (10, 12))
+    with pytest.raises(ValueError, match="names 8 inputs but the example has 9"):
+        profile_shapes("propagation", names[:-1], example, (12,))
+
+
+def test_precision_and_dtypes():
+    assert precision_for(torch.float16) == "fp16"
+    assert precision_for(torch.bfloat16) == "bf16"
+    assert precision_for(torch.float32) == "fp32"
+    with pytest.raises(ValueError, match="not float64"):
+        precision_for(torch.float64)
+    assert torch_dtype_for("DataType.HALF") is torch.float16
+    assert torch_dtype_for("FLOAT") is torch.float32
+    assert torch_dtype_for("DataType.BF16") is torch.bfloat16
+    assert torch_dtype_for(types.SimpleNamespace(name="INT64")) is torch.int64  # the enum itself
+    assert torch_dtype_for("DataType.INT32") is torch.int32  # t, when TensorRT narrows it
+    assert torch_dtype_for("DataType.BOOL") is torch.bool
+    with pytest.raises(TypeError, match="FP8"):
+        torch_dtype_for("DataType.FP8")
+
+
+def test_dynamic_shapes_share_one_frame_dimension(propagation, examples):
+    profile = profile_shapes("propagation", propagation.input_names, examples[12], BATCHES)
+    shapes = dynamic_shapes(propagation, propagation.input_names, profile)
+    assert list(shapes) == ["latents", "t", "text", "flags", "weights", "records"]
+    frames = shapes["weights"][0]
+    assert (frames.min, frames.max) == (3, 4)
+    assert (shapes["latents"][0].min, shapes["latents"][0].max) == (9, 12)
+    assert shapes["text"][0].root is frames and shapes["latents"][0].root is frames
+    assert shapes["t"] is None and shapes["flags"] is None
+    assert shapes["records"] == (None,) * (len(examples[12]) - 5)
+
+    plain = PlainPass.__new__(PlainPass)  # only its name and forward's signature are read
+    names, example = fake_inputs("plain", 4)
+    plain_shapes = dynamic_shapes(plain, names, profile_shapes("plain", names, example, (2, 4)))
+    assert (plain_shapes["latents"][0].min, plain_shapes["latents"][0].max) == (2, 4)
+    assert plain_shapes["latents"][0] is plain_shapes["text"][0]
+    assert dynamic_shapes(plain, names, profile_shapes("plain", names, example, (4,))) is None
+
+
+# --------------------------------------------------------------------------------------------
+# Cache keys
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    """A CUDA device as far as the key parts can tell: capability and name are asked of torch."""
+    gpu = {"capability": (9, 0), "name": "NVIDIA H200"}
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: gpu["capability"])
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: gpu["name"])
+    return gpu
+
+
+def make_target(tmp_path, *, batches=BATCHES, dtype=torch.float16, device="cuda", messages=None, name="propagation"):
+    say = messages.append if messages is not None else print
+    return BuildTarget(
+        pass_name=name, batches=tuple(batches), device=torch.device(device), dtype=dtype, fingerprint="weights-1",
+        cache=EngineCache(tmp_path / "engines", message=say), message=say, layers="layers-1",
+    )  # fmt: skip
+
+
+def parts_for(target, version="10.3.0"):
+    names, example = fake_inputs("propagation", 4)
+    profile = profile_shapes("propagation", names, example, target.batches)
+    return key_parts(target, "tensorrt", names, profile, tensorrt=version, precision=precision_for(target.dtype))
+
+
+def test_key_parts_change_with_everything_the_plan_depends_on(tmp_path, fake_gpu):
+    cache = EngineCache(tmp_path)
+    base = parts_for(make_target(tmp_path))
+    assert base["compute_capability"] == "9.0" and base["gpu"] == "NVIDIA H200"
+    assert base["tensorrt"] == "10.3.0" and base["precision"] == "fp16" and base["batches"] == "9,12"
+    assert '"latents": [[9, 4, 8, 8], [12, 4, 8, 8], [12, 4, 8, 8]]' in base["profile"]
+    assert base["shapes"].startswith("[[-1, 4, 8, 8], [], [-1, 77, 32], [2], [-1], [2, 64, 16]")
+    assert parts_for(make_target(tmp_path)) == base  # deterministic
+
+    def differs(parts, *, same_folder):
+        assert EngineCache.key(parts) != EngineCache.key(base)
+        folders = cache.folder(parts, BuildTarget.IDENTITY), cache.folder(base, BuildTarget.IDENTITY)
+        assert (folders[0] == folders[1]) is same_folder
+
+    # A new TensorRT or another GPU generation: the same entry, now stale (rebuilt in place).
+    differs(parts_for(make_target(tmp_path), version="10.4.0"), same_folder=True)
+    fake_gpu["capability"] = (8, 9)
+    differs(parts_for(make_target(tmp_path)), same_folder=True)
+    fake_gpu["capability"] = (9, 0)
+    fake_gpu["name"] = "NVIDIA H100 80GB HBM3"
+    differs(parts_for(make_target(tmp_path)), same_folder=True)
+    fake_gpu["name"] = "NVIDIA H200"
+    # Another precision or other batch sizes: another entry.
+    bf16 = parts_for(make_target(tmp_path, dtype=torch.bfloat16))
+    assert bf16["precision"] == "bf16"
+    differs(bf16, same_folder=False)
+    wider = parts_for(make_target(tmp_path, batches=(6, 12)))
+    assert '"weights": [[2], [4], [4]]' in wider["profile"]
+    differs(wider, same_folder=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Files
+
+
+def test_timing_cache_is_written_atomically(tmp_path, monkeypatch):
+    path = timing_cache_path(tmp_path / "engines", "8.9")
+    assert path == tmp_path / "engines" / "tensorrt-timing-8.9.cache"
+    assert timing_cache_path(tmp_path, "9.0", "torch-tensorrt").name == "torch-tensorrt-timing-9.0.cache"
+    write_atomically(path, b"first")
+    write_atomically(path, memoryview(b"second"))
+    assert path.read_bytes() == b"second"
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]  # no temporary files left
+
+    def broken_replace(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(trt_engine.os, "replace", broken_replace)
+    with pytest.raises(OSError, match="disk full"):
+        write_atomically(path, b"third")
+    assert path.read_bytes() == b"second"  # the old cache is intact
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]
+
+
+def test_remove_onnx_keeps_only_the_plan(tmp_path):
+    for name in ("pass.onnx", "pass.onnx.data", "pass.plan"):
+        (tmp_path / name).write_bytes(b"x")
+    remove_onnx(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pass.plan"]
+
+
+def test_parser_errors_are_one_line():
+    errors = ["In node 12 (importConv): INVALID_NODE:\n  Assertion failed: bias", "second", "third"]
+    line = parser_error_line(errors, "pass.onnx")
+    assert "\n" not in line
+    assert line == "TensorRT's ONNX parser rejected pass.onnx: In node 12 (importConv): INVALID_NODE: Assertion failed: bias (and 2 more)"
+    assert parser_error_line([], "pass.onnx") == "TensorRT's ONNX parser rejected pass.onnx without saying why"
+
+
+def test_workspace_is_half_the_free_memory_within_bounds():
+    gib = 1 << 30
+    assert workspace_bytes(10 * gib) == 5 * gib
+    assert workspace_bytes(gib // 2) == gib
+    assert workspace_bytes(120 * gib) == 16 * gib
+
+
+# --------------------------------------------------------------------------------------------
+# Registration and availability
+
+
+def test_both_engines_register_and_say_why_they_cannot_run_here():
+    pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text(encoding="utf-8")
+    entry_point = "vedit_plugins.tensorrt_engine"
+    assert f'tensorrt = "{entry_point}"' in pyproject.splitlines()
+    manager = plugins.get_plugin_manager()
+    if manager.get_plugin("tensorrt") is None:  # an editable install older than the entry point
+        manager.register(importlib.import_module(entry_point), name="tensorrt")
+    items = plugins.registered("engine")
+    assert {"tensorrt", "torch-tensorrt"} <= set(items)
+    for name, module in (("tensorrt", "tensorrt"), ("torch-tensorrt", "torch_tensorrt")):
+        entry = items[name]
+        assert entry.item.name == name and entry.item.dynamic_batch is True
+        assert entry.item.description and "\n" not in entry.item.description
+        reason = entry.unavailable_reason()
+        if importlib.util.find_spec(module) is None:
+            assert reason == f"{module} is not installed (pip install {name}; needs an NVIDIA GPU)"
+        elif not torch.cuda.is_available():
+            assert "CUDA" in reason
+        if reason is not None:
+            assert isinstance(reason, str) and "\n" not in reason
+
+
+def test_unavailable_reason_checks_library_gpu_and_import(monkeypatch):
+    state = {"spec": None, "cuda": False, "failure": None}
+    real_find_spec = importlib.util.find_spec
+
+    def find_spec(name, *args):
+        if name in ("tensorrt", "torch_tensorrt"):
+            return state["spec"]
+        return real_find_spec(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: state["cuda"])
+    monkeypatch.setattr(trt_engine, "_import_failure", lambda name: state["failure"])
+    engine = TensorRT()
+    assert engine.unavailable_reason() == "tensorrt is not installed (pip install tensorrt; needs an NVIDIA GPU)"
+    state["spec"] = object()
+    assert engine.unavailable_reason() == "needs an NVIDIA GPU with CUDA, and torch.cuda.is_available() is False"
+    state["cuda"] = True
+    state["failure"] = "OSError: libnvinfer.so.10: cannot open shared object file"
+    assert TorchTensorRT().unavailable_reason() == (
+        "torch_tensorrt is installed but does not import (OSError: libnvinfer.so.10: cannot open shared object file)"
+    )
+    state["failure"] = None
+    assert engine.unavailable_reason() is None and TorchTensorRT().unavailable_reason() is None
+
+
+# --------------------------------------------------------------------------------------------
+# The plan runner, against a stand-in for TensorRT's engine and context working on CPU memory
+
+
+def view(address: int, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """The tensor at a raw address, as TensorRT reads and writes its bindings."""
+    count = math.prod(shape)
+    size = count * torch.empty((), dtype=dtype).element_size()
+    return torch.frombuffer((ctypes.c_char * size).from_address(address), dtype=dtype, count=count).reshape(shape)
+
+
+class FakeEngine:
+    def __init__(self, inputs: dict[str, str], outputs: dict[str, str]):
+        self.io = {n: ("TensorIOMode.INPUT", d) for n, d in inputs.items()}
+        self.io.update({n: ("TensorIOMode.OUTPUT", d) for n, d in outputs.items()})
+        self.num_io_tensors = len(self.io)
+
+    def get_tensor_name(self, index):
+        return list(self.io)[index]
+
+    def get_tensor_mode(self, name):
+        return self.io[name][0]
+
+    def get_tensor_dtype(self, name):
+        return self.io[name][1]
+
+
+class FakeContext:
+    """Computes ε like an engine would: from the memory at the addresses it was given."""
+
+    def __init__(self, engine: FakeEngine, compute, max_rows: int):
+        self.engine, self.compute, self.max_rows = engine, compute, max_rows
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        self.addresses: dict[str, int] = {}
+        self.streams: list[int] = []
+        self.seen: dict[str, torch.Tensor] = {}
+
+    def set_input_shape(self, name, shape):
+        assert self.engine.get_tensor_mode(name).endswith("INPUT"), name  # KeyError for unknown names
+        if name == "latents" and shape[0] > self.max_rows:
+            return False
+        self.shapes[name] = tuple(shape)
+        return True
+
+    def get_tensor_shape(self, name):
+        return self.shapes["latents"]  # ε has the latents' shape
+
+    def set_tensor_address(self, name, address):
+        assert name in self.engine.io, name
+        self.addresses[name] = address
+        return True
+
+    def execute_async_v3(self, stream):
+        self.streams.append(stream)
+        dtypes = {n: torch_dtype_for(self.engine.get_tensor_dtype(n)) for n in self.engine.io}
+        self.seen = {n: view(self.addresses[n], self.shapes[n], dtypes[n]).clone() for n in self.shapes}
+        eps = self.compute(self.seen)
+        view(self.addresses["eps"], tuple(eps.shape), dtypes["eps"]).copy_(eps)
+        return True
+
+
+@pytest.fixture
+def fake_plan(propagation, examples):
+    names = list(propagation.input_names)
+    pruned = names[-1]  # as if the ONNX export had dropped an input the graph does not read
+    # An engine that takes t as INT32 and the weights in HALF, and gives ε in HALF: what the
+    # runner hands it and returns must follow the engine's dtypes, not the caller's.
+    kinds = {"flags": "BOOL", "t": "DataType.INT32", "weights": "DataType.HALF"}
+    inputs = {n: kinds.get(n, "DataType.FLOAT") for n in names if n != pruned}
+    engine = FakeEngine(inputs, {"eps": "DataType.HALF"})
+
+    def compute(seen):
+        args = [seen[n].long() if n == "t" else seen[n].float() if n == "weights" else seen[n] for n in names[:-1]]
+        with torch.no_grad():
+            return propagation(*args, examples[9][-1]).half()
+
+    context = FakeContext(engine, compute, max_rows=12)
+    runner = PlanRunner(engine, context, names, ["eps"], torch.device("cpu"))
+    return runner, context, pruned
+
+
+def test_plan_runner_binds_inputs_by_name_and_returns_eps(fake_plan, examples, eager):
+    runner, context, pruned = fake_plan
+    inputs = examples[9]
+    eps = runner(*inputs)
+    assert eps.shape == (9, 4, 8, 8) and eps.dtype == torch.float16  # allocated as the engine gives it
+    assert relative_error(eps, eager[9]) < 2e-3  # only fp16 rounding of the weights and of ε
+    assert pruned not in context.shapes and pruned not in context.addresses  # skipped by name
+    assert context.shapes["t"] == () and context.shapes["weights"] == (3,)
+    assert context.seen["t"].dtype == torch.int32 and int(context.seen["t"]) == 501
+    assert torch.equal(context.seen["weights"], inputs[4].half())  # converted before binding
+    assert torch.equal(context.seen["latents"], inputs[0]) and torch.equal(context.seen["text"], inputs[2])
+    assert torch.equal(context.seen["flags"], torch.tensor([True, False]))
+    assert context.streams == [0]
+    # Another batch in the same profile, through the same context.
+    assert relative_error(runner(*examples[12]), eager[12]) < 2e-3
+    assert context.shapes["latents"] == (12, 4, 8, 8) and context.shapes["weights"] == (4,)
+
+
+def test_plan_runner_refuses_batches_outside_the_profile_and_foreign_engines(fake_plan, sd, records):
+    runner, _, _ = fake_plan
+    too_many = pass_inputs(sd, 5, seed=0, records=records)
+    with pytest.raises(ValueError, match=r"not built for latents of shape \[15, 4, 8, 8\]"):
+        runner(*too_many)
+    with pytest.raises(TypeError, match="takes"):
+        runner(*too_many[:4])
+    engine = FakeEngine({"latents": "FLOAT", "mask": "FLOAT"}, {"eps": "FLOAT"})
+    with pytest.raises(RuntimeError, match="wants inputs the pass does not have: mask"):
+        PlanRunner(engine, None, ["latents", "t"], ["eps"], torch.device("cpu"))
+    engine = FakeEngine({"latents": "FLOAT"}, {"eps": "FLOAT"})
+    with pytest.raises(RuntimeError, match="lacks the pass's outputs features_0"):
+        PlanRunner(engine, None, ["latents"], ["eps", "features_0"], torch.device("cpu"))
+
+
+# --------------------------------------------------------------------------------------------
+# The build and the cache, with TensorRT's two calls stood in for
+
+
+class Loaded:
+    """What a stand-in load returns (an object, as a runner is: the engine keeps it weakly)."""
+
+    def __init__(self, *what):
+        self.what = what
+
+
+@pytest.fixture
+def stub_tensorrt(monkeypatch, onnx_file, fake_gpu):
+    calls = {"export": 0, "build": [], "load": 0}
+    versions = {"tensorrt": "10.3.0", "torch_tensorrt": "2.5.0"}
+
+    def export(module, example, folder, batches):
+        calls["export"] += 1
+        for file in (onnx_file, onnx_file.with_name("pass.onnx.data")):
+            shutil.copy(file, folder / file.name)
+        return folder / "pass.onnx"
+
+    def build_plan(onnx_path, plan_path, profile, precision, *, timing_cache, device):
+        onnx = pytest.importorskip("onnx")
+        model = onnx.load(str(onnx_path))  # with its external weights: both files are there
+        calls["build"].append({"inputs": [i.name for i in model.graph.input], "profile": profile,
+                               "precision": precision, "timing_cache": timing_cache, "device": device})  # fmt: skip
+        if calls.get("fail"):
+            raise RuntimeError("TensorRT could not build the engine: out of memory")
+        plan_path.write_bytes(f"plan {precision}".encode())
+
+    def load_plan(plan_path, input_names, output_names, device):
+        calls["load"] += 1
+        return Loaded(plan_path.read_bytes(), tuple(input_names), tuple(output_names))
+
+    monkeypatch.setattr(trt_engine, "export_onnx", export)
+    monkeypatch.setattr(trt_engine, "build_plan", build_plan)
+    monkeypatch.setattr(trt_engine, "load_plan", load_plan)
+    monkeypatch.setattr(trt_engine, "_library_version", lambda name: versions[name])
+    return calls, versions
+
+
+def test_tensorrt_builds_once_and_then_loads_the_plan(tmp_path, stub_tensorrt, propagation, examples):
+    calls, versions = stub_tensorrt
+    messages: list[str] = []
+    target = make_target(tmp_path, messages=messages)
+    names = tuple(propagation.input_names)
+
+    first = TensorRT().build(propagation, examples[12], target)
+    assert first.what == (b"plan fp16", names, ("eps",))
+    assert calls["export"] == 1 and len(calls["build"]) == 1
+    built = calls["build"][0]
+    assert built["precision"] == "fp16" and built["device"] == torch.device("cuda")
+    assert built["profile"]["latents"] == ((9, 4, 8, 8), (12, 4, 8, 8), (12, 4, 8, 8))
+    assert built["timing_cache"] == tmp_path / "engines" / "tensorrt-timing-9.0.cache"
+    assert built["inputs"][:5] == ["latents", "t", "text", "flags", "weights"]
+    assert messages[0] == (
+        "building TensorRT engine for the propagation pass (batches 9..12, fp16); this takes a few minutes once"
+    )
+    assert messages[1].startswith("built TensorRT engine for the propagation pass in ")
+    entries = [p for p in (tmp_path / "engines").iterdir() if p.is_dir()]
+    assert len(entries) == 1 and sorted(p.name for p in entries[0].iterdir()) == ["entry.json", "pass.plan"]
+
+    # Asked again for another batch: the same entry, deserialized once in this process.
+    again = TensorRT().build(propagation, examples[9], target)
+    assert again is first and len(calls["build"]) == 1 and calls["load"] == 1
+    # Another process (nothing loaded yet) loads the plan from the cache: nothing rebuilt.
+    del first, again
+    gc.collect()
+    later = TensorRT().build(propagation, examples[9], target)
+    assert later.what == (b"plan fp16", names, ("eps",)) and len(calls["build"]) == 1 and calls["load"] == 2
+
+    # A new TensorRT makes the plan stale: rebuilt in place, with a message saying why.
+    versions["tensorrt"] = "10.4.0"
+    rebuilt = TensorRT().build(propagation, examples[12], target)
+    assert len(calls["build"]) == 2 and calls["load"] == 3 and rebuilt is not later
+    assert any("is stale (tensorrt 10.3.0 → 10.4.0)" in m for m in messages)
+    assert len([p for p in (tmp_path / "engines").iterdir() if p.is_dir()]) == 1
+
+
+def test_tensorrt_build_failures_are_one_line_and_leave_no_entry(tmp_path, stub_tensorrt, propagation, examples):
+    calls, _ = stub_tensorrt
+    calls["fail"] = True
+    with pytest.raises(RuntimeError, match="^TensorRT could not build the engine: out of memory$"):
+        TensorRT().build(propagation, examples[12], make_target(tmp_path, messages=[]))
+    assert [p.name for p in (tmp_path / "engines").iterdir() if p.is_dir()] == []
+    with pytest.raises(RuntimeError, match="runs on NVIDIA GPUs only; this run is on cpu"):
+        TensorRT().build(propagation, examples[12], make_target(tmp_path, device="cpu"))
+    with pytest.raises(RuntimeError, match="runs on NVIDIA GPUs only"):
+        TorchTensorRT().build(propagation, examples[12], make_target(tmp_path, device="cpu"))
+
+
+def test_torch_tensorrt_caches_its_program_or_keeps_it_in_memory(tmp_path, monkeypatch, stub_tensorrt, propagation,
+                                                                  examples):  # fmt: skip
+    calls = {"compile": 0, "saved": [], "loaded": 0}
+    compiled = object()
+    save_error: list[Exception] = []
+
+    monkeypatch.setattr(trt_engine, "export_program", lambda module, example, profile: ("program", profile))
+
+    def compile_program(program, example, names, profile, dtype, *, device, timing_cache):
+        calls["compile"] += 1
+        assert program == ("program", profile) and dtype is torch.float16
+        assert timing_cache.name == "torch-tensorrt-timing-9.0.cache"
+        return compiled
+
+    def save_compiled(module, example, path, shapes):
+        if save_error:
+            raise save_error[0]
+        assert module is compiled and shapes["weights"][0].max == 4
+        path.write_bytes(b"program")
+        calls["saved"].append(path.name)
+
+    def load_program(path, device):
+        calls["loaded"] += 1
+        return Loaded(path.read_bytes())
+
+    monkeypatch.setattr(trt_engine, "compile_program", compile_program)
+    monkeypatch.setattr(trt_engine, "save_compiled", save_compiled)
+    monkeypatch.setattr(trt_engine, "load_program", load_program)
+    messages: list[str] = []
+    target = make_target(tmp_path, messages=messages)
+
+    first = TorchTensorRT().build(propagation, examples[12], target)
+    assert first.what == (b"program",)
+    assert TorchTensorRT().build(propagation, examples[9], target) is first  # loaded once
+    del first
+    gc.collect()
+    assert TorchTensorRT().build(propagation, examples[9], target).what == (b"program",)  # from the cache
+    assert calls == {"compile": 1, "saved": ["pass.ep"], "loaded": 2}
+    assert messages[0].startswith("compiling the propagation pass with Torch-TensorRT (batches 9..12, fp16)")
+
+    save_error.append(RuntimeError("cannot serialize a graph with Python callbacks\nmore detail"))
+    other = make_target(tmp_path, batches=(6, 12), messages=messages)
+    fn = TorchTensorRT().build(propagation, examples[12], other)
+    assert isinstance(fn, trt_engine._OnDevice) and fn.module is compiled and fn.device == torch.device("cuda")
+    assert messages[-1] == (
+        "the Torch-TensorRT program for the propagation pass cannot be saved (cannot serialize a graph with "
+        "Python callbacks); it runs from memory for this run only"
+    )
+    assert calls["compile"] == 2 and calls["loaded"] == 2
+    assert len([p for p in (tmp_path / "engines").iterdir() if p.is_dir()]) == 1  # nothing half-saved
+    # Asked again for another batch in this run: the program in memory, not compiled again.
+    assert TorchTensorRT().build(propagation, examples[9], other) is fn
+    assert calls["compile"] == 2
+
+
+# --------------------------------------------------------------------------------------------
+# Real builds: TensorRT and an NVIDIA GPU
+
+
+@pytest.fixture(scope="module")
+def gpu_model():
+    pytest.importorskip("tensorrt")
+    if not torch.cuda.is_available():
+        pytest.skip("needs an NVIDIA GPU with CUDA")
+    sd = load_model("tiny", device="cuda", dtype="fp16", seed=3)
+    with ControlledUNet(sd.unet, conv_layers=CONV_LAYERS, qk_layers=QK_LAYERS) as controlled:
+        yield sd, controlled
+
+
+def gpu_target(sd, cache, name, batches, messages):
+    return BuildTarget(pass_name=name, batches=batches, device=sd.device, dtype=sd.dtype, fingerprint=sd.fingerprint,
+                       cache=cache, message=messages.append, layers="test")  # fmt: skip
+
+
+def counting(monkeypatch, name):
+    count = {"calls": 0}
+    real = getattr(trt_engine, name)
+
+    def wrapper(*args, **kwargs):
+        count["calls"] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trt_engine, name, wrapper)
+    return count
+
+
+@pytest.mark.tensorrt
+def test_tensorrt_engines_match_the_eager_passes_in_fp16(gpu_model, tmp_path, monkeypatch):
+    sd, controlled = gpu_model
+    gpu = {"device": "cuda", "dtype": torch.float16}
+    builds = counting(monkeypatch, "build_plan")
+    messages: list[str] = []
+    cache = EngineCache(tmp_path / "engines", message=messages.append)
+    keyframe, propagate = KeyframePass(controlled).eval(), PropagationPass(controlled).eval()
+
+    key_inputs = {k: pass_inputs(sd, k, seed=k, **gpu) for k in (2, 3)}
+    key_target = gpu_target(sd, cache, "keyframe", (6, 9), messages)
+    run_key = TensorRT().build(keyframe, key_inputs[3], key_target)
+    for inputs in key_inputs.values():
+        got = run_key(*inputs)
+        with torch.no_grad():
+            want = keyframe(*inputs)
+        assert len(got) == len(want)
+        for g, w in zip(got, want):
+            assert g.shape == w.shape and relative_error(g, w) < 1e-2
+
+    recs = keyframe_records(sd, keyframe, **gpu)
+    prop_inputs = {n: pass_inputs(sd, n, seed=10 + n, records=recs, **gpu) for n in (2, 4)}
+    prop_target = gpu_target(sd, cache, "propagation", (6, 12), messages)
+    run_prop = TensorRT().build(propagate, prop_inputs[4], prop_target)
+    with torch.no_grad():
+        wanted = {n: propagate(*inputs) for n, inputs in prop_inputs.items()}
+    for n, inputs in prop_inputs.items():
+        assert relative_error(run_prop(*inputs), wanted[n]) < 1e-2, n
+    assert builds["calls"] == 2
+
+    # A second build of each (a later run: nothing loaded yet) deserializes the cached plans.
+    trt_engine._loaded.clear()
+    again = TensorRT().build(propagate, prop_inputs[2], prop_target)
+    TensorRT().build(keyframe, key_inputs[2], key_target)
+    assert builds["calls"] == 2
+    assert relative_error(again(*prop_inputs[2]), wanted[2]) < 1e-2
+    major, minor = torch.cuda.get_device_capability()
+    assert (tmp_path / "engines" / f"tensorrt-timing-{major}.{minor}.cache").is_file()
+
+
+@pytest.mark.tensorrt
+def test_torch_tensorrt_matches_the_eager_propagation_pass_in_fp16(gpu_model, tmp_path, monkeypatch):
+    pytest.importorskip("torch_tensorrt")
+    sd, controlled = gpu_model
+    gpu = {"device": "cuda", "dtype": torch.float16}
+    compiles = counting(monkeypatch, "compile_program")
+    keyframe, propagate = KeyframePass(controlled).eval(), PropagationPass(controlled).eval()
+    recs = keyframe_records(sd, keyframe, **gpu)
+    inputs = {n: pass_inputs(sd, n, seed=20 + n, records=recs, **gpu) for n in (2, 4)}
+    target = gpu_target(sd, EngineCache(tmp_path / "engines"), "propagation", (6, 12), [])
+    run = TorchTensorRT().build(propagate, inputs[4], target)
+    for n, x in inputs.items():
+        with torch.no_grad():
+            assert relative_error(run(*x), propagate(*x)) < 1e-2, n
+    trt_engine._loaded.clear()
+    again = TorchTensorRT().build(propagate, inputs[2], target)
+    assert compiles["calls"] == 1
+    with torch.no_grad():
+        assert relative_error(again(*inputs[2]), propagate(*inputs[2])) < 1e-2
+
