@@ -60,12 +60,15 @@ def register_commands(app):
         repeats: int = typer.Option(3, help="Timed repetitions (after one warm-up)."),
         device: str = typer.Option("auto", help="Device."),
         dtype: str = typer.Option("auto", help="dtype."),
+        engines: Optional[str] = typer.Option(None, help="Comma-separated engines to compare with eager (default: every one that runs here)."),
+        engine_cache: Optional[str] = typer.Option(None, help="Engine cache folder (default: a new temporary one, so builds are timed)."),
         save: Optional[str] = typer.Option(None, help="Also write the results as JSON to this file."),
     ) -> None:
-        """Time the three UNet passes (inversion, keyframe, propagation) side by side with a plain UNet call."""
+        """Time the UNet passes (plain, keyframe, propagation) through every engine, as ratios to eager."""
         from .unet import run_unet_suite
 
-        run_unet_suite(model=model, size=size, frames=frames, chunks=chunks, repeats=repeats, device=device, dtype=dtype, save=save)
+        run_unet_suite(model=model, size=size, frames=frames, chunks=chunks, repeats=repeats, device=device,
+                       dtype=dtype, save=save, engines=engines, engine_cache=engine_cache)
 
     @bench.command("consistency")
     def consistency(
