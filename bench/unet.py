@@ -1,15 +1,19 @@
 """The UNet passes of a TokenFlow step through every engine, side by side, in one run.
 
-For each engine every pass is built once (the build time is reported apart), then each pass is
-called ``repeats`` times after a warm-up call. Eager runs first and again last, so the ratios to
-eager use both and the drift between them shows how steady the machine was. The figures: median ms per call, the ratio to eager, images per second, an approximate TFLOP/s for
+Pass by pass, each engine builds the pass (the build time is reported apart), then calls it
+``repeats`` times after a warm-up call, and drops it. Eager runs first and again last, so the
+ratios to eager use both and the drift between them shows how steady the machine was. The
+figures: median ms per call, the ratio to eager, images per second, an approximate TFLOP/s for
 the SD-sized UNets, and that as a fraction of the peak a large matrix product reaches on the
 same device in the same run.
 """
 
 from __future__ import annotations
 
+import gc
+import shutil
 import statistics
+import sys
 import tempfile
 import time
 
@@ -107,42 +111,47 @@ def run_unet_suite(
     notes: list[str] = []
     cache = EngineCache(cache_root, message=notes.append)
 
-    # One UNet takes one set of method hooks at a time, so engines are measured one after
-    # another; eager is measured first and again last, and the ratios use both (the drift
-    # between the two says how steady the machine was).
-    inputs = None
+    # One UNet takes one set of method hooks at a time, and a compiled pass may hold its own copy
+    # of the weights (a frozen TorchScript module, an ONNX Runtime session), so each engine's
+    # pass is built, timed and dropped before the next. Per pass, eager is measured first and
+    # again last; the ratios use both, and the drift between them says how steady the machine was.
+    with Passes(sd, [plugins.get("engine", "eager")], conv_layers=CONV_LAYERS, qk_layers=QK_LAYERS) as passes:
+        inputs = _inputs(sd, frames, chunks, h, w, passes)
     built: dict[tuple[str, str], float] = {}
     failed: dict[str, str] = {}
     samples: dict[tuple[str, str], list[float]] = {}
+    drift: dict[str, float] = {}
     order = names + (["eager"] if len(names) > 1 else [])
-    drift = {}
-    for position, name in enumerate(order):
-        with Passes(sd, [plugins.get("engine", name)], strict=True, conv_layers=CONV_LAYERS, qk_layers=QK_LAYERS,
-                    cache=cache, message=notes.append) as passes:  # fmt: skip
-            try:
-                if inputs is None:  # made with eager, which comes first
-                    inputs = _inputs(sd, frames, chunks, h, w, passes)
-                for pass_name, args in inputs.items():
+    for pass_name, args in inputs.items():
+        for position, name in enumerate(order):
+            if name in failed:
+                continue
+            print(f"bench unet: {pass_name} pass, {name}", file=sys.stderr, flush=True)
+            with Passes(sd, [plugins.get("engine", name)], strict=True, conv_layers=CONV_LAYERS, qk_layers=QK_LAYERS,
+                        cache=cache, message=notes.append) as passes:  # fmt: skip
+                try:
                     start = time.perf_counter()
                     _call(passes, pass_name, args)
                     _sync(sd.device)
                     built.setdefault((name, pass_name), time.perf_counter() - start)
-            except Exception as error:  # an engine that cannot build here is reported, not fatal
-                failed[name] = str(error).splitlines()[0] if str(error) else type(error).__name__
-                continue
-            for round_index in range(repeats + 1):  # round 0 warms the callables up and is not counted
-                for pass_name, args in inputs.items():
+                except Exception as error:  # an engine that cannot build here is reported, not fatal
+                    failed[name] = str(error).splitlines()[0] if str(error) else type(error).__name__
+                    continue
+                times = samples.setdefault((name, pass_name), [])
+                for round_index in range(repeats + 1):  # call 0 warms up and is not counted
                     _sync(sd.device)
                     start = time.perf_counter()
                     _call(passes, pass_name, args)
                     _sync(sd.device)
                     if round_index:
-                        samples.setdefault((name, pass_name), []).append(time.perf_counter() - start)
+                        times.append(time.perf_counter() - start)
             if name == "eager" and position:
-                first = sum(statistics.median(v[:repeats]) for (n, _), v in samples.items() if n == "eager")
-                last = sum(statistics.median(v[repeats:]) for (n, _), v in samples.items() if n == "eager")
-                drift["eager_last_vs_first"] = round(last / first, 3)
+                first, last = times[:repeats], times[repeats:]
+                drift[pass_name] = round(statistics.median(last) / statistics.median(first), 3)
+            gc.collect()
     runs = [n for n in names if n not in failed]
+    if engine_cache is None:  # a temporary cache, made so that every build was timed: gone now
+        shutil.rmtree(cache_root, ignore_errors=True)
 
     peak = matmul_peak_tflops(sd.device, sd.dtype)
     images = {"plain": 3 * frames, "keyframe": 3 * chunks, "propagation": 3 * frames}
@@ -162,8 +171,8 @@ def run_unet_suite(
             })  # fmt: skip
     show(
         f"UNet passes by engine: {model} {size} {sd.dtype} on {sd.device}, B={frames}, K={chunks}, "
-        f"median of {repeats} calls (eager before and after the others: drift "
-        f"{drift.get('eager_last_vs_first', 1.0):.3f}); matmul peak here {peak:.2f} TFLOP/s",
+        f"median of {repeats} calls; eager before and after the others (drift, last/first: "
+        f"{', '.join(f'{k} {v:.3f}' for k, v in drift.items()) or '-'}); matmul peak here {peak:.2f} TFLOP/s",
         ["pass", "engine", "images", "ms", "× eager", "images/s", "≈TFLOP/s", "of peak", "build s"],
         [[r["pass"], r["engine"], r["images"], r["ms"], f"{r['vs_eager']:.2f}", r["images_per_s"],
           r["approx_tflops"] if r["approx_tflops"] is not None else "-",
@@ -174,6 +183,6 @@ def run_unet_suite(
     for name in unknown:
         print(f"engine {name}: not measured (no such engine)")
     save_json(save, {"suite": "unet", "model": model, "size": size, "frames": frames, "chunks": chunks,
-                     "device": str(sd.device), "dtype": str(sd.dtype), "repeats": repeats, "matmul_peak_tflops": peak, **drift,
+                     "device": str(sd.device), "dtype": str(sd.dtype), "repeats": repeats, "matmul_peak_tflops": peak, "eager_drift": drift,
                      "machine": machine(), "skipped": {**skipped, **failed}, "rows": rows})  # fmt: skip
     return rows

@@ -285,3 +285,34 @@ def test_a_plugins_own_attention_handler_and_a_python_nn_backend_run_eagerly_sai
         "nn backend 'faiss' runs in Python, so the propagation pass runs eagerly (the torch backend compiles with it)",
         "attention handler PlainAttention is Python code, so its UNet calls run eagerly",
     ]
+
+
+def test_engines_build_list_and_clear_from_the_cli(tmp_path):
+    from typer.testing import CliRunner
+
+    from vedit.cli import create_app
+
+    app, runner = create_app(), CliRunner()
+    cache = tmp_path / "engines"
+    build = ["engines", "build", "--engine", "torchscript", "--model", "tiny", "--size", "64x48", "--frames", "4",
+             "--chunk-size", "4", "--batch-size", "4", "--device", "cpu", "--engine-cache", str(cache)]  # fmt: skip
+    first = runner.invoke(app, build)
+    assert first.exit_code == 0, first.output
+    # N = 4, B = 4: the inversion batch of 4, one keyframe (3K = 3), one chunk (3B = 12)
+    rows = [line.split() for line in first.stdout.splitlines() if "torchscript" in line]
+    assert [(r[1], r[3]) for r in rows] == [("plain", "4"), ("keyframe", "3"), ("propagation", "12")]
+    listed = runner.invoke(app, ["engines", "list", "--engine-cache", str(cache)])
+    assert listed.exit_code == 0 and listed.stdout.count("torchscript") == 3
+
+    keyframe = next(e for e in EngineCache(cache).entries() if e.pass_name == "keyframe")
+    (keyframe.path / "pass.pt").write_bytes(b"not a module")  # corrupt
+    again = runner.invoke(app, build)
+    assert again.exit_code == 0, again.output
+    notes = [line for line in again.stderr.splitlines() if "engine cache" in line]
+    assert len(notes) == 1 and "keyframe pass" in notes[0] and "is corrupt" in notes[0] and "rebuilding" in notes[0]
+
+    cleared = runner.invoke(app, ["engines", "clear", "--engine-cache", str(cache)])
+    assert cleared.exit_code == 0 and "removed" in cleared.stdout
+    assert EngineCache(cache).entries() == []
+    empty = runner.invoke(app, ["engines", "list", "--engine-cache", str(cache)])
+    assert "no built engines" in empty.stdout

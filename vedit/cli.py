@@ -453,20 +453,29 @@ def create_app() -> typer.Typer:
     def engines_list(engine_cache: Optional[str] = typer.Option(None, help=engine_cache_help, show_default="engines")) -> None:
         """List built engines: pass, engine, model, shapes, precision and what they were built with."""
         from .engine import EngineCache
+        from .passes import PASS_VERSION
 
         cache = EngineCache(engine_cache or RunConfig.engine_cache)
         entries = cache.entries()
         if not entries:
             out_console.print(f"no built engines in {cache.root}", markup=False, soft_wrap=True)
             return
-        table = Table("entry", "pass", "engine", "model", "batches", "dtype", "built with", "MB")
+        table = Table("id", "pass", "engine", "model", "batches", "dtype", "MB")
         for column in table.columns:
             column.overflow = "fold"
+        for name in ("pass", "engine"):
+            next(c for c in table.columns if c.header == name).no_wrap = True
+        libraries = set()
         for e in entries:
             library = ", ".join(f"{k} {e.parts[k]}" for k in ("onnxruntime", "tensorrt", "torch", "compute_capability") if k in e.parts)
-            table.add_row(Text(e.path.name), Text(e.pass_name), Text(e.engine), Text(e.model), Text(e.parts.get("batches", "?")),
-                          Text(e.parts.get("dtype", "?")), Text(library), f"{e.bytes / 1e6:.1f}")  # fmt: skip
+            if e.parts.get("pass_version") != str(PASS_VERSION) and e.engine != "?":
+                library += f" (pass code v{e.parts.get('pass_version', '?')}: stale)"
+            libraries.add(library)
+            table.add_row(Text(e.path.name.rsplit("-", 1)[-1][:8]), Text(e.pass_name), Text(e.engine), Text(e.model),
+                          Text(e.parts.get("batches", "?")), Text(e.parts.get("dtype", "?")), f"{e.bytes / 1e6:.1f}")  # fmt: skip
         out_console.print(table)
+        for library in sorted(libraries):
+            out_console.print(f"built with {library}", markup=False, soft_wrap=True)
 
     @engines_app.command("clear")
     def engines_clear(engine_cache: Optional[str] = typer.Option(None, help=engine_cache_help, show_default="engines")) -> None:
