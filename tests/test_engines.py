@@ -316,3 +316,14 @@ def test_engines_build_list_and_clear_from_the_cli(tmp_path):
     assert EngineCache(cache).entries() == []
     empty = runner.invoke(app, ["engines", "list", "--engine-cache", str(cache)])
     assert "no built engines" in empty.stdout
+
+
+def test_per_frame_editing_with_injection_runs_the_frames_pass_through_the_engine(run_clip, engine_cache, tmp_path):
+    options = {**RUN, "propagator": "none"}
+    eager = edit(run_clip, tmp_path / "eager", engine="eager", no_cache=True, **options)
+    traced = edit(run_clip, tmp_path / "traced", engine="torchscript", engine_cache=str(engine_cache), no_cache=True,
+                  **options)  # fmt: skip
+    assert eager.engines == {"plain": "eager", "frames": "eager"}
+    assert traced.engines == {"plain": "torchscript", "frames": "torchscript"}
+    assert traced.forwards == eager.forwards == {"inversion": 8 * 2, "frames": 3 * 8 * 2}
+    assert np.abs(frames_of(tmp_path / "traced") - frames_of(tmp_path / "eager")).max() <= 1
