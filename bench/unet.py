@@ -48,6 +48,7 @@ def matmul_peak_tflops(device: torch.device, dtype: torch.dtype, seconds: float 
 
 def _inputs(sd, frames: int, chunks: int, h: int, w: int, passes):
     """Inputs of the plain (3B batch), keyframe (3K) and propagation (3B) passes, records real."""
+    from vedit.passes import select_keyframes
     from vedit.unet import COND, SOURCE, UNCOND
     from vedit_plugins.tokenflow import blend_weights
 
@@ -67,16 +68,12 @@ def _inputs(sd, frames: int, chunks: int, h: int, w: int, passes):
     _, records = passes.keyframe(*keyframe)
     i = 1 if chunks > 1 else 0
     slots = torch.tensor([i, max(i - 1, 0)], device=device)
-    chosen = []
-    for f, o in zip(records[0::2], records[1::2]):
-        keys, seq, dim = f.shape
-        chosen += [f.index_select(0, slots), o.view(3, keys, seq, dim).index_select(1, slots).reshape(6, seq, dim)]
     chunk = range(i * frames, (i + 1) * frames)
     weights = (blend_weights(chunk, i, frames) if i else torch.ones(frames)).to(device)
     return {
         "plain": (latents(3 * frames), t, text(frames)),
         "keyframe": keyframe,
-        "propagation": (latents(3 * frames), t, text(frames), flags, weights, *chosen),
+        "propagation": (latents(3 * frames), t, text(frames), flags, weights, *select_keyframes(records, slots)),
     }
 
 

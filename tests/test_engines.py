@@ -18,6 +18,7 @@ from vedit.engine import EngineCache, EngineError, Passes, engine_chain
 from vedit.errors import PluginError
 from vedit.hookspecs import hookimpl
 from vedit.models import load_model
+from vedit.passes import select_keyframes
 from vedit.pipeline import edit
 from vedit.unet import COND, SOURCE, UNCOND
 from vedit_plugins.pnp import CONV_LAYERS, QK_LAYERS
@@ -51,10 +52,7 @@ def pass_inputs(sd, passes: Passes) -> dict[str, tuple[torch.Tensor, ...]]:
     t, flags = torch.tensor(601), torch.tensor([True, True])
     keyframe = (torch.randn(3 * K, 4, H, W, generator=gen), t, text(K), flags)
     _, records = passes.keyframe(*keyframe)
-    slots = torch.tensor([1, 0])
-    chosen = []
-    for f, o in zip(records[0::2], records[1::2]):
-        chosen += [f.index_select(0, slots), o.view(3, K, *o.shape[1:]).index_select(1, slots).reshape(6, *o.shape[1:])]
+    chosen = select_keyframes(records, torch.tensor([1, 0]))
     weights = blend_weights(range(4, 8), 1, B)
     return {
         "plain": (torch.randn(8, 4, H, W, generator=gen), t, embeds[SOURCE].expand(8, -1, -1).contiguous()),

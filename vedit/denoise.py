@@ -13,6 +13,7 @@ from typing import Any, Callable, Protocol
 
 import torch
 
+from .passes import select_keyframes
 from .unet import COND, SOURCE, UNCOND, AttentionHandler, CallContext, Injection
 
 
@@ -160,14 +161,8 @@ class Denoiser:
         ``weights`` (n,), the weight of keyframe i."""
         n = latents.shape[0]
         t, flags = self._step_inputs(step)
-        chosen = []
-        for index in range(0, len(records), 2):
-            features, outputs = records[index], records[index + 1]
-            keys, seq, dim = features.shape
-            chosen.append(features.index_select(0, slots))  # (2, seq, dim)
-            chosen.append(outputs.view(3, keys, seq, dim).index_select(1, slots).reshape(6, seq, dim))
         batch = self._batch(frames, latents, step)
-        eps = self.passes.propagate(batch, t, self._text(n), flags, weights, chosen)
+        eps = self.passes.propagate(batch, t, self._text(n), flags, weights, select_keyframes(records, slots))
         return self._guide(eps, n)
 
 

@@ -49,6 +49,18 @@ def cosine_nearest_tokens(queries: torch.Tensor, keys: torch.Tensor) -> torch.Te
     return torch.matmul(q, k.transpose(0, 1)).argmax(dim=-1).reshape(-1)
 
 
+def select_keyframes(records: list[torch.Tensor], slots: torch.Tensor) -> list[torch.Tensor]:
+    """The propagation pass's record inputs: from the keyframe pass's records ``[features (K, seq,
+    dim), outputs (3K, seq, dim), …]``, those of the two keyframes ``slots`` = [i, i−1] (positions
+    among the keyframes, a tensor on the records' device): features (2, seq, dim), outputs (6, seq, dim)."""
+    chosen = []
+    for features, outputs in zip(records[0::2], records[1::2]):
+        keys, seq, dim = features.shape
+        chosen.append(features.index_select(0, slots))
+        chosen.append(outputs.view(3, keys, seq, dim).index_select(1, slots).reshape(6, seq, dim))
+    return chosen
+
+
 class KeyframeAttention:
     """Keyframe pass: extended attention in the edited branches, per-frame in the source branch.
 

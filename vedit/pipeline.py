@@ -20,6 +20,7 @@ from . import plugins
 from .config import RunConfig, load_config, validate
 from .denoise import EditJob, RunShape, denoise
 from .engine import DEFAULT_ENGINE_CACHE, EngineCache, Passes, engine_chain
+from .passes import select_keyframes
 from .errors import ConfigError, InputError, OutputError
 from .inversion import (
     InversionCache,
@@ -648,11 +649,7 @@ def build_engines(
                     inputs += (flags,)
                 if name == "propagation":
                     slots = torch.tensor([0, 0], device=device)
-                    chosen = []
-                    for f, o in zip(records[0::2], records[1::2]):
-                        keys, seq, dim = f.shape
-                        chosen += [f.index_select(0, slots), o.view(3, keys, seq, dim).index_select(1, slots).reshape(6, seq, dim)]
-                    inputs += (torch.ones(batch // 3, device=device), *chosen)
+                    inputs += (torch.ones(batch // 3, device=device), *select_keyframes(records, slots))
                 out = passes.prepare(name, inputs)(*inputs)
                 if name == "keyframe":
                     records = list(out[1:])
