@@ -6,6 +6,7 @@ import torch
 
 from vedit.denoise import EditJob, SourceLatents
 from vedit.errors import ConfigError
+from vedit.transfer import to_device
 
 
 def check_trajectory(job: EditJob) -> None:
@@ -36,7 +37,7 @@ def source_from(job: EditJob) -> SourceLatents:
     trajectory = job.trajectory
     device = job.clean_latents.device
 
-    def source(t: int, frames: torch.Tensor) -> torch.Tensor:
-        return trajectory.at(t, frames).to(device)
+    def source(t: int, frames: torch.Tensor | None) -> torch.Tensor:
+        return to_device(trajectory.at(t, frames), device)
 
     return source

@@ -31,9 +31,14 @@ class Img2Img:
         noise = torch.randn(z0.shape, generator=job.generator, dtype=torch.float32).to(z0)
         start = scheduler.add_noise(z0, noise, timesteps[:1])
 
-        def source(t: int, frames: torch.Tensor) -> torch.Tensor:
-            # The unedited frames at the same noise level, for propagators that match tokens.
-            return scheduler.add_noise(z0[frames], noise[frames], torch.tensor([t]))
+        alphas = scheduler.alphas_cumprod.to(z0)  # on the device once: add_noise would send it every call
+
+        def source(t: int, frames: torch.Tensor | None) -> torch.Tensor:
+            # The unedited frames at the same noise level (scheduler.add_noise's formula), for
+            # propagators that match tokens.
+            clean, drawn = (z0, noise) if frames is None else (z0[frames], noise[frames])
+            alpha = alphas[int(t)]
+            return alpha**0.5 * clean + (1 - alpha) ** 0.5 * drawn
 
         return EditPlan(timesteps=timesteps, start_latents=start, source=source)
 

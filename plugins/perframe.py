@@ -19,8 +19,9 @@ class PerFrame:
     def predict(self, step: Step, latents: torch.Tensor, denoiser: Denoiser) -> torch.Tensor:
         eps = torch.empty_like(latents)
         for start in range(0, latents.shape[0], self.batch_size):
-            frames = torch.arange(start, min(start + self.batch_size, latents.shape[0]))
-            eps[frames] = denoiser(frames, latents[frames], step, kind="frames")
+            stop = min(start + self.batch_size, latents.shape[0])
+            # slices, not index tensors: indexing a device tensor with host indices waits for the device
+            eps[start:stop] = denoiser(torch.arange(start, stop), latents[start:stop], step, kind="frames")
         return eps
 
 

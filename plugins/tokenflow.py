@@ -23,6 +23,7 @@ from vedit import plugins
 from vedit.denoise import Denoiser, EditJob, EditPlan, RunShape, Step
 from vedit.errors import ConfigError
 from vedit.hookspecs import hookimpl
+from vedit.transfer import to_device
 
 
 def chunk_ranges(num_frames: int, chunk_size: int) -> list[range]:
@@ -100,9 +101,9 @@ class TokenFlow:
         return torch.tensor([chunk.start + o for chunk, o in zip(self.chunks, offsets)])
 
     def predict(self, step: Step, latents: torch.Tensor, denoiser: Denoiser) -> torch.Tensor:
-        keys = self.keyframes(step)
+        keys = to_device(self.keyframes(step), latents.device)  # moved once per step, without a wait
         # The keyframe pass only records features; its noise prediction is not used.
-        records = denoiser.keyframes(keys, latents[keys.to(latents.device)], step)
+        records = denoiser.keyframes(keys, latents[keys], step)
         eps = torch.empty_like(latents)
         for chunk, frames, slots, weights in self._chunks(latents.device):
             eps[chunk.start : chunk.stop] = denoiser.propagate(
@@ -117,9 +118,9 @@ class TokenFlow:
             prepared = []
             for i, chunk in enumerate(self.chunks):
                 frames = torch.arange(chunk.start, chunk.stop)
-                slots = torch.tensor([i, max(i - 1, 0)], device=device)
+                slots = to_device(torch.tensor([i, max(i - 1, 0)]), device)
                 weights = torch.ones(len(chunk)) if i == 0 else blend_weights(chunk, i, self.chunk_size)
-                prepared.append((chunk, frames, slots, weights.to(device)))
+                prepared.append((chunk, frames, slots, to_device(weights, device)))
             self._prepared = (device, prepared)
         return self._prepared[1]
 

@@ -13,14 +13,17 @@ from typing import Any, Callable, Protocol
 
 import torch
 
+from . import profiling
 from .passes import select_keyframes
+from .transfer import to_device
 from .unet import COND, SOURCE, UNCOND, AttentionHandler, CallContext, Injection
 
 
 class SourceLatents(Protocol):
-    """The source branch's latents of the given frames at timestep ``t``."""
+    """The source branch's latents of the given frames at timestep ``t``; ``frames=None`` is
+    every frame, which is what the :class:`Denoiser` asks for, once per step."""
 
-    def __call__(self, t: int, frames: torch.Tensor) -> torch.Tensor: ...
+    def __call__(self, t: int, frames: torch.Tensor | None) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,18 @@ class Step:
     count: int  # steps run in all
 
 
+def pick_frames(latents: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+    """``latents[frames]`` without a host-to-device wait: a run of consecutive host indices is a
+    slice, other host indices are sent without blocking."""
+    if frames.device.type == "cpu" and latents.device.type != "cpu":
+        n = frames.numel()
+        first = int(frames[0]) if n else 0
+        if n and int(frames[-1]) - first == n - 1 and bool((frames.diff() == 1).all()):
+            return latents[first : first + n]
+        frames = to_device(frames, latents.device)
+    return latents[frames]
+
+
 class Denoiser:
     """Guided noise prediction for groups of frames, through the run's :class:`~vedit.engine.Passes`.
 
@@ -87,7 +102,12 @@ class Denoiser:
         self.branches = (SOURCE, UNCOND, COND) if with_source else (UNCOND, COND)
         self.device = next(iter(embeds.values())).device
         self._texts: dict[int, torch.Tensor] = {}
-        self._step: tuple[int, torch.Tensor, torch.Tensor] | None = None
+        # Every step's timestep and injection flags go to the device once, before the loop.
+        steps = len(plan.timesteps)
+        self._timesteps = to_device(torch.as_tensor(plan.timesteps).to(torch.int64).reshape(steps), self.device)
+        switches = [plan.injection(index) for index in range(steps)]
+        self._flags = to_device(torch.tensor([[bool(i.conv), bool(i.qk)] for i in switches]).reshape(steps, 2), self.device)
+        self._source: tuple[int, torch.Tensor] | None = None
 
     def _text(self, n: int) -> torch.Tensor:
         if n not in self._texts:
@@ -95,19 +115,20 @@ class Denoiser:
         return self._texts[n]
 
     def _step_inputs(self, step: Step) -> tuple[torch.Tensor, torch.Tensor]:
-        """The timestep (0-d int64) and injection flags (2,) bool of ``step``, on the device, made once."""
-        if self._step is None or self._step[0] != step.index:
-            injection = self.plan.injection(step.index)
-            flags = torch.tensor([bool(injection.conv), bool(injection.qk)], device=self.device)
-            t = step.t.to(device=self.device, dtype=torch.int64).reshape(())
-            self._step = (step.index, t, flags)
-        return self._step[1], self._step[2]
+        """The timestep (0-d int64) and injection flags (2,) bool of ``step``, already on the device."""
+        return self._timesteps[step.index], self._flags[step.index]
+
+    def source_latents(self, step: Step) -> torch.Tensor:
+        """Every frame's source latents (N, 4, h, w) at ``step``, sent to the device once per step."""
+        if self._source is None or self._source[0] != step.index:
+            self._source = (step.index, to_device(self.plan.source(int(step.t), None), self.device))
+        return self._source[1]
 
     def _batch(self, frames: torch.Tensor, latents: torch.Tensor, step: Step) -> torch.Tensor:
         parts = []
         for branch in self.branches:
             if branch == SOURCE:
-                parts.append(self.plan.source(int(step.t), frames).to(latents))
+                parts.append(pick_frames(self.source_latents(step), frames).to(latents))
             else:
                 parts.append(latents)
         return torch.cat(parts)  # (branches·n, 4, h, w)
@@ -144,7 +165,9 @@ class Denoiser:
         if self.branches[0] != SOURCE:
             raise ValueError("the keyframe pass needs the source branch")
         t, flags = self._step_inputs(step)
-        _, records = self.passes.keyframe(self._batch(frames, latents, step), t, self._text(len(frames)), flags)
+        batch = self._batch(frames, latents, step)
+        with profiling.stage("keyframe"):
+            _, records = self.passes.keyframe(batch, t, self._text(len(frames)), flags)
         return records
 
     def propagate(
@@ -162,7 +185,8 @@ class Denoiser:
         n = latents.shape[0]
         t, flags = self._step_inputs(step)
         batch = self._batch(frames, latents, step)
-        eps = self.passes.propagate(batch, t, self._text(n), flags, weights, select_keyframes(records, slots))
+        with profiling.stage("propagation"):
+            eps = self.passes.propagate(batch, t, self._text(n), flags, weights, select_keyframes(records, slots))
         return self._guide(eps, n)
 
 

@@ -32,6 +32,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .errors import ConfigError, InputError, OutputError
+from .transfer import to_device, to_host, wait
 
 FORMAT = "vedit-trajectory/1"
 
@@ -183,20 +184,32 @@ def invert(
     alphas = scheduler.alphas_cumprod.to(torch.float64)
     final_alpha = torch.as_tensor(scheduler.final_alpha_cumprod, dtype=torch.float64)
     x = clean_latents.clone()
+    device = x.device
+    # Every timestep and DDIM coefficient is sent to the device once, before the loop: inside it,
+    # nothing waits for the device (the kept latents are copied back without blocking).
+    steps_on_device = to_device(torch.tensor(schedule, dtype=torch.int64), device)
+    previous = [alphas[schedule[i - 1]] if i > 0 else final_alpha for i in range(len(schedule))]
+    coefficients = to_device(
+        torch.stack([
+            torch.stack([(1 - prev).sqrt(), prev.sqrt(), alphas[t].sqrt(), (1 - alphas[t]).sqrt()])
+            for t, prev in zip(schedule, previous)
+        ]).to(x.dtype),
+        device,
+    )  # (steps, 4): √(1−ᾱ_prev), √ᾱ_prev, √ᾱ_t, √(1−ᾱ_t)
     stored: dict[int, torch.Tensor] = {}
     for i, t in enumerate(schedule):
-        alpha_t = alphas[t]
-        alpha_prev = alphas[schedule[i - 1]] if i > 0 else final_alpha
+        noise_prev, signal_prev, signal_t, noise_t = coefficients[i]
         for b in range(0, x.shape[0], batch_size):
             x_b = x[b : b + batch_size]
             text = source_embeds.expand(x_b.shape[0], -1, -1)
-            eps = unet(x_b, torch.tensor(t, device=x.device), text)
-            x0 = (x_b - (1 - alpha_prev).sqrt().to(x_b) * eps) / alpha_prev.sqrt().to(x_b)
-            x[b : b + batch_size] = alpha_t.sqrt().to(x_b) * x0 + (1 - alpha_t).sqrt().to(x_b) * eps
+            eps = unet(x_b, steps_on_device[i], text)
+            x0 = (x_b - noise_prev * eps) / signal_prev
+            x[b : b + batch_size] = signal_t * x0 + noise_t * eps
         if t in keep or i == len(schedule) - 1:
-            stored[t] = x.detach().cpu().clone()
+            stored[t] = to_host(x)
         if on_step is not None:
             on_step(i + 1, len(schedule))
+    wait(device)
     return Trajectory(
         clean=clean_latents.detach().cpu().clone(),
         latents=stored,
@@ -224,15 +237,22 @@ def reconstruct(
     alphas = scheduler.alphas_cumprod.to(torch.float64)
     final_alpha = torch.as_tensor(scheduler.final_alpha_cumprod, dtype=torch.float64)
     x = trajectory.latents[trajectory.noisiest].to(device=device, dtype=source_embeds.dtype).clone()
+    steps_on_device = to_device(torch.tensor(schedule, dtype=torch.int64), x.device)
+    previous = [alphas[schedule[i - 1]] if i > 0 else final_alpha for i in range(len(schedule))]
+    coefficients = to_device(
+        torch.stack([
+            torch.stack([(1 - alphas[t]).sqrt(), alphas[t].sqrt(), prev.sqrt(), (1 - prev).sqrt()])
+            for t, prev in zip(schedule, previous)
+        ]).to(x.dtype),
+        x.device,
+    )  # (steps, 4): √(1−ᾱ_t), √ᾱ_t, √ᾱ_prev, √(1−ᾱ_prev)
     for i in reversed(range(len(schedule))):
-        t = schedule[i]
-        alpha_t = alphas[t]
-        alpha_prev = alphas[schedule[i - 1]] if i > 0 else final_alpha
+        noise_t, signal_t, signal_prev, noise_prev = coefficients[i]
         for b in range(0, x.shape[0], batch_size):
             x_b = x[b : b + batch_size]
-            eps = unet(x_b, torch.tensor(t, device=x.device), source_embeds.expand(x_b.shape[0], -1, -1))
-            x0 = (x_b - (1 - alpha_t).sqrt().to(x_b) * eps) / alpha_t.sqrt().to(x_b)
-            x[b : b + batch_size] = alpha_prev.sqrt().to(x_b) * x0 + (1 - alpha_prev).sqrt().to(x_b) * eps
+            eps = unet(x_b, steps_on_device[i], source_embeds.expand(x_b.shape[0], -1, -1))
+            x0 = (x_b - noise_t * eps) / signal_t
+            x[b : b + batch_size] = signal_prev * x0 + noise_prev * eps
     return x
 
 
