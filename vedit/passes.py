@@ -30,7 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import PlainAttention, joint_attention, per_frame_attention, project_out, project_qkv
+from . import profiling
+from .attention import PlainAttention, _in_graph, joint_attention, per_frame_attention, project_out, project_qkv
 from .unet import COND, SOURCE, UNCOND, CallContext, ControlledUNet, Injection, LayerInfo
 
 # Part of every engine cache key: raise it whenever a pass computes something different.
@@ -103,6 +104,12 @@ class PropagatedAttention:
         self.weights = weights
         self.nearest = nearest
 
+    def _search(self, source: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """Nearest keyframe token (in ``features`` (seq, dim)) of each token of ``source`` (n, seq, dim)."""
+        if self.nearest is None:
+            return cosine_nearest_tokens(source, features)
+        return self.nearest(source.reshape(-1, source.shape[-1]), features)
+
     def self_attention(self, layer: LayerInfo, attn, hidden_states: torch.Tensor, ctx: CallContext) -> torch.Tensor:
         branches = len(ctx.branches)
         _, seq, dim = hidden_states.shape
@@ -112,10 +119,11 @@ class PropagatedAttention:
         outputs = outputs.reshape(branches, 2, seq, dim)
         gathered = []
         for slot in range(2):
-            if self.nearest is None:
-                nearest = cosine_nearest_tokens(source, features[slot])
+            if _in_graph():
+                nearest = self._search(source, features[slot])
             else:
-                nearest = self.nearest(source.reshape(-1, dim), features[slot])
+                with profiling.stage("nn"):  # the search's own time, when it runs eagerly
+                    nearest = self._search(source, features[slot])
             gathered.append(outputs[:, slot].index_select(1, nearest).reshape(branches, n, seq, dim))
         w = self.weights.to(gathered[0].dtype).reshape(1, n, 1, 1)
         out = w * gathered[0] + (1 - w) * gathered[1]
