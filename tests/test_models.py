@@ -449,3 +449,23 @@ def test_a_hub_models_fingerprint_names_its_commit_when_the_cache_knows_it(
 
     monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *args, **kwargs: cached)
     assert models._hub_fingerprint("org/sd", revision) == fingerprint
+
+
+def test_a_fully_cached_hub_model_loads_without_asking_the_hub(tmp_path, monkeypatch):
+    """A hub id whose files are all in the local cache is read from there (no request per file)."""
+    import huggingface_hub.constants as hub
+
+    from vedit import models
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--someone--tiny-sd"
+    load_model("tiny", device="cpu", dtype="fp32").save_pretrained(repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert models._fully_cached("someone/tiny-sd", None)
+    assert models._fully_cached("someone/tiny-sd", commit)
+    assert not models._fully_cached("someone/tiny-sd", "main")  # a branch may have moved
+    assert not models._fully_cached("someone/other", None)
+    (repo / "snapshots" / commit / "vae" / "diffusion_pytorch_model.safetensors").unlink()
+    assert not models._fully_cached("someone/tiny-sd", None)  # weights missing: ask the hub

@@ -257,6 +257,8 @@ def _summary(result, config: RunConfig) -> Table:
         rows.append(("engine", "; ".join(f"{engine} ({', '.join(names)})" for engine, names in by_engine.items())))
     stages = ", ".join(f"{k} {v:.1f}s" for k, v in result.stage_seconds.items())
     rows.append(("time", f"{result.seconds:.1f}s ({stages})"))
+    if result.profile:
+        rows.append(("profile", ", ".join(f"{k} {v:.2f}s" for k, v in result.profile.items())))
     if result.warnings:
         rows.append(("warnings", f"{len(result.warnings)} (printed above)"))
     table = Table(show_header=False, box=None, pad_edge=False)
@@ -323,13 +325,14 @@ def create_app() -> typer.Typer:
         output_size: Optional[str] = typer.Option(None, help=_help("source, working or WxH.", "output_size")),
         device: Optional[str] = typer.Option(None, help=_help("auto, cpu, cuda, cuda:N or mps.", "device")),
         dtype: Optional[str] = typer.Option(None, help=_help("auto, fp32, fp16 or bf16.", "dtype")),
-        batch_size: Optional[int] = typer.Option(None, help=_help("Frames per VAE / inversion / per-frame UNet batch.", "batch_size")),
+        batch_size: Optional[str] = typer.Option(None, help=_help("Frames per VAE / inversion / per-frame UNet batch, or auto (from free device memory).", "batch_size")),
         postprocess: Optional[str] = typer.Option(None, help=_help("Comma-separated post-processor plugins applied to decoded frames, in order.")),
         cache_dir: Optional[str] = typer.Option(None, help=_help("Inversion cache folder.", default=cache_dir_default)),
         cache_max_gb: Optional[float] = typer.Option(None, help=_help("Cache size cap in GB; the least recently used inversions are evicted.", "cache_max_gb")),
         no_cache: bool = typer.Option(False, "--no-cache", help=_help("Neither read nor write the inversion cache.")),
         config: Optional[Path] = typer.Option(None, "--config", help=_help("Read defaults from this vedit.toml instead of ./vedit.toml.")),
         quiet: bool = typer.Option(False, "--quiet", "-q", help=_help("No progress or summary; warnings and errors only.")),
+        profile: bool = typer.Option(False, "--profile", help=_help("Time each component (read, encode, invert, keyframe and propagation passes, NN search, decode, write) with device synchronisation, and show it in the summary.")),
     ) -> None:
         """Edit CLIP so that it shows PROMPT."""
         from .pipeline import edit
@@ -350,7 +353,7 @@ def create_app() -> typer.Typer:
             )
             target = output or Path(f"{clip.stem if clip.suffix else clip.name}-edited.mp4")
             with reporting(quiet) as reporter:
-                result = edit(clip, target, run_config, reporter=reporter)
+                result = edit(clip, target, run_config, reporter=reporter, profile=profile)
         if not quiet:
             out_console.print(_summary(result, run_config))
 
@@ -372,7 +375,7 @@ def create_app() -> typer.Typer:
         allow_short: bool = typer.Option(False, "--allow-short", help=_help("Accept a clip that ends before its container says.")),
         device: Optional[str] = typer.Option(None, help=_help("auto, cpu, cuda, cuda:N or mps.", "device")),
         dtype: Optional[str] = typer.Option(None, help=_help("auto, fp32, fp16 or bf16.", "dtype")),
-        batch_size: Optional[int] = typer.Option(None, help=_help("Frames per UNet batch.", "batch_size")),
+        batch_size: Optional[str] = typer.Option(None, help=_help("Frames per UNet batch, or auto.", "batch_size")),
         cache_dir: Optional[str] = typer.Option(None, help=_help("Inversion cache folder.", default=cache_dir_default)),
         cache_max_gb: Optional[float] = typer.Option(None, help=_help("Cache size cap in GB.", "cache_max_gb")),
         no_cache: bool = typer.Option(False, "--no-cache", help=_help("Neither read nor write the inversion cache.")),
@@ -423,7 +426,7 @@ def create_app() -> typer.Typer:
         editor: Optional[str] = typer.Option(None, help=_help("Editor plugin.", "editor")),
         propagator: Optional[str] = typer.Option(None, help=_help("Propagator plugin.", "propagator")),
         chunk_size: Optional[int] = typer.Option(None, help=_help("tokenflow: frames per chunk B.", "chunk_size")),
-        batch_size: Optional[int] = typer.Option(None, help=_help("Frames per inversion / per-frame batch.", "batch_size")),
+        batch_size: Optional[str] = typer.Option(None, help=_help("Frames per inversion / per-frame batch, or auto.", "batch_size")),
         device: Optional[str] = typer.Option(None, help=_help("auto, cpu, cuda, cuda:N or mps.", "device")),
         dtype: Optional[str] = typer.Option(None, help=_help("auto, fp32, fp16 or bf16.", "dtype")),
         seed: Optional[int] = typer.Option(None, help=_help("Seed (tiny/random weights).", "seed")),

@@ -52,7 +52,7 @@ class RunConfig:
     output_size: str = "source"
     device: str = "auto"
     dtype: str = "auto"
-    batch_size: int = 8
+    batch_size: int | str = "auto"  # "auto": chosen from free device memory (8 on the CPU)
     postprocess: str | None = None
     cache_dir: str | None = None
     no_cache: bool = False
@@ -125,6 +125,16 @@ def _range_text(low: float | None, high: float | None) -> str:
     return f"between {_number(low)} and {_number(high)}"
 
 
+def _batch_size(text: str, where: str) -> int | str:
+    """``auto`` or a whole number given as text (as the command line gives it)."""
+    text = text.strip().lower()
+    if text == "auto":
+        return "auto"
+    if text.isdigit():
+        return int(text)
+    raise ConfigError(f"{where} must be auto or a whole number, got {text!r}")
+
+
 def validate(values: dict[str, Any], origin: str | None = None) -> dict[str, Any]:
     """Normalise keys and check names, types and ranges; errors name the offending key.
 
@@ -142,9 +152,11 @@ def validate(values: dict[str, Any], origin: str | None = None) -> dict[str, Any
             raise ConfigError(f"{prefix}unknown option {raw_key!r} (known: {known})")
         if not _accepts(types[key], value):
             raise ConfigError(f"{where} must be {_type_label(types[key])}, got {type(value).__name__} {value!r}")
+        if key == "batch_size" and isinstance(value, str):
+            value = _batch_size(value, where)
         if types[key] is float or float in typing.get_args(types[key]):
             value = float(value) if value is not None else None
-        if key in _RANGES and value is not None:
+        if key in _RANGES and isinstance(value, (int, float)):
             low, high = _RANGES[key]
             if (low is not None and value < low) or (high is not None and value > high):
                 raise ConfigError(f"{where} must be {_range_text(low, high)}, got {_number(value)}")

@@ -85,6 +85,11 @@ class StableDiffusion:
         return float(self.vae.config.scaling_factor)
 
     @property
+    def vae_dtype(self) -> torch.dtype:
+        """The VAE's own dtype: fp32 beside an fp16 UNet (see :func:`vae_dtype_for`), else the model's."""
+        return next(self.vae.parameters()).dtype
+
+    @property
     def vae_scale_factor(self) -> int:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
@@ -142,9 +147,9 @@ class StableDiffusion:
         latents = [torch.empty(0, self.vae.config.latent_channels, height // scale, width // scale,
                                device=self.device, dtype=self.dtype)]
         for start in range(0, images.shape[0], max(1, batch_size)):
-            batch = images[start:start + batch_size].to(self.device, self.dtype) * 2 - 1  # [-1, 1]
+            batch = images[start:start + batch_size].to(self.device, self.vae_dtype) * 2 - 1  # [-1, 1]
             posterior = self.vae.encode(batch).latent_dist
-            latents.append(posterior.mean * self.latent_scale)  # (b, 4, H/8, W/8)
+            latents.append((posterior.mean * self.latent_scale).to(self.dtype))  # (b, 4, H/8, W/8)
         return torch.cat(latents)
 
     @torch.no_grad()
@@ -156,7 +161,7 @@ class StableDiffusion:
         scale = self.vae_scale_factor
         images = [torch.empty(0, 3, height * scale, width * scale)]
         for start in range(0, n, max(1, batch_size)):
-            batch = latents[start:start + batch_size].to(self.device, self.dtype) / self.latent_scale
+            batch = latents[start:start + batch_size].to(self.device, self.vae_dtype) / self.latent_scale
             decoded = self.vae.decode(batch).sample  # (b, 3, H, W) in about [-1, 1]
             images.append((decoded / 2 + 0.5).clamp(0, 1).float().cpu())
         return torch.cat(images)
@@ -303,6 +308,7 @@ def load_model(
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
     spec = str(spec).strip()
+    _use_fast_float32(device)
     try:
         if spec == "tiny" or spec.startswith("random:"):
             model = _build(spec, device, dtype, seed)
@@ -354,12 +360,34 @@ def _check_compatible(model: StableDiffusion) -> None:
                          "supports epsilon models such as SD 1.5 and SD 2.1-base")
 
 
+def vae_dtype_for(dtype: torch.dtype, force_upcast: bool = True) -> torch.dtype:
+    """The dtype the VAE runs in beside a UNet in ``dtype``.
+
+    SD's VAE overflows fp16 in its decoder's last blocks (black or NaN frames at 512×512 and
+    above), which its config says with ``force_upcast`` (True unless a fixed VAE says otherwise): beside an fp16 UNet it runs in fp32
+    (bf16 has fp32's range, so a bf16 VAE is kept). Its share of the run's time is small.
+    """
+    if dtype == torch.float16 and force_upcast:
+        return torch.float32
+    return dtype
+
+
 def _finish(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> Any:
     # nn.Module.to, not diffusers' override: that one warns on every dtype cast, even to fp32
     module = torch.nn.Module.to(module, device=device, dtype=dtype)
+    if device.type == "cuda" and any(isinstance(m, torch.nn.Conv2d) for m in module.modules()):
+        # cuDNN's fp16/bf16 convolutions run NHWC natively; NCHW weights cost a transpose per call
+        module = module.to(memory_format=torch.channels_last)
     module.eval()
     module.requires_grad_(False)
     return module
+
+
+def _use_fast_float32(device: torch.device) -> None:
+    """TF32 for the fp32 matrix products left on a CUDA GPU (the fp16 run's VAE): 8x the fp32 rate
+    on Ampere and later, at the precision the VAE's output (8-bit frames) needs."""
+    if device.type == "cuda" and torch.get_float32_matmul_precision() == "highest":
+        torch.set_float32_matmul_precision("high")
 
 
 # ----------------------------------------------------------------------------- built in code
@@ -515,7 +543,8 @@ def _build(spec: str, device: torch.device, dtype: torch.dtype, seed: int) -> St
         fingerprint = f"{spec}:seed{seed}" + (":cuda" if draw_on.type == "cuda" else "")
     with _drawing(seed, draw_on, draw_in):
         unet = _finish(UNet2DConditionModel(**unet_config(spec)), device, dtype)
-        vae = _finish(AutoencoderKL(**vae_config(spec)), device, dtype)
+        vae = AutoencoderKL(**vae_config(spec))
+        vae = _finish(vae, device, vae_dtype_for(dtype, vae.config.force_upcast))
         text_config = CLIPTextConfig(**text_encoder_config(spec))
         text_encoder = _finish(CLIPTextModel(text_config), device, dtype)
     return StableDiffusion(
@@ -565,16 +594,19 @@ def _load_pretrained(spec: str, device: torch.device, dtype: torch.dtype,
 
     folder = _local_folder(spec)
     source = str(folder) if folder else spec
-    options: dict[str, Any] = {"local_files_only": folder is not None or _offline()}
+    options: dict[str, Any] = {"local_files_only": folder is not None or _offline() or _fully_cached(spec, revision)}
     if folder is None and revision:
         options["revision"] = revision
+    # Weights go from the file straight to the device in their dtype (accelerate's empty-weights
+    # loading): no random initialisation first, no full fp32 copy in host memory.
+    placed = {"device_map": str(device)} if _can_place(device) else {}
     loaders = {
         "unet": lambda: UNet2DConditionModel.from_pretrained(
-            source, subfolder="unet", torch_dtype=dtype, **options),
+            source, subfolder="unet", torch_dtype=dtype, **placed, **options),
         "vae": lambda: AutoencoderKL.from_pretrained(
-            source, subfolder="vae", torch_dtype=dtype, **options),
+            source, subfolder="vae", torch_dtype=_stored_vae_dtype(source, dtype, options), **placed, **options),
         "text_encoder": lambda: CLIPTextModel.from_pretrained(
-            source, subfolder="text_encoder", **{_transformers_dtype_keyword(): dtype}, **options),
+            source, subfolder="text_encoder", **{_transformers_dtype_keyword(): dtype}, **placed, **options),
         "tokenizer": lambda: CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **options),
         "scheduler": lambda: DDIMScheduler.from_pretrained(source, subfolder="scheduler", **options),
     }
@@ -593,13 +625,32 @@ def _load_pretrained(spec: str, device: torch.device, dtype: torch.dtype,
             where = f"model folder '{folder}'" if folder is not None else f"model '{spec}'"
             raise ModelError(f"could not read the {name} of {where}: {_first_line(error)}") from None
     for name in ("unet", "vae", "text_encoder"):
-        parts[name] = _finish(parts[name], device, dtype)
+        wanted = vae_dtype_for(dtype, parts[name].config.force_upcast) if name == "vae" else dtype
+        parts[name] = _finish(parts[name], device, wanted)
     if folder is not None:
         model_id, revision, fingerprint = str(folder), None, _folder_fingerprint(folder)
     else:
         model_id, fingerprint = spec, _hub_fingerprint(spec, revision)
     return StableDiffusion(**parts, model_id=model_id, revision=revision,
                            fingerprint=fingerprint, device=device, dtype=dtype)
+
+
+def _can_place(device: torch.device) -> bool:
+    """Whether from_pretrained can load onto ``device`` directly (it needs accelerate)."""
+    import importlib.util
+
+    return device.type in ("cpu", "cuda") and importlib.util.find_spec("accelerate") is not None
+
+
+def _stored_vae_dtype(source: str, dtype: torch.dtype, options: dict[str, Any]) -> torch.dtype:
+    """The dtype to load the VAE in: :func:`vae_dtype_for` of its config (read before its weights)."""
+    from diffusers import AutoencoderKL
+
+    try:
+        config = AutoencoderKL.load_config(source, subfolder="vae", **options)
+    except Exception:  # loading the weights will say what is wrong
+        return dtype
+    return vae_dtype_for(dtype, bool(config.get("force_upcast", True)))
 
 
 def _local_folder(spec: str) -> Path | None:
@@ -637,6 +688,25 @@ def _is_hub_id(spec: str) -> bool:
     except HFValidationError:
         return False
     return True
+
+
+def _fully_cached(spec: str, revision: str | None) -> bool:
+    """Whether every component's config of hub model ``spec`` is in the local hub cache at a pinned
+    revision (none given, or a commit hash), so loading needs no request: each request to the hub
+    costs a round trip per file, and without a network several retries before failing."""
+    if revision is not None and not re.fullmatch(r"[0-9a-f]{40}", revision):
+        return False  # a branch or tag may have moved on the hub since it was cached
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return False
+    files = ["unet/config.json", "unet/diffusion_pytorch_model.safetensors", "vae/config.json",
+             "vae/diffusion_pytorch_model.safetensors", "text_encoder/config.json", "text_encoder/model.safetensors",
+             "tokenizer/tokenizer_config.json", "scheduler/scheduler_config.json"]
+    try:
+        return all(isinstance(try_to_load_from_cache(spec, name, revision=revision), str) for name in files)
+    except Exception:  # a malformed id: loading says what is wrong
+        return False
 
 
 def _offline() -> bool:

@@ -10,13 +10,14 @@ import time
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
 from diffusers import DDIMScheduler
 
-from . import plugins
+from . import plugins, profiling
+from .batching import CPU_BATCH, choose_batches
 from .config import RunConfig, load_config, validate
 from .denoise import EditJob, RunShape, denoise
 from .engine import DEFAULT_ENGINE_CACHE, EngineCache, Passes, engine_chain
@@ -34,6 +35,8 @@ from .inversion import (
 )
 from .models import SD_SCHEDULER_CONFIG
 from .report import Reporter, SilentReporter, Task, VeditWarning
+from .streams import ReadAhead, WriteBehind
+from .transfer import to_device
 from .unet import COND, SOURCE, UNCOND
 from .video import (
     FrameRange,
@@ -46,6 +49,10 @@ from .video import (
     working_size,
     written_size,
 )
+
+
+READ_AHEAD_BYTES = 256 * 2**20  # frames read ahead of the encoder while the model loads
+WRITE_BEHIND_BATCHES = 3  # decoded batches waiting for the writer thread
 
 
 class _Recording:
@@ -89,6 +96,7 @@ class EditResult:
     timing_note: str = ""  # how a variable-rate source was resampled, or that its times were kept
     warnings: list[str] = field(default_factory=list)
     engines: dict[str, str] = field(default_factory=dict)  # pass -> the engine that ran it
+    profile: dict[str, float] = field(default_factory=dict)  # seconds per component, with profile=True
 
     @property
     def forwards_per_frame_step(self) -> float:
@@ -301,15 +309,21 @@ def _warn_long_prompts(model, config: RunConfig, reporter: Reporter, flags: tupl
         )
 
 
-def encode_clip(model, clip: _Clip, batch_size: int, reporter: Reporter) -> tuple[torch.Tensor, str]:
-    """Stage clip → latents: stream the frames through the VAE encoder; returns (N, 4, h, w) latents and the frames' sha256."""
+def encode_clip(
+    model, clip: _Clip, batch_size: int, reporter: Reporter, batches: Iterable[np.ndarray] | None = None
+) -> tuple[torch.Tensor, str]:
+    """Stage clip → latents: stream the frames through the VAE encoder; returns (N, 4, h, w) latents
+    and the frames' sha256. ``batches`` are the clip's frames already being read (a
+    :class:`~vedit.streams.ReadAhead` started before the model loaded); by default they are read here."""
     digest = hashlib.sha256()
     latents = []
     task = reporter.task("read + encode", len(clip.reader))
-    for batch in clip.reader.batches(batch_size):  # (b, H, W, 3) uint8
+    for batch in batches if batches is not None else clip.reader.batches(batch_size):  # (b, H, W, 3) uint8
         digest.update(batch.tobytes())
-        images = torch.from_numpy(batch).permute(0, 3, 1, 2).to(model.device, torch.float32) / 255.0
-        latents.append(model.encode_images(images.to(model.dtype), batch_size=batch_size))
+        with profiling.stage("encode"):
+            # sent as uint8 (a quarter of the bytes) without waiting, converted on the device
+            images = to_device(torch.from_numpy(batch), model.device).permute(0, 3, 1, 2).to(torch.float32) / 255.0
+            latents.append(model.encode_images(images.to(model.dtype), batch_size=batch_size))
         task.advance(len(batch))
     if not latents:
         raise InputError(f"{clip.info.path}: no frame could be decoded")
@@ -320,6 +334,37 @@ def encode_clip(model, clip: _Clip, batch_size: int, reporter: Reporter) -> tupl
             f"editing the {got} that were read (--allow-short)"
         )
     return torch.cat(latents), digest.hexdigest()
+
+
+def _reading_batch(config: RunConfig) -> int:
+    """Frames per batch handed from the reader thread (before the model is loaded and the VAE's
+    batch is known)."""
+    return config.batch_size if isinstance(config.batch_size, int) else CPU_BATCH
+
+
+def _branches(editor: Any, propagator: Any) -> int:
+    """Images per frame in a per-frame UNet call with ``--batch-size`` frames: 3 when the per-frame
+    propagator carries a source branch, else 1 (inversion)."""
+    if propagator.name == "tokenflow":
+        return 1
+    source = propagator.needs_source_branch or getattr(editor, "conv_layers", ()) or getattr(editor, "qk_layers", ())
+    return 3 if source else 2
+
+
+def _with_batch_size(config: RunConfig, model: Any, latents: torch.Tensor, branches: int = 1) -> RunConfig:
+    """``config`` with ``--batch-size auto`` resolved, for the stage functions called on their own."""
+    if isinstance(config.batch_size, int):
+        return config
+    size = (latents.shape[-1] * model.vae_scale_factor, latents.shape[-2] * model.vae_scale_factor)
+    return config.replace(batch_size=choose_batches(model, config.batch_size, len(latents), size, branches).unet)
+
+
+def read_ahead(clip: _Clip, batch_size: int, budget_bytes: int = READ_AHEAD_BYTES) -> ReadAhead[np.ndarray]:
+    """Start reading the clip's frames on a thread, at most ``budget_bytes`` of them ahead of the
+    encoder, so that reading overlaps loading the model."""
+    width, height = clip.reader.size
+    depth = max(2, budget_bytes // max(1, batch_size * width * height * 3))
+    return ReadAhead(clip.reader.batches(batch_size), depth)
 
 
 def _plain_unet(passes: Passes, kind: str) -> Callable:
@@ -401,6 +446,7 @@ def invert_latents(
     """Stage latents → trajectory: from --inversion, the cache, or computed now through the
     engines (and cached). Returns the trajectory, how it was had, its file, UNet forwards and the
     engine that ran each pass."""
+    config = _with_batch_size(config, model, latents)
     batches = {"plain": _split(len(latents), config.batch_size)}
     with make_passes(model, config, checked, reporter, batches=batches) as plain:
         trajectory, how, path = _trajectory(model, config, checked.clip, latents, frames_sha, source_embeds, plain, reporter)
@@ -414,6 +460,7 @@ def edit_latents(
     loop, every UNet call through the engines. Returns the edited clean latents, UNet forwards by
     kind, the steps run and the engine that ran each pass."""
     editor, propagator = checked.editor, checked.propagator
+    config = _with_batch_size(config, model, latents, _branches(editor, propagator))
     scheduler = model.new_scheduler()
     scheduler.set_timesteps(config.steps)
     job = EditJob(
@@ -433,9 +480,14 @@ def edit_latents(
 
 
 def write_frames(
-    model, config: RunConfig, checked: _Preflight, edited: torch.Tensor, output: Path, size: tuple[int, int], reporter
+    model, config: RunConfig, checked: _Preflight, edited: torch.Tensor, output: Path, size: tuple[int, int], reporter,
+    vae_batch_size: int | None = None,
 ) -> None:
-    """Stage edited latents → frames → file: decode, post-process and write atomically."""
+    """Stage edited latents → frames → file: decode, post-process and write atomically.
+
+    The VAE decodes on this thread while a writer thread converts, post-processes and hands the
+    previous batches to ffmpeg (which encodes in its own process), a few batches behind.
+    """
     clip = checked.clip
     audio_from = clip.info if clip.info.has_audio else None
     timestamps = clip.reader.timestamps if config.keep_timestamps else None
@@ -444,12 +496,23 @@ def write_frames(
         output, fps=clip.fps, size=size, audio_from=audio_from, audio_range=clip.audio_range(),
         color=clip.info.color, timestamps=timestamps,
     ) as writer:  # fmt: skip
-        for start in range(0, edited.shape[0], config.batch_size):
-            frames = _to_uint8(model.decode_latents(edited[start : start + config.batch_size], batch_size=config.batch_size))
-            for post in checked.postprocessors:
-                frames = post.process(frames, start)
-            writer.write(frames)
+
+        def finish(item: tuple[int, torch.Tensor]) -> None:
+            start, images = item
+            with profiling.stage("postprocess", sync=False):
+                frames = _to_uint8(images)
+                for post in checked.postprocessors:
+                    frames = post.process(frames, start)
+            with profiling.stage("write", sync=False):
+                writer.write(frames)
             task.advance(len(frames))
+
+        with WriteBehind(finish, WRITE_BEHIND_BATCHES) as behind:
+            step = vae_batch_size or config.batch_size
+            for start in range(0, edited.shape[0], step):
+                with profiling.stage("decode"):
+                    images = model.decode_latents(edited[start : start + step], batch_size=step)
+                behind.put((start, images))
 
 
 def _to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -496,6 +559,7 @@ def edit(
     *,
     reporter: Reporter | None = None,
     sd: Any = None,
+    profile: bool = False,
     **options: Any,
 ) -> EditResult:
     """Edit ``input`` into ``output``; options are :class:`~vedit.config.RunConfig` fields.
@@ -503,43 +567,59 @@ def edit(
     Example: ``vedit.edit("clip.mp4", "out.mp4", prompt="a watercolor painting", model="tiny")``.
     Without ``config``, ``vedit.toml`` in the working directory supplies defaults. ``sd`` is an
     already loaded :class:`~vedit.models.StableDiffusion`, to reuse one model across edits.
+    ``profile`` times each component with device synchronisation (``EditResult.profile``); it
+    slows the run a little.
     """
     config = _resolve(config, options)
     reporter = _Recording(reporter or SilentReporter())
-    began = time.perf_counter()
-    stages: dict[str, float] = {}
     if not config.prompt:
         raise ConfigError("a target prompt is required: pass --prompt TEXT")
-
-    # 1. Check everything a user can get wrong before any heavy work.
+    began = time.perf_counter()
     checked = _preflight(input, config, reporter, sd=sd)
+    timer = profiling.Profile(checked.device) if profile else None
+    with profiling.profiling(timer):
+        result = _edit(input, output, config, checked, reporter, sd, began)
+    if timer is not None:
+        result.profile = timer.as_dict()
+    return result
+
+
+def _edit(input, output, config: RunConfig, checked: _Preflight, reporter: _Recording, sd: Any, began: float) -> EditResult:
+    stages: dict[str, float] = {}
+
+    # 1. Everything a user can get wrong was checked in preflight, before any heavy work.
     output = check_output_path(output, input)
     clip, editor, propagator = checked.clip, checked.editor, checked.propagator
     asked_size = _output_size(config, clip)
     output_size = written_size(output, asked_size)
     timing_note = _timing_note(config, clip, reporter)
 
-    # 2. Model and prompts.
-    mark = time.perf_counter()
-    model = _load(config, checked, sd)
-    check_schedules(model.new_scheduler(), config.steps, None if config.inversion or not editor.needs_inversion else config.inversion_steps)
-    _warn_long_prompts(model, config, reporter, ("--prompt", "--source-prompt", "--negative-prompt"))
-    embeds = dict(zip((SOURCE, UNCOND, COND), model.encode_prompt([config.source_prompt, config.negative_prompt, config.prompt]).split(1)))
-    stages["load"] = time.perf_counter() - mark
+    with read_ahead(clip, _reading_batch(config)) as frames:  # reading overlaps loading the model
+        # 2. Model, batch sizes and prompts.
+        mark = time.perf_counter()
+        with profiling.stage("load"):
+            model = _load(config, checked, sd)
+        batches = choose_batches(model, config.batch_size, len(clip.reader), clip.reader.size, _branches(editor, propagator))
+        config = config.replace(batch_size=batches.unet)
+        check_schedules(model.new_scheduler(), config.steps, None if config.inversion or not editor.needs_inversion else config.inversion_steps)
+        _warn_long_prompts(model, config, reporter, ("--prompt", "--source-prompt", "--negative-prompt"))
+        embeds = dict(zip((SOURCE, UNCOND, COND), model.encode_prompt([config.source_prompt, config.negative_prompt, config.prompt]).split(1)))
+        stages["load"] = time.perf_counter() - mark
 
-    # 3. Frames → latents.
-    mark = time.perf_counter()
-    latents, frames_sha = encode_clip(model, clip, config.batch_size, reporter)
-    stages["read"] = time.perf_counter() - mark
+        # 3. Frames → latents.
+        mark = time.perf_counter()
+        latents, frames_sha = encode_clip(model, clip, batches.vae, reporter, batches=frames)
+        stages["read"] = time.perf_counter() - mark
 
     # 4. Latents → trajectory (cached), then → edited latents.
     forwards: dict[str, int] = {}
     inversion, inversion_path, trajectory, inversion_engines = "none", None, None, {}
     if editor.needs_inversion:
         mark = time.perf_counter()
-        trajectory, inversion, inversion_path, used, inversion_engines = invert_latents(
-            model, config, checked, latents, frames_sha, embeds[SOURCE], reporter
-        )
+        with profiling.stage("invert"):
+            trajectory, inversion, inversion_path, used, inversion_engines = invert_latents(
+                model, config, checked, latents, frames_sha, embeds[SOURCE], reporter
+            )
         forwards.update(used)
         stages["invert"] = time.perf_counter() - mark
     mark = time.perf_counter()
@@ -550,7 +630,7 @@ def edit(
 
     # 5. Edited latents → frames: decode, post-process and write (atomically).
     mark = time.perf_counter()
-    write_frames(model, config, checked, edited, output, asked_size, reporter)
+    write_frames(model, config, checked, edited, output, asked_size, reporter, vae_batch_size=batches.vae)
     stages["write"] = time.perf_counter() - mark
 
     model_name = model.model_id if model.fingerprint == model.model_id else f"{model.model_id} ({model.fingerprint})"
@@ -622,6 +702,7 @@ def build_engines(
     if size[0] % 8 or size[1] % 8:
         raise ConfigError(f"--size {size[0]}x{size[1]}: both sides must be multiples of 8")
     model = sd or load_model(config.model, device=device, dtype=dtype, revision=config.revision, seed=config.seed)
+    config = config.replace(batch_size=choose_batches(model, config.batch_size, frames, size, _branches(editor, propagator)).unet)
     checked = _Preflight(None, editor, propagator, [], engines, strict, device, dtype, config.steps, None)  # type: ignore[arg-type]
     batches = _pass_batches(config, frames, editor, propagator)
     h, w = size[1] // 8, size[0] // 8
@@ -693,11 +774,14 @@ def invert_clip(
         output = _check_trajectory_output(output)
     checked = _preflight(input, config, reporter, sd=sd, editing=False)
     clip = checked.clip
-    model = _load(config, checked, sd)
-    check_schedules(model.new_scheduler(), config.steps, config.inversion_steps)
-    _warn_long_prompts(model, config, reporter, ("--source-prompt",))
-    (source_embeds,) = model.encode_prompt([config.source_prompt]).split(1)
-    latents, frames_sha = encode_clip(model, clip, config.batch_size, reporter)
+    with read_ahead(clip, _reading_batch(config)) as frames:  # reading overlaps loading the model
+        model = _load(config, checked, sd)
+        batches = choose_batches(model, config.batch_size, len(clip.reader), clip.reader.size)
+        config = config.replace(batch_size=batches.unet)
+        check_schedules(model.new_scheduler(), config.steps, config.inversion_steps)
+        _warn_long_prompts(model, config, reporter, ("--source-prompt",))
+        (source_embeds,) = model.encode_prompt([config.source_prompt]).split(1)
+        latents, frames_sha = encode_clip(model, clip, batches.vae, reporter, batches=frames)
     reconstruction = None
     batches = {"plain": _split(len(latents), config.batch_size)}
     with make_passes(model, config, checked, reporter, batches=batches) as plain:
