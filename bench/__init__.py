@@ -1,22 +1,209 @@
 """Benchmark suites behind ``vedit bench``, registered through the public ``register_commands`` hook.
 
-Every figure is measured, never assumed: peak memory in a fresh process per configuration,
-UNet work by the code's own forward counter, and wall time side by side in one run.
+Every figure is measured, never assumed: times are medians (with min and max) of synchronised
+runs after a warm-up, FLOPs are counted by ``torch.utils.flop_counter`` over the very modules and
+shapes timed, UNet work by the code's own forward counter, and peak memory in a fresh process per
+configuration. Each result is a JSON document with a header (machine, device, versions, settings,
+timing rule), written under ``bench/results/`` unless ``--no-save``.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+import contextlib
+from typing import Iterator, Optional
 
 import typer
 
 from vedit.hookspecs import hookimpl
 
+_JSON = "Print the JSON document on stdout instead of the table."
+_SAVE = "Write the results to this file (default: bench/results/<suite>-<host>-<device>-<date>.json)."
+_NO_SAVE = "Write no results file."
+_REPEATS = "Timed runs (after the warm-up); the figure is their median, with min and max."
+_WARMUP = "Untimed runs first (builds, caches, allocator)."
+_VS = ("Compare with a second configuration, run alternately A,B,A,B,...: KEY=VALUE[,KEY=VALUE], keys are this "
+       "command's options (engine=compile, dtype=bf16) or vedit run options; the ratio B/A is shown pair by pair.")
+_PEAK = "Also measure the matmul peak (a large GEMM) and show each figure's fraction of it."
+
+
+@contextlib.contextmanager
+def _errors() -> Iterator[None]:
+    """Errors a user can cause end in one line and their exit code, like every vedit command."""
+    from vedit.cli import user_errors
+
+    with user_errors():
+        yield
+
+
+def _suite(module: str, function: str):
+    """``vedit_bench.<module>.<function>``, imported when the command runs; a suite module that is
+    missing from this installation is one line, not a traceback."""
+    import importlib
+
+    from vedit.errors import PluginError
+
+    try:
+        return getattr(importlib.import_module(f"{__name__}.{module}"), function)
+    except ModuleNotFoundError as error:
+        if error.name != f"{__name__}.{module}":
+            raise
+        raise PluginError(f"the bench suite {module!r} is not part of this installation ({__name__}.{module} is missing)") from None
+
+
+def _ints(text: str, flag: str) -> list[int]:
+    from vedit.errors import ConfigError
+
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"{flag} takes comma-separated whole numbers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise ConfigError(f"{flag} takes numbers of 1 or more, got {text!r}")
+    return values
+
+
+def _save(suite: str, device: str, save: Optional[str], no_save: bool) -> Optional[str]:
+    from ._common import resolve_save
+
+    return resolve_save(suite, device, save, no_save)
+
 
 @hookimpl
 def register_commands(app):
-    bench = typer.Typer(help="Measure memory, UNet work and speed.", no_args_is_help=True)
+    bench = typer.Typer(help="Measure speed, FLOP rates, memory and UNet work; compare results files.", no_args_is_help=True)
     app.add_typer(bench, name="bench")
+
+    @bench.command("edit")
+    def edit(
+        model: str = typer.Option("random:sd21", help="Model spec (tiny, random:sd15, random:sd21, a hub id or folder)."),
+        size: str = typer.Option("512x512", help="Working size WxH (the synthetic clip is made at this size)."),
+        frames: int = typer.Option(40, help="Frames of the synthetic clip."),
+        steps: int = typer.Option(50, help="Sampling steps."),
+        inversion_steps: int = typer.Option(50, help="DDIM inversion steps."),
+        engine: str = typer.Option("auto", help="UNet engine (or a list a,b), as vedit run's --engine."),
+        dtype: str = typer.Option("auto", help="fp32, fp16, bf16 or auto."),
+        device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N, mps."),
+        chunk_size: int = typer.Option(8, help="tokenflow: frames per chunk B."),
+        batch_size: int = typer.Option(8, help="Frames per VAE and inversion batch."),
+        editor: str = typer.Option("pnp", help="Editor."),
+        propagator: str = typer.Option("tokenflow", help="Propagator."),
+        seed: int = typer.Option(0, help="Seed of the random weights and the keyframe draws."),
+        repeats: int = typer.Option(3, help=_REPEATS),
+        warmup: int = typer.Option(1, help=_WARMUP),
+        reuse_inversion: bool = typer.Option(False, help="Share one inversion cache, so timed runs read the inversion instead of computing it."),
+        engine_cache: Optional[str] = typer.Option(None, help="Engine cache folder (default: a temporary one shared by the runs)."),
+        vs: Optional[str] = typer.Option(None, help=_VS),
+        peak: bool = typer.Option(True, help=_PEAK),
+        json_out: bool = typer.Option(False, "--json", help=_JSON),
+        save: Optional[str] = typer.Option(None, help=_SAVE),
+        no_save: bool = typer.Option(False, "--no-save", help=_NO_SAVE),
+    ) -> None:
+        """A whole edit, end to end, per part: read, encode, invert, keyframe pass, propagation pass, NN search, decode, write."""
+        with _errors():
+            from .edit import run_edit_suite
+
+            run_edit_suite(
+                model=model, size=size, frames=frames, steps=steps, inversion_steps=inversion_steps, engine=engine,
+                dtype=dtype, device=device, chunk_size=chunk_size, batch_size=batch_size, editor=editor,
+                propagator=propagator, seed=seed, repeats=repeats, warmup=warmup, reuse_inversion=reuse_inversion,
+                engine_cache=engine_cache, vs=vs, peak=peak, json_out=json_out, save=_save("edit", device, save, no_save),
+            )  # fmt: skip
+
+    @bench.command("invert")
+    def invert(
+        model: str = typer.Option("random:sd21", help="Model spec."),
+        size: str = typer.Option("512x512", help="Working size WxH."),
+        frames: int = typer.Option(16, help="Frames inverted per run."),
+        inversion_steps: int = typer.Option(10, help="DDIM inversion steps."),
+        steps: Optional[int] = typer.Option(None, help="Sampling steps whose schedule is kept (default: the inversion steps)."),
+        batch_size: str = typer.Option("8", help="Comma-separated frames per UNet call, e.g. 1,8,16."),
+        engines: Optional[str] = typer.Option(None, help="Comma-separated engines (default: every one that runs here; eager with --vs)."),
+        dtype: str = typer.Option("auto", help="fp32, fp16, bf16 or auto."),
+        device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N, mps."),
+        seed: int = typer.Option(0, help="Seed of the random weights and latents."),
+        repeats: int = typer.Option(3, help=_REPEATS),
+        warmup: int = typer.Option(1, help=_WARMUP),
+        engine_cache: Optional[str] = typer.Option(None, help="Engine cache folder (default: a new temporary one, so builds are timed)."),
+        vs: Optional[str] = typer.Option(None, help=_VS),
+        peak: bool = typer.Option(True, help=_PEAK),
+        json_out: bool = typer.Option(False, "--json", help=_JSON),
+        save: Optional[str] = typer.Option(None, help=_SAVE),
+        no_save: bool = typer.Option(False, "--no-save", help=_NO_SAVE),
+    ) -> None:
+        """Frames per second of DDIM inversion, per engine and batch size."""
+        with _errors():
+            from .invert import run_invert_suite
+
+            run_invert_suite(
+                model=model, size=size, frames=frames, inversion_steps=inversion_steps, steps=steps,
+                batch_size=_ints(batch_size, "--batch-size"), engines=engines, device=device, dtype=dtype, seed=seed,
+                repeats=repeats, warmup=warmup, engine_cache=engine_cache, vs=vs, peak=peak, json_out=json_out,
+                save=_save("invert", device, save, no_save),
+            )  # fmt: skip
+
+    @bench.command("unet")
+    def unet(
+        model: str = typer.Option("random:sd21", help="Model spec."),
+        size: str = typer.Option("512x512", help="Image size WxH."),
+        batches: str = typer.Option("1,4,8", help="Comma-separated frames per call: plain runs that many latents, keyframe that many keyframes and propagation a chunk of that many frames (×3 branches)."),
+        passes: str = typer.Option("plain,keyframe,propagation", help="Comma-separated passes (plain, frames, keyframe, propagation)."),
+        repeats: int = typer.Option(3, help=_REPEATS),
+        warmup: int = typer.Option(1, help=_WARMUP),
+        device: str = typer.Option("auto", help="Device."),
+        dtype: str = typer.Option("auto", help="dtype."),
+        engines: Optional[str] = typer.Option(None, help="Comma-separated engines to compare with eager (default: every one that runs here)."),
+        engine_cache: Optional[str] = typer.Option(None, help="Engine cache folder (default: a new temporary one, so builds are timed)."),
+        peak: bool = typer.Option(True, help=_PEAK),
+        json_out: bool = typer.Option(False, "--json", help=_JSON),
+        save: Optional[str] = typer.Option(None, help=_SAVE),
+        no_save: bool = typer.Option(False, "--no-save", help=_NO_SAVE),
+    ) -> None:
+        """Time the UNet passes (plain, keyframe, propagation) through every engine at several batch sizes, as ratios to eager."""
+        with _errors():
+            from .unet import run_unet_suite
+
+            run_unet_suite(
+                model=model, size=size, batches=_ints(batches, "--batches"), passes=passes, repeats=repeats,
+                warmup=warmup, device=device, dtype=dtype, engines=engines, engine_cache=engine_cache, peak=peak,
+                json_out=json_out, save=_save("unet", device, save, no_save),
+            )  # fmt: skip
+
+    @bench.command("nn")
+    def nn(
+        seqs: str = typer.Option("4096,1024,256,64", help="Comma-separated tokens per frame (sequence lengths)."),
+        chunk_size: int = typer.Option(8, help="Frames per chunk B."),
+        backends: Optional[str] = typer.Option(None, help="Comma-separated NN backends (default: every one that runs here)."),
+        device: str = typer.Option("auto", help="Device."),
+        dtype: str = typer.Option("auto", help="dtype."),
+        repeats: int = typer.Option(3, help=_REPEATS),
+        save: Optional[str] = typer.Option(None, help=_SAVE),
+        no_save: bool = typer.Option(False, "--no-save", help=_NO_SAVE),
+    ) -> None:
+        """Nearest-neighbour search of the propagation pass, per backend and sequence length."""
+        with _errors():
+            run_nn_suite = _suite("nn", "run_nn_suite")
+            run_nn_suite(
+                seqs=_ints(seqs, "--seqs"), chunk_size=chunk_size,
+                backends=[b.strip() for b in backends.split(",") if b.strip()] if backends else None,
+                device=device, dtype=dtype, repeats=repeats, save=_save("nn", device, save, no_save),
+            )  # fmt: skip
+
+    @bench.command("calls")
+    def calls(
+        model: str = typer.Option("random:sd21", help="Model spec."),
+        size: str = typer.Option("128x128", help="Image size WxH."),
+        batch: int = typer.Option(8, help="Images per call."),
+        repeats: int = typer.Option(3, help=_REPEATS),
+        device: str = typer.Option("auto", help="Device."),
+        dtype: str = typer.Option("auto", help="dtype."),
+        save: Optional[str] = typer.Option(None, help=_SAVE),
+        no_save: bool = typer.Option(False, "--no-save", help=_NO_SAVE),
+    ) -> None:
+        """Per-call time and page faults of a plain diffusers UNet forward against vedit's plain pass."""
+        with _errors():
+            run_calls_suite = _suite("calls", "run_calls_suite")
+            run_calls_suite(model=model, size=size, batch=batch, repeats=repeats, device=device, dtype=dtype,
+                            save=_save("calls", device, save, no_save))  # fmt: skip
 
     @bench.command("memory")
     def memory(
@@ -29,46 +216,35 @@ def register_commands(app):
         chunk_size: int = typer.Option(8, help="Chunk size B."),
         device: str = typer.Option("auto", help="Device."),
         dtype: str = typer.Option("auto", help="dtype."),
-        save: Optional[str] = typer.Option(None, help="Also write the results as JSON to this file."),
+        json_out: bool = typer.Option(False, "--json", help=_JSON),
+        save: Optional[str] = typer.Option(None, help=_SAVE),
+        no_save: bool = typer.Option(False, "--no-save", help=_NO_SAVE),
     ) -> None:
         """Peak memory of whole edits at several frame counts (one fresh process each)."""
-        from .memory import run_memory_suite
+        with _errors():
+            from .memory import run_memory_suite
 
-        run_memory_suite(
-            [int(n) for n in frames.split(",")], model=model, size=size, steps=steps, editor=editor,
-            propagator=propagator, chunk_size=chunk_size, device=device, dtype=dtype, save=save,
-        )
+            run_memory_suite(
+                _ints(frames, "--frames"), model=model, size=size, steps=steps, editor=editor, propagator=propagator,
+                chunk_size=chunk_size, device=device, dtype=dtype, json_out=json_out,
+                save=_save("memory", device, save, no_save),
+            )  # fmt: skip
 
     @bench.command("work")
     def work(
         frames: str = typer.Option("8,13,40", help="Comma-separated frame counts."),
         chunk_size: int = typer.Option(8, help="Chunk size B."),
         steps: int = typer.Option(2, help="Steps."),
-        save: Optional[str] = typer.Option(None, help="Also write the results as JSON to this file."),
+        json_out: bool = typer.Option(False, "--json", help=_JSON),
+        save: Optional[str] = typer.Option(None, help=_SAVE),
+        no_save: bool = typer.Option(False, "--no-save", help=_NO_SAVE),
     ) -> None:
         """UNet image-forwards per frame per step for each propagator, counted by the code (tiny model)."""
-        from .work import run_work_suite
+        with _errors():
+            from .work import run_work_suite
 
-        run_work_suite([int(n) for n in frames.split(",")], chunk_size=chunk_size, steps=steps, save=save)
-
-    @bench.command("unet")
-    def unet(
-        model: str = typer.Option("random:sd21", help="Model spec."),
-        size: str = typer.Option("512x512", help="Image size WxH."),
-        frames: int = typer.Option(8, help="Frames per chunk (B); keyframes K = 1 per chunk."),
-        chunks: int = typer.Option(2, help="Chunks (so K = chunks)."),
-        repeats: int = typer.Option(3, help="Timed repetitions (after one warm-up)."),
-        device: str = typer.Option("auto", help="Device."),
-        dtype: str = typer.Option("auto", help="dtype."),
-        engines: Optional[str] = typer.Option(None, help="Comma-separated engines to compare with eager (default: every one that runs here)."),
-        engine_cache: Optional[str] = typer.Option(None, help="Engine cache folder (default: a new temporary one, so builds are timed)."),
-        save: Optional[str] = typer.Option(None, help="Also write the results as JSON to this file."),
-    ) -> None:
-        """Time the UNet passes (plain, keyframe, propagation) through every engine, as ratios to eager."""
-        from .unet import run_unet_suite
-
-        run_unet_suite(model=model, size=size, frames=frames, chunks=chunks, repeats=repeats, device=device,
-                       dtype=dtype, save=save, engines=engines, engine_cache=engine_cache)
+            run_work_suite(_ints(frames, "--frames"), chunk_size=chunk_size, steps=steps, json_out=json_out,
+                           save=_save("work", "cpu", save, no_save))  # fmt: skip
 
     @bench.command("consistency")
     def consistency(
@@ -81,9 +257,22 @@ def register_commands(app):
         save: Optional[str] = typer.Option(None, help="Also write the results as JSON to this file."),
     ) -> None:
         """Warp error of tokenflow against none on a translating pattern (consistency test model, CPU)."""
-        from .consistency import run_consistency_suite
+        with _errors():
+            from .consistency import run_consistency_suite
 
-        run_consistency_suite(
-            [int(s) for s in seeds.split(",")], frames=frames, size=size, steps=steps, editor=editor,
-            chunk_size=chunk_size, save=save,
-        )
+            run_consistency_suite(
+                [int(s) for s in seeds.split(",")], frames=frames, size=size, steps=steps, editor=editor,
+                chunk_size=chunk_size, save=save,
+            )
+
+    @bench.command("compare")
+    def compare(
+        a: str = typer.Argument(..., help="The first results file (A)."),
+        b: str = typer.Argument(..., help="The second results file (B)."),
+        json_out: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),
+    ) -> None:
+        """Two results files side by side: rows matched by their key fields, both medians and the ratio B/A."""
+        with _errors():
+            from .compare import run_compare
+
+            run_compare(a, b, json_out=json_out)

@@ -16,7 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ._common import save_json, show, synthetic_clip
+from ._common import document, finish, header, say, show, synthetic_clip
 
 
 def _peak_rss_mb() -> float:
@@ -59,9 +59,14 @@ def probe(args: argparse.Namespace) -> dict:
         return row
 
 
-def run_memory_suite(frame_counts, *, model, size, steps, editor, propagator, chunk_size, device, dtype, save) -> list[dict]:
+def run_memory_suite(
+    frame_counts, *, model, size, steps, editor, propagator, chunk_size, device, dtype, save=None, json_out=False
+) -> dict:
+    from vedit.models import resolve_device, resolve_dtype
+
     rows = []
     for frames in frame_counts:
+        say(f"bench memory: {frames} frames (a fresh process)")
         cmd = [
             sys.executable, "-m", "vedit_bench.memory", "--frames", str(frames), "--model", model, "--size", size,
             "--steps", str(steps), "--editor", editor, "--propagator", propagator, "--chunk-size", str(chunk_size),
@@ -76,20 +81,27 @@ def run_memory_suite(frame_counts, *, model, size, steps, editor, propagator, ch
         if done.returncode != 0:
             raise SystemExit(f"memory probe for {frames} frames failed:\n{done.stderr[-2000:]}")
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
-    base = rows[0]
+    resolved = resolve_device(device)
+    settings = {"model": model, "size": size, "steps": steps, "editor": editor, "propagator": propagator,
+                "chunk_size": chunk_size, "frames": list(frame_counts), "malloc_mmap_threshold": 65536}  # fmt: skip
+    head = header("memory", device=resolved, dtype=resolve_dtype(dtype, resolved), settings=settings)
+    head["timing"] = {"clock": "none: peak memory of one edit per frame count, each in a fresh process"}
+    doc = document("memory", head, rows, key_fields=("frames",), value_field="peak_rss_mb")
+    return finish(doc, _render, json_out=json_out, save=save)
+
+
+def _render(doc: dict) -> None:
+    rows, s = doc["rows"], doc["header"]["settings"]
     columns = ["frames", "peak RSS MB", "RSS after load MB", "edit's share MB", "s", "UNet fwd/frame/step"]
     table = [
         [r["frames"], r["peak_rss_mb"], r["rss_after_load_mb"], round(r["peak_rss_mb"] - r["rss_after_load_mb"], 1), r["seconds"], r["forwards_per_frame_step"]]
         for r in rows
     ]
-    if "cuda_peak_mb" in base:
+    if rows and "cuda_peak_mb" in rows[0]:
         columns += ["CUDA peak MB", "CUDA weights MB"]
         for line, r in zip(table, rows):
             line += [r["cuda_peak_mb"], r["cuda_weights_mb"]]
-    show(f"peak memory: {model} {size}, {steps} step(s), {editor}+{propagator}, B={chunk_size}", columns, table)
-    save_json(save, {"suite": "memory", "model": model, "size": size, "steps": steps, "editor": editor,
-                     "propagator": propagator, "chunk_size": chunk_size, "rows": rows})
-    return rows
+    show(f"peak memory: {s['model']} {s['size']}, {s['steps']} step(s), {s['editor']}+{s['propagator']}, B={s['chunk_size']}", columns, table)
 
 
 if __name__ == "__main__":
