@@ -219,7 +219,12 @@ def test_blocked_attention_equals_one_fused_call(monkeypatch):
     q, k, v = (torch.randn(1, 2, 96, 8, generator=gen) for _ in range(3))
     whole = F.scaled_dot_product_attention(q, k, v)
     monkeypatch.setattr(attention, "MAX_SCORES_PER_BLOCK", 2 * 96 * 10)  # blocks of 10 queries
+    monkeypatch.setattr(attention, "_fused_kernel", lambda *args: False)  # as where only the math kernel runs
+    calls = []
+    sdpa = attention.F.scaled_dot_product_attention
+    monkeypatch.setattr(attention.F, "scaled_dot_product_attention", lambda *a: calls.append(a) or sdpa(*a))
     assert torch.allclose(attention.attend(q, k, v), whole, atol=1e-6)
+    assert len(calls) == 10  # 96 queries in blocks of 10
 
 
 def test_blocked_nearest_neighbours_equal_one_matmul(monkeypatch):

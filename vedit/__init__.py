@@ -8,6 +8,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+# The C allocator's settings, before anything imports torch or allocates: see vedit/runtime.py
+# (VEDIT_ALLOCATOR=system leaves the allocator as it is).
+from .runtime import configure_allocator as _configure_allocator
+
+_configure_allocator()
+
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -8,9 +8,10 @@ from torch import nn
 
 from .unet import CallContext, LayerInfo, inject_from_source
 
-# Queries are processed in blocks of at most this many (query × key) scores per head, so that
-# attention over many frames' tokens never materialises one huge score matrix, even on
-# backends without a fused kernel.
+# Where scaled_dot_product_attention would run its math fallback (which holds every query × key
+# score), queries are processed in blocks of at most this many scores per head, so that attention
+# over many frames' tokens never materialises one huge score matrix. A fused kernel (CUDA's, and
+# PyTorch's CPU flash kernel) never holds it and gets the whole call.
 MAX_SCORES_PER_BLOCK = 1 << 24
 
 
@@ -43,14 +44,32 @@ def _in_graph() -> bool:
     return torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting()
 
 
+def _fused_kernel(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> bool:
+    """Whether ``scaled_dot_product_attention`` runs a fused kernel on these inputs (one that works
+    through the keys block by block), not its math fallback."""
+    choose = getattr(torch, "_fused_sdp_choice", None)
+    if choose is None:
+        return False
+    try:
+        return int(choose(query, key, value)) > 0  # SDPBackend: ERROR -1, MATH 0, the fused ones above
+    except (RuntimeError, TypeError, ValueError):  # a private function: should it change, block as before
+        return False
+
+
 def attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-    """Softmax attention (b, heads, q, d) × (b, heads, k, d), queries in bounded blocks in eager
-    PyTorch off CUDA (CUDA's fused kernels never hold the score matrix)."""
+    """Softmax attention (b, heads, q, d) × (b, heads, k, d): one ``scaled_dot_product_attention``
+    call, exactly as diffusers' own processor makes it, except where that would be the math
+    fallback holding a score matrix of more than ``MAX_SCORES_PER_BLOCK`` per head: then the
+    queries go in bounded blocks.
+
+    Blocking when a fused kernel runs anyway only costs: at 512×512 (4096 tokens, 5 heads, 8
+    frames) 41 calls of 102 queries took 1.10 s against 0.66 s for the one call (2 CPU cores).
+    """
     if query.device.type == "cuda" or _in_graph():
         return F.scaled_dot_product_attention(query, key, value)
     q_len, k_len = query.shape[-2], key.shape[-2]
     block = max(1, MAX_SCORES_PER_BLOCK // max(1, k_len * query.shape[0] * query.shape[1]))
-    if block >= q_len:
+    if block >= q_len or _fused_kernel(query, key, value):
         return F.scaled_dot_product_attention(query, key, value)
     return torch.cat(
         [F.scaled_dot_product_attention(query[..., s : s + block, :], key, value) for s in range(0, q_len, block)],
