@@ -346,3 +346,23 @@ def test_a_long_clip_is_read_in_bounded_batches(tmp_path):
         time.sleep(0.5)
         assert frames._queue.qsize() <= 3
         assert sum(len(batch) for batch in frames) == 60
+
+
+@pytest.mark.parametrize("engine, expected_tokens", [("eager", 64), ("torchscript", None)])
+def test_auto_nn_backend_is_told_the_runs_tokens_only_when_the_passes_run_eagerly(clip, tmp_path, monkeypatch, engine, expected_tokens):
+    """The crossover rule may pick a Python search backend by size only where the propagation pass
+    is not in a compiled graph (leaving it would cost the graph)."""
+    from vedit import plugins
+
+    asked = []
+    choose = plugins.choose
+
+    def spying(kind, requested, device, **kwargs):
+        if kind == "nn_backend":
+            asked.append(kwargs.get("tokens"))
+        return choose(kind, requested, device, **kwargs)
+
+    monkeypatch.setattr(plugins, "choose", spying)
+    options = {**OPTIONS, "steps": 1, "inversion_steps": 1}
+    vedit.edit(clip, tmp_path / "out", engine=engine, size="64x64", max_frames=4, engine_cache=str(tmp_path / "engines"), **options)
+    assert asked[-1] == expected_tokens  # 64×64 frames: 8×8 latent tokens

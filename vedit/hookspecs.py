@@ -52,5 +52,12 @@ def choose_engine(device: Any) -> str | None:
 
 
 @hookspec(firstresult=True)
-def choose_nn_backend(device: Any) -> str | None:
-    """Name the nearest-neighbour backend to use when ``--nn-backend auto`` is asked for."""
+def choose_nn_backend(device: Any, tokens: int | None) -> str | None:
+    """Name the nearest-neighbour backend to use when ``--nn-backend auto`` is asked for on ``device``.
+
+    ``tokens`` is the largest number of tokens per frame the propagation pass will search (the
+    latent height × width: 4096 at 512×512), or None when the caller does not know it. Call the
+    hook through ``vedit.plugins.choose``, which always passes both; an implementation may leave
+    ``tokens`` out of its signature (``choose_nn_backend(device)``) and is then called with the
+    device alone.
+    """

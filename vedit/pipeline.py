@@ -468,7 +468,11 @@ def edit_latents(
         generator=torch.Generator().manual_seed(config.seed),
     )  # fmt: skip
     plan = editor.plan(job)
-    nearest = plugins.choose("nn_backend", config.nn_backend, model.device)
+    # A Python search backend takes the propagation pass out of a compiled graph: auto may choose
+    # one only when the passes run eagerly anyway.
+    eager_only = all(getattr(engine, "name", "") == "eager" for engine in checked.engines)
+    tokens = latents.shape[-2] * latents.shape[-1] if eager_only else None
+    nearest = plugins.choose("nn_backend", config.nn_backend, model.device, tokens=tokens)
     batches = _pass_batches(config, len(latents), editor, propagator)
     task = reporter.task("denoise", len(plan.timesteps))
     with make_passes(

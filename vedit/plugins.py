@@ -221,12 +221,17 @@ def get(kind: str, name: str) -> Any:
     return items[name].item
 
 
-def choose(kind: str, requested: str, device: Any) -> Any:
-    """Resolve ``requested`` (a name or ``auto``) through the firstresult ``choose_*`` hooks."""
+def choose(kind: str, requested: str, device: Any, *, tokens: int | None = None) -> Any:
+    """Resolve ``requested`` (a name or ``auto``) through the firstresult ``choose_*`` hooks.
+
+    ``tokens`` (nn backends only): the largest tokens per frame the run searches, if known."""
     if requested != "auto":
         return get(kind, requested)
-    hook = {"engine": "choose_engine", "nn_backend": "choose_nn_backend"}[kind]
-    name = getattr(get_plugin_manager().hook, hook)(device=device)
+    hooks = get_plugin_manager().hook
+    if kind == "nn_backend":
+        name = hooks.choose_nn_backend(device=device, tokens=tokens)
+    else:
+        name = {"engine": hooks.choose_engine}[kind](device=device)
     if name is None:
         raise PluginError(f"no {kind.replace('_', ' ')} plugin offers itself for {device}; name one explicitly")
     return get(kind, name)
