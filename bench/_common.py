@@ -36,6 +36,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
+
+from vedit.profiling import synchronize
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -111,13 +113,7 @@ class Stats:
 
 def sync(device: torch.device | str | None) -> None:
     """Wait until the device has finished the work queued so far."""
-    if device is None:
-        return
-    device = torch.device(device)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps" and hasattr(torch, "mps"):
-        torch.mps.synchronize()
+    synchronize(device)
 
 
 def clock_name(device: torch.device | str | None) -> str:

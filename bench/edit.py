@@ -31,6 +31,8 @@ from typing import Any
 
 import torch
 
+from vedit.report import SilentReporter
+
 from ._common import (
     Stats,
     alternate,
@@ -66,20 +68,11 @@ def profile_supported() -> bool:
     return "profile" in inspect.signature(edit).parameters
 
 
-class _Collect:
+class _Collect(SilentReporter):
     """A reporter that shows nothing and keeps each warning once."""
 
     def __init__(self, notes: list[str]):
         self.notes = notes
-
-    def task(self, description: str, total: int | None) -> "_Collect":
-        return self
-
-    def advance(self, amount: int = 1) -> None:
-        pass
-
-    def message(self, text: str) -> None:
-        pass
 
     def warning(self, text: str) -> None:
         if f"warning: {text}" not in self.notes:
