@@ -25,8 +25,8 @@ import contextlib
 import os
 import statistics
 import time
-from functools import partial
 from collections.abc import Callable
+from functools import partial
 
 import torch
 
@@ -148,7 +148,7 @@ def run_nn_suite(
     ``threads`` limits torch's and FAISS's CPU threads for the run; ``clock="cpu"`` (CPU, one
     thread only) times the calling thread's CPU time, which a machine busy with other work does
     not inflate the way it inflates the wall clock."""
-    from vedit.models import dtype_name, resolve_device, resolve_dtype
+    from vedit.models import resolve_device, resolve_dtype
 
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
@@ -156,11 +156,18 @@ def run_nn_suite(
         raise ValueError(f"clock must be wall or cpu, got {clock!r}")
     if clock == "cpu" and (dev.type != "cpu" or threads != 1):
         raise ValueError("clock='cpu' measures one CPU thread: use it with device cpu and threads=1")
+    with _limited_threads(threads):  # the saved machine description sees the threads used, too
+        return _measure(seqs, chunk_size, backends, dev, dt, repeats, save, clock)
+
+
+def _measure(seqs, chunk_size, backends, dev, dt, repeats, save, clock) -> list[dict]:
+    from vedit.models import dtype_name
+
     searches = _searches(backends, dev)
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    threads_used = _threads()
     rows: list[dict] = []
-    with torch.inference_mode(), _limited_threads(threads):
-        threads_used = _threads()
+    with torch.inference_mode():
         for seq in seqs:
             dim, blocks = SD_BLOCKS.get(seq, TOP_LEVEL)
             gen = torch.Generator().manual_seed(seq)
@@ -201,7 +208,7 @@ def run_nn_suite(
           f"{r['same_as_torch']:.4f}" if "same_as_torch" in r else "-"] for r in rows],
     )  # fmt: skip
     per_pass = {}
-    if all(seq in SD_BLOCKS for seq in seqs):
+    if set(seqs) == set(SD_BLOCKS):  # every level of the UNet: a whole pass
         for name in searches:
             per_pass[name] = round(sum(SEARCHES_PER_BLOCK * by[(s, name)]["blocks"] * by[(s, name)]["median_ms"] for s in seqs), 1)
         show(

@@ -35,24 +35,27 @@ def register_nn_backends(register):
 
 # ``--nn-backend auto``: the built-in answer (``trylast``, so a plugin's answer comes first).
 #
-# CPU, measured (2-core Xeon VM, fp32, B = 8, FAISS 1.15.1 / torch 2.13; one thread each and
-# the thread's CPU time, which other work on the machine does not inflate):
-#   python -c "from vedit_bench.nn import run_nn_suite as r; r(seqs=[4096, 1024, 256, 64],
-#     chunk_size=8, backends=None, device='cpu', dtype='fp32', repeats=5, threads=1, clock='cpu',
-#     save='bench/results/nn-cpu-1thread.json')"          (and seqs=[144, 400, 576, 960, 1600, 2304]
-#     for bench/results/nn-cpu-1thread-top.json: the top level of smaller images, dim 320)
-#   faiss ÷ in-graph search, ms per search:
-#     SD at 512×512:  seq 4096 (dim 320) 0.70 (588 vs 837), 1024 (640) 0.86 (77.5 vs 89.9),
-#                     256 (1280) 1.02 (11.7 vs 11.5), 64 (1280) 1.21 (1.2 vs 1.0);
-#                     one propagation pass (2 searches × 16 blocks) 0.72: 6.8 s vs 9.4 s
-#     top level, dim 320: 144 tokens 1.00, 400 0.84, 576 0.81, 960 0.74, 1600 0.74, 2304 0.72
-# FAISS's blocked GEMM with a fused top-1 does the same product as the in-graph search without
-# writing and re-reading the whole B·seq × seq score matrix. The cost of leaving the graph is nil
-# on the CPU: `--engine auto` is eager there (compiled engines measured 0.86–0.97× eager), and the
-# eager propagation pass runs a Python backend with no warning. Hence faiss on the CPU when it is
-# installed and a frame has at least FAISS_CPU_MIN_TOKENS tokens (the smallest measured size at
-# which it was faster; at 144 the two were even), else torch. Tokens unknown (a caller that does not
-# pass them): torch.
+# CPU, measured on this project's 2-core Xeon VM (fp32, B = 8, FAISS 1.15.1, torch 2.13, two
+# threads each, wall clock, median of 7, the machine otherwise idle):
+#   vedit bench nn --device cpu --dtype fp32 --chunk-size 8 --repeats 7 --save bench/results/nn-cpu.json
+#   vedit bench nn --device cpu --dtype fp32 --chunk-size 8 --repeats 7 --seqs 144,400,960,1600,2304 \
+#       --save bench/results/nn-cpu-top.json      (the top level of smaller images: dim 320)
+# faiss ÷ in-graph search (ms per search, faiss vs in-graph):
+#   SD at 512×512:     seq 4096 (dim 320) 0.72 (289 vs 403), 1024 (640) 0.99 (35.8 vs 36.0),
+#                      256 (1280) 1.01 (4.97 vs 4.91), 64 (1280) 1.13 (0.64 vs 0.57);
+#                      one propagation pass of 8 frames (2 searches × 16 blocks) 0.74: 3.29 s vs 4.44 s
+#   top level, dim 320: 144 tokens 1.20, 400 0.96, 960 0.83, 1600 0.80, 2304 0.76, 4096 0.72
+# One thread each, timing the thread's CPU time (which other work on a shared machine does not
+# inflate): 0.70 at 4096, 0.72 for the whole pass (bench/results/nn-cpu-1thread.json, from
+# run_nn_suite(seqs=[4096, 1024, 256, 64], chunk_size=8, backends=None, device="cpu", dtype="fp32",
+# repeats=5, threads=1, clock="cpu", save=...) in vedit_bench.nn).
+# FAISS's blocked GEMM with a fused top-1 does the in-graph search's product without writing and
+# re-reading the whole B·seq × seq score matrix (512 MiB at seq 4096), which is why its lead grows
+# with the token count. A Python backend loses nothing where the passes run eagerly (`--engine
+# auto` on the CPU: compiled engines measured 0.86–0.97× eager), and the pipeline tells this hook
+# the run's tokens only then. Hence: faiss on the CPU when it runs here and a frame has at least
+# FAISS_CPU_MIN_TOKENS tokens (from 960 it was clearly faster; at 400 within 4 %; at 144 slower,
+# by 0.1 ms), else torch; tokens not given (a compiled engine, or a caller that does not know): torch.
 #
 # CUDA: torch (not measured on a GPU). Each search is one GEMM (at most 32768 × 4096 × 320 at
 # 512×512, B = 8) and an argmax: cuBLAS runs it on tensor cores in fp16/bf16, inside the pass's
@@ -63,7 +66,7 @@ def register_nn_backends(register):
 # compiled engine. So torch should win there at every size TokenFlow searches.
 #
 # MPS and other devices: torch (FAISS would go through host memory).
-FAISS_CPU_MIN_TOKENS = 400
+FAISS_CPU_MIN_TOKENS = 960
 
 
 def _faiss_runs_here() -> bool:
