@@ -342,13 +342,17 @@ def _reading_batch(config: RunConfig) -> int:
     return config.batch_size if isinstance(config.batch_size, int) else CPU_BATCH
 
 
+def _per_frame_with_source(editor: Any, propagator: Any) -> bool:
+    """Whether per-frame UNet calls carry the source branch (PnP injection or a propagator that needs it)."""
+    return bool(propagator.needs_source_branch or getattr(editor, "conv_layers", ()) or getattr(editor, "qk_layers", ()))
+
+
 def _branches(editor: Any, propagator: Any) -> int:
-    """Images per frame in a per-frame UNet call with ``--batch-size`` frames: 3 when the per-frame
-    propagator carries a source branch, else 1 (inversion)."""
+    """Images per frame in a ``--batch-size`` UNet call: 1 with tokenflow (only inversion is batched
+    so), else the per-frame calls' 3 branches with the source, 2 without."""
     if propagator.name == "tokenflow":
         return 1
-    source = propagator.needs_source_branch or getattr(editor, "conv_layers", ()) or getattr(editor, "qk_layers", ())
-    return 3 if source else 2
+    return 3 if _per_frame_with_source(editor, propagator) else 2
 
 
 def _with_batch_size(config: RunConfig, model: Any, latents: torch.Tensor, branches: int = 1) -> RunConfig:
@@ -679,7 +683,7 @@ def _pass_batches(config: RunConfig, frames: int, editor: Any, propagator: Any) 
     if propagator.name == "tokenflow":
         batches["keyframe"] = [3 * -(-n // b)]
         batches["propagation"] = [3 * x for x in _split(n, b)]
-    elif propagator.needs_source_branch or getattr(editor, "conv_layers", ()) or getattr(editor, "qk_layers", ()):
+    elif _per_frame_with_source(editor, propagator):
         batches["frames"] = [3 * x for x in _split(n, size)]
     else:
         batches.setdefault("plain", [])
