@@ -1,13 +1,14 @@
 """Temporal consistency: ``tokenflow`` against the per-frame baseline ``none`` on a translating pattern.
 
 The clip is a smoothed random colour texture that moves right by exactly one latent pixel (8 px)
-per frame, so the VAE's latents translate by a whole token; Farnebäck's flow of the source clip
-(:func:`vedit.metrics.source_flow`) follows it (the source scores 1.8 of 255 along its own flow).
-Both propagators run through the real :func:`vedit.pipeline.edit`; the figure is :func:`vedit.metrics.warp_error` of the written frames
-along the source clip's flow. The same error is also taken on the edited latents (captured on their
-way to the VAE decoder) along the flow averaged down to the latent grid and divided by 8, because
-the tiny model's random VAE decoder alone puts a floor under the pixel figure that is the same for
-both propagators (its round trip of the *source* clip already scores about 14-21).
+per frame, so the VAE's latents translate by a whole token; the source clip's DIS flow follows it
+(the source scores 0.05 ×10⁻³ along its own flow). Both propagators run through the real
+:func:`vedit.pipeline.edit`; the figure is the warp error ``vedit eval`` reports
+(:func:`vedit.metrics.pair_warp_error` along :func:`vedit.flow.pair_flows` of the source, same
+mask), ×10⁻³, of the written frames. The same error is also taken on the edited latents (captured
+on their way to the VAE decoder) along the flow averaged down to the latent grid and divided by 8
+(a token is left out when any pixel it covers is), because the tiny model's random VAE decoder
+scrambles fine detail and puts a floor under the pixel figure that is the same for both propagators.
 
 The model is a test-only copy of the tiny random SD (:func:`consistency_model`), changed in three
 measured ways so that it has the two properties of a trained SD that TokenFlow relies on; with the
@@ -160,21 +161,30 @@ def edit_with_latents(sd, source: Path, output: Path, **options: Any) -> tuple[n
     return FrameReader(output).read_all(), torch.cat(captured).numpy()
 
 
-def latent_flows(flows: list[np.ndarray], factor: int = 8) -> list[np.ndarray]:
-    """Pixel flows averaged down to the latent grid and expressed in latent pixels."""
+def latent_pairs(pairs: list, factor: int = 8) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each source pair's forward flow averaged down to the latent grid (in latent pixels), and the
+    excluded mask there: a token is left out when any pixel it covers is."""
     import cv2
 
-    return [
-        cv2.resize(flow, (flow.shape[1] // factor, flow.shape[0] // factor), interpolation=cv2.INTER_AREA) / factor
-        for flow in flows
-    ]
+    out = []
+    for pair in pairs:
+        h, w = pair.forward.shape[:2]
+        flow = cv2.resize(pair.forward, (w // factor, h // factor), interpolation=cv2.INTER_AREA) / factor
+        excluded = pair.excluded[: h // factor * factor, : w // factor * factor]
+        excluded = excluded.reshape(h // factor, factor, w // factor, factor).any(axis=(1, 3))
+        out.append((flow, excluded))
+    return out
 
 
-def latent_warp_error(latents: np.ndarray, flows: list[np.ndarray]) -> float:
-    """:func:`vedit.metrics.warp_error` of (N, 4, h, w) latents along latent-grid flows, one token of border out."""
-    from vedit.metrics import warp_error
+def clip_warp_error(frames: np.ndarray, flows: list[tuple[np.ndarray, np.ndarray]]) -> float:
+    """Warp error ×10⁻³ (:func:`vedit.metrics.pair_warp_error`, the code ``vedit eval`` uses) of
+    (N, H, W, C) frames along per-pair (forward flow, excluded mask)."""
+    from vedit.metrics import WarpError, pair_warp_error
 
-    return warp_error(np.ascontiguousarray(latents.transpose(0, 2, 3, 1), dtype=np.float32), flows, border=1)
+    error = WarpError()
+    for t, (forward, excluded) in enumerate(flows):
+        error.add(pair_warp_error(frames[t], frames[t + 1], forward, excluded))
+    return error.value
 
 
 def measure(
@@ -188,16 +198,18 @@ def measure(
     chunk_size: int = 4,
     guidance: float = GUIDANCE,
     control: bool = True,
+    flow: str = "dis",
 ) -> dict[str, Any]:
     """Warp errors of ``tokenflow``, ``none`` (and the scrambled control) for one model seed."""
     from vedit import plugins
-    from vedit.metrics import source_flow, warp_error
+    from vedit.flow import flow_backend, pair_flows
 
     workdir = Path(workdir)
     source = workdir / "source"
     clip = translating_clip(source, frames, size)
-    flows = source_flow(clip)
-    small_flows = latent_flows(flows)
+    pairs = list(pair_flows(clip, flow_backend(flow)))
+    flows = [(pair.forward, pair.excluded) for pair in pairs]
+    small_flows = latent_pairs(pairs)
     sd = consistency_model(seed, clip)
     options = dict(
         prompt="a watercolor painting", steps=steps, inversion_steps=steps, editor=editor,
@@ -207,7 +219,7 @@ def measure(
     runs = [("tokenflow", {"propagator": "tokenflow"}), ("none", {"propagator": "none"})]
     if control:
         runs.append((SCRAMBLED, {"propagator": "tokenflow", "nn_backend": SCRAMBLED}))
-    row: dict[str, Any] = {"seed": seed, "editor": editor}
+    row: dict[str, Any] = {"seed": seed, "editor": editor, "pixel_source": clip_warp_error(clip, flows)}
     manager = plugins.get_plugin_manager()
     plugin_name = f"vedit-bench-scrambled-{seed}"
     if control:
@@ -215,8 +227,8 @@ def measure(
     try:
         for label, extra in runs:
             edited, latents = edit_with_latents(sd, source, workdir / f"out-{label}", **options, **extra)
-            row[f"pixel_{label}"] = warp_error(edited, flows)
-            row[f"latent_{label}"] = latent_warp_error(latents, small_flows)
+            row[f"pixel_{label}"] = clip_warp_error(edited, flows)
+            row[f"latent_{label}"] = clip_warp_error(latents.transpose(0, 2, 3, 1), small_flows)
     finally:
         if control:
             manager.unregister(name=plugin_name)
@@ -247,12 +259,13 @@ def run_consistency_suite(
         ["seed", "editor", "px tokenflow", "px none", "ratio", "lat tokenflow", "lat none", "ratio", "lat scrambled",
          "tf/scr"],
         [[r["seed"], r["editor"], f"{r['pixel_tokenflow']:.2f}", f"{r['pixel_none']:.2f}", f"{r['pixel_ratio']:.3f}",
-          f"{r['latent_tokenflow']:.3f}", f"{r['latent_none']:.3f}", f"{r['latent_ratio']:.3f}",
-          f"{r[f'latent_{SCRAMBLED}']:.3f}", f"{r['latent_ratio_vs_scrambled']:.3f}"] for r in rows],
+          f"{r['latent_tokenflow']:.1f}", f"{r['latent_none']:.1f}", f"{r['latent_ratio']:.3f}",
+          f"{r[f'latent_{SCRAMBLED}']:.1f}", f"{r['latent_ratio_vs_scrambled']:.3f}"] for r in rows],
     )
     console.print(
-        "px: warp error of the written frames (0-255) along the source flow; lat: the same on the edited latents "
-        "along the flow on the latent grid; scrambled: tokenflow with random correspondences (control)"
+        "px: warp error (×10⁻³, as vedit eval reports it) of the written frames along the source's flow; lat: the "
+        "same on the edited latents along that flow on the latent grid; scrambled: tokenflow with random "
+        "correspondences (control)"
     )
     save_json(save, {"suite": "consistency", "frames": frames, "size": size, "steps": steps, "editor": editor,
                      "chunk_size": chunk_size, "guidance": guidance, "shift_px_per_frame": SHIFT, "rows": rows})

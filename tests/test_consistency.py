@@ -1,5 +1,6 @@
-"""Temporal consistency: the warp-error metric on known inputs, and TokenFlow against the per-frame
-baseline on a synthetic translating clip, both run by the real pipeline.
+"""Temporal consistency: TokenFlow against the per-frame baseline on a synthetic translating clip,
+run by the real pipeline and scored with the warp error ``vedit eval`` reports (the metric itself is
+tested in test_flow.py).
 
 The comparison does NOT use the plain tiny model. It uses a test-only copy of it
 (``vedit_bench.consistency.consistency_model``) changed in three ways, because with the plain
@@ -21,16 +22,17 @@ for reasons that are about random weights, not about TokenFlow:
   the clean latents). Guidance 30 makes up for the smaller prediction, so the edit still moves
   the latents by about 20-30% of their size.
 
-The clip moves by exactly one latent pixel (8 px) per frame. The pixel figure is what the issue
-asks for; it has a floor that is the same for both propagators, because the random VAE decoder
-alone already gives the *source* clip's round trip a warp error of about 14-21. The same error on
+The clip moves by exactly one latent pixel (8 px) per frame. The pixel figure is what ``vedit eval``
+reports (×10⁻³, along the source's DIS flow); it has a floor that is the same for both propagators,
+because the random VAE decoder alone scrambles fine detail (the source itself scores 0.05, the
+edits 30-90). The same error on
 the edited latents (captured on their way to the decoder) shows the effect without that floor. A
 third run, ``tokenflow`` whose correspondences are scrambled, checks that the gain comes from
 following the source's motion and not only from sharing keyframe features.
 
-Measured on this machine (one thread) over 16 model seeds: pixel ratio tokenflow/none 0.88-0.96,
-latent ratio 0.64-0.82, and tokenflow below the scrambled control in latent space on every seed
-(ratio 0.76-0.97). The figures move with floating-point summation order (the edit is chaotic),
+Measured on this machine (one thread) over 16 model seeds: pixel ratio tokenflow/none 0.78-0.97,
+latent ratio 0.43-0.79, and tokenflow below the scrambled control in latent space on every seed
+(ratio 0.66-0.94). The figures move with floating-point summation order (the edit is chaotic),
 so the thresholds leave room above the worst seed seen rather than above these three seeds.
 """
 
@@ -44,11 +46,11 @@ import torch
 
 pytest.importorskip("cv2")
 
-from vedit.metrics import psnr, source_flow, warp_error  # noqa: E402
+from vedit.metrics import psnr  # noqa: E402
 from vedit_bench.consistency import SHIFT, SCRAMBLED, measure, translating_clip  # noqa: E402
 
-PIXEL_RATIO = 0.97  # worst of 16 seeds: 0.962
-LATENT_RATIO = 0.88  # worst of 16 seeds: 0.82
+PIXEL_RATIO = 0.99  # worst of 16 seeds: 0.974
+LATENT_RATIO = 0.85  # worst of 16 seeds: 0.786
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -58,25 +60,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-def smooth_texture(height: int, width: int, seed: int = 0, cell: int = 4) -> np.ndarray:
-    """A smooth random texture (random values every ``cell`` px, cubic in between) in [60, 195], float,
-    so offsets of ±50 never clip. Detailed enough for Farnebäck to find a 2 px shift to 0.01 px."""
-    import cv2
-
-    rng = np.random.default_rng(seed)
-    coarse = rng.random((height // cell + 2, width // cell + 2, 3))
-    size = (coarse.shape[1] * cell, coarse.shape[0] * cell)
-    texture = cv2.resize(coarse, size, interpolation=cv2.INTER_CUBIC)[cell : cell + height, cell : cell + width]
-    texture = (texture - texture.min()) / (texture.max() - texture.min())
-    return 60 + 135 * texture
-
-
-def sliding(texture: np.ndarray, frames: int, width: int, shift: int) -> np.ndarray:
-    """Windows of ``texture`` whose content moves right by ``shift`` px per frame (float, N×H×W×3)."""
-    span = texture.shape[1]
-    return np.stack([texture[:, span - width - shift * i : span - shift * i] for i in range(frames)])
 
 
 # --------------------------------------------------------------------------- the metric itself
@@ -90,28 +73,6 @@ def test_psnr_on_known_arrays():
     half[:, :4] = 255  # half of the values off by 255: MSE 255²/2
     assert psnr(zeros, half) == pytest.approx(10 * math.log10(2))
     assert psnr(zeros.astype(np.float64), zeros + 1.0) == pytest.approx(10 * math.log10(255**2))
-
-
-def test_a_pure_translation_has_almost_no_warp_error_along_its_own_flow():
-    clip = np.round(sliding(smooth_texture(64, 64 + 2 * 9), 10, 64, shift=2)).astype(np.uint8)
-    flows = source_flow(clip)
-    assert len(flows) == 9
-    interior = np.stack(flows)[:, 8:-8, 8:-8]
-    # content moves right, so each frame t+1 samples frame t two pixels to the left
-    assert np.median(interior[..., 0]) == pytest.approx(-2.0, abs=0.02)
-    assert np.median(interior[..., 1]) == pytest.approx(0.0, abs=0.02)
-    assert warp_error(clip, flows) < 0.1  # measured 0.006 (0-255 scale)
-
-
-def test_per_frame_flicker_gives_the_flicker_as_warp_error():
-    rng = np.random.default_rng(1)
-    moving = sliding(smooth_texture(64, 64 + 2 * 9), 10, 64, shift=2)
-    offsets = rng.uniform(-50, 50, size=10)
-    flicker = np.round(moving + offsets[:, None, None, None]).astype(np.uint8)  # stays inside [10, 245]
-    flows = source_flow(np.round(moving).astype(np.uint8))
-    expected = np.mean(np.abs(np.diff(offsets)))  # a uniform offset change moves every pixel by that much
-    assert expected > 20
-    assert warp_error(flicker, flows) == pytest.approx(expected, abs=1.0)
 
 
 def test_the_synthetic_clip_is_deterministic_and_moves_one_latent_pixel_per_frame(tmp_path):

@@ -143,7 +143,7 @@ def test_every_hook_has_a_docstring_and_is_in_the_readme():
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     names = [n for n in dir(hookspecs) if n.startswith(("register_", "choose_"))]
-    assert len(names) == 8
+    assert len(names) == 9
     for name in names:
         assert getattr(hookspecs, name).__doc__, name
         assert f"`{name}" in readme, f"hook {name} is not documented in README.md"

@@ -1,6 +1,7 @@
 """The hooks a vedit plugin can implement (pluggy project name ``vedit``).
 
-Every built-in editor, propagator, engine, nearest-neighbour backend and post-processor is
+Every built-in editor, propagator, engine, nearest-neighbour backend, post-processor and flow
+backend is
 registered through these hooks, exactly as a third-party package registers its own.
 """
 
@@ -39,6 +40,11 @@ def register_nn_backends(register: Register) -> None:
 @hookspec
 def register_postprocessors(register: Register) -> None:
     """Register post-processors applied to decoded frames before they are written."""
+
+
+@hookspec
+def register_flow_backends(register: Register) -> None:
+    """Register optical-flow backends, used by ``vedit eval`` and flow-guided post-processors."""
 
 
 @hookspec

@@ -23,13 +23,14 @@ from . import hookspecs
 from .errors import PluginError
 
 ENTRY_POINT_GROUP = "vedit"
-KINDS = ("editor", "propagator", "engine", "nn_backend", "postprocessor")
+KINDS = ("editor", "propagator", "engine", "nn_backend", "postprocessor", "flow_backend")
 _HOOK_FOR_KIND = {
     "editor": "register_editors",
     "propagator": "register_propagators",
     "engine": "register_engines",
     "nn_backend": "register_nn_backends",
     "postprocessor": "register_postprocessors",
+    "flow_backend": "register_flow_backends",
 }
 
 
