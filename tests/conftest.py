@@ -92,3 +92,12 @@ def make_clip(
 @pytest.fixture
 def clip(tmp_path) -> Path:
     return make_clip(tmp_path / "clip.mp4")
+
+
+def one_error_line(result) -> str:
+    """The single ``vedit: error:`` line a CLI mistake ends in (asserting there is exactly one)."""
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("vedit: error: ")
+    assert "Traceback" not in result.output
+    return lines[0]

@@ -13,6 +13,7 @@ from safetensors import SafetensorError
 from typer.testing import CliRunner
 
 import vedit.inversion as inversion
+from conftest import one_error_line
 from vedit.cli import create_app
 from vedit.errors import ConfigError, OutputError
 from vedit.inversion import MB, CacheEntry, InversionCache, Trajectory, describe_age, gb_to_bytes
@@ -373,13 +374,6 @@ def test_describe_age():
 
 def vedit(*args: str):
     return CliRunner().invoke(create_app(), [str(a) for a in args], catch_exceptions=False, env={"COLUMNS": "250"})
-
-
-def one_error_line(result) -> str:
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("vedit: error: ") and "Traceback" not in result.output
-    return lines[0]
 
 
 def test_cache_list_shows_the_clip_content_hash_and_markup_literally(tmp_path):

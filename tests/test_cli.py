@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from conftest import SHARED_CLIPS, make_clip
+from conftest import SHARED_CLIPS, make_clip, one_error_line
 from vedit.cli import create_app
 from vedit.video import FrameReader
 
@@ -43,14 +43,6 @@ def streams(path: Path) -> dict:
             info["audio"] = float(audio.duration * audio.time_base) if audio.duration else None
         info["duration"] = container.duration / 1e6 if container.duration else None
     return info
-
-
-def one_error_line(result) -> str:
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("vedit: error: ")
-    assert "Traceback" not in result.output
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

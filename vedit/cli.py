@@ -259,6 +259,9 @@ def _summary(result, config: RunConfig) -> Table:
     rows.append(("time", f"{result.seconds:.1f}s ({stages})"))
     if result.profile:
         rows.append(("profile", ", ".join(f"{k} {v:.2f}s" for k, v in result.profile.items())))
+    if result.evaluation is not None:
+        report = result.evaluation
+        rows.append(("eval", f"{report.path}: {report.headline()}"))
     if result.warnings:
         rows.append(("warnings", f"{len(result.warnings)} (printed above)"))
     table = Table(show_header=False, box=None, pad_edge=False)
@@ -326,7 +329,10 @@ def create_app() -> typer.Typer:
         device: Optional[str] = typer.Option(None, help=_help("auto, cpu, cuda, cuda:N or mps.", "device")),
         dtype: Optional[str] = typer.Option(None, help=_help("auto, fp32, fp16 or bf16.", "dtype")),
         batch_size: Optional[str] = typer.Option(None, help=_help("Frames per VAE / inversion / per-frame UNet batch, or auto (from free device memory).", "batch_size")),
-        postprocess: Optional[str] = typer.Option(None, help=_help("Comma-separated post-processor plugins applied to decoded frames, in order.")),
+        postprocess: Optional[str] = typer.Option(None, help=_help("Post-processors applied to the decoded frames, in order: NAME[:KEY=VALUE...], comma-separated (deflicker-luma,deflicker-flow:strength=0.7).")),
+        eval_: Optional[bool] = typer.Option(None, "--eval/--no-eval", help=_help("After writing, measure the edit as 'vedit eval' does and write the report beside the output (out.mp4 -> out.eval.json).")),
+        flow: Optional[str] = typer.Option(None, help=_help("Optical-flow backend for --eval: dis, raft or a plugin's.", "flow")),
+        clip_model: Optional[str] = typer.Option(None, "--clip", help=_help("CLIP model for --eval's text and frame scores: a hub id already in the local cache, or a folder (never downloaded).", "clip")),
         cache_dir: Optional[str] = typer.Option(None, help=_help("Inversion cache folder.", default=cache_dir_default)),
         cache_max_gb: Optional[float] = typer.Option(None, help=_help("Cache size cap in GB; the least recently used inversions are evicted.", "cache_max_gb")),
         no_cache: bool = typer.Option(False, "--no-cache", help=_help("Neither read nor write the inversion cache.")),
@@ -349,7 +355,7 @@ def create_app() -> typer.Typer:
                 max_frames=max_frames, allow_short=allow_short or None, fps=fps,
                 keep_timestamps=keep_timestamps or None, output_size=output_size, device=device, dtype=dtype,
                 batch_size=batch_size, postprocess=postprocess, cache_dir=cache_dir, cache_max_gb=cache_max_gb,
-                no_cache=no_cache or None,
+                no_cache=no_cache or None, eval=eval_, flow=flow, clip=clip_model,
             )
             target = output or Path(f"{clip.stem if clip.suffix else clip.name}-edited.mp4")
             with reporting(quiet) as reporter:
@@ -411,6 +417,37 @@ def create_app() -> typer.Typer:
                 f"reconstruction PSNR {reconstruction.psnr:.2f} dB (the VAE alone: {reconstruction.vae_psnr:.2f} dB)",
                 markup=False,
             )
+
+    @app.command("eval")
+    def eval_command(
+        edited: Path = typer.Argument(..., help="The edited video file, or folder of numbered frames."),
+        source: Path = typer.Option(..., "--source", "-s", help=_help("The clip it was edited from; optical flow is computed on it.")),
+        prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help=_help("The edit's prompt, for the CLIP text score.")),
+        json_path: Optional[Path] = typer.Option(None, "--json", help=_help("Also write the report, with per-frame figures, to this JSON file.")),
+        flow: Optional[str] = typer.Option(None, help=_help("Optical-flow backend: dis, raft or a plugin's.", "flow")),
+        clip_model: Optional[str] = typer.Option(None, "--clip", help=_help("CLIP model: a hub id already in the local cache, or a folder (never downloaded).", "clip")),
+        source_frames: Optional[str] = typer.Option(None, help=_help("The source frames the edit was made from, START:STOP:STEP (STOP exclusive).", default="from the first, as many as the edit has")),
+        config: Optional[Path] = typer.Option(None, "--config", help=_help("Read --flow and --clip defaults from this vedit.toml.")),
+    ) -> None:
+        """Measure an edit: warp error along the source's optical flow and CLIP scores, beside the source's own."""
+        from .evaluate import check_report_path, evaluate, write_json
+        from .video import FrameRange
+
+        with user_errors():
+            run_config = _config(config, flow=flow, clip=clip_model)
+            try:
+                selection = FrameRange.parse(source_frames) if source_frames is not None else None
+            except ConfigError as error:
+                raise ConfigError(str(error).replace("--frames", "--source-frames")) from None
+            target = check_report_path(json_path, edited, source) if json_path is not None else None
+            with reporting(False) as reporter:
+                report = evaluate(
+                    edited, source, prompt=prompt, flow=run_config.flow, clip=run_config.clip,
+                    source_frames=selection, reporter=reporter,
+                )  # fmt: skip
+            if target is not None:
+                write_json(report, target)
+        out_console.print(report.renderable())
 
     engines_app = typer.Typer(help="Build, list and clear compiled UNet engines.", no_args_is_help=True)
     app.add_typer(engines_app, name="engines")

@@ -54,6 +54,9 @@ class RunConfig:
     dtype: str = "auto"
     batch_size: int | str = "auto"  # "auto": chosen from free device memory (8 on the CPU)
     postprocess: str | None = None
+    flow: str = "dis"  # optical-flow backend for --eval and flow-guided post-processing
+    clip: str = "openai/clip-vit-large-patch14"  # CLIP model for --eval's text and frame scores (local only)
+    eval: bool = False
     cache_dir: str | None = None
     no_cache: bool = False
     cache_max_gb: float = 20.0

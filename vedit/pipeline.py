@@ -97,6 +97,7 @@ class EditResult:
     warnings: list[str] = field(default_factory=list)
     engines: dict[str, str] = field(default_factory=dict)  # pass -> the engine that ran it
     profile: dict[str, float] = field(default_factory=dict)  # seconds per component, with profile=True
+    evaluation: Any = None  # the quality report (vedit.evaluate.Report) with eval=True
 
     @property
     def forwards_per_frame_step(self) -> float:
@@ -155,8 +156,26 @@ def _output_size(config: RunConfig, clip: _Clip) -> tuple[int, int]:
     return parse_size(config.output_size, "--output-size")
 
 
-def _postprocessor_names(config: RunConfig) -> list[str]:
-    return [n.strip() for n in (config.postprocess or "").split(",") if n.strip()]
+def _postprocess_context(config: RunConfig, clip: _Clip, frames: int | None = None) -> Any:
+    """The :class:`vedit.postprocess.Context` of a run: post-processors see the decoded frames at
+    the working size, so the source frames they may ask for are read again at that size."""
+    from .postprocess import Context
+
+    def source() -> FrameReader:
+        return FrameReader(
+            clip.info.path, frames=clip.reader.frames, size=clip.reader.size, info=clip.info,
+            allow_short=config.allow_short, keep_timestamps=config.keep_timestamps,
+        )  # fmt: skip
+
+    count = len(clip.reader) if frames is None else frames
+    return Context(fps=clip.fps, size=clip.reader.size, frames=count, flow=config.flow, source=source)
+
+
+def _resolve_postprocessors(config: RunConfig, clip: _Clip) -> list[Any]:
+    """``--postprocess`` found, parsed and checked (one-line errors): vedit.postprocess.Step each."""
+    from .postprocess import resolve
+
+    return resolve(config.postprocess, _postprocess_context(config, clip))
 
 
 @dataclass
@@ -166,7 +185,7 @@ class _Preflight:
     clip: _Clip
     editor: Any
     propagator: Any
-    postprocessors: list[Any]
+    postprocessors: list[Any]  # vedit.postprocess.Step: found, settings parsed and checked
     engines: list[Any]  # to try in order, ending at eager unless strict
     strict_engine: bool  # one engine named alone: its failure is an error
     device: torch.device
@@ -193,9 +212,13 @@ def _preflight(
         reporter.warning(note)
     editor = plugins.get("editor", config.editor) if editing else None
     propagator = plugins.get("propagator", config.propagator) if editing else None
-    postprocessors = [plugins.get("postprocessor", name) for name in _postprocessor_names(config)] if editing else []
+    postprocessors = _resolve_postprocessors(config, clip) if editing else []
     if editing:
         _output_size(config, clip)
+        if config.eval:
+            from .evaluate import check_eval
+
+            check_eval(config, reporter)
     # The model's own schedule when its config is at hand, else SD's: checked again after loading.
     scheduler = sd.new_scheduler() if sd is not None else peek_scheduler(config.model, config.revision)
     if scheduler is None:
@@ -494,26 +517,34 @@ def write_frames(
     """Stage edited latents → frames → file: decode, post-process and write atomically.
 
     The VAE decodes on this thread while a writer thread converts, post-processes and hands the
-    previous batches to ffmpeg (which encodes in its own process), a few batches behind.
+    previous batches to ffmpeg (which encodes in its own process), a few batches behind. The
+    post-processors (:class:`vedit.postprocess.Chain`) see the batches in order and may hold some
+    frames back; what they still hold is written at the end, before the file is finished, so a
+    failure there too leaves no output.
     """
+    from .postprocess import Chain
+
     clip = checked.clip
     audio_from = clip.info if clip.info.has_audio else None
     timestamps = clip.reader.timestamps if config.keep_timestamps else None
     task = reporter.task("decode + write", edited.shape[0])
-    with VideoWriter(
+    end = None  # put after the last batch: the post-processors give up what they hold
+    with Chain(checked.postprocessors, _postprocess_context(config, clip, edited.shape[0])) as chain, VideoWriter(
         output, fps=clip.fps, size=size, audio_from=audio_from, audio_range=clip.audio_range(),
         color=clip.info.color, timestamps=timestamps,
     ) as writer:  # fmt: skip
 
-        def finish(item: tuple[int, torch.Tensor]) -> None:
-            start, images = item
+        def finish(item: tuple[int, torch.Tensor] | None) -> None:
             with profiling.stage("postprocess", sync=False):
-                frames = _to_uint8(images)
-                for post in checked.postprocessors:
-                    frames = post.process(frames, start)
-            with profiling.stage("write", sync=False):
-                writer.write(frames)
-            task.advance(len(frames))
+                if item is end:
+                    frames = chain.finish()
+                else:
+                    start, images = item
+                    frames = chain.push(_to_uint8(images), start)
+            if len(frames):
+                with profiling.stage("write", sync=False):
+                    writer.write(frames)
+                task.advance(len(frames))
 
         with WriteBehind(finish, WRITE_BEHIND_BATCHES) as behind:
             step = vae_batch_size or config.batch_size
@@ -521,6 +552,7 @@ def write_frames(
                 with profiling.stage("decode"):
                     images = model.decode_latents(edited[start : start + step], batch_size=step)
                 behind.put((start, images))
+            behind.put(end)
 
 
 def _to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -641,6 +673,16 @@ def _edit(input, output, config: RunConfig, checked: _Preflight, reporter: _Reco
     write_frames(model, config, checked, edited, output, asked_size, reporter, vae_batch_size=batches.vae)
     stages["write"] = time.perf_counter() - mark
 
+    # 6. With --eval: the quality report of what was written, beside it.
+    evaluation = None
+    if config.eval:
+        from .evaluate import evaluate_run
+
+        mark = time.perf_counter()
+        with profiling.stage("eval", sync=False):
+            evaluation = evaluate_run(Path(output), clip, config, reporter)
+        stages["eval"] = time.perf_counter() - mark
+
     model_name = model.model_id if model.fingerprint == model.model_id else f"{model.model_id} ({model.fingerprint})"
     return EditResult(
         output=Path(output),
@@ -661,6 +703,7 @@ def _edit(input, output, config: RunConfig, checked: _Preflight, reporter: _Reco
         size_note=_size_note(config, clip, asked_size, output_size),
         timing_note=timing_note,
         warnings=list(reporter.warnings),
+        evaluation=evaluation,
     )
 
 

@@ -1,0 +1,487 @@
+"""The quality report of an edit (``vedit eval``, ``vedit run --eval``): temporal consistency as
+warp error along the source clip's optical flow (:mod:`vedit.metrics`), and CLIP text score and
+frame consistency (:mod:`vedit.clip_score`), each beside the source clip's own figure, the floor.
+
+Everything streams: the edited clip and the source are read once, in order, frame by frame; flow
+is computed on the source frames a few pairs at a time, and CLIP embeds frames a batch at a time.
+The source is read at the edited clip's size, so flow, warping and the edit share one grid.
+
+Where the report goes: ``out.mp4`` → ``out.eval.json`` beside it; a folder of PNG frames ``out/``
+→ ``out.eval.json`` beside the folder (not inside it: the folder holds only numbered frames).
+JSON files are written atomically (a temporary file renamed into place), so no half-written
+report is ever left.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import secrets
+import weakref
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+
+from .clip_score import DEFAULT_CLIP, ClipFigures, ClipScorer, ClipUnavailable, FrameScores, load_clip, unavailable_reason
+from .errors import InputError, OutputError, VeditError
+from .flow import DEFAULT_FLOW, flow_backend
+from .metrics import WARP_ERROR_UNIT, WarpError, warp_errors
+from .report import Reporter, SilentReporter
+from .video import FrameRange, FrameReader, VideoInfo, probe
+
+REPORT_FORMAT = "vedit-eval/1"
+REPORT_SUFFIX = ".eval.json"
+
+# CLIP models already found missing, per reporter: check_eval warns once and evaluate_run, which
+# gets the same reporter, stays quiet about it.
+_missing_clip: "weakref.WeakKeyDictionary[Any, dict[str, str]]" = weakref.WeakKeyDictionary()
+
+
+def _remember_missing(reporter: Any, spec: str, reason: str) -> None:
+    try:
+        _missing_clip.setdefault(reporter, {})[spec] = reason
+    except TypeError:  # a reporter that cannot be weakly referenced: it may be warned twice
+        pass
+
+
+def _known_missing(reporter: Any, spec: str) -> str | None:
+    try:
+        return _missing_clip.get(reporter, {}).get(spec)
+    except TypeError:
+        return None
+
+
+def _clip_left_out(reason: str) -> str:
+    return f"CLIP scores are left out: {reason}"
+
+
+# --------------------------------------------------------------------------- the report
+
+
+def _number(value: float | None) -> float | None:
+    """JSON has no NaN: a figure that does not exist is null."""
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+@dataclass
+class Figures:
+    """One clip's figures: warp error along the source's flow, and CLIP scores when measured."""
+
+    warp: WarpError
+    clip: ClipFigures | None = None
+
+    @property
+    def warp_error(self) -> float | None:
+        """Mean of the per-pair warp errors ×10⁻³ (None when no pair kept a pixel)."""
+        return _number(self.warp.value)
+
+    @property
+    def warp_error_pairs(self) -> list[float | None]:
+        """Per pair (t, t+1), ×10⁻³; None for a pair with no pixel kept."""
+        return [_number(v) for v in self.warp.scaled_pairs]
+
+    @property
+    def skipped_pairs(self) -> int:
+        return self.warp.skipped
+
+    @property
+    def clip_text_score(self) -> float | None:
+        return self.clip.text_score if self.clip is not None else None
+
+    @property
+    def clip_frame_consistency(self) -> float | None:
+        return self.clip.frame_consistency if self.clip is not None else None
+
+    def as_dict(self) -> dict[str, Any]:
+        clip = self.clip
+        return {
+            "warp_error": self.warp_error,
+            "warp_error_pairs": self.warp_error_pairs,
+            "skipped_pairs": self.skipped_pairs,
+            "clip_text_score": _number(self.clip_text_score),
+            "clip_text_frames": list(clip.text_frames) if clip is not None and clip.text_frames else None,
+            "clip_frame_consistency": _number(self.clip_frame_consistency),
+            "clip_frame_pairs": list(clip.consistency_pairs) if clip is not None else None,
+        }
+
+
+@dataclass
+class Report:
+    """What ``vedit eval`` measured: the edit's figures and the source's own (the floor)."""
+
+    edited: Path
+    source: Path
+    source_frames: str  # START:STOP:STEP of the source frames compared, STOP exclusive
+    frames: int
+    size: tuple[int, int]  # (W, H) both clips were compared at: the edited clip's
+    flow: str
+    prompt: str | None
+    clip_model: str | None  # the CLIP model used; None when the CLIP scores are left out
+    clip_missing: str | None  # why they are left out
+    edit: Figures
+    floor: Figures  # the source clip's own figures
+    notes: list[str] = field(default_factory=list)
+    path: Path | None = None  # where the JSON report was written, if it was
+
+    @property
+    def pairs(self) -> int:
+        return max(0, self.frames - 1)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "format": REPORT_FORMAT,
+            "files": {"edited": str(self.edited), "source": str(self.source), "source_frames": self.source_frames},
+            "frames": self.frames,
+            "pairs": self.pairs,
+            "size": list(self.size),
+            "prompt": self.prompt,
+            "flow": self.flow,
+            "clip": {"model": self.clip_model, "missing": self.clip_missing},
+            "warp_error_unit": WARP_ERROR_UNIT,
+            "edit": self.edit.as_dict(),
+            "source": self.floor.as_dict(),
+            "notes": list(self.notes),
+        }
+
+    def to_json(self) -> str:
+        """The report as JSON text; warp errors are multiples of ``warp_error_unit`` (1e-3)."""
+        return json.dumps(self.as_dict(), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+
+    def headline(self) -> str:
+        """The clip figures in one line, for a run's summary."""
+        parts = [f"warp error {_fmt(self.edit.warp_error, 3)} x1e-3 (source {_fmt(self.floor.warp_error, 3)})"]
+        if self.clip_model is None:
+            parts.append("no CLIP scores")
+        else:
+            if self.edit.clip_text_score is not None:
+                parts.append(f"CLIP text {_fmt(self.edit.clip_text_score, 4)}")
+            parts.append(
+                f"CLIP frame consistency {_fmt(self.edit.clip_frame_consistency, 4)} "
+                f"(source {_fmt(self.floor.clip_frame_consistency, 4)})"
+            )
+        return ", ".join(parts)
+
+    def details(self):
+        """Key/value table of what was compared, with what (rich; every cell literal text)."""
+        from rich.table import Table
+        from rich.text import Text
+
+        rows = [
+            ("edited", str(self.edited)),
+            ("source", f"{self.source} (frames {self.source_frames})"),
+            ("frames", f"{self.frames} ({self.pairs} pairs) at {self.size[0]}x{self.size[1]}"),
+            ("flow", self.flow),
+            ("CLIP", self.clip_model if self.clip_model is not None else f"none: {self.clip_missing}"),
+            ("prompt", repr(self.prompt) if self.prompt is not None else "none (no CLIP text score)"),
+        ]
+        if self.path is not None:
+            rows.append(("report", str(self.path)))
+        table = Table(show_header=False, box=None, pad_edge=False)
+        for name, value in rows:
+            table.add_row(Text(name), Text(value))
+        return table
+
+    def table(self):
+        """The figures, edit beside source (rich)."""
+        from rich.table import Table
+        from rich.text import Text
+
+        table = Table("figure", "edit", "source (floor)")
+        for column in table.columns[1:]:
+            column.justify = "right"
+        table.add_row(Text("warp error (x1e-3)"), Text(_fmt(self.edit.warp_error, 3)), Text(_fmt(self.floor.warp_error, 3)))
+        kept = self.pairs - self.edit.skipped_pairs
+        table.add_row(Text("pairs measured"), Text(f"{kept} of {self.pairs}"), Text(f"{self.pairs - self.floor.skipped_pairs} of {self.pairs}"))
+        absent = "-" if self.clip_model is None else None
+        text_absent = absent or ("- (no --prompt)" if self.prompt is None else None)
+        table.add_row(
+            Text("CLIP text score"),
+            Text(text_absent or _fmt(self.edit.clip_text_score, 4)),
+            Text(text_absent or _fmt(self.floor.clip_text_score, 4)),
+        )
+        table.add_row(
+            Text("CLIP frame consistency"),
+            Text(absent or _fmt(self.edit.clip_frame_consistency, 4)),
+            Text(absent or _fmt(self.floor.clip_frame_consistency, 4)),
+        )
+        return table
+
+    def renderable(self):
+        """Details, then the figures table."""
+        from rich.console import Group
+
+        return Group(self.details(), self.table())
+
+
+def _fmt(value: float | None, digits: int) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def report_path(output: str | os.PathLike) -> Path:
+    """Where ``vedit run --eval`` puts the report of ``output``: ``out.mp4`` → ``out.eval.json``;
+    a PNG-frame folder ``out`` → ``out.eval.json`` beside it."""
+    output = Path(os.path.abspath(output))
+    if output.is_dir() or not output.suffix:
+        return output.parent / f"{output.name}{REPORT_SUFFIX}"
+    return output.with_suffix(REPORT_SUFFIX)
+
+
+def check_report_path(path: str | os.PathLike, *inputs: str | os.PathLike) -> Path:
+    """Refuse a JSON destination that cannot be written (before any work is done)."""
+    path = Path(os.path.abspath(path))
+    for other in inputs:
+        if Path(os.path.abspath(other)) == path:
+            raise OutputError(f"{path}: this is an input clip; choose another file for the JSON report")
+    if path.is_dir():
+        raise OutputError(f"{path}: is a folder; give a file name for the JSON report")
+    parent = path.parent
+    if not parent.is_dir():
+        raise OutputError(f"{parent}: folder does not exist; create it or choose another path for the JSON report")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"{parent}: folder is not writable; choose another path for the JSON report")
+    return path
+
+
+def write_json(report: Report, path: str | os.PathLike) -> Path:
+    """Write ``report`` to ``path`` atomically: a temporary file beside it, renamed into place."""
+    path = check_report_path(path)
+    text = report.to_json()
+    temp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+    try:
+        descriptor = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except OSError as error:
+        temp.unlink(missing_ok=True)
+        raise OutputError(f"{path}: cannot write the report: {error.strerror or error}") from None
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    report.path = path
+    return path
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+def check_eval(config: Any, reporter: Reporter | None = None) -> None:
+    """Before a run with ``eval``: the flow backend must resolve (else a one-line error now); a
+    CLIP model that is not here is one warning that its scores will be left out."""
+    reporter = reporter or SilentReporter()
+    flow_backend(config.flow)
+    reason = unavailable_reason(config.clip)
+    if reason:
+        reporter.warning(_clip_left_out(reason))
+        _remember_missing(reporter, config.clip, reason)
+
+
+def _clip_scorer(clip: str | ClipScorer | None, reporter: Reporter) -> tuple[ClipScorer | None, str | None]:
+    """The CLIP model to score with, or None and why (warned once per reporter and model)."""
+    if isinstance(clip, ClipScorer):
+        return clip, None
+    spec = clip or ""
+    known = _known_missing(reporter, spec)
+    if known is not None:
+        return None, known
+    try:
+        return load_clip(spec), None
+    except ClipUnavailable as error:
+        reporter.warning(_clip_left_out(error.reason))
+        _remember_missing(reporter, spec, error.reason)
+        return None, error.reason
+
+
+def _edited_count(path: Path, info: VideoInfo, keep_timestamps: bool) -> int:
+    """How many frames the edited clip has: exact for folders, frame-counted files and
+    ``keep_timestamps``; otherwise the container's estimate, capped by its packet count."""
+    reader = FrameReader(path, size=(info.width, info.height), info=info, keep_timestamps=keep_timestamps)
+    count = len(reader)
+    if info.is_image_sequence or info.frames_from == "count" or keep_timestamps:
+        return count
+    import av
+
+    from .video import _first_real_video_stream
+
+    try:
+        with av.open(str(path)) as container:
+            stream = _first_real_video_stream(container)
+            if stream is None:
+                return count
+            packets = sum(1 for packet in container.demux(stream) if packet.size)
+    except Exception:  # the reader will say what is wrong with the file
+        return count
+    return min(count, packets) if packets else count
+
+
+class _Tap:
+    """Passes frames through, counting them and feeding them to CLIP on the way."""
+
+    def __init__(self, frames: Iterable[np.ndarray], scores: FrameScores | None, advance=None):
+        self.frames, self.scores, self.advance = frames, scores, advance
+        self.count, self.ended = 0, False
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for frame in self.frames:
+            self.count += 1
+            if self.scores is not None:
+                self.scores.add(frame)
+            if self.advance is not None:
+                self.advance(1)
+            yield frame
+        self.ended = True
+
+
+def evaluate(
+    edited_path: str | os.PathLike,
+    source_path: str | os.PathLike,
+    *,
+    prompt: str | None = None,
+    flow: str = DEFAULT_FLOW,
+    clip: str | ClipScorer | None = DEFAULT_CLIP,
+    source_frames: FrameRange | None = None,
+    reporter: Reporter | None = None,
+    frames: int | None = None,
+    keep_timestamps: bool = False,
+    allow_short: bool = False,
+    source_info: VideoInfo | None = None,
+) -> Report:
+    """Measure the edit at ``edited_path`` against the clip it was made from.
+
+    ``source_frames`` selects the source frames the edit's frames correspond to (default: from
+    the first); when it selects more than the edit has, the first ones are used and a note says
+    so. A selection with fewer frames than the edit, an input that is not a video, or a clip
+    with under two frames is an :class:`~vedit.errors.InputError`; an unknown or unusable
+    ``flow`` a :class:`~vedit.errors.PluginError`. ``clip`` is a CLIP hub id or folder (local
+    only), an already loaded :class:`~vedit.clip_score.ClipScorer`, or None; without a usable
+    one, ``reporter`` gets one warning and the report has no CLIP scores.
+
+    ``frames`` (how many frames the edit has, when the caller knows), ``keep_timestamps`` and
+    ``allow_short`` are for :func:`evaluate_run`, which repeats the run's reading of the source.
+    """
+    reporter = reporter or SilentReporter()
+    backend = flow_backend(flow)
+    edited_path, source_path = Path(edited_path), Path(source_path)
+    edited_info = probe(edited_path)
+    source_info = source_info if source_info is not None else probe(source_path)
+    size = (edited_info.width, edited_info.height)
+    count = frames if frames is not None else _edited_count(edited_path, edited_info, keep_timestamps)
+    if count < 2:
+        raise InputError(f"{edited_path}: has {count} frame{'s' * (count != 1)}; temporal consistency needs at least 2")
+    selection = source_frames or FrameRange()
+    notes: list[str] = []
+
+    def source_reader(frame_range: FrameRange) -> FrameReader:
+        return FrameReader(
+            source_path, frames=frame_range, size=size, info=source_info, allow_short=allow_short,
+            keep_timestamps=keep_timestamps,
+        )  # fmt: skip
+
+    try:
+        available = source_reader(selection)
+    except InputError as error:
+        if source_frames is not None:  # the reader names the run's option
+            error.args = (str(error).replace("--frames", "--source-frames"),)
+        raise
+    chosen = f" (--source-frames {selection})" if source_frames is not None else ""
+    if len(available) < count:
+        raise InputError(
+            f"{source_path}: has {len(available)} frames{chosen} but the edit has {count}; "
+            "give the source the edit was made from, or the frame range it was made from"
+        )
+    if len(available) > count:
+        if frames is None:  # a caller that gives the count (a run) already knows how the two line up
+            first = available.indices[:count]
+            notes.append(
+                f"the source has {len(available)} frames ({_range_text(available.indices)}), the edit {count}: "
+                f"comparing with source frames {_range_text(first)}"
+            )
+            reporter.message(f"note: {notes[-1]}")
+        available = source_reader(replace(selection, max_frames=count))
+    edited_reader = FrameReader(
+        edited_path, frames=FrameRange(max_frames=count), size=size, info=edited_info, keep_timestamps=keep_timestamps
+    )
+
+    scorer, missing = _clip_scorer(clip, reporter) if clip is not None else (None, "no CLIP model given")
+    text_embedding = None
+    if scorer is not None and prompt:
+        tokens = scorer.prompt_tokens(prompt)
+        if tokens > scorer.max_tokens:
+            notes.append(f"the prompt is {tokens} CLIP tokens; the CLIP text score reads the first {scorer.max_tokens}")
+            reporter.message(f"note: {notes[-1]}")
+        text_embedding = scorer.embed_text(prompt)
+    edit_scores = FrameScores(scorer, text_embedding) if scorer is not None else None
+    floor_scores = FrameScores(scorer, text_embedding) if scorer is not None else None
+
+    task = reporter.task("evaluate", count)
+    source_tap = _Tap(available, floor_scores)
+    edited_tap = _Tap(edited_reader, edit_scores, task.advance)
+    try:
+        floor, (result,) = warp_errors(source_tap, [edited_tap], backend=backend)
+    except ValueError as error:
+        if source_tap.ended and source_tap.count < count:
+            raise InputError(
+                f"{source_path}: ends after {source_tap.count} frames{chosen}, "
+                f"before the edit's {count}; give the source the edit was made from"
+            ) from None
+        if edited_tap.ended:
+            raise InputError(f"{edited_path}: ends after {edited_tap.count} frames, before the {count} it promised") from None
+        raise VeditError(f"evaluating {edited_path} failed: {error}") from None
+
+    used = available.indices[: source_tap.count]
+    return Report(
+        edited=edited_path.resolve(),
+        source=source_path.resolve(),
+        source_frames=_range_text(used),
+        frames=count,
+        size=size,
+        flow=getattr(backend, "name", flow),
+        prompt=prompt or None,
+        clip_model=scorer.name if scorer is not None else None,
+        clip_missing=missing,
+        edit=Figures(result, edit_scores.finish() if edit_scores is not None else None),
+        floor=Figures(floor, floor_scores.finish() if floor_scores is not None else None),
+        notes=notes,
+    )
+
+
+def _range_text(indices: range) -> str:
+    """``START:STOP:STEP`` (STOP exclusive: one step past the last index) of a range."""
+    if len(indices) == 0:
+        return f"{indices.start}:{indices.start}:{indices.step}"
+    return f"{indices[0]}:{indices[-1] + indices.step}:{indices.step}"
+
+
+def evaluate_run(output: Path, clip: Any, config: Any, reporter: Reporter | None = None) -> Report:
+    """After ``vedit run --eval``: evaluate ``output`` against exactly the source frames the run
+    edited (``clip`` is the pipeline's opened clip) and write the report beside it
+    (:func:`report_path`). An error says that the edit itself was written."""
+    reporter = reporter or SilentReporter()
+    reader = clip.reader
+    count = reader.frames_read or len(reader)
+    try:
+        report = evaluate(
+            output, clip.info.path, prompt=config.prompt, flow=config.flow, clip=config.clip,
+            source_frames=reader.frames, reporter=reporter, frames=count, keep_timestamps=config.keep_timestamps,
+            allow_short=config.allow_short or reader.short_read is not None, source_info=clip.info,
+        )  # fmt: skip
+        write_json(report, report_path(output))
+    except VeditError as error:
+        error.args = (f"the edit was written to {output}, but evaluating it failed: {error}",)
+        raise
+    reporter.message(f"evaluation written to {report.path}")
+    return report
+
+
+__all__ = [
+    "REPORT_FORMAT", "Figures", "Report", "check_eval", "check_report_path", "evaluate", "evaluate_run", "report_path",
+    "write_json",
+]
