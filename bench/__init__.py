@@ -265,6 +265,23 @@ def register_commands(app):
                 chunk_size=chunk_size, save=save,
             )
 
+    @bench.command("quality")
+    def quality(
+        clips: list[str] = typer.Argument(..., help="Clips to edit, PATH or PATH:FRAMES (the first FRAMES frames)."),
+        size: str = typer.Option("128x96", help="Working size WxH; outputs are written and scored at it."),
+        steps: int = typer.Option(10, help="Sampling (and inversion) steps."),
+        seed: int = typer.Option(0, help="Seed of the models and the edits."),
+        chunk_size: int = typer.Option(8, help="Chunk size B."),
+        flow: str = typer.Option("dis", help="Flow backend for the warp error and deflicker-flow."),
+        save: Optional[str] = typer.Option(None, help=_SAVE),
+        no_save: bool = typer.Option(False, "--no-save", help=_NO_SAVE),
+    ) -> None:
+        """Warp error of none and tokenflow, with and without each deflicker, on real clips (tiny models, CPU)."""
+        with _errors():
+            run_quality_suite = _suite("quality", "run_quality_suite")
+            run_quality_suite(clips, size=size, steps=steps, seed=seed, chunk_size=chunk_size, flow=flow,
+                              save=_save("quality", "cpu", save, no_save))  # fmt: skip
+
     @bench.command("compare")
     def compare(
         a: str = typer.Argument(..., help="The first results file (A)."),

@@ -214,7 +214,7 @@ def test_compare_refuses_other_suites_and_missing_files(tmp_path):
 
 def test_bench_lists_its_commands():
     shown = vedit("bench", "--help")
-    for command in ("edit", "invert", "unet", "nn", "calls", "memory", "work", "consistency", "compare"):
+    for command in ("edit", "invert", "unet", "nn", "calls", "memory", "work", "consistency", "quality", "compare"):
         assert command in shown.stdout
 
 
@@ -299,3 +299,25 @@ def test_bench_edit_vs_runs_both_configurations_alternately():
     rows = {r["stage"]: r for r in doc["rows"]}
     assert "total" in rows and len(rows["total"]["ratios"]) == 2
     assert doc["value_field"] == "ratio_median"
+
+
+def test_bench_quality_scores_every_variant_along_the_source_flow(tmp_path):
+    from conftest import make_clip
+    from vedit.flow import flow_backend
+    from vedit.metrics import warp_error
+    from vedit.video import FrameReader
+    from vedit_bench.quality import measure_clip, parse_clip
+
+    assert parse_clip("a/b.avi:40") == (Path("a/b.avi"), 40) and parse_clip("c:/x.avi") == (Path("c:/x.avi"), None)
+    with pytest.raises(ConfigError, match="at least 2 frames"):
+        parse_clip("b.avi:1")
+    clip = make_clip(tmp_path / "clip.mp4", frames=10, size=(64, 48))
+    (tmp_path / "work").mkdir()
+    rows = measure_clip(f"{clip}:6", tmp_path / "work", size=(64, 48), steps=1, seed=0, chunk_size=4, flow="dis",
+                        models=("tiny",), postprocessors=("deflicker-luma",))  # fmt: skip
+    assert [(r["model"], r["propagator"], r["frames"]) for r in rows] == [("tiny", "none", 6), ("tiny", "tokenflow", 6)]
+    source = FrameReader(clip, size=(64, 48)).read_all()[:6]
+    assert rows[0]["source"] == pytest.approx(warp_error(source, flow_backend("dis")))
+    edited = FrameReader(tmp_path / "work" / "tiny-tokenflow-deflicker-luma.mp4", size=(64, 48)).read_all()
+    assert len(edited) == 6
+    assert rows[1]["deflicker-luma"] == pytest.approx(warp_error(edited, flow_backend("dis"), source=source))
