@@ -214,20 +214,21 @@ def register_commands(app):
         editor: str = typer.Option("pnp", help="Editor."),
         propagator: str = typer.Option("tokenflow", help="Propagator."),
         chunk_size: int = typer.Option(8, help="Chunk size B."),
+        max_joint_keyframes: int = typer.Option(32, help="tokenflow: keyframes each keyframe attends to (M)."),
         device: str = typer.Option("auto", help="Device."),
         dtype: str = typer.Option("auto", help="dtype."),
         json_out: bool = typer.Option(False, "--json", help=_JSON),
         save: Optional[str] = typer.Option(None, help=_SAVE),
         no_save: bool = typer.Option(False, "--no-save", help=_NO_SAVE),
     ) -> None:
-        """Peak memory of whole edits at several frame counts (one fresh process each)."""
+        """Peak memory and time per frame of whole edits at several frame counts (one fresh process each)."""
         with _errors():
             from .memory import run_memory_suite
 
             run_memory_suite(
                 _ints(frames, "--frames"), model=model, size=size, steps=steps, editor=editor, propagator=propagator,
                 chunk_size=chunk_size, device=device, dtype=dtype, json_out=json_out,
-                save=_save("memory", device, save, no_save),
+                save=_save("memory", device, save, no_save), max_joint_keyframes=max_joint_keyframes,
             )  # fmt: skip
 
     @bench.command("work")

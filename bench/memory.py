@@ -45,12 +45,16 @@ def probe(args: argparse.Namespace) -> dict:
             clip, Path(tmp) / "out.mp4", sd=sd, prompt="a painting", model=args.model, size=args.size,
             steps=args.steps, inversion_steps=args.steps, editor=args.editor, propagator=args.propagator,
             chunk_size=args.chunk_size, device=args.device, dtype=args.dtype, cache_dir=str(Path(tmp) / "cache"),
+            max_joint_keyframes=args.max_joint_keyframes, profile=True,
         )
         row = {
             "frames": args.frames,
             "peak_rss_mb": round(_peak_rss_mb(), 1),
             "rss_after_load_mb": round(after_load, 1),
             "seconds": round(result.seconds, 2),
+            "ms_per_frame": round(1000 * result.seconds / args.frames, 2),
+            "denoise_ms_per_frame": round(1000 * result.stage_seconds.get("denoise", 0.0) / args.frames, 2),
+            "keyframe_ms_per_frame": round(1000 * result.profile.get("keyframe", 0.0) / args.frames, 2),
             "forwards_per_frame_step": round(result.forwards_per_frame_step, 4),
         }
         if cuda:
@@ -60,7 +64,8 @@ def probe(args: argparse.Namespace) -> dict:
 
 
 def run_memory_suite(
-    frame_counts, *, model, size, steps, editor, propagator, chunk_size, device, dtype, save=None, json_out=False
+    frame_counts, *, model, size, steps, editor, propagator, chunk_size, device, dtype, save=None, json_out=False,
+    max_joint_keyframes: int = 32,
 ) -> dict:
     from vedit.models import resolve_device, resolve_dtype
 
@@ -70,7 +75,7 @@ def run_memory_suite(
         cmd = [
             sys.executable, "-m", "vedit_bench.memory", "--frames", str(frames), "--model", model, "--size", size,
             "--steps", str(steps), "--editor", editor, "--propagator", propagator, "--chunk-size", str(chunk_size),
-            "--device", device, "--dtype", dtype,
+            "--device", device, "--dtype", dtype, "--max-joint-keyframes", str(max_joint_keyframes),
         ]
         # glibc keeps freed heap memory and fragments it, so a process's peak RSS grows with the
         # number of allocations as well as with what is live. Serving every allocation above
@@ -83,7 +88,8 @@ def run_memory_suite(
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
     resolved = resolve_device(device)
     settings = {"model": model, "size": size, "steps": steps, "editor": editor, "propagator": propagator,
-                "chunk_size": chunk_size, "frames": list(frame_counts), "malloc_mmap_threshold": 65536}  # fmt: skip
+                "chunk_size": chunk_size, "frames": list(frame_counts), "malloc_mmap_threshold": 65536,
+                "max_joint_keyframes": max_joint_keyframes}  # fmt: skip
     head = header("memory", device=resolved, dtype=resolve_dtype(dtype, resolved), settings=settings)
     head["timing"] = {"clock": "none: peak memory of one edit per frame count, each in a fresh process"}
     doc = document("memory", head, rows, key_fields=("frames",), value_field="peak_rss_mb")
@@ -92,16 +98,20 @@ def run_memory_suite(
 
 def _render(doc: dict) -> None:
     rows, s = doc["rows"], doc["header"]["settings"]
-    columns = ["frames", "peak RSS MB", "RSS after load MB", "edit's share MB", "s", "UNet fwd/frame/step"]
+    columns = ["frames", "peak RSS MB", "RSS after load MB", "edit's share MB", "s", "ms/frame", "denoise ms/frame",
+               "keyframe ms/frame", "UNet fwd/frame/step"]
     table = [
-        [r["frames"], r["peak_rss_mb"], r["rss_after_load_mb"], round(r["peak_rss_mb"] - r["rss_after_load_mb"], 1), r["seconds"], r["forwards_per_frame_step"]]
+        [r["frames"], r["peak_rss_mb"], r["rss_after_load_mb"], round(r["peak_rss_mb"] - r["rss_after_load_mb"], 1),
+         r["seconds"], r.get("ms_per_frame", "-"), r.get("denoise_ms_per_frame", "-"), r.get("keyframe_ms_per_frame", "-"),
+         r["forwards_per_frame_step"]]
         for r in rows
     ]
     if rows and "cuda_peak_mb" in rows[0]:
         columns += ["CUDA peak MB", "CUDA weights MB"]
         for line, r in zip(table, rows):
             line += [r["cuda_peak_mb"], r["cuda_weights_mb"]]
-    show(f"peak memory: {s['model']} {s['size']}, {s['steps']} step(s), {s['editor']}+{s['propagator']}, B={s['chunk_size']}", columns, table)
+    show(f"peak memory: {s['model']} {s['size']}, {s['steps']} step(s), {s['editor']}+{s['propagator']}, B={s['chunk_size']}, "
+         f"M={s.get('max_joint_keyframes', '-')}", columns, table)
 
 
 if __name__ == "__main__":
@@ -115,4 +125,5 @@ if __name__ == "__main__":
     parser.add_argument("--chunk-size", type=int, default=8)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--max-joint-keyframes", type=int, default=32)
     print(json.dumps(probe(parser.parse_args())))

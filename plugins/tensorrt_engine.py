@@ -37,7 +37,7 @@ GIB = 1 << 30
 
 # Inputs whose first dimension follows the batch: the frame count times this many rows.
 # (latents and text carry every branch of every frame; the blend weights one row per frame.)
-_BATCHED_ROWS = {"latents": "batch", "text": "batch", "weights": "frames"}
+_BATCHED_ROWS = {"latents": "batch", "text": "batch", "weights": "frames", "partners": "frames"}
 
 _PRECISIONS = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
 

@@ -23,6 +23,7 @@ from vedit import plugins
 from vedit.denoise import Denoiser, EditJob, EditPlan, RunShape, Step
 from vedit.errors import ConfigError
 from vedit.hookspecs import hookimpl
+from vedit.passes import joint_partners
 from vedit.transfer import to_device
 
 
@@ -85,6 +86,7 @@ class TokenFlow:
         config = job.config
         self.chunk_size = config.chunk_size
         self.chunks = chunk_ranges(job.num_frames, config.chunk_size)
+        self.max_joint = config.max_joint_keyframes
         self.generator = torch.Generator().manual_seed(config.seed)
         self._prepared = None
         self.schedule = None
@@ -102,8 +104,11 @@ class TokenFlow:
 
     def predict(self, step: Step, latents: torch.Tensor, denoiser: Denoiser) -> torch.Tensor:
         keys = to_device(self.keyframes(step), latents.device)  # moved once per step, without a wait
+        partners = None
+        if len(self.chunks) > self.max_joint:  # bounded extended attention, redrawn every step
+            partners = to_device(joint_partners(len(self.chunks), self.max_joint, self.generator), latents.device)
         # The keyframe pass only records features; its noise prediction is not used.
-        records = denoiser.keyframes(keys, latents[keys], step)
+        records = denoiser.keyframes(keys, latents[keys], step, partners)
         eps = torch.empty_like(latents)
         for chunk, frames, slots, weights in self._chunks(latents.device):
             eps[chunk.start : chunk.stop] = denoiser.propagate(

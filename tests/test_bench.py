@@ -321,3 +321,15 @@ def test_bench_quality_scores_every_variant_along_the_source_flow(tmp_path):
     edited = FrameReader(tmp_path / "work" / "tiny-tokenflow-deflicker-luma.mp4", size=(64, 48)).read_all()
     assert len(edited) == 6
     assert rows[1]["deflicker-luma"] == pytest.approx(warp_error(edited, flow_backend("dis"), source=source))
+
+
+def test_bench_memory_gives_time_per_frame_with_bounded_keyframe_attention():
+    result = vedit("bench", "memory", "--frames", "12", "--size", "64x64", "--steps", "1", "--chunk-size", "2",
+                   "--max-joint-keyframes", "3", "--device", "cpu", "--dtype", "fp32", "--json", "--no-save")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["header"]["settings"]["max_joint_keyframes"] == 3
+    (row,) = doc["rows"]
+    assert row["frames"] == 12 and row["peak_rss_mb"] >= row["rss_after_load_mb"] > 0
+    assert row["keyframe_ms_per_frame"] > 0 and row["ms_per_frame"] > row["denoise_ms_per_frame"] > 0
+    assert row["ms_per_frame"] == pytest.approx(1000 * row["seconds"] / 12, rel=0.01)

@@ -18,7 +18,7 @@ from vedit.engine import EngineCache, EngineError, Passes, engine_chain
 from vedit.errors import PluginError
 from vedit.hookspecs import hookimpl
 from vedit.models import load_model
-from vedit.passes import select_keyframes
+from vedit.passes import joint_partners, select_keyframes
 from vedit.pipeline import edit
 from vedit.unet import COND, SOURCE, UNCOND
 from vedit_plugins.pnp import CONV_LAYERS, QK_LAYERS
@@ -58,6 +58,8 @@ def pass_inputs(sd, passes: Passes) -> dict[str, tuple[torch.Tensor, ...]]:
         "plain": (torch.randn(8, 4, H, W, generator=gen), t, embeds[SOURCE].expand(8, -1, -1).contiguous()),
         "frames": (torch.randn(3 * B, 4, H, W, generator=gen), t, text(B), torch.tensor([True, False])),
         "keyframe": keyframe,
+        # three keyframes, each attending to two of them (--max-joint-keyframes 2)
+        "keyframe_bounded": (torch.randn(9, 4, H, W, generator=gen), t, text(3), flags, joint_partners(3, 2, gen)),
         "propagation": (torch.randn(3 * B, 4, H, W, generator=gen), t, text(B), flags, weights, *chosen),
     }
 
@@ -66,7 +68,7 @@ def run_all(passes: Passes, inputs) -> dict[str, list[torch.Tensor]]:
     out = {}
     for name, args in inputs.items():
         result = {"plain": passes.plain, "frames": passes.frames, "propagation": lambda *a: passes.propagate(*a[:5], a[5:])}.get(name)
-        if name == "keyframe":
+        if name in ("keyframe", "keyframe_bounded"):
             eps, records = passes.keyframe(*args)
             out[name] = [eps, *records]
         else:
@@ -92,7 +94,7 @@ def test_every_pass_through_the_engine_equals_eager(sd, eager_outputs, engine_ca
         again = run_all(passes, inputs)
     assert set(passes.used.values()) == {engine}
     for name in expected:
-        assert len(got[name]) == len(expected[name]) == (33 if name == "keyframe" else 1)
+        assert len(got[name]) == len(expected[name]) == (33 if name.startswith("keyframe") else 1)
         for a, b, e in zip(got[name], again[name], expected[name]):
             assert relative_error(a, e) < 1e-4, name
             assert relative_error(b, e) < 1e-4, name

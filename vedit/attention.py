@@ -102,6 +102,34 @@ def joint_attention(attn: nn.Module, query, key, value) -> torch.Tensor:
     return merge_heads(out).reshape(frames, seq, inner)
 
 
+# Keys and values gathered at once by bounded joint attention (elements of each); bounds the
+# memory of the gather whatever the number of keyframes.
+MAX_GATHERED_ELEMENTS = 1 << 26
+
+
+def bounded_joint_attention(attn: nn.Module, query, key, value, partners: torch.Tensor) -> torch.Tensor:
+    """Extended attention over chosen frames: frame ``i``'s queries attend to the tokens of frames
+    ``partners[i]`` (a (frames, M) index tensor), in that order.
+
+    With every row listing all frames this is :func:`joint_attention`; with M < frames it costs
+    O(frames · M) instead of O(frames²). The keys and values are gathered for a block of frames at
+    a time, at most ``MAX_GATHERED_ELEMENTS`` each.
+    """
+    frames, seq, inner = query.shape
+    width = partners.shape[1]
+    heads = attn.heads
+    block = max(1, MAX_GATHERED_ELEMENTS // max(1, width * seq * inner))
+    parts = []
+    for start in range(0, frames, block):  # static shapes: a traced graph unrolls the same blocks
+        rows = partners[start : start + block]
+        n = rows.shape[0]
+        k = key.index_select(0, rows.reshape(-1)).reshape(n, width * seq, inner)
+        v = value.index_select(0, rows.reshape(-1)).reshape(n, width * seq, inner)
+        out = attend(split_heads(query[start : start + n], heads), split_heads(k, heads), split_heads(v, heads))
+        parts.append(merge_heads(out))
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
 class PlainAttention:
     """Each frame attends to itself, as in the unmodified UNet (with Q/K injection where on)."""
 

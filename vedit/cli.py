@@ -315,6 +315,7 @@ def create_app() -> typer.Typer:
         pnp_f_t: Optional[float] = typer.Option(None, help=_help("pnp: fraction of steps with conv feature injection.", "pnp_f_t")),
         pnp_attn_t: Optional[float] = typer.Option(None, help=_help("pnp: fraction of steps with self-attention Q/K injection.", "pnp_attn_t")),
         chunk_size: Optional[int] = typer.Option(None, help=_help("tokenflow: frames per chunk B (one keyframe each).", "chunk_size")),
+        max_joint_keyframes: Optional[int] = typer.Option(None, help=_help("tokenflow: keyframes each keyframe's extended attention covers (itself, its neighbours, a seeded spread); all of them while K <= this.", "max_joint_keyframes")),
         keyframes: Optional[str] = typer.Option(None, help=_help('tokenflow: JSON keyframe schedule file, {"keyframes": [[k, ...], ...]}, one list per step.')),
         inversion: Optional[str] = typer.Option(None, help=_help("Use this trajectory file (from 'vedit invert -o') instead of inverting.")),
         force_inversion: bool = typer.Option(False, "--force-inversion", help=_help("Use the --inversion file even if it was made from another clip, model or source prompt.")),
@@ -351,6 +352,7 @@ def create_app() -> typer.Typer:
                 revision=revision,
                 steps=steps, inversion_steps=inversion_steps, strength=strength, start=start, guidance=guidance,
                 pnp_f_t=pnp_f_t, pnp_attn_t=pnp_attn_t, chunk_size=chunk_size, keyframes=keyframes,
+                max_joint_keyframes=max_joint_keyframes,
                 inversion=inversion, force_inversion=force_inversion or None, seed=seed, size=size, frames=frames,
                 max_frames=max_frames, allow_short=allow_short or None, fps=fps,
                 keep_timestamps=keep_timestamps or None, output_size=output_size, device=device, dtype=dtype,
@@ -463,6 +465,7 @@ def create_app() -> typer.Typer:
         editor: Optional[str] = typer.Option(None, help=_help("Editor plugin.", "editor")),
         propagator: Optional[str] = typer.Option(None, help=_help("Propagator plugin.", "propagator")),
         chunk_size: Optional[int] = typer.Option(None, help=_help("tokenflow: frames per chunk B.", "chunk_size")),
+        max_joint_keyframes: Optional[int] = typer.Option(None, help=_help("tokenflow: keyframes each keyframe attends to.", "max_joint_keyframes")),
         batch_size: Optional[str] = typer.Option(None, help=_help("Frames per inversion / per-frame batch, or auto.", "batch_size")),
         device: Optional[str] = typer.Option(None, help=_help("auto, cpu, cuda, cuda:N or mps.", "device")),
         dtype: Optional[str] = typer.Option(None, help=_help("auto, fp32, fp16 or bf16.", "dtype")),
@@ -478,8 +481,8 @@ def create_app() -> typer.Typer:
         with user_errors():
             run_config = _config(
                 config, engine=engine, model=model, revision=revision, editor=editor, propagator=propagator,
-                chunk_size=chunk_size, batch_size=batch_size, device=device, dtype=dtype, seed=seed,
-                engine_cache=engine_cache,
+                chunk_size=chunk_size, max_joint_keyframes=max_joint_keyframes, batch_size=batch_size, device=device,
+                dtype=dtype, seed=seed, engine_cache=engine_cache,
             )
             with reporting(quiet) as reporter:
                 built = build_engines(run_config, frames, size=parse_size(size, "--size"), reporter=reporter)

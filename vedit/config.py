@@ -42,6 +42,7 @@ class RunConfig:
     pnp_f_t: float = 0.8
     pnp_attn_t: float = 0.5
     chunk_size: int = 8
+    max_joint_keyframes: int = 32  # tokenflow: keyframes each keyframe attends to; all of them when K ≤ this
     keyframes: str | None = None
     inversion: str | None = None
     seed: int = 0
@@ -77,6 +78,7 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "pnp_f_t": (0.0, 1.0),
     "pnp_attn_t": (0.0, 1.0),
     "chunk_size": (1, 1024),
+    "max_joint_keyframes": (1, None),
     "batch_size": (1, 4096),
     "max_frames": (1, None),
     "guidance": (0.0, 100.0),

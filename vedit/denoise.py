@@ -159,15 +159,19 @@ class Denoiser:
             eps = self.passes.plain(batch, t, text, kind=kind)
         return self._guide(eps, n)
 
-    def keyframes(self, frames: torch.Tensor, latents: torch.Tensor, step: Step) -> list[torch.Tensor]:
+    def keyframes(
+        self, frames: torch.Tensor, latents: torch.Tensor, step: Step, partners: torch.Tensor | None = None
+    ) -> list[torch.Tensor]:
         """TokenFlow's keyframe pass on ``latents`` (K, 4, h, w); returns the per-block records
-        ``[features₀ (K, seq, dim), outputs₀ (3K, seq, dim), features₁, …]``. Its ε is not used."""
+        ``[features₀ (K, seq, dim), outputs₀ (3K, seq, dim), features₁, …]``. Its ε is not used.
+        ``partners`` (K, M) on the device bounds each keyframe's extended attention to those
+        keyframes (:func:`vedit.passes.joint_partners`); None: all of them."""
         if self.branches[0] != SOURCE:
             raise ValueError("the keyframe pass needs the source branch")
         t, flags = self._step_inputs(step)
         batch = self._batch(frames, latents, step)
         with profiling.stage("keyframe"):
-            _, records = self.passes.keyframe(batch, t, self._text(len(frames)), flags)
+            _, records = self.passes.keyframe(batch, t, self._text(len(frames)), flags, partners)
         return records
 
     def propagate(

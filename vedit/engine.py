@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 
 from .errors import PluginError
-from .passes import PASS_VERSION, FramesPass, KeyframePass, PassModule, PlainPass, PropagationPass
+from .passes import PASS_VERSION, BoundedKeyframePass, FramesPass, KeyframePass, PassModule, PlainPass, PropagationPass
 from .unet import CallContext, ControlledUNet
 
 DEFAULT_ENGINE_CACHE = "engines"
@@ -358,7 +358,10 @@ class Passes:
     # building ------------------------------------------------------------------------------
     def module(self, name: str) -> PassModule:
         if name not in self._modules:
-            make = {"plain": PlainPass, "frames": FramesPass, "keyframe": KeyframePass}.get(name)
+            make = {
+                "plain": PlainPass, "frames": FramesPass, "keyframe": KeyframePass,
+                "keyframe_bounded": BoundedKeyframePass,
+            }.get(name)  # fmt: skip
             module = make(self.controlled) if make else PropagationPass(self.controlled, self.nearest)
             self._modules[name] = module.eval()
         return self._modules[name]
@@ -414,8 +417,14 @@ class Passes:
     def frames(self, latents, t, text, flags, *, kind: str = "frames") -> torch.Tensor:
         return self._run("frames", kind, (latents, t, text, flags))
 
-    def keyframe(self, latents, t, text, flags, *, kind: str = "keyframes") -> tuple[torch.Tensor, list[torch.Tensor]]:
-        out = self._run("keyframe", kind, (latents, t, text, flags))
+    def keyframe(
+        self, latents, t, text, flags, partners: torch.Tensor | None = None, *, kind: str = "keyframes"
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The keyframe pass; with ``partners`` (K, M), its bounded form (``--max-joint-keyframes``)."""
+        if partners is None:
+            out = self._run("keyframe", kind, (latents, t, text, flags))
+        else:
+            out = self._run("keyframe_bounded", kind, (latents, t, text, flags, partners))
         return out[0], list(out[1:])
 
     def propagate(self, latents, t, text, flags, weights, records: Sequence[torch.Tensor], *, kind: str = "propagation"):

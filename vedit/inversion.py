@@ -18,14 +18,17 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import mmap
 import os
 import re
+import struct
 import tempfile
 import time
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -41,12 +44,52 @@ def _name(t: int) -> str:
     return f"latents_t{int(t):04d}"
 
 
+_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+
+
+class MappedLatents(Mapping):
+    """A trajectory file's per-timestep latents, memory-mapped: ``mapped[t]`` is a read-only view of
+    the file's bytes, paged in by the OS when read and dropped again under memory pressure, so a
+    long clip's trajectory is never held whole in memory. The file's format is safetensors: an
+    8-byte little-endian header length, a JSON header of names, dtypes, shapes and byte offsets,
+    then the data.
+
+    The map stays valid if the file is replaced or evicted meanwhile (POSIX keeps the old inode).
+    Do not write into the views: copy first (:meth:`Trajectory.at` does).
+    """
+
+    def __init__(self, path: str | Path, timesteps: list[int]):
+        with open(path, "rb") as handle:
+            self._map = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+        (length,) = struct.unpack("<Q", self._map[:8])
+        header = json.loads(self._map[8 : 8 + length])
+        self._entries: dict[int, tuple[torch.dtype, tuple[int, ...], int, int]] = {}
+        for t in timesteps:
+            info = header[_name(t)]
+            start, stop = info["data_offsets"]
+            dtype = _SAFETENSORS_DTYPES[info["dtype"]]
+            self._entries[int(t)] = (dtype, tuple(info["shape"]), 8 + length + start, stop - start)
+
+    def __getitem__(self, t: int) -> torch.Tensor:
+        dtype, shape, offset, size = self._entries[int(t)]
+        with warnings.catch_warnings():  # read-only by design: nothing writes into these views
+            warnings.filterwarnings("ignore", message="The given buffer is not writable")
+            flat = torch.frombuffer(self._map, dtype=dtype, count=size // dtype.itemsize, offset=offset)
+        return flat.view(shape)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
 @dataclass
 class Trajectory:
     """Inverted latents of every frame at every timestep of the sampling schedule, plus z_T."""
 
     clean: torch.Tensor
-    latents: dict[int, torch.Tensor]
+    latents: Mapping[int, torch.Tensor]  # a dict, or MappedLatents when loaded from a file
     timesteps: list[int]
     noisiest: int
     metadata: dict[str, str] = field(default_factory=dict)
@@ -56,8 +99,11 @@ class Trajectory:
         return self.clean.shape[0]
 
     def at(self, t: int, frames: torch.Tensor | None = None) -> torch.Tensor:
+        """The latents at timestep ``t`` (of ``frames``, default all): a copy when read from a file's map."""
         latents = self.latents[int(t)]
-        return latents if frames is None else latents[frames.cpu()]
+        if frames is not None:
+            return latents[frames.cpu()]
+        return latents.clone() if isinstance(self.latents, MappedLatents) else latents
 
     def ddim_noise(self, alphas_cumprod: torch.Tensor) -> torch.Tensor:
         """ε = (z_T − √ᾱ_T z_0) / √(1 − ᾱ_T): the noise that DDIM inversion found for each frame."""
@@ -86,15 +132,24 @@ class Trajectory:
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "Trajectory":
+    def load(cls, path: str | Path, *, mapped: bool = True) -> "Trajectory":
+        """Read a trajectory file. ``clean`` is read whole; the per-timestep latents are
+        memory-mapped (``mapped``, the default: read per step, never held whole) or read whole."""
         path = Path(path)
         metadata = read_metadata(path)
         try:
             timesteps = [int(t) for t in json.loads(metadata["timesteps"])]
             noisiest = int(metadata["noisiest"])
+            wanted = [*timesteps, noisiest]
             with safe_open(str(path), framework="pt") as f:
                 clean = f.get_tensor("clean")
-                latents = {t: f.get_tensor(_name(t)) for t in [*timesteps, noisiest]}
+                names = set(f.keys())
+                missing = [_name(t) for t in wanted if _name(t) not in names]
+                if missing:
+                    raise KeyError(f"no tensor {missing[0]!r}")
+                latents: Mapping[int, torch.Tensor] = (
+                    MappedLatents(path, wanted) if mapped else {t: f.get_tensor(_name(t)) for t in wanted}
+                )
         except Exception as error:
             raise InputError(f"{path} is not a readable vedit trajectory: {error}") from None
         return cls(clean=clean, latents=latents, timesteps=timesteps, noisiest=noisiest, metadata=metadata)

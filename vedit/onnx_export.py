@@ -72,8 +72,10 @@ def _batch_dims(module: PassModule, example: tuple[torch.Tensor, ...], low: int,
     frames = Dim("frames", min=low, max=high)
     batch = frames if module.name == "plain" else 3 * frames
     shapes: dict = {"latents": {0: batch}, "t": None, "text": {0: batch}}
-    if module.name in ("frames", "keyframe", "propagation"):
+    if module.name in ("frames", "keyframe", "keyframe_bounded", "propagation"):
         shapes["flags"] = None
+    if module.name == "keyframe_bounded":
+        shapes["partners"] = {0: frames}
     if module.name == "propagation":
         shapes["weights"] = {0: frames}
         shapes["records"] = tuple(None for _ in example[5:])

@@ -16,6 +16,8 @@ frames     latents (3n,…), t, text (3n,…), flags (2,) bool [conv, qk]     ε
 keyframe   latents (3K,…), t, text (3K,…), flags                          ε, per block: features
                                                                           (K,seq,dim), outputs
                                                                           (3K,seq,dim)
+keyframe_  as keyframe, and partners (K,M) int64: the keyframes each one    as keyframe
+bounded    attends to (``--max-joint-keyframes``)
 propagation latents (3n,…), t, text (3n,…), flags, weights (n,), per       ε
            block: features (2,seq,dim) and outputs (6,seq,dim) of the
            keyframes [i, i−1]
@@ -31,14 +33,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import profiling
-from .attention import PlainAttention, _in_graph, joint_attention, per_frame_attention, project_out, project_qkv
+from .attention import (
+    PlainAttention,
+    _in_graph,
+    bounded_joint_attention,
+    joint_attention,
+    per_frame_attention,
+    project_out,
+    project_qkv,
+)
 from .unet import COND, SOURCE, UNCOND, CallContext, ControlledUNet, Injection, LayerInfo
 
 # Part of every engine cache key: raise it whenever a pass computes something different.
 PASS_VERSION = 1
 
 BRANCHES = (SOURCE, UNCOND, COND)
-PASS_NAMES = ("plain", "frames", "keyframe", "propagation")
+PASS_NAMES = ("plain", "frames", "keyframe", "keyframe_bounded", "propagation")
 
 
 def cosine_nearest_tokens(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
@@ -62,22 +72,56 @@ def select_keyframes(records: list[torch.Tensor], slots: torch.Tensor) -> list[t
     return chosen
 
 
+def joint_partners(keys: int, limit: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The keyframes each keyframe's extended attention covers, ``(keys, min(keys, limit))`` int64.
+
+    With ``keys ≤ limit`` every row is ``0 … keys−1``: all keyframes, in order, exactly the
+    published extended attention (and nothing is drawn). Otherwise each row holds the keyframe
+    itself, its neighbours before and after, and one keyframe drawn with ``generator`` from each of
+    ``limit − 3`` equal, consecutive strata of the others, so the rest of the clip is covered evenly;
+    rows are sorted.
+    """
+    width = min(keys, limit)
+    if width == keys:
+        return torch.arange(keys).repeat(keys, 1)
+    rows = []
+    for k in range(keys):
+        fixed = [k] + [n for n in (k - 1, k + 1) if 0 <= n < keys]
+        fixed = fixed[:width]
+        rest = [j for j in range(keys) if j not in fixed]
+        need = width - len(fixed)
+        offsets = torch.rand(need, generator=generator).tolist() if need else []
+        picks = []
+        for i, offset in enumerate(offsets):
+            low, high = i * len(rest) // need, (i + 1) * len(rest) // need  # never empty: need ≤ len(rest)
+            picks.append(rest[low + min(int(offset * (high - low)), high - low - 1)])
+        rows.append(sorted(fixed + picks))
+    return torch.tensor(rows, dtype=torch.int64)
+
+
 class KeyframeAttention:
     """Keyframe pass: extended attention in the edited branches, per-frame in the source branch.
 
     Records, per transformer block, the source branch's self-attention input (K, seq, dim) and
     the self-attention output of every branch (3K, seq, dim) into ``records`` (keyed by block).
+    With ``partners`` (K, M), keyframe i attends only to the keyframes ``partners[i]``.
     """
 
-    def __init__(self, records: dict[int, tuple[torch.Tensor, torch.Tensor]]):
+    def __init__(self, records: dict[int, tuple[torch.Tensor, torch.Tensor]], partners: torch.Tensor | None = None):
         self.records = records
+        self.partners = partners
+
+    def _joint(self, attn, query, key, value) -> torch.Tensor:
+        if self.partners is None:
+            return joint_attention(attn, query, key, value)
+        return bounded_joint_attention(attn, query, key, value, self.partners)
 
     def self_attention(self, layer: LayerInfo, attn, hidden_states: torch.Tensor, ctx: CallContext) -> torch.Tensor:
         query, key, value = project_qkv(attn, hidden_states, ctx, layer)
         parts = []
         for branch in ctx.branches:
             s = ctx.branch(branch)
-            attend = per_frame_attention if branch == SOURCE else joint_attention
+            attend = per_frame_attention if branch == SOURCE else self._joint
             parts.append(attend(attn, query[s], key[s], value[s]))
         out = project_out(attn, torch.cat(parts))  # (3K, seq, dim)
         # A copy: a slice would keep the whole three-branch input of the layer alive.
@@ -191,9 +235,12 @@ class KeyframePass(PassModule):
         return names
 
     def forward(self, latents, t, text, flags):
+        return self._keyframes(latents, t, text, flags, None)
+
+    def _keyframes(self, latents, t, text, flags, partners):
         records: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         ctx = CallContext(
-            branches=BRANCHES, frames=latents.shape[0] // 3, attention=KeyframeAttention(records),
+            branches=BRANCHES, frames=latents.shape[0] // 3, attention=KeyframeAttention(records, partners),
             injection=Injection(conv=flags[0], qk=flags[1]),
         )  # fmt: skip
         eps = self._run(latents, t, text, ctx)
@@ -201,6 +248,17 @@ class KeyframePass(PassModule):
         for index in sorted(records):
             flat += list(records[index])
         return tuple(flat)
+
+
+class BoundedKeyframePass(KeyframePass):
+    """``(latents[3K], t, text[3K], flags, partners (K, M)) → as KeyframePass``: each keyframe's
+    extended attention covers only the keyframes its row of ``partners`` names."""
+
+    name = "keyframe_bounded"
+    input_names = ("latents", "t", "text", "flags", "partners")
+
+    def forward(self, latents, t, text, flags, partners):
+        return self._keyframes(latents, t, text, flags, partners)
 
 
 class PropagationPass(PassModule):

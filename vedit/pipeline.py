@@ -21,7 +21,7 @@ from .batching import CPU_BATCH, choose_batches
 from .config import RunConfig, load_config, validate
 from .denoise import EditJob, RunShape, denoise
 from .engine import DEFAULT_ENGINE_CACHE, EngineCache, Passes, engine_chain
-from .passes import select_keyframes
+from .passes import joint_partners, select_keyframes
 from .errors import ConfigError, InputError, OutputError
 from .inversion import (
     InversionCache,
@@ -464,6 +464,10 @@ def _trajectory(
         source=str(Path(clip.info.path).resolve()),
     )
     written = None if config.no_cache else cache.put(key, trajectory, note=reporter.message)
+    if written is not None:
+        # From here on read per step from the file's map: the inversion's copy of every step's
+        # latents of every frame is let go.
+        trajectory = Trajectory.load(written)
     return trajectory, "computed", written
 
 
@@ -724,7 +728,8 @@ def _pass_batches(config: RunConfig, frames: int, editor: Any, propagator: Any) 
     if editor.needs_inversion:
         batches["plain"] = _split(n, size)
     if propagator.name == "tokenflow":
-        batches["keyframe"] = [3 * -(-n // b)]
+        keys = -(-n // b)
+        batches["keyframe" if keys <= config.max_joint_keyframes else "keyframe_bounded"] = [3 * keys]
         batches["propagation"] = [3 * x for x in _split(n, b)]
     elif _per_frame_with_source(editor, propagator):
         batches["frames"] = [3 * x for x in _split(n, size)]
@@ -773,17 +778,19 @@ def build_engines(
     with make_passes(model, config, checked, reporter, conv_layers=layers[0], qk_layers=layers[1], nearest=nearest,
                      batches=batches) as passes:  # fmt: skip
         records: list[torch.Tensor] = []
-        for name in ("plain", "frames", "keyframe", "propagation"):
+        for name in ("plain", "frames", "keyframe", "keyframe_bounded", "propagation"):
             for batch in batches.get(name, []):
                 mark = time.perf_counter()
                 inputs: tuple[torch.Tensor, ...] = example(batch)
                 if name != "plain":
                     inputs += (flags,)
+                if name == "keyframe_bounded":
+                    inputs += (to_device(joint_partners(batch // 3, config.max_joint_keyframes, gen), device),)
                 if name == "propagation":
                     slots = torch.tensor([0, 0], device=device)
                     inputs += (torch.ones(batch // 3, device=device), *select_keyframes(records, slots))
                 out = passes.prepare(name, inputs)(*inputs)
-                if name == "keyframe":
+                if name in ("keyframe", "keyframe_bounded"):
                     records = list(out[1:])
                 built.append(BuiltEngine(name, batch, passes.used[name], time.perf_counter() - mark))
                 task.advance(1)
