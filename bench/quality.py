@@ -30,7 +30,8 @@ def parse_clip(spec: str) -> tuple[Path, int | None]:
     """``PATH`` or ``PATH:FRAMES``."""
     from vedit.errors import ConfigError
 
-    path, _, count = spec.rpartition(":") if spec.rpartition(":")[2].isdigit() else (spec, "", "")
+    head, _, tail = spec.rpartition(":")
+    path, count = (head, tail) if head and tail.isdigit() else (spec, "")
     if count and int(count) < 2:
         raise ConfigError(f"{spec}: a warp error needs at least 2 frames")
     return Path(path), int(count) if count else None

@@ -60,7 +60,7 @@ class OnnxRuntime:
         names = list(module.input_names)
         wanted = {i.name for i in session.get_inputs()}  # the exporter drops inputs a pass does not use
         outputs = session.get_outputs()
-        many = module.name in ("keyframe", "keyframe_bounded")
+        many = module.returns_records
         if target.device.type == "cuda":
             if any(i.type == "tensor(bfloat16)" for i in session.get_inputs()):
                 raise RuntimeError("onnxruntime's I/O binding takes fp16 or fp32 here, not bf16: pass --dtype fp16")

@@ -309,14 +309,14 @@ def _edited_count(path: Path, info: VideoInfo, keep_timestamps: bool) -> int:
         return count
     import av
 
-    from .video import _first_real_video_stream
+    from .video import _count_packets, _first_real_video_stream
 
     try:
         with av.open(str(path)) as container:
             stream = _first_real_video_stream(container)
             if stream is None:
                 return count
-            packets = sum(1 for packet in container.demux(stream) if packet.size)
+            packets = _count_packets(container, stream)
     except Exception:  # the reader will say what is wrong with the file
         return count
     return min(count, packets) if packets else count

@@ -72,9 +72,9 @@ def _batch_dims(module: PassModule, example: tuple[torch.Tensor, ...], low: int,
     frames = Dim("frames", min=low, max=high)
     batch = frames if module.name == "plain" else 3 * frames
     shapes: dict = {"latents": {0: batch}, "t": None, "text": {0: batch}}
-    if module.name in ("frames", "keyframe", "keyframe_bounded", "propagation"):
+    if "flags" in module.input_names:
         shapes["flags"] = None
-    if module.name == "keyframe_bounded":
+    if "partners" in module.input_names:
         shapes["partners"] = {0: frames}
     if module.name == "propagation":
         shapes["weights"] = {0: frames}

@@ -180,6 +180,7 @@ class PassModule(nn.Module):
 
     name = ""
     input_names: tuple[str, ...] = ()
+    returns_records = False  # outputs (ε, features₀, outputs₀, …) rather than ε alone
 
     def __init__(self, controlled: ControlledUNet):
         super().__init__()
@@ -227,6 +228,7 @@ class KeyframePass(PassModule):
 
     name = "keyframe"
     input_names = ("latents", "t", "text", "flags")
+    returns_records = True
 
     def output_names(self) -> list[str]:
         names = ["eps"]

@@ -790,7 +790,7 @@ def build_engines(
                     slots = torch.tensor([0, 0], device=device)
                     inputs += (torch.ones(batch // 3, device=device), *select_keyframes(records, slots))
                 out = passes.prepare(name, inputs)(*inputs)
-                if name in ("keyframe", "keyframe_bounded"):
+                if passes.module(name).returns_records:
                     records = list(out[1:])
                 built.append(BuiltEngine(name, batch, passes.used[name], time.perf_counter() - mark))
                 task.advance(1)
