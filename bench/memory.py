@@ -51,7 +51,7 @@ def probe(args: argparse.Namespace) -> dict:
             "frames": args.frames,
             "peak_rss_mb": round(_peak_rss_mb(), 1),
             "rss_after_load_mb": round(after_load, 1),
-            "seconds": round(result.seconds, 2),
+            "seconds": round(result.seconds, 3),
             "ms_per_frame": round(1000 * result.seconds / args.frames, 2),
             "denoise_ms_per_frame": round(1000 * result.stage_seconds.get("denoise", 0.0) / args.frames, 2),
             "keyframe_ms_per_frame": round(1000 * result.profile.get("keyframe", 0.0) / args.frames, 2),

@@ -332,4 +332,5 @@ def test_bench_memory_gives_time_per_frame_with_bounded_keyframe_attention():
     (row,) = doc["rows"]
     assert row["frames"] == 12 and row["peak_rss_mb"] >= row["rss_after_load_mb"] > 0
     assert row["keyframe_ms_per_frame"] > 0 and row["ms_per_frame"] > row["denoise_ms_per_frame"] > 0
-    assert row["ms_per_frame"] == pytest.approx(1000 * row["seconds"] / 12, rel=0.01)
+    # seconds is rounded to 1 ms, so the figure it gives is good to 1000 * 0.0005 / 12 ms per frame
+    assert row["ms_per_frame"] == pytest.approx(1000 * row["seconds"] / 12, abs=0.05)
