@@ -16,6 +16,12 @@ class PerFrame:
     def begin(self, job: EditJob, plan: EditPlan) -> None:
         self.batch_size = job.config.batch_size
 
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {}  # nothing changes from step to step but the latents
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        pass
+
     def predict(self, step: Step, latents: torch.Tensor, denoiser: Denoiser) -> torch.Tensor:
         eps = torch.empty_like(latents)
         for start in range(0, latents.shape[0], self.batch_size):

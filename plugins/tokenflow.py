@@ -95,6 +95,17 @@ class TokenFlow:
             self.schedule = read_keyframe_schedule(config.keyframes)
             check_keyframe_schedule(self.schedule, self.chunks, len(plan.timesteps), config.keyframes)
 
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """What changes from step to step: the generator that draws keyframes and partners."""
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.generator.set_state(state["generator"])
+
+    def preview(self) -> "JointKeyframes":
+        """The propagator of a preview (:mod:`vedit.preview`): its frames are the keyframes."""
+        return JointKeyframes()
+
     def keyframes(self, step: Step) -> torch.Tensor:
         """One keyframe per chunk for this step: from the schedule, else drawn with the seeded generator."""
         if self.schedule is not None:
@@ -128,6 +139,39 @@ class TokenFlow:
                 prepared.append((chunk, frames, slots, to_device(weights, device)))
             self._prepared = (device, prepared)
         return self._prepared[1]
+
+
+class JointKeyframes:
+    """TokenFlow's preview form (``TokenFlow.preview()``): every frame it is given is a keyframe at
+    every step, and they are denoised jointly by the keyframe pass alone, with extended attention
+    across all of them, each frame stepping with that pass's own guided noise prediction. No
+    propagation pass runs. Beyond ``--max-joint-keyframes`` frames the attention is bounded with
+    partners drawn every step from a generator seeded with ``--seed``, as in :class:`TokenFlow`."""
+
+    name = "tokenflow-preview"
+    description = "TokenFlow's keyframes alone, denoised jointly (vedit run --preview)"
+    needs_source_branch = True
+
+    def begin(self, job: EditJob, plan: EditPlan) -> None:
+        self.max_joint = job.config.max_joint_keyframes
+        self.generator = torch.Generator().manual_seed(job.config.seed)
+
+    def planned_forwards(self, frames: int, steps_run: int, config) -> dict[str, int]:
+        """One keyframe pass over all frames per step, three branches each."""
+        return {"keyframes": 3 * frames * steps_run}
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.generator.set_state(state["generator"])
+
+    def predict(self, step: Step, latents: torch.Tensor, denoiser: Denoiser) -> torch.Tensor:
+        count = latents.shape[0]
+        partners = None
+        if count > self.max_joint:  # bounded extended attention, redrawn every step
+            partners = to_device(joint_partners(count, self.max_joint, self.generator), latents.device)
+        return denoiser.joint(torch.arange(count), latents, step, partners)
 
 
 @hookimpl

@@ -154,7 +154,37 @@ def test_progress_is_printed_as_lines_when_stderr_is_not_a_terminal(clip, tmp_pa
         assert f"vedit: {stage}: started, {total} to do" in lines
     assert "vedit: denoise: 1/2 (50%)" in result.stderr
     assert any(line.startswith("vedit: denoise: done, 2/2 in ") for line in lines)
+    # every stage says its speed in frames per second (a step of the loop is 12 frames)
+    for stage in ("read + encode", "invert", "denoise", "decode + write"):
+        assert any(line.startswith(f"vedit: {stage}: done,") and line.endswith(" frames/s") for line in lines), stage
     assert "\x1b[" not in result.stderr and "━" not in result.stderr  # no terminal codes, no bars
+
+
+def test_plain_progress_gives_frames_per_second_and_time_left_without_the_steps_done_before(monkeypatch):
+    import io
+
+    from vedit.cli import PlainReporter
+    from vedit.report import open_task
+
+    clock = iter([100.0, 102.0, 104.0, 110.0])  # started, then three advances
+    monkeypatch.setattr("vedit.cli.time.monotonic", lambda: next(clock))
+    stream = io.StringIO()
+    task = open_task(PlainReporter(stream, interval=0), "denoise", 50, frames_per_unit=40, done=20)
+    task.advance(1)  # 1 step of 40 frames in 2 s: 20 frames/s; 29 steps left at 2 s each
+    task.advance(1)
+    lines = stream.getvalue().splitlines()
+    assert lines[0] == "vedit: denoise: started, 50 to do, 20 done before"
+    assert lines[1] == "vedit: denoise: 21/50 (42%), 20 frames/s, 2s elapsed, about 58s left"
+    assert lines[2] == "vedit: denoise: 22/50 (44%), 20 frames/s, 4s elapsed, about 56s left"
+    # a reporter that knows neither keyword is advanced past the steps done before, as it always was
+    seen = []
+
+    class Old:
+        def task(self, description, total):
+            return type("T", (), {"advance": lambda self, n=1: seen.append(n)})()
+
+    open_task(Old(), "denoise", 50, frames_per_unit=40, done=20)
+    assert seen == [20]
 
 
 def test_plain_progress_reaches_a_redirected_log_while_the_run_goes_on(clip, tmp_path):

@@ -14,7 +14,15 @@ import typer
 import typer.core
 from rich.console import Console
 from rich.markup import escape as rich_escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 from rich.text import Text
 
@@ -72,8 +80,9 @@ class RichReporter(QuietReporter):
     def __init__(self, progress: Progress):
         self.progress = progress
 
-    def task(self, description: str, total: int | None):
-        task_id = self.progress.add_task(description, total=total)
+    def task(self, description: str, total: int | None, frames_per_unit: int | None = None, done: int = 0):
+        # rich's speed (and so the time left) comes from advances only: what was done before is not among them
+        task_id = self.progress.add_task(description, total=total, completed=done, frames_per_unit=frames_per_unit)
         progress = self.progress
 
         class _Task:
@@ -100,6 +109,25 @@ def _duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m"
 
 
+def _rate(units: float, seconds: float, frames_per_unit: int | None) -> str:
+    """", 31.2 frames/s" for a task whose units stand for frames; "" when nothing can be said yet."""
+    if not frames_per_unit or units <= 0 or seconds <= 0:
+        return ""
+    fps = units * frames_per_unit / seconds
+    return f", {fps:.3g} frames/s" if fps < 100 else f", {fps:.0f} frames/s"
+
+
+class _FrameRate(ProgressColumn):
+    """Frames per second of a task whose units stand for frames (a denoising step: every frame)."""
+
+    def render(self, task) -> Text:
+        speed = task.finished_speed or task.speed
+        per_unit = task.fields.get("frames_per_unit")
+        if not speed or not per_unit:
+            return Text("")
+        return Text(_rate(speed, 1.0, per_unit).removeprefix(", "))
+
+
 class PlainReporter(QuietReporter):
     """Progress as plain lines, for stderr that is not a terminal (nohup, CI, a job scheduler).
 
@@ -116,31 +144,35 @@ class PlainReporter(QuietReporter):
     def _print(self, text: str) -> None:
         print(f"vedit: {text}", file=self.stream, flush=True)
 
-    def task(self, description: str, total: int | None):
+    def task(self, description: str, total: int | None, frames_per_unit: int | None = None, done: int = 0):
         reporter = self
         began = time.monotonic()
-        reporter._print(f"{description}: started" + (f", {total} to do" if total else ""))
+        already = f", {done} done before" if done else ""
+        reporter._print(f"{description}: started" + (f", {total} to do{already}" if total else ""))
+        first = done
 
         class _Task:
-            done = 0
             last = began
+            done = first
 
             def advance(self, amount: int = 1) -> None:
                 self.done += amount
                 now = time.monotonic()
                 elapsed = now - began
+                worked = self.done - first  # the units done before are not part of the rate
+                rate = _rate(worked, elapsed, frames_per_unit)
                 if total is not None and self.done >= total:
-                    reporter._print(f"{description}: done, {self.done}/{total} in {_duration(elapsed)}")
+                    reporter._print(f"{description}: done, {self.done}/{total} in {_duration(elapsed)}{rate}")
                 elif now - self.last >= reporter.interval:
                     self.last = now
-                    if total:
-                        left = elapsed / self.done * (total - self.done)
+                    if total and worked:
+                        left = elapsed / worked * (total - self.done)
                         reporter._print(
-                            f"{description}: {self.done}/{total} ({100 * self.done // total}%), "
+                            f"{description}: {self.done}/{total} ({100 * self.done // total}%){rate}, "
                             f"{_duration(elapsed)} elapsed, about {_duration(left)} left"
                         )
                     else:
-                        reporter._print(f"{description}: {self.done} done, {_duration(elapsed)} elapsed")
+                        reporter._print(f"{description}: {self.done} done{rate}, {_duration(elapsed)} elapsed")
 
         return _Task()
 
@@ -161,6 +193,7 @@ def reporting(quiet: bool) -> Iterator[QuietReporter]:
         TextColumn("{task.description:<16}", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
+        _FrameRate(),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=err_console,
@@ -247,6 +280,9 @@ def _summary(result, config: RunConfig) -> Table:
     rows.append(("model", result.model))
     rows.append(("seed", str(config.seed)))
     rows.append(("editor", f"{config.editor} + {config.propagator}, {result.steps_run} steps, inversion {result.inversion}"))
+    if result.resumed_from is not None:
+        rows.append(("resumed", f"from the checkpoint after step {result.resumed_from} of {result.steps_run}; "
+                                f"{result.steps_run - result.resumed_from} steps run now"))
     if result.inversion_path is not None:
         rows.append(("inversion", str(result.inversion_path)))
     rows.append(("UNet", f"{sum(result.forwards.values())} image-forwards ({result.forwards_per_frame_step:.3f} per frame per step)"))
@@ -268,6 +304,33 @@ def _summary(result, config: RunConfig) -> Table:
     for name, value in rows:
         table.add_row(Text(name), Text(value))
     return table
+
+
+def _print_checkpoints(entries, describe_age) -> None:
+    """The checkpoints of stopped runs, oldest first: the same command resumes each."""
+    table = Table("checkpoint", "clip", "prompt", "editor", "frames", "size", "step", "MB", "written")
+    for column in table.columns:
+        column.overflow = "fold"
+    for entry in entries:
+        m = entry.metadata
+        table.add_row(
+            Text(entry.key[:12]),
+            Text("(unreadable)" if "error" in m else m.get("source", "?")),
+            Text(repr(m.get("prompt", ""))),
+            Text(m.get("editor", "?")),
+            Text(m.get("frames", "?")),
+            Text(f"{m.get('width', '?')}x{m.get('height', '?')}"),
+            Text(f"{m.get('step', '?')}/{m.get('steps', '?')}"),
+            Text(f"{entry.size_bytes / 2**20:.1f}"),
+            Text(describe_age(entry.modified)),
+        )
+    out_console.print(table)
+    total = sum(e.size_bytes for e in entries)
+    out_console.print(
+        f"{len(entries)} checkpoint{'s' if len(entries) != 1 else ''} of stopped runs, {total / 2**20:.1f} MB "
+        f"(the same command resumes each; 'vedit cache clear' removes them)",
+        markup=False, soft_wrap=True,
+    )
 
 
 def create_app() -> typer.Typer:
@@ -336,7 +399,8 @@ def create_app() -> typer.Typer:
         clip_model: Optional[str] = typer.Option(None, "--clip", help=_help("CLIP model for --eval's text and frame scores: a hub id already in the local cache, or a folder (never downloaded).", "clip")),
         cache_dir: Optional[str] = typer.Option(None, help=_help("Inversion cache folder.", default=cache_dir_default)),
         cache_max_gb: Optional[float] = typer.Option(None, help=_help("Cache size cap in GB; the least recently used inversions are evicted.", "cache_max_gb")),
-        no_cache: bool = typer.Option(False, "--no-cache", help=_help("Neither read nor write the inversion cache.")),
+        no_cache: bool = typer.Option(False, "--no-cache", help=_help("Neither read nor write the inversion cache (nor checkpoints).")),
+        checkpoint_every: Optional[int] = typer.Option(None, help=_help("Keep a checkpoint of the edited latents in the cache every this many steps; the same command resumes a stopped run from it. 0: none.", "checkpoint_every")),
         config: Optional[Path] = typer.Option(None, "--config", help=_help("Read defaults from this vedit.toml instead of ./vedit.toml.")),
         quiet: bool = typer.Option(False, "--quiet", "-q", help=_help("No progress or summary; warnings and errors only.")),
         profile: bool = typer.Option(False, "--profile", help=_help("Time each component (read, encode, invert, keyframe and propagation passes, NN search, decode, write) with device synchronisation, and show it in the summary.")),
@@ -357,7 +421,7 @@ def create_app() -> typer.Typer:
                 max_frames=max_frames, allow_short=allow_short or None, fps=fps,
                 keep_timestamps=keep_timestamps or None, output_size=output_size, device=device, dtype=dtype,
                 batch_size=batch_size, postprocess=postprocess, cache_dir=cache_dir, cache_max_gb=cache_max_gb,
-                no_cache=no_cache or None, eval=eval_, flow=flow, clip=clip_model,
+                no_cache=no_cache or None, eval=eval_, flow=flow, clip=clip_model, checkpoint_every=checkpoint_every,
             )
             target = output or Path(f"{clip.stem if clip.suffix else clip.name}-edited.mp4")
             with reporting(quiet) as reporter:
@@ -529,19 +593,24 @@ def create_app() -> typer.Typer:
         freed = cache.clear()
         out_console.print(f"removed {freed / 1e6:.1f} MB of built engines from {cache.root}", markup=False, soft_wrap=True)
 
-    cache_app = typer.Typer(help="Manage the inversion cache.", no_args_is_help=True)
+    cache_app = typer.Typer(help="Manage the inversion cache and the checkpoints of stopped runs.", no_args_is_help=True)
     app.add_typer(cache_app, name="cache")
 
     @cache_app.command("list")
     def cache_list(cache_dir: Optional[str] = typer.Option(None, help="Cache folder.")) -> None:
-        """List cached inversions, least recently used first, with the clip each came from."""
+        """List cached inversions, least recently used first, with the clip each came from, and checkpoints of stopped runs."""
         from rich.text import Text
 
         from .inversion import InversionCache, describe_age, gb_to_bytes
 
+        from .checkpoint import CheckpointStore
+
         with user_errors():
             cache = InversionCache(cache_dir)
             entries = cache.entries()
+            checkpoints = CheckpointStore(cache_dir).entries()
+        if checkpoints:
+            _print_checkpoints(checkpoints, describe_age)
         if not entries:
             out_console.print(f"no cached inversions in {cache.root}", markup=False, soft_wrap=True)
             return
@@ -613,12 +682,18 @@ def create_app() -> typer.Typer:
 
     @cache_app.command("clear")
     def cache_clear(cache_dir: Optional[str] = typer.Option(None, help="Cache folder.")) -> None:
-        """Delete every cached inversion."""
+        """Delete every cached inversion and every checkpoint of a stopped run."""
+        from .checkpoint import CheckpointStore
         from .inversion import InversionCache
 
         with user_errors():
             files, freed = InversionCache(cache_dir).clear()
-        out_console.print(f"removed {files} cached inversions ({freed / 2**20:.1f} MB)", markup=False)
+            kept, kept_bytes = CheckpointStore(cache_dir).clear()
+        out_console.print(
+            f"removed {files} cached inversions ({freed / 2**20:.1f} MB) and {kept} "
+            f"checkpoint{'s' if kept != 1 else ''} ({kept_bytes / 2**20:.1f} MB)",
+            markup=False,
+        )
 
     @app.command("plugins")
     def list_plugins() -> None:

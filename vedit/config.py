@@ -44,6 +44,7 @@ class RunConfig:
     chunk_size: int = 8
     max_joint_keyframes: int = 32  # tokenflow: keyframes each keyframe attends to; all of them when K ≤ this
     keyframes: str | None = None
+    checkpoint_every: int = 5  # denoising steps between checkpoints a killed run resumes from; 0: none
     inversion: str | None = None
     seed: int = 0
     size: str | None = None
@@ -79,6 +80,7 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "pnp_attn_t": (0.0, 1.0),
     "chunk_size": (1, 1024),
     "max_joint_keyframes": (1, None),
+    "checkpoint_every": (0, 1000),
     "batch_size": (1, 4096),
     "max_frames": (1, None),
     "guidance": (0.0, 100.0),

@@ -174,6 +174,22 @@ class Denoiser:
             _, records = self.passes.keyframe(batch, t, self._text(len(frames)), flags, partners)
         return records
 
+    def joint(
+        self, frames: torch.Tensor, latents: torch.Tensor, step: Step, partners: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The keyframe pass used for its own noise prediction: guided ε of ``latents`` (n, 4, h, w)
+        denoised jointly, with extended attention across all of them (``partners`` (n, M) on the
+        device bounds it as in :meth:`keyframes`). Its records are let go. What a preview of
+        keyframes alone runs (:mod:`vedit.preview`)."""
+        if self.branches[0] != SOURCE:
+            raise ValueError("the keyframe pass needs the source branch")
+        n = latents.shape[0]
+        t, flags = self._step_inputs(step)
+        batch = self._batch(frames, latents, step)
+        with profiling.stage("keyframe"):
+            eps, _ = self.passes.keyframe(batch, t, self._text(n), flags, partners)
+        return self._guide(eps, n)
+
     def propagate(
         self,
         frames: torch.Tensor,
@@ -211,7 +227,12 @@ class Propagator(Protocol):
     """Couples frames at each step (see plugins/tokenflow.py and plugins/perframe.py).
 
     Optional: ``validate(config, shape)``, called with a :class:`RunShape` before any heavy work,
-    raising a :class:`~vedit.errors.VeditError` for options that cannot work.
+    raising a :class:`~vedit.errors.VeditError` for options that cannot work; ``state_dict()``
+    and ``load_state_dict(state)``, the state (name → tensor) that changes from step to step
+    (a random generator's), which a checkpoint keeps so that a resumed run continues exactly. A
+    propagator without them keeps no checkpoints; one that keeps no such state returns ``{}``.
+    ``preview()`` returns the propagator that edits the few frames of a preview
+    (:mod:`vedit.preview`) instead of this one; without it, this one runs on those frames.
     """
 
     name: str
@@ -229,19 +250,36 @@ def denoise(
     passes: Any,
     embeds: dict[str, torch.Tensor],
     on_step: Callable[[Step], None] | None = None,
+    *,
+    resume: Any = None,
+    after_step: Callable[[Step, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
-    """Run the plan's timesteps with DDIM (η = 0); returns the edited clean latents (N, 4, h, w)."""
+    """Run the plan's timesteps with DDIM (η = 0); returns the edited clean latents (N, 4, h, w).
+
+    ``resume`` (a :class:`vedit.checkpoint.Checkpoint`) continues a loop that stopped after
+    ``resume.step`` steps, from its latents and the propagator's state (its
+    ``load_state_dict``). ``after_step(step, latents)`` sees the latents after every step.
+    """
     with_source = plan.needs_source_branch or propagator.needs_source_branch
     if with_source and plan.source is None:
         raise ValueError(f"propagator {propagator.name!r} needs source latents, which the editor does not provide")
     denoiser = Denoiser(passes, plan, embeds, job.config.guidance, with_source)
     propagator.begin(job, plan)
     latents = plan.start_latents
+    first = 0
+    if resume is not None:
+        latents = to_device(resume.latents, latents.device, latents.dtype)
+        first = resume.step
+        if resume.state:
+            propagator.load_state_dict(resume.state)
     count = len(plan.timesteps)
-    for index, t in enumerate(plan.timesteps):
+    for index in range(first, count):
+        t = plan.timesteps[index]
         step = Step(index=index, t=t, count=count)
         eps = propagator.predict(step, latents, denoiser)
         latents = job.scheduler.step(eps, t, latents, eta=0.0, return_dict=False)[0]
+        if after_step is not None:
+            after_step(step, latents)
         if on_step is not None:
             on_step(step)
     return latents

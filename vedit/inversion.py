@@ -529,29 +529,7 @@ class InversionCache:
             )
 
     def _scan(self, *, metadata: bool) -> list[CacheEntry]:
-        """Every entry, oldest use first; OSError if the folder cannot be listed. A missing folder is empty."""
-        try:
-            with os.scandir(self.root) as listing:
-                names = [item.name for item in listing if item.name.endswith(".safetensors")]
-        except FileNotFoundError:
-            return []
-        found = []
-        for name in names:
-            path = self.root / name
-            try:
-                stat = path.stat()
-            except FileNotFoundError:
-                continue  # removed by another run since the listing
-            info: dict[str, str] = {}
-            if metadata:
-                try:
-                    with safe_open(str(path), framework="pt") as f:
-                        info = f.metadata() or {}
-                except Exception:
-                    info = {"error": "unreadable"}
-            found.append(CacheEntry(path, stat.st_size, stat.st_mtime, info))
-        found.sort(key=lambda entry: (entry.modified, entry.path.name))
-        return found
+        return scan_folder(self.root, metadata=metadata)
 
     def _evict(self, max_bytes: int, *, keep: Path | None = None) -> tuple[int, int]:
         entries = self._scan(metadata=False)
@@ -642,6 +620,33 @@ class InversionCache:
                 f"({_reason(failures[0])}); removed {files} ({_size(freed)})"
             )
         return files, freed
+
+
+def scan_folder(root: Path, *, metadata: bool) -> list[CacheEntry]:
+    """Every .safetensors file in ``root``, oldest modification first, with its metadata when
+    asked; OSError if the folder cannot be listed. A missing folder is empty."""
+    try:
+        with os.scandir(root) as listing:
+            names = [item.name for item in listing if item.name.endswith(".safetensors")]
+    except FileNotFoundError:
+        return []
+    found = []
+    for name in names:
+        path = root / name
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            continue  # removed by another run since the listing
+        info: dict[str, str] = {}
+        if metadata:
+            try:
+                with safe_open(str(path), framework="pt") as f:
+                    info = f.metadata() or {}
+            except Exception:
+                info = {"error": "unreadable"}
+        found.append(CacheEntry(path, stat.st_size, stat.st_mtime, info))
+    found.sort(key=lambda entry: (entry.modified, entry.path.name))
+    return found
 
 
 def describe_age(seconds: float) -> str:

@@ -18,8 +18,9 @@ from diffusers import DDIMScheduler
 
 from . import plugins, profiling
 from .batching import CPU_BATCH, choose_batches
+from .checkpoint import CheckpointStore, CheckpointWriter, checkpoint_key, inversion_file_identity
 from .config import RunConfig, load_config, validate
-from .denoise import EditJob, RunShape, denoise
+from .denoise import EditJob, RunShape, Step, denoise
 from .engine import DEFAULT_ENGINE_CACHE, EngineCache, Passes, engine_chain
 from .passes import joint_partners, select_keyframes
 from .errors import ConfigError, InputError, OutputError
@@ -34,7 +35,7 @@ from .inversion import (
     sampling_timesteps,
 )
 from .models import SD_SCHEDULER_CONFIG
-from .report import Reporter, SilentReporter, Task, VeditWarning
+from .report import Reporter, SilentReporter, Task, VeditWarning, open_task
 from .streams import ReadAhead, WriteBehind
 from .transfer import to_device
 from .unet import COND, SOURCE, UNCOND
@@ -62,8 +63,8 @@ class _Recording:
         self.reporter = reporter
         self.warnings: list[str] = []
 
-    def task(self, description: str, total: int | None) -> Task:
-        return self.reporter.task(description, total)
+    def task(self, description: str, total: int | None, frames_per_unit: int | None = None, done: int = 0) -> Task:
+        return open_task(self.reporter, description, total, frames_per_unit, done)
 
     def message(self, text: str) -> None:
         self.reporter.message(text)
@@ -98,12 +99,13 @@ class EditResult:
     engines: dict[str, str] = field(default_factory=dict)  # pass -> the engine that ran it
     profile: dict[str, float] = field(default_factory=dict)  # seconds per component, with profile=True
     evaluation: Any = None  # the quality report (vedit.evaluate.Report) with eval=True
+    resumed_from: int | None = None  # steps a checkpoint had done when this run resumed from it
 
     @property
     def forwards_per_frame_step(self) -> float:
-        """UNet image-forwards per frame per denoising step (inversion excluded)."""
+        """UNet image-forwards per frame per denoising step run in this process (inversion excluded)."""
         edit = sum(v for k, v in self.forwards.items() if k != "inversion")
-        return edit / max(1, self.frames * self.steps_run)
+        return edit / max(1, self.frames * (self.steps_run - (self.resumed_from or 0)))
 
 
 @dataclass
@@ -340,7 +342,7 @@ def encode_clip(
     :class:`~vedit.streams.ReadAhead` started before the model loaded); by default they are read here."""
     digest = hashlib.sha256()
     latents = []
-    task = reporter.task("read + encode", len(clip.reader))
+    task = open_task(reporter, "read + encode", len(clip.reader), 1)
     for batch in batches if batches is not None else clip.reader.batches(batch_size):  # (b, H, W, 3) uint8
         digest.update(batch.tobytes())
         with profiling.stage("encode"):
@@ -405,6 +407,19 @@ def _cache(config: RunConfig, reporter: Reporter) -> InversionCache:
     return InversionCache(config.cache_dir, max_bytes=gb_to_bytes(config.cache_max_gb), warn=reporter.warning)
 
 
+def _inversion_key(model, config: RunConfig, clip: _Clip, frames_sha: str) -> str:
+    """The inversion cache's key for this clip's frames, model and schedules."""
+    return cache_key(
+        frames_sha256=frames_sha,
+        fingerprint=model.fingerprint,
+        size=clip.reader.size,
+        inversion_steps=config.inversion_steps,
+        steps=config.steps,
+        source_prompt=config.source_prompt,
+        dtype=str(model.dtype).removeprefix("torch."),
+    )
+
+
 def _trajectory(
     model, config: RunConfig, clip: _Clip, latents: torch.Tensor, frames_sha: str, source_embeds, passes, reporter
 ) -> tuple[Trajectory, str, Path | None]:
@@ -424,22 +439,14 @@ def _trajectory(
             _identity_mismatch(config, f"it was made from other frames ({meta.get('source', 'another clip')}, "
                                        f"content {meta['frames_sha256'][:12]}; these are {frames_sha[:12]})", reporter)
         return trajectory, "file", Path(config.inversion)
-    key = cache_key(
-        frames_sha256=frames_sha,
-        fingerprint=model.fingerprint,
-        size=clip.reader.size,
-        inversion_steps=config.inversion_steps,
-        steps=config.steps,
-        source_prompt=config.source_prompt,
-        dtype=str(model.dtype).removeprefix("torch."),
-    )
+    key = _inversion_key(model, config, clip, frames_sha)
     cache = _cache(config, reporter)
     if not config.no_cache:
         cached = cache.get(key)
         if cached is not None:
             reporter.message(f"reusing cached inversion {cache.path(key)}")
             return cached, "cached", cache.path(key)
-    task = reporter.task("invert", config.inversion_steps)
+    task = open_task(reporter, "invert", config.inversion_steps, len(latents))
     trajectory = invert(
         _plain_unet(passes, "inversion"),
         model.new_scheduler(),
@@ -484,12 +491,81 @@ def invert_latents(
     return trajectory, how, path, dict(plain.forwards), dict(plain.used)
 
 
+@dataclass
+class Checkpointing:
+    """Where and how often :func:`edit_latents` keeps checkpoints, and what it found."""
+
+    store: CheckpointStore
+    key: str  # vedit.checkpoint.checkpoint_key of the run
+    every: int  # steps between checkpoints
+    metadata: dict[str, str] = field(default_factory=dict)  # shown by 'vedit cache list'
+    resumed_from: int | None = None  # set by edit_latents: the steps the checkpoint it resumed from had done
+
+    @property
+    def path(self) -> Path:
+        return self.store.path(self.key)
+
+    def finish(self) -> None:
+        """The output is written: the checkpoint is no longer needed."""
+        self.store.remove(self.key)
+
+
+def _checkpointing(
+    model, config: RunConfig, checked: _Preflight, frames_sha: str, inversion: str, reporter: Reporter
+) -> Checkpointing | None:
+    """The run's checkpoints, unless --checkpoint-every 0 or --no-cache turn them off. ``config``
+    is the run's as given (``--batch-size auto`` unresolved: free memory must not change the key)."""
+    if config.checkpoint_every == 0 or config.no_cache:
+        return None
+    if config.inversion:
+        trajectory = inversion_file_identity(config.inversion)
+    elif inversion != "none":
+        trajectory = _inversion_key(model, config, checked.clip, frames_sha)
+    else:
+        trajectory = ""
+    key = checkpoint_key(
+        config, frames_sha256=frames_sha, fingerprint=model.fingerprint, dtype=str(model.dtype).removeprefix("torch."),
+        device=model.device.type, trajectory=trajectory,
+    )  # fmt: skip
+    width, height = checked.clip.reader.size
+    metadata = {
+        "source": str(Path(checked.clip.info.path).resolve()), "prompt": config.prompt or "", "model": model.model_id,
+        "frames": str(len(checked.clip.reader)), "width": str(width), "height": str(height),
+        "editor": f"{config.editor} + {config.propagator}", "seed": str(config.seed),
+    }  # fmt: skip
+    return Checkpointing(CheckpointStore(config.cache_dir, warn=reporter.warning), key, config.checkpoint_every, metadata)
+
+
+def _resume_point(checkpoints: Checkpointing, propagator: Any, plan: Any, reporter: Reporter) -> Any:
+    """The checkpoint to resume from, if there is one that fits this run's loop."""
+    found = checkpoints.store.load(checkpoints.key)
+    if found is None:
+        return None
+    start = plan.start_latents
+    fits = (
+        found.steps == len(plan.timesteps) and 0 < found.step <= found.steps
+        and tuple(found.latents.shape) == tuple(start.shape) and found.latents.dtype == start.dtype
+    )  # fmt: skip
+    if not fits:
+        reporter.warning(f"checkpoint {checkpoints.path} does not fit this run's loop; starting from the first step")
+        checkpoints.store.remove(checkpoints.key)
+        return None
+    reporter.message(f"resuming from the checkpoint after step {found.step} of {found.steps} ({checkpoints.path})")
+    return found
+
+
 def edit_latents(
-    model, config: RunConfig, checked: _Preflight, latents: torch.Tensor, trajectory: Trajectory | None, embeds, reporter
+    model, config: RunConfig, checked: _Preflight, latents: torch.Tensor, trajectory: Trajectory | None, embeds, reporter,
+    *, checkpoints: Checkpointing | None = None,
 ) -> tuple[torch.Tensor, dict[str, int], int, dict[str, str]]:
     """Stage trajectory → edited latents: the editor's plan and the propagator-coupled denoising
     loop, every UNet call through the engines. Returns the edited clean latents, UNet forwards by
-    kind, the steps run and the engine that ran each pass."""
+    kind, the steps run and the engine that ran each pass.
+
+    With ``checkpoints`` the loop resumes from the run's checkpoint when there is one (setting
+    ``checkpoints.resumed_from``) and writes one every ``checkpoints.every`` steps and after the
+    last; the caller removes it (:meth:`Checkpointing.finish`) once the output is written.
+    """
     editor, propagator = checked.editor, checked.propagator
     config = _with_batch_size(config, model, latents, _branches(editor, propagator))
     scheduler = model.new_scheduler()
@@ -505,13 +581,41 @@ def edit_latents(
     tokens = latents.shape[-2] * latents.shape[-1] if eager_only else None
     nearest = plugins.choose("nn_backend", config.nn_backend, model.device, tokens=tokens)
     batches = _pass_batches(config, len(latents), editor, propagator)
-    task = reporter.task("denoise", len(plan.timesteps))
-    with make_passes(
-        model, config, checked, reporter, conv_layers=plan.conv_layers, qk_layers=plan.qk_layers, nearest=nearest,
-        batches=batches,
-    ) as passes:  # fmt: skip
-        edited = denoise(job, plan, propagator, passes, embeds, on_step=lambda step: task.advance(1))
-    return edited, dict(passes.forwards), len(plan.timesteps), dict(passes.used)
+    steps = len(plan.timesteps)
+    resume = writer = None
+    if checkpoints is not None and not (hasattr(propagator, "state_dict") and hasattr(propagator, "load_state_dict")):
+        reporter.message(f"propagator {propagator.name!r} has no state_dict: this run keeps no checkpoints")
+        checkpoints = None
+    if checkpoints is not None:
+        resume = _resume_point(checkpoints, propagator, plan, reporter)
+        checkpoints.resumed_from = None if resume is None else resume.step
+        writer = CheckpointWriter(checkpoints.store, checkpoints.key, checkpoints.metadata)
+
+    def keep(step: Step, latents: torch.Tensor) -> None:
+        done = step.index + 1
+        if done % checkpoints.every == 0 or done == steps:
+            writer.put(done, steps, latents, propagator.state_dict())
+
+    task = open_task(reporter, "denoise", steps, len(latents), done=0 if resume is None else resume.step)
+    try:
+        with make_passes(
+            model, config, checked, reporter, conv_layers=plan.conv_layers, qk_layers=plan.qk_layers, nearest=nearest,
+            batches=batches,
+        ) as passes:  # fmt: skip
+            edited = denoise(
+                job, plan, propagator, passes, embeds, on_step=lambda step: task.advance(1), resume=resume,
+                after_step=keep if writer is not None else None,
+            )  # fmt: skip
+    except BaseException:
+        kept = writer.close() if writer is not None else None
+        if kept is not None and kept.step < steps:
+            reporter.message(
+                f"the checkpoint after step {kept.step} of {steps} is kept: the same command resumes from it"
+            )
+        raise
+    if writer is not None:
+        writer.close()
+    return edited, dict(passes.forwards), steps, dict(passes.used)
 
 
 def write_frames(
@@ -531,7 +635,7 @@ def write_frames(
     clip = checked.clip
     audio_from = clip.info if clip.info.has_audio else None
     timestamps = clip.reader.timestamps if config.keep_timestamps else None
-    task = reporter.task("decode + write", edited.shape[0])
+    task = open_task(reporter, "decode + write", edited.shape[0], 1)
     end = None  # put after the last batch: the post-processors give up what they hold
     with Chain(checked.postprocessors, _postprocess_context(config, clip, edited.shape[0])) as chain, VideoWriter(
         output, fps=clip.fps, size=size, audio_from=audio_from, audio_range=clip.audio_range(),
@@ -644,6 +748,7 @@ def _edit(input, output, config: RunConfig, checked: _Preflight, reporter: _Reco
         with profiling.stage("load"):
             model = _load(config, checked, sd)
         batches = choose_batches(model, config.batch_size, len(clip.reader), clip.reader.size, _branches(editor, propagator))
+        given_batch = config.batch_size
         config = config.replace(batch_size=batches.unet)
         check_schedules(model.new_scheduler(), config.steps, None if config.inversion or not editor.needs_inversion else config.inversion_steps)
         _warn_long_prompts(model, config, reporter, ("--prompt", "--source-prompt", "--negative-prompt"))
@@ -667,7 +772,10 @@ def _edit(input, output, config: RunConfig, checked: _Preflight, reporter: _Reco
         forwards.update(used)
         stages["invert"] = time.perf_counter() - mark
     mark = time.perf_counter()
-    edited, used, steps_run, engines = edit_latents(model, config, checked, latents, trajectory, embeds, reporter)
+    checkpoints = _checkpointing(model, config.replace(batch_size=given_batch), checked, frames_sha, inversion, reporter)
+    edited, used, steps_run, engines = edit_latents(
+        model, config, checked, latents, trajectory, embeds, reporter, checkpoints=checkpoints
+    )
     for kind, count in used.items():
         forwards[kind] = forwards.get(kind, 0) + count
     stages["denoise"] = time.perf_counter() - mark
@@ -676,6 +784,8 @@ def _edit(input, output, config: RunConfig, checked: _Preflight, reporter: _Reco
     mark = time.perf_counter()
     write_frames(model, config, checked, edited, output, asked_size, reporter, vae_batch_size=batches.vae)
     stages["write"] = time.perf_counter() - mark
+    if checkpoints is not None:
+        checkpoints.finish()
 
     # 6. With --eval: the quality report of what was written, beside it.
     evaluation = None
@@ -708,6 +818,7 @@ def _edit(input, output, config: RunConfig, checked: _Preflight, reporter: _Reco
         timing_note=timing_note,
         warnings=list(reporter.warnings),
         evaluation=evaluation,
+        resumed_from=None if checkpoints is None else checkpoints.resumed_from,
     )
 
 
@@ -737,6 +848,29 @@ def _pass_batches(config: RunConfig, frames: int, editor: Any, propagator: Any) 
         batches.setdefault("plain", [])
         batches["plain"] = sorted(set(batches["plain"]) | {2 * x for x in _split(n, size)})
     return batches
+
+
+def planned_forwards(
+    config: RunConfig, frames: int, editor: Any, propagator: Any, steps_run: int, *, inverting: bool = True
+) -> dict[str, int]:
+    """The UNet image-forwards a run of ``frames`` frames will make, by kind (the keys of
+    :attr:`EditResult.forwards`), known before any heavy work. ``inverting``: the trajectory is
+    computed in this run (not cached or given). A propagator other than the built-in ones may say
+    with ``planned_forwards(frames, steps_run, config)``; without it, one per-frame call per frame
+    and step is assumed."""
+    forwards: dict[str, int] = {}
+    if editor.needs_inversion and inverting:
+        forwards["inversion"] = frames * config.inversion_steps
+    own = getattr(propagator, "planned_forwards", None)
+    if own is not None:
+        forwards.update(own(frames, steps_run, config))
+    elif propagator.name == "tokenflow":
+        keys = -(-frames // config.chunk_size)
+        forwards["keyframes"] = 3 * keys * steps_run
+        forwards["propagation"] = 3 * frames * steps_run
+    else:
+        forwards["frames"] = (3 if _per_frame_with_source(editor, propagator) else 2) * frames * steps_run
+    return forwards
 
 
 @torch.no_grad()
@@ -903,4 +1037,4 @@ def reconstruction_psnr(model, config, clip, trajectory, source_embeds, passes, 
     return Reconstruction(psnr=to_db(errors["sampled"]), vae_psnr=to_db(errors["vae"]))
 
 
-__all__ = ["edit", "invert_clip", "encode_clip", "invert_latents", "edit_latents", "write_frames", "build_engines", "EditResult", "InversionResult", "Reconstruction", "Reporter", "VeditWarning", "open_clip"]
+__all__ = ["edit", "invert_clip", "encode_clip", "invert_latents", "edit_latents", "write_frames", "build_engines", "planned_forwards", "EditResult", "InversionResult", "Reconstruction", "Reporter", "VeditWarning", "open_clip"]

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import warnings
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class Task(Protocol):
@@ -15,6 +16,12 @@ class Reporter(Protocol):
 
     ``warning`` tells of something the user would want to know was lost or changed (a clip that
     ended early, a prompt cut short, a cache that could not be written); it is one line.
+
+    ``task`` may also take the keywords ``frames_per_unit``, how many frames one unit of the task
+    stands for (a denoising or inversion step covers every frame of the clip), so that progress
+    can be shown in frames per second, and ``done``, units done before the task started (the
+    steps of a resumed loop). Reporters whose ``task`` lacks them are called without them (see
+    :func:`open_task`).
     """
 
     def task(self, description: str, total: int | None) -> Task: ...
@@ -22,6 +29,31 @@ class Reporter(Protocol):
     def message(self, text: str) -> None: ...
 
     def warning(self, text: str) -> None: ...
+
+
+def open_task(
+    reporter: Any, description: str, total: int | None, frames_per_unit: int | None = None, done: int = 0
+) -> Task:
+    """``reporter.task(description, total)``, with the keywords the reporter takes:
+    ``frames_per_unit`` and ``done`` (units already done before the task started, such as the
+    steps of a resumed loop: not work done now, so not part of a rate). A reporter without
+    ``done`` is advanced by that much instead."""
+    keywords = {"frames_per_unit": frames_per_unit, "done": done}
+    taken = _keywords(reporter)
+    task = reporter.task(description, total, **{k: v for k, v in keywords.items() if k in taken and v})
+    if done and "done" not in taken:
+        task.advance(done)
+    return task
+
+
+def _keywords(reporter: Any) -> set[str]:
+    try:
+        parameters = inspect.signature(reporter.task).parameters
+    except (TypeError, ValueError):
+        return set()
+    if any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+        return {"frames_per_unit", "done"}
+    return set(parameters)
 
 
 class VeditWarning(UserWarning):
