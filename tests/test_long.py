@@ -123,3 +123,102 @@ def test_a_stored_trajectory_is_read_per_step_from_its_memory_map(tmp_path):
     assert torch.equal(loaded.at(981), latents[981])
     whole = Trajectory.load(stored.save(tmp_path / "again.safetensors"), mapped=False)
     assert isinstance(whole.latents, dict) and torch.equal(whole.latents[999], latents[999])
+
+
+# ----------------------------------------------------------------------------- trajectory written step by step
+
+
+def _blind_unet(x, t, text):
+    gen = torch.Generator().manual_seed(int(t))
+    return torch.randn(x.shape[1:], generator=gen, dtype=x.dtype).expand_as(x) * 0.5
+
+
+def _invert(writer=None, dtype=torch.float32):
+    from diffusers import DDIMScheduler
+
+    from vedit.inversion import invert
+    from vedit.models import SD_SCHEDULER_CONFIG
+
+    clean = torch.randn(5, 4, 6, 8, generator=torch.Generator().manual_seed(4)).to(dtype)
+    text = torch.zeros(1, 77, 32, dtype=dtype)
+    return invert(_blind_unet, DDIMScheduler(**SD_SCHEDULER_CONFIG), clean, text, inversion_steps=10, steps=5,
+                  batch_size=2, writer=writer)  # fmt: skip
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_the_inversion_writes_its_trajectory_to_the_file_step_by_step(tmp_path, dtype):
+    from safetensors import safe_open
+
+    from vedit.inversion import MappedLatents, Trajectory, TrajectoryWriter
+
+    held = _invert(dtype=dtype)
+    path = tmp_path / "t.safetensors"
+    writer = TrajectoryWriter(path, {"source": "clip.mp4"})
+    seen = []
+    real_put = writer.put
+    writer.put = lambda t, x: (seen.append((t, path.exists())), real_put(t, x))  # type: ignore[method-assign]
+    streamed = _invert(writer, dtype)
+    assert seen and not any(exists for _, exists in seen)  # in place only once complete
+    assert isinstance(streamed.latents, MappedLatents) and sorted(streamed.latents) == sorted(held.latents)
+    for t in held.latents:
+        assert torch.equal(streamed.latents[t], held.latents[t]) and streamed.latents[t].dtype == dtype
+    assert torch.equal(streamed.clean, held.clean)
+    assert (streamed.timesteps, streamed.noisiest) == (held.timesteps, held.noisiest)
+    with safe_open(str(path), framework="pt") as f:  # a valid safetensors file, readable by the library itself
+        assert f.metadata()["source"] == "clip.mp4" and f.metadata()["frames"] == "5"
+        assert torch.equal(f.get_tensor("clean"), held.clean)
+    assert torch.equal(Trajectory.load(path, mapped=False).latents[held.noisiest], held.latents[held.noisiest])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.safetensors"]  # no temporary file left
+    (tmp_path / "spool").mkdir()
+    spooled = _invert(TrajectoryWriter(None, folder=tmp_path / "spool"), dtype)
+    assert torch.equal(spooled.latents[held.noisiest], held.latents[held.noisiest])
+    assert list((tmp_path / "spool").iterdir()) == []  # the temporary file is unlinked, its map still reads
+
+
+def test_a_full_disk_while_writing_keeps_the_trajectory_in_memory_with_one_warning(tmp_path):
+    import errno
+    import os
+
+    from vedit.inversion import TrajectoryWriter
+
+    held = _invert()
+    reasons = []
+    writer = TrajectoryWriter(tmp_path / "t.safetensors", on_failure=reasons.append)
+    real_write, writes = writer._file.write, []
+
+    def fill_up(data):
+        writes.append(len(data))
+        if len(writes) > 3:  # the header, clean and one step reach the disk; then it is full
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(data)
+
+    writer._file.write = fill_up
+    kept = _invert(writer)
+    assert reasons == ["No space left on device"] and writer.failed == "No space left on device"
+    assert isinstance(kept.latents, dict)
+    for t in held.latents:
+        assert torch.equal(kept.latents[t], held.latents[t])
+    assert torch.equal(kept.clean, held.clean)
+    assert list(tmp_path.iterdir()) == []  # neither the entry nor a temporary file
+
+
+def test_an_inversion_that_fails_leaves_no_file(tmp_path):
+    from vedit.inversion import TrajectoryWriter
+
+    calls = []
+
+    def breaks(x, t, text):
+        calls.append(1)
+        if len(calls) > 4:
+            raise RuntimeError("the device fell over")
+        return _blind_unet(x, t, text)
+
+    from diffusers import DDIMScheduler
+
+    from vedit.inversion import invert
+    from vedit.models import SD_SCHEDULER_CONFIG
+
+    with pytest.raises(RuntimeError, match="fell over"):
+        invert(breaks, DDIMScheduler(**SD_SCHEDULER_CONFIG), torch.zeros(5, 4, 6, 8), torch.zeros(1, 77, 32),
+               inversion_steps=10, steps=5, batch_size=2, writer=TrajectoryWriter(tmp_path / "t.safetensors"))  # fmt: skip
+    assert list(tmp_path.iterdir()) == []

@@ -155,6 +155,154 @@ class Trajectory:
         return cls(clean=clean, latents=latents, timesteps=timesteps, noisiest=noisiest, metadata=metadata)
 
 
+_DTYPE_NAMES = {dtype: name for name, dtype in _SAFETENSORS_DTYPES.items()}
+
+
+class TrajectoryWriter:
+    """Writes a trajectory file while the inversion runs, one timestep at a time, so that the
+    trajectory is never held whole in memory: :func:`invert` calls :meth:`begin` (the header and
+    the clean latents), :meth:`put` for every timestep kept, and :meth:`finish`, which renames the
+    temporary file into place and returns the trajectory read back through its memory map.
+
+    Every shape is known before the first step, so the safetensors header (names, dtypes, shapes,
+    byte offsets) is written first and each tensor's bytes go to their place when they arrive. The
+    copies from the device and the writes run on a thread, a step or two behind the inversion.
+    ``path`` None: a temporary file in ``folder`` that is unlinked once mapped (the map keeps it
+    readable).
+
+    A file that cannot be written (a full disk) does not stop the inversion: from the failure on
+    the latents are kept in memory, what was written is read back, the temporary file is removed
+    and ``on_failure(reason)`` is told once; :attr:`failed` is then set.
+    """
+
+    def __init__(
+        self,
+        path: str | Path | None,
+        metadata: dict[str, str] | None = None,
+        *,
+        folder: str | Path | None = None,
+        on_failure: Callable[[str], None] | None = None,
+    ):
+        self.path = None if path is None else Path(path)
+        self.metadata = dict(metadata or {})
+        self.on_failure = on_failure
+        self.failed: str | None = None
+        where = self.path.parent if self.path is not None else folder
+        prefix = f".{self.path.name}." if self.path is not None else "vedit-trajectory-"
+        fd, self._tmp = tempfile.mkstemp(prefix=prefix, suffix=".partial", dir=where)
+        self._file = os.fdopen(fd, "wb")
+        self._offsets: dict[str, int] = {}
+        self._written: set[str] = set()
+        self._memory: dict[str, torch.Tensor] = {}
+        self._behind: Any = None
+
+    def begin(self, clean: torch.Tensor, timesteps: list[int], noisiest: int) -> None:
+        """Lay out the file for ``clean`` (N, 4, h, w) and one tensor like it per kept timestep."""
+        from .streams import WriteBehind
+
+        self.timesteps, self.noisiest = list(timesteps), int(noisiest)
+        self._times = {_name(t): int(t) for t in dict.fromkeys([*self.timesteps, self.noisiest])}
+        names = ["clean", *self._times]
+        self._shape, self._dtype = tuple(clean.shape), clean.dtype
+        size = clean.numel() * clean.dtype.itemsize
+        entry = {"dtype": _DTYPE_NAMES[clean.dtype], "shape": list(clean.shape)}
+        header: dict[str, Any] = {"__metadata__": {
+            **self.metadata, "format": FORMAT, "timesteps": json.dumps(self.timesteps), "noisiest": str(self.noisiest),
+            "frames": self.metadata.get("frames", str(clean.shape[0])),
+        }}  # fmt: skip
+        for i, name in enumerate(names):
+            header[name] = {**entry, "data_offsets": [i * size, (i + 1) * size]}
+        text = json.dumps(header, separators=(",", ":")).encode()
+        text += b" " * (-len(text) % 8)  # data starts 8-byte aligned
+        data = 8 + len(text)
+        self._offsets = {name: data + i * size for i, name in enumerate(names)}
+        self._size = size
+        try:
+            self._file.write(struct.pack("<Q", len(text)) + text)
+            self._file.truncate(data + len(names) * size)
+        except OSError as error:
+            self._fail(error)
+        self._behind = WriteBehind(self._write, depth=2, name="vedit-trajectory")
+        self.put_named("clean", clean)
+
+    def put(self, t: int, latents: torch.Tensor) -> None:
+        """The latents of every frame at timestep ``t`` (on the device or the host; copied here)."""
+        self.put_named(_name(t), latents)
+
+    def put_named(self, name: str, tensor: torch.Tensor) -> None:
+        event = None
+        host = to_host(tensor)
+        if tensor.device.type == "cuda":
+            event = torch.cuda.Event()
+            event.record(torch.cuda.current_stream(tensor.device))
+        self._behind.put((name, host, event))
+
+    def _write(self, item: tuple[str, torch.Tensor, Any]) -> None:
+        name, host, event = item
+        if event is not None:
+            event.synchronize()
+        if self.failed is None:
+            try:
+                self._file.seek(self._offsets[name])
+                self._file.write(host.contiguous().view(torch.uint8).numpy().tobytes())
+                self._written.add(name)
+                return
+            except OSError as error:
+                self._fail(error)
+        self._memory[name] = host
+
+    def _fail(self, error: OSError) -> None:
+        self.failed = _reason(error)
+
+    def finish(self) -> "Trajectory":
+        """Complete the file, move it into place and return it, memory-mapped (or, after a
+        failure to write, held in memory)."""
+        self._behind.finish()
+        missing = sorted(set(self._offsets) - self._written - set(self._memory))
+        if missing:
+            raise RuntimeError(f"trajectory file left without {missing[0]}")
+        if self.failed is None:
+            try:
+                self._file.flush()
+                os.fsync(self._file.fileno())
+                self._file.close()
+                if self.path is None:
+                    trajectory = Trajectory.load(self._tmp)
+                    Path(self._tmp).unlink(missing_ok=True)
+                    return trajectory
+                os.replace(self._tmp, self.path)
+                return Trajectory.load(self.path)
+            except OSError as error:
+                self._fail(error)
+        return self._in_memory()
+
+    def _in_memory(self) -> "Trajectory":
+        """After a failure: what reached the file read back, with what did not, and the file removed."""
+        with contextlib.suppress(OSError):
+            self._file.close()
+        with open(self._tmp, "rb") as handle:
+            for name in self._written - set(self._memory):
+                handle.seek(self._offsets[name])
+                data = bytearray(handle.read(self._size))
+                self._memory[name] = torch.frombuffer(data, dtype=self._dtype).view(self._shape)
+        Path(self._tmp).unlink(missing_ok=True)
+        if self.on_failure is not None:
+            self.on_failure(self.failed or "unknown error")
+        latents = {t: self._memory[name] for name, t in self._times.items()}
+        return Trajectory(
+            clean=self._memory["clean"], latents=latents, timesteps=self.timesteps, noisiest=self.noisiest,
+            metadata=dict(self.metadata),
+        )  # fmt: skip
+
+    def abort(self) -> None:
+        """Remove the temporary file (after a failure of the inversion itself)."""
+        if self._behind is not None:
+            self._behind.abort()
+        with contextlib.suppress(OSError):
+            self._file.close()
+        Path(self._tmp).unlink(missing_ok=True)
+
+
 def inversion_timesteps(scheduler: Any, inversion_steps: int) -> list[int]:
     """The inversion schedule, least noisy first; timesteps the model was not trained on are dropped.
 
@@ -226,12 +374,25 @@ def invert(
     steps: int,
     batch_size: int = 8,
     on_step: Callable[[int, int], None] | None = None,
+    writer: TrajectoryWriter | None = None,
 ) -> Trajectory:
     """DDIM inversion (Song et al. 2021, eq. 12 run backwards) with the source prompt, guidance 1.
 
     ``unet(latents, t, text)`` returns ε. Keeps every frame's latent at each timestep of the
-    ``steps``-step sampling schedule and at the noisiest inversion timestep.
+    ``steps``-step sampling schedule and at the noisiest inversion timestep: in memory, or with
+    ``writer`` in its file as each is reached (the trajectory returned is then read from it).
+    On a failure the writer's temporary file is removed.
     """
+    if writer is None:
+        return _invert(unet, scheduler, clean_latents, source_embeds, inversion_steps, steps, batch_size, on_step, None)
+    try:
+        return _invert(unet, scheduler, clean_latents, source_embeds, inversion_steps, steps, batch_size, on_step, writer)
+    except BaseException:
+        writer.abort()
+        raise
+
+
+def _invert(unet, scheduler, clean_latents, source_embeds, inversion_steps, steps, batch_size, on_step, writer) -> Trajectory:
     check_schedules(scheduler, steps, inversion_steps)
     scheduler.set_timesteps(steps)
     keep = [int(t) for t in scheduler.timesteps]
@@ -252,6 +413,8 @@ def invert(
         device,
     )  # (steps, 4): √(1−ᾱ_prev), √ᾱ_prev, √ᾱ_t, √(1−ᾱ_t)
     stored: dict[int, torch.Tensor] = {}
+    if writer is not None:
+        writer.begin(clean_latents.detach(), keep, schedule[-1])
     for i, t in enumerate(schedule):
         noise_prev, signal_prev, signal_t, noise_t = coefficients[i]
         for b in range(0, x.shape[0], batch_size):
@@ -261,9 +424,14 @@ def invert(
             x0 = (x_b - noise_prev * eps) / signal_prev
             x[b : b + batch_size] = signal_t * x0 + noise_t * eps
         if t in keep or i == len(schedule) - 1:
-            stored[t] = to_host(x)
+            if writer is not None:
+                writer.put(t, x)
+            else:
+                stored[t] = to_host(x)
         if on_step is not None:
             on_step(i + 1, len(schedule))
+    if writer is not None:
+        return writer.finish()
     wait(device)
     return Trajectory(
         clean=clean_latents.detach().cpu().clone(),
@@ -504,6 +672,26 @@ class InversionCache:
         except (OSError, SafetensorError) as error:
             self.warn(f"cannot write the inversion cache in {self.root} ({_reason(error)}); carrying on without it")
             return None
+        if self.max_bytes is not None:
+            self._apply_cap(key, path, self.max_bytes, note)
+        return path
+
+    def writer(self, key: str, metadata: dict[str, str]) -> TrajectoryWriter | None:
+        """A :class:`TrajectoryWriter` whose file becomes the entry ``key`` when finished (then call
+        :meth:`adopt`); None, with one warning, when the cache cannot be written."""
+        def failed(reason: str) -> None:
+            self.warn(f"cannot write the inversion cache in {self.root} ({reason}); carrying on without it")
+
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            return TrajectoryWriter(self.path(key), metadata, on_failure=failed)
+        except OSError as error:
+            self.warn(f"cannot write the inversion cache in {self.root} ({_reason(error)}); carrying on without it")
+            return None
+
+    def adopt(self, key: str, *, note: Callable[[str], None] | None = None) -> Path:
+        """Apply the size cap after a writer from :meth:`writer` has put the entry ``key`` in place."""
+        path = self.path(key)
         if self.max_bytes is not None:
             self._apply_cap(key, path, self.max_bytes, note)
         return path

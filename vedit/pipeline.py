@@ -446,18 +446,7 @@ def _trajectory(
         if cached is not None:
             reporter.message(f"reusing cached inversion {cache.path(key)}")
             return cached, "cached", cache.path(key)
-    task = open_task(reporter, "invert", config.inversion_steps, len(latents))
-    trajectory = invert(
-        _plain_unet(passes, "inversion"),
-        model.new_scheduler(),
-        latents,
-        source_embeds,
-        inversion_steps=config.inversion_steps,
-        steps=config.steps,
-        batch_size=config.batch_size,
-        on_step=lambda done, total: task.advance(1),
-    )
-    trajectory.metadata.update(
+    metadata = dict(
         model=model.model_id,
         fingerprint=model.fingerprint,
         revision=model.revision or "",
@@ -470,12 +459,45 @@ def _trajectory(
         height=str(clip.reader.size[1]),
         source=str(Path(clip.info.path).resolve()),
     )
-    written = None if config.no_cache else cache.put(key, trajectory, note=reporter.message)
-    if written is not None:
-        # From here on read per step from the file's map: the inversion's copy of every step's
-        # latents of every frame is let go.
-        trajectory = Trajectory.load(written)
+    # Written to its file step by step as the inversion goes (the cache entry, or a temporary file
+    # with --no-cache), so that a long clip's trajectory is never held whole in memory.
+    writer = None if config.no_cache else cache.writer(key, metadata)
+    if writer is None:
+        writer = _spool(metadata, reporter)
+    task = open_task(reporter, "invert", config.inversion_steps, len(latents))
+    trajectory = invert(
+        _plain_unet(passes, "inversion"),
+        model.new_scheduler(),
+        latents,
+        source_embeds,
+        inversion_steps=config.inversion_steps,
+        steps=config.steps,
+        batch_size=config.batch_size,
+        on_step=lambda done, total: task.advance(1),
+        writer=writer,
+    )
+    trajectory.metadata.update(metadata)
+    written = None
+    if writer is not None and writer.path is not None and writer.failed is None:
+        written = cache.adopt(key, note=reporter.message)
     return trajectory, "computed", written
+
+
+def _spool(metadata: dict[str, str], reporter: Reporter) -> Any:
+    """A temporary trajectory file outside the cache; None (the trajectory is then held in memory)
+    when the temporary folder cannot be written."""
+    import tempfile
+
+    from .inversion import TrajectoryWriter
+
+    def failed(reason: str) -> None:
+        reporter.message(f"cannot write a temporary trajectory file ({reason}); holding it in memory")
+
+    try:
+        return TrajectoryWriter(None, metadata, folder=tempfile.gettempdir(), on_failure=failed)
+    except OSError as error:
+        failed(error.strerror or str(error))
+        return None
 
 
 def invert_latents(
