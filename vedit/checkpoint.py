@@ -102,6 +102,7 @@ class CheckpointStore:
     def __init__(self, root: str | os.PathLike | None = None, *, warn: Callable[[str], None] | None = None):
         self.root = cache_root(root) / "checkpoints"
         self.warn: Callable[[str], None] = warn if warn is not None else warnings.warn
+        self._warned = False
 
     def path(self, key: str) -> Path:
         return self.root / f"{key}.safetensors"
@@ -142,7 +143,9 @@ class CheckpointStore:
             save_file(tensors, tmp, metadata=metadata)
             os.replace(tmp, path)
         except (OSError, SafetensorError) as error:
-            self.warn(f"cannot write a checkpoint in {self.root} ({_reason(error)}); this run cannot resume if stopped")
+            if not self._warned:  # said once a run: the next checkpoint fails for the same reason
+                self._warned = True
+                self.warn(f"cannot write a checkpoint in {self.root} ({_reason(error)}); this run cannot resume if stopped")
             return None
         finally:
             if tmp is not None and Path(tmp).exists():
@@ -155,6 +158,8 @@ class CheckpointStore:
     def _unlink(self, path: Path) -> None:
         try:
             path.unlink(missing_ok=True)
+        except NotADirectoryError:
+            return  # the folder could never be made: there is nothing to remove
         except OSError as error:
             self.warn(f"cannot remove checkpoint {path} ({_reason(error)}); 'vedit cache clear' removes it")
 

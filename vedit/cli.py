@@ -29,7 +29,7 @@ from rich.text import Text
 from . import __version__, plugins
 from .config import RunConfig, load_config
 from .errors import ConfigError, VeditError
-from .report import SilentReporter
+from .report import SilentReporter, duration
 
 # Nothing vedit prints is rich markup: paths, prompts and messages are shown literally
 # (no "[faiss]" eaten as a tag, no ":100:" turned into an emoji, no numbers recoloured).
@@ -98,17 +98,6 @@ class RichReporter(QuietReporter):
         self.progress.console.print(f"vedit: warning: {text}", markup=False, highlight=False, soft_wrap=True)
 
 
-def _duration(seconds: float) -> str:
-    seconds = max(0, int(round(seconds)))
-    if seconds < 60:
-        return f"{seconds}s"
-    minutes, seconds = divmod(seconds, 60)
-    if minutes < 60:
-        return f"{minutes}m{seconds:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m"
-
-
 def _rate(units: float, seconds: float, frames_per_unit: int | None) -> str:
     """", 31.2 frames/s" for a task whose units stand for frames; "" when nothing can be said yet."""
     if not frames_per_unit or units <= 0 or seconds <= 0:
@@ -162,17 +151,17 @@ class PlainReporter(QuietReporter):
                 worked = self.done - first  # the units done before are not part of the rate
                 rate = _rate(worked, elapsed, frames_per_unit)
                 if total is not None and self.done >= total:
-                    reporter._print(f"{description}: done, {self.done}/{total} in {_duration(elapsed)}{rate}")
+                    reporter._print(f"{description}: done, {self.done}/{total} in {duration(elapsed)}{rate}")
                 elif now - self.last >= reporter.interval:
                     self.last = now
                     if total and worked:
                         left = elapsed / worked * (total - self.done)
                         reporter._print(
                             f"{description}: {self.done}/{total} ({100 * self.done // total}%){rate}, "
-                            f"{_duration(elapsed)} elapsed, about {_duration(left)} left"
+                            f"{duration(elapsed)} elapsed, about {duration(left)} left"
                         )
                     else:
-                        reporter._print(f"{description}: {self.done} done{rate}, {_duration(elapsed)} elapsed")
+                        reporter._print(f"{description}: {self.done} done{rate}, {duration(elapsed)} elapsed")
 
         return _Task()
 
@@ -300,6 +289,11 @@ def _summary(result, config: RunConfig) -> Table:
         rows.append(("eval", f"{report.path}: {report.headline()}"))
     if result.warnings:
         rows.append(("warnings", f"{len(result.warnings)} (printed above)"))
+    return _rows(rows)
+
+
+def _rows(rows: list[tuple[str, str]]) -> Table:
+    """A summary table of (label, text) rows, every cell literal text."""
     table = Table(show_header=False, box=None, pad_edge=False)
     for name, value in rows:
         table.add_row(Text(name), Text(value))
@@ -400,6 +394,8 @@ def create_app() -> typer.Typer:
         cache_dir: Optional[str] = typer.Option(None, help=_help("Inversion cache folder.", default=cache_dir_default)),
         cache_max_gb: Optional[float] = typer.Option(None, help=_help("Cache size cap in GB; the least recently used inversions are evicted.", "cache_max_gb")),
         no_cache: bool = typer.Option(False, "--no-cache", help=_help("Neither read nor write the inversion cache (nor checkpoints).")),
+        preview: bool = typer.Option(False, "--preview", help=_help("Edit only the keyframes (one per chunk) and write them beside their source frames as a contact sheet PNG (-o FILE.png, or <output>.preview.png); the summary says what the full run will cost.")),
+        preview_frames: Optional[str] = typer.Option(None, help=_help("With --preview: the frames to preview, indices among the selected frames, e.g. 0,40,80.", default="one per chunk")),
         checkpoint_every: Optional[int] = typer.Option(None, help=_help("Keep a checkpoint of the edited latents in the cache every this many steps; the same command resumes a stopped run from it. 0: none.", "checkpoint_every")),
         config: Optional[Path] = typer.Option(None, "--config", help=_help("Read defaults from this vedit.toml instead of ./vedit.toml.")),
         quiet: bool = typer.Option(False, "--quiet", "-q", help=_help("No progress or summary; warnings and errors only.")),
@@ -424,6 +420,17 @@ def create_app() -> typer.Typer:
                 no_cache=no_cache or None, eval=eval_, flow=flow, clip=clip_model, checkpoint_every=checkpoint_every,
             )
             target = output or Path(f"{clip.stem if clip.suffix else clip.name}-edited.mp4")
+            if preview_frames is not None and not preview:
+                raise ConfigError("--preview-frames chooses the frames of a preview: add --preview")
+            if preview:
+                from .preview import preview as run_preview, preview_path, summary_rows
+
+                sheet = target if target.suffix.lower() == ".png" else preview_path(target)
+                with reporting(quiet) as reporter:
+                    looked = run_preview(clip, sheet, run_config, reporter=reporter, preview_frames=preview_frames)
+                if not quiet:
+                    out_console.print(_rows(summary_rows(looked)))
+                return
             with reporting(quiet) as reporter:
                 result = edit(clip, target, run_config, reporter=reporter, profile=profile)
         if not quiet:

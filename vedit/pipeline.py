@@ -754,12 +754,27 @@ def edit(
     return result
 
 
+def load_for_edit(config: RunConfig, checked: _Preflight, reporter: Reporter, sd: Any = None) -> tuple[Any, Any, dict]:
+    """The model (loaded unless ``sd``), the run's batch sizes for the whole clip
+    (:class:`vedit.batching.Batches`; ``--batch-size auto`` resolved), and the prompts' embeddings
+    by branch; the schedules are checked against the loaded model and long prompts warned of."""
+    editor, propagator, clip = checked.editor, checked.propagator, checked.clip
+    model = _load(config, checked, sd)
+    batches = choose_batches(model, config.batch_size, len(clip.reader), clip.reader.size, _branches(editor, propagator))
+    inverting = not config.inversion and editor.needs_inversion
+    check_schedules(model.new_scheduler(), config.steps, config.inversion_steps if inverting else None)
+    _warn_long_prompts(model, config, reporter, ("--prompt", "--source-prompt", "--negative-prompt"))
+    texts = [config.source_prompt, config.negative_prompt, config.prompt]
+    embeds = dict(zip((SOURCE, UNCOND, COND), model.encode_prompt(texts).split(1)))
+    return model, batches, embeds
+
+
 def _edit(input, output, config: RunConfig, checked: _Preflight, reporter: _Recording, sd: Any, began: float) -> EditResult:
     stages: dict[str, float] = {}
 
     # 1. Everything a user can get wrong was checked in preflight, before any heavy work.
     output = check_output_path(output, input)
-    clip, editor, propagator = checked.clip, checked.editor, checked.propagator
+    clip, editor = checked.clip, checked.editor
     asked_size = _output_size(config, clip)
     output_size = written_size(output, asked_size)
     timing_note = _timing_note(config, clip, reporter)
@@ -768,13 +783,9 @@ def _edit(input, output, config: RunConfig, checked: _Preflight, reporter: _Reco
         # 2. Model, batch sizes and prompts.
         mark = time.perf_counter()
         with profiling.stage("load"):
-            model = _load(config, checked, sd)
-        batches = choose_batches(model, config.batch_size, len(clip.reader), clip.reader.size, _branches(editor, propagator))
+            model, batches, embeds = load_for_edit(config, checked, reporter, sd)
         given_batch = config.batch_size
         config = config.replace(batch_size=batches.unet)
-        check_schedules(model.new_scheduler(), config.steps, None if config.inversion or not editor.needs_inversion else config.inversion_steps)
-        _warn_long_prompts(model, config, reporter, ("--prompt", "--source-prompt", "--negative-prompt"))
-        embeds = dict(zip((SOURCE, UNCOND, COND), model.encode_prompt([config.source_prompt, config.negative_prompt, config.prompt]).split(1)))
         stages["load"] = time.perf_counter() - mark
 
         # 3. Frames → latents.

@@ -56,6 +56,18 @@ def _keywords(reporter: Any) -> set[str]:
     return set(parameters)
 
 
+def duration(seconds: float) -> str:
+    """A span of time as a person reads it: 42s, 3m05s, 2h10m."""
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m{seconds:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
 class VeditWarning(UserWarning):
     """What the Python API warns about (the CLI prints the same text as ``vedit: warning: ...``)."""
 

@@ -927,12 +927,8 @@ class FrameReader:
 # --------------------------------------------------------------------------- writing
 
 
-def check_output_path(output: str | os.PathLike, input_path: str | os.PathLike | None) -> Path:
-    """Refuse an output that cannot or must not be written, before any work is done."""
-    kind = _output_kind(output)
-    out = Path(os.path.abspath(output))  # normalised, so "." and "frames/.." have a real name
-    if input_path is not None and _same_location(out, Path(input_path)):
-        raise OutputError(f"{out}: this is the input; choose a different output path")
+def check_output_folder(out: Path) -> Path:
+    """The folder ``out`` is to be written in; OutputError unless it exists and can be written."""
     parent = out.parent
     if not parent.exists():
         raise OutputError(f"{parent}: output folder does not exist; create it or choose another output path")
@@ -940,6 +936,16 @@ def check_output_path(output: str | os.PathLike, input_path: str | os.PathLike |
         raise OutputError(f"{parent}: is a file, not a folder; choose another output path")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise OutputError(f"{parent}: folder is not writable; choose another output path")
+    return parent
+
+
+def check_output_path(output: str | os.PathLike, input_path: str | os.PathLike | None) -> Path:
+    """Refuse an output that cannot or must not be written, before any work is done."""
+    kind = _output_kind(output)
+    out = Path(os.path.abspath(output))  # normalised, so "." and "frames/.." have a real name
+    if input_path is not None and _same_location(out, Path(input_path)):
+        raise OutputError(f"{out}: this is the input; choose a different output path")
+    check_output_folder(out)
     if kind == "folder" and out.exists():
         if not out.is_dir():
             raise OutputError(f"{out}: is a file; give a new folder name, or a .mp4/.mov/.mkv path")

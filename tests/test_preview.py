@@ -1,0 +1,344 @@
+"""``vedit run --preview``: the keyframes alone, edited jointly, on a contact sheet beside their sources."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import make_clip
+from vedit import edit, invert
+from vedit.errors import ConfigError, OutputError
+from vedit.models import load_model
+from vedit.pipeline import _to_uint8
+from vedit.preview import (
+    GAP,
+    default_frames,
+    estimate_full_run,
+    parse_frames,
+    preview,
+    preview_path,
+    summary_rows,
+)
+from vedit.video import FrameReader
+
+N, B, T, INV = 16, 4, 2, 2  # 16 frames in chunks of 4: keyframes 2, 6, 10, 14
+OPTIONS = dict(
+    model="tiny", prompt="a watercolor painting", source_prompt="a test card", steps=T, inversion_steps=INV,
+    chunk_size=B, size="64x64", output_size="working", device="cpu", dtype="fp32", seed=0,
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def sd():
+    return load_model("tiny", device="cpu", dtype="fp32", seed=0)
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    return make_clip(tmp_path_factory.mktemp("preview") / "clip.mp4", frames=N, size=(64, 64))
+
+
+@pytest.fixture(scope="module")
+def source_frames(clip):
+    return FrameReader(clip, size=(64, 64)).read_all()
+
+
+class Recorder:
+    def __init__(self):
+        self.tasks: list[str] = []
+        self.messages: list[str] = []
+        self.warnings: list[str] = []
+
+    def task(self, description, total):
+        self.tasks.append(description)
+        return self
+
+    def advance(self, amount=1):
+        pass
+
+    def message(self, text):
+        self.messages.append(text)
+
+    def warning(self, text):
+        self.warnings.append(text)
+
+
+def sheet(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def halves(image: np.ndarray, result) -> tuple[np.ndarray, np.ndarray]:
+    """The source and edited images of every pair on the sheet, (P, H, W, 3) each."""
+    w, h = result.size
+    sources = np.stack([image[y : y + h, x : x + w] for x, y in result.tiles])
+    edited = np.stack([image[y : y + h, x + w : x + 2 * w] for x, y in result.tiles])
+    return sources, edited
+
+
+def test_default_frames_are_the_centres_of_the_chunks():
+    assert default_frames(16, 4) == [2, 6, 10, 14]
+    assert default_frames(18, 4) == [2, 6, 10, 14, 17]  # the short last chunk 16-17: its centre
+    assert default_frames(5, 8) == [2]
+    assert default_frames(1, 8) == [0]
+    assert parse_frames(None, 40, 8) == [4, 12, 20, 28, 36]
+    assert parse_frames("30, 0,8", 40, 8) == [0, 8, 30]  # sorted
+    assert parse_frames([np.int64(3), 1], 4, 8) == [1, 3]
+
+
+@pytest.mark.parametrize(
+    ("frames", "named"),
+    [
+        ("0,x", "'x' is not a frame index"),
+        ("1.5", "'1.5' is not a frame index"),
+        ([True], "True is not a frame index"),
+        ("0,16", "frame 16 is out of range; the run has 16 frames (0..15)"),
+        ([-1], "frame -1 is out of range"),
+        ("3,3", "frame 3 is given twice"),
+        ("", "--preview-frames is empty"),
+        ([], "--preview-frames is empty"),
+        ("1,,2", "an empty entry between commas"),
+    ],
+)
+def test_preview_frames_that_do_not_fit_are_one_line_errors(frames, named):
+    with pytest.raises(ConfigError) as error:
+        parse_frames(frames, 16, 4)
+    assert named in str(error.value) and "\n" not in str(error.value)
+    assert str(error.value).startswith("--preview-frames")
+
+
+def test_bad_frames_and_outputs_are_refused_before_any_heavy_work(clip, tmp_path, monkeypatch):
+    def heavy(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr("vedit.preview.load_for_edit", heavy)
+    with pytest.raises(ConfigError, match=r"^--preview-frames: frame 16 is out of range"):
+        preview(clip, tmp_path / "p.png", preview_frames="2,16", **OPTIONS)
+    # indices are among the selected frames: 8 of them here
+    with pytest.raises(ConfigError, match=r"frame 8 is out of range; the run has 8 frames \(0\.\.7\)"):
+        preview(clip, tmp_path / "p.png", preview_frames=[8], **{**OPTIONS, "frames": "::2"})
+    with pytest.raises(ConfigError, match=r"p\.jpg: a preview is a PNG image; give a path ending in \.png$"):
+        preview(clip, tmp_path / "p.jpg", **OPTIONS)
+    with pytest.raises(OutputError, match="output folder does not exist"):
+        preview(clip, tmp_path / "missing" / "p.png", **OPTIONS)
+    (tmp_path / "folder.png").mkdir()
+    with pytest.raises(OutputError, match="is a folder"):
+        preview(clip, tmp_path / "folder.png", **OPTIONS)
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(frames / "00000.png")
+    with pytest.raises(OutputError, match="inside the input's folder of frames"):
+        preview(frames, frames / "p.png", **OPTIONS)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder.png", "frames"]
+
+
+def test_preview_path_sits_beside_the_planned_output():
+    assert preview_path("out.mp4") == Path("out.preview.png")
+    assert preview_path("runs/clip-edited.mkv") == Path("runs/clip-edited.preview.png")
+    assert preview_path("sheet.png") == Path("sheet.png")
+    assert preview_path("Sheet.PNG") == Path("Sheet.PNG")
+    assert preview_path("frames/") == Path("frames.preview.png")
+
+
+def test_the_sheet_holds_each_source_frame_beside_its_edit(clip, source_frames, sd, tmp_path):
+    before = sha(clip)
+    reporter = Recorder()
+    result = preview(clip, tmp_path / "p.png", sd=sd, reporter=reporter, **OPTIONS)
+    assert result.output == tmp_path / "p.png" and result.frames == [2, 6, 10, 14] and result.total_frames == N
+    assert result.source_frames == [2, 6, 10, 14] and result.size == (64, 64) and result.inversion == "computed"
+    assert reporter.tasks == ["read + encode", "invert", "preview", "write"]
+    image = sheet(result.output)
+    # four pairs of 128 x (64 + caption) on a 2 x 2 grid, the most nearly square
+    xs, ys = sorted({x for x, _ in result.tiles}), sorted({y for _, y in result.tiles})
+    assert xs == [GAP, GAP + 128 + GAP] and len(ys) == 2
+    strip = ys[0] - GAP
+    assert 8 <= strip <= 20 and ys[1] == ys[0] + 64 + strip + GAP
+    assert image.shape == (2 * (64 + strip) + 3 * GAP, 2 * 128 + 3 * GAP, 3)
+    sources, edited = halves(image, result)
+    assert np.array_equal(sources, source_frames[[2, 6, 10, 14]])
+    assert np.array_equal(edited, _to_uint8(sd.decode_latents(result.latents)))
+    assert not np.array_equal(edited, sources)
+    for x, y in result.tiles:  # each caption is written, small, in the strip above its pair
+        assert image[y - strip : y, x : x + 128].max() > 200
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.png"]  # nothing else is written
+    assert not (tmp_path / "cache" / "inversions").exists() or not any((tmp_path / "cache" / "inversions").iterdir())
+    assert sha(clip) == before  # the input is never modified
+
+    rows = dict(summary_rows(result))
+    assert rows["preview"] == f"{result.output}: frames 2, 6, 10, 14 of 16"
+    assert rows["inversion"] == "computed for the 4 preview frames only (not cached)"
+    assert rows["full run"].startswith(
+        "about 152 UNet image-forwards (inversion 32, keyframes 24, propagation 96), about "
+    ) and rows["full run"].endswith("at this preview's speed (without writing the video)")
+
+
+def test_the_preview_costs_its_frames_and_plans_exactly_what_the_full_run_makes(clip, sd, tmp_path):
+    # one image at a time everywhere, so that the preview's inversion and the full run's agree to the bit
+    options = {**OPTIONS, "batch_size": 1}
+    computed = preview(clip, tmp_path / "computed.png", sd=sd, **options)
+    p = len(computed.frames)
+    assert computed.forwards == {"inversion": p * INV, "keyframes": 3 * p * T}
+    assert computed.full_forwards == {"inversion": N * INV, "keyframes": 3 * (N // B) * T, "propagation": 3 * N * T}
+    full = edit(clip, tmp_path / "full.mp4", sd=sd, **options)
+    assert full.forwards == computed.full_forwards
+    assert full.inversion == "computed"  # and now in the cache: the next preview slices it
+
+    reporter = Recorder()
+    cached = preview(clip, tmp_path / "cached.png", sd=sd, reporter=reporter, **options)
+    assert cached.inversion == "cached" and cached.inversion_path == full.inversion_path
+    assert cached.forwards == {"keyframes": 3 * p * T}  # no inversion forwards
+    assert "invert" not in reporter.tasks and any("sliced from the cached inversion" in m for m in reporter.messages)
+    again = edit(clip, tmp_path / "again.mp4", sd=sd, **options)
+    assert again.inversion == "cached" and cached.full_forwards == again.forwards
+    assert "inversion" not in cached.estimate
+    assert dict(summary_rows(cached))["inversion"].startswith("sliced from the cached inversion of the whole clip")
+    assert torch.equal(cached.latents, computed.latents)
+    assert np.array_equal(sheet(cached.output), sheet(computed.output))
+    assert len(list((tmp_path / "cache" / "inversions").glob("*.safetensors"))) == 1  # the full run's alone
+
+
+def test_an_inversion_file_is_sliced_with_the_pipelines_checks(clip, sd, tmp_path):
+    options = {**OPTIONS, "batch_size": 1, "no_cache": True}
+    stored = invert(clip, tmp_path / "inv.safetensors", sd=sd, **options).path
+    computed = preview(clip, tmp_path / "computed.png", sd=sd, **options)
+    given = preview(clip, tmp_path / "given.png", sd=sd, inversion=str(stored), **options)
+    assert given.inversion == "file" and given.inversion_path == stored and "inversion" not in given.forwards
+    assert "inversion" not in given.full_forwards
+    assert np.array_equal(sheet(given.output), sheet(computed.output))
+    with pytest.raises(ConfigError, match="does not fit this run: it was made with --source-prompt") as error:
+        preview(clip, tmp_path / "other.png", sd=sd, inversion=str(stored), **{**options, "source_prompt": "x"})
+    assert "\n" not in str(error.value) and not (tmp_path / "other.png").exists()
+
+
+def test_a_per_frame_preview_is_the_full_run_at_those_frames(clip, sd, tmp_path):
+    options = {**OPTIONS, "batch_size": 1, "propagator": "none"}
+    result = preview(clip, tmp_path / "p.png", sd=sd, preview_frames="0,5,15", **options)
+    assert result.frames == [0, 5, 15]
+    assert result.forwards == {"inversion": 3 * INV, "frames": 3 * 3 * T}  # pnp: three branches per frame
+    full = edit(clip, tmp_path / "frames", sd=sd, **options)
+    assert full.forwards == result.full_forwards == {"inversion": N * INV, "frames": 3 * N * T}
+    written = np.stack([np.asarray(Image.open(tmp_path / "frames" / f"{k:05d}.png").convert("RGB")) for k in (0, 5, 15)])
+    assert np.array_equal(halves(sheet(result.output), result)[1], written)
+
+
+def test_the_joint_preview_is_exact_up_to_m_frames_and_bounded_beyond(clip, sd, tmp_path):
+    run = lambda name, **extra: preview(clip, tmp_path / f"{name}.png", sd=sd, **{**OPTIONS, **extra})  # noqa: E731
+    published = run("m32", max_joint_keyframes=32)
+    exactly = run("m4", max_joint_keyframes=4)  # M = P
+    assert torch.equal(published.latents, exactly.latents)
+    assert published.engines["keyframe"] == "eager" and "keyframe_bounded" not in published.engines
+    bounded = run("m2", max_joint_keyframes=2)
+    assert bounded.engines["keyframe_bounded"] == "eager" and bounded.forwards == published.forwards
+    assert not torch.allclose(bounded.latents, published.latents)
+    assert torch.equal(run("m2-again", max_joint_keyframes=2).latents, bounded.latents)  # seeded
+    # a frame's edit depends on the others it is denoised with
+    pair = run("pair", preview_frames=[2, 6])
+    alone = run("alone", preview_frames=[2])
+    assert not torch.allclose(pair.latents[:1], alone.latents, atol=1e-4)
+    # one frame attending to itself is the per-frame edit of that frame
+    per_frame = run("per-frame", preview_frames=[2], propagator="none")
+    assert torch.allclose(alone.latents, per_frame.latents, atol=1e-5, rtol=0)
+
+
+def test_joint_keyframes_draws_partners_as_tokenflow_does():
+    from vedit.config import RunConfig
+    from vedit.denoise import EditJob, Step
+    from vedit.passes import joint_partners
+    from vedit_plugins.tokenflow import JointKeyframes, TokenFlow
+
+    class Denoiser:
+        def __init__(self):
+            self.calls = []
+
+        def joint(self, frames, latents, step, partners=None):
+            self.calls.append((frames, partners))
+            return torch.zeros_like(latents)
+
+    shown = TokenFlow().preview()
+    assert isinstance(shown, JointKeyframes) and shown.needs_source_branch
+    config = RunConfig(max_joint_keyframes=3, seed=4)
+    job = EditJob(config=config, model=None, scheduler=None, clean_latents=torch.zeros(5, 4, 2, 2))
+    shown.begin(job, None)
+    denoiser = Denoiser()
+    latents = torch.zeros(5, 4, 2, 2)
+    for index in range(2):
+        shown.predict(Step(index, torch.tensor(1), 2), latents, denoiser)
+    expected = torch.Generator().manual_seed(4)
+    for frames, partners in denoiser.calls:  # redrawn every step from the seeded generator
+        assert torch.equal(frames, torch.arange(5)) and torch.equal(partners, joint_partners(5, 3, expected))
+    shown.begin(EditJob(config=RunConfig(max_joint_keyframes=5), model=None, scheduler=None,
+                        clean_latents=latents), None)  # fmt: skip
+    shown.predict(Step(0, torch.tensor(1), 1), latents, denoiser)
+    assert denoiser.calls[-1][1] is None  # P ≤ M: every frame attends to all, nothing drawn
+    assert shown.planned_forwards(5, 7, config) == {"keyframes": 105}
+
+
+def test_the_estimate_scales_the_measured_speed_to_the_full_run():
+    stages = {"load": 1.0, "read": 2.0, "encode": 1.0, "invert": 4.0, "denoise": 6.0, "decode": 1.0, "write": 0.5}
+    estimate = estimate_full_run(
+        stages, {"inversion": 8, "keyframes": 24}, {"inversion": 32, "keyframes": 24, "propagation": 96}, 4, 16
+    )
+    # read: every frame was read already, the encoding scales by N/P; invert: 0.5 s per forward;
+    # denoise: 0.25 s per forward over 120; decode: by N/P
+    assert estimate == {"load": 1.0, "read": 6.0, "invert": 16.0, "denoise": 30.0, "decode + write": 4.0}
+    cached = estimate_full_run(stages, {"keyframes": 24}, {"keyframes": 24, "propagation": 96}, 4, 16)
+    assert "invert" not in cached and cached["denoise"] == 30.0
+
+
+def test_nothing_is_half_written_when_a_preview_fails(clip, sd, tmp_path, monkeypatch):
+    output = tmp_path / "p.png"
+    output.write_bytes(b"an earlier sheet")
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("vedit.preview.os.replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        preview(clip, output, sd=sd, preview_frames=[3], **OPTIONS)
+    assert output.read_bytes() == b"an earlier sheet"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.png"]  # no temporary file left
+    monkeypatch.undo()
+
+    def failing(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr("vedit.preview.edit_latents", failing)
+    with pytest.raises(RuntimeError):
+        preview(clip, tmp_path / "new.png", sd=sd, preview_frames=[3], **OPTIONS)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.png"]
+
+
+def test_vedit_run_preview_writes_the_sheet_beside_the_planned_output_and_no_video(clip, tmp_path):
+    from typer.testing import CliRunner
+
+    from conftest import one_error_line
+    from vedit.cli import create_app
+
+    out = tmp_path / "edited.mp4"
+    base = ["run", str(clip), "-p", "a watercolor painting", "--model", "tiny", "--steps", "2", "--inversion-steps", "2",
+            "--chunk-size", "4", "--cache-dir", str(tmp_path / "cache")]  # fmt: skip
+    args = [*base, "-o", str(out)]
+    runner = CliRunner()
+    result = runner.invoke(create_app(), [*args, "--preview", "--preview-frames", "1,9"], env={"COLUMNS": "300"})
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "edited.preview.png").is_file() and not out.exists()
+    text = " ".join(result.stdout.split())
+    assert f"{tmp_path / 'edited.preview.png'}: frames 1, 9 of" in text
+    assert "full run about" in text and "UNet image-forwards" in text
+    assert "vedit: preview: done, 2/2" in result.stderr  # the loop's progress, as "preview"
+    png = tmp_path / "look.png"
+    named = runner.invoke(create_app(), [*base, "-o", str(png), "--preview"], env={"COLUMNS": "300"})
+    assert named.exit_code == 0, named.output
+    assert png.is_file()
+    alone = runner.invoke(create_app(), [*args, "--preview-frames", "1,9"])
+    assert alone.exit_code == 4
+    assert one_error_line(alone) == "vedit: error: --preview-frames chooses the frames of a preview: add --preview"
+    assert not out.exists()
