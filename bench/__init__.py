@@ -205,6 +205,33 @@ def register_commands(app):
             run_calls_suite(model=model, size=size, batch=batch, repeats=repeats, device=device, dtype=dtype,
                             save=_save("calls", device, save, no_save))  # fmt: skip
 
+    @bench.command("batch")
+    def batch(
+        clips: int = typer.Option(2, help="Synthetic clips in the job file."),
+        prompts: int = typer.Option(3, help="Prompts per clip (at most 6)."),
+        frames: int = typer.Option(8, help="Frames per clip."),
+        size: str = typer.Option("64x64", help="Clip size WxH."),
+        steps: int = typer.Option(4, help="Sampling and inversion steps."),
+        model: str = typer.Option("tiny", help="Model spec."),
+        chunk_size: int = typer.Option(4, help="tokenflow: frames per chunk B."),
+        workers: int = typer.Option(2, help="Workers of the local pool and of Ray."),
+        modes: str = typer.Option("serial,pool,ray", help="Ways to run it, comma-separated: serial, pool, ray."),
+        device: str = typer.Option("cpu", help="Device of every edit (auto: the GPUs, one per pool worker)."),
+        serial_threads: Optional[int] = typer.Option(None, help="Torch threads of the serial run (default: cores / workers, as each worker)."),
+        json_out: bool = typer.Option(False, "--json", help=_JSON),
+        save: Optional[str] = typer.Option(None, help=_SAVE),
+        no_save: bool = typer.Option(False, "--no-save", help=_NO_SAVE),
+    ) -> None:
+        """Wall time of one job file run serially, in a local pool and on local Ray (same work, counted)."""
+        with _errors():
+            from .batch import run_batch_suite
+
+            run_batch_suite(
+                clips=clips, prompts=prompts, frames=frames, size=size, steps=steps, model=model, chunk_size=chunk_size,
+                workers=workers, modes=tuple(m.strip() for m in modes.split(",") if m.strip()), device=device,
+                serial_threads=serial_threads, json_out=json_out, save=_save("batch", device, save, no_save),
+            )
+
     @bench.command("memory")
     def memory(
         frames: str = typer.Option("16,64,256", help="Comma-separated frame counts."),

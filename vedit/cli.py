@@ -721,6 +721,9 @@ def create_app() -> typer.Typer:
                     markup=False, highlight=False,
                 )
 
+    from .batch_cli import add_batch_command
+
+    add_batch_command(app)
     plugins.register_commands(app)
     return app
 

@@ -171,19 +171,26 @@ def validate(values: dict[str, Any], origin: str | None = None) -> dict[str, Any
     return clean
 
 
-def read_config_file(path: str | Path) -> dict[str, Any]:
-    """The ``[run]`` table of a vedit.toml file, validated."""
+def read_toml(path: str | Path, what: str = "config file") -> dict[str, Any]:
+    """A TOML file's tables; one-line ConfigErrors (``what`` names the kind of file) when it is
+    missing, unreadable or not TOML."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
+        raise ConfigError(f"{what} {path} does not exist") from None
     except OSError as error:
-        raise ConfigError(f"config file {path} cannot be read: {error.strerror}") from None
+        raise ConfigError(f"{what} {path} cannot be read: {error.strerror}") from None
     try:
-        data = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
+        raise ConfigError(f"{what} {path} is not valid TOML: {error}") from None
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The ``[run]`` table of a vedit.toml file, validated."""
+    path = Path(path)
+    data = read_toml(path)
     unknown = set(data) - {"run"}
     if unknown:
         raise ConfigError(f"{path}: unknown table or key {sorted(unknown)[0]!r} (options go under [run])")

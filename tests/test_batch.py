@@ -1,0 +1,364 @@
+"""``vedit batch``: job files validated as a whole, planning (one inversion per clip, up-to-date
+outputs skipped), the dry run, and running the plan in this process, in a local pool of worker
+processes and on a local Ray cluster, with a worker killed mid-job."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import make_clip, one_error_line
+from vedit.batch import (
+    FAILED_EXIT_CODE,
+    KILL_ONCE_ENV,
+    JobFileError,
+    Unit,
+    execute,
+    plan_batch,
+    prompt_slug,
+    read_job_file,
+    run_batch,
+    sidecar_path,
+)
+from vedit.cli import create_app
+
+# Small enough that an edit takes a few seconds on one CPU thread with the tiny model.
+RUN = {"model": "tiny", "steps": 1, "inversion-steps": 1, "chunk-size": 4, "source-prompt": "a test pattern"}
+PROMPTS = ["a watercolor painting", "an oil painting"]
+
+
+def vedit(*args, cwd: Path | None = None):
+    app = create_app()
+    if "batch" not in {c.name for c in app.registered_commands}:  # until vedit/cli.py adds it itself
+        from vedit.batch_cli import add_batch_command
+
+        add_batch_command(app)
+    old = os.getcwd()
+    if cwd is not None:
+        os.chdir(cwd)
+    try:
+        return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False, env={"COLUMNS": "250"})
+    finally:
+        os.chdir(old)
+
+
+def toml_value(value) -> str:
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    return repr(value)
+
+
+def job_file(path: Path, jobs: list[dict], run: dict | None = None, extra: str = "") -> Path:
+    lines = ["[run]", *(f"{k} = {toml_value(v)}" for k, v in (RUN if run is None else run).items()), extra]
+    for job in jobs:
+        lines += ["", "[[job]]", *(f"{k} = {toml_value(v)}" for k, v in job.items())]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory) -> Path:
+    """Two 4-frame clips in a folder of their own."""
+    folder = tmp_path_factory.mktemp("batch-clips")
+    make_clip(folder / "pattern.mp4", frames=4, size=(32, 32))
+    make_clip(folder / "fractal.mp4", frames=4, size=(32, 32), source="mandelbrot")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def alone(clips, tmp_path_factory) -> dict[tuple[str, str], bytes]:
+    """Every (clip, prompt) edited alone, as `vedit run` would: its own model, its own inversion."""
+    from vedit.pipeline import edit
+
+    folder = tmp_path_factory.mktemp("alone")
+    options = {k.replace("-", "_"): v for k, v in RUN.items()}
+    outputs = {}
+    for clip in ("pattern", "fractal"):
+        for prompt in PROMPTS:
+            out = folder / f"{clip}-{prompt_slug(prompt)}.mp4"
+            result = edit(clips / f"{clip}.mp4", out, prompt=prompt, cache_dir=str(folder / f"cache-{out.stem}"), **options)
+            assert result.inversion == "computed"
+            outputs[(clip, prompt)] = out.read_bytes()
+    return outputs
+
+
+def two_by_two(tmp_path: Path, clips: Path, name: str = "jobs.toml", **job) -> Path:
+    return job_file(tmp_path / name, [{"name": "all", "input": str(clips / "*.mp4"), "prompts": PROMPTS,
+                                       "output": "out/{clip}-{prompt_slug}.mp4", **job}])  # fmt: skip
+
+
+def summary(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def computed_per_clip(doc: dict) -> dict[str, int]:
+    """How many times each clip was inverted: by its group's own unit or by an edit for itself."""
+    counts: dict[str, int] = {}
+    for group in doc["inversions"]:
+        counts.setdefault(Path(group["input"]).stem, 0)
+        counts[Path(group["input"]).stem] += group["status"] == "computed"
+    for edit in doc["edits"]:
+        counts[Path(edit["input"]).stem] += edit["inversion"] == "computed"
+    return counts
+
+
+def assert_same_as_alone(doc: dict, alone: dict) -> None:
+    for edit in doc["edits"]:
+        assert edit["status"] in ("done", "skipped"), edit
+        key = (Path(edit["input"]).stem, edit["prompt"])
+        assert Path(edit["output"]).read_bytes() == alone[key], f"{edit['output']} differs from the edit run alone"
+
+
+# ---------------------------------------------------------------------------------------------
+# The job file
+
+
+def test_every_mistake_of_a_job_file_is_reported_with_its_job_and_key(tmp_path, clips):
+    path = job_file(tmp_path / "jobs.toml", [
+        {"name": "ok", "input": str(clips / "pattern.mp4"), "prompt": "x"},
+        {"name": "city", "input": str(clips / "pattern.mp4"), "prompt": "x", "stepz": 3},
+        {"input": str(clips / "*.avi"), "prompt": "x"},
+        {"name": "pattern", "input": str(clips / "pattern.mp4"), "prompt": "x", "output": "out/{clip}-{colour}.mp4"},
+        {"name": "both", "input": str(clips / "pattern.mp4"), "prompt": "x", "prompts": ["y"]},
+        {"name": "nothing", "input": str(clips / "pattern.mp4")},
+    ], run={**RUN, "guidance": 500})  # fmt: skip
+    with pytest.raises(JobFileError) as caught:
+        read_job_file(path)
+    errors = caught.value.errors
+    where = str(path)
+    assert f"{where}: [run]: option 'guidance' must be between 0 and 100, got 500" in errors
+    assert any(e.startswith(f"{where}: job 2 ('city'): unknown option 'stepz' (did you mean 'steps'?") for e in errors)
+    assert f"{where}: job 3: input {str(clips / '*.avi')!r} matches no file" in errors
+    assert any(e.startswith(f"{where}: job 4 ('pattern'): output pattern 'out/{{clip}}-{{colour}}.mp4' has unknown field {{colour}}")
+               for e in errors)  # fmt: skip
+    assert f"{where}: job 5 ('both'): give 'prompt' or 'prompts', not both" in errors
+    assert any(e.startswith(f"{where}: job 6 ('nothing'): no target prompt") for e in errors)
+    assert len(errors) == 6, errors
+
+
+def test_two_edits_writing_one_output_and_a_bad_plugin_are_errors_before_any_work(tmp_path, clips):
+    path = job_file(tmp_path / "jobs.toml", [
+        {"name": "a", "input": str(clips / "*.mp4"), "prompt": "x", "output": "out/{prompt_slug}.mp4"},
+        {"name": "b", "input": str(clips / "pattern.mp4"), "prompt": "x", "editor": "pnpp", "output": "b-{clip}.mp4"},
+    ])  # fmt: skip
+    with pytest.raises(JobFileError) as caught:
+        plan_batch(path)
+    first, second = caught.value.errors
+    assert first.startswith(f"{path}: job 1 ('a'): output 'out/x.mp4' is also written by the same job (")
+    assert "add {clip}, {prompt_slug} or {seed} to the output pattern" in first
+    assert second.startswith(f"{path}: job 2 ('b'): pattern.mp4: ") and "pnpp" in second
+    assert not (tmp_path / "out").exists() and not (tmp_path / "jobs.summary.json").exists()
+
+    result = vedit("batch", path)  # the command: every error on its own line, exit code 4
+    assert result.exit_code == 4
+    lines = result.stderr.splitlines()
+    assert len(lines) == 2 and all(line.startswith("vedit: error: ") for line in lines)
+
+    path.write_text(path.read_text().replace('"pnpp"', '"pnp"').replace('"out/{prompt_slug}.mp4"', '"out/{clip}.mp4"')
+                    .replace("[run]", "[run]\nstepz = 2"))  # fmt: skip
+    line = one_error_line(vedit("batch", path))
+    assert line.startswith(f"vedit: error: {path}: [run]: unknown option 'stepz' (did you mean 'steps'?")
+
+
+def test_dry_run_prints_the_plan_edits_inversions_and_unet_forwards(tmp_path, clips):
+    path = job_file(tmp_path / "jobs.toml", [{"name": "all", "input": str(clips / "*.mp4"), "prompts": [*PROMPTS, "snow"],
+                                              "seeds": [1, 2], "output": "out/{clip}-{prompt_slug}-{seed}.mp4"}])  # fmt: skip
+    plan = plan_batch(path)
+    assert len(plan.edits) == 12 and len(plan.groups) == 4  # 2 clips × 2 seeds: the tiny model's weights come from the seed
+    assert all(len(g.edits) == 3 for g in plan.groups)
+    # per edit: 4 frames, 1 step, chunk 4: 3 keyframe forwards (one keyframe × 3 branches) + 12 propagation
+    assert all(e.forwards == {"keyframes": 3, "propagation": 12} for e in plan.edits)
+    assert plan.planned_forwards() == {"inversion": 4 * 4, "keyframes": 36, "propagation": 144}
+    result = vedit("batch", path, "--dry-run", cwd=tmp_path)
+    assert result.exit_code == 0, result.output
+    assert "out/pattern-snow-2.mp4" in result.stdout
+    assert ("12 edits: 12 to run, 0 up to date, 0 failing; 4 inversions of 2 clips to compute (one already in the cache "
+            "costs none); UNet image-forwards 196 (inversion 16, keyframes 36, propagation 144)") in result.stdout
+    assert not (tmp_path / "out").exists() and not (tmp_path / "jobs.summary.json").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# In this process
+
+
+def test_batch_in_this_process_matches_edits_run_alone_inverts_each_clip_once_and_reruns_nothing(tmp_path, clips, alone):
+    path = two_by_two(tmp_path, clips)
+    result = vedit("batch", path, cwd=tmp_path)
+    assert result.exit_code == 0, result.output
+    doc = summary(tmp_path / "jobs.summary.json")
+    assert doc["backend"] == "serial" and doc["model_loads"] == 1 and doc["finished"]
+    assert doc["counts"] == {"edits": 4, "done": 4}
+    assert computed_per_clip(doc) == {"pattern": 1, "fractal": 1}
+    assert all(e["inversion"] == "cached" for e in doc["edits"])  # each shares its clip's inversion
+    assert_same_as_alone(doc, alone)
+    for edit in doc["edits"]:
+        record = json.loads(sidecar_path(edit["output"]).read_text())
+        assert record["digest"] == edit["digest"] and record["settings"]["prompt"] == edit["prompt"]
+    assert "4 done, 0 up to date, 0 failed" in result.stdout
+
+    mark = time.perf_counter()
+    again = vedit("batch", path, cwd=tmp_path)  # the same file again: nothing to do
+    assert again.exit_code == 0 and time.perf_counter() - mark < 10
+    doc = summary(tmp_path / "jobs.summary.json")
+    assert doc["counts"] == {"edits": 4, "skipped": 4} and doc["model_loads"] == 0 and doc["inversions_computed"] == 0
+
+    # Only what changed is done again: a new prompt, a clip touched, an output deleted.
+    path.write_text(path.read_text().replace('"an oil painting"]', '"an oil painting", "snow"]'))
+    os.utime(clips / "fractal.mp4")
+    (tmp_path / "out" / "pattern-a-watercolor-painting.mp4").unlink()
+    plan = plan_batch(path)
+    todo = sorted(e.output.name for e in plan.todo)
+    assert todo == ["fractal-a-watercolor-painting.mp4", "fractal-an-oil-painting.mp4", "fractal-snow.mp4",
+                    "pattern-a-watercolor-painting.mp4", "pattern-snow.mp4"]  # fmt: skip
+    assert plan_batch(path, force=True).todo == plan_batch(path, force=True).edits
+
+
+def test_failing_edits_are_reported_once_and_do_not_stop_the_others(tmp_path, clips):
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video at all")
+    path = job_file(tmp_path / "jobs.toml", [
+        {"name": "bad clip", "input": str(broken), "prompt": "x", "output": "out/{clip}.mp4"},  # found while planning
+        {"name": "no model", "input": str(clips / "pattern.mp4"), "prompt": "x", "model": "/nonexistent/sd-folder",
+         "output": "out/nomodel.mp4"},  # found when it runs
+        {"name": "good", "input": str(clips / "pattern.mp4"), "prompt": "x", "output": "out/{clip}.mp4"},
+    ])  # fmt: skip
+    result = vedit("batch", path, "--summary", tmp_path / "s" / "result.json", cwd=tmp_path)
+    assert result.exit_code == FAILED_EXIT_CODE
+    errors = [line for line in result.stderr.splitlines() if line.startswith("vedit: error:")]
+    assert errors == [f"vedit: error: 2 of 3 edits failed (see {tmp_path / 's' / 'result.json'})"]
+    doc = summary(tmp_path / "s" / "result.json")
+    bad, nomodel, good = doc["edits"]
+    assert bad["status"] == "failed" and "broken.mp4" in bad["reason"] and not Path(bad["output"]).exists()
+    assert nomodel["status"] == "failed" and nomodel["reason"].startswith("model folder '/nonexistent/sd-folder' does not exist")
+    assert nomodel["attempts"] == 1 and not Path(nomodel["output"]).exists()  # a failure is not retried
+    assert good["status"] == "done" and Path(good["output"]).is_file()
+    assert result.stdout.count("failed: ") == 2  # the table says why
+    for name in ("broken.mp4", "/nonexistent/sd-folder"):  # and stderr says it once
+        assert sum(name in line for line in result.stderr.splitlines()) == 1, result.stderr
+
+
+def test_without_the_cache_a_clip_is_still_inverted_once_and_shared_through_a_file(tmp_path, clips, alone):
+    path = job_file(tmp_path / "jobs.toml", [{"input": str(clips / "pattern.mp4"), "prompts": PROMPTS, "no-cache": True,
+                                              "output": "out/{clip}-{prompt_slug}.mp4"}])  # fmt: skip
+    run_batch(plan_batch(path), summary=tmp_path / "s.json")
+    doc = summary(tmp_path / "s.json")
+    assert computed_per_clip(doc) == {"pattern": 1} and doc["inversions"][0]["shared_as"] == "file"
+    assert [e["inversion"] for e in doc["edits"]] == ["file", "file"]
+    assert_same_as_alone(doc, alone)
+    assert not (tmp_path / "cache" / "inversions").exists() or not any((tmp_path / "cache" / "inversions").iterdir())
+
+
+def test_an_edit_that_cannot_see_the_inversion_fetches_it_once_and_does_not_invert_again(tmp_path, clips):
+    """What a Ray worker on a machine that does not share the cache folder does: the trajectory's
+    bytes come from the object store and go into this machine's cache under the same key."""
+    path = job_file(tmp_path / "jobs.toml", [{"input": str(clips / "pattern.mp4"), "prompts": PROMPTS,
+                                              "output": "out/{clip}-{prompt_slug}.mp4"}])  # fmt: skip
+    plan = plan_batch(path)
+    group, edit = plan.groups[0], plan.edits[0]
+    inverted = execute(Unit("invert", group.number, group.input, group.config.replace(prompt=None)))
+    assert inverted.status == "done" and inverted.inversion == "computed"
+    where = Path(inverted.trajectory["path"])
+    data = where.read_bytes()
+    where.unlink()  # not on this machine
+    fetched = []
+    unit = Unit("edit", edit.index, edit.input, edit.config, edit.output, edit.digest, edit.settings,
+                trajectory=inverted.trajectory)  # fmt: skip
+    outcome = execute(unit, fetch=lambda: fetched.append(1) or data)
+    assert outcome.status == "done", outcome.reason
+    assert fetched == [1] and outcome.inversion == "cached" and where.read_bytes() == data
+
+
+# ---------------------------------------------------------------------------------------------
+# A local pool of worker processes (the multi-GPU path, run here with CPU workers)
+
+
+def test_local_pool_of_two_workers_survives_a_killed_worker(tmp_path, clips, alone, monkeypatch):
+    path = two_by_two(tmp_path, clips)
+    marker = tmp_path / "killed-once"
+    monkeypatch.setenv(KILL_ONCE_ENV, f"{marker}:fractal-an-oil")
+    result = run_batch(plan_batch(path), workers=2, summary=tmp_path / "s.json")
+    doc = summary(tmp_path / "s.json")
+    assert marker.exists(), "the worker writing fractal-an-oil-painting.mp4 was to kill itself once"
+    assert result.backend == "pool" and result.workers == 2 and not result.failed
+    killed = next(e for e in doc["edits"] if "fractal-an-oil" in e["output"])
+    assert killed["attempts"] == 2 and killed["status"] == "done"
+    assert computed_per_clip(doc) == {"pattern": 1, "fractal": 1}
+    assert_same_as_alone(doc, alone)
+    assert not list((tmp_path / "out").glob(".*partial*")), "a killed attempt's temporary file was left behind"
+
+
+# ---------------------------------------------------------------------------------------------
+# Ray: a local cluster of two CPU workers, started once for these tests
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    import signal
+
+    ray = pytest.importorskip("ray")
+    environ, on_term = dict(os.environ), signal.getsignal(signal.SIGTERM)
+    if ray.is_initialized():
+        ray.shutdown()
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"  # CI has no network beyond the package registries
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()
+    os.environ.clear()  # ray.init sets a few variables and a SIGTERM handler: later tests get neither
+    os.environ.update(environ)
+    signal.signal(signal.SIGTERM, on_term)
+
+
+def test_ray_batch_matches_edits_run_alone_inverts_each_clip_once_and_reruns_nothing(tmp_path, clips, alone, ray_cluster):
+    path = two_by_two(tmp_path, clips)
+    result = vedit("batch", path, "--ray", "auto", "--workers", "2", cwd=tmp_path)
+    assert result.exit_code == 0, result.output
+    assert "on Ray, 2 workers (one CPU each)" in result.stderr
+    doc = summary(tmp_path / "jobs.summary.json")
+    assert doc["backend"] == "ray" and doc["counts"] == {"edits": 4, "done": 4}
+    assert computed_per_clip(doc) == {"pattern": 1, "fractal": 1}
+    assert all(e["inversion"] == "cached" for e in doc["edits"])
+    assert_same_as_alone(doc, alone)
+    assert len({e["worker"] for e in doc["edits"]} | {g["worker"] for g in doc["inversions"]}) >= 2  # both workers worked
+
+    again = vedit("batch", path, "--ray", "auto", "--workers", "2", cwd=tmp_path)
+    assert again.exit_code == 0
+    doc = summary(tmp_path / "jobs.summary.json")
+    assert doc["counts"] == {"edits": 4, "skipped": 4} and doc["model_loads"] == 0 and doc["inversions_computed"] == 0
+
+
+def test_ray_batch_completes_when_a_worker_is_killed_mid_job(tmp_path, clips, alone, ray_cluster, monkeypatch):
+    path = job_file(tmp_path / "jobs.toml", [{"input": str(clips / "pattern.mp4"), "prompts": PROMPTS,
+                                              "output": "out/{clip}-{prompt_slug}.mp4"}])  # fmt: skip
+    marker = tmp_path / "killed-once"
+    monkeypatch.setenv(KILL_ONCE_ENV, f"{marker}:pattern-a-watercolor")
+    result = run_batch(plan_batch(path, device_here=False), ray="auto", workers=2, summary=tmp_path / "s.json")
+    assert marker.exists(), "the Ray worker writing pattern-a-watercolor-painting.mp4 was to kill itself once"
+    assert not result.failed
+    doc = summary(tmp_path / "s.json")
+    assert doc["counts"] == {"edits": 2, "done": 2}
+    killed = next(e for e in doc["edits"] if "pattern-a-watercolor" in e["output"])
+    assert killed["attempts"] == 2 and "died" not in killed["reason"]
+    assert computed_per_clip(doc) == {"pattern": 1}
+    assert_same_as_alone(doc, alone)
+    assert not list((tmp_path / "out").glob(".*partial*"))
+
+
+def test_bench_batch_times_one_job_file_and_counts_its_work(tmp_path):
+    from vedit_bench.batch import run_batch_suite
+
+    doc = run_batch_suite(clips=2, prompts=2, frames=4, size="32x32", steps=1, modes=("serial",), json_out=True,
+                          save=str(tmp_path / "batch.json"))  # fmt: skip
+    (row,) = doc["rows"]
+    assert row["mode"] == "serial" and row["done"] == row["edits"] == 4 and row["failed"] == 0
+    assert row["inversions_computed"] == 2 and row["model_loads"] == 1
+    assert row["unet_forwards"] == 2 * 4 + 4 * (3 + 12)  # two inversions of 4 frames, four edits of 3 + 12
+    assert json.loads((tmp_path / "batch.json").read_text())["suite"] == "batch"
