@@ -283,3 +283,39 @@ def test_the_summary_says_a_run_resumed(clip, tmp_path):
     assert result.exit_code == 0, result.output
     assert "resumed" in result.output and "from the checkpoint after step 4 of 8; 4 steps run now" in result.output
     assert out.exists() and _checkpoints(cache) == []
+
+
+def test_what_killed_writers_left_is_removed_and_what_live_ones_write_is_kept(clip, tmp_path):
+    """A SIGKILL mid-write leaves a temporary file no code of the dead process can remove: the
+    next run removes those whose process is gone, never another live run's."""
+    from vedit.inversion import InversionCache, partial_prefix, sweep_partials
+    from vedit.video import remove_dead_partials
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    cache = InversionCache(tmp_path)
+    cache.root.mkdir(parents=True)
+    killed = cache.root / f".{'a' * 32}.safetensors.pid{dead.pid}.x1y2z3ab.partial"
+    writing = cache.root / f"{partial_prefix('b' * 32 + '.safetensors')}q9w8e7r6.partial"
+    unknown = cache.root / "someone-elses.partial"
+    for path in (killed, writing, unknown):
+        path.write_bytes(b"half")
+    assert sweep_partials(cache.root) == 1
+    assert not killed.exists() and writing.exists() and unknown.exists()
+
+    out = tmp_path / "out.mp4"
+    left = tmp_path / f".out.mp4.partial-1a2b3c4d-pid{dead.pid}.mp4"
+    left_folder = tmp_path / f".out.mp4.partial-5e6f7a8b-pid{dead.pid}-video"
+    live = tmp_path / f".out.mp4.partial-9c0d1e2f-pid{os.getpid()}.mp4"
+    left.write_bytes(b"half")
+    left_folder.mkdir()
+    live.write_bytes(b"half")
+    assert remove_dead_partials(out) == 2
+    assert not left.exists() and not left_folder.exists() and live.exists()
+    live.unlink()
+
+    # and in a run: the inversion cache's leftover goes when the next inversion is written
+    killed.write_bytes(b"half")
+    vedit.edit(clip, out, cache_dir=str(tmp_path), **OPTIONS)
+    assert not killed.exists() and writing.exists()
+    assert not list(tmp_path.glob(".out.mp4.partial-*"))

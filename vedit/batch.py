@@ -787,15 +787,6 @@ def _reason(error: BaseException) -> str:
     return f"{name}: {text}" if text else name
 
 
-def _remove_partials(output: Path) -> None:
-    """Temporary siblings a killed attempt left (the writer renames its file into place only on success)."""
-    for leftover in output.parent.glob(f".{glob.escape(output.name)}.partial-*"):
-        if leftover.is_dir():
-            shutil.rmtree(leftover, ignore_errors=True)
-        else:
-            leftover.unlink(missing_ok=True)
-
-
 def _materialize(unit: Unit, fetch: Callable[[], bytes] | None) -> RunConfig:
     """The edit's options, with the group's shared inversion where this process can read it: in
     the cache (the edit finds it there), else in a file it is pointed at. A trajectory this
@@ -869,7 +860,6 @@ def execute(
             "seconds": round(result.seconds, 3), "model": result.model, "inversion": result.inversion,
         }  # fmt: skip
         _write_json_atomically(sidecar, record)
-        _remove_partials(unit.output)
         return Outcome(
             "done", seconds=time.perf_counter() - began, frames=result.frames, inversion=result.inversion,
             forwards=dict(result.forwards), warnings=list(result.warnings), worker=worker, model_loaded=loaded,

@@ -35,7 +35,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .errors import OutputError
-from .inversion import CacheEntry, _reason, cache_root, scan_folder
+from .inversion import CacheEntry, _reason, cache_root, partial_prefix, scan_folder, sweep_partials
 
 FORMAT = "vedit-checkpoint/1"
 
@@ -138,7 +138,7 @@ class CheckpointStore:
         tmp = None
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=self.root)
+            fd, tmp = tempfile.mkstemp(prefix=partial_prefix(path.name), suffix=".partial", dir=self.root)
             os.close(fd)
             save_file(tensors, tmp, metadata=metadata)
             os.replace(tmp, path)
@@ -153,7 +153,9 @@ class CheckpointStore:
         return path
 
     def remove(self, key: str) -> None:
+        """Remove the checkpoint ``key`` (its run is done), and what killed writers left."""
         self._unlink(self.path(key))
+        sweep_partials(self.root)
 
     def _unlink(self, path: Path) -> None:
         try:

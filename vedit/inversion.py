@@ -36,6 +36,7 @@ from safetensors.torch import save_file
 
 from .errors import ConfigError, InputError, OutputError
 from .transfer import to_device, to_host, wait
+from .video import process_alive
 
 FORMAT = "vedit-trajectory/1"
 
@@ -121,7 +122,7 @@ class Trajectory:
         metadata.update(format=FORMAT, timesteps=json.dumps(self.timesteps), noisiest=str(self.noisiest))
         metadata.setdefault("frames", str(self.num_frames))
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=partial_prefix(path.name), suffix=".partial", dir=path.parent)
         os.close(fd)
         try:
             save_file(tensors, tmp, metadata=metadata)
@@ -188,7 +189,7 @@ class TrajectoryWriter:
         self.on_failure = on_failure
         self.failed: str | None = None
         where = self.path.parent if self.path is not None else folder
-        prefix = f".{self.path.name}." if self.path is not None else "vedit-trajectory-"
+        prefix = partial_prefix(self.path.name) if self.path is not None else "vedit-trajectory-"
         fd, self._tmp = tempfile.mkstemp(prefix=prefix, suffix=".partial", dir=where)
         self._file = os.fdopen(fd, "wb")
         self._offsets: dict[str, int] = {}
@@ -492,6 +493,31 @@ def gb_to_bytes(gb: float) -> int:
     return int(gb * GB)
 
 
+def partial_prefix(name: str) -> str:
+    """The name a temporary file being written in a cache folder starts with: the file it becomes
+    and the writing process's id, so that :func:`sweep_partials` can tell a killed writer's
+    leftover from a file another run is still writing."""
+    return f".{name}.pid{os.getpid()}."
+
+
+def sweep_partials(folder: Path) -> int:
+    """Remove the temporary files that writers killed mid-write (SIGKILL, a power cut) left in a
+    cache folder: those whose process no longer exists. Returns how many; never raises."""
+    removed = 0
+    try:
+        leftovers = [item.name for item in os.scandir(folder) if item.name.endswith(".partial")]
+    except OSError:
+        return 0
+    for name in leftovers:
+        found = re.search(r"\.pid(\d+)\.[^.]*\.partial$", name)
+        if found is None or process_alive(int(found.group(1))):
+            continue
+        with contextlib.suppress(OSError):
+            (folder / name).unlink()
+            removed += 1
+    return removed
+
+
 def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
     """Where inversions are cached: ``cache_dir``, ``$VEDIT_CACHE_DIR``, or the user cache folder."""
     if cache_dir:
@@ -666,6 +692,7 @@ class InversionCache:
         ``note`` receives one line when entries are evicted to stay under the cap.
         """
         path = self.path(key)
+        sweep_partials(self.root)
         try:
             # Trajectory.save writes a temporary sibling and renames it, removing it on any failure.
             trajectory.save(path)
@@ -684,6 +711,7 @@ class InversionCache:
 
         try:
             self.root.mkdir(parents=True, exist_ok=True)
+            sweep_partials(self.root)
             return TrajectoryWriter(self.path(key), metadata, on_failure=failed)
         except OSError as error:
             self.warn(f"cannot write the inversion cache in {self.root} ({_reason(error)}); carrying on without it")

@@ -21,6 +21,7 @@ Environment:
 from __future__ import annotations
 
 import collections
+import glob
 import math
 import os
 import re
@@ -927,6 +928,39 @@ class FrameReader:
 # --------------------------------------------------------------------------- writing
 
 
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (this one always does)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # it exists but belongs to someone else
+    return True
+
+
+def remove_dead_partials(output: Path) -> int:
+    """Remove the temporary siblings of ``output`` that a writer killed mid-write (SIGKILL, a
+    power cut) left: those whose process no longer exists. Another run still writing the same
+    output keeps its own. Returns how many were removed; never raises."""
+    removed = 0
+    for leftover in output.parent.glob(f".{glob.escape(output.name)}.partial-*"):
+        found = re.search(r"-pid(\d+)", leftover.name[len(output.name) + 1 :])
+        if found is None or process_alive(int(found.group(1))):
+            continue
+        try:
+            if leftover.is_dir():
+                shutil.rmtree(leftover)
+            else:
+                leftover.unlink()
+        except OSError:
+            continue
+        removed += 1
+    return removed
+
+
 def check_output_folder(out: Path) -> Path:
     """The folder ``out`` is to be written in; OutputError unless it exists and can be written."""
     parent = out.parent
@@ -1137,9 +1171,10 @@ class VideoWriter:
 
     def _temp_sibling(self, tag: str = "") -> Path:
         suffix = self.path.suffix if self.kind == "video" else ""
-        return self.path.parent / f".{self.path.name}.partial-{self._token}{tag}{suffix}"
+        return self.path.parent / f".{self.path.name}.partial-{self._token}-pid{os.getpid()}{tag}{suffix}"
 
     def _open(self, shape: tuple[int, int]) -> None:
+        remove_dead_partials(self.path)
         self._temp = self._temp_sibling()
         if self.kind == "folder":
             try:
