@@ -265,6 +265,10 @@ def test_vedit_cache_lists_and_clears_checkpoints(clip, tmp_path):
     assert listed.exit_code == 0, listed.output
     assert "1 checkpoint" in listed.output and kept.stem[:12] in listed.output
     assert "2/8" in listed.output and "a watercolor painting" in listed.output
+    other = CheckpointStore(cache).save("f" * 32, Checkpoint(step=1, steps=8, latents=torch.zeros(1), metadata={"source": "b.mp4"}))
+    removed = runner.invoke(create_app(), ["cache", "rm", "fff", "--cache-dir", str(cache)], env={"COLUMNS": "400"})
+    assert removed.exit_code == 0, removed.output
+    assert f"removed checkpoint {'f' * 32} of b.mp4" in removed.stdout and not other.exists() and kept.exists()
     cleared = runner.invoke(create_app(), ["cache", "clear", "--cache-dir", str(cache)])
     assert cleared.exit_code == 0, cleared.output
     assert "1 checkpoint" in cleared.output and _checkpoints(cache) == []

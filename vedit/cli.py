@@ -655,11 +655,26 @@ def create_app() -> typer.Typer:
         key: str = typer.Argument(..., help="An entry's key as 'vedit cache list' shows it, or any unique start of it."),
         cache_dir: Optional[str] = typer.Option(None, help="Cache folder."),
     ) -> None:
-        """Delete one cached inversion."""
+        """Delete one cached inversion, or one checkpoint of a stopped run."""
+        from .checkpoint import CheckpointStore
         from .inversion import InversionCache
 
         with user_errors():
             cache = InversionCache(cache_dir)
+            wanted = key.strip().removesuffix("…").removesuffix(".safetensors").lower()
+            store = CheckpointStore(cache_dir)
+            kept = [entry for entry in store.entries() if wanted and entry.key.startswith(wanted)]
+            inversions = [entry for entry in cache.entries() if wanted and entry.key.startswith(wanted)]
+            if kept and not inversions:
+                if len(kept) > 1:
+                    raise ConfigError(f"{wanted!r} is the start of {len(kept)} checkpoints' keys; give more of the key")
+                store.remove(kept[0].key)
+                out_console.print(
+                    f"removed checkpoint {kept[0].key} of {kept[0].metadata.get('source', '?')} "
+                    f"({kept[0].size_bytes / 2**20:.1f} MB)",
+                    markup=False, soft_wrap=True,
+                )  # fmt: skip
+                return
             entry = cache.find(key)
             cache.remove(entry)
         clip = f" of {entry.source}" if entry.source else ""
