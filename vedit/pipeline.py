@@ -558,7 +558,7 @@ def _checkpointing(
     return Checkpointing(CheckpointStore(config.cache_dir, warn=reporter.warning), key, config.checkpoint_every, metadata)
 
 
-def _resume_point(checkpoints: Checkpointing, propagator: Any, plan: Any, reporter: Reporter) -> Any:
+def _resume_point(checkpoints: Checkpointing, plan: Any, reporter: Reporter) -> Any:
     """The checkpoint to resume from, if there is one that fits this run's loop."""
     found = checkpoints.store.load(checkpoints.key)
     if found is None:
@@ -609,7 +609,7 @@ def edit_latents(
         reporter.message(f"propagator {propagator.name!r} has no state_dict: this run keeps no checkpoints")
         checkpoints = None
     if checkpoints is not None:
-        resume = _resume_point(checkpoints, propagator, plan, reporter)
+        resume = _resume_point(checkpoints, plan, reporter)
         checkpoints.resumed_from = None if resume is None else resume.step
         writer = CheckpointWriter(checkpoints.store, checkpoints.key, checkpoints.metadata)
 
