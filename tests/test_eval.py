@@ -241,7 +241,7 @@ def test_errors_end_in_one_line_and_leave_no_json(moving, tmp_path):
         result = vedit(*args, "--json", out) if "--json" not in args else vedit(*args)
         assert result.exit_code != 0, args
         assert fragment in one_error_line(result), args
-        assert not out.exists() and not list(tmp_path.glob("*.json")) and not list(tmp_path.glob(".*.tmp"))
+        assert not out.exists() and not list(tmp_path.glob("*.json")) and not list(tmp_path.glob(".*.partial"))
 
 
 # --------------------------------------------------------------------------- vedit run --eval

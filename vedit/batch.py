@@ -30,7 +30,6 @@ import json
 import os
 import queue
 import re
-import secrets
 import shutil
 import signal
 import string
@@ -400,20 +399,10 @@ def up_to_date(output: Path, digest: str) -> bool:
     return record is not None and record.get("digest") == digest
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Write a temporary sibling (created with the usual permissions), then rename it into place."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.partial")
-    try:
-        with open(tmp, "xb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _write_json_atomically(path: Path, data: Any) -> None:
-    _write_atomically(path, (json.dumps(data, indent=2, default=str) + "\n").encode("utf-8"))
+    from .video import write_atomically
+
+    write_atomically(path, (json.dumps(data, indent=2, default=str) + "\n").encode("utf-8"))
 
 
 def model_key(config: RunConfig) -> tuple:
@@ -793,6 +782,7 @@ def _materialize(unit: Unit, fetch: Callable[[], bytes] | None) -> RunConfig:
     process cannot see (another machine wrote it to a cache folder that is not shared) is fetched
     with ``fetch`` (from Ray's object store) and put in this machine's cache."""
     from .inversion import InversionCache
+    from .video import write_atomically
 
     config, info = unit.config, unit.trajectory
     if not info:
@@ -805,10 +795,10 @@ def _materialize(unit: Unit, fetch: Callable[[], bytes] | None) -> RunConfig:
         target = InversionCache(config.cache_dir).path(info["key"]) if info.get("cached") else _scratch(unit) / path.name
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            _write_atomically(target, data)
+            write_atomically(target, data)
         except OSError:
             target = _scratch(unit) / path.name
-            _write_atomically(target, data)
+            write_atomically(target, data)
             return config.replace(inversion=str(target))
         path = target
         if info.get("cached"):

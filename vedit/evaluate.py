@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import secrets
 import weakref
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -30,7 +29,7 @@ from .errors import InputError, OutputError, VeditError
 from .flow import DEFAULT_FLOW, flow_backend
 from .metrics import WARP_ERROR_UNIT, WarpError, warp_errors
 from .report import Reporter, SilentReporter
-from .video import FrameRange, FrameReader, VideoInfo, probe
+from .video import FrameRange, FrameReader, VideoInfo, probe, write_atomically
 
 REPORT_FORMAT = "vedit-eval/1"
 REPORT_SUFFIX = ".eval.json"
@@ -251,21 +250,10 @@ def check_report_path(path: str | os.PathLike, *inputs: str | os.PathLike) -> Pa
 def write_json(report: Report, path: str | os.PathLike) -> Path:
     """Write ``report`` to ``path`` atomically: a temporary file beside it, renamed into place."""
     path = check_report_path(path)
-    text = report.to_json()
-    temp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
     try:
-        descriptor = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
+        write_atomically(path, report.to_json().encode("utf-8"))
     except OSError as error:
-        temp.unlink(missing_ok=True)
         raise OutputError(f"{path}: cannot write the report: {error.strerror or error}") from None
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
     report.path = path
     return path
 

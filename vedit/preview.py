@@ -23,7 +23,6 @@ import dataclasses
 import hashlib
 import math
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,7 +52,7 @@ from .pipeline import (
 )
 from .report import Reporter, SilentReporter, Task, duration, open_task
 from .unet import SOURCE
-from .video import _same_location, check_output_folder
+from .video import _same_location, check_output_folder, write_atomically
 
 FLAG = "--preview-frames"
 GAP = 4  # pixels between the pairs of the sheet
@@ -441,18 +440,10 @@ def write_png(image: np.ndarray, path: str | os.PathLike) -> Path:
     ok, encoded = cv2.imencode(".png", np.ascontiguousarray(image[..., ::-1]))  # cv2 writes BGR
     if not ok:
         raise OutputError(f"{path}: the preview could not be encoded as PNG")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(encoded.tobytes())
-        os.replace(tmp, path)
+        return write_atomically(path, encoded.tobytes())
     except OSError as error:
-        Path(tmp).unlink(missing_ok=True)
         raise OutputError(f"{path}: cannot write the preview: {error.strerror or error}") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _frame_list(frames: list[int], limit: int = 12) -> str:

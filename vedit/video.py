@@ -928,6 +928,25 @@ class FrameReader:
 # --------------------------------------------------------------------------- writing
 
 
+def write_atomically(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary sibling (named with this process's id, like
+    every temporary file vedit writes) that is synced and renamed into place; nothing is left
+    behind on any failure, Ctrl-C included. Raises OSError for the caller to word."""
+    path = Path(path)
+    tmp = path.parent / f".{path.name}.pid{os.getpid()}.{secrets.token_hex(4)}.partial"
+    try:
+        descriptor = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
 def process_alive(pid: int) -> bool:
     """Whether process ``pid`` exists (this one always does)."""
     if pid == os.getpid():
