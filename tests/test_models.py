@@ -351,6 +351,58 @@ def test_a_hub_id_missing_from_the_cache_offline_says_how_to_get_it():
         "'--model tiny' runs offline")
 
 
+def _online_with_hub_at(monkeypatch, endpoint: str) -> None:
+    import huggingface_hub.constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", endpoint)
+
+
+def test_an_unreachable_hub_is_one_line_without_the_hubs_retries(monkeypatch, capfd):
+    import socket
+
+    with socket.socket() as closed:  # a port nothing listens on: the connection is refused at once
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    _online_with_hub_at(monkeypatch, f"http://127.0.0.1:{port}")
+    assert not models._hub_reachable()
+    with pytest.raises(ModelError) as error:
+        load_model("vedit-tests/no-such-model", device="cpu")
+    assert one_line(error).startswith("model weights for 'vedit-tests/no-such-model' are not available")
+    assert "the hub cannot be reached" in one_line(error)
+    printed = capfd.readouterr()
+    # without the probe, huggingface_hub would log five "Retrying in Ns" lines (and wait 23 s) first
+    assert "Retry" not in printed.err + printed.out
+
+
+def test_a_hub_that_answers_even_with_an_error_status_counts_as_reachable(monkeypatch):
+    import http.server
+    import threading
+
+    statuses = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_HEAD(self):  # noqa: N802 (the standard library's name)
+            statuses.append(self.path)
+            self.send_response(404)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        _online_with_hub_at(monkeypatch, f"http://127.0.0.1:{server.server_address[1]}/")
+        assert models._hub_reachable()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert statuses == ["/api/models"]
+
+
 def test_a_hub_model_in_the_cache_loads_offline_and_names_its_commit(tiny, monkeypatch, tmp_path):
     import huggingface_hub.constants
 

@@ -595,6 +595,9 @@ def _load_pretrained(spec: str, device: torch.device, dtype: torch.dtype,
     folder = _local_folder(spec)
     source = str(folder) if folder else spec
     options: dict[str, Any] = {"local_files_only": folder is not None or _offline() or _fully_cached(spec, revision)}
+    if not options["local_files_only"] and not _hub_reachable():
+        # one quick probe instead of huggingface_hub's five logged retries per file (about 25 s)
+        options["local_files_only"] = True
     if folder is None and revision:
         options["revision"] = revision
     # Weights go from the file straight to the device in their dtype (accelerate's empty-weights
@@ -706,6 +709,31 @@ def _fully_cached(spec: str, revision: str | None) -> bool:
     try:
         return all(isinstance(try_to_load_from_cache(spec, name, revision=revision), str) for name in files)
     except Exception:  # a malformed id: loading says what is wrong
+        return False
+
+
+HUB_PROBE_TIMEOUT = 10.0  # seconds to wait for the hub before treating it as unreachable
+
+
+def _hub_reachable(timeout: float = HUB_PROBE_TIMEOUT) -> bool:
+    """Whether the Hugging Face hub (``HF_ENDPOINT``) answers one HEAD request within ``timeout``.
+
+    Any HTTP answer counts, an error status included: what the hub says about the model is for the
+    loader to report. Only a failure to connect (no network, DNS, refused, timed out) is False.
+    Proxies from the environment are used, as huggingface_hub uses them.
+    """
+    import urllib.error
+    import urllib.request
+
+    from huggingface_hub import constants
+
+    request = urllib.request.Request(constants.ENDPOINT.rstrip("/") + "/api/models", method="HEAD")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout):
+            return True
+    except urllib.error.HTTPError:
+        return True
+    except (OSError, ValueError):  # URLError, socket errors and timeouts; a malformed endpoint
         return False
 
 
