@@ -275,6 +275,30 @@ def test_vedit_cache_lists_and_clears_checkpoints(clip, tmp_path):
     assert list((cache / "inversions").glob("*.safetensors")) == []  # clear means every inversion too
 
 
+def test_cache_prune_removes_old_checkpoints_and_keeps_recent_ones(tmp_path):
+    store = CheckpointStore(tmp_path)
+    day = 86400
+    paths = {}
+    for key, age_days in (("a", 40), ("b", 10), ("c", 1)):
+        latents = torch.zeros(4, 4, 8, 8)
+        paths[key] = store.save(key * 32, Checkpoint(step=1, steps=8, latents=latents, metadata={"source": f"{key}.mp4"}))
+        written = time.time() - age_days * day
+        os.utime(paths[key], (written, written))
+    size = paths["a"].stat().st_size
+    runner = CliRunner()
+    pruned = runner.invoke(create_app(), ["cache", "prune", "--cache-dir", str(tmp_path)], env={"COLUMNS": "400"})
+    assert pruned.exit_code == 0, pruned.output
+    # the default keeps 30 days
+    assert f"removed 1 checkpoint older than 30 days ({size / 2**20:.1f} MB); 2 left" in pruned.stdout
+    assert not paths["a"].exists() and paths["b"].exists() and paths["c"].exists()
+    args = ["cache", "prune", "--checkpoint-days", "7", "--cache-dir", str(tmp_path)]
+    pruned = runner.invoke(create_app(), args, env={"COLUMNS": "400"})
+    assert pruned.exit_code == 0, pruned.output
+    assert "removed 1 checkpoint older than 7 days" in pruned.stdout and "1 left" in pruned.stdout
+    assert [e.key[0] for e in store.entries()] == ["c"]
+    assert store.prune(0) == (1, size) and store.entries() == []
+
+
 def test_the_summary_says_a_run_resumed(clip, tmp_path):
     cache = tmp_path / "cache"
     out = tmp_path / "out.mp4"

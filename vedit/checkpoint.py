@@ -25,6 +25,7 @@ import os
 import queue
 import tempfile
 import threading
+import time
 import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -171,6 +172,30 @@ class CheckpointStore:
             return scan_folder(self.root, metadata=True)
         except OSError as error:
             raise OutputError(f"cannot read the checkpoints in {self.root}: {_reason(error)}") from None
+
+    def prune(self, max_age_seconds: float, *, now: float | None = None) -> tuple[int, int]:
+        """Delete checkpoints last written more than ``max_age_seconds`` ago (and what killed
+        writers left); returns (files, bytes). Raises OutputError if one cannot be deleted."""
+        cutoff = (time.time() if now is None else now) - max_age_seconds
+        files = freed = 0
+        failures: list[OSError] = []
+        for entry in self.entries():
+            if entry.modified > cutoff:
+                continue
+            try:
+                entry.path.unlink()
+            except FileNotFoundError:
+                continue  # its run finished meanwhile
+            except OSError as error:
+                failures.append(error)
+                continue
+            files += 1
+            freed += entry.size_bytes
+        if self.root.is_dir():
+            sweep_partials(self.root)
+        if failures:
+            raise OutputError(f"cannot remove {len(failures)} checkpoints in {self.root} ({_reason(failures[0])})")
+        return files, freed
 
     def clear(self) -> tuple[int, int]:
         """Delete every checkpoint (and temporary files a killed write left); returns (files, bytes)."""

@@ -36,6 +36,7 @@ from .report import SilentReporter, duration
 err_console = Console(stderr=True, emoji=False, highlight=False)
 out_console = Console(emoji=False, highlight=False)
 PROGRESS_INTERVAL = 10.0  # seconds between plain progress lines ($VEDIT_PROGRESS_INTERVAL)
+CHECKPOINT_DAYS = 30.0  # vedit cache prune: checkpoints of stopped runs older than this go
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
@@ -687,18 +688,32 @@ def create_app() -> typer.Typer:
         max_gb: float = typer.Option(
             RunConfig.cache_max_gb, "--max-gb", min=0.0, help="Delete least recently used inversions until the cache holds at most this much."
         ),
+        checkpoint_days: float = typer.Option(
+            CHECKPOINT_DAYS, "--checkpoint-days", min=0.0,
+            help="Also delete checkpoints of stopped runs last written more than this many days ago (0: all of them).",
+        ),
         cache_dir: Optional[str] = typer.Option(None, help="Cache folder."),
     ) -> None:
-        """Shrink the cache to a size, least recently used inversions first."""
+        """Shrink the cache: least recently used inversions down to a size, and old checkpoints."""
+        from .checkpoint import CheckpointStore
         from .inversion import InversionCache, gb_to_bytes
 
         with user_errors():
             cache = InversionCache(cache_dir)
             files, freed = cache.prune(gb_to_bytes(max_gb))
             left = cache.entries()
+            store = CheckpointStore(cache_dir)
+            kept_files, kept_freed = store.prune(checkpoint_days * 86400.0)
+            kept_left = store.entries()
         out_console.print(
             f"removed {files} cached inversions ({freed / 2**20:.1f} MB); "
             f"{len(left)} left, {sum(e.size_bytes for e in left) / 2**20:.1f} MB",
+            markup=False,
+        )
+        plural = "s" if kept_files != 1 else ""
+        out_console.print(
+            f"removed {kept_files} checkpoint{plural} older than {checkpoint_days:g} days "
+            f"({kept_freed / 2**20:.1f} MB); {len(kept_left)} left",
             markup=False,
         )
 
