@@ -772,7 +772,7 @@ def parse_vs(
     """
     from dataclasses import fields
 
-    from vedit.config import RunConfig, _field_types, validate
+    from vedit.config import RunConfig, field_types, validate
     from vedit.errors import ConfigError
 
     if text is None or not text.strip():
@@ -780,7 +780,7 @@ def parse_vs(
     aliases = aliases or {}
     fixed = set(fixed)
     run_fields = {f.name for f in fields(RunConfig)}
-    types = _field_types()
+    types = field_types()
     raw: list[list[str]] = []
     for piece in text.split(","):
         if "=" in piece:

@@ -174,9 +174,9 @@ def _validate_each(values: dict[str, Any], origin: str, errors: list[str], extra
     an unknown key gets the nearest known one as a hint."""
     import difflib
 
-    from .config import _field_types
+    from .config import field_types
 
-    known = {k.replace("_", "-") for k in _field_types()}
+    known = {k.replace("_", "-") for k in field_types()}
     extra = tuple(extra)
     clean: dict[str, Any] = {}
     for key, value in values.items():
@@ -559,7 +559,7 @@ def plan_batch(
     machine's devices (False for Ray, whose workers may have GPUs this machine lacks).
     """
     from .inversion import cache_root
-    from .pipeline import _preflight, planned_forwards
+    from .pipeline import preflight, planned_forwards
 
     if not isinstance(job_file, JobFile):
         job_file = read_job_file(job_file, config_path=config_path)
@@ -621,7 +621,7 @@ def plan_batch(
     for edit in edits:
         reporter = _Collect()
         try:
-            checked = _preflight(edit.input, _check_config(edit.config, device_here), reporter)
+            checked = preflight(edit.input, _check_config(edit.config, device_here), reporter)
         except (ConfigError, PluginError) as error:
             line = f"{where}: {edit.label}: {edit.input.name}: {error}"
             if line not in errors:  # the same mistake once per job and clip, not once per prompt

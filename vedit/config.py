@@ -93,7 +93,8 @@ def flag_name(key: str) -> str:
     return "--" + key.replace("_", "-")
 
 
-def _field_types() -> dict[str, Any]:
+def field_types() -> dict[str, Any]:
+    """Every run option's name (as in :class:`RunConfig`) mapped to its type annotation."""
     hints = typing.get_type_hints(RunConfig)
     return {f.name: hints[f.name] for f in fields(RunConfig)}
 
@@ -148,7 +149,7 @@ def validate(values: dict[str, Any], origin: str | None = None) -> dict[str, Any
     With ``origin`` (a file name) errors name the key as written in that file; without it the
     values came from the command line or the Python API and errors name the flag (``--max-frames``).
     """
-    types = _field_types()
+    types = field_types()
     clean: dict[str, Any] = {}
     for raw_key, value in values.items():
         key = raw_key.replace("-", "_")
@@ -234,4 +235,4 @@ def defaults_as_toml() -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["RunConfig", "load_config", "read_config_file", "validate", "flag_name", "defaults_as_toml"]
+__all__ = ["RunConfig", "field_types", "load_config", "read_config_file", "validate", "flag_name", "defaults_as_toml"]

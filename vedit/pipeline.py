@@ -181,7 +181,7 @@ def _resolve_postprocessors(config: RunConfig, clip: _Clip) -> list[Any]:
 
 
 @dataclass
-class _Preflight:
+class Preflight:
     """Everything checked, resolved and opened before any heavy work."""
 
     clip: _Clip
@@ -196,11 +196,14 @@ class _Preflight:
     inversion_metadata: dict[str, str] | None  # of the --inversion file
 
 
-def _preflight(
+def preflight(
     input: str | os.PathLike, config: RunConfig, reporter: Reporter, *, sd: Any = None, editing: bool = True
-) -> _Preflight:
+) -> Preflight:
     """Check every option and option combination that can be checked from the options and the
-    clip's probe, so that a mistake ends in one line before the model loads or a frame is read."""
+    clip's probe, so that a mistake ends in one line before the model loads or a frame is read.
+
+    Public: tools that drive many edits (``vedit batch``) check each with it before any work.
+    ``editing=False`` checks an inversion only (no editor, propagator or post-processors)."""
     from .models import peek_scheduler, resolve_device, resolve_dtype
 
     clip = open_clip(input, config)
@@ -243,7 +246,7 @@ def _preflight(
             raise ConfigError(f"--inversion {config.inversion}: editor {config.editor!r} uses no inversion; leave it out")
         metadata = read_metadata(config.inversion)
         _check_inversion_file(config, metadata, clip, sampling_timesteps(scheduler, config.steps), reporter)
-    return _Preflight(clip, editor, propagator, postprocessors, engines, strict_engine, device, dtype, steps_run, metadata)
+    return Preflight(clip, editor, propagator, postprocessors, engines, strict_engine, device, dtype, steps_run, metadata)
 
 
 def _check_inversion_file(
@@ -285,7 +288,7 @@ def _identity_mismatch(config: RunConfig, what: str, reporter: Reporter) -> None
     raise ConfigError(f"inversion file {config.inversion} does not fit this run: {what}; pass --force-inversion to use it anyway")
 
 
-def _load(config: RunConfig, preflight: _Preflight, sd: Any = None):
+def _load(config: RunConfig, preflight: Preflight, sd: Any = None):
     """The model (loaded unless given)."""
     from .models import load_model
 
@@ -297,7 +300,7 @@ def _load(config: RunConfig, preflight: _Preflight, sd: Any = None):
 def make_passes(
     model: Any,
     config: RunConfig,
-    checked: "_Preflight",
+    checked: "Preflight",
     reporter: Reporter,
     *,
     conv_layers: tuple[str, ...] = (),
@@ -501,7 +504,7 @@ def _spool(metadata: dict[str, str], reporter: Reporter) -> Any:
 
 
 def invert_latents(
-    model, config: RunConfig, checked: _Preflight, latents: torch.Tensor, frames_sha: str, source_embeds, reporter
+    model, config: RunConfig, checked: Preflight, latents: torch.Tensor, frames_sha: str, source_embeds, reporter
 ) -> tuple[Trajectory, str, Path | None, dict[str, int], dict[str, str]]:
     """Stage latents → trajectory: from --inversion, the cache, or computed now through the
     engines (and cached). Returns the trajectory, how it was had, its file, UNet forwards and the
@@ -533,7 +536,7 @@ class Checkpointing:
 
 
 def _checkpointing(
-    model, config: RunConfig, checked: _Preflight, frames_sha: str, inversion: str, reporter: Reporter
+    model, config: RunConfig, checked: Preflight, frames_sha: str, inversion: str, reporter: Reporter
 ) -> Checkpointing | None:
     """The run's checkpoints, unless --checkpoint-every 0 or --no-cache turn them off. ``config``
     is the run's as given (``--batch-size auto`` unresolved: free memory must not change the key)."""
@@ -577,7 +580,7 @@ def _resume_point(checkpoints: Checkpointing, plan: Any, reporter: Reporter) -> 
 
 
 def edit_latents(
-    model, config: RunConfig, checked: _Preflight, latents: torch.Tensor, trajectory: Trajectory | None, embeds, reporter,
+    model, config: RunConfig, checked: Preflight, latents: torch.Tensor, trajectory: Trajectory | None, embeds, reporter,
     *, checkpoints: Checkpointing | None = None,
 ) -> tuple[torch.Tensor, dict[str, int], int, dict[str, str]]:
     """Stage trajectory → edited latents: the editor's plan and the propagator-coupled denoising
@@ -641,7 +644,7 @@ def edit_latents(
 
 
 def write_frames(
-    model, config: RunConfig, checked: _Preflight, edited: torch.Tensor, output: Path, size: tuple[int, int], reporter,
+    model, config: RunConfig, checked: Preflight, edited: torch.Tensor, output: Path, size: tuple[int, int], reporter,
     vae_batch_size: int | None = None,
 ) -> None:
     """Stage edited latents → frames → file: decode, post-process and write atomically.
@@ -745,7 +748,7 @@ def edit(
     if not config.prompt:
         raise ConfigError("a target prompt is required: pass --prompt TEXT")
     began = time.perf_counter()
-    checked = _preflight(input, config, reporter, sd=sd)
+    checked = preflight(input, config, reporter, sd=sd)
     timer = profiling.Profile(checked.device) if profile else None
     with profiling.profiling(timer):
         result = _edit(input, output, config, checked, reporter, sd, began)
@@ -754,7 +757,7 @@ def edit(
     return result
 
 
-def load_for_edit(config: RunConfig, checked: _Preflight, reporter: Reporter, sd: Any = None) -> tuple[Any, Any, dict]:
+def load_for_edit(config: RunConfig, checked: Preflight, reporter: Reporter, sd: Any = None) -> tuple[Any, Any, dict]:
     """The model (loaded unless ``sd``), the run's batch sizes for the whole clip
     (:class:`vedit.batching.Batches`; ``--batch-size auto`` resolved), and the prompts' embeddings
     by branch; the schedules are checked against the loaded model and long prompts warned of."""
@@ -769,7 +772,7 @@ def load_for_edit(config: RunConfig, checked: _Preflight, reporter: Reporter, sd
     return model, batches, embeds
 
 
-def _edit(input, output, config: RunConfig, checked: _Preflight, reporter: _Recording, sd: Any, began: float) -> EditResult:
+def _edit(input, output, config: RunConfig, checked: Preflight, reporter: _Recording, sd: Any, began: float) -> EditResult:
     stages: dict[str, float] = {}
 
     # 1. Everything a user can get wrong was checked in preflight, before any heavy work.
@@ -926,7 +929,7 @@ def build_engines(
         raise ConfigError(f"--size {size[0]}x{size[1]}: both sides must be multiples of 8")
     model = sd or load_model(config.model, device=device, dtype=dtype, revision=config.revision, seed=config.seed)
     config = config.replace(batch_size=choose_batches(model, config.batch_size, frames, size, _branches(editor, propagator)).unet)
-    checked = _Preflight(None, editor, propagator, [], engines, strict, device, dtype, config.steps, None)  # type: ignore[arg-type]
+    checked = Preflight(None, editor, propagator, [], engines, strict, device, dtype, config.steps, None)  # type: ignore[arg-type]
     batches = _pass_batches(config, frames, editor, propagator)
     h, w = size[1] // 8, size[0] // 8
     gen = torch.Generator().manual_seed(0)
@@ -997,7 +1000,7 @@ def invert_clip(
     reporter = _Recording(reporter or SilentReporter())
     if output is not None:
         output = _check_trajectory_output(output)
-    checked = _preflight(input, config, reporter, sd=sd, editing=False)
+    checked = preflight(input, config, reporter, sd=sd, editing=False)
     clip = checked.clip
     with read_ahead(clip, _reading_batch(config)) as frames:  # reading overlaps loading the model
         model = _load(config, checked, sd)
@@ -1070,4 +1073,4 @@ def reconstruction_psnr(model, config, clip, trajectory, source_embeds, passes, 
     return Reconstruction(psnr=to_db(errors["sampled"]), vae_psnr=to_db(errors["vae"]))
 
 
-__all__ = ["edit", "invert_clip", "encode_clip", "invert_latents", "edit_latents", "write_frames", "build_engines", "planned_forwards", "EditResult", "InversionResult", "Reconstruction", "Reporter", "VeditWarning", "open_clip"]
+__all__ = ["edit", "invert_clip", "preflight", "Preflight", "encode_clip", "invert_latents", "edit_latents", "write_frames", "build_engines", "planned_forwards", "EditResult", "InversionResult", "Reconstruction", "Reporter", "VeditWarning", "open_clip"]

@@ -37,7 +37,7 @@ from .inversion import Trajectory
 from .pipeline import (
     _cache,
     _inversion_key,
-    _preflight,
+    preflight,
     _reading_batch,
     _Recording,
     _resolve,
@@ -209,7 +209,7 @@ def preview(
     if not config.prompt:
         raise ConfigError("a target prompt is required: pass --prompt TEXT")
     output = check_preview_output(output, input)
-    checked = _preflight(input, config.replace(eval=False), reporter, sd=sd)
+    checked = preflight(input, config.replace(eval=False), reporter, sd=sd)
     clip, editor, propagator = checked.clip, checked.editor, checked.propagator
     total = len(clip.reader)
     chosen = parse_frames(preview_frames, total, config.chunk_size)
