@@ -25,6 +25,7 @@ from vedit.video import (
     find_ffmpeg,
     parse_size,
     probe,
+    untagged_matrix,
     working_size,
     written_size,
 )
@@ -507,6 +508,33 @@ def test_untagged_sources_are_written_as_bt709(tmp_path: Path) -> None:
     assert probe(out).color == ColorTags(primaries="bt709", transfer="bt709", matrix="bt709", range="tv")
     back = FrameReader(out, size=(64, 48)).read_all()
     np.testing.assert_allclose(quadrant_centres(back), np.array(QUADRANTS, float), atol=2.01)
+
+
+@pytest.mark.parametrize(("size", "matrix"), [((640, 480), "bt601"), ((1280, 720), "bt709"), ((720, 1280), "bt709")])
+def test_an_untagged_matrix_is_read_as_players_guess_it(tmp_path: Path, size: tuple[int, int], matrix: str) -> None:
+    width, height = size
+    assert untagged_matrix(width, height) == matrix
+    path = tmp_path / "untagged.mkv"
+    picture = np.asarray(Image.fromarray(quadrant_picture()).resize(size, Image.Resampling.NEAREST))
+    # to YUV with the matrix, then coded from raw YUV, which carries no tags
+    yuv = subprocess.run(
+        [
+            find_ffmpeg(), "-v", "error", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}",
+            "-i", "pipe:", "-vf", f"scale=out_color_matrix={matrix},format=yuv420p", "-f", "rawvideo", "pipe:",
+        ],
+        input=np.stack([picture] * 2).tobytes(), check=True, capture_output=True,
+    ).stdout  # fmt: skip
+    subprocess.run(
+        [
+            find_ffmpeg(), "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "yuv420p", "-s", f"{width}x{height}",
+            "-r", "24", "-i", "pipe:", "-c:v", "libx264", "-preset", "ultrafast", "-qp", "0", str(path),
+        ],
+        input=yuv, check=True,
+    )  # fmt: skip
+    assert probe(path).color.matrix is None  # nothing says which matrix: the size must decide
+    frames = FrameReader(path, size=(64, 48)).read_all()
+    # the other matrix would put these quadrants 7 to 18 levels off
+    np.testing.assert_allclose(quadrant_centres(frames), np.array(QUADRANTS, float), atol=2.01)
 
 
 def test_written_size_is_what_ends_up_in_the_file(tmp_path: Path) -> None:

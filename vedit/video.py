@@ -116,6 +116,12 @@ class ColorTags:
         return any(value is not None for value in (self.primaries, self.transfer, self.matrix, self.range))
 
 
+def untagged_matrix(width: int, height: int) -> str:
+    """The YUV matrix to read a clip whose matrix is not tagged with, as players guess it (mpv,
+    VLC): BT.709 for HD sizes (at least 1280 wide or more than 576 high), BT.601 below."""
+    return "bt709" if width >= 1280 or height > 576 else "bt601"
+
+
 @dataclass(frozen=True)
 class VideoInfo:
     """What :func:`probe` learnt about a clip or a folder of frames."""
@@ -838,9 +844,13 @@ class FrameReader:
             video = video.filter("select", wanted_n)
         # Converted to RGB here rather than by the converter ffmpeg would add at the end, to
         # ask for exact rounding: the default is about one level darker. The YUV is read with
-        # the matrix and range the frames are tagged with (BT.601 when untagged).
+        # the matrix and range the frames are tagged with; an untagged matrix is guessed from
+        # the size, as players guess it (see untagged_matrix), where ffmpeg would take BT.601.
         flags = "lanczos+accurate_rnd+full_chroma_int"
-        video = video.filter("scale", width, height, flags=flags).filter("format", "rgb24")
+        scale: dict[str, object] = {"flags": flags}
+        if self.info.color.matrix is None and not self.info.is_image_sequence:
+            scale["in_color_matrix"] = untagged_matrix(self.info.width, self.info.height)
+        video = video.filter("scale", width, height, **scale).filter("format", "rgb24")
         # passthrough: one output frame per selected decoded frame, none duplicated or dropped
         options: dict[str, object] = dict(pix_fmt="rgb24", fps_mode="passthrough", an=None, sn=None, dn=None)
         if self.keep_timestamps:
