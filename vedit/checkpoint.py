@@ -177,42 +177,32 @@ class CheckpointStore:
         """Delete checkpoints last written more than ``max_age_seconds`` ago (and what killed
         writers left); returns (files, bytes). Raises OutputError if one cannot be deleted."""
         cutoff = (time.time() if now is None else now) - max_age_seconds
-        files = freed = 0
-        failures: list[OSError] = []
-        for entry in self.entries():
-            if entry.modified > cutoff:
-                continue
-            try:
-                entry.path.unlink()
-            except FileNotFoundError:
-                continue  # its run finished meanwhile
-            except OSError as error:
-                failures.append(error)
-                continue
-            files += 1
-            freed += entry.size_bytes
+        removed = self._delete([entry.path for entry in self.entries() if entry.modified <= cutoff])
         if self.root.is_dir():
             sweep_partials(self.root)
-        if failures:
-            raise OutputError(f"cannot remove {len(failures)} checkpoints in {self.root} ({_reason(failures[0])})")
-        return files, freed
+        return removed
 
     def clear(self) -> tuple[int, int]:
         """Delete every checkpoint (and temporary files a killed write left); returns (files, bytes)."""
-        files = freed = 0
-        failures: list[OSError] = []
         try:
             listing = [self.root / item.name for item in os.scandir(self.root) if item.is_file()]
         except FileNotFoundError:
             return 0, 0
         except OSError as error:
             raise OutputError(f"cannot read the checkpoints in {self.root}: {_reason(error)}") from None
-        for path in listing:
+        return self._delete(listing)
+
+    def _delete(self, paths: list[Path]) -> tuple[int, int]:
+        """Delete ``paths``, going on past failures; returns (checkpoints, bytes) removed, and
+        raises OutputError naming the first failure once all that can go are gone."""
+        files = freed = 0
+        failures: list[OSError] = []
+        for path in paths:
             try:
                 size = path.stat().st_size
                 path.unlink()
             except FileNotFoundError:
-                continue
+                continue  # its run finished meanwhile
             except OSError as error:
                 failures.append(error)
                 continue

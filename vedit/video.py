@@ -848,7 +848,7 @@ class FrameReader:
         # the size, as players guess it (see untagged_matrix), where ffmpeg would take BT.601.
         flags = "lanczos+accurate_rnd+full_chroma_int"
         scale: dict[str, object] = {"flags": flags}
-        if self.info.color.matrix is None and not self.info.is_image_sequence:
+        if self.info.color.matrix is None:
             scale["in_color_matrix"] = untagged_matrix(self.info.width, self.info.height)
         video = video.filter("scale", width, height, **scale).filter("format", "rgb24")
         # passthrough: one output frame per selected decoded frame, none duplicated or dropped
