@@ -151,17 +151,35 @@ def test_audio_that_starts_late_is_preceded_by_silence(tmp_path: Path, beeping: 
 # --------------------------------------------------------------------------- variable frame rate
 
 
-def graded_vfr_clip(path: Path, frames: int = 60) -> Path:
-    """Frame n is grey 20 + 3n (lossless), shown at uneven times: 24 fps, a gap, then 50 fps."""
-    times = "(if(lt(N\\,20)\\,N/24\\,if(lt(N\\,30)\\,20/24+(N-20)/10\\,20/24+1+(N-30)/50)))/TB"
+def graded_clip(
+    path: Path, seconds: str, frames: int, *, sound: bool = True, rate: int = 120,
+    quality: tuple[str, ...] = ("-qp", "0"),
+) -> Path:
+    """Frame n is grey 20 + 3n (lossless by default), shown at ``seconds``: an ffmpeg expression of
+    N. ``rate`` is the made frames' own, which sets how long the encoder says the last one lasts."""
+    audio = ["-f", "lavfi", "-t", "3", "-i", BEEPS] if sound else []
     ffmpeg_run(
-        "-f", "lavfi", "-i", "color=size=64x48:rate=120",
-        "-f", "lavfi", "-t", "3", "-i", BEEPS,
-        "-vf", f"format=gray,geq=lum='20+3*N',setpts='{times}'", "-fps_mode", "vfr",
-        "-frames:v", str(frames), "-pix_fmt", "yuv420p", "-c:v", "libx264", "-qp", "0",
-        "-enc_time_base", "1:90000", "-c:a", "aac", "-shortest", str(path),
+        "-f", "lavfi", "-i", f"color=size=64x48:rate={rate}", *audio,
+        "-vf", f"format=gray,geq=lum='20+3*N',setpts='({seconds})/TB'", "-fps_mode", "vfr",
+        "-frames:v", str(frames), "-pix_fmt", "yuv420p", "-c:v", "libx264", *quality,
+        "-enc_time_base", "1:90000", *(["-c:a", "aac", "-shortest"] if sound else []), str(path),
     )  # fmt: skip
     return path
+
+
+def graded_vfr_clip(path: Path, frames: int = 60) -> Path:
+    """Frame n is grey 20 + 3n (lossless), shown at uneven times: 24 fps, a gap, then 50 fps."""
+    return graded_clip(path, "if(lt(N\\,20)\\,N/24\\,if(lt(N\\,30)\\,20/24+(N-20)/10\\,20/24+1+(N-30)/50))", frames)
+
+
+def gapped_clip(path: Path, gap: int = 2, after: int = 2, frames: int = 20) -> Path:
+    """Frame n is grey 20 + 3n at 24 fps, but ``gap`` frame times are missing after the first
+    ``after`` frames, as when a camera stalls as it starts. Coded with B-frames (flat grey still
+    decodes to its level), the file's average rate (20 fps for the defaults) is lower than its
+    frames' span implies, so the constant-rate reading gives fewer frames (18) than it has."""
+    return graded_clip(
+        path, f"if(lt(N\\,{after})\\,N\\,N+{gap})/24", frames, sound=False, rate=24, quality=("-crf", "10")
+    )
 
 
 def frame_numbers(frames: np.ndarray) -> list[int]:
@@ -196,6 +214,29 @@ def test_resampling_counts_what_the_constant_rate_reading_does(vfr_clip: Path, f
     assert counted == Resampling(dropped=dropped, repeated=repeated, variable=True)
     if frames == ":":
         assert dropped > 0 and repeated > 0  # the 50 fps part loses frames, the gap repeats them
+    # Which decoded frame each frame read shows, and which pairs read show one frame twice.
+    assert counted.shown == tuple(shown)
+    assert counted.repeated_pairs == tuple(t for t in range(len(shown) - 1) if shown[t] == shown[t + 1])
+
+
+@pytest.mark.parametrize(("gap", "after"), [(2, 2), (5, 1)])
+def test_a_clip_with_a_gap_in_its_timestamps_is_read_whole_at_the_constant_rate(
+    tmp_path: Path, gap: int, after: int
+) -> None:
+    clip = gapped_clip(tmp_path / "gapped.mp4", gap=gap, after=after)
+    info = probe(clip)
+    reader = FrameReader(clip, size=(64, 48), info=info)
+    assert len(reader) == 20  # the container's count: every frame it holds
+    # At the average rate the clip's span holds fewer frames than it has: not a sign of a cut-off
+    # end (5 after 1 was refused as "read 17 of 20 frames; the file is truncated").
+    shown = frame_numbers(reader.read_all())
+    assert reader.short_read is None and len(shown) < 20
+    change = resampling(info)
+    assert change.shown == tuple(shown)
+    assert change.repeated_pairs == tuple(t for t in range(len(shown) - 1) if shown[t] == shown[t + 1])
+    assert change.repeated == len(change.repeated_pairs) > 0 and change.dropped > 0
+    # Each frame once at its own time: all of them.
+    assert frame_numbers(FrameReader(clip, size=(64, 48), keep_timestamps=True).read_all()) == list(range(20))
 
 
 def test_resampling_of_a_constant_rate_clip_changes_nothing(beeping: dict[str, Path]) -> None:

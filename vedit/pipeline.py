@@ -714,11 +714,7 @@ def _timing_note(config: RunConfig, clip: _Clip, reporter: Reporter) -> str:
     change = resampling(clip.info, clip.reader.frames)
     if not change.dropped and not change.repeated:
         return ""
-    kind = "variable-rate source" if change.variable else "source"
-    note = (
-        f"{kind} resampled to its average {clip.info.fps} fps: {change.dropped} frames dropped, "
-        f"{change.repeated} repeated (--keep-timestamps keeps its own times)"
-    )
+    note = f"{change.summary(clip.info.fps)} (--keep-timestamps keeps its own times)"
     if change.dropped:
         reporter.warning(f"{clip.info.path}: {note}")
     return note

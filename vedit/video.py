@@ -30,7 +30,7 @@ import shutil
 import subprocess
 import threading
 from collections.abc import Generator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import IO, Iterator
@@ -621,6 +621,15 @@ class Resampling:
     dropped: int  # source frames inside the selection that no frame read shows
     repeated: int  # frames read that show the same source frame as the frame read before them
     variable: bool  # whether the source's frames are unevenly spaced in time
+    # For each selected frame the constant rate gives, the decoded frame it shows; empty when the
+    # packets carry no times. repeated_pairs: each t whose frames t and t + 1 show the same one.
+    shown: tuple[int, ...] = field(default=(), compare=False)
+    repeated_pairs: tuple[int, ...] = field(default=(), compare=False)
+
+    def summary(self, fps: Fraction) -> str:
+        """One line for notes and warnings: the rate read at and what it dropped and repeated."""
+        kind = "variable-rate source" if self.variable else "source"
+        return f"{kind} resampled to its average {fps} fps: {self.dropped} frames dropped, {self.repeated} repeated"
 
 
 def resampling(info: VideoInfo, frames: FrameRange = FrameRange()) -> Resampling:
@@ -629,7 +638,8 @@ def resampling(info: VideoInfo, frames: FrameRange = FrameRange()) -> Resampling
     Worked out from the packets' timestamps, without decoding. ``repeated`` compares each
     selected frame with the selected frame before it, so a stride's own skipping is not
     counted as dropping; ``dropped`` counts source frames between the first and the last
-    selected frame that the constant rate never shows at all.
+    selected frame that the constant rate never shows at all. ``shown`` maps the frames read to
+    the decoded ones, so a caller can tell a frame from its repeat without decoding either.
     """
     timeline = None if info.is_image_sequence else _timeline(info.path, info.fps)
     if timeline is None:
@@ -646,10 +656,13 @@ def resampling(info: VideoInfo, frames: FrameRange = FrameRange()) -> Resampling
     if not selected:
         return Resampling(dropped=0, repeated=0, variable=variable)
     picked = shown[selected]
-    repeated = int(np.count_nonzero(picked[1:] == picked[:-1]))
+    repeats = np.flatnonzero(picked[1:] == picked[:-1])
     span = shown[selected[0] : selected[-1] + 1]
     dropped = int(span[-1] - span[0] + 1 - len(np.unique(span)))
-    return Resampling(dropped=dropped, repeated=repeated, variable=variable)
+    return Resampling(
+        dropped=dropped, repeated=len(repeats), variable=variable, shown=tuple(picked.tolist()),
+        repeated_pairs=tuple(repeats.tolist()),
+    )  # fmt: skip
 
 
 # --------------------------------------------------------------------------- reading
@@ -769,9 +782,21 @@ class FrameReader:
             return 2 + math.ceil(self.info.fps)  # a second's worth: not measured, a precaution
         return 2
 
+    def _complete_total(self) -> int:
+        """How many frames a complete clip gives: the promised count, or at the constant rate as
+        many as the clip's time span holds where that is fewer (its timestamps leave gaps) and
+        every promised packet is there to time, so the shortfall is not a cut-off end."""
+        total = self._promised_total
+        if self.keep_timestamps or self.info.is_image_sequence:
+            return total
+        timeline = _timeline(self.path, self.info.fps)
+        if timeline is None or len(timeline.ticks) < total:
+            return total
+        return min(total, len(_constant_rate_slots(timeline, self.info.fps)))
+
     def _finish(self, produced: int) -> None:
         """Check a read that gave fewer frames than promised: an error, or a short read."""
-        total = self._promised_total
+        total = self._complete_total()
         if produced == 0:
             truncated = self.indices.start < total - self._short_tolerance()
             raise InputError(
