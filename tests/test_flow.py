@@ -180,6 +180,23 @@ def test_warp_errors_streams_in_any_batch_and_refuses_clips_of_another_length(mo
         warp_errors(moving[:5], [shaky], backend=backend)
 
 
+def test_pairs_of_a_repeated_source_frame_are_not_measured(moving):
+    backend = flow_backend("dis")
+    # Frame 3 shown twice, as a constant-rate reading repeats a frame where timestamps leave a gap.
+    source = np.concatenate([moving[:4], moving[3:]])
+    shaky = flicker(source, np.linspace(-0.02, 0.02, len(source)))
+    floor, (edit,) = warp_errors(source, [shaky], backend=backend, repeated_pairs={3})
+    whole_floor, (whole_edit,) = warp_errors(source, [shaky], backend=backend)
+    assert whole_floor.pairs[3] == 0.0  # the repeat against itself: exactly 0, whatever the footage
+    for error, whole in ((floor, whole_floor), (edit, whole_edit)):
+        assert len(error.pairs) == len(source) - 1 == 10
+        assert math.isnan(error.pairs[3]) and error.pairs[:3] + error.pairs[4:] == whole.pairs[:3] + whole.pairs[4:]
+        assert (error.repeated, error.skipped, error.measured) == (1, 1, 9)
+        kept = error.pairs[:3] + error.pairs[4:]
+        assert error.value == pytest.approx(np.mean(kept) / WARP_ERROR_UNIT, rel=1e-12)
+    assert floor.value > whole_floor.value  # the 0 no longer pulls the mean down
+
+
 # --------------------------------------------------------------------------- the hook
 
 

@@ -18,10 +18,11 @@ on the CPU in fp32; embeddings are L2-normalised in float64 either way.
 from __future__ import annotations
 
 import importlib.util
+import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Collection, Iterable, Iterator
 
 import numpy as np
 
@@ -231,7 +232,8 @@ class ClipFigures:
     """One clip's CLIP figures: per-frame text cosines and per-pair frame cosines."""
 
     text_frames: list[float] = field(default_factory=list)  # empty without a prompt
-    consistency_pairs: list[float] = field(default_factory=list)  # pair t: frames t and t+1
+    # pair t: frames t and t+1; NaN for a pair of a repeated source frame, which is not measured
+    consistency_pairs: list[float] = field(default_factory=list)
 
     @property
     def text_score(self) -> float | None:
@@ -240,19 +242,24 @@ class ClipFigures:
 
     @property
     def frame_consistency(self) -> float | None:
-        """Mean cosine of consecutive frames (None for a single frame)."""
-        return float(np.mean(self.consistency_pairs)) if self.consistency_pairs else None
+        """Mean cosine of consecutive frames over the pairs measured (None when there are none)."""
+        measured = [v for v in self.consistency_pairs if not math.isnan(v)]
+        return float(np.mean(measured)) if measured else None
 
 
 class FrameScores:
     """Accumulates :class:`ClipFigures` from frames fed one at a time, in clip order.
 
     Frames wait in a batch of ``scorer.batch_size``; only the last embedding is kept between
-    batches, for the next pair's cosine."""
+    batches, for the next pair's cosine. The pairs (t, t + 1) in ``repeated_pairs`` are of one
+    source frame shown twice: they are not measured (a source's would be exactly 1)."""
 
-    def __init__(self, scorer: ClipScorer, text_embedding: np.ndarray | None = None):
+    def __init__(
+        self, scorer: ClipScorer, text_embedding: np.ndarray | None = None, repeated_pairs: Collection[int] = ()
+    ):
         self.scorer = scorer
         self.text = text_embedding
+        self.repeated_pairs = frozenset(repeated_pairs)
         self.figures = ClipFigures()
         self._pending: list[np.ndarray] = []
         self._last: np.ndarray | None = None
@@ -274,7 +281,10 @@ class FrameScores:
         else:
             embeddings_with_last = embeddings
         pairs = np.clip((embeddings_with_last[:-1] * embeddings_with_last[1:]).sum(axis=-1), -1.0, 1.0)
-        self.figures.consistency_pairs.extend(float(v) for v in pairs)
+        first = len(self.figures.consistency_pairs)
+        self.figures.consistency_pairs.extend(
+            math.nan if first + i in self.repeated_pairs else float(v) for i, v in enumerate(pairs)
+        )
         self._last = embeddings[-1]
 
     def finish(self) -> ClipFigures:

@@ -12,14 +12,17 @@ pixels, as the paper's equation has it. The clip's figure is the mean of E over 
 reported ×10⁻³ (:data:`WARP_ERROR_UNIT`). The authors' released script reads its occlusion mask
 as a three-channel image and so divides by 3 × the kept pixels: its figures are one third of these.
 
-A pair with no pixel kept has no error (NaN) and is left out of the mean, and counted.
+A pair with no pixel kept has no error (NaN) and is left out of the mean, and counted. So is a
+pair whose two source frames are one decoded frame shown twice (a constant-rate reading repeats
+frames where a clip's timestamps leave a gap): its flow is zero and the source's error exactly 0
+whatever the footage, which would only pull the mean down.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
+from typing import Collection, Iterable, Iterator
 
 import numpy as np
 
@@ -58,18 +61,29 @@ class WarpError:
     """Per-pair errors of one clip (not scaled) and their mean ×10⁻³."""
 
     pairs: list[float] = field(default_factory=list)
+    repeated: int = 0  # pairs of a repeated source frame, not measured
 
     def add(self, value: float) -> None:
         self.pairs.append(value)
 
+    def add_repeated(self) -> None:
+        """A pair whose source frames are one frame shown twice: it has no error (NaN)."""
+        self.pairs.append(math.nan)
+        self.repeated += 1
+
     @property
     def skipped(self) -> int:
-        """Pairs with no pixel kept, left out of the mean."""
+        """Pairs left out of the mean: with no pixel kept, or of a repeated source frame."""
         return sum(1 for v in self.pairs if math.isnan(v))
 
     @property
+    def measured(self) -> int:
+        """Pairs in the mean."""
+        return len(self.pairs) - self.skipped
+
+    @property
     def value(self) -> float:
-        """The clip's warp error ×10⁻³ (NaN when no pair had a pixel kept)."""
+        """The clip's warp error ×10⁻³ (NaN when no pair was measured)."""
         kept = [v for v in self.pairs if not math.isnan(v)]
         return float(np.mean(kept)) / WARP_ERROR_UNIT if kept else math.nan
 
@@ -80,33 +94,43 @@ class WarpError:
 
 def warp_errors(
     source: Iterable[np.ndarray], clips: Iterable[Iterable[np.ndarray]] | None = None, *, backend: FlowBackend,
-    batch_size: int = 8,
+    batch_size: int = 8, repeated_pairs: Collection[int] = (),
 ) -> tuple[WarpError, list[WarpError]]:
     """Warp error of the source along its own flow (the floor) and of each of ``clips`` (edits of
     it, frame for frame) along that same flow; everything streamed, one flow per source pair.
 
     Frames are (H, W, 3) uint8 at the source's size. A clip that ends before or after the source
-    is an error.
+    is an error. ``repeated_pairs`` are the pairs (t, t + 1) whose two source frames are one
+    frame shown twice (:attr:`vedit.video.Resampling.repeated_pairs`): they are not measured.
     """
     iterators: list[Iterator[np.ndarray]] = [iter(clip) for clip in (clips or [])]
     floor = WarpError()
     results = [WarpError() for _ in iterators]
     previous: list[np.ndarray | None] = [None] * len(iterators)
     pair: PairFlow | None = None
+    repeats = frozenset(repeated_pairs)
     for pair in pair_flows(source, backend, batch_size):
-        floor.add(pair_warp_error(pair.first, pair.second, pair.forward, pair.excluded))
+        repeated = pair.index in repeats
+        _add_pair(floor, repeated, pair.first, pair.second, pair)
         for k, frames in enumerate(iterators):
             first = previous[k] if previous[k] is not None else _next(frames, k, pair.index)
             second = _next(frames, k, pair.index + 1)
             if first.shape != pair.first.shape:
                 raise ValueError(f"clip {k} frame {pair.index} is {first.shape}, the source's {pair.first.shape}")
-            results[k].add(pair_warp_error(first, second, pair.forward, pair.excluded))
+            _add_pair(results[k], repeated, first, second, pair)
             previous[k] = second
     for k, frames in enumerate(iterators):
         if next(frames, None) is not None:
             count = 0 if pair is None else pair.index + 2
             raise ValueError(f"clip {k} has more frames than the source's {count}")
     return floor, results
+
+
+def _add_pair(error: WarpError, repeated: bool, first: np.ndarray, second: np.ndarray, pair: PairFlow) -> None:
+    if repeated:
+        error.add_repeated()
+    else:
+        error.add(pair_warp_error(first, second, pair.forward, pair.excluded))
 
 
 def _next(frames: Iterator[np.ndarray], k: int, index: int) -> np.ndarray:
