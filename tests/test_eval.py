@@ -13,7 +13,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from conftest import make_clip, one_error_line
+from test_video_timing import frame_numbers, gapped_clip, graded_vfr_clip
 from vedit.cli import create_app
+from vedit.video import FrameReader, VideoWriter, probe, resampling
 
 FAST = ["--model", "tiny", "--steps", "2", "--inversion-steps", "2", "--chunk-size", "4", "--size", "64x48"]
 
@@ -244,6 +246,117 @@ def test_errors_end_in_one_line_and_leave_no_json(moving, tmp_path):
         assert not out.exists() and not list(tmp_path.glob("*.json")) and not list(tmp_path.glob(".*.partial"))
 
 
+# --------------------------------------------------------------------------- timelines
+
+
+def repeats(shown: list[int]) -> list[int]:
+    """Pairs (t, t+1) of frames read that show one source frame twice."""
+    return [t for t in range(len(shown) - 1) if shown[t] == shown[t + 1]]
+
+
+def assert_pairs_line_up(report: dict, repeated: list[int]) -> None:
+    """One entry per pair reported, null exactly at the repeated ones, and the counts to match."""
+    pairs = report["pairs"]
+    assert pairs == report["frames"] - 1
+    for figures in (report["edit"], report["source"]):
+        values = figures["warp_error_pairs"]
+        assert len(values) == pairs
+        assert [t for t, v in enumerate(values) if v is None] == repeated
+        assert (figures["measured_pairs"], figures["skipped_pairs"], figures["repeated_pairs"]) == (
+            pairs - len(repeated), len(repeated), len(repeated),
+        )  # fmt: skip
+        measured = [v for v in values if v is not None]
+        assert figures["warp_error"] == pytest.approx(np.mean(measured), rel=1e-12)
+
+
+def test_a_clip_with_a_timestamp_gap_against_itself_compares_exactly_what_it_reports(tmp_path, tiny_clip):
+    clip = gapped_clip(tmp_path / "gapped.mp4")  # 20 frames; at its average 20 fps, 18 that show frame 1 twice
+    info = probe(clip)
+    shown = frame_numbers(FrameReader(clip, size=(64, 48)).read_all())
+    assert len(shown) == 18 and repeats(shown) == [1]
+    out = tmp_path / "r.json"
+    result = vedit("eval", clip, "--source", clip, "--json", out, "--clip", tiny_clip[0])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    # It said "frames 20 (19 pairs)" and "19 of 19" measured, over 0:18:1 and 17 pair values.
+    assert (report["frames"], report["pairs"], report["files"]["source_frames"]) == (18, 17, "0:18:1")
+    assert_pairs_line_up(report, [1])
+    for figures in (report["edit"], report["source"]):
+        # Distinct frames differ by about 3 grey levels: none scores 0 (the repeat did, exactly).
+        assert min(v for v in figures["warp_error_pairs"] if v is not None) > 0.1
+        assert len(figures["clip_frame_pairs"]) == 17 and figures["clip_frame_pairs"][1] is None
+        consistency = [v for v in figures["clip_frame_pairs"] if v is not None]
+        assert figures["clip_frame_consistency"] == pytest.approx(np.mean(consistency), rel=1e-12)
+    change = resampling(info)
+    assert (change.dropped, change.repeated) == (2, 1)
+    assert report["timeline"] == {"keep_timestamps": False, "fps": "20", "dropped_frames": 2, "repeated_frames": 1}
+    note = f"{change.summary(info.fps)}; 1 pair of a repeated frame not measured"
+    assert len(report["notes"]) == 1 and report["notes"][0].startswith(note)
+    assert f"vedit: note: {note}" in " ".join(result.stderr.split())
+    text = " ".join(result.stdout.split())
+    assert "frames 18 (17 pairs)" in text
+    assert "read at the source's average 20 fps: 2 frames dropped, 1 repeated" in text
+    assert "pairs measured │ 16 of 17 │ 16 of 17" in text and "pairs skipped: repeated frame │ 1 │ 1" in text
+
+    # Frame by frame at their own times, as an edit made with --keep-timestamps is: all 20, no repeat.
+    result = vedit("eval", clip, "--source", clip, "--json", out, "--keep-timestamps")
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert (report["frames"], report["pairs"], report["files"]["source_frames"]) == (20, 19, "0:20:1")
+    assert_pairs_line_up(report, [])
+    assert min(report["source"]["warp_error_pairs"]) > 0.1 and report["notes"] == []
+    assert report["timeline"] == {"keep_timestamps": True, "fps": None, "dropped_frames": 0, "repeated_frames": 0}
+    assert "each frame once, at its own time (--keep-timestamps)" in " ".join(result.stdout.split())
+    # The same default as vedit run's, from vedit.toml.
+    config = tmp_path / "vedit.toml"
+    config.write_text("[run]\nkeep-timestamps = true\n")
+    assert vedit("eval", clip, "--source", clip, "--json", out, "--config", config).exit_code == 0
+    assert json.loads(out.read_text())["frames"] == 20
+
+
+def test_a_variable_rate_clip_is_compared_on_the_edit_s_timeline(tmp_path):
+    """Two copies of a variable-rate clip, as the two kinds of edit write it: at its average rate
+    (constant), and with its own frame times (--keep-timestamps)."""
+    source = graded_vfr_clip(tmp_path / "vfr.mp4")  # 60 frames: 24 fps, a gap, then 50 fps
+    info = probe(source)
+    change = resampling(info)
+    constant = FrameReader(source, size=(64, 48), info=info)
+    own_times = FrameReader(source, size=(64, 48), info=info, keep_timestamps=True)
+    with VideoWriter(tmp_path / "constant.mp4", fps=info.fps) as writer:
+        writer.write(constant.read_all())
+    with VideoWriter(tmp_path / "own_times.mkv", fps=info.fps, timestamps=own_times.timestamps) as writer:
+        writer.write(own_times.read_all())
+    shown = list(change.shown)
+    assert len(shown) == 60 and len(repeats(shown)) == change.repeated == 16 and change.dropped == 15
+
+    reports = {}
+    for edit, flags in (("constant.mp4", ()), ("own_times.mkv", ("--keep-timestamps",))):
+        out = tmp_path / f"{edit}.json"
+        result = vedit("eval", tmp_path / edit, "--source", source, "--json", out, *flags)
+        assert result.exit_code == 0, result.output
+        assert "frame times" not in result.stderr, edit
+        reports[edit] = report = json.loads(out.read_text())
+        assert (report["frames"], report["pairs"], report["files"]["source_frames"]) == (60, 59, "0:60:1")
+        # The edit is the source, frame for frame: its pair errors follow the source's.
+        edit_pairs, source_pairs = report["edit"]["warp_error_pairs"], report["source"]["warp_error_pairs"]
+        for mine, floor in zip(edit_pairs, source_pairs):
+            assert (mine is None) == (floor is None)
+            assert mine is None or mine == pytest.approx(floor, rel=0.15, abs=0.05)
+    assert_pairs_line_up(reports["constant.mp4"], repeats(shown))
+    constant_notes = reports["constant.mp4"]["notes"]
+    assert reports["constant.mp4"]["timeline"]["dropped_frames"] == 15
+    assert len(constant_notes) == 1 and "15 frames dropped, 16 repeated" in constant_notes[0]
+    assert_pairs_line_up(reports["own_times.mkv"], [])
+    assert reports["own_times.mkv"]["notes"] == []
+
+    # Read frame by frame, the constant-rate edit's times are not the source's: said, not passed over.
+    result = vedit("eval", tmp_path / "constant.mp4", "--source", source, "--keep-timestamps")
+    assert result.exit_code == 0, result.output
+    warned = [line for line in result.stderr.splitlines() if "frame times" in line]
+    assert len(warned) == 1 and warned[0].startswith("vedit: warning: ")
+    assert "frame times are not the source's (frame " in warned[0] and "evaluated without it" in warned[0]
+
+
 # --------------------------------------------------------------------------- vedit run --eval
 
 
@@ -260,6 +373,27 @@ def test_run_with_eval_writes_the_report_beside_the_output(tmp_path, tiny_clip):
     assert report["edit"]["clip_text_score"] is not None and report["source"]["warp_error"] is not None
     summary = " ".join(result.stdout.split())
     assert f"eval {out.parent / 'out.eval.json'}: warp error {report['edit']['warp_error']:.3f} x1e-3" in summary
+
+
+def test_run_eval_on_a_clip_with_a_timestamp_gap_lines_up_with_the_edited_frames(tmp_path):
+    clip = gapped_clip(tmp_path / "gapped.mp4")  # read at its average rate: 18 frames, frame 1 twice
+    out = tmp_path / "out.mp4"
+    result = vedit("run", clip, "-p", "a watercolor", "-o", out, *FAST, "--eval", "--clip", tmp_path / "no-clip")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "out.eval.json").read_text())
+    edited = FrameReader(out, size=(64, 48)).read_all()
+    assert report["frames"] == len(edited) == 18 and report["files"]["source_frames"] == "0:18:1"
+    assert_pairs_line_up(report, [1])
+    assert min(v for v in report["source"]["warp_error_pairs"] if v is not None) > 0.1
+    assert len(report["notes"]) == 1 and "2 frames dropped, 1 repeated" in report["notes"][0]
+    summary = " ".join(result.stdout.split())
+    assert "1 of 17 pairs skipped as repeated frames" in summary
+    # The same figures as evaluating the written edit on its own, on the same timeline.
+    alone = tmp_path / "alone.json"
+    assert vedit("eval", out, "--source", clip, "--json", alone, "--clip", tmp_path / "no-clip").exit_code == 0
+    again = json.loads(alone.read_text())
+    assert again["edit"]["warp_error_pairs"] == report["edit"]["warp_error_pairs"]
+    assert again["source"]["warp_error_pairs"] == report["source"]["warp_error_pairs"]
 
 
 def test_python_api_result_carries_the_evaluation(tmp_path, monkeypatch):

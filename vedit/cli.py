@@ -501,14 +501,15 @@ def create_app() -> typer.Typer:
         flow: Optional[str] = typer.Option(None, help=_help("Optical-flow backend: dis, raft or a plugin's.", "flow")),
         clip_model: Optional[str] = typer.Option(None, "--clip", help=_help("CLIP model: a hub id already in the local cache, or a folder (never downloaded).", "clip")),
         source_frames: Optional[str] = typer.Option(None, help=_help("The source frames the edit was made from, START:STOP:STEP (STOP exclusive).", default="from the first, as many as the edit has")),
-        config: Optional[Path] = typer.Option(None, "--config", help=_help("Read --flow and --clip defaults from this vedit.toml.")),
+        keep_timestamps: bool = typer.Option(False, "--keep-timestamps", help=_help("The edit was made with 'vedit run --keep-timestamps': read both clips frame by frame at their own times, not at the source's average rate.")),
+        config: Optional[Path] = typer.Option(None, "--config", help=_help("Read --flow, --clip and --keep-timestamps defaults from this vedit.toml.")),
     ) -> None:
         """Measure an edit: warp error along the source's optical flow and CLIP scores, beside the source's own."""
         from .evaluate import check_report_path, evaluate, write_json
         from .video import FrameRange
 
         with user_errors():
-            run_config = _config(config, flow=flow, clip=clip_model)
+            run_config = _config(config, flow=flow, clip=clip_model, keep_timestamps=keep_timestamps or None)
             try:
                 selection = FrameRange.parse(source_frames) if source_frames is not None else None
             except ConfigError as error:
@@ -517,7 +518,7 @@ def create_app() -> typer.Typer:
             with reporting(False) as reporter:
                 report = evaluate(
                     edited, source, prompt=prompt, flow=run_config.flow, clip=run_config.clip,
-                    source_frames=selection, reporter=reporter,
+                    source_frames=selection, reporter=reporter, keep_timestamps=run_config.keep_timestamps,
                 )  # fmt: skip
             if target is not None:
                 write_json(report, target)

@@ -4,7 +4,11 @@ frame consistency (:mod:`vedit.clip_score`), each beside the source clip's own f
 
 Everything streams: the edited clip and the source are read once, in order, frame by frame; flow
 is computed on the source frames a few pairs at a time, and CLIP embeds frames a batch at a time.
-The source is read at the edited clip's size, so flow, warping and the edit share one grid.
+The source is read at the edited clip's size, so flow, warping and the edit share one grid, and on
+the timeline the edit was made on: at the source's constant average rate, as ``vedit run`` reads
+by default, or each frame once at its own time (``keep_timestamps``). Read at the constant rate, a
+clip whose timestamps leave gaps repeats frames there; a pair of two showings of one source frame
+is not measured (:func:`vedit.video.resampling` says which pairs those are).
 
 Where the report goes: ``out.mp4`` → ``out.eval.json`` beside it; a folder of PNG frames ``out/``
 → ``out.eval.json`` beside the folder (not inside it: the folder holds only numbered frames).
@@ -19,6 +23,7 @@ import math
 import os
 import weakref
 from dataclasses import dataclass, field, replace
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -29,10 +34,11 @@ from .errors import InputError, OutputError, VeditError
 from .flow import DEFAULT_FLOW, flow_backend
 from .metrics import WARP_ERROR_UNIT, WarpError, warp_errors
 from .report import Reporter, SilentReporter
-from .video import FrameRange, FrameReader, VideoInfo, probe, write_atomically
+from .video import FrameRange, FrameReader, Resampling, VideoInfo, probe, resampling, write_atomically
 
 REPORT_FORMAT = "vedit-eval/1"
 REPORT_SUFFIX = ".eval.json"
+_NOT_RESAMPLED = Resampling(dropped=0, repeated=0, variable=False)
 
 # CLIP models already found missing, per reporter: check_eval warns once and evaluate_run, which
 # gets the same reporter, stays quiet about it.
@@ -79,12 +85,22 @@ class Figures:
 
     @property
     def warp_error_pairs(self) -> list[float | None]:
-        """Per pair (t, t+1), ×10⁻³; None for a pair with no pixel kept."""
+        """Per pair (t, t+1), ×10⁻³; None for a pair not measured."""
         return [_number(v) for v in self.warp.scaled_pairs]
 
     @property
     def skipped_pairs(self) -> int:
+        """Pairs not measured: with no pixel kept, or of a repeated source frame."""
         return self.warp.skipped
+
+    @property
+    def repeated_pairs(self) -> int:
+        """Pairs of a repeated source frame: not measured."""
+        return self.warp.repeated
+
+    @property
+    def measured_pairs(self) -> int:
+        return self.warp.measured
 
     @property
     def clip_text_score(self) -> float | None:
@@ -99,11 +115,13 @@ class Figures:
         return {
             "warp_error": self.warp_error,
             "warp_error_pairs": self.warp_error_pairs,
+            "measured_pairs": self.measured_pairs,
             "skipped_pairs": self.skipped_pairs,
+            "repeated_pairs": self.repeated_pairs,
             "clip_text_score": _number(self.clip_text_score),
             "clip_text_frames": list(clip.text_frames) if clip is not None and clip.text_frames else None,
             "clip_frame_consistency": _number(self.clip_frame_consistency),
-            "clip_frame_pairs": list(clip.consistency_pairs) if clip is not None else None,
+            "clip_frame_pairs": [_number(v) for v in clip.consistency_pairs] if clip is not None else None,
         }
 
 
@@ -114,7 +132,7 @@ class Report:
     edited: Path
     source: Path
     source_frames: str  # START:STOP:STEP of the source frames compared, STOP exclusive
-    frames: int
+    frames: int  # frames compared, of each clip
     size: tuple[int, int]  # (W, H) both clips were compared at: the edited clip's
     flow: str
     prompt: str | None
@@ -124,10 +142,23 @@ class Report:
     floor: Figures  # the source clip's own figures
     notes: list[str] = field(default_factory=list)
     path: Path | None = None  # where the JSON report was written, if it was
+    keep_timestamps: bool = False  # both clips read each frame once at its own time
+    # The source's constant rate both clips were read at (None when read frame by frame), and what
+    # that did to the source frames compared.
+    fps: Fraction | None = None
+    resampled: Resampling = _NOT_RESAMPLED
 
     @property
     def pairs(self) -> int:
         return max(0, self.frames - 1)
+
+    def timeline(self) -> str:
+        """How both clips were read, in words."""
+        if self.fps is None:
+            return "each frame once" + (", at its own time (--keep-timestamps)" if self.keep_timestamps else "")
+        change = self.resampled
+        counts = f": {change.dropped} frames dropped, {change.repeated} repeated" if change.dropped or change.repeated else ""
+        return f"at the source's average {self.fps} fps{counts}"
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -135,6 +166,12 @@ class Report:
             "files": {"edited": str(self.edited), "source": str(self.source), "source_frames": self.source_frames},
             "frames": self.frames,
             "pairs": self.pairs,
+            "timeline": {
+                "keep_timestamps": self.keep_timestamps,
+                "fps": str(self.fps) if self.fps is not None else None,
+                "dropped_frames": self.resampled.dropped,
+                "repeated_frames": self.resampled.repeated,
+            },
             "size": list(self.size),
             "prompt": self.prompt,
             "flow": self.flow,
@@ -152,6 +189,8 @@ class Report:
     def headline(self) -> str:
         """The clip figures in one line, for a run's summary."""
         parts = [f"warp error {_fmt(self.edit.warp_error, 3)} x1e-3 (source {_fmt(self.floor.warp_error, 3)})"]
+        if self.floor.repeated_pairs:
+            parts.append(f"{self.floor.repeated_pairs} of {self.pairs} pairs skipped as repeated frames")
         if self.clip_model is None:
             parts.append("no CLIP scores")
         else:
@@ -172,6 +211,7 @@ class Report:
             ("edited", str(self.edited)),
             ("source", f"{self.source} (frames {self.source_frames})"),
             ("frames", f"{self.frames} ({self.pairs} pairs) at {self.size[0]}x{self.size[1]}"),
+            ("read", self.timeline()),
             ("flow", self.flow),
             ("CLIP", self.clip_model if self.clip_model is not None else f"none: {self.clip_missing}"),
             ("prompt", repr(self.prompt) if self.prompt is not None else "none (no CLIP text score)"),
@@ -192,8 +232,17 @@ class Report:
         for column in table.columns[1:]:
             column.justify = "right"
         table.add_row(Text("warp error (x1e-3)"), Text(_fmt(self.edit.warp_error, 3)), Text(_fmt(self.floor.warp_error, 3)))
-        kept = self.pairs - self.edit.skipped_pairs
-        table.add_row(Text("pairs measured"), Text(f"{kept} of {self.pairs}"), Text(f"{self.pairs - self.floor.skipped_pairs} of {self.pairs}"))
+        table.add_row(
+            Text("pairs measured"),
+            Text(f"{self.edit.measured_pairs} of {self.pairs}"),
+            Text(f"{self.floor.measured_pairs} of {self.pairs}"),
+        )
+        if self.floor.repeated_pairs:
+            table.add_row(
+                Text("pairs skipped: repeated frame"),
+                Text(str(self.edit.repeated_pairs)),
+                Text(str(self.floor.repeated_pairs)),
+            )
         absent = "-" if self.clip_model is None else None
         text_absent = absent or ("- (no --prompt)" if self.prompt is None else None)
         table.add_row(
@@ -289,11 +338,17 @@ def _clip_scorer(clip: str | ClipScorer | None, reporter: Reporter) -> tuple[Cli
 
 
 def _edited_count(path: Path, info: VideoInfo, keep_timestamps: bool) -> int:
-    """How many frames the edited clip has: exact for folders, frame-counted files and
-    ``keep_timestamps``; otherwise the container's estimate, capped by its packet count."""
+    """How many frames the edited clip gives: exact for folders and ``keep_timestamps``; at the
+    constant rate, as many as its time span holds where its packets carry times; otherwise the
+    container's count, or its estimate capped by the packet count."""
     reader = FrameReader(path, size=(info.width, info.height), info=info, keep_timestamps=keep_timestamps)
     count = len(reader)
-    if info.is_image_sequence or info.frames_from == "count" or keep_timestamps:
+    if info.is_image_sequence or keep_timestamps:
+        return count
+    shown = resampling(info).shown
+    if shown:
+        return min(count, len(shown))
+    if info.frames_from == "count":
         return count
     import av
 
@@ -352,8 +407,14 @@ def evaluate(
     only), an already loaded :class:`~vedit.clip_score.ClipScorer`, or None; without a usable
     one, ``reporter`` gets one warning and the report has no CLIP scores.
 
-    ``frames`` (how many frames the edit has, when the caller knows), ``keep_timestamps`` and
-    ``allow_short`` are for :func:`evaluate_run`, which repeats the run's reading of the source.
+    Both clips are read on the timeline the edit was made on: at the source's constant average
+    rate, as ``vedit run`` reads it by default, or with ``keep_timestamps`` each frame once at its
+    own time, as ``vedit run --keep-timestamps`` does. At the constant rate, pairs whose two
+    source frames are one frame shown twice are not measured, and a note gives what the
+    resampling dropped and repeated. The report's ``frames`` are those compared.
+
+    ``frames`` (how many frames the edit has, when the caller knows) and ``allow_short`` are for
+    :func:`evaluate_run`, which repeats the run's reading of the source.
     """
     reporter = reporter or SilentReporter()
     backend = flow_backend(flow)
@@ -379,24 +440,39 @@ def evaluate(
         if source_frames is not None:  # the reader names the run's option
             error.args = (str(error).replace("--frames", "--source-frames"),)
         raise
+    # At the constant rate the selection gives as many frames as its time span holds: fewer than
+    # the clip has when its timestamps leave gaps (the packets say how many, and which repeat).
+    change = None if keep_timestamps else resampling(source_info, selection)
+    have = available.indices[: len(change.shown)] if change is not None and change.shown else available.indices
     chosen = f" (--source-frames {selection})" if source_frames is not None else ""
-    if len(available) < count:
+    if len(have) < count:
+        resampled = change is not None and (change.dropped or change.repeated)
         raise InputError(
-            f"{source_path}: has {len(available)} frames{chosen} but the edit has {count}; "
+            f"{source_path}: has {len(have)} frames{chosen} but the edit has {count}; "
             "give the source the edit was made from, or the frame range it was made from"
+            + (", and --keep-timestamps if the edit was made with it" if resampled else "")
         )
-    if len(available) > count:
+    if len(have) > count:
         if frames is None:  # a caller that gives the count (a run) already knows how the two line up
-            first = available.indices[:count]
             notes.append(
-                f"the source has {len(available)} frames ({_range_text(available.indices)}), the edit {count}: "
-                f"comparing with source frames {_range_text(first)}"
+                f"the source has {len(have)} frames ({_range_text(have)}), the edit {count}: "
+                f"comparing with source frames {_range_text(have[:count])}"
             )
             reporter.message(f"note: {notes[-1]}")
-        available = source_reader(replace(selection, max_frames=count))
+        selection = replace(selection, max_frames=count)
+        available = source_reader(selection)
+        change = None if keep_timestamps else resampling(source_info, selection)
+    repeated_pairs = change.repeated_pairs if change is not None else ()
     edited_reader = FrameReader(
         edited_path, frames=FrameRange(max_frames=count), size=size, info=edited_info, keep_timestamps=keep_timestamps
     )
+    apart = _times_apart(edited_reader, available) if keep_timestamps else None
+    if apart is not None:
+        notes.append(
+            f"{edited_path}: its frame times are not the source's ({apart}); an edit made without "
+            "--keep-timestamps is evaluated without it"
+        )
+        reporter.warning(notes[-1])
 
     scorer, missing = _clip_scorer(clip, reporter) if clip is not None else (None, "no CLIP model given")
     text_embedding = None
@@ -406,14 +482,14 @@ def evaluate(
             notes.append(f"the prompt is {tokens} CLIP tokens; the CLIP text score reads the first {scorer.max_tokens}")
             reporter.message(f"note: {notes[-1]}")
         text_embedding = scorer.embed_text(prompt)
-    edit_scores = FrameScores(scorer, text_embedding) if scorer is not None else None
-    floor_scores = FrameScores(scorer, text_embedding) if scorer is not None else None
+    edit_scores = FrameScores(scorer, text_embedding, repeated_pairs) if scorer is not None else None
+    floor_scores = FrameScores(scorer, text_embedding, repeated_pairs) if scorer is not None else None
 
     task = reporter.task("evaluate", count)
     source_tap = _Tap(available, floor_scores)
     edited_tap = _Tap(edited_reader, edit_scores, task.advance)
     try:
-        floor, (result,) = warp_errors(source_tap, [edited_tap], backend=backend)
+        floor, (result,) = warp_errors(source_tap, [edited_tap], backend=backend, repeated_pairs=repeated_pairs)
     except ValueError as error:
         if source_tap.ended and source_tap.count < count:
             raise InputError(
@@ -424,12 +500,22 @@ def evaluate(
             raise InputError(f"{edited_path}: ends after {edited_tap.count} frames, before the {count} it promised") from None
         raise VeditError(f"evaluating {edited_path} failed: {error}") from None
 
-    used = available.indices[: source_tap.count]
+    compared = source_tap.count  # the edit gave as many: warp_errors refuses clips of unequal length
+    if change is not None and compared < len(change.shown):  # both ended early: count what was compared
+        change = resampling(source_info, replace(selection, max_frames=compared))
+    if change is not None and (change.dropped or change.repeated):
+        repeats = len(change.repeated_pairs)
+        skipped = f"; {repeats} pair{'s' * (repeats != 1)} of a repeated frame not measured" if repeats else ""
+        notes.append(
+            f"{change.summary(source_info.fps)}{skipped} (--keep-timestamps reads each frame once, at its own time)"
+        )
+        if frames is None:  # a run's summary already says how it read the source
+            reporter.message(f"note: {notes[-1]}")
     return Report(
         edited=edited_path.resolve(),
         source=source_path.resolve(),
-        source_frames=_range_text(used),
-        frames=count,
+        source_frames=_range_text(available.indices[:compared]),
+        frames=compared,
         size=size,
         flow=getattr(backend, "name", flow),
         prompt=prompt or None,
@@ -438,7 +524,24 @@ def evaluate(
         edit=Figures(result, edit_scores.finish() if edit_scores is not None else None),
         floor=Figures(floor, floor_scores.finish() if floor_scores is not None else None),
         notes=notes,
+        keep_timestamps=keep_timestamps,
+        fps=source_info.fps if change is not None and not source_info.is_image_sequence else None,
+        resampled=change if change is not None else _NOT_RESAMPLED,
     )
+
+
+def _times_apart(edited: FrameReader, source: FrameReader) -> str | None:
+    """Where, read frame by frame, the edited clip's frame times leave the source's by more than
+    half a frame (None where they keep together, or a folder of frames has no times)."""
+    if edited.info.is_image_sequence or source.info.is_image_sequence:
+        return None
+    tolerance = 0.5 / float(source.info.fps)
+    edited_start, source_start = edited.timestamps[0], source.timestamps[0]
+    for index, (edited_time, source_time) in enumerate(zip(edited.timestamps, source.timestamps)):
+        edited_time, source_time = edited_time - edited_start, source_time - source_start
+        if abs(edited_time - source_time) > tolerance:
+            return f"frame {index} is at {edited_time:.3f} s, the source's at {source_time:.3f} s"
+    return None
 
 
 def _range_text(indices: range) -> str:
