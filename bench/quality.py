@@ -5,7 +5,8 @@ For every clip (``PATH`` or ``PATH:FRAMES``, the first FRAMES frames), every mod
 propagator (``none``, ``tokenflow``), one real :func:`vedit.pipeline.edit` per post-processing
 variant (none, then each post-processor alone) writes the clip at the working size; all of them
 are then scored in one pass over the source with :func:`vedit.metrics.warp_errors`, the code
-``vedit eval`` uses, along the source's own flow, which also gives the source's floor. Edits of a
+``vedit eval`` uses, along the source's own flow, which also gives the source's floor; as there,
+pairs of a source frame that the constant-rate reading shows twice are not measured. Edits of a
 clip share one cached inversion per model.
 """
 
@@ -57,7 +58,7 @@ def measure_clip(
     from vedit.flow import flow_backend
     from vedit.metrics import warp_errors
     from vedit.pipeline import edit
-    from vedit.video import FrameRange, FrameReader
+    from vedit.video import FrameRange, FrameReader, resampling
 
     from .consistency import GUIDANCE
 
@@ -82,12 +83,14 @@ def measure_clip(
     selection = FrameRange(max_frames=frames)
     source = FrameReader(path, frames=selection, size=size)
     edited = [FrameReader(out, size=size) for *_, out, _ in outputs]
-    floor, errors = warp_errors(source, edited, backend=backend)
+    repeated = resampling(source.info, selection).repeated_pairs
+    floor, errors = warp_errors(source, edited, backend=backend, repeated_pairs=repeated)
     rows: dict[tuple[str, str], dict[str, Any]] = {}
     for (model_name, propagator, post, _, seconds), error in zip(outputs, errors):
         row = rows.setdefault((model_name, propagator), {
-            "clip": path.name, "frames": len(source), "size": f"{size[0]}x{size[1]}", "model": model_name,
-            "propagator": propagator, "source": floor.value, "seconds": {},
+            "clip": path.name, "frames": len(floor.pairs) + 1, "measured_pairs": floor.measured,
+            "size": f"{size[0]}x{size[1]}", "model": model_name, "propagator": propagator, "source": floor.value,
+            "seconds": {},
         })  # fmt: skip
         row[post or "plain"] = error.value
         row["seconds"][post or "plain"] = seconds
@@ -113,8 +116,9 @@ def run_quality_suite(
             rows += measure_clip(spec, Path(tmp), size=working, steps=steps, seed=seed, chunk_size=chunk_size, flow=flow)
     show(
         f"Warp error ×10⁻³ (flow {flow} on the source), {size}, {steps} steps, B={chunk_size}, prompt {PROMPT!r}",
-        ["clip", "frames", "model", "propagator", "edit", *(f"+ {p}" for p in POSTPROCESSORS), "source (floor)"],
-        [[r["clip"], r["frames"], r["model"], r["propagator"], f"{r['plain']:.2f}",
+        ["clip", "frames", "pairs measured", "model", "propagator", "edit", *(f"+ {p}" for p in POSTPROCESSORS),
+         "source (floor)"],
+        [[r["clip"], r["frames"], r["measured_pairs"], r["model"], r["propagator"], f"{r['plain']:.2f}",
           *(f"{r[p]:.2f}" for p in POSTPROCESSORS), f"{r['source']:.3f}"] for r in rows],
     )  # fmt: skip
     settings = {"clips": clips, "size": size, "steps": steps, "seed": seed, "chunk_size": chunk_size, "flow": flow,

@@ -323,6 +323,22 @@ def test_bench_quality_scores_every_variant_along_the_source_flow(tmp_path):
     assert rows[1]["deflicker-luma"] == pytest.approx(warp_error(edited, flow_backend("dis"), source=source))
 
 
+def test_bench_quality_leaves_out_pairs_of_a_repeated_source_frame_as_vedit_eval_does(tmp_path):
+    from test_video_timing import gapped_clip
+    from vedit.evaluate import evaluate
+    from vedit_bench.quality import measure_clip
+
+    clip = gapped_clip(tmp_path / "gapped.mp4")  # at its average rate: 18 frames, frame 1 twice
+    (tmp_path / "work").mkdir()
+    rows = measure_clip(str(clip), tmp_path / "work", size=(64, 48), steps=1, seed=0, chunk_size=4, flow="dis",
+                        models=("tiny",), postprocessors=())  # fmt: skip
+    assert [(r["frames"], r["measured_pairs"]) for r in rows] == [(18, 16), (18, 16)]
+    report = evaluate(tmp_path / "work" / "tiny-tokenflow-plain.mp4", clip, clip=None)
+    assert report.floor.repeated_pairs == 1
+    assert rows[1]["source"] == pytest.approx(report.floor.warp_error, rel=1e-12)
+    assert rows[1]["plain"] == pytest.approx(report.edit.warp_error, rel=1e-12)
+
+
 def test_bench_memory_gives_time_per_frame_with_bounded_keyframe_attention():
     result = vedit("bench", "memory", "--frames", "12", "--size", "64x64", "--steps", "1", "--chunk-size", "2",
                    "--max-joint-keyframes", "3", "--device", "cpu", "--dtype", "fp32", "--json", "--no-save")  # fmt: skip
