@@ -330,8 +330,9 @@ def test_bench_quality_leaves_out_pairs_of_a_repeated_source_frame_as_vedit_eval
 
     clip = gapped_clip(tmp_path / "gapped.mp4")  # at its average rate: 18 frames, frame 1 twice
     (tmp_path / "work").mkdir()
-    rows = measure_clip(str(clip), tmp_path / "work", size=(64, 48), steps=1, seed=0, chunk_size=4, flow="dis",
-                        models=("tiny",), postprocessors=())  # fmt: skip
+    with pytest.warns(UserWarning, match="2 frames dropped, 1 repeated"):  # each edit says it resampled
+        rows = measure_clip(str(clip), tmp_path / "work", size=(64, 48), steps=1, seed=0, chunk_size=4, flow="dis",
+                            models=("tiny",), postprocessors=())  # fmt: skip
     assert [(r["frames"], r["measured_pairs"]) for r in rows] == [(18, 16), (18, 16)]
     report = evaluate(tmp_path / "work" / "tiny-tokenflow-plain.mp4", clip, clip=None)
     assert report.floor.repeated_pairs == 1
