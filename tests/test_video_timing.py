@@ -239,6 +239,22 @@ def test_a_clip_with_a_gap_in_its_timestamps_is_read_whole_at_the_constant_rate(
     assert frame_numbers(FrameReader(clip, size=(64, 48), keep_timestamps=True).read_all()) == list(range(20))
 
 
+def test_a_clip_cut_by_stream_copy_is_read_whole(tmp_path: Path) -> None:
+    """``-ss`` before ``-i`` with ``-c copy`` starts the cut at the key frame before the time asked
+    for and writes an edit list that skips to it: the container counts the skipped packets too."""
+    source = graded_clip(tmp_path / "source.mp4", "N/25", 60, sound=False, rate=25, quality=("-qp", "0", "-g", "12"))
+    cut = tmp_path / "cut.mp4"
+    ffmpeg_run("-ss", "1.3", "-i", str(source), "-c", "copy", str(cut))
+    info = probe(cut)
+    assert info.num_frames == 36  # from the key frame at 0.96 s (frame 24); 27 of them are shown
+    # Both were refused: "read 27 of 36 frames; the file is truncated or damaged".
+    own_times = FrameReader(cut, size=(64, 48), info=info, keep_timestamps=True)
+    assert frame_numbers(own_times.read_all()) == list(range(33, 60)) and own_times.short_read is None
+    constant = FrameReader(cut, size=(64, 48), info=info)
+    assert [n - 33 for n in frame_numbers(constant.read_all())] == list(resampling(info).shown)
+    assert constant.short_read is None
+
+
 def test_resampling_of_a_constant_rate_clip_changes_nothing(beeping: dict[str, Path]) -> None:
     assert resampling(probe(beeping["mp4-aac"])) == Resampling(dropped=0, repeated=0, variable=False)
     assert resampling(probe(beeping["avi-ac3"]), FrameRange.parse("3:60:2")) == Resampling(0, 0, False)

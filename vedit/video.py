@@ -534,6 +534,7 @@ class _Timeline:
     end: int  # when the last frame stops being shown
     time_base: Fraction
     shift: int  # where ffmpeg's clock starts, in the file's own timestamps
+    discarded: int = 0  # packets before an edit list's start: in the container's count, never shown
 
     def seconds(self, tick: int) -> Fraction:
         return tick * self.time_base
@@ -567,11 +568,15 @@ def _timeline(path: Path, fps: Fraction, *, limit: int | None = None) -> _Timeli
         frame_ticks = max(1, _round_half_up(per_frame.numerator, per_frame.denominator))
         ticks: list[int] = []
         end: int | None = None
+        discarded = 0
         try:
             for packet in container.demux(stream):
                 # Empty packets are "show the previous frame again" markers (AVI drop frames)
                 # and decode to nothing; discarded ones lie before an edit list's start.
-                if not packet.size or packet.is_discard:
+                if not packet.size:
+                    continue
+                if packet.is_discard:
+                    discarded += 1
                     continue
                 tick = packet.pts if packet.pts is not None else packet.dts
                 if tick is None:
@@ -595,7 +600,8 @@ def _timeline(path: Path, fps: Fraction, *, limit: int | None = None) -> _Timeli
             shift = _round_half_up(start * time_base.denominator, av.time_base * time_base.numerator)
         ticks.sort()
         return _Timeline(
-            ticks=[tick - shift for tick in ticks], end=end - shift, time_base=time_base, shift=shift
+            ticks=[tick - shift for tick in ticks], end=end - shift, time_base=time_base, shift=shift,
+            discarded=discarded,
         )
 
 
@@ -783,16 +789,18 @@ class FrameReader:
         return 2
 
     def _complete_total(self) -> int:
-        """How many frames a complete clip gives: the promised count, or at the constant rate as
-        many as the clip's time span holds where that is fewer (its timestamps leave gaps) and
-        every promised packet is there to time, so the shortfall is not a cut-off end."""
+        """How many frames a complete clip gives, where every packet its container counts is there
+        (so a shortfall is not a cut-off end): the ones shown, without those an edit list skips,
+        and at the constant rate as many as the clip's time span holds, fewer where its
+        timestamps leave gaps. Otherwise the promised count."""
         total = self._promised_total
-        if self.keep_timestamps or self.info.is_image_sequence:
+        if self.info.is_image_sequence:
             return total
-        timeline = _timeline(self.path, self.info.fps)
-        if timeline is None or len(timeline.ticks) < total:
+        timeline = self._timeline or _timeline(self.path, self.info.fps)
+        if timeline is None or len(timeline.ticks) + timeline.discarded < total:
             return total
-        return min(total, len(_constant_rate_slots(timeline, self.info.fps)))
+        shown = len(timeline.ticks) if self.keep_timestamps else len(_constant_rate_slots(timeline, self.info.fps))
+        return min(total, shown)
 
     def _finish(self, produced: int) -> None:
         """Check a read that gave fewer frames than promised: an error, or a short read."""
