@@ -395,3 +395,51 @@ def test_a_rotated_phone_clip_is_edited_and_written_upright(tmp_path):
     assert result.exit_code == 0, result.output
     assert "48x64 working, 48x64 written" in " ".join(result.stdout.split())
     assert streams(out)["size"] == (48, 64)
+
+
+@pytest.fixture(scope="module")
+def clip_with_sound(tmp_path_factory):
+    return make_clip(tmp_path_factory.mktemp("sound") / "sound.mp4", frames=12, audio=True)
+
+
+def test_webm_is_written_with_its_audio_and_gif_without_it_said_once(clip_with_sound, tmp_path):
+    import av
+
+    args = ["-p", "x", "--size", "64x48", *[a for a in FAST if a != "--quiet"]]
+    webm = vedit("run", clip_with_sound, *args, "-o", tmp_path / "o.webm")
+    assert webm.exit_code == 0, webm.output
+    assert "vedit: warning:" not in webm.stderr
+    with av.open(str(tmp_path / "o.webm")) as container:
+        assert [s.codec_context.name for s in container.streams] == ["vp9", "opus"]
+    assert streams(tmp_path / "o.webm")["frames"] == 12 and streams(tmp_path / "o.webm")["size"] == (64, 48)
+
+    gif = vedit("run", clip_with_sound, *args, "-o", tmp_path / "o.gif")
+    assert gif.exit_code == 0, gif.output
+    warnings = [line for line in gif.stderr.splitlines() if line.startswith("vedit: warning:")]
+    dropped = f"GIF has no audio track, so the audio of {clip_with_sound} is dropped"
+    assert warnings == [f"vedit: warning: {tmp_path / 'o.gif'}: {dropped}"]
+    with av.open(str(tmp_path / "o.gif")) as container:
+        assert [s.codec_context.name for s in container.streams] == ["gif"]
+    assert streams(tmp_path / "o.gif")["frames"] == 12
+    text = " ".join(gif.stdout.split())
+    assert "GIF delays are whole hundredths of a second: frames show for 4 or 5 hundredths (24 fps on average)" in text
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_gif_too_fast_for_browsers_is_a_warning(tmp_path):
+    fast = make_clip(tmp_path / "fast.mp4", frames=6, fps=60)
+    result = vedit("run", fast, "-p", "x", "--size", "64x48", *FAST, "-o", tmp_path / "o.gif")
+    assert result.exit_code == 0, result.output
+    assert (f"vedit: warning: {tmp_path / 'o.gif'}: 60 fps is too fast for GIF: browsers show frames shorter than 2 "
+            "hundredths of a second for 10; --frames ::2 halves the rate") in result.stderr
+
+
+def test_an_ffmpeg_without_vp9_is_refused_before_any_work(clip, tmp_path, monkeypatch, no_heavy_work):
+    from test_video import ffmpeg_without
+
+    monkeypatch.setenv("VEDIT_FFMPEG", str(ffmpeg_without(tmp_path, "libvpx-vp9")))
+    out = tmp_path / "never.webm"
+    result = vedit("run", clip, "-p", "x", "--size", "64x48", "-o", out, *FAST)
+    assert result.exit_code == 3, result.output
+    assert "has no libvpx-vp9 encoder, which .webm files need" in one_error_line(result)
+    assert not out.exists() and not (tmp_path / "cache").exists()

@@ -541,10 +541,13 @@ def test_written_size_is_what_ends_up_in_the_file(tmp_path: Path) -> None:
     assert written_size(tmp_path / "out.mp4", (321, 241)) == (320, 240)
     assert written_size(tmp_path / "out.mkv", (320, 240)) == (320, 240)
     assert written_size(tmp_path / "frames", (321, 241)) == (321, 241)
-    out = tmp_path / "odd.mov"
-    with VideoWriter(out, fps=Fraction(24)) as writer:
-        writer.write(coloured_frames(2, width=321, height=241))
-    assert (probe(out).width, probe(out).height) == written_size(out, (321, 241))
+    assert written_size(tmp_path / "out.webm", (321, 241)) == (320, 240)  # 4:2:0 as well
+    assert written_size(tmp_path / "out.gif", (321, 241)) == (321, 241)  # any size
+    for suffix in (".mov", ".webm", ".gif"):
+        out = tmp_path / f"odd{suffix}"
+        with VideoWriter(out, fps=Fraction(24)) as writer:
+            writer.write(coloured_frames(2, width=321, height=241))
+        assert (probe(out).width, probe(out).height) == written_size(out, (321, 241))
 
 
 # --------------------------------------------------------------------------- writing
@@ -735,6 +738,135 @@ def test_unwritable_folder_is_refused(tmp_path: Path, monkeypatch: pytest.Monkey
             VideoWriter(locked / "out.mp4", fps=Fraction(30))
     finally:
         locked.chmod(0o700)
+
+
+def test_webm_is_vp9_and_opus_with_the_audio_cut_to_the_video(tmp_path: Path, clips: dict[str, Path]) -> None:
+    source = probe(clips["ntsc_audio"])
+    frames = coloured_frames(48)  # 2.002 s at 23.976 fps
+    out = tmp_path / "shared.webm"
+    with VideoWriter(out, fps=NTSC, audio_from=source, audio_range=(0.5, 1.0)) as writer:
+        writer.write(frames)
+    with av.open(str(out)) as container:
+        assert container.format.name.split(",")[0] in ("matroska", "webm")
+        video, audio = container.streams.video[0], container.streams.audio[0]
+        assert (video.codec_context.name, audio.codec_context.name) == ("vp9", "opus")
+        assert video.codec_context.pix_fmt == "yuv420p"
+        assert len(container.streams) == 2
+    info = probe(out)
+    assert (info.width, info.height, info.fps, info.num_frames) == (64, 48, NTSC, 48)
+    back = FrameReader(out, size=(64, 48)).read_all()
+    assert len(back) == 48
+    np.testing.assert_allclose(back.mean(axis=(1, 2)), frames.mean(axis=(1, 2)), atol=4)
+    # The same audio rules as mp4: the range asked for, then silence up to the last frame and
+    # not past it (Opus frames are 20 ms).
+    assert audible_seconds(out) == pytest.approx(0.5, abs=0.05)
+    assert decoded_seconds(out, "audio") == pytest.approx(48 / float(NTSC), abs=0.025)
+    assert no_leftovers(tmp_path)
+
+
+def decoded_seconds(path: Path, kind: str) -> float:
+    """How long a stream lasts by its decoded content (Matroska states no stream durations)."""
+    with av.open(str(path)) as container:
+        if kind == "audio":
+            frames = list(container.decode(audio=0))
+            return float(frames[-1].pts * frames[-1].time_base) + frames[-1].samples / frames[-1].sample_rate
+        stream = container.streams.video[0]
+        return sum(1 for _ in container.decode(video=0)) / float(stream.average_rate)
+
+
+def gif_delays(path: Path) -> list[int]:
+    """Each frame's delay, in hundredths of a second, as the file states it."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        assert stream.time_base == Fraction(1, 100)
+        return [packet.duration for packet in container.demux(stream) if packet.size]
+
+
+def test_gif_is_one_palette_looping_at_the_frame_rate_without_audio(tmp_path: Path, clips: dict[str, Path]) -> None:
+    frames = coloured_frames(24, width=251, height=171)
+    out = tmp_path / "shared.gif"
+    with VideoWriter(out, fps=Fraction(24), audio_from=probe(clips["ntsc_audio"])) as writer:
+        writer.write(frames)
+    with av.open(str(out)) as container:
+        assert [stream.codec_context.name for stream in container.streams] == ["gif"]  # no audio
+    info = probe(out)
+    assert (info.width, info.height, info.num_frames, info.codec) == (251, 171, 24, "gif")  # odd sides kept
+    # Delays are whole hundredths: 24 fps is 4, 4, 5, ... which keeps the rate on average, and the
+    # rate read back is the clip's.
+    delays = gif_delays(out)
+    assert set(delays) == {4, 5} and sum(delays) == 100
+    assert info.fps == 24
+    data = out.read_bytes()
+    assert b"NETSCAPE2.0\x03\x01\x00\x00" in data  # loops forever
+    back = FrameReader(out, size=(251, 171)).read_all()
+    np.testing.assert_allclose(back.mean(axis=(1, 2)), frames.mean(axis=(1, 2)), atol=3)
+    assert no_leftovers(tmp_path)
+
+
+def test_a_gif_written_at_a_whole_number_of_hundredths_keeps_its_rate_exactly(tmp_path: Path) -> None:
+    out = tmp_path / "exact.gif"
+    with VideoWriter(out, fps=Fraction(25)) as writer:
+        writer.write(coloured_frames(10))
+    assert gif_delays(out) == [4] * 10
+    assert probe(out).fps == 25
+
+
+@pytest.mark.parametrize("suffix", [".webm", ".gif"])
+def test_a_failed_webm_or_gif_leaves_nothing_behind(tmp_path: Path, clips: dict[str, Path], suffix: str) -> None:
+    out = tmp_path / f"out{suffix}"
+    out.write_bytes(b"the previous result")
+    with pytest.raises(KeyboardInterrupt):
+        with VideoWriter(out, fps=Fraction(30), audio_from=probe(clips["ntsc_audio"])) as writer:
+            writer.write(coloured_frames(10))
+            raise KeyboardInterrupt()
+    assert out.read_bytes() == b"the previous result"
+    assert no_leftovers(tmp_path)
+    assert ffmpeg_children() == []
+
+
+def test_webm_carries_the_colour_tags(tmp_path: Path, bt601_full_range: Path) -> None:
+    info = probe(bt601_full_range)
+    first = FrameReader(bt601_full_range, size=(64, 48)).read_all()
+    out = tmp_path / "kept.webm"
+    with VideoWriter(out, fps=Fraction(24), color=info.color, crf=0) as writer:  # lossless VP9
+        writer.write(first)
+    assert probe(out).color == info.color
+    again = FrameReader(out, size=(64, 48)).read_all()
+    np.testing.assert_allclose(quadrant_centres(again), quadrant_centres(first), atol=2.01)
+
+
+def ffmpeg_without(tmp_path: Path, *encoders: str) -> Path:
+    """A stand-in for an ffmpeg built without ``encoders``: it lists the real one's minus those."""
+    real = find_ffmpeg()
+    listing = subprocess.run([real, "-hide_banner", "-encoders"], capture_output=True, text=True).stdout
+    kept = "\n".join(line for line in listing.splitlines() if not any(f" {name} " in line for name in encoders))
+    folder = tmp_path / "-".join(("without", *encoders))
+    folder.mkdir()
+    (folder / "encoders.txt").write_text(kept + "\n")
+    script = folder / "ffmpeg"
+    script.write_text(
+        f'#!/bin/sh\ncase " $* " in *" -encoders "*) cat "{folder}/encoders.txt";; *) exec "{real}" "$@";; esac\n'
+    )
+    script.chmod(0o755)
+    return script
+
+
+def test_an_ffmpeg_without_the_format_s_encoders_is_refused_before_any_work(
+    tmp_path: Path, clips: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    no_vp9, no_opus = ffmpeg_without(tmp_path, "libvpx-vp9", "libopus"), ffmpeg_without(tmp_path, "libopus")
+    monkeypatch.setenv("VEDIT_FFMPEG", str(no_vp9))
+    with pytest.raises(OutputError, match=r"out.webm: the ffmpeg at .* has no libvpx-vp9 encoder, which .webm files"):
+        VideoWriter(work / "out.webm", fps=Fraction(24))
+    monkeypatch.setenv("VEDIT_FFMPEG", str(no_opus))
+    with pytest.raises(OutputError, match="has no libopus encoder"):
+        VideoWriter(work / "out.webm", fps=Fraction(24), audio_from=probe(clips["ntsc_audio"]))
+    assert list(work.iterdir()) == []
+    with VideoWriter(work / "silent.webm", fps=Fraction(24), audio_from=probe(clips["vp9"])) as writer:
+        writer.write(coloured_frames(3))  # no audio to carry, so no Opus needed
+    assert probe(work / "silent.webm").num_frames == 3
 
 
 # --------------------------------------------------------------------------- real clips

@@ -355,7 +355,7 @@ def create_app() -> typer.Typer:
     def run(
         clip: Path = typer.Argument(..., help="Input video file, or a folder of numbered images."),
         prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help=_help("What the edited video should show (required).")),
-        output: Optional[Path] = typer.Option(None, "--output", "-o", help=_help("Output .mp4/.mov/.mkv, or a folder for PNG frames.", default="<clip>-edited.mp4 here")),
+        output: Optional[Path] = typer.Option(None, "--output", "-o", help=_help("Output .mp4/.mov/.mkv (H.264), .webm (VP9), .gif, or a folder for PNG frames.", default="<clip>-edited.mp4 here")),
         source_prompt: Optional[str] = typer.Option(None, help=_help("What the input shows (inversion and source branch).", "source_prompt")),
         negative_prompt: Optional[str] = typer.Option(None, help=_help("Negative prompt (the unconditional branch).", "negative_prompt")),
         editor: Optional[str] = typer.Option(None, help=_help("Editor plugin: pnp, sdedit, img2img, or a plugin's.", "editor")),

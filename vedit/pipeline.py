@@ -43,7 +43,11 @@ from .video import (
     FrameRange,
     FrameReader,
     VideoWriter,
+    check_encoders,
     check_output_path,
+    frame_timing,
+    no_audio_track,
+    output_format,
     parse_size,
     probe,
     resampling,
@@ -699,16 +703,34 @@ def _resolve(config: RunConfig | None, options: dict[str, Any]) -> RunConfig:
     return config.replace(**validate(options)) if options else config
 
 
-def _size_note(config: RunConfig, clip: _Clip, asked: tuple[int, int], written: tuple[int, int]) -> str:
+def _size_note(config: RunConfig, clip: _Clip, output: Path, written: tuple[int, int]) -> str:
     """Why the written size is not the one asked for (empty when it is)."""
+    asked = _output_size(config, clip)
     if asked == written:
         return ""
     whose = "the source is" if config.output_size == "source" else "asked for"
-    return f"{whose} {asked[0]}x{asked[1]}; H.264 4:2:0 video needs even sides"
+    return f"{whose} {asked[0]}x{asked[1]}; {output_format(output).name} 4:2:0 video needs even sides"
 
 
-def _timing_note(config: RunConfig, clip: _Clip, reporter: Reporter) -> str:
-    """Say how a variable-rate source is timed in the output; warn when frames are dropped."""
+def _warn_of_lost_audio(clip: _Clip, output: Path, reporter: Reporter) -> None:
+    """A source's audio that the output cannot carry is a warning."""
+    no_audio = no_audio_track(output)
+    if clip.info.has_audio and no_audio:
+        reporter.warning(f"{output}: {no_audio}, so the audio of {clip.info.path} is dropped")
+
+
+def _timing_note(config: RunConfig, clip: _Clip, output: Path, reporter: Reporter) -> str:
+    """Say how a variable-rate source is timed in the output, and where the output's format
+    cannot time frames exactly; warn when frames are dropped or will not play at their pace."""
+    kept, too_fast = frame_timing(output, clip.fps, keep_timestamps=config.keep_timestamps)
+    if too_fast:
+        reporter.warning(too_fast)
+    source = _source_timing_note(config, clip, reporter)
+    return "; ".join(note for note in (source, kept) if note)
+
+
+def _source_timing_note(config: RunConfig, clip: _Clip, reporter: Reporter) -> str:
+    """How a variable-rate source is read: resampled (frames dropped are a warning) or kept."""
     if config.keep_timestamps:
         return "source frame times kept (--keep-timestamps)"
     change = resampling(clip.info, clip.reader.frames)
@@ -778,9 +800,11 @@ def _edit(input, output, config: RunConfig, checked: Preflight, reporter: _Recor
     # 1. Everything a user can get wrong was checked in preflight, before any heavy work.
     output = check_output_path(output, input)
     clip, editor = checked.clip, checked.editor
+    check_encoders(output, audio=clip.info.has_audio)
     asked_size = _output_size(config, clip)
     output_size = written_size(output, asked_size)
-    timing_note = _timing_note(config, clip, reporter)
+    timing_note = _timing_note(config, clip, output, reporter)
+    _warn_of_lost_audio(clip, output, reporter)
 
     with read_ahead(clip, _reading_batch(config)) as frames:  # reading overlaps loading the model
         # 2. Model, batch sizes and prompts.
@@ -850,7 +874,7 @@ def _edit(input, output, config: RunConfig, checked: Preflight, reporter: _Recor
         model=model_name,
         seed=config.seed,
         short_read=clip.reader.short_read,
-        size_note=_size_note(config, clip, asked_size, output_size),
+        size_note=_size_note(config, clip, output, output_size),
         timing_note=timing_note,
         warnings=list(reporter.warnings),
         evaluation=evaluation,
