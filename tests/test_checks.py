@@ -434,6 +434,33 @@ def test_a_gif_too_fast_for_browsers_is_a_warning(tmp_path):
             "hundredths of a second for 10; --frames ::2 halves the rate") in result.stderr
 
 
+@pytest.mark.parametrize("turned", [False, True])
+def test_a_clip_of_non_square_pixels_is_written_at_its_displayed_size(tmp_path, turned):
+    from conftest import ffmpeg
+
+    dvd = make_clip(tmp_path / "dvd.mp4", frames=4, size=(720, 480), source="testsrc",
+                    codec=["-vf", "setsar=32/27", "-c:v", "libx264", "-pix_fmt", "yuv420p"])
+    if turned:  # the rotation turns the displayed picture: 480x853, written 480x854
+        phone = tmp_path / "phone.mp4"
+        subprocess.run([ffmpeg(), "-v", "error", "-display_rotation", "90", "-i", str(dvd), "-c", "copy", str(phone)],
+                       check=True)
+        dvd = phone
+    out = tmp_path / "o.mp4"
+    size = "40x72" if turned else "72x40"
+    result = vedit("run", dvd, "-p", "x", "--size", size, "-o", out, *[a for a in FAST if a != "--quiet"])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.stdout.split())
+    if turned:
+        assert streams(out)["size"] == (480, 854)
+        assert ("aspect 720x480 stored with pixel aspect 32:27, turned 90 degrees (480x853 displayed): "
+                "read and written with square pixels at 480x854") in text
+    else:
+        assert streams(out)["size"] == (854, 480)
+        assert "72x40 working, 854x480 written (the source is 853x480; H.264 4:2:0 video needs even sides)" in text
+        assert ("aspect 720x480 stored with pixel aspect 32:27 (853x480 displayed): "
+                "read and written with square pixels at 854x480") in text
+
+
 def test_an_ffmpeg_without_vp9_is_refused_before_any_work(clip, tmp_path, monkeypatch, no_heavy_work):
     from test_video import ffmpeg_without
 

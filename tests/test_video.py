@@ -543,6 +543,12 @@ def test_written_size_is_what_ends_up_in_the_file(tmp_path: Path) -> None:
     assert written_size(tmp_path / "frames", (321, 241)) == (321, 241)
     assert written_size(tmp_path / "out.webm", (321, 241)) == (320, 240)  # 4:2:0 as well
     assert written_size(tmp_path / "out.gif", (321, 241)) == (321, 241)  # any size
+    # Exact displayed sizes (720 pixels of aspect 32:27 show 853 1/3 wide) go to the nearest
+    # size the output holds: 854, the even number nearest, not 852 below the rounded 853.
+    shown = (Fraction(2560, 3), 480)
+    assert written_size(tmp_path / "out.mp4", shown) == written_size(tmp_path / "out.webm", shown) == (854, 480)
+    assert written_size(tmp_path / "out.gif", shown) == written_size(tmp_path / "frames", shown) == (853, 480)
+    assert written_size(tmp_path / "out.mp4", (Fraction(16317, 58), 211)) == (282, 210)  # 281.33 x 211
     for suffix in (".mov", ".webm", ".gif"):
         out = tmp_path / f"odd{suffix}"
         with VideoWriter(out, fps=Fraction(24)) as writer:
@@ -867,6 +873,97 @@ def test_an_ffmpeg_without_the_format_s_encoders_is_refused_before_any_work(
     with VideoWriter(work / "silent.webm", fps=Fraction(24), audio_from=probe(clips["vp9"])) as writer:
         writer.write(coloured_frames(3))  # no audio to carry, so no Opus needed
     assert probe(work / "silent.webm").num_frames == 3
+
+
+# --------------------------------------------------------------------------- pixel aspect
+
+
+def disc_picture(width: int, height: int) -> np.ndarray:
+    """A white disc on black, round when every pixel is square."""
+    rows, cols = np.mgrid[0:height, 0:width]
+    radius = 0.35 * min(width, height)
+    disc = (cols - width / 2 + 0.5) ** 2 + (rows - height / 2 + 0.5) ** 2 < radius**2
+    return np.where(disc[..., None], 255, 0).astype(np.uint8).repeat(3, axis=2)
+
+
+def disc_extent(frame: np.ndarray) -> tuple[int, int]:
+    """The width and height of the white disc in ``frame``."""
+    bright = frame.mean(axis=2) > 128
+    columns, rows = np.nonzero(bright.any(axis=0))[0], np.nonzero(bright.any(axis=1))[0]
+    return int(columns[-1] - columns[0] + 1), int(rows[-1] - rows[0] + 1)
+
+
+def stored_with_pixel_aspect(path: Path, shown: tuple[int, int], stored_width: int, aspect: str) -> Path:
+    """A disc picture shown at ``shown``, stored ``stored_width`` wide with pixels of ``aspect``
+    (as a DVD stores 16:9 in 720x480), losslessly in 4:4:4 so that odd sides are allowed."""
+    width, height = shown
+    subprocess.run(
+        [
+            find_ffmpeg(), "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}",
+            "-r", "24", "-i", "pipe:", "-vf", f"scale={stored_width}:{height}:flags=lanczos,setsar={aspect}",
+            "-c:v", "libx264", "-qp", "0", "-pix_fmt", "yuv444p", str(path),
+        ],
+        input=np.stack([disc_picture(width, height)] * 3).tobytes(), check=True,
+    )  # fmt: skip
+    return path
+
+
+@pytest.mark.parametrize(
+    ("shown", "stored_width", "aspect", "displayed", "working"),
+    [
+        ((854, 480), 720, "32/27", (853, 480), (912, 512)),  # NTSC DVD 16:9
+        ((281, 211), 333, "49/58", (281, 211), (680, 512)),  # odd sides, pixels narrower than tall
+    ],
+)
+def test_non_square_pixels_are_read_at_their_displayed_size(
+    tmp_path: Path, shown: tuple[int, int], stored_width: int, aspect: str,
+    displayed: tuple[int, int], working: tuple[int, int],
+) -> None:  # fmt: skip
+    clip = stored_with_pixel_aspect(tmp_path / "anamorphic.mp4", shown, stored_width, aspect)
+    info = probe(clip)
+    assert info.stored_size == (stored_width, shown[1]) and info.pixel_aspect == Fraction(aspect)
+    assert (info.width, info.height) == displayed
+    assert info.exact_size == (stored_width * Fraction(aspect), shown[1])
+    reader = FrameReader(clip, info=info)
+    assert reader.size == working  # from the displayed size: the stored one gave 768x512 and 808x512
+    width, height = disc_extent(reader.read_all()[0])
+    assert width == pytest.approx(height, rel=0.03)  # round, not squeezed to the stored shape
+
+
+def test_a_rotated_clip_of_non_square_pixels_is_turned_after_the_pixels_are_squared(tmp_path: Path) -> None:
+    stored = stored_with_pixel_aspect(tmp_path / "stored.mp4", (128, 72), 96, "4/3")
+    phone = tmp_path / "phone.mp4"
+    ffmpeg_run("-display_rotation", "90", "-i", str(stored), "-c", "copy", str(phone))
+    info = probe(phone)
+    assert (info.rotation, info.stored_size, info.pixel_aspect) == (90, (96, 72), Fraction(4, 3))
+    assert (info.width, info.height) == (72, 128)
+    reader = FrameReader(phone, info=info)
+    assert reader.size == (512, 912)
+    width, height = disc_extent(reader.read_all()[0])
+    assert width == pytest.approx(height, rel=0.03)
+
+
+def test_a_pixel_aspect_stated_by_the_container_alone_counts(tmp_path: Path) -> None:
+    square = stored_with_pixel_aspect(tmp_path / "square.mp4", (96, 72), 96, "1")
+    tagged = tmp_path / "tagged.mkv"
+    ffmpeg_run("-i", str(square), "-c", "copy", "-aspect", "16:9", str(tagged))  # the bitstream still says 1:1
+    info = probe(tagged)
+    assert info.pixel_aspect == Fraction(4, 3) and (info.width, info.height) == (128, 72)
+
+
+def test_written_pixels_are_square(tmp_path: Path) -> None:
+    clip = stored_with_pixel_aspect(tmp_path / "anamorphic.mp4", (854, 480), 720, "32/27")
+    info = probe(clip)
+    frames = FrameReader(clip, size=(912, 512), info=info).read_all()
+    for suffix in (".mp4", ".webm", ".gif"):
+        out = tmp_path / f"out{suffix}"
+        with VideoWriter(out, fps=Fraction(24), size=written_size(out, info.exact_size)) as writer:
+            writer.write(frames)
+        written = probe(out)
+        assert written.pixel_aspect == 1
+        assert (written.width, written.height) == ((853, 480) if suffix == ".gif" else (854, 480))
+        width, height = disc_extent(FrameReader(out, info=written, size=(written.width, written.height)).read_all()[0])
+        assert width == pytest.approx(height, rel=0.03)
 
 
 # --------------------------------------------------------------------------- real clips

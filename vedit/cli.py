@@ -259,6 +259,8 @@ def _summary(result, config: RunConfig) -> Table:
     if result.size_note:
         size += f" ({result.size_note})"
     rows.append(("size", size))
+    if result.aspect_note:
+        rows.append(("aspect", result.aspect_note))
     fps = f"{result.fps} ({float(result.fps):.3f})"
     if result.timing_note:
         fps += f"; {result.timing_note}"

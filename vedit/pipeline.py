@@ -99,6 +99,7 @@ class EditResult:
     short_read: tuple[int, int] | None = None  # (frames read, frames promised) with --allow-short
     size_note: str = ""  # why the written size differs from the one asked for
     timing_note: str = ""  # how a variable-rate source was resampled, or that its times were kept
+    aspect_note: str = ""  # how a source of non-square pixels was read and written
     warnings: list[str] = field(default_factory=list)
     engines: dict[str, str] = field(default_factory=dict)  # pass -> the engine that ran it
     profile: dict[str, float] = field(default_factory=dict)  # seconds per component, with profile=True
@@ -154,9 +155,9 @@ def open_clip(input_path: str | os.PathLike, config: RunConfig) -> _Clip:
     return _Clip(reader=reader, info=info, fps=source_fps / selection.step)
 
 
-def _output_size(config: RunConfig, clip: _Clip) -> tuple[int, int]:
+def _output_size(config: RunConfig, clip: _Clip) -> tuple[int | Fraction, int | Fraction]:
     if config.output_size == "source":
-        return (clip.info.width, clip.info.height)
+        return clip.info.exact_size  # non-square pixels are written square, at the size they show
     if config.output_size == "working":
         return clip.reader.size
     return parse_size(config.output_size, "--output-size")
@@ -705,11 +706,25 @@ def _resolve(config: RunConfig | None, options: dict[str, Any]) -> RunConfig:
 
 def _size_note(config: RunConfig, clip: _Clip, output: Path, written: tuple[int, int]) -> str:
     """Why the written size is not the one asked for (empty when it is)."""
-    asked = _output_size(config, clip)
+    source = config.output_size == "source"
+    asked = (clip.info.width, clip.info.height) if source else _output_size(config, clip)
     if asked == written:
         return ""
-    whose = "the source is" if config.output_size == "source" else "asked for"
+    whose = "the source is" if source else "asked for"
     return f"{whose} {asked[0]}x{asked[1]}; {output_format(output).name} 4:2:0 video needs even sides"
+
+
+def _aspect_note(clip: _Clip, written: tuple[int, int]) -> str:
+    """How a clip of non-square pixels was read and written (empty for square ones)."""
+    info = clip.info
+    if info.pixel_aspect == 1 or info.stored_size is None:
+        return ""
+    aspect, (stored_width, stored_height) = info.pixel_aspect, info.stored_size
+    turned = f", turned {info.rotation} degrees" if info.rotation else ""
+    return (
+        f"{stored_width}x{stored_height} stored with pixel aspect {aspect.numerator}:{aspect.denominator}{turned} "
+        f"({info.width}x{info.height} displayed): read and written with square pixels at {written[0]}x{written[1]}"
+    )
 
 
 def _warn_of_lost_audio(clip: _Clip, output: Path, reporter: Reporter) -> None:
@@ -801,8 +816,7 @@ def _edit(input, output, config: RunConfig, checked: Preflight, reporter: _Recor
     output = check_output_path(output, input)
     clip, editor = checked.clip, checked.editor
     check_encoders(output, audio=clip.info.has_audio)
-    asked_size = _output_size(config, clip)
-    output_size = written_size(output, asked_size)
+    output_size = written_size(output, _output_size(config, clip))
     timing_note = _timing_note(config, clip, output, reporter)
     _warn_of_lost_audio(clip, output, reporter)
 
@@ -842,7 +856,7 @@ def _edit(input, output, config: RunConfig, checked: Preflight, reporter: _Recor
 
     # 5. Edited latents → frames: decode, post-process and write (atomically).
     mark = time.perf_counter()
-    write_frames(model, config, checked, edited, output, asked_size, reporter, vae_batch_size=batches.vae)
+    write_frames(model, config, checked, edited, output, output_size, reporter, vae_batch_size=batches.vae)
     stages["write"] = time.perf_counter() - mark
     if checkpoints is not None:
         checkpoints.finish()
@@ -876,6 +890,7 @@ def _edit(input, output, config: RunConfig, checked: Preflight, reporter: _Recor
         short_read=clip.reader.short_read,
         size_note=_size_note(config, clip, output, output_size),
         timing_note=timing_note,
+        aspect_note=_aspect_note(clip, output_size),
         warnings=list(reporter.warnings),
         evaluation=evaluation,
         resumed_from=None if checkpoints is None else checkpoints.resumed_from,

@@ -143,6 +143,21 @@ class VideoInfo:
     # files of a folder), "duration" (the video stream's duration x fps) or "container" (the
     # whole file's duration x fps, which may include a longer audio track).
     frames_from: str = "count"
+    # The frame size as stored, before the rotation and the pixel aspect; None: as displayed.
+    stored_size: tuple[int, int] | None = None
+    # A stored pixel's width over its height (the sample aspect ratio): 32/27 for 720x480
+    # shown as 16:9. width and height are the displayed size: stored width x pixel aspect.
+    pixel_aspect: Fraction = Fraction(1)
+
+    @property
+    def exact_size(self) -> tuple[Fraction, Fraction]:
+        """The displayed size before it is rounded to whole pixels: 720 pixels of aspect 32:27
+        show as 853 1/3, which a writer rounds to the sides its format can hold."""
+        if self.stored_size is None:
+            return Fraction(self.width), Fraction(self.height)
+        width, height = self.stored_size
+        shown = (width * self.pixel_aspect, Fraction(height))
+        return (shown[1], shown[0]) if self.rotation in (90, 270) else shown
 
 
 def probe(path: str | os.PathLike) -> VideoInfo:
@@ -202,6 +217,8 @@ def _probe_file(path: Path) -> VideoInfo:
             num_frames = max(1, math.ceil(duration * fps - 0.05))
         else:
             num_frames, frames_from = _count_packets(container, stream), "count"
+        stored_size, pixel_aspect = (width, height), _pixel_aspect(stream)
+        width = max(1, _round_half_up(width * pixel_aspect.numerator, pixel_aspect.denominator))
         if rotation in (90, 270):
             width, height = height, width
         codec = getattr(context.codec, "canonical_name", None) or context.codec.name
@@ -218,6 +235,8 @@ def _probe_file(path: Path) -> VideoInfo:
             rotation=rotation,
             color=color,
             frames_from=frames_from,
+            stored_size=stored_size,
+            pixel_aspect=pixel_aspect,
         )
 
 
@@ -263,6 +282,15 @@ def _first_frame_facts(
     )
     # ffmpeg turns by multiples of 90 degrees; anything else is a tagging oddity.
     return int(round(rotation / 90.0)) % 4 * 90, color
+
+
+def _pixel_aspect(stream: av.video.stream.VideoStream) -> Fraction:
+    """The stream's sample aspect ratio as ffmpeg picks it: the container's, else the codec's;
+    1 where neither states one."""
+    for ratio in (stream.sample_aspect_ratio, stream.codec_context.sample_aspect_ratio):
+        if ratio is not None and ratio.numerator > 0 and ratio.denominator > 0:
+            return Fraction(ratio.numerator, ratio.denominator)
+    return Fraction(1)
 
 
 def _first_real_video_stream(container: av.container.InputContainer) -> av.video.stream.VideoStream | None:
@@ -1084,22 +1112,24 @@ def _same_location(a: Path, b: Path) -> bool:
         return a.resolve() == b.resolve()
 
 
-def _even(side: int) -> int:
-    """Round down to an even number: yuv420p stores colour at half resolution."""
-    return max(2, side - side % 2)
+def _nearest_even(side: Fraction) -> int:
+    """The even number nearest ``side``, the lower one when it lies halfway (an odd whole side)."""
+    return max(2, 2 * math.ceil(side / 2 - Fraction(1, 2)))
 
 
-def written_size(output: str | os.PathLike, size: tuple[int, int]) -> tuple[int, int]:
+def written_size(output: str | os.PathLike, size: tuple[int | Fraction, int | Fraction]) -> tuple[int, int]:
     """The ``(width, height)`` that frames of ``size`` are written at to ``output``.
 
-    4:2:0 video (H.264, VP9) needs even sides, as it keeps colour at half resolution, so an odd
-    side loses its last row or column; GIF files and PNG folders are written as given.
+    4:2:0 video (H.264, VP9) needs even sides, as it keeps colour at half resolution: each side
+    goes to the nearest even number, so an odd side loses its last row or column. GIF files and
+    PNG folders take any size. ``size`` may be exact (:attr:`VideoInfo.exact_size`, the displayed
+    size of non-square pixels), and is then rounded to the nearest size the output can hold.
     """
-    width, height = int(size[0]), int(size[1])
+    width, height = Fraction(size[0]), Fraction(size[1])
     written = output_format(output)
     if written is None or not written.even_sides:
-        return width, height
-    return _even(width), _even(height)
+        return tuple(max(1, _round_half_up(side.numerator, side.denominator)) for side in (width, height))
+    return _nearest_even(width), _nearest_even(height)
 
 
 @functools.lru_cache(maxsize=4)
