@@ -422,6 +422,7 @@ def test_webm_is_written_with_its_audio_and_gif_without_it_said_once(clip_with_s
         assert [s.codec_context.name for s in container.streams] == ["gif"]
     assert streams(tmp_path / "o.gif")["frames"] == 12
     text = " ".join(gif.stdout.split())
+    assert "dropped the audio (GIF has no audio track)" in text
     assert "GIF delays are whole hundredths of a second: frames show for 4 or 5 hundredths (24 fps on average)" in text
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
@@ -459,6 +460,27 @@ def test_a_clip_of_non_square_pixels_is_written_at_its_displayed_size(tmp_path, 
         assert "72x40 working, 854x480 written (the source is 853x480; H.264 4:2:0 video needs even sides)" in text
         assert ("aspect 720x480 stored with pixel aspect 32:27 (853x480 displayed): "
                 "read and written with square pixels at 854x480") in text
+
+
+def test_the_summary_says_what_is_dropped(tmp_path):
+    from conftest import ffmpeg
+
+    subtitles = tmp_path / "words.srt"
+    subtitles.write_text("1\n00:00:00,000 --> 00:00:00,400\nhello\n\n")
+    clip = tmp_path / "many.mkv"
+    subprocess.run(
+        [ffmpeg(), "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=64x48:rate=24:duration=0.5",
+         "-f", "lavfi", "-i", "testsrc2=size=32x24:rate=24:duration=0.5", "-i", str(subtitles),
+         "-map", "0", "-map", "1", "-map", "2", "-c:v", "libx264", "-pix_fmt", "yuv422p10le", "-c:s", "srt", str(clip)],
+        check=True,
+    )
+    out = tmp_path / "o.mp4"
+    result = vedit("run", clip, "-p", "x", "--size", "64x48", "-o", out, *[a for a in FAST if a != "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert ("dropped a second video stream (h264); a subtitle stream (srt); 10-bit samples (yuv422p10le) written as "
+            "8-bit; 4:2:2 colour (yuv422p10le) written as 4:2:0") in " ".join(result.stdout.split())
+    info = streams(out)
+    assert info["size"] == (64, 48) and info["frames"] == 12 and info["pix_fmt"] == "yuv420p"
 
 
 def test_an_ffmpeg_without_vp9_is_refused_before_any_work(clip, tmp_path, monkeypatch, no_heavy_work):

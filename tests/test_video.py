@@ -23,6 +23,7 @@ from vedit.video import (
     VideoWriter,
     check_output_path,
     find_ffmpeg,
+    lost_in_writing,
     parse_size,
     probe,
     untagged_matrix,
@@ -875,7 +876,7 @@ def test_an_ffmpeg_without_the_format_s_encoders_is_refused_before_any_work(
     assert probe(work / "silent.webm").num_frames == 3
 
 
-# --------------------------------------------------------------------------- pixel aspect
+# --------------------------------------------------------------------------- pixel aspect and what is dropped
 
 
 def disc_picture(width: int, height: int) -> np.ndarray:
@@ -964,6 +965,74 @@ def test_written_pixels_are_square(tmp_path: Path) -> None:
         assert (written.width, written.height) == ((853, 480) if suffix == ".gif" else (854, 480))
         width, height = disc_extent(FrameReader(out, info=written, size=(written.width, written.height)).read_all()[0])
         assert width == pytest.approx(height, rel=0.03)
+
+
+@pytest.fixture(scope="module")
+def many_streams(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An mkv with two video streams, two audio tracks, subtitles and an attached font."""
+    root = tmp_path_factory.mktemp("streams")
+    subtitles = root / "words.srt"
+    subtitles.write_text("1\n00:00:00,000 --> 00:00:00,400\nhello\n\n")
+    path = root / "many.mkv"
+    ffmpeg_run(
+        "-f", "lavfi", "-i", "testsrc2=size=64x48:rate=24:duration=0.5",
+        "-f", "lavfi", "-i", "testsrc=size=32x24:rate=24:duration=0.5",
+        "-f", "lavfi", "-i", "sine=duration=0.5", "-f", "lavfi", "-i", "sine=frequency=880:duration=0.5",
+        "-i", str(subtitles), "-map", "0", "-map", "1", "-map", "2", "-map", "3", "-map", "4",
+        "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:v:1", "mpeg4", "-c:a", "aac", "-c:a:1", "libopus",
+        "-c:s", "srt", "-attach", str(subtitles), "-metadata:s:t", "mimetype=text/plain", str(path),
+    )  # fmt: skip
+    return path
+
+
+def test_the_streams_that_are_not_written_are_named(tmp_path: Path, many_streams: Path) -> None:
+    info = probe(many_streams)
+    unused = (("video", "mpeg4"), ("audio", "opus"), ("subtitle", "srt"), ("attachment", "words.srt"))
+    assert info.unused_streams == unused
+    streams = ["a second video stream (mpeg4)", "a subtitle stream (srt)", "an attachment (words.srt)"]
+    assert lost_in_writing(info, tmp_path / "out.mp4") == [streams[0], "a second audio track (opus)", *streams[1:]]
+    assert lost_in_writing(info, tmp_path / "out.webm") == [streams[0], "a second audio track (opus)", *streams[1:]]
+    # Where the output carries no audio, both tracks go as one.
+    assert lost_in_writing(info, tmp_path / "out.gif") == ["the audio (GIF has no audio track)", *streams]
+    assert lost_in_writing(info, tmp_path / "frames") == ["the audio (PNG frames have no audio track)", *streams]
+    # What is read and written is the first of each.
+    frames = FrameReader(many_streams, size=(64, 48), info=info).read_all()
+    assert len(frames) == 12
+
+
+@pytest.mark.parametrize(
+    ("codec", "expected"),
+    [
+        (["-c:v", "libx264", "-pix_fmt", "yuv420p10le"], ["10-bit samples (yuv420p10le) written as 8-bit"]),
+        (["-c:v", "libx264", "-pix_fmt", "yuv422p"], ["4:2:2 colour (yuv422p) written as 4:2:0"]),
+        (["-c:v", "libx264", "-pix_fmt", "yuv444p"], ["4:4:4 colour (yuv444p) written as 4:2:0"]),
+        (["-c:v", "libx265", "-pix_fmt", "yuv422p10le", "-x265-params", "log-level=error"],
+         ["10-bit samples (yuv422p10le) written as 8-bit", "4:2:2 colour (yuv422p10le) written as 4:2:0"]),
+        (["-c:v", "libx264", "-pix_fmt", "yuv420p", "-timecode", "01:00:00:00"], ["a data stream (timecode)"]),
+        (["-c:v", "libx264", "-pix_fmt", "yuv420p"], []),
+    ],
+)
+def test_samples_the_output_holds_fewer_of_are_named(tmp_path: Path, codec: list[str], expected: list[str]) -> None:
+    clip = tmp_path / "clip.mov"
+    ffmpeg_run("-f", "lavfi", "-i", "testsrc2=size=64x48:rate=24:duration=0.25", *codec, str(clip))
+    info = probe(clip)
+    assert lost_in_writing(info, tmp_path / "out.mp4") == expected
+    # GIF and PNG frames keep full-resolution colour, but every output is 8-bit.
+    eight_bit = [line for line in expected if "colour" not in line]
+    assert lost_in_writing(info, tmp_path / "out.gif") == eight_bit
+    assert lost_in_writing(info, tmp_path / "frames") == eight_bit
+
+
+def test_transparency_and_rgb_folders_are_named(tmp_path: Path) -> None:
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for index in range(2):
+        Image.new("RGBA", (16, 8), (10, 20, 30, 128)).save(folder / f"{index:05d}.png")
+    info = probe(folder)
+    assert lost_in_writing(info, tmp_path / "out.mp4") == [
+        "the alpha channel (rgba)", "4:4:4 colour (rgba) written as 4:2:0"
+    ]
+    assert lost_in_writing(info, tmp_path / "out") == ["the alpha channel (rgba)"]
 
 
 # --------------------------------------------------------------------------- real clips

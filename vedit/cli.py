@@ -265,6 +265,8 @@ def _summary(result, config: RunConfig) -> Table:
     if result.timing_note:
         fps += f"; {result.timing_note}"
     rows.append(("fps", fps))
+    if result.dropped:
+        rows.append(("dropped", "; ".join(result.dropped)))
     rows.append(("prompt", repr(config.prompt)))
     rows.append(("source prompt", repr(config.source_prompt)))
     if config.negative_prompt:

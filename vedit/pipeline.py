@@ -46,6 +46,7 @@ from .video import (
     check_encoders,
     check_output_path,
     frame_timing,
+    lost_in_writing,
     no_audio_track,
     output_format,
     parse_size,
@@ -100,6 +101,7 @@ class EditResult:
     size_note: str = ""  # why the written size differs from the one asked for
     timing_note: str = ""  # how a variable-rate source was resampled, or that its times were kept
     aspect_note: str = ""  # how a source of non-square pixels was read and written
+    dropped: list[str] = field(default_factory=list)  # what of the source the output does not hold
     warnings: list[str] = field(default_factory=list)
     engines: dict[str, str] = field(default_factory=dict)  # pass -> the engine that ran it
     profile: dict[str, float] = field(default_factory=dict)  # seconds per component, with profile=True
@@ -727,11 +729,12 @@ def _aspect_note(clip: _Clip, written: tuple[int, int]) -> str:
     )
 
 
-def _warn_of_lost_audio(clip: _Clip, output: Path, reporter: Reporter) -> None:
-    """A source's audio that the output cannot carry is a warning."""
+def _dropped(clip: _Clip, output: Path, reporter: Reporter) -> list[str]:
+    """What of the source the output will not hold; audio the output cannot carry is a warning."""
     no_audio = no_audio_track(output)
     if clip.info.has_audio and no_audio:
         reporter.warning(f"{output}: {no_audio}, so the audio of {clip.info.path} is dropped")
+    return lost_in_writing(clip.info, output)
 
 
 def _timing_note(config: RunConfig, clip: _Clip, output: Path, reporter: Reporter) -> str:
@@ -818,7 +821,7 @@ def _edit(input, output, config: RunConfig, checked: Preflight, reporter: _Recor
     check_encoders(output, audio=clip.info.has_audio)
     output_size = written_size(output, _output_size(config, clip))
     timing_note = _timing_note(config, clip, output, reporter)
-    _warn_of_lost_audio(clip, output, reporter)
+    dropped = _dropped(clip, output, reporter)
 
     with read_ahead(clip, _reading_batch(config)) as frames:  # reading overlaps loading the model
         # 2. Model, batch sizes and prompts.
@@ -891,6 +894,7 @@ def _edit(input, output, config: RunConfig, checked: Preflight, reporter: _Recor
         size_note=_size_note(config, clip, output, output_size),
         timing_note=timing_note,
         aspect_note=_aspect_note(clip, output_size),
+        dropped=dropped,
         warnings=list(reporter.warnings),
         evaluation=evaluation,
         resumed_from=None if checkpoints is None else checkpoints.resumed_from,

@@ -148,6 +148,10 @@ class VideoInfo:
     # A stored pixel's width over its height (the sample aspect ratio): 32/27 for 720x480
     # shown as 16:9. width and height are the displayed size: stored width x pixel aspect.
     pixel_aspect: Fraction = Fraction(1)
+    pixel_format: str = ""  # of the decoded frames, in ffmpeg's names: yuv420p, yuv422p10le, rgb24
+    # The streams that reading leaves out, as (kind, codec): every video stream but the first
+    # (cover art as "cover art"), every audio track but the first, subtitles, data, attachments.
+    unused_streams: tuple[tuple[str, str], ...] = ()
 
     @property
     def exact_size(self) -> tuple[Fraction, Fraction]:
@@ -208,7 +212,7 @@ def _probe_file(path: Path) -> VideoInfo:
             frames_from = "container"
         else:
             duration = None
-        rotation, color = _first_frame_facts(container, stream)
+        rotation, color, pixel_format = _first_frame_facts(container, stream)
         if stream.frames and stream.frames > 0:
             num_frames, frames_from = int(stream.frames), "count"
         elif duration:
@@ -237,6 +241,8 @@ def _probe_file(path: Path) -> VideoInfo:
             frames_from=frames_from,
             stored_size=stored_size,
             pixel_aspect=pixel_aspect,
+            pixel_format=pixel_format,
+            unused_streams=_unused_streams(container, stream),
         )
 
 
@@ -252,20 +258,22 @@ def _tagged_duration(stream: av.video.stream.VideoStream) -> float | None:
 
 def _first_frame_facts(
     container: av.container.InputContainer, stream: av.video.stream.VideoStream
-) -> tuple[int, ColorTags]:
-    """The display rotation and colour tags, read from the first decoded frame.
+) -> tuple[int, ColorTags, str]:
+    """The display rotation, colour tags and pixel format, read from the first decoded frame.
 
     PyAV cannot read a stream's side data, where the rotation lives, but the decoder copies
-    it onto every frame, along with the colour tags as decoded (some codecs only know them
-    then). Decoding one frame is cheap.
+    it onto every frame, along with the colour tags and pixel format as decoded (some codecs
+    only know them then). Decoding one frame is cheap.
     """
     context = stream.codec_context
     codes = (context.color_primaries, context.color_trc, context.colorspace, context.color_range)
     rotation = 0.0
+    pixel_format = context.pix_fmt or ""
     try:
         for frame in container.decode(stream):
             rotation = frame.rotation or 0.0
             codes = (frame.color_primaries, frame.color_trc, frame.colorspace, frame.color_range)
+            pixel_format = frame.format.name
             break
     except (FFmpegError, ValueError):
         pass  # a damaged start is reported by the reader, with the frame it failed at
@@ -281,7 +289,7 @@ def _first_frame_facts(
         range=_RANGES.get(range_),
     )
     # ffmpeg turns by multiples of 90 degrees; anything else is a tagging oddity.
-    return int(round(rotation / 90.0)) % 4 * 90, color
+    return int(round(rotation / 90.0)) % 4 * 90, color, pixel_format
 
 
 def _pixel_aspect(stream: av.video.stream.VideoStream) -> Fraction:
@@ -291,6 +299,30 @@ def _pixel_aspect(stream: av.video.stream.VideoStream) -> Fraction:
         if ratio is not None and ratio.numerator > 0 and ratio.denominator > 0:
             return Fraction(ratio.numerator, ratio.denominator)
     return Fraction(1)
+
+
+def _unused_streams(
+    container: av.container.InputContainer, video: av.video.stream.VideoStream
+) -> tuple[tuple[str, str], ...]:
+    """(kind, codec) of every stream of ``container`` that reading and writing leave out."""
+    unused = []
+    first_audio = container.streams.audio[0] if container.streams.audio else None
+    attached_pic = int(av.stream.Disposition.attached_pic)
+    for stream in container.streams:
+        if stream is video or stream is first_audio:
+            continue
+        kind = stream.type
+        if kind == "video" and int(stream.disposition) & attached_pic:
+            kind = "cover art"
+        context = getattr(stream, "codec_context", None)
+        if kind == "attachment":
+            codec = stream.name or getattr(stream, "mimetype", None) or ""  # a font's file name, say
+        elif context is not None and context.name:
+            codec = context.name
+        else:
+            codec = "timecode" if "timecode" in stream.metadata else ""  # a camera's tmcd track
+        unused.append((kind, codec))
+    return tuple(unused)
 
 
 def _first_real_video_stream(container: av.container.InputContainer) -> av.video.stream.VideoStream | None:
@@ -337,20 +369,24 @@ def _numbered_images(folder: Path) -> list[Path]:
     return sorted(images, key=frame_order)
 
 
+# Pillow's image modes by ffmpeg's name for the same samples, for what writing keeps of them.
+_PIL_PIXEL_FORMATS = {"RGB": "rgb24", "RGBA": "rgba", "L": "gray", "LA": "ya8", "P": "pal8", "I;16": "gray16le"}
+
+
 def _probe_folder(folder: Path) -> VideoInfo:
     images = _numbered_images(folder)
     if not images:
         raise InputError(
             f"{folder}: no images found; the folder should hold numbered frames such as 00000.png"
         )
-    first_size, codec = None, "png"
+    first_size, codec, mode = None, "png", ""
     for image_path in images:
         try:
             # Image.open reads only the header, so checking every size stays cheap.
             with Image.open(image_path) as image:
                 size = image.size
                 if first_size is None:
-                    first_size, codec = size, (image.format or "png").lower()
+                    first_size, codec, mode = size, (image.format or "png").lower(), image.mode
         except (OSError, ValueError, Image.DecompressionBombError):
             raise InputError(f"{image_path}: not a readable image; remove or replace it") from None
         if size != first_size:
@@ -369,6 +405,7 @@ def _probe_folder(folder: Path) -> VideoInfo:
         duration=len(images) / float(FOLDER_FPS),
         codec=codec,
         is_image_sequence=True,
+        pixel_format=_PIL_PIXEL_FORMATS.get(mode, ""),
     )
 
 
@@ -1171,6 +1208,59 @@ def no_audio_track(output: str | os.PathLike) -> str:
     if written is None:
         return "PNG frames have no audio track"
     return f"{written.name} has no audio track" if written.audio_encoder is None else ""
+
+
+_STREAM_WORDS = {
+    "video": ("a second video stream", "{count} more video streams"),
+    "audio": ("a second audio track", "{count} more audio tracks"),
+    "subtitle": ("a subtitle stream", "{count} subtitle streams"),
+    "data": ("a data stream", "{count} data streams"),
+    "attachment": ("an attachment", "{count} attachments"),
+    "cover art": ("cover art", "cover art"),
+}
+
+
+def lost_in_writing(info: VideoInfo, output: str | os.PathLike) -> list[str]:
+    """What of ``info``'s clip ``output`` will not hold, in words for the summary: the streams
+    reading leaves out, audio the output cannot carry, and samples it keeps fewer of."""
+    written = output_format(output)
+    no_audio = no_audio_track(output)
+    lost = []
+    if info.has_audio and no_audio:
+        lost.append(f"the audio ({no_audio})")
+    by_kind: dict[str, list[str]] = {}
+    for kind, codec in info.unused_streams:
+        if kind != "audio" or not no_audio:  # else every track went with "the audio"
+            by_kind.setdefault(kind, []).append(codec)
+    for kind, codecs in by_kind.items():
+        one, many = _STREAM_WORDS.get(kind, (f"a {kind} stream", f"{{count}} {kind} streams"))
+        named = [codec for codec in codecs if codec]
+        words = one if len(codecs) == 1 else many.format(count=len(codecs))
+        lost.append(f"{words} ({', '.join(named)})" if named else words)
+    if not info.pixel_format:
+        return lost
+    samples = av.VideoFormat(info.pixel_format, 16, 16)
+    depth = max(component.bits for component in samples.components)
+    if depth > 8:
+        lost.append(f"{depth}-bit samples ({info.pixel_format}) written as 8-bit")
+    if any(component.is_alpha for component in samples.components):
+        lost.append(f"the alpha channel ({info.pixel_format})")
+    if written is not None and written.even_sides:  # 4:2:0 video
+        chroma = _chroma_subsampling(samples)
+        if chroma in ("4:4:4", "4:2:2", "4:4:0", "4:1:1"):  # finer than 4:2:0 one way or both
+            lost.append(f"{chroma} colour ({info.pixel_format}) written as 4:2:0")
+    return lost
+
+
+def _chroma_subsampling(samples: av.VideoFormat) -> str | None:
+    """``"4:2:0"``, ``"4:2:2"``, ``"4:4:4"`` (RGB and palettes too) and so on; None for grey."""
+    if samples.is_rgb or samples.has_palette:
+        return "4:4:4"
+    if len(samples.components) < 3:
+        return None
+    across = samples.width // samples.chroma_width()
+    down = samples.height // samples.chroma_height()
+    return {(1, 1): "4:4:4", (2, 1): "4:2:2", (2, 2): "4:2:0", (4, 1): "4:1:1", (1, 2): "4:4:0"}.get((across, down))
 
 
 def frame_timing(output: str | os.PathLike, fps: Fraction, *, keep_timestamps: bool = False) -> tuple[str, str]:
