@@ -395,3 +395,100 @@ def test_a_rotated_phone_clip_is_edited_and_written_upright(tmp_path):
     assert result.exit_code == 0, result.output
     assert "48x64 working, 48x64 written" in " ".join(result.stdout.split())
     assert streams(out)["size"] == (48, 64)
+
+
+@pytest.fixture(scope="module")
+def clip_with_sound(tmp_path_factory):
+    return make_clip(tmp_path_factory.mktemp("sound") / "sound.mp4", frames=12, audio=True)
+
+
+def test_webm_is_written_with_its_audio_and_gif_without_it_said_once(clip_with_sound, tmp_path):
+    import av
+
+    args = ["-p", "x", "--size", "64x48", *[a for a in FAST if a != "--quiet"]]
+    webm = vedit("run", clip_with_sound, *args, "-o", tmp_path / "o.webm")
+    assert webm.exit_code == 0, webm.output
+    assert "vedit: warning:" not in webm.stderr
+    with av.open(str(tmp_path / "o.webm")) as container:
+        assert [s.codec_context.name for s in container.streams] == ["vp9", "opus"]
+    assert streams(tmp_path / "o.webm")["frames"] == 12 and streams(tmp_path / "o.webm")["size"] == (64, 48)
+
+    gif = vedit("run", clip_with_sound, *args, "-o", tmp_path / "o.gif")
+    assert gif.exit_code == 0, gif.output
+    warnings = [line for line in gif.stderr.splitlines() if line.startswith("vedit: warning:")]
+    dropped = f"GIF has no audio track, so the audio of {clip_with_sound} is dropped"
+    assert warnings == [f"vedit: warning: {tmp_path / 'o.gif'}: {dropped}"]
+    with av.open(str(tmp_path / "o.gif")) as container:
+        assert [s.codec_context.name for s in container.streams] == ["gif"]
+    assert streams(tmp_path / "o.gif")["frames"] == 12
+    text = " ".join(gif.stdout.split())
+    assert "dropped the audio (GIF has no audio track)" in text
+    assert "GIF delays are whole hundredths of a second: frames show for 4 or 5 hundredths (24 fps on average)" in text
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_gif_too_fast_for_browsers_is_a_warning(tmp_path):
+    fast = make_clip(tmp_path / "fast.mp4", frames=6, fps=60)
+    result = vedit("run", fast, "-p", "x", "--size", "64x48", *FAST, "-o", tmp_path / "o.gif")
+    assert result.exit_code == 0, result.output
+    assert (f"vedit: warning: {tmp_path / 'o.gif'}: 60 fps is too fast for GIF: browsers show frames shorter than 2 "
+            "hundredths of a second for 10; --frames ::2 halves the rate") in result.stderr
+
+
+@pytest.mark.parametrize("turned", [False, True])
+def test_a_clip_of_non_square_pixels_is_written_at_its_displayed_size(tmp_path, turned):
+    from conftest import ffmpeg
+
+    dvd = make_clip(tmp_path / "dvd.mp4", frames=4, size=(720, 480), source="testsrc",
+                    codec=["-vf", "setsar=32/27", "-c:v", "libx264", "-pix_fmt", "yuv420p"])
+    if turned:  # the rotation turns the displayed picture: 480x853, written 480x854
+        phone = tmp_path / "phone.mp4"
+        subprocess.run([ffmpeg(), "-v", "error", "-display_rotation", "90", "-i", str(dvd), "-c", "copy", str(phone)],
+                       check=True)
+        dvd = phone
+    out = tmp_path / "o.mp4"
+    size = "40x72" if turned else "72x40"
+    result = vedit("run", dvd, "-p", "x", "--size", size, "-o", out, *[a for a in FAST if a != "--quiet"])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.stdout.split())
+    if turned:
+        assert streams(out)["size"] == (480, 854)
+        assert ("aspect 720x480 stored with pixel aspect 32:27, turned 90 degrees (480x853 displayed): "
+                "read and written with square pixels at 480x854") in text
+    else:
+        assert streams(out)["size"] == (854, 480)
+        assert "72x40 working, 854x480 written (the source is 853x480; H.264 4:2:0 video needs even sides)" in text
+        assert ("aspect 720x480 stored with pixel aspect 32:27 (853x480 displayed): "
+                "read and written with square pixels at 854x480") in text
+
+
+def test_the_summary_says_what_is_dropped(tmp_path):
+    from conftest import ffmpeg
+
+    subtitles = tmp_path / "words.srt"
+    subtitles.write_text("1\n00:00:00,000 --> 00:00:00,400\nhello\n\n")
+    clip = tmp_path / "many.mkv"
+    subprocess.run(
+        [ffmpeg(), "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=64x48:rate=24:duration=0.5",
+         "-f", "lavfi", "-i", "testsrc2=size=32x24:rate=24:duration=0.5", "-i", str(subtitles),
+         "-map", "0", "-map", "1", "-map", "2", "-c:v", "libx264", "-pix_fmt", "yuv422p10le", "-c:s", "srt", str(clip)],
+        check=True,
+    )
+    out = tmp_path / "o.mp4"
+    result = vedit("run", clip, "-p", "x", "--size", "64x48", "-o", out, *[a for a in FAST if a != "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert ("dropped a second video stream (h264); a subtitle stream (srt); 10-bit samples (yuv422p10le) written as "
+            "8-bit; 4:2:2 colour (yuv422p10le) written as 4:2:0") in " ".join(result.stdout.split())
+    info = streams(out)
+    assert info["size"] == (64, 48) and info["frames"] == 12 and info["pix_fmt"] == "yuv420p"
+
+
+def test_an_ffmpeg_without_vp9_is_refused_before_any_work(clip, tmp_path, monkeypatch, no_heavy_work):
+    from test_video import ffmpeg_without
+
+    monkeypatch.setenv("VEDIT_FFMPEG", str(ffmpeg_without(tmp_path, "libvpx-vp9")))
+    out = tmp_path / "never.webm"
+    result = vedit("run", clip, "-p", "x", "--size", "64x48", "-o", out, *FAST)
+    assert result.exit_code == 3, result.output
+    assert "has no libvpx-vp9 encoder, which .webm files need" in one_error_line(result)
+    assert not out.exists() and not (tmp_path / "cache").exists()

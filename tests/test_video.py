@@ -23,6 +23,7 @@ from vedit.video import (
     VideoWriter,
     check_output_path,
     find_ffmpeg,
+    lost_in_writing,
     parse_size,
     probe,
     untagged_matrix,
@@ -541,10 +542,19 @@ def test_written_size_is_what_ends_up_in_the_file(tmp_path: Path) -> None:
     assert written_size(tmp_path / "out.mp4", (321, 241)) == (320, 240)
     assert written_size(tmp_path / "out.mkv", (320, 240)) == (320, 240)
     assert written_size(tmp_path / "frames", (321, 241)) == (321, 241)
-    out = tmp_path / "odd.mov"
-    with VideoWriter(out, fps=Fraction(24)) as writer:
-        writer.write(coloured_frames(2, width=321, height=241))
-    assert (probe(out).width, probe(out).height) == written_size(out, (321, 241))
+    assert written_size(tmp_path / "out.webm", (321, 241)) == (320, 240)  # 4:2:0 as well
+    assert written_size(tmp_path / "out.gif", (321, 241)) == (321, 241)  # any size
+    # Exact displayed sizes (720 pixels of aspect 32:27 show 853 1/3 wide) go to the nearest
+    # size the output holds: 854, the even number nearest, not 852 below the rounded 853.
+    shown = (Fraction(2560, 3), 480)
+    assert written_size(tmp_path / "out.mp4", shown) == written_size(tmp_path / "out.webm", shown) == (854, 480)
+    assert written_size(tmp_path / "out.gif", shown) == written_size(tmp_path / "frames", shown) == (853, 480)
+    assert written_size(tmp_path / "out.mp4", (Fraction(16317, 58), 211)) == (282, 210)  # 281.33 x 211
+    for suffix in (".mov", ".webm", ".gif"):
+        out = tmp_path / f"odd{suffix}"
+        with VideoWriter(out, fps=Fraction(24)) as writer:
+            writer.write(coloured_frames(2, width=321, height=241))
+        assert (probe(out).width, probe(out).height) == written_size(out, (321, 241))
 
 
 # --------------------------------------------------------------------------- writing
@@ -735,6 +745,294 @@ def test_unwritable_folder_is_refused(tmp_path: Path, monkeypatch: pytest.Monkey
             VideoWriter(locked / "out.mp4", fps=Fraction(30))
     finally:
         locked.chmod(0o700)
+
+
+def test_webm_is_vp9_and_opus_with_the_audio_cut_to_the_video(tmp_path: Path, clips: dict[str, Path]) -> None:
+    source = probe(clips["ntsc_audio"])
+    frames = coloured_frames(48)  # 2.002 s at 23.976 fps
+    out = tmp_path / "shared.webm"
+    with VideoWriter(out, fps=NTSC, audio_from=source, audio_range=(0.5, 1.0)) as writer:
+        writer.write(frames)
+    with av.open(str(out)) as container:
+        assert container.format.name.split(",")[0] in ("matroska", "webm")
+        video, audio = container.streams.video[0], container.streams.audio[0]
+        assert (video.codec_context.name, audio.codec_context.name) == ("vp9", "opus")
+        assert video.codec_context.pix_fmt == "yuv420p"
+        assert len(container.streams) == 2
+    info = probe(out)
+    assert (info.width, info.height, info.fps, info.num_frames) == (64, 48, NTSC, 48)
+    back = FrameReader(out, size=(64, 48)).read_all()
+    assert len(back) == 48
+    np.testing.assert_allclose(back.mean(axis=(1, 2)), frames.mean(axis=(1, 2)), atol=4)
+    # The same audio rules as mp4: the range asked for, then silence up to the last frame and
+    # not past it (Opus frames are 20 ms).
+    assert audible_seconds(out) == pytest.approx(0.5, abs=0.05)
+    assert decoded_seconds(out, "audio") == pytest.approx(48 / float(NTSC), abs=0.025)
+    assert no_leftovers(tmp_path)
+
+
+def decoded_seconds(path: Path, kind: str) -> float:
+    """How long a stream lasts by its decoded content (Matroska states no stream durations)."""
+    with av.open(str(path)) as container:
+        if kind == "audio":
+            frames = list(container.decode(audio=0))
+            return float(frames[-1].pts * frames[-1].time_base) + frames[-1].samples / frames[-1].sample_rate
+        stream = container.streams.video[0]
+        return sum(1 for _ in container.decode(video=0)) / float(stream.average_rate)
+
+
+def gif_delays(path: Path) -> list[int]:
+    """Each frame's delay, in hundredths of a second, as the file states it."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        assert stream.time_base == Fraction(1, 100)
+        return [packet.duration for packet in container.demux(stream) if packet.size]
+
+
+def test_gif_is_one_palette_looping_at_the_frame_rate_without_audio(tmp_path: Path, clips: dict[str, Path]) -> None:
+    frames = coloured_frames(24, width=251, height=171)
+    out = tmp_path / "shared.gif"
+    with VideoWriter(out, fps=Fraction(24), audio_from=probe(clips["ntsc_audio"])) as writer:
+        writer.write(frames)
+    with av.open(str(out)) as container:
+        assert [stream.codec_context.name for stream in container.streams] == ["gif"]  # no audio
+    info = probe(out)
+    assert (info.width, info.height, info.num_frames, info.codec) == (251, 171, 24, "gif")  # odd sides kept
+    # Delays are whole hundredths: 24 fps is 4, 4, 5, ... which keeps the rate on average, and the
+    # rate read back is the clip's.
+    delays = gif_delays(out)
+    assert set(delays) == {4, 5} and sum(delays) == 100
+    assert info.fps == 24
+    data = out.read_bytes()
+    assert b"NETSCAPE2.0\x03\x01\x00\x00" in data  # loops forever
+    back = FrameReader(out, size=(251, 171)).read_all()
+    np.testing.assert_allclose(back.mean(axis=(1, 2)), frames.mean(axis=(1, 2)), atol=3)
+    assert no_leftovers(tmp_path)
+
+
+def test_a_gif_written_at_a_whole_number_of_hundredths_keeps_its_rate_exactly(tmp_path: Path) -> None:
+    out = tmp_path / "exact.gif"
+    with VideoWriter(out, fps=Fraction(25)) as writer:
+        writer.write(coloured_frames(10))
+    assert gif_delays(out) == [4] * 10
+    assert probe(out).fps == 25
+
+
+@pytest.mark.parametrize("suffix", [".webm", ".gif"])
+def test_a_failed_webm_or_gif_leaves_nothing_behind(tmp_path: Path, clips: dict[str, Path], suffix: str) -> None:
+    out = tmp_path / f"out{suffix}"
+    out.write_bytes(b"the previous result")
+    with pytest.raises(KeyboardInterrupt):
+        with VideoWriter(out, fps=Fraction(30), audio_from=probe(clips["ntsc_audio"])) as writer:
+            writer.write(coloured_frames(10))
+            raise KeyboardInterrupt()
+    assert out.read_bytes() == b"the previous result"
+    assert no_leftovers(tmp_path)
+    assert ffmpeg_children() == []
+
+
+def test_webm_carries_the_colour_tags(tmp_path: Path, bt601_full_range: Path) -> None:
+    info = probe(bt601_full_range)
+    first = FrameReader(bt601_full_range, size=(64, 48)).read_all()
+    out = tmp_path / "kept.webm"
+    with VideoWriter(out, fps=Fraction(24), color=info.color, crf=0) as writer:  # lossless VP9
+        writer.write(first)
+    assert probe(out).color == info.color
+    again = FrameReader(out, size=(64, 48)).read_all()
+    np.testing.assert_allclose(quadrant_centres(again), quadrant_centres(first), atol=2.01)
+
+
+def ffmpeg_without(tmp_path: Path, *encoders: str) -> Path:
+    """A stand-in for an ffmpeg built without ``encoders``: it lists the real one's minus those."""
+    real = find_ffmpeg()
+    listing = subprocess.run([real, "-hide_banner", "-encoders"], capture_output=True, text=True).stdout
+    kept = "\n".join(line for line in listing.splitlines() if not any(f" {name} " in line for name in encoders))
+    folder = tmp_path / "-".join(("without", *encoders))
+    folder.mkdir()
+    (folder / "encoders.txt").write_text(kept + "\n")
+    script = folder / "ffmpeg"
+    script.write_text(
+        f'#!/bin/sh\ncase " $* " in *" -encoders "*) cat "{folder}/encoders.txt";; *) exec "{real}" "$@";; esac\n'
+    )
+    script.chmod(0o755)
+    return script
+
+
+def test_an_ffmpeg_without_the_format_s_encoders_is_refused_before_any_work(
+    tmp_path: Path, clips: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    no_vp9, no_opus = ffmpeg_without(tmp_path, "libvpx-vp9", "libopus"), ffmpeg_without(tmp_path, "libopus")
+    monkeypatch.setenv("VEDIT_FFMPEG", str(no_vp9))
+    with pytest.raises(OutputError, match=r"out.webm: the ffmpeg at .* has no libvpx-vp9 encoder, which .webm files"):
+        VideoWriter(work / "out.webm", fps=Fraction(24))
+    monkeypatch.setenv("VEDIT_FFMPEG", str(no_opus))
+    with pytest.raises(OutputError, match="has no libopus encoder"):
+        VideoWriter(work / "out.webm", fps=Fraction(24), audio_from=probe(clips["ntsc_audio"]))
+    assert list(work.iterdir()) == []
+    with VideoWriter(work / "silent.webm", fps=Fraction(24), audio_from=probe(clips["vp9"])) as writer:
+        writer.write(coloured_frames(3))  # no audio to carry, so no Opus needed
+    assert probe(work / "silent.webm").num_frames == 3
+
+
+# --------------------------------------------------------------------------- pixel aspect and what is dropped
+
+
+def disc_picture(width: int, height: int) -> np.ndarray:
+    """A white disc on black, round when every pixel is square."""
+    rows, cols = np.mgrid[0:height, 0:width]
+    radius = 0.35 * min(width, height)
+    disc = (cols - width / 2 + 0.5) ** 2 + (rows - height / 2 + 0.5) ** 2 < radius**2
+    return np.where(disc[..., None], 255, 0).astype(np.uint8).repeat(3, axis=2)
+
+
+def disc_extent(frame: np.ndarray) -> tuple[int, int]:
+    """The width and height of the white disc in ``frame``."""
+    bright = frame.mean(axis=2) > 128
+    columns, rows = np.nonzero(bright.any(axis=0))[0], np.nonzero(bright.any(axis=1))[0]
+    return int(columns[-1] - columns[0] + 1), int(rows[-1] - rows[0] + 1)
+
+
+def stored_with_pixel_aspect(path: Path, shown: tuple[int, int], stored_width: int, aspect: str) -> Path:
+    """A disc picture shown at ``shown``, stored ``stored_width`` wide with pixels of ``aspect``
+    (as a DVD stores 16:9 in 720x480), losslessly in 4:4:4 so that odd sides are allowed."""
+    width, height = shown
+    subprocess.run(
+        [
+            find_ffmpeg(), "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}",
+            "-r", "24", "-i", "pipe:", "-vf", f"scale={stored_width}:{height}:flags=lanczos,setsar={aspect}",
+            "-c:v", "libx264", "-qp", "0", "-pix_fmt", "yuv444p", str(path),
+        ],
+        input=np.stack([disc_picture(width, height)] * 3).tobytes(), check=True,
+    )  # fmt: skip
+    return path
+
+
+@pytest.mark.parametrize(
+    ("shown", "stored_width", "aspect", "displayed", "working"),
+    [
+        ((854, 480), 720, "32/27", (853, 480), (912, 512)),  # NTSC DVD 16:9
+        ((281, 211), 333, "49/58", (281, 211), (680, 512)),  # odd sides, pixels narrower than tall
+    ],
+)
+def test_non_square_pixels_are_read_at_their_displayed_size(
+    tmp_path: Path, shown: tuple[int, int], stored_width: int, aspect: str,
+    displayed: tuple[int, int], working: tuple[int, int],
+) -> None:  # fmt: skip
+    clip = stored_with_pixel_aspect(tmp_path / "anamorphic.mp4", shown, stored_width, aspect)
+    info = probe(clip)
+    assert info.stored_size == (stored_width, shown[1]) and info.pixel_aspect == Fraction(aspect)
+    assert (info.width, info.height) == displayed
+    assert info.exact_size == (stored_width * Fraction(aspect), shown[1])
+    reader = FrameReader(clip, info=info)
+    assert reader.size == working  # from the displayed size: the stored one gave 768x512 and 808x512
+    width, height = disc_extent(reader.read_all()[0])
+    assert width == pytest.approx(height, rel=0.03)  # round, not squeezed to the stored shape
+
+
+def test_a_rotated_clip_of_non_square_pixels_is_turned_after_the_pixels_are_squared(tmp_path: Path) -> None:
+    stored = stored_with_pixel_aspect(tmp_path / "stored.mp4", (128, 72), 96, "4/3")
+    phone = tmp_path / "phone.mp4"
+    ffmpeg_run("-display_rotation", "90", "-i", str(stored), "-c", "copy", str(phone))
+    info = probe(phone)
+    assert (info.rotation, info.stored_size, info.pixel_aspect) == (90, (96, 72), Fraction(4, 3))
+    assert (info.width, info.height) == (72, 128)
+    reader = FrameReader(phone, info=info)
+    assert reader.size == (512, 912)
+    width, height = disc_extent(reader.read_all()[0])
+    assert width == pytest.approx(height, rel=0.03)
+
+
+def test_a_pixel_aspect_stated_by_the_container_alone_counts(tmp_path: Path) -> None:
+    square = stored_with_pixel_aspect(tmp_path / "square.mp4", (96, 72), 96, "1")
+    tagged = tmp_path / "tagged.mkv"
+    ffmpeg_run("-i", str(square), "-c", "copy", "-aspect", "16:9", str(tagged))  # the bitstream still says 1:1
+    info = probe(tagged)
+    assert info.pixel_aspect == Fraction(4, 3) and (info.width, info.height) == (128, 72)
+
+
+def test_written_pixels_are_square(tmp_path: Path) -> None:
+    clip = stored_with_pixel_aspect(tmp_path / "anamorphic.mp4", (854, 480), 720, "32/27")
+    info = probe(clip)
+    frames = FrameReader(clip, size=(912, 512), info=info).read_all()
+    for suffix in (".mp4", ".webm", ".gif"):
+        out = tmp_path / f"out{suffix}"
+        with VideoWriter(out, fps=Fraction(24), size=written_size(out, info.exact_size)) as writer:
+            writer.write(frames)
+        written = probe(out)
+        assert written.pixel_aspect == 1
+        assert (written.width, written.height) == ((853, 480) if suffix == ".gif" else (854, 480))
+        width, height = disc_extent(FrameReader(out, info=written, size=(written.width, written.height)).read_all()[0])
+        assert width == pytest.approx(height, rel=0.03)
+
+
+@pytest.fixture(scope="module")
+def many_streams(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An mkv with two video streams, two audio tracks, subtitles and an attached font."""
+    root = tmp_path_factory.mktemp("streams")
+    subtitles = root / "words.srt"
+    subtitles.write_text("1\n00:00:00,000 --> 00:00:00,400\nhello\n\n")
+    path = root / "many.mkv"
+    ffmpeg_run(
+        "-f", "lavfi", "-i", "testsrc2=size=64x48:rate=24:duration=0.5",
+        "-f", "lavfi", "-i", "testsrc=size=32x24:rate=24:duration=0.5",
+        "-f", "lavfi", "-i", "sine=duration=0.5", "-f", "lavfi", "-i", "sine=frequency=880:duration=0.5",
+        "-i", str(subtitles), "-map", "0", "-map", "1", "-map", "2", "-map", "3", "-map", "4",
+        "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:v:1", "mpeg4", "-c:a", "aac", "-c:a:1", "libopus",
+        "-c:s", "srt", "-attach", str(subtitles), "-metadata:s:t", "mimetype=text/plain", str(path),
+    )  # fmt: skip
+    return path
+
+
+def test_the_streams_that_are_not_written_are_named(tmp_path: Path, many_streams: Path) -> None:
+    info = probe(many_streams)
+    unused = (("video", "mpeg4"), ("audio", "opus"), ("subtitle", "srt"), ("attachment", "words.srt"))
+    assert info.unused_streams == unused
+    streams = ["a second video stream (mpeg4)", "a subtitle stream (srt)", "an attachment (words.srt)"]
+    assert lost_in_writing(info, tmp_path / "out.mp4") == [streams[0], "a second audio track (opus)", *streams[1:]]
+    assert lost_in_writing(info, tmp_path / "out.webm") == [streams[0], "a second audio track (opus)", *streams[1:]]
+    # Where the output carries no audio, both tracks go as one.
+    assert lost_in_writing(info, tmp_path / "out.gif") == ["the audio (GIF has no audio track)", *streams]
+    assert lost_in_writing(info, tmp_path / "frames") == ["the audio (PNG frames have no audio track)", *streams]
+    # What is read and written is the first of each.
+    frames = FrameReader(many_streams, size=(64, 48), info=info).read_all()
+    assert len(frames) == 12
+
+
+@pytest.mark.parametrize(
+    ("codec", "expected"),
+    [
+        (["-c:v", "libx264", "-pix_fmt", "yuv420p10le"], ["10-bit samples (yuv420p10le) written as 8-bit"]),
+        (["-c:v", "libx264", "-pix_fmt", "yuv422p"], ["4:2:2 colour (yuv422p) written as 4:2:0"]),
+        (["-c:v", "libx264", "-pix_fmt", "yuv444p"], ["4:4:4 colour (yuv444p) written as 4:2:0"]),
+        (["-c:v", "libx265", "-pix_fmt", "yuv422p10le", "-x265-params", "log-level=error"],
+         ["10-bit samples (yuv422p10le) written as 8-bit", "4:2:2 colour (yuv422p10le) written as 4:2:0"]),
+        (["-c:v", "libx264", "-pix_fmt", "yuv420p", "-timecode", "01:00:00:00"], ["a data stream (timecode)"]),
+        (["-c:v", "libx264", "-pix_fmt", "yuv420p"], []),
+    ],
+)
+def test_samples_the_output_holds_fewer_of_are_named(tmp_path: Path, codec: list[str], expected: list[str]) -> None:
+    clip = tmp_path / "clip.mov"
+    ffmpeg_run("-f", "lavfi", "-i", "testsrc2=size=64x48:rate=24:duration=0.25", *codec, str(clip))
+    info = probe(clip)
+    assert lost_in_writing(info, tmp_path / "out.mp4") == expected
+    # GIF and PNG frames keep full-resolution colour, but every output is 8-bit.
+    eight_bit = [line for line in expected if "colour" not in line]
+    assert lost_in_writing(info, tmp_path / "out.gif") == eight_bit
+    assert lost_in_writing(info, tmp_path / "frames") == eight_bit
+
+
+def test_transparency_and_rgb_folders_are_named(tmp_path: Path) -> None:
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for index in range(2):
+        Image.new("RGBA", (16, 8), (10, 20, 30, 128)).save(folder / f"{index:05d}.png")
+    info = probe(folder)
+    assert lost_in_writing(info, tmp_path / "out.mp4") == [
+        "the alpha channel (rgba)", "4:4:4 colour (rgba) written as 4:2:0"
+    ]
+    assert lost_in_writing(info, tmp_path / "out") == ["the alpha channel (rgba)"]
 
 
 # --------------------------------------------------------------------------- real clips

@@ -3,6 +3,7 @@ variable-rate clips are resampled or kept as they are."""
 
 from __future__ import annotations
 
+import math
 import subprocess
 from fractions import Fraction
 from pathlib import Path
@@ -273,7 +274,7 @@ def test_keep_timestamps_reads_every_frame_once_at_its_own_time(vfr_clip: Path) 
     np.testing.assert_allclose(picked.timestamps, [source_times[i] for i in range(10, 40, 3)], atol=1e-6)
 
 
-@pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv", ".webm"])
 def test_a_variable_rate_clip_written_back_keeps_its_timestamps(
     tmp_path: Path, vfr_clip: Path, suffix: str
 ) -> None:
@@ -289,13 +290,29 @@ def test_a_variable_rate_clip_written_back_keeps_its_timestamps(
 
     back = FrameReader(out, size=(64, 48), keep_timestamps=True)
     assert frame_numbers(back.read_all()) == list(range(60))
-    tolerance = 0.001 if suffix == ".mkv" else 1e-5  # Matroska stores milliseconds
+    tolerance = 0.001 if suffix in (".mkv", ".webm") else 1e-5  # Matroska and WebM store milliseconds
     np.testing.assert_allclose(packet_times(out), packet_times(vfr_clip), atol=tolerance)
     np.testing.assert_allclose(back.timestamps, reader.timestamps, atol=tolerance)
     # The sound stays with the picture and ends with it.
     np.testing.assert_allclose(beep_onsets(out), beep_onsets(vfr_clip)[: len(beep_onsets(out))], atol=0.004)
     assert len(beep_onsets(out)) >= 4
     assert probe(out).duration == pytest.approx(end, abs=0.002)
+
+
+def test_a_variable_rate_gif_keeps_its_frame_times_to_the_hundredth(tmp_path: Path, vfr_clip: Path) -> None:
+    info = probe(vfr_clip)
+    reader = FrameReader(vfr_clip, size=(64, 48), keep_timestamps=True, info=info)
+    pictures = reader.read_all()
+    out = tmp_path / "copy.gif"
+    with VideoWriter(out, fps=info.fps, timestamps=reader.timestamps, audio_from=info) as writer:
+        writer.write(pictures)
+    # Each frame's time to the nearest hundredth, halves up as ffmpeg rounds (0.125 s is 0.13 s).
+    hundredths = [math.floor(t * 100 + 0.5) / 100 for t in reader.timestamps]
+    assert packet_times(out) == pytest.approx(hundredths, abs=1e-9)
+    back = FrameReader(out, size=(64, 48), keep_timestamps=True).read_all()
+    # Every frame once, in order: greys 3 levels apart are dithered by up to 2, but stay in order.
+    assert len(back) == 60 and np.all(np.diff(back.mean(axis=(1, 2, 3))) > 0)
+    assert not probe(out).has_audio
 
 
 def test_timestamps_must_increase(tmp_path: Path) -> None:

@@ -560,6 +560,7 @@ def plan_batch(
     """
     from .inversion import cache_root
     from .pipeline import preflight, planned_forwards
+    from .video import VIDEO_EXTENSIONS, unwritable_suffix
 
     if not isinstance(job_file, JobFile):
         job_file = read_job_file(job_file, config_path=config_path)
@@ -591,9 +592,8 @@ def plan_batch(
                         continue
                     output = Path(_absolute(text, base))
                     suffix = output.suffix.lower()
-                    if suffix and suffix not in (".mp4", ".mov", ".mkv"):
-                        errors.append(f"{where}: {job.label}: output {text!r}: cannot write {suffix} files; "
-                                      "use .mp4, .mov or .mkv, or a folder name for PNG frames")  # fmt: skip
+                    if suffix and suffix not in VIDEO_EXTENSIONS:
+                        errors.append(f"{where}: {job.label}: output {text!r}: {unwritable_suffix(suffix)}")
                         continue
                     if output in inputs:
                         errors.append(f"{where}: {job.label}: output {text!r} is an input of this batch")

@@ -259,10 +259,14 @@ def _summary(result, config: RunConfig) -> Table:
     if result.size_note:
         size += f" ({result.size_note})"
     rows.append(("size", size))
+    if result.aspect_note:
+        rows.append(("aspect", result.aspect_note))
     fps = f"{result.fps} ({float(result.fps):.3f})"
     if result.timing_note:
         fps += f"; {result.timing_note}"
     rows.append(("fps", fps))
+    if result.dropped:
+        rows.append(("dropped", "; ".join(result.dropped)))
     rows.append(("prompt", repr(config.prompt)))
     rows.append(("source prompt", repr(config.source_prompt)))
     if config.negative_prompt:
@@ -355,7 +359,7 @@ def create_app() -> typer.Typer:
     def run(
         clip: Path = typer.Argument(..., help="Input video file, or a folder of numbered images."),
         prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help=_help("What the edited video should show (required).")),
-        output: Optional[Path] = typer.Option(None, "--output", "-o", help=_help("Output .mp4/.mov/.mkv, or a folder for PNG frames.", default="<clip>-edited.mp4 here")),
+        output: Optional[Path] = typer.Option(None, "--output", "-o", help=_help("Output .mp4/.mov/.mkv (H.264), .webm (VP9), .gif, or a folder for PNG frames.", default="<clip>-edited.mp4 here")),
         source_prompt: Optional[str] = typer.Option(None, help=_help("What the input shows (inversion and source branch).", "source_prompt")),
         negative_prompt: Optional[str] = typer.Option(None, help=_help("Negative prompt (the unconditional branch).", "negative_prompt")),
         editor: Optional[str] = typer.Option(None, help=_help("Editor plugin: pnp, sdedit, img2img, or a plugin's.", "editor")),

@@ -43,7 +43,12 @@ from .video import (
     FrameRange,
     FrameReader,
     VideoWriter,
+    check_encoders,
     check_output_path,
+    frame_timing,
+    lost_in_writing,
+    no_audio_track,
+    output_format,
     parse_size,
     probe,
     resampling,
@@ -95,6 +100,8 @@ class EditResult:
     short_read: tuple[int, int] | None = None  # (frames read, frames promised) with --allow-short
     size_note: str = ""  # why the written size differs from the one asked for
     timing_note: str = ""  # how a variable-rate source was resampled, or that its times were kept
+    aspect_note: str = ""  # how a source of non-square pixels was read and written
+    dropped: list[str] = field(default_factory=list)  # what of the source the output does not hold
     warnings: list[str] = field(default_factory=list)
     engines: dict[str, str] = field(default_factory=dict)  # pass -> the engine that ran it
     profile: dict[str, float] = field(default_factory=dict)  # seconds per component, with profile=True
@@ -150,9 +157,9 @@ def open_clip(input_path: str | os.PathLike, config: RunConfig) -> _Clip:
     return _Clip(reader=reader, info=info, fps=source_fps / selection.step)
 
 
-def _output_size(config: RunConfig, clip: _Clip) -> tuple[int, int]:
+def _output_size(config: RunConfig, clip: _Clip) -> tuple[int | Fraction, int | Fraction]:
     if config.output_size == "source":
-        return (clip.info.width, clip.info.height)
+        return clip.info.exact_size  # non-square pixels are written square, at the size they show
     if config.output_size == "working":
         return clip.reader.size
     return parse_size(config.output_size, "--output-size")
@@ -699,16 +706,49 @@ def _resolve(config: RunConfig | None, options: dict[str, Any]) -> RunConfig:
     return config.replace(**validate(options)) if options else config
 
 
-def _size_note(config: RunConfig, clip: _Clip, asked: tuple[int, int], written: tuple[int, int]) -> str:
+def _size_note(config: RunConfig, clip: _Clip, output: Path, written: tuple[int, int]) -> str:
     """Why the written size is not the one asked for (empty when it is)."""
+    source = config.output_size == "source"
+    asked = (clip.info.width, clip.info.height) if source else _output_size(config, clip)
     if asked == written:
         return ""
-    whose = "the source is" if config.output_size == "source" else "asked for"
-    return f"{whose} {asked[0]}x{asked[1]}; H.264 4:2:0 video needs even sides"
+    whose = "the source is" if source else "asked for"
+    return f"{whose} {asked[0]}x{asked[1]}; {output_format(output).name} 4:2:0 video needs even sides"
 
 
-def _timing_note(config: RunConfig, clip: _Clip, reporter: Reporter) -> str:
-    """Say how a variable-rate source is timed in the output; warn when frames are dropped."""
+def _aspect_note(clip: _Clip, written: tuple[int, int]) -> str:
+    """How a clip of non-square pixels was read and written (empty for square ones)."""
+    info = clip.info
+    if info.pixel_aspect == 1 or info.stored_size is None:
+        return ""
+    aspect, (stored_width, stored_height) = info.pixel_aspect, info.stored_size
+    turned = f", turned {info.rotation} degrees" if info.rotation else ""
+    return (
+        f"{stored_width}x{stored_height} stored with pixel aspect {aspect.numerator}:{aspect.denominator}{turned} "
+        f"({info.width}x{info.height} displayed): read and written with square pixels at {written[0]}x{written[1]}"
+    )
+
+
+def _dropped(clip: _Clip, output: Path, reporter: Reporter) -> list[str]:
+    """What of the source the output will not hold; audio the output cannot carry is a warning."""
+    no_audio = no_audio_track(output)
+    if clip.info.has_audio and no_audio:
+        reporter.warning(f"{output}: {no_audio}, so the audio of {clip.info.path} is dropped")
+    return lost_in_writing(clip.info, output)
+
+
+def _timing_note(config: RunConfig, clip: _Clip, output: Path, reporter: Reporter) -> str:
+    """Say how a variable-rate source is timed in the output, and where the output's format
+    cannot time frames exactly; warn when frames are dropped or will not play at their pace."""
+    kept, too_fast = frame_timing(output, clip.fps, keep_timestamps=config.keep_timestamps)
+    if too_fast:
+        reporter.warning(too_fast)
+    source = _source_timing_note(config, clip, reporter)
+    return "; ".join(note for note in (source, kept) if note)
+
+
+def _source_timing_note(config: RunConfig, clip: _Clip, reporter: Reporter) -> str:
+    """How a variable-rate source is read: resampled (frames dropped are a warning) or kept."""
     if config.keep_timestamps:
         return "source frame times kept (--keep-timestamps)"
     change = resampling(clip.info, clip.reader.frames)
@@ -774,9 +814,10 @@ def _edit(input, output, config: RunConfig, checked: Preflight, reporter: _Recor
     # 1. Everything a user can get wrong was checked in preflight, before any heavy work.
     output = check_output_path(output, input)
     clip, editor = checked.clip, checked.editor
-    asked_size = _output_size(config, clip)
-    output_size = written_size(output, asked_size)
-    timing_note = _timing_note(config, clip, reporter)
+    check_encoders(output, audio=clip.info.has_audio)
+    output_size = written_size(output, _output_size(config, clip))
+    timing_note = _timing_note(config, clip, output, reporter)
+    dropped = _dropped(clip, output, reporter)
 
     with read_ahead(clip, _reading_batch(config)) as frames:  # reading overlaps loading the model
         # 2. Model, batch sizes and prompts.
@@ -814,7 +855,7 @@ def _edit(input, output, config: RunConfig, checked: Preflight, reporter: _Recor
 
     # 5. Edited latents → frames: decode, post-process and write (atomically).
     mark = time.perf_counter()
-    write_frames(model, config, checked, edited, output, asked_size, reporter, vae_batch_size=batches.vae)
+    write_frames(model, config, checked, edited, output, output_size, reporter, vae_batch_size=batches.vae)
     stages["write"] = time.perf_counter() - mark
     if checkpoints is not None:
         checkpoints.finish()
@@ -846,8 +887,10 @@ def _edit(input, output, config: RunConfig, checked: Preflight, reporter: _Recor
         model=model_name,
         seed=config.seed,
         short_read=clip.reader.short_read,
-        size_note=_size_note(config, clip, asked_size, output_size),
+        size_note=_size_note(config, clip, output, output_size),
         timing_note=timing_note,
+        aspect_note=_aspect_note(clip, output_size),
+        dropped=dropped,
         warnings=list(reporter.warnings),
         evaluation=evaluation,
         resumed_from=None if checkpoints is None else checkpoints.resumed_from,

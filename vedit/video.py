@@ -21,6 +21,7 @@ Environment:
 from __future__ import annotations
 
 import collections
+import functools
 import glob
 import math
 import os
@@ -44,7 +45,6 @@ from PIL import Image
 from .errors import ConfigError, InputError, OutputError, VeditError
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"})
-VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".mkv"})
 FOLDER_FPS = Fraction(24)  # image folders carry no rate; the caller may override it
 _OUR_FRAME_NAME = re.compile(r"^\d{5,}\.png$")
 _LAST_INTEGER = re.compile(r"(\d+)(?!.*\d)")
@@ -143,6 +143,25 @@ class VideoInfo:
     # files of a folder), "duration" (the video stream's duration x fps) or "container" (the
     # whole file's duration x fps, which may include a longer audio track).
     frames_from: str = "count"
+    # The frame size as stored, before the rotation and the pixel aspect; None: as displayed.
+    stored_size: tuple[int, int] | None = None
+    # A stored pixel's width over its height (the sample aspect ratio): 32/27 for 720x480
+    # shown as 16:9. width and height are the displayed size: stored width x pixel aspect.
+    pixel_aspect: Fraction = Fraction(1)
+    pixel_format: str = ""  # of the decoded frames, in ffmpeg's names: yuv420p, yuv422p10le, rgb24
+    # The streams that reading leaves out, as (kind, codec): every video stream but the first
+    # (cover art as "cover art"), every audio track but the first, subtitles, data, attachments.
+    unused_streams: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def exact_size(self) -> tuple[Fraction, Fraction]:
+        """The displayed size before it is rounded to whole pixels: 720 pixels of aspect 32:27
+        show as 853 1/3, which a writer rounds to the sides its format can hold."""
+        if self.stored_size is None:
+            return Fraction(self.width), Fraction(self.height)
+        width, height = self.stored_size
+        shown = (width * self.pixel_aspect, Fraction(height))
+        return (shown[1], shown[0]) if self.rotation in (90, 270) else shown
 
 
 def probe(path: str | os.PathLike) -> VideoInfo:
@@ -193,7 +212,7 @@ def _probe_file(path: Path) -> VideoInfo:
             frames_from = "container"
         else:
             duration = None
-        rotation, color = _first_frame_facts(container, stream)
+        rotation, color, pixel_format = _first_frame_facts(container, stream)
         if stream.frames and stream.frames > 0:
             num_frames, frames_from = int(stream.frames), "count"
         elif duration:
@@ -202,6 +221,8 @@ def _probe_file(path: Path) -> VideoInfo:
             num_frames = max(1, math.ceil(duration * fps - 0.05))
         else:
             num_frames, frames_from = _count_packets(container, stream), "count"
+        stored_size, pixel_aspect = (width, height), _pixel_aspect(stream)
+        width = max(1, _round_half_up(width * pixel_aspect.numerator, pixel_aspect.denominator))
         if rotation in (90, 270):
             width, height = height, width
         codec = getattr(context.codec, "canonical_name", None) or context.codec.name
@@ -218,6 +239,10 @@ def _probe_file(path: Path) -> VideoInfo:
             rotation=rotation,
             color=color,
             frames_from=frames_from,
+            stored_size=stored_size,
+            pixel_aspect=pixel_aspect,
+            pixel_format=pixel_format,
+            unused_streams=_unused_streams(container, stream),
         )
 
 
@@ -233,20 +258,22 @@ def _tagged_duration(stream: av.video.stream.VideoStream) -> float | None:
 
 def _first_frame_facts(
     container: av.container.InputContainer, stream: av.video.stream.VideoStream
-) -> tuple[int, ColorTags]:
-    """The display rotation and colour tags, read from the first decoded frame.
+) -> tuple[int, ColorTags, str]:
+    """The display rotation, colour tags and pixel format, read from the first decoded frame.
 
     PyAV cannot read a stream's side data, where the rotation lives, but the decoder copies
-    it onto every frame, along with the colour tags as decoded (some codecs only know them
-    then). Decoding one frame is cheap.
+    it onto every frame, along with the colour tags and pixel format as decoded (some codecs
+    only know them then). Decoding one frame is cheap.
     """
     context = stream.codec_context
     codes = (context.color_primaries, context.color_trc, context.colorspace, context.color_range)
     rotation = 0.0
+    pixel_format = context.pix_fmt or ""
     try:
         for frame in container.decode(stream):
             rotation = frame.rotation or 0.0
             codes = (frame.color_primaries, frame.color_trc, frame.colorspace, frame.color_range)
+            pixel_format = frame.format.name
             break
     except (FFmpegError, ValueError):
         pass  # a damaged start is reported by the reader, with the frame it failed at
@@ -262,7 +289,40 @@ def _first_frame_facts(
         range=_RANGES.get(range_),
     )
     # ffmpeg turns by multiples of 90 degrees; anything else is a tagging oddity.
-    return int(round(rotation / 90.0)) % 4 * 90, color
+    return int(round(rotation / 90.0)) % 4 * 90, color, pixel_format
+
+
+def _pixel_aspect(stream: av.video.stream.VideoStream) -> Fraction:
+    """The stream's sample aspect ratio as ffmpeg picks it: the container's, else the codec's;
+    1 where neither states one."""
+    for ratio in (stream.sample_aspect_ratio, stream.codec_context.sample_aspect_ratio):
+        if ratio is not None and ratio.numerator > 0 and ratio.denominator > 0:
+            return Fraction(ratio.numerator, ratio.denominator)
+    return Fraction(1)
+
+
+def _unused_streams(
+    container: av.container.InputContainer, video: av.video.stream.VideoStream
+) -> tuple[tuple[str, str], ...]:
+    """(kind, codec) of every stream of ``container`` that reading and writing leave out."""
+    unused = []
+    first_audio = container.streams.audio[0] if container.streams.audio else None
+    attached_pic = int(av.stream.Disposition.attached_pic)
+    for stream in container.streams:
+        if stream is video or stream is first_audio:
+            continue
+        kind = stream.type
+        if kind == "video" and int(stream.disposition) & attached_pic:
+            kind = "cover art"
+        context = getattr(stream, "codec_context", None)
+        if kind == "attachment":
+            codec = stream.name or getattr(stream, "mimetype", None) or ""  # a font's file name, say
+        elif context is not None and context.name:
+            codec = context.name
+        else:
+            codec = "timecode" if "timecode" in stream.metadata else ""  # a camera's tmcd track
+        unused.append((kind, codec))
+    return tuple(unused)
 
 
 def _first_real_video_stream(container: av.container.InputContainer) -> av.video.stream.VideoStream | None:
@@ -275,6 +335,11 @@ def _first_real_video_stream(container: av.container.InputContainer) -> av.video
 
 
 def _stream_fps(stream: av.video.stream.VideoStream) -> Fraction:
+    if stream.codec_context.name == "gif" and stream.frames and stream.duration and stream.time_base:
+        # GIF states no rate, only each frame's delay in hundredths of a second, and ffmpeg
+        # guesses the rate from the first few (25 fps for a 24 fps clip's 4, 4, 5): the
+        # frames over the whole duration is the rate they were made at, as near as GIF holds it.
+        return stream.frames / (stream.duration * Fraction(stream.time_base))
     for rate in (stream.average_rate, stream.guessed_rate, stream.base_rate):
         if rate:
             return Fraction(rate.numerator, rate.denominator)
@@ -304,20 +369,24 @@ def _numbered_images(folder: Path) -> list[Path]:
     return sorted(images, key=frame_order)
 
 
+# Pillow's image modes by ffmpeg's name for the same samples, for what writing keeps of them.
+_PIL_PIXEL_FORMATS = {"RGB": "rgb24", "RGBA": "rgba", "L": "gray", "LA": "ya8", "P": "pal8", "I;16": "gray16le"}
+
+
 def _probe_folder(folder: Path) -> VideoInfo:
     images = _numbered_images(folder)
     if not images:
         raise InputError(
             f"{folder}: no images found; the folder should hold numbered frames such as 00000.png"
         )
-    first_size, codec = None, "png"
+    first_size, codec, mode = None, "png", ""
     for image_path in images:
         try:
             # Image.open reads only the header, so checking every size stays cheap.
             with Image.open(image_path) as image:
                 size = image.size
                 if first_size is None:
-                    first_size, codec = size, (image.format or "png").lower()
+                    first_size, codec, mode = size, (image.format or "png").lower(), image.mode
         except (OSError, ValueError, Image.DecompressionBombError):
             raise InputError(f"{image_path}: not a readable image; remove or replace it") from None
         if size != first_size:
@@ -336,6 +405,7 @@ def _probe_folder(folder: Path) -> VideoInfo:
         duration=len(images) / float(FOLDER_FPS),
         codec=codec,
         is_image_sequence=True,
+        pixel_format=_PIL_PIXEL_FORMATS.get(mode, ""),
     )
 
 
@@ -1035,6 +1105,42 @@ def check_output_folder(out: Path) -> Path:
     return parent
 
 
+@dataclass(frozen=True)
+class OutputFormat:
+    """How video files of one kind are written."""
+
+    name: str  # as messages and the summary name it
+    encoder: str  # ffmpeg's video encoder
+    audio_encoder: str | None  # None: the format carries no audio
+    audio_bitrate: str = ""
+    even_sides: bool = True  # 4:2:0 video keeps colour at half resolution
+
+
+_H264 = OutputFormat("H.264", "libx264", "aac", "192k")
+OUTPUT_FORMATS = {
+    ".mp4": _H264, ".mov": _H264, ".mkv": _H264,
+    ".webm": OutputFormat("VP9", "libvpx-vp9", "libopus", "128k"),
+    ".gif": OutputFormat("GIF", "gif", None, even_sides=False),
+}  # fmt: skip
+VIDEO_EXTENSIONS = frozenset(OUTPUT_FORMATS)
+_VP9_CRF = 24  # constant quality (with -b:v 0); measured against x264's 18 in the README
+_GIF_TICK = Fraction(1, 100)  # GIF delays are whole hundredths of a second
+_GIF_SHORTEST = 2  # browsers show a frame of fewer hundredths for 10 of them
+
+
+def output_format(output: str | os.PathLike) -> OutputFormat | None:
+    """How ``output`` is written; ``None`` for a folder of PNG frames."""
+    if _output_kind(output) == "folder":
+        return None
+    return OUTPUT_FORMATS[Path(os.fspath(output)).suffix.lower()]
+
+
+def unwritable_suffix(suffix: str) -> str:
+    """Why files ending in ``suffix`` cannot be written, and what can."""
+    *others, last = OUTPUT_FORMATS
+    return f"cannot write {suffix} files; use {', '.join(others)} or {last}, or a folder name for PNG frames"
+
+
 def check_output_path(output: str | os.PathLike, input_path: str | os.PathLike | None) -> Path:
     """Refuse an output that cannot or must not be written, before any work is done."""
     kind = _output_kind(output)
@@ -1056,7 +1162,7 @@ def check_output_path(output: str | os.PathLike, input_path: str | os.PathLike |
 
 
 def _output_kind(output: str | os.PathLike) -> str:
-    """``"video"`` for .mp4/.mov/.mkv, ``"folder"`` for PNG frames; anything else is refused."""
+    """``"video"`` for the files of OUTPUT_FORMATS, ``"folder"`` for PNG frames; anything else is refused."""
     text = os.fspath(output)
     path = Path(text)
     if text.endswith(("/", os.sep)) or path.is_dir():
@@ -1066,9 +1172,7 @@ def _output_kind(output: str | os.PathLike) -> str:
         return "video"
     if not suffix:
         return "folder"
-    raise OutputError(
-        f"{path}: cannot write {suffix} files; use .mp4, .mov or .mkv, or a folder name for PNG frames"
-    )
+    raise OutputError(f"{path}: {unwritable_suffix(suffix)}")
 
 
 def _same_location(a: Path, b: Path) -> bool:
@@ -1078,25 +1182,154 @@ def _same_location(a: Path, b: Path) -> bool:
         return a.resolve() == b.resolve()
 
 
-def _even(side: int) -> int:
-    """Round down to an even number: yuv420p stores colour at half resolution."""
-    return max(2, side - side % 2)
+def _nearest_even(side: Fraction) -> int:
+    """The even number nearest ``side``, the lower one when it lies halfway (an odd whole side)."""
+    return max(2, 2 * math.ceil(side / 2 - Fraction(1, 2)))
 
 
-def written_size(output: str | os.PathLike, size: tuple[int, int]) -> tuple[int, int]:
+def written_size(output: str | os.PathLike, size: tuple[int | Fraction, int | Fraction]) -> tuple[int, int]:
     """The ``(width, height)`` that frames of ``size`` are written at to ``output``.
 
-    Video files need even sides (yuv420p keeps colour at half resolution), so an odd side
-    loses its last row or column; PNG folders are written as given.
+    4:2:0 video (H.264, VP9) needs even sides, as it keeps colour at half resolution: each side
+    goes to the nearest even number, so an odd side loses its last row or column. GIF files and
+    PNG folders take any size. ``size`` may be exact (:attr:`VideoInfo.exact_size`, the displayed
+    size of non-square pixels), and is then rounded to the nearest size the output can hold.
     """
-    width, height = int(size[0]), int(size[1])
-    if _output_kind(output) == "folder":
-        return width, height
-    return _even(width), _even(height)
+    width, height = Fraction(size[0]), Fraction(size[1])
+    written = output_format(output)
+    if written is None or not written.even_sides:
+        return tuple(max(1, _round_half_up(side.numerator, side.denominator)) for side in (width, height))
+    return _nearest_even(width), _nearest_even(height)
+
+
+@functools.lru_cache(maxsize=4)
+def _encoders(binary: str) -> frozenset[str] | None:
+    """The encoders the ffmpeg at ``binary`` was built with; None if it cannot say."""
+    try:
+        listing = subprocess.run(
+            [binary, "-hide_banner", "-nostdin", "-encoders"], capture_output=True, text=True, timeout=60
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    # Lines such as " V....D libx264   libx264 H.264 / AVC ...", after a legend that ends in "------".
+    table = listing.partition("------")[2]
+    return frozenset(line.split()[1] for line in table.splitlines() if len(line.split()) > 1) or None
+
+
+def check_encoders(output: str | os.PathLike, *, audio: bool) -> None:
+    """Refuse ``output`` before any work when this ffmpeg cannot encode it (a build without VP9,
+    say); ``audio``: whether the source's audio is to be carried."""
+    written = output_format(output)
+    if written is None:
+        return
+    needed = [written.encoder] + ([written.audio_encoder] if audio and written.audio_encoder else [])
+    binary = find_ffmpeg()
+    known = _encoders(binary)
+    missing = [encoder for encoder in needed if known is not None and encoder not in known]
+    if missing:  # an ffmpeg that cannot list its encoders fails later, with its own words
+        suffix = Path(os.fspath(output)).suffix.lower()
+        raise OutputError(
+            f"{output}: the ffmpeg at {binary} has no {missing[0]} encoder, which {suffix} files need; "
+            "choose another format, or set VEDIT_FFMPEG to an ffmpeg built with it"
+        )
+
+
+def no_audio_track(output: str | os.PathLike) -> str:
+    """Why ``output`` will hold no audio whatever the source has (``"GIF has no audio track"``);
+    empty where it carries the source's first track."""
+    written = output_format(output)
+    if written is None:
+        return "PNG frames have no audio track"
+    return f"{written.name} has no audio track" if written.audio_encoder is None else ""
+
+
+_STREAM_WORDS = {
+    "video": ("a second video stream", "{count} more video streams"),
+    "audio": ("a second audio track", "{count} more audio tracks"),
+    "subtitle": ("a subtitle stream", "{count} subtitle streams"),
+    "data": ("a data stream", "{count} data streams"),
+    "attachment": ("an attachment", "{count} attachments"),
+    "cover art": ("cover art", "cover art"),
+}
+
+
+def lost_in_writing(info: VideoInfo, output: str | os.PathLike) -> list[str]:
+    """What of ``info``'s clip ``output`` will not hold, in words for the summary: the streams
+    reading leaves out, audio the output cannot carry, and samples it keeps fewer of."""
+    written = output_format(output)
+    no_audio = no_audio_track(output)
+    lost = []
+    if info.has_audio and no_audio:
+        lost.append(f"the audio ({no_audio})")
+    by_kind: dict[str, list[str]] = {}
+    for kind, codec in info.unused_streams:
+        if kind != "audio" or not no_audio:  # else every track went with "the audio"
+            by_kind.setdefault(kind, []).append(codec)
+    for kind, codecs in by_kind.items():
+        one, many = _STREAM_WORDS.get(kind, (f"a {kind} stream", f"{{count}} {kind} streams"))
+        named = [codec for codec in codecs if codec]
+        words = one if len(codecs) == 1 else many.format(count=len(codecs))
+        lost.append(f"{words} ({', '.join(named)})" if named else words)
+    if not info.pixel_format:
+        return lost
+    samples = av.VideoFormat(info.pixel_format, 16, 16)
+    depth = max(component.bits for component in samples.components)
+    if depth > 8:
+        lost.append(f"{depth}-bit samples ({info.pixel_format}) written as 8-bit")
+    if any(component.is_alpha for component in samples.components):
+        lost.append(f"the alpha channel ({info.pixel_format})")
+    if written is not None and written.even_sides:  # 4:2:0 video
+        chroma = _chroma_subsampling(samples)
+        if chroma in ("4:4:4", "4:2:2", "4:4:0", "4:1:1"):  # finer than 4:2:0 one way or both
+            lost.append(f"{chroma} colour ({info.pixel_format}) written as 4:2:0")
+    return lost
+
+
+def _chroma_subsampling(samples: av.VideoFormat) -> str | None:
+    """``"4:2:0"``, ``"4:2:2"``, ``"4:4:4"`` (RGB and palettes too) and so on; None for grey."""
+    if samples.is_rgb or samples.has_palette:
+        return "4:4:4"
+    if len(samples.components) < 3:
+        return None
+    across = samples.width // samples.chroma_width()
+    down = samples.height // samples.chroma_height()
+    return {(1, 1): "4:4:4", (2, 1): "4:2:2", (2, 2): "4:2:0", (4, 1): "4:1:1", (1, 2): "4:4:0"}.get((across, down))
+
+
+def frame_timing(output: str | os.PathLike, fps: Fraction, *, keep_timestamps: bool = False) -> tuple[str, str]:
+    """What ``output`` does to frames ``1 / fps`` apart (or at their own times): a note for the
+    summary where it cannot show them exactly, and a warning where players will show them at
+    another pace; empty strings where neither applies.
+
+    GIF delays are whole hundredths of a second. ffmpeg rounds each frame's time to one, so the
+    average rate is kept and single frames are up to half a hundredth early or late.
+    """
+    written = output_format(output)
+    if written is None or written.encoder != "gif":
+        return "", ""
+    ticks = 1 / (fps * _GIF_TICK)  # hundredths of a second per frame
+    if keep_timestamps:
+        note = "GIF: each frame's time rounded to a hundredth of a second"
+    elif ticks.denominator == 1:
+        note = ""
+    else:
+        shortest, longest = math.floor(ticks), math.ceil(ticks)
+        note = (
+            f"GIF delays are whole hundredths of a second: frames show for {shortest} or {longest} hundredths "
+            f"({fps} fps on average)"
+        )
+    warning = ""
+    if ticks < _GIF_SHORTEST:
+        warning = (
+            f"{output}: {fps} fps is too fast for GIF: browsers show frames shorter than {_GIF_SHORTEST} "
+            "hundredths of a second for 10; --frames ::2 halves the rate"
+        )
+    return note, warning
 
 
 class VideoWriter:
-    """Writes uint8 RGB frames to an H.264 file or a folder of PNGs, atomically.
+    """Writes uint8 RGB frames to a video file (:data:`OUTPUT_FORMATS`: H.264 in mp4/mov/mkv,
+    VP9 in WebM, GIF) or a folder of PNGs, atomically.
 
     Use it as a context manager: on a clean exit the output is finished and renamed into
     place; on any exception (Ctrl-C included) ffmpeg is killed, the temporary output is
@@ -1106,7 +1339,12 @@ class VideoWriter:
     as :attr:`FrameReader.timestamps`), frame i at ``timestamps[i] - timestamps[0]``. With
     ``color`` tags from the source the frames are converted to YUV the way the source was
     and tagged like it; without, as BT.709. ``audio_range`` is in seconds from the first
-    video frame of ``audio_from``, and the audio keeps its offset from that frame.
+    video frame of ``audio_from``, and the audio keeps its offset from that frame. ``crf`` is
+    x264's quality (0: lossless); VP9 is written at its own constant quality (lossless at 0).
+
+    A GIF takes two more passes over the frames, kept losslessly in a temporary file: one
+    finds the palette that suits the whole clip, the other maps every frame to it. It carries
+    no audio and loops forever.
     """
 
     def __init__(
@@ -1123,6 +1361,7 @@ class VideoWriter:
     ) -> None:
         self.path = check_output_path(path, audio_from.path if audio_from is not None else None)
         self.kind = _output_kind(path)
+        self.format = output_format(path)  # None for a folder of PNGs
         self.fps = fps if isinstance(fps, Fraction) else Fraction(fps).limit_denominator(1_000_000)
         if self.fps <= 0:
             raise ValueError(f"fps must be positive, got {fps}")
@@ -1149,10 +1388,13 @@ class VideoWriter:
         self._frame_shape: tuple[int, int] | None = None
         self._token = secrets.token_hex(4)
         self._temp: Path | None = None
-        self._video_only: Path | None = None  # the encoded frames, waiting for their audio
+        # The encoded frames, waiting for their audio, or a GIF's frames waiting for their palette.
+        self._video_only: Path | None = None
+        self._palette: Path | None = None
         self._process: subprocess.Popen | None = None
         self._stderr: _StderrTail | None = None
         self._done = False
+        check_encoders(self.path, audio=self._audio_source() is not None)
 
     def __enter__(self) -> "VideoWriter":
         return self
@@ -1203,7 +1445,9 @@ class VideoWriter:
                 self._close_muxer()
             if self._process is not None:
                 self._finish_ffmpeg("could not finish the video")
-            if self._video_only is not None:
+            if self._video_only is not None and self.format is not None and self.format.encoder == "gif":
+                self._write_gif()
+            elif self._video_only is not None:
                 self._add_audio()
             self._publish()
         except BaseException:
@@ -1224,15 +1468,16 @@ class VideoWriter:
             except (FFmpegError, OSError, ValueError):
                 pass  # its pipe is closed already; there is nothing left to flush
             self._muxer = None
-        for temp in (self._video_only, self._temp):
+        for temp in (self._video_only, self._palette, self._temp):
             if temp is not None and temp.is_dir():
                 shutil.rmtree(temp, ignore_errors=True)
             elif temp is not None:
                 temp.unlink(missing_ok=True)
-        self._video_only = self._temp = None
+        self._video_only = self._palette = self._temp = None
 
-    def _temp_sibling(self, tag: str = "") -> Path:
-        suffix = self.path.suffix if self.kind == "video" else ""
+    def _temp_sibling(self, tag: str = "", suffix: str | None = None) -> Path:
+        if suffix is None:
+            suffix = self.path.suffix if self.kind == "video" else ""
         return self.path.parent / f".{self.path.name}.partial-{self._token}-pid{os.getpid()}{tag}{suffix}"
 
     def _open(self, shape: tuple[int, int]) -> None:
@@ -1253,7 +1498,8 @@ class VideoWriter:
         height, width = shape
         out_width, out_height = written_size(self.path, self.size or (width, height))
         rate = f"{self.fps.numerator}/{self.fps.denominator}"
-        options: dict[str, object] = dict(vcodec="libx264", crf=self.crf, pix_fmt="yuv420p")
+        assert self.format is not None
+        options = self._encoder_options()
         if self.timestamps is None:
             frames_in = ffmpeg.input(
                 "pipe:", format="rawvideo", pix_fmt="rgb24", s=f"{width}x{height}", framerate=rate
@@ -1264,24 +1510,33 @@ class VideoWriter:
             # that mp4 and mov turn into wrong frame durations when the spacing varies.
             frames_in = ffmpeg.input("pipe:", format="nut")
             options.update(fps_mode="passthrough", enc_time_base="demux", bf=0)
+        if self.format.encoder == "gif":
+            # Frames kept losslessly (FFV1, RGB) until the whole clip's palette is known; NUT
+            # keeps their times in the rate's own time base, so GIF's rounding is the only one.
+            encode_to = self._video_only = self._temp_sibling("-frames", ".nut")
+            video = frames_in.video.filter("scale", out_width, out_height, flags="lanczos").filter("format", "bgr0")
+        else:
+            video = self._to_yuv(frames_in.video, out_width, out_height)
+            if encode_to == self._temp:
+                options.update(self._container_options())
+        spec = ffmpeg.output(video, _ffmpeg_path(encode_to), **options).overwrite_output()
+        self._process, self._stderr = _start(spec, pipe_stdin=True)
+        if self.timestamps is not None:
+            self._open_muxer(width, height)
+
+    def _to_yuv(self, video: ffmpeg.nodes.FilterableStream, width: int, height: int) -> ffmpeg.nodes.FilterableStream:
+        """RGB frames scaled to ``width`` x ``height`` and converted to tagged 4:2:0 YUV."""
         matrix, range_, primaries, transfer = self._output_colors()
-        video = frames_in.video.filter(
-            "scale", out_width, out_height, flags="lanczos",
-            out_color_matrix=_SCALE_MATRICES[matrix], out_range=range_,
-        ).filter("format", "yuv420p")  # fmt: skip
+        video = video.filter(
+            "scale", width, height, flags="lanczos", out_color_matrix=_SCALE_MATRICES[matrix], out_range=range_
+        ).filter("format", "yuv420p")
         # The encoder takes its tags from the frames, so they are stamped on the frames.
         stamps = dict(colorspace=matrix, range=range_)
         if primaries is not None:
             stamps["color_primaries"] = primaries
         if transfer is not None:
             stamps["color_trc"] = transfer
-        video = video.filter("setparams", **stamps)
-        if encode_to == self._temp:
-            options.update(self._container_options())
-        spec = ffmpeg.output(video, _ffmpeg_path(encode_to), **options).overwrite_output()
-        self._process, self._stderr = _start(spec, pipe_stdin=True)
-        if self.timestamps is not None:
-            self._open_muxer(width, height)
+        return video.filter("setparams", **stamps)
 
     def _output_colors(self) -> tuple[str, str, str | None, str | None]:
         """The matrix, range, primaries and transfer to convert with and tag the output with.
@@ -1313,9 +1568,22 @@ class VideoWriter:
         except (FFmpegError, OSError, ValueError):
             self._lost_ffmpeg()
 
+    def _encoder_options(self) -> dict[str, object]:
+        """ffmpeg's output options for the video encoder of this writer's format."""
+        assert self.format is not None
+        if self.format.encoder == "gif":
+            return dict(vcodec="ffv1")  # the lossless first pass; the GIF comes from it
+        if self.format.encoder == "libvpx-vp9":
+            # Constant quality: -b:v 0 lifts the bitrate cap libvpx otherwise applies.
+            quality: dict[str, object] = {"lossless": 1} if self.crf == 0 else {"crf": _VP9_CRF, "b:v": 0}
+            return dict(vcodec="libvpx-vp9", pix_fmt="yuv420p", **quality, **{"row-mt": 1, "cpu-used": 2})
+        return dict(vcodec=self.format.encoder, crf=self.crf, pix_fmt="yuv420p")
+
     def _container_options(self) -> dict[str, object]:
         if self.path.suffix.lower() == ".mp4":
             return {"movflags": "+faststart"}  # index first, so the file plays while downloading
+        if self.path.suffix.lower() == ".gif":
+            return {"loop": 0}  # forever
         return {}
 
     def _audio_source(self) -> VideoInfo | None:
@@ -1323,6 +1591,8 @@ class VideoWriter:
         source = self.audio_from
         if source is None or not source.has_audio or source.is_image_sequence:
             return None
+        if self.format is None or self.format.audio_encoder is None:
+            return None  # a folder of PNGs or a GIF
         if self.audio_range is not None and source.duration is not None:
             if self.audio_range[0] >= source.duration:
                 return None  # the range starts after the source ends
@@ -1355,9 +1625,10 @@ class VideoWriter:
             .filter("aresample", **{"async": 1, "first_pts": 0})
             .filter("apad")  # and after a track that ends early, up to the video's end
         )
+        assert self.format is not None and self.format.audio_encoder is not None
         spec = ffmpeg.output(
             video, audio, _ffmpeg_path(self._temp),
-            vcodec="copy", acodec="aac", audio_bitrate="192k",
+            vcodec="copy", acodec=self.format.audio_encoder, audio_bitrate=self.format.audio_bitrate,
             t=f"{float(video_seconds):.6f}",
             **self._container_options(),
         ).global_args("-copyts").overwrite_output()  # fmt: skip
@@ -1366,6 +1637,31 @@ class VideoWriter:
         self._finish_ffmpeg("could not add the audio")
         self._video_only.unlink()
         self._video_only = None
+
+    def _write_gif(self) -> None:
+        """Make the GIF from the lossless frames: the palette that suits the whole clip first,
+        then every frame mapped to it (two passes, so memory does not grow with the clip)."""
+        assert self._video_only is not None and self._temp is not None
+        frames = _ffmpeg_path(self._video_only)
+        self._palette = self._temp_sibling("-palette", ".png")
+        palette = ffmpeg.input(frames).video.filter("palettegen").output(_ffmpeg_path(self._palette), update=1)
+        self._process, self._stderr = _start(palette.overwrite_output())
+        self._finish_ffmpeg("could not find the GIF's palette")
+        # Ordered dithering keeps its pattern still where the picture is; error diffusion's moves
+        # from frame to frame, a flicker of its own (measured in the README).
+        inputs = [ffmpeg.input(frames).video, ffmpeg.input(_ffmpeg_path(self._palette)).video]
+        mapped = ffmpeg.filter(inputs, "paletteuse", dither="bayer")
+        # Each frame keeps its time in the first pass's time base until the muxer rounds it to
+        # GIF's hundredths; the encoder's default, 1 / the average rate, would merge close frames.
+        spec = ffmpeg.output(
+            mapped, _ffmpeg_path(self._temp), fps_mode="passthrough", enc_time_base="demux",
+            **self._container_options(),
+        )  # fmt: skip
+        self._process, self._stderr = _start(spec.overwrite_output())
+        self._finish_ffmpeg("could not write the GIF")
+        for done in (self._video_only, self._palette):
+            done.unlink()
+        self._video_only = self._palette = None
 
     def _source_origin(self, source: VideoInfo) -> Fraction:
         """When the first video frame of ``source`` is shown, on the source's own clock, in seconds.
