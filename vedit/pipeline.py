@@ -25,6 +25,7 @@ from .engine import DEFAULT_ENGINE_CACHE, EngineCache, Passes, engine_chain
 from .passes import joint_partners, select_keyframes
 from .errors import ConfigError, InputError, OutputError
 from .inversion import (
+    RUN_FIELDS,
     InversionCache,
     Trajectory,
     cache_key,
@@ -244,7 +245,7 @@ def preflight(
     if config.inversion:
         if not needs_inversion:
             raise ConfigError(f"--inversion {config.inversion}: editor {config.editor!r} uses no inversion; leave it out")
-        metadata = read_metadata(config.inversion)
+        metadata = read_metadata(config.inversion, needs=RUN_FIELDS)
         _check_inversion_file(config, metadata, clip, sampling_timesteps(scheduler, config.steps), reporter)
     return Preflight(clip, editor, propagator, postprocessors, engines, strict_engine, device, dtype, steps_run, metadata)
 
