@@ -116,7 +116,7 @@ class EngineCache:
             if stat.st_size != recorded_file["size"]:
                 return f"corrupt ({name} is {stat.st_size} bytes, {recorded_file['size']} were written)"
             # Hashed on every load, since bytes can change with the modification time left as it
-            # was: with the checksum (CRC-32, a quarter of a second per GB read from memory); an
+            # was: with the checksum (CRC-32, a third of a second per GB from the page cache); an
             # entry built before entries recorded it, with its SHA-256 (about twice as long).
             if "crc32" in recorded_file:
                 sound = file_digest(file) == recorded_file["crc32"]
