@@ -213,8 +213,12 @@ def test_an_engine_cache_entry_from_before_checksums_is_checked_with_its_sha256(
     flip_byte(folder / "artefact.bin", 5000)
     assert load() == content and len(builds) == 2
     assert notes == [f"engine cache: fake in {folder} is corrupt (artefact.bin does not match its recorded hash); rebuilding"]
-    rebuilt = json.loads((folder / "entry.json").read_text())["files"]["artefact.bin"]
+    meta = json.loads((folder / "entry.json").read_text())
+    rebuilt = meta["files"]["artefact.bin"]
     assert rebuilt["crc32"] == f"crc32:{zlib.crc32(content):08x}" and len(rebuilt["sha256"]) == 64
+    del rebuilt["crc32"], rebuilt["sha256"]  # an entry.json that records no hash at all cannot be checked: rebuilt
+    (folder / "entry.json").write_text(json.dumps(meta))
+    assert load() == content and len(builds) == 3 and "does not match its recorded hash" in notes[-1]
 
 
 def test_two_builders_of_one_entry_both_succeed(tmp_path):

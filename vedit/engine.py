@@ -121,7 +121,7 @@ class EngineCache:
             if "crc32" in recorded_file:
                 sound = file_digest(file) == recorded_file["crc32"]
             else:
-                sound = file_sha256(file) == recorded_file["sha256"]
+                sound = file_sha256(file) == recorded_file.get("sha256")
             if not sound:
                 return f"corrupt ({name} does not match its recorded hash)"
         return None
