@@ -310,6 +310,45 @@ def register_commands(app):
             run_quality_suite(clips, size=size, steps=steps, seed=seed, chunk_size=chunk_size, flow=flow,
                               save=_save("quality", "cpu", save, no_save))  # fmt: skip
 
+    @bench.command("checksums")
+    def checksums(
+        frames: int = typer.Option(120, help="Frames of the trajectory read."),
+        size: str = typer.Option("512x512", help="Working size WxH of the trajectory (latents WxH / 8)."),
+        steps: int = typer.Option(50, help="Sampling steps: the trajectory holds one tensor per step, and z_T."),
+        dtypes: str = typer.Option("fp16,fp32", help="Comma-separated dtypes of the trajectory: fp16, bf16, fp32."),
+        file_gb: float = typer.Option(1.0, help="GB of the engine cache file checked (0: none)."),
+        hash_mb: int = typer.Option(256, help="MB of memory each hash is timed over."),
+        repeats: int = typer.Option(5, help=_REPEATS + " For the trajectory: pairs of reads, unchecked then checked."),
+        warmup: int = typer.Option(1, help=_WARMUP),
+        json_out: bool = typer.Option(False, "--json", help=_JSON),
+        save: Optional[str] = typer.Option(None, help=_SAVE),
+        no_save: bool = typer.Option(False, "--no-save", help=_NO_SAVE),
+    ) -> None:
+        """What the checksums cost: the hashes, a trajectory read with and without its checks, an engine file's check."""
+        with _errors():
+            import torch
+
+            from vedit.errors import ConfigError
+            from vedit.models import dtype_name
+            from vedit.video import parse_size
+
+            from .checksums import run_checksums_suite
+
+            names = {dtype_name(d): d for d in (torch.float16, torch.bfloat16, torch.float32)}
+            chosen = [d.strip() for d in dtypes.split(",") if d.strip()]
+            unknown = [d for d in chosen if d not in names]
+            if unknown or not chosen:
+                raise ConfigError(f"--dtypes takes fp16, bf16 and fp32, comma-separated; got {dtypes!r}")
+            if file_gb < 0 or hash_mb < 1 or frames < 1 or steps < 1 or repeats < 1 or warmup < 0:
+                raise ConfigError(
+                    "--frames, --steps, --hash-mb and --repeats take 1 or more, --file-gb and --warmup 0 or more"
+                )
+            run_checksums_suite(
+                frames=frames, size=parse_size(size), steps=steps, dtypes=[names[d] for d in chosen], file_gb=file_gb,
+                hash_mb=hash_mb, repeats=repeats, warmup=warmup, json_out=json_out,
+                save=_save("checksums", "cpu", save, no_save),
+            )  # fmt: skip
+
     @bench.command("compare")
     def compare(
         a: str = typer.Argument(..., help="The first results file (A)."),

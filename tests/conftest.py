@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import shutil
+import struct
 import subprocess
 import sys
 from fractions import Fraction
@@ -101,3 +103,22 @@ def one_error_line(result) -> str:
     assert lines[0].startswith("vedit: error: ")
     assert "Traceback" not in result.output
     return lines[0]
+
+
+def tensor_bytes(path: Path, name: str) -> tuple[int, int]:
+    """Where tensor ``name``'s data lie in a safetensors file: (offset, size) in bytes."""
+    with open(path, "rb") as handle:
+        (length,) = struct.unpack("<Q", handle.read(8))
+        start, stop = json.loads(handle.read(length))[name]["data_offsets"]
+    return 8 + length + start, stop - start
+
+
+def flip_byte(path: Path, offset: int) -> None:
+    """Flip every bit of the byte at ``offset``, in place, the file's modification time kept as it was."""
+    stat = path.stat()
+    with open(path, "r+b") as handle:
+        handle.seek(offset)
+        byte = handle.read(1)[0]
+        handle.seek(offset)
+        handle.write(bytes([byte ^ 0xFF]))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))

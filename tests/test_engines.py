@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import make_clip
+from conftest import flip_byte, make_clip
 from vedit import plugins
 from vedit.engine import EngineCache, EngineError, Passes, engine_chain
 from vedit.errors import PluginError
@@ -181,6 +182,43 @@ def test_engine_cache_rebuilds_stale_and_corrupt_entries(sd, eager_outputs, tmp_
     artefact.write_bytes(bytes(data))
     assert relative_error(run(), expected["plain"][0]) < 1e-4
     assert len(notes) == 3 and "does not match its recorded hash" in notes[2]
+
+    flip_byte(artefact, artefact.stat().st_size // 3)  # and with the modification time kept as it was
+    assert relative_error(run(), expected["plain"][0]) < 1e-4
+    assert len(notes) == 4 and notes[3] == (
+        f"engine cache: torchscript plain pass in {entry.path} is corrupt (pass.pt does not match its recorded hash); "
+        "rebuilding"
+    )
+
+
+def test_an_engine_cache_entry_from_before_checksums_is_checked_with_its_sha256(tmp_path):
+    notes: list[str] = []
+    cache = EngineCache(tmp_path, message=notes.append)
+    parts, identity = {"engine": "fake", "pass": "plain", "model": "m"}, ("engine", "pass", "model")
+    content, builds = bytes(range(256)) * 64, []
+
+    def build(folder):
+        builds.append(folder)
+        (folder / "artefact.bin").write_bytes(content)
+
+    def load():
+        return cache.load_or_build(parts, identity, build, lambda f: (f / "artefact.bin").read_bytes(), label="fake")
+
+    assert load() == content
+    folder = cache.folder(parts, identity)
+    meta = json.loads((folder / "entry.json").read_text())
+    meta["files"]["artefact.bin"].pop("crc32", None)  # as entries were written before they recorded a checksum
+    (folder / "entry.json").write_text(json.dumps(meta))
+    assert load() == content and len(builds) == 1 and notes == []  # still loads
+    flip_byte(folder / "artefact.bin", 5000)
+    assert load() == content and len(builds) == 2
+    assert notes == [f"engine cache: fake in {folder} is corrupt (artefact.bin does not match its recorded hash); rebuilding"]
+    meta = json.loads((folder / "entry.json").read_text())
+    rebuilt = meta["files"]["artefact.bin"]
+    assert rebuilt["crc32"] == f"crc32:{zlib.crc32(content):08x}" and len(rebuilt["sha256"]) == 64
+    del rebuilt["crc32"], rebuilt["sha256"]  # an entry.json that records no hash at all cannot be checked: rebuilt
+    (folder / "entry.json").write_text(json.dumps(meta))
+    assert load() == content and len(builds) == 3 and "does not match its recorded hash" in notes[-1]
 
 
 def test_two_builders_of_one_entry_both_succeed(tmp_path):

@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors import safe_open
+from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 import vedit
-from conftest import make_clip
+from conftest import flip_byte, make_clip, tensor_bytes
 from vedit import plugins
 from vedit.checkpoint import Checkpoint, CheckpointStore, checkpoint_key
 from vedit.cli import create_app
@@ -181,15 +182,61 @@ def test_another_edit_does_not_resume_from_a_checkpoint_that_is_not_its_own(clip
         assert checkpoint_key(base, **{**parts, part: "other"}) != key, part
 
 
+def _stopped(clip, cache: Path, out: Path, steps: int) -> Path:
+    """The checkpoint a run stopped after ``steps`` steps keeps."""
+    with pytest.raises(KeyboardInterrupt):
+        vedit.edit(clip, out, reporter=_StopAt(steps), cache_dir=str(cache), **OPTIONS)
+    (kept,) = _checkpoints(cache)
+    return kept
+
+
 def test_a_damaged_checkpoint_is_dropped_with_one_warning_and_the_run_starts_over(clip, reference, tmp_path):
     cache = tmp_path / "cache"
     out = tmp_path / "out.mp4"
-    with pytest.raises(KeyboardInterrupt):
-        vedit.edit(clip, out, reporter=_StopAt(2), cache_dir=str(cache), **OPTIONS)
-    (kept,) = _checkpoints(cache)
+    kept = _stopped(clip, cache, out, 2)
     kept.write_bytes(kept.read_bytes()[:100])
     with pytest.warns(VeditWarning, match="cannot be read.*starting from the first step"):
         result = vedit.edit(clip, out, cache_dir=str(cache), **OPTIONS)
+    assert result.resumed_from is None and out.read_bytes() == reference[0]
+    assert _checkpoints(cache) == []
+
+
+@pytest.mark.parametrize("part, offset", [("latents", 100), ("state.generator", 9)])  # 9: the mt19937 position's byte
+def test_a_checkpoint_with_flipped_bytes_is_dropped_with_one_warning_and_the_run_starts_over(
+    clip, reference, tmp_path, part, offset
+):
+    cache = tmp_path / "cache"
+    out = tmp_path / "out.mp4"
+    kept = _stopped(clip, cache, out, 4)
+    start, _ = tensor_bytes(kept, part)
+    flip_byte(kept, start + offset)
+    with pytest.warns(VeditWarning) as warned:
+        result = vedit.edit(clip, out, cache_dir=str(cache), **OPTIONS)
+    assert [str(w.message) for w in warned] == [
+        f"checkpoint {kept} is damaged ({part} does not match its checksum); starting from the first step"
+    ]
+    assert result.resumed_from is None and out.read_bytes() == reference[0]
+    assert _checkpoints(cache) == []
+    again = vedit.edit(clip, out, cache_dir=str(cache), **OPTIONS)  # and the next run is a plain one
+    assert again.resumed_from is None and out.read_bytes() == reference[0]
+
+
+def test_a_checkpoint_whose_state_the_propagator_refuses_is_dropped_with_one_warning(clip, reference, tmp_path):
+    """A checkpoint written before vedit kept checksums cannot be checked; a state that does not load is caught."""
+    cache = tmp_path / "cache"
+    out = tmp_path / "out.mp4"
+    kept = _stopped(clip, cache, out, 4)
+    with safe_open(str(kept), framework="pt") as f:
+        tensors = {name: f.get_tensor(name) for name in f.keys()}
+        metadata = {k: v for k, v in f.metadata().items() if k != "checksums"}
+    tensors["state.generator"][9] ^= 0xFF
+    save_file(tensors, str(kept), metadata=metadata)
+    with pytest.warns(VeditWarning) as warned:
+        result = vedit.edit(clip, out, cache_dir=str(cache), **OPTIONS)
+    assert [str(w.message) for w in warned] == [
+        f"checkpoint {kept} holds a state propagator 'tokenflow' cannot take (RuntimeError: Invalid mt19937 state); "
+        "starting from the first step"
+    ]
     assert result.resumed_from is None and out.read_bytes() == reference[0]
     assert _checkpoints(cache) == []
 

@@ -10,10 +10,11 @@ change to the edit gives another key. The file is removed once the output is wri
 File (safetensors): ``latents`` (N, 4, h, w) in the loop's dtype, and one ``state.<name>`` tensor
 per entry of the propagator's ``state_dict()``. Metadata: ``format`` ("vedit-checkpoint/1"),
 ``step`` (steps done), ``steps`` (steps in all), ``source``, ``prompt``, ``frames``, ``width``,
-``height``, ``model``.
+``height``, ``model``, and ``checksums`` (:mod:`vedit.checksums`: of every tensor and of the rest
+of the metadata), checked when the checkpoint is read.
 
-Like the inversion cache, checkpoints are a convenience: failing to read or write one is one
-warning line, never a failed run.
+Like the inversion cache, checkpoints are a convenience: failing to read or write one, or finding
+it damaged, is one warning line, never a failed run.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from .checksums import ChecksumMismatch, check_tensor, checksums_of, file_sha256, with_checksums
 from .errors import OutputError
 from .inversion import CacheEntry, _reason, cache_root, partial_prefix, scan_folder, sweep_partials
 
@@ -49,11 +51,7 @@ _NOT_IN_KEY = frozenset({
 
 def _file_identity(path: str | os.PathLike) -> dict[str, Any]:
     """A file named by an option, by what it holds: its content's digest."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return {"path": str(Path(path).resolve()), "sha256": digest.hexdigest()}
+    return {"path": str(Path(path).resolve()), "sha256": file_sha256(path)}
 
 
 def checkpoint_key(config: Any, *, frames_sha256: str, fingerprint: str, dtype: str, device: str, trajectory: str) -> str:
@@ -109,21 +107,30 @@ class CheckpointStore:
         return self.root / f"{key}.safetensors"
 
     def load(self, key: str) -> Checkpoint | None:
-        """The checkpoint under ``key``; None when there is none or it cannot be read (then it is
-        removed, with a warning, and the run starts from the beginning)."""
+        """The checkpoint under ``key``; None when there is none, it cannot be read or it does not
+        match its checksums (then it is removed, with a warning, and the run starts from the
+        beginning). Checkpoints written before vedit kept checksums are read unchecked."""
         path = self.path(key)
         if not path.exists():
             return None
         try:
             with safe_open(str(path), framework="pt") as f:
                 metadata = dict(f.metadata() or {})
+                checksums = checksums_of(metadata)
                 if metadata.get("format") != FORMAT:
                     raise ValueError(f"format {metadata.get('format')!r}")
-                latents = f.get_tensor("latents")
-                state = {name.removeprefix("state."): f.get_tensor(name) for name in f.keys() if name.startswith("state.")}
+                tensors = {name: f.get_tensor(name) for name in f.keys()}
+            for name, tensor in tensors.items():
+                check_tensor(name, tensor, checksums)
+            latents = tensors["latents"]
+            state = {name.removeprefix("state."): value for name, value in tensors.items() if name.startswith("state.")}
             step, steps = int(metadata["step"]), int(metadata["steps"])
         except FileNotFoundError:
             return None  # removed by a run that finished meanwhile
+        except ChecksumMismatch as error:
+            self.warn(f"checkpoint {path} is damaged ({error}); starting from the first step")
+            self._unlink(path)
+            return None
         except Exception as error:  # damaged: safetensors, JSON or a missing field
             self.warn(f"checkpoint {path} cannot be read ({_reason(error)}); starting from the first step")
             self._unlink(path)
@@ -136,6 +143,7 @@ class CheckpointStore:
         tensors = {"latents": checkpoint.latents.contiguous()}
         tensors.update({f"state.{name}": value.contiguous() for name, value in checkpoint.state.items()})
         metadata = {**checkpoint.metadata, "format": FORMAT, "step": str(checkpoint.step), "steps": str(checkpoint.steps)}
+        metadata = with_checksums(metadata, tensors)
         tmp = None
         try:
             self.root.mkdir(parents=True, exist_ok=True)

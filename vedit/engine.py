@@ -33,6 +33,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
+from .checksums import file_digest, file_sha256
 from .errors import PluginError
 from .passes import PASS_VERSION, BoundedKeyframePass, FramesPass, KeyframePass, PassModule, PlainPass, PropagationPass
 from .unet import CallContext, ControlledUNet
@@ -59,21 +60,14 @@ class CacheEntry:
     created: float
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _folder_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
 class EngineCache:
     """Built engines on disk, one folder per entry: ``<pass>-<engine>-<slot>/`` holding the
-    artefacts and ``entry.json`` (every key part; each file's sha256, size and modification time).
+    artefacts and ``entry.json`` (every key part; each file's checksum, sha256, size and
+    modification time).
 
     The *slot* names what an entry is for (weights, pass, engine, shapes or profile, precision);
     the *key* adds what it was built with (engine library, torch and pass code versions, the
@@ -121,9 +115,14 @@ class EngineCache:
                 return f"corrupt ({name} is missing)"
             if stat.st_size != recorded_file["size"]:
                 return f"corrupt ({name} is {stat.st_size} bytes, {recorded_file['size']} were written)"
-            # Hashing a multi-GB ONNX file on every load would cost seconds: a file whose size and
-            # modification time are as written is trusted; any other is hashed in full.
-            if stat.st_mtime_ns != recorded_file["mtime_ns"] and _sha256(file) != recorded_file["sha256"]:
+            # Hashed on every load, since bytes can change with the modification time left as it
+            # was: with the checksum (CRC-32, a third of a second per GB from the page cache); an
+            # entry built before entries recorded it, with its SHA-256 (about twice as long).
+            if "crc32" in recorded_file:
+                sound = file_digest(file) == recorded_file["crc32"]
+            else:
+                sound = file_sha256(file) == recorded_file.get("sha256")
+            if not sound:
                 return f"corrupt ({name} does not match its recorded hash)"
         return None
 
@@ -156,7 +155,10 @@ class EngineCache:
         try:
             build(scratch)
             files = {
-                p.name: {"sha256": _sha256(p), "size": p.stat().st_size, "mtime_ns": p.stat().st_mtime_ns}
+                p.name: {
+                    "crc32": file_digest(p), "sha256": file_sha256(p), "size": p.stat().st_size,
+                    "mtime_ns": p.stat().st_mtime_ns,
+                }  # fmt: skip
                 for p in sorted(scratch.iterdir())
                 if p.is_file()
             }

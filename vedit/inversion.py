@@ -9,13 +9,15 @@ Trajectory file (safetensors, one file):
 Metadata (string → string): ``format`` ("vedit-trajectory/1"), ``timesteps`` (JSON list of the
 sampling schedule, noisiest first), ``noisiest`` (the noisiest inversion timestep), ``frames``,
 ``height``/``width`` (pixels), ``model``, ``fingerprint``, ``revision``, ``source_prompt``,
-``inversion_steps``, ``steps``, ``dtype``, ``frames_sha256``. Tensors are stored in the dtype the
-inversion ran in; frames are in clip order.
+``inversion_steps``, ``steps``, ``dtype``, ``frames_sha256``, and ``checksums`` (:mod:`vedit.checksums`:
+each tensor's, checked as it is read, and the rest of the metadata's). Tensors are stored in the
+dtype the inversion ran in; frames are in clip order.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import mmap
@@ -34,11 +36,33 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from .checksums import KEY as CHECKSUMS
+from .checksums import (
+    METADATA,
+    UNKNOWN,
+    ChecksumMismatch,
+    check_tensor,
+    checksums_of,
+    digest,
+    metadata_digest,
+    with_checksums,
+)
 from .errors import ConfigError, InputError, OutputError
 from .transfer import to_device, to_host, wait
 from .video import process_alive
 
 FORMAT = "vedit-trajectory/1"
+# The metadata reading a trajectory file needs, and what checking that it fits a run needs besides:
+# every file 'vedit invert -o' or the cache writes has all of them.
+LOAD_FIELDS = ("format", "timesteps", "noisiest")
+RUN_FIELDS = (*LOAD_FIELDS, "width", "height")
+
+
+class DamagedTrajectory(InputError):
+    """A trajectory file whose bytes do not match the checksums written with them (exit 2)."""
+
+    def __init__(self, path: str | Path, why: str):
+        super().__init__(f"inversion file {path} is damaged: {why}; make it again with 'vedit invert CLIP -o FILE'")
 
 
 def _name(t: int) -> str:
@@ -57,9 +81,23 @@ class MappedLatents(Mapping):
 
     The map stays valid if the file is replaced or evicted meanwhile (POSIX keeps the old inode).
     Do not write into the views: copy first (:meth:`Trajectory.at` does).
+
+    With ``checksums`` (:func:`vedit.checksums.checksums_of` of the file's metadata) each timestep
+    is checked the first time it is read, which costs one pass over that step's bytes; one that does
+    not match raises ``damaged(why)`` (by default a :class:`DamagedTrajectory`). The attribute may
+    be replaced: the inversion cache does, to drop an entry found damaged mid-run.
     """
 
-    def __init__(self, path: str | Path, timesteps: list[int]):
+    def __init__(
+        self,
+        path: str | Path,
+        timesteps: list[int],
+        checksums: Mapping[str, str] | None = None,
+        damaged: Callable[[str], Exception] | None = None,
+    ):
+        self.checksums = checksums
+        self.damaged: Callable[[str], Exception] = damaged or functools.partial(DamagedTrajectory, path)
+        self._checked: set[int] = set()
         with open(path, "rb") as handle:
             self._map = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
         (length,) = struct.unpack("<Q", self._map[:8])
@@ -76,6 +114,12 @@ class MappedLatents(Mapping):
         with warnings.catch_warnings():  # read-only by design: nothing writes into these views
             warnings.filterwarnings("ignore", message="The given buffer is not writable")
             flat = torch.frombuffer(self._map, dtype=dtype, count=size // dtype.itemsize, offset=offset)
+        if int(t) not in self._checked:
+            try:
+                check_tensor(_name(t), flat, self.checksums)
+            except ChecksumMismatch as error:
+                raise self.damaged(str(error)) from None
+            self._checked.add(int(t))
         return flat.view(shape)
 
     def __iter__(self) -> Iterator[int]:
@@ -121,6 +165,7 @@ class Trajectory:
         metadata = dict(self.metadata)
         metadata.update(format=FORMAT, timesteps=json.dumps(self.timesteps), noisiest=str(self.noisiest))
         metadata.setdefault("frames", str(self.num_frames))
+        metadata = with_checksums(metadata, tensors)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=partial_prefix(path.name), suffix=".partial", dir=path.parent)
         os.close(fd)
@@ -133,11 +178,20 @@ class Trajectory:
         return path
 
     @classmethod
-    def load(cls, path: str | Path, *, mapped: bool = True) -> "Trajectory":
+    def load(
+        cls, path: str | Path, *, mapped: bool = True, damaged: Callable[[str], Exception] | None = None
+    ) -> "Trajectory":
         """Read a trajectory file. ``clean`` is read whole; the per-timestep latents are
-        memory-mapped (``mapped``, the default: read per step, never held whole) or read whole."""
+        memory-mapped (``mapped``, the default: read per step, never held whole) or read whole.
+
+        Every tensor is checked against its checksum as it is read: the metadata and ``clean``
+        here, each timestep when it is first read (see :class:`MappedLatents`). A mismatch raises
+        ``damaged(why)``, by default a :class:`DamagedTrajectory`. Files written before vedit kept
+        checksums are read unchecked."""
         path = Path(path)
         metadata = read_metadata(path)
+        damaged = damaged or functools.partial(DamagedTrajectory, path)
+        checksums = checksums_of(metadata)  # read_metadata has checked the metadata's own
         try:
             timesteps = [int(t) for t in json.loads(metadata["timesteps"])]
             noisiest = int(metadata["noisiest"])
@@ -149,10 +203,18 @@ class Trajectory:
                 if missing:
                     raise KeyError(f"no tensor {missing[0]!r}")
                 latents: Mapping[int, torch.Tensor] = (
-                    MappedLatents(path, wanted) if mapped else {t: f.get_tensor(_name(t)) for t in wanted}
-                )
+                    MappedLatents(path, wanted, checksums, damaged)
+                    if mapped else {t: f.get_tensor(_name(t)) for t in wanted}
+                )  # fmt: skip
         except Exception as error:
             raise InputError(f"{path} is not a readable vedit trajectory: {error}") from None
+        try:
+            check_tensor("clean", clean, checksums)
+            if not mapped:
+                for t, step in latents.items():
+                    check_tensor(_name(t), step, checksums)
+        except ChecksumMismatch as error:
+            raise damaged(str(error)) from None
         return cls(clean=clean, latents=latents, timesteps=timesteps, noisiest=noisiest, metadata=metadata)
 
 
@@ -167,9 +229,11 @@ class TrajectoryWriter:
 
     Every shape is known before the first step, so the safetensors header (names, dtypes, shapes,
     byte offsets) is written first and each tensor's bytes go to their place when they arrive. The
+    header holds room for the checksums (placeholders as long as a checksum), which the thread
+    computes as it writes each tensor and :meth:`finish` writes over the placeholders. The
     copies from the device and the writes run on a thread, a step or two behind the inversion.
     ``path`` None: a temporary file in ``folder`` that is unlinked once mapped (the map keeps it
-    readable).
+    readable). ``damaged`` is passed to :meth:`Trajectory.load` when the file is read back.
 
     A file that cannot be written (a full disk) does not stop the inversion: from the failure on
     the latents are kept in memory, what was written is read back, the temporary file is removed
@@ -183,16 +247,19 @@ class TrajectoryWriter:
         *,
         folder: str | Path | None = None,
         on_failure: Callable[[str], None] | None = None,
+        damaged: Callable[[str], Exception] | None = None,
     ):
         self.path = None if path is None else Path(path)
         self.metadata = dict(metadata or {})
         self.on_failure = on_failure
+        self.damaged = damaged
         self.failed: str | None = None
         where = self.path.parent if self.path is not None else folder
         prefix = partial_prefix(self.path.name) if self.path is not None else "vedit-trajectory-"
         fd, self._tmp = tempfile.mkstemp(prefix=prefix, suffix=".partial", dir=where)
         self._file = os.fdopen(fd, "wb")
         self._offsets: dict[str, int] = {}
+        self._checksums: dict[str, str] = {}
         self._written: set[str] = set()
         self._memory: dict[str, torch.Tensor] = {}
         self._behind: Any = None
@@ -207,14 +274,15 @@ class TrajectoryWriter:
         self._shape, self._dtype = tuple(clean.shape), clean.dtype
         size = clean.numel() * clean.dtype.itemsize
         entry = {"dtype": _DTYPE_NAMES[clean.dtype], "shape": list(clean.shape)}
-        header: dict[str, Any] = {"__metadata__": {
+        metadata = {
             **self.metadata, "format": FORMAT, "timesteps": json.dumps(self.timesteps), "noisiest": str(self.noisiest),
             "frames": self.metadata.get("frames", str(clean.shape[0])),
-        }}  # fmt: skip
+        }  # fmt: skip
+        self._checksums = {METADATA: metadata_digest(metadata), **{name: UNKNOWN for name in names}}
+        self._layout = {"__metadata__": metadata}
         for i, name in enumerate(names):
-            header[name] = {**entry, "data_offsets": [i * size, (i + 1) * size]}
-        text = json.dumps(header, separators=(",", ":")).encode()
-        text += b" " * (-len(text) % 8)  # data starts 8-byte aligned
+            self._layout[name] = {**entry, "data_offsets": [i * size, (i + 1) * size]}
+        text = self._header()
         data = 8 + len(text)
         self._offsets = {name: data + i * size for i, name in enumerate(names)}
         self._size = size
@@ -225,6 +293,12 @@ class TrajectoryWriter:
             self._fail(error)
         self._behind = WriteBehind(self._write, depth=2, name="vedit-trajectory")
         self.put_named("clean", clean)
+
+    def _header(self) -> bytes:
+        """The header's JSON with the checksums known so far: the same length whatever they are."""
+        metadata = {**self._layout["__metadata__"], CHECKSUMS: json.dumps(self._checksums)}
+        text = json.dumps({**self._layout, "__metadata__": metadata}, separators=(",", ":")).encode()
+        return text + b" " * (-len(text) % 8)  # data starts 8-byte aligned
 
     def put(self, t: int, latents: torch.Tensor) -> None:
         """The latents of every frame at timestep ``t`` (on the device or the host; copied here)."""
@@ -244,8 +318,10 @@ class TrajectoryWriter:
             event.synchronize()
         if self.failed is None:
             try:
+                data = host.contiguous().view(torch.uint8).numpy().tobytes()
+                self._checksums[name] = digest(data)
                 self._file.seek(self._offsets[name])
-                self._file.write(host.contiguous().view(torch.uint8).numpy().tobytes())
+                self._file.write(data)
                 self._written.add(name)
                 return
             except OSError as error:
@@ -264,15 +340,17 @@ class TrajectoryWriter:
             raise RuntimeError(f"trajectory file left without {missing[0]}")
         if self.failed is None:
             try:
+                self._file.seek(8)
+                self._file.write(self._header())  # the placeholders' room, now with every checksum
                 self._file.flush()
                 os.fsync(self._file.fileno())
                 self._file.close()
                 if self.path is None:
-                    trajectory = Trajectory.load(self._tmp)
+                    trajectory = Trajectory.load(self._tmp, damaged=self.damaged)
                     Path(self._tmp).unlink(missing_ok=True)
                     return trajectory
                 os.replace(self._tmp, self.path)
-                return Trajectory.load(self.path)
+                return Trajectory.load(self.path, damaged=self.damaged)
             except OSError as error:
                 self._fail(error)
         return self._in_memory()
@@ -349,8 +427,10 @@ def check_schedules(scheduler: Any, steps: int, inversion_steps: int | None = No
         )
 
 
-def read_metadata(path: str | Path) -> dict[str, str]:
-    """A trajectory file's metadata alone, without its tensors; InputError if it is not one."""
+def read_metadata(path: str | Path, needs: tuple[str, ...] = LOAD_FIELDS) -> dict[str, str]:
+    """A trajectory file's metadata alone, without its tensors, checked against its checksum;
+    InputError if it is not a trajectory file or lacks any of ``needs`` (:data:`RUN_FIELDS`: all
+    that checking it against a run needs), :class:`DamagedTrajectory` if it is damaged."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"inversion file {path} does not exist")
@@ -359,8 +439,16 @@ def read_metadata(path: str | Path) -> dict[str, str]:
             metadata = f.metadata() or {}
     except Exception as error:
         raise InputError(f"{path} is not a readable vedit trajectory: {error}") from None
-    if metadata.get("format") != FORMAT:
+    try:
+        checksums_of(metadata)
+    except ChecksumMismatch as error:
+        raise DamagedTrajectory(path, str(error)) from None
+    if metadata.get("format", FORMAT) != FORMAT:
         raise InputError(f"{path} is not a vedit trajectory (format {metadata.get('format')!r})")
+    missing = ", ".join(repr(name) for name in needs if name not in metadata)
+    if missing:
+        whose = "was not written by vedit" if "format" not in metadata else "lacks metadata that vedit writes"
+        raise InputError(f"{path} {whose}: it has no {missing} metadata; make it with 'vedit invert CLIP -o FILE'")
     return metadata
 
 
@@ -665,11 +753,15 @@ class InversionCache:
             return None
         try:
             trajectory = Trajectory.load(path)
+            # z_T is read before the first step (the DDIM noise), like clean: checked now, while a
+            # damaged entry can still be computed again instead
+            trajectory.latents[trajectory.noisiest]
         except InputError as error:
             if not path.exists():
                 return None  # another run evicted it meanwhile
             self._drop_damaged(key, path, _damage(error, path))
             return None
+        trajectory.latents.damaged = lambda why: self._damaged_in_use(key, path, why)
         with contextlib.suppress(OSError):
             # A read-only cache still serves hits; only its least-recently-used order goes stale.
             os.utime(path)
@@ -685,6 +777,21 @@ class InversionCache:
             )
             return
         self.warn(f"cached inversion {_short(key)} is damaged ({why}); computing it again")
+
+    def _damaged_in_use(self, key: str, path: Path, why: str) -> InputError:
+        """The error that ends a run which finds a step of its entry damaged only when it reaches
+        it (the steps are checked as they are read): the entry is removed, so the same command
+        computes it again (and resumes the edit from its last checkpoint)."""
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as error:
+            return InputError(
+                f"cached inversion {_short(key)} is damaged ({why}) and cannot be removed ({_reason(error)}); "
+                f"remove it with 'vedit cache rm {key[:12]}' and run the same command again"
+            )
+        return InputError(
+            f"cached inversion {_short(key)} is damaged ({why}); it was removed: the same command computes it again"
+        )
 
     def put(self, key: str, trajectory: Trajectory, *, note: Callable[[str], None] | None = None) -> Path | None:
         """Store ``trajectory`` under ``key`` and apply the size cap; the path, or None if it cannot be written.
@@ -712,7 +819,8 @@ class InversionCache:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             sweep_partials(self.root)
-            return TrajectoryWriter(self.path(key), metadata, on_failure=failed)
+            damaged = lambda why: self._damaged_in_use(key, self.path(key), why)  # noqa: E731
+            return TrajectoryWriter(self.path(key), metadata, on_failure=failed, damaged=damaged)
         except OSError as error:
             self.warn(f"cannot write the inversion cache in {self.root} ({_reason(error)}); carrying on without it")
             return None

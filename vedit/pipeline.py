@@ -21,10 +21,11 @@ from .batching import CPU_BATCH, choose_batches
 from .checkpoint import CheckpointStore, CheckpointWriter, checkpoint_key, inversion_file_identity
 from .config import RunConfig, load_config, validate
 from .denoise import EditJob, RunShape, Step, denoise
-from .engine import DEFAULT_ENGINE_CACHE, EngineCache, Passes, engine_chain
+from .engine import DEFAULT_ENGINE_CACHE, EngineCache, Passes, _first_line, engine_chain
 from .passes import joint_partners, select_keyframes
 from .errors import ConfigError, InputError, OutputError
 from .inversion import (
+    RUN_FIELDS,
     InversionCache,
     Trajectory,
     cache_key,
@@ -251,7 +252,7 @@ def preflight(
     if config.inversion:
         if not needs_inversion:
             raise ConfigError(f"--inversion {config.inversion}: editor {config.editor!r} uses no inversion; leave it out")
-        metadata = read_metadata(config.inversion)
+        metadata = read_metadata(config.inversion, needs=RUN_FIELDS)
         _check_inversion_file(config, metadata, clip, sampling_timesteps(scheduler, config.steps), reporter)
     return Preflight(clip, editor, propagator, postprocessors, engines, strict_engine, device, dtype, steps_run, metadata)
 
@@ -568,8 +569,9 @@ def _checkpointing(
     return Checkpointing(CheckpointStore(config.cache_dir, warn=reporter.warning), key, config.checkpoint_every, metadata)
 
 
-def _resume_point(checkpoints: Checkpointing, plan: Any, reporter: Reporter) -> Any:
-    """The checkpoint to resume from, if there is one that fits this run's loop."""
+def _resume_point(checkpoints: Checkpointing, job: EditJob, plan: Any, propagator: Any, reporter: Reporter) -> Any:
+    """The checkpoint to resume from, if there is one that fits this run's loop and whose state
+    the propagator takes."""
     found = checkpoints.store.load(checkpoints.key)
     if found is None:
         return None
@@ -582,6 +584,17 @@ def _resume_point(checkpoints: Checkpointing, plan: Any, reporter: Reporter) -> 
         reporter.warning(f"checkpoint {checkpoints.path} does not fit this run's loop; starting from the first step")
         checkpoints.store.remove(checkpoints.key)
         return None
+    if found.state:  # tried now, on the propagator begun as the loop begins it: a state it refuses is a fresh start
+        propagator.begin(job, plan)
+        try:
+            propagator.load_state_dict(found.state)
+        except Exception as error:
+            reporter.warning(
+                f"checkpoint {checkpoints.path} holds a state propagator {propagator.name!r} cannot take "
+                f"({_first_line(error)}); starting from the first step"
+            )
+            checkpoints.store.remove(checkpoints.key)
+            return None
     reporter.message(f"resuming from the checkpoint after step {found.step} of {found.steps} ({checkpoints.path})")
     return found
 
@@ -619,7 +632,7 @@ def edit_latents(
         reporter.message(f"propagator {propagator.name!r} has no state_dict: this run keeps no checkpoints")
         checkpoints = None
     if checkpoints is not None:
-        resume = _resume_point(checkpoints, plan, reporter)
+        resume = _resume_point(checkpoints, job, plan, propagator, reporter)
         checkpoints.resumed_from = None if resume is None else resume.step
         writer = CheckpointWriter(checkpoints.store, checkpoints.key, checkpoints.metadata)
 
