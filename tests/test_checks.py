@@ -50,6 +50,15 @@ def test_option_combinations_that_cannot_work_are_refused_first(clip, tmp_path, 
     assert "fp16 is not supported on the CPU" in _refused(tmp_path, clip, *tiny, "--dtype", "fp16")
 
 
+@pytest.mark.parametrize("spec, expected", [
+    ("tiny@x", "model 'tiny@x': the weights' seed after '@' must be a whole number"),
+    ("random:sd15@-1", "model 'random:sd15@-1': the weights' seed after '@' must be a whole number"),
+    ("random:nosuch", "unknown model 'random:nosuch'"),
+])
+def test_a_malformed_built_model_is_refused_before_it_loads(clip, tmp_path, no_heavy_work, spec, expected):
+    assert expected in _refused(tmp_path, clip, "--model", spec, "--chunk-size", "4")
+
+
 def test_unknown_plugins_are_refused_before_the_model_loads(clip, tmp_path, no_heavy_work):
     assert "unknown nn backend 'annoy'" in _refused(tmp_path, clip, "--model", "tiny", "--nn-backend", "annoy", code=5)
     assert "engine 'tensorrt' cannot run here: tensorrt is not installed" in _refused(
@@ -138,7 +147,7 @@ def test_the_summary_says_how_to_repeat_the_run(clip, tmp_path):
     result = vedit("run", clip, "-p", "a [red] car", "--source-prompt", "a clip", "--seed", "7", "--size", "64x48", "-o", out, *args)
     assert result.exit_code == 0, result.output
     text = " ".join(result.stdout.split())
-    for fragment in ("prompt 'a [red] car'", "source prompt 'a clip'", "model tiny (tiny:seed7)", "seed 7"):
+    for fragment in ("prompt 'a [red] car'", "source prompt 'a clip'", "model tiny (tiny:seed0)", "seed 7"):
         assert fragment in text, fragment
     entries = list((tmp_path / "cache" / "inversions").glob("*.safetensors"))
     assert len(entries) == 1 and f"inversion {entries[0]}" in text
@@ -263,9 +272,10 @@ def test_a_trajectory_from_another_prompt_is_refused_before_the_model_loads(clip
 
 
 def test_a_trajectory_from_another_model_or_clip_is_refused(clip, tmp_path, trajectory_file):
-    other_model, out = _with_file(clip, tmp_path, trajectory_file, "--source-prompt", "a test card", "--seed", "1")
+    other_model, out = _with_file(clip, tmp_path, trajectory_file, "--source-prompt", "a test card",
+                                  "--model", "tiny@1")
     assert other_model.exit_code == 4 and not out.exists()
-    assert "made with model tiny (tiny:seed0), this run uses tiny (tiny:seed1)" in one_error_line(other_model)
+    assert "made with model tiny (tiny:seed0), this run uses tiny@1 (tiny:seed1)" in one_error_line(other_model)
     other = make_clip(tmp_path / "other.mp4", source="mandelbrot")
     other_clip, out = _with_file(other, tmp_path, trajectory_file, "--source-prompt", "a test card")
     assert other_clip.exit_code == 4 and not out.exists()

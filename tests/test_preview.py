@@ -35,7 +35,7 @@ OPTIONS = dict(
 
 @pytest.fixture(scope="module")
 def sd():
-    return load_model("tiny", device="cpu", dtype="fp32", seed=0)
+    return load_model("tiny", device="cpu", dtype="fp32")
 
 
 @pytest.fixture(scope="module")
@@ -138,6 +138,13 @@ def test_bad_frames_and_outputs_are_refused_before_any_heavy_work(clip, tmp_path
     with pytest.raises(OutputError, match="inside the input's folder of frames"):
         preview(frames, frames / "p.png", **OPTIONS)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["folder.png", "frames"]
+
+
+def test_the_preview_builds_the_model_its_spec_names_whatever_the_seed(clip, tmp_path):
+    seeded = preview(clip, tmp_path / "s.png", **{**OPTIONS, "seed": 5}, preview_frames=[0])
+    assert seeded.model == "tiny (tiny:seed0)"
+    other = preview(clip, tmp_path / "o.png", **{**OPTIONS, "model": "tiny@5"}, preview_frames=[0])
+    assert other.model == "tiny@5 (tiny:seed5)"
 
 
 def test_preview_path_sits_beside_the_planned_output():

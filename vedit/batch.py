@@ -68,7 +68,6 @@ NOT_IN_DIGEST = frozenset({
     "engine", "engine_cache", "nn_backend", "batch_size", "cache_dir", "no_cache", "cache_max_gb",
     "checkpoint_every",
 })  # fmt: skip
-BUILT_IN_MODELS = ("tiny",)  # and random:*, whose weights are drawn from the seed
 
 # Testing hook: "MARKER:TEXT" makes the worker process that writes an output whose path contains
 # TEXT kill itself (SIGKILL) once, while writing, if MARKER does not exist yet (it is created
@@ -125,6 +124,8 @@ def _resolve_paths(values: dict[str, Any], written: Iterable[str], base: Path, c
     """Path options made absolute: those ``written`` in the job file against its folder, the
     rest (defaults, vedit.toml) against the working directory, so that every worker reads the same
     files whatever its own working directory."""
+    from .models import is_built_in
+
     out = dict(values)
     written = set(written)
     for key in PATH_OPTIONS:
@@ -132,7 +133,7 @@ def _resolve_paths(values: dict[str, Any], written: Iterable[str], base: Path, c
             out[key] = _absolute(out[key], base if key in written else cwd)
     for key in FOLDER_OR_ID_OPTIONS:
         value = out.get(key)
-        if isinstance(value, str) and value and not value.startswith(("random:",)) and value not in BUILT_IN_MODELS:
+        if isinstance(value, str) and value and not (key == "model" and is_built_in(value)):
             candidate = Path(_absolute(value, base if key in written else cwd))
             if candidate.is_dir():
                 out[key] = str(candidate)
@@ -372,6 +373,14 @@ def settings_of(config: RunConfig, input: Path) -> dict[str, Any]:
     """Everything an output depends on: the run options (less :data:`NOT_IN_DIGEST`) and the
     identity of the input and of any file an option names (keyframe schedule, inversion file)."""
     settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in NOT_IN_DIGEST}
+    built = _built(config.model)
+    if built is not None:
+        # Before the weights' seed was part of the spec, a built model's weights came from the
+        # edit's seed: the weights' seed is written only where it differs from the edit's, so the
+        # records of outputs that would come out the same keep their digest.
+        settings["model"] = built.architecture
+        if built.seed != config.seed:
+            settings["model_seed"] = built.seed
     settings["input"] = _identity(input)
     for key in ("keyframes", "inversion"):
         if settings.get(key):
@@ -405,10 +414,22 @@ def _write_json_atomically(path: Path, data: Any) -> None:
     write_atomically(path, (json.dumps(data, indent=2, default=str) + "\n").encode("utf-8"))
 
 
+def _built(model: str) -> Any:
+    """The :class:`~vedit.models.BuiltSpec` of a model built in code, else None (a malformed spec
+    too: the checks before the plan say what is wrong with it)."""
+    from .models import built_spec
+
+    try:
+        return built_spec(model)
+    except ConfigError:
+        return None
+
+
 def model_key(config: RunConfig) -> tuple:
-    """Edits with equal keys can share one loaded model (built-in random weights come from the seed)."""
-    seeded = config.model in BUILT_IN_MODELS or str(config.model).startswith("random:")
-    return (config.model, config.revision, config.device, config.dtype, config.seed if seeded else None)
+    """Edits with equal keys can share one loaded model (whatever their seeds: a built model's
+    weights come from its spec, ``tiny@3``, and ``tiny`` is ``tiny@0``)."""
+    built = _built(config.model)
+    return (built.name if built is not None else config.model, config.revision, config.device, config.dtype)
 
 
 def inversion_key(config: RunConfig, input: Path) -> tuple:
@@ -719,7 +740,7 @@ def _load(config: RunConfig) -> tuple[Any, bool]:
 
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-    model = load_model(config.model, device=config.device, dtype=config.dtype, revision=config.revision, seed=config.seed)
+    model = load_model(config.model, device=config.device, dtype=config.dtype, revision=config.revision)
     _MODEL[0], _MODEL[1] = key, model
     return model, True
 

@@ -68,6 +68,13 @@ def warn(text: str) -> None:
     err_console.print(f"vedit: warning: {text}", markup=False, highlight=False, soft_wrap=True)
 
 
+def _ignored_seed(seed: int | None, work: str) -> None:
+    """``--seed`` of a command that draws nothing at random: it used to choose a built model's weights."""
+    if seed is not None:
+        warn(f"--seed is ignored: {work} draws nothing at random, and a built model's weights come from "
+             f"its spec (--model tiny@{seed})")
+
+
 class QuietReporter(SilentReporter):
     """--quiet: no progress, no messages; warnings still reach the user, as lines on stderr."""
 
@@ -363,7 +370,7 @@ def create_app() -> typer.Typer:
         engine: Optional[str] = typer.Option(None, help=_help("UNet engine: eager, compile, torchscript, onnxruntime, tensorrt, torch-tensorrt, a plugin's, auto, or a comma-separated list to try in order.", "engine")),
         engine_cache: Optional[str] = typer.Option(None, help=_help("Folder of built engines (ONNX, TorchScript, TensorRT plans).", "engine_cache")),
         nn_backend: Optional[str] = typer.Option(None, help=_help("Nearest-neighbour backend: torch, faiss or auto.", "nn_backend")),
-        model: Optional[str] = typer.Option(None, help=_help("Hub id, local diffusers folder, tiny, random:sd15 or random:sd21.", "model")),
+        model: Optional[str] = typer.Option(None, help=_help("Hub id, local diffusers folder, tiny, random:sd15 or random:sd21 (tiny@N: weights from seed N).", "model")),
         revision: Optional[str] = typer.Option(None, help=_help("Model revision (hub branch, tag or commit).")),
         steps: Optional[int] = typer.Option(None, help=_help("Sampling steps T.", "steps")),
         inversion_steps: Optional[int] = typer.Option(None, help=_help("DDIM inversion steps (their schedule must pass through the T-step one, e.g. a multiple of T).", "inversion_steps")),
@@ -377,7 +384,7 @@ def create_app() -> typer.Typer:
         keyframes: Optional[str] = typer.Option(None, help=_help('tokenflow: JSON keyframe schedule file, {"keyframes": [[k, ...], ...]}, one list per step.')),
         inversion: Optional[str] = typer.Option(None, help=_help("Use this trajectory file (from 'vedit invert -o') instead of inverting.")),
         force_inversion: bool = typer.Option(False, "--force-inversion", help=_help("Use the --inversion file even if it was made from another clip, model or source prompt.")),
-        seed: Optional[int] = typer.Option(None, help=_help("Random seed (noise, keyframes, tiny weights).", "seed")),
+        seed: Optional[int] = typer.Option(None, help=_help("Random seed of the img2img noise and the keyframe draws (a built model's weights come from its spec: tiny@N).", "seed")),
         size: Optional[str] = typer.Option(None, help=_help("Working size WxH (multiples of 8).", default="short side near 512")),
         frames: Optional[str] = typer.Option(None, help=_help("Frame range START:STOP:STEP (source frame indices, STOP exclusive).", default="all")),
         max_frames: Optional[int] = typer.Option(None, help=_help("At most this many frames.")),
@@ -448,7 +455,7 @@ def create_app() -> typer.Typer:
         engine_cache: Optional[str] = typer.Option(None, help=_help("Folder of built engines.", "engine_cache")),
         steps: Optional[int] = typer.Option(None, help=_help("Sampling steps T the trajectory is stored for.", "steps")),
         inversion_steps: Optional[int] = typer.Option(None, help=_help("DDIM inversion steps.", "inversion_steps")),
-        seed: Optional[int] = typer.Option(None, help=_help("Seed (tiny/random weights).", "seed")),
+        seed: Optional[int] = typer.Option(None, hidden=True, help="Ignored: a built model's weights come from its spec (tiny@N)."),
         size: Optional[str] = typer.Option(None, help=_help("Working size WxH.", default="short side near 512")),
         frames: Optional[str] = typer.Option(None, help=_help("Frame range START:STOP:STEP.", default="all")),
         max_frames: Optional[int] = typer.Option(None, help=_help("At most this many frames.")),
@@ -470,10 +477,11 @@ def create_app() -> typer.Typer:
             run_config = _config(
                 config, source_prompt=source_prompt, model=model, revision=revision, engine=engine,
                 engine_cache=engine_cache, steps=steps,
-                inversion_steps=inversion_steps, seed=seed, size=size, frames=frames, max_frames=max_frames,
+                inversion_steps=inversion_steps, size=size, frames=frames, max_frames=max_frames,
                 allow_short=allow_short or None, device=device, dtype=dtype, batch_size=batch_size,
                 cache_dir=cache_dir, cache_max_gb=cache_max_gb, no_cache=no_cache or None,
             )
+            _ignored_seed(seed, "inversion")
             with reporting(quiet) as reporter:
                 result = invert_clip(clip, output, run_config, reporter=reporter, check=check)
         trajectory = result.trajectory
@@ -541,7 +549,7 @@ def create_app() -> typer.Typer:
         batch_size: Optional[str] = typer.Option(None, help=_help("Frames per inversion / per-frame batch, or auto.", "batch_size")),
         device: Optional[str] = typer.Option(None, help=_help("auto, cpu, cuda, cuda:N or mps.", "device")),
         dtype: Optional[str] = typer.Option(None, help=_help("auto, fp32, fp16 or bf16.", "dtype")),
-        seed: Optional[int] = typer.Option(None, help=_help("Seed (tiny/random weights).", "seed")),
+        seed: Optional[int] = typer.Option(None, hidden=True, help="Ignored: a built model's weights come from its spec (tiny@N)."),
         engine_cache: Optional[str] = typer.Option(None, help=_help(engine_cache_help, "engine_cache")),
         config: Optional[Path] = typer.Option(None, "--config", help=_help("Read defaults from this vedit.toml.")),
         quiet: bool = typer.Option(False, "--quiet", "-q", help=_help("No progress; warnings and errors only.")),
@@ -554,8 +562,9 @@ def create_app() -> typer.Typer:
             run_config = _config(
                 config, engine=engine, model=model, revision=revision, editor=editor, propagator=propagator,
                 chunk_size=chunk_size, max_joint_keyframes=max_joint_keyframes, batch_size=batch_size, device=device,
-                dtype=dtype, seed=seed, engine_cache=engine_cache,
+                dtype=dtype, engine_cache=engine_cache,
             )
+            _ignored_seed(seed, "building engines")
             with reporting(quiet) as reporter:
                 built = build_engines(run_config, frames, size=parse_size(size, "--size"), reporter=reporter)
         if not quiet:

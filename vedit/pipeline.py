@@ -294,7 +294,7 @@ def _load(config: RunConfig, preflight: Preflight, sd: Any = None):
 
     if sd is not None:
         return sd
-    return load_model(config.model, device=preflight.device, dtype=preflight.dtype, revision=config.revision, seed=config.seed)
+    return load_model(config.model, device=preflight.device, dtype=preflight.dtype, revision=config.revision)
 
 
 def make_passes(
@@ -927,7 +927,7 @@ def build_engines(
         reporter.warning(note)
     if size[0] % 8 or size[1] % 8:
         raise ConfigError(f"--size {size[0]}x{size[1]}: both sides must be multiples of 8")
-    model = sd or load_model(config.model, device=device, dtype=dtype, revision=config.revision, seed=config.seed)
+    model = sd or load_model(config.model, device=device, dtype=dtype, revision=config.revision)
     config = config.replace(batch_size=choose_batches(model, config.batch_size, frames, size, _branches(editor, propagator)).unet)
     checked = Preflight(None, editor, propagator, [], engines, strict, device, dtype, config.steps, None)  # type: ignore[arg-type]
     batches = _pass_batches(config, frames, editor, propagator)
