@@ -18,17 +18,20 @@ from vedit.batch import (
     KILL_ONCE_ENV,
     SIDECAR_FORMAT,
     JobFileError,
+    OutputsRefused,
     Unit,
     digest_of,
     execute,
     plan_batch,
     prompt_slug,
     read_job_file,
+    read_sidecar,
     run_batch,
     settings_of,
     sidecar_path,
 )
 from vedit.config import RunConfig
+from vedit.video import written_by_vedit
 from vedit.cli import create_app
 
 # Small enough that an edit takes a few seconds on one CPU thread with the tiny model.
@@ -260,6 +263,57 @@ def test_outputs_made_when_the_seed_drew_the_weights_are_redone_only_where_they_
     clip = clips / "pattern.mp4"
     then = {k: v for k, v in settings_of(RunConfig(model="tiny", seed=2), clip).items() if k != "model_seed"}
     assert digest_of(settings_of(RunConfig(model="tiny@2", seed=2), clip)) == digest_of(then)  # what seed 2 made then
+
+
+def test_an_output_vedit_did_not_write_is_refused_in_the_plan_and_replaced_only_with_overwrite(tmp_path, clips):
+    (tmp_path / "out").mkdir()
+    theirs = make_clip(tmp_path / "out" / "pattern.mp4", frames=3, source="mandelbrot")
+    before = theirs.read_bytes()
+    path = job_file(tmp_path / "jobs.toml", [{"name": "p", "input": str(clips / "*.mp4"), "prompt": "x",
+                                              "output": "out/{clip}.mp4"}])  # fmt: skip
+    refusal = f"{theirs} exists and was not written by vedit; pass --overwrite to replace it"
+    plan = plan_batch(path)
+    assert [(e.output.name, e.status, e.reason) for e in plan.edits] == [
+        ("fractal.mp4", "todo", ""), ("pattern.mp4", "refused", refusal)]  # fmt: skip
+    with pytest.raises(OutputsRefused) as caught:  # the Python API runs nothing either
+        run_batch(plan)
+    assert caught.value.errors == [f"{path}: job 1 ('p'): {refusal}"] and caught.value.exit_code == 3
+
+    dry = vedit("batch", path, "--dry-run", cwd=tmp_path)
+    assert dry.exit_code == 0, dry.output
+    text = " ".join(dry.stdout.split())
+    assert "refuse: " in text and "2 edits: 1 to run, 0 up to date, 0 failing, 1 refused" in text
+    result = vedit("batch", path, cwd=tmp_path)
+    assert result.exit_code == 3 and one_error_line(result) == f"vedit: error: {path}: job 1 ('p'): {refusal}"
+    assert theirs.read_bytes() == before and not (tmp_path / "out" / "fractal.mp4").exists()
+    assert not (tmp_path / "jobs.summary.json").exists()
+
+    dry = vedit("batch", path, "--dry-run", "--overwrite", cwd=tmp_path)
+    text = " ".join(dry.stdout.split())
+    assert "run, replacing a file vedit did not write" in text
+    assert "2 to run, 0 up to date, 0 failing, 1 replacing" in text
+    result = vedit("batch", path, "--overwrite", cwd=tmp_path)
+    assert result.exit_code == 0, result.output
+    assert theirs.read_bytes() != before
+    assert summary(tmp_path / "jobs.summary.json")["counts"] == {"edits": 2, "done": 2}
+    again = vedit("batch", path, "--force", cwd=tmp_path)  # vedit's own outputs now: no flag needed
+    assert again.exit_code == 0 and summary(tmp_path / "jobs.summary.json")["counts"] == {"edits": 2, "done": 2}
+
+
+def test_overwrite_in_a_job_and_records_of_unsigned_outputs(tmp_path, clips):
+    (tmp_path / "out").mkdir()
+    theirs = make_clip(tmp_path / "out" / "theirs.mp4", frames=3, source="mandelbrot")
+    old = make_clip(tmp_path / "out" / "old.mp4", frames=3)  # as a batch wrote it before outputs were signed
+    sidecar_path(old).write_text(json.dumps({"format": SIDECAR_FORMAT, "digest": "an older digest"}))
+    path = job_file(tmp_path / "jobs.toml", [
+        {"input": str(clips / "pattern.mp4"), "prompt": "x", "output": "out/theirs.mp4", "overwrite": True},
+        {"input": str(clips / "pattern.mp4"), "prompt": "x", "output": "out/old.mp4"},
+    ])  # fmt: skip
+    plan = plan_batch(path)
+    assert [(e.status, e.replaces) for e in plan.edits] == [("todo", True), ("todo", False)]
+    run_batch(plan)
+    assert [e.status for e in plan.edits] == ["done", "done"]
+    assert written_by_vedit(theirs) and written_by_vedit(old) and read_sidecar(old)["digest"] == plan.edits[1].digest
 
 
 def test_failing_edits_are_reported_once_and_do_not_stop_the_others(tmp_path, clips):

@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from conftest import make_clip
 from test_cli import FAST, one_error_line, streams, vedit
@@ -303,6 +304,75 @@ def test_invert_refuses_an_output_it_cannot_write_before_any_work(clip, tmp_path
     result = vedit("invert", clip, "--model", "tiny", "-o", tmp_path / "no" / "t.safetensors")
     assert result.exit_code == 3
     assert "does not exist" in one_error_line(result)
+
+
+# --------------------------------------------------------------------------- outputs vedit did not write
+
+
+@pytest.fixture
+def theirs(tmp_path):
+    """A file vedit did not write of each kind vedit writes, with its bytes as they were."""
+    files = {
+        "video": make_clip(tmp_path / "theirs.mp4", frames=3, source="mandelbrot"),
+        "sheet": tmp_path / "theirs.png",
+        "trajectory": tmp_path / "theirs.safetensors",
+        "report": tmp_path / "theirs.json",
+    }
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(files["sheet"])
+    files["trajectory"].write_bytes(b"someone's tensors")
+    files["report"].write_text('{"format": "their-tool/1"}')
+    return {kind: (path, path.read_bytes()) for kind, path in files.items()}
+
+
+def _commands(clip, theirs) -> dict[str, list]:
+    tiny = ["--model", "tiny", "--steps", "2", "--inversion-steps", "2", "--size", "64x48", "--quiet"]
+    return {
+        "video": ["run", clip, "-p", "x", "-o", theirs["video"][0], "--chunk-size", "4", *tiny],
+        "sheet": ["run", clip, "-p", "x", "--preview", "-o", theirs["sheet"][0], "--chunk-size", "4", *tiny],
+        "trajectory": ["invert", clip, "-o", theirs["trajectory"][0], *tiny],
+        "report": ["eval", clip, "--source", clip, "--json", theirs["report"][0]],
+    }
+
+
+def test_files_vedit_did_not_write_are_refused_before_any_work(clip, tmp_path, theirs, no_heavy_work):
+    for kind, args in _commands(clip, theirs).items():
+        result = vedit(*args)
+        path, before = theirs[kind]
+        assert result.exit_code == 3, (kind, result.output)
+        assert one_error_line(result) == (f"vedit: error: {path} exists and was not written by vedit; "
+                                          "pass --overwrite to replace it")  # fmt: skip
+        assert path.read_bytes() == before, kind
+    notes = tmp_path / "o.eval.json"  # where vedit run --eval puts its report
+    notes.write_text("my notes")
+    result = vedit("run", clip, "-p", "x", "-o", tmp_path / "o.mp4", "--eval", *FAST)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("vedit: error:")]
+    assert result.exit_code == 3 and errors == [f"vedit: error: {notes} exists and was not written by vedit; "
+                                                "pass --overwrite to replace it"]  # fmt: skip
+    assert notes.read_text() == "my notes" and not (tmp_path / "o.mp4").exists()
+    assert not (tmp_path / "cache").exists()  # nothing was inverted or cached
+
+
+def test_overwrite_replaces_them_and_what_vedit_wrote_it_replaces_unasked(clip, theirs):
+    for kind, args in _commands(clip, theirs).items():
+        path, before = theirs[kind]
+        replaced = vedit(*args, "--overwrite")
+        assert replaced.exit_code == 0, (kind, replaced.output)
+        assert path.read_bytes() != before, kind
+        again = vedit(*args)  # now vedit's own file: the same command works again without the flag
+        assert again.exit_code == 0, (kind, again.output)
+    assert streams(theirs["video"][0])["frames"] == 12
+    assert json.loads(theirs["report"][0].read_text())["format"] == "vedit-eval/1"
+
+
+def test_the_python_api_refuses_them_too_unless_told(clip, theirs):
+    import vedit as api
+    from vedit.errors import OutputError
+
+    path, before = theirs["video"]
+    with pytest.raises(OutputError, match="theirs.mp4 exists and was not written by vedit"):
+        api.edit(clip, path, config=api_config())
+    assert path.read_bytes() == before
+    assert api.edit(clip, path, config=api_config(), overwrite=True).frames == 12
 
 
 # --------------------------------------------------------------------------- cache trouble

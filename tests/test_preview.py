@@ -23,6 +23,7 @@ from vedit.preview import (
     preview,
     preview_path,
     summary_rows,
+    write_png,
 )
 from vedit.video import FrameReader
 
@@ -301,8 +302,8 @@ def test_the_estimate_scales_the_measured_speed_to_the_full_run():
 
 
 def test_nothing_is_half_written_when_a_preview_fails(clip, sd, tmp_path, monkeypatch):
-    output = tmp_path / "p.png"
-    output.write_bytes(b"an earlier sheet")
+    output = write_png(np.zeros((8, 8, 3), np.uint8), tmp_path / "p.png")  # an earlier sheet
+    earlier = output.read_bytes()
 
     def interrupted(*args):
         raise KeyboardInterrupt
@@ -310,7 +311,7 @@ def test_nothing_is_half_written_when_a_preview_fails(clip, sd, tmp_path, monkey
     monkeypatch.setattr("vedit.preview.os.replace", interrupted)
     with pytest.raises(KeyboardInterrupt):
         preview(clip, output, sd=sd, preview_frames=[3], **OPTIONS)
-    assert output.read_bytes() == b"an earlier sheet"
+    assert output.read_bytes() == earlier
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p.png"]  # no temporary file left
     monkeypatch.undo()
 

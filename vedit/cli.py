@@ -363,6 +363,7 @@ def create_app() -> typer.Typer:
         clip: Path = typer.Argument(..., help="Input video file, or a folder of numbered images."),
         prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help=_help("What the edited video should show (required).")),
         output: Optional[Path] = typer.Option(None, "--output", "-o", help=_help("Output .mp4/.mov/.mkv, or a folder for PNG frames.", default="<clip>-edited.mp4 here")),
+        overwrite: bool = typer.Option(False, "--overwrite", help=_help("Replace an existing output (video, frames, preview sheet, --eval report) that vedit did not write; what vedit wrote is replaced without it.")),
         source_prompt: Optional[str] = typer.Option(None, help=_help("What the input shows (inversion and source branch).", "source_prompt")),
         negative_prompt: Optional[str] = typer.Option(None, help=_help("Negative prompt (the unconditional branch).", "negative_prompt")),
         editor: Optional[str] = typer.Option(None, help=_help("Editor plugin: pnp, sdedit, img2img, or a plugin's.", "editor")),
@@ -426,6 +427,7 @@ def create_app() -> typer.Typer:
                 keep_timestamps=keep_timestamps or None, output_size=output_size, device=device, dtype=dtype,
                 batch_size=batch_size, postprocess=postprocess, cache_dir=cache_dir, cache_max_gb=cache_max_gb,
                 no_cache=no_cache or None, eval=eval_, flow=flow, clip=clip_model, checkpoint_every=checkpoint_every,
+                overwrite=overwrite or None,
             )
             target = output or Path(f"{clip.stem if clip.suffix else clip.name}-edited.mp4")
             if preview_frames is not None and not preview:
@@ -448,6 +450,7 @@ def create_app() -> typer.Typer:
     def invert(
         clip: Path = typer.Argument(..., help="Input video file, or a folder of numbered images."),
         output: Optional[Path] = typer.Option(None, "--output", "-o", help=_help("Also write the trajectory to this .safetensors file.")),
+        overwrite: bool = typer.Option(False, "--overwrite", help=_help("Replace an existing -o file that is not a vedit trajectory.")),
         source_prompt: Optional[str] = typer.Option(None, help=_help("What the input shows.", "source_prompt")),
         model: Optional[str] = typer.Option(None, help=_help("Model (as for 'vedit run').", "model")),
         revision: Optional[str] = typer.Option(None, help=_help("Model revision.")),
@@ -479,7 +482,7 @@ def create_app() -> typer.Typer:
                 engine_cache=engine_cache, steps=steps,
                 inversion_steps=inversion_steps, size=size, frames=frames, max_frames=max_frames,
                 allow_short=allow_short or None, device=device, dtype=dtype, batch_size=batch_size,
-                cache_dir=cache_dir, cache_max_gb=cache_max_gb, no_cache=no_cache or None,
+                cache_dir=cache_dir, cache_max_gb=cache_max_gb, no_cache=no_cache or None, overwrite=overwrite or None,
             )
             _ignored_seed(seed, "inversion")
             with reporting(quiet) as reporter:
@@ -506,6 +509,7 @@ def create_app() -> typer.Typer:
         source: Path = typer.Option(..., "--source", "-s", help=_help("The clip it was edited from; optical flow is computed on it.")),
         prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help=_help("The edit's prompt, for the CLIP text score.")),
         json_path: Optional[Path] = typer.Option(None, "--json", help=_help("Also write the report, with per-frame figures, to this JSON file.")),
+        overwrite: bool = typer.Option(False, "--overwrite", help=_help("Replace an existing --json file that is not a vedit report.")),
         flow: Optional[str] = typer.Option(None, help=_help("Optical-flow backend: dis, raft or a plugin's.", "flow")),
         clip_model: Optional[str] = typer.Option(None, "--clip", help=_help("CLIP model: a hub id already in the local cache, or a folder (never downloaded).", "clip")),
         source_frames: Optional[str] = typer.Option(None, help=_help("The source frames the edit was made from, START:STOP:STEP (STOP exclusive).", default="from the first, as many as the edit has")),
@@ -516,19 +520,21 @@ def create_app() -> typer.Typer:
         from .video import FrameRange
 
         with user_errors():
-            run_config = _config(config, flow=flow, clip=clip_model)
+            run_config = _config(config, flow=flow, clip=clip_model, overwrite=overwrite or None)
             try:
                 selection = FrameRange.parse(source_frames) if source_frames is not None else None
             except ConfigError as error:
                 raise ConfigError(str(error).replace("--frames", "--source-frames")) from None
-            target = check_report_path(json_path, edited, source) if json_path is not None else None
+            target = None
+            if json_path is not None:
+                target = check_report_path(json_path, edited, source, overwrite=run_config.overwrite)
             with reporting(False) as reporter:
                 report = evaluate(
                     edited, source, prompt=prompt, flow=run_config.flow, clip=run_config.clip,
                     source_frames=selection, reporter=reporter,
                 )  # fmt: skip
             if target is not None:
-                write_json(report, target)
+                write_json(report, target, overwrite=run_config.overwrite)
         out_console.print(report.renderable())
 
     engines_app = typer.Typer(help="Build, list and clear compiled UNet engines.", no_args_is_help=True)

@@ -66,6 +66,7 @@ class RunConfig:
     allow_short: bool = False
     force_inversion: bool = False
     keep_timestamps: bool = False
+    overwrite: bool = False  # replace an existing output that vedit did not write
 
     def replace(self, **changes: Any) -> "RunConfig":
         return dataclasses.replace(self, **changes)

@@ -44,6 +44,7 @@ from .video import (
     FrameReader,
     VideoWriter,
     check_output_path,
+    check_replaceable,
     parse_size,
     probe,
     resampling,
@@ -664,7 +665,7 @@ def write_frames(
     end = None  # put after the last batch: the post-processors give up what they hold
     with Chain(checked.postprocessors, _postprocess_context(config, clip, edited.shape[0])) as chain, VideoWriter(
         output, fps=clip.fps, size=size, audio_from=audio_from, audio_range=clip.audio_range(),
-        color=clip.info.color, timestamps=timestamps,
+        color=clip.info.color, timestamps=timestamps, overwrite=config.overwrite,
     ) as writer:  # fmt: skip
 
         def finish(item: tuple[int, torch.Tensor] | None) -> None:
@@ -776,7 +777,11 @@ def _edit(input, output, config: RunConfig, checked: Preflight, reporter: _Recor
     stages: dict[str, float] = {}
 
     # 1. Everything a user can get wrong was checked in preflight, before any heavy work.
-    output = check_output_path(output, input)
+    output = check_output_path(output, input, overwrite=config.overwrite)
+    if config.eval:
+        from .evaluate import check_report_path, report_path
+
+        check_report_path(report_path(output), input, overwrite=config.overwrite)
     clip, editor = checked.clip, checked.editor
     asked_size = _output_size(config, clip)
     output_size = written_size(output, asked_size)
@@ -967,8 +972,11 @@ def build_engines(
     return built
 
 
-def _check_trajectory_output(output: str | os.PathLike) -> Path:
-    """Refuse an inversion file path that cannot be written, before any work."""
+def _check_trajectory_output(output: str | os.PathLike, overwrite: bool) -> Path:
+    """Refuse an inversion file path that cannot be written, before any work: an existing file
+    that is not a vedit trajectory is replaced only with ``overwrite``."""
+    from .inversion import is_trajectory
+
     output = Path(output)
     if output.suffix != ".safetensors":
         raise ConfigError(f"{output}: an inversion file must end in .safetensors")
@@ -978,6 +986,7 @@ def _check_trajectory_output(output: str | os.PathLike) -> Path:
         raise OutputError(f"{output}: folder {output.parent} does not exist; create it or choose another path")
     if not os.access(output.parent, os.W_OK | os.X_OK):
         raise OutputError(f"{output}: folder {output.parent} is not writable; choose another path")
+    check_replaceable(output, overwrite, is_trajectory)
     return output
 
 
@@ -999,7 +1008,7 @@ def invert_clip(
     config = _resolve(config, options).replace(inversion=None)
     reporter = _Recording(reporter or SilentReporter())
     if output is not None:
-        output = _check_trajectory_output(output)
+        output = _check_trajectory_output(output, config.overwrite)
     checked = preflight(input, config, reporter, sd=sd, editing=False)
     clip = checked.clip
     with read_ahead(clip, _reading_batch(config)) as frames:  # reading overlaps loading the model

@@ -11,7 +11,9 @@ container promised is refused as truncated unless the caller allows a short read
 Output keeps the source's colour tags and, given timestamps, its frame timing; the source's
 audio is cut on the source's own clock, so it keeps its place against the first frame. It
 is written to a hidden sibling and renamed into place only when everything succeeded, so an
-interrupted run never leaves half a video behind.
+interrupted run never leaves half a video behind. Every file written is signed (:data:`SIGNATURE`
+in a video's comment, a PNG's Software text), and an existing output without the signature is
+replaced only when the caller says so.
 
 Environment:
     VEDIT_FFMPEG   the ffmpeg binary to use (default: ``ffmpeg`` on PATH, else the one
@@ -29,7 +31,7 @@ import secrets
 import shutil
 import subprocess
 import threading
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -39,8 +41,9 @@ import av
 import ffmpeg
 import numpy as np
 from av.error import FFmpegError
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
+from . import __version__
 from .errors import ConfigError, InputError, OutputError, VeditError
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"})
@@ -50,6 +53,7 @@ _OUR_FRAME_NAME = re.compile(r"^\d{5,}\.png$")
 _LAST_INTEGER = re.compile(r"(\d+)(?!.*\d)")
 _FFMPEG_PREFIX = re.compile(r"^(\[[^\]]*\]\s*)+")
 _NUT_TIME_BASE = Fraction(1, 1_000_000)  # frames written with timestamps are placed to the microsecond
+SIGNATURE = f"vedit {__version__}"  # how vedit recognises what it wrote: a video's comment, a PNG's Software text
 
 
 def find_ffmpeg() -> str:
@@ -1002,8 +1006,50 @@ def check_output_folder(out: Path) -> Path:
     return parent
 
 
-def check_output_path(output: str | os.PathLike, input_path: str | os.PathLike | None) -> Path:
-    """Refuse an output that cannot or must not be written, before any work is done."""
+def save_png(image: Image.Image, target: str | os.PathLike | IO[bytes], compress_level: int = 1) -> None:
+    """Save ``image`` as a PNG signed by vedit (its Software text), to a path or a binary file.
+    The default compression is light: PNG's own default level is several times slower."""
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Software", SIGNATURE)
+    image.save(target, format="PNG", pnginfo=info, compress_level=compress_level)
+
+
+def written_by_vedit(path: str | os.PathLike) -> bool:
+    """Whether vedit wrote the video, the PNG or the folder of PNG frames at ``path``: its
+    :data:`SIGNATURE` is the container's comment, the PNG's Software text or its first frame's."""
+    path = Path(path)
+    if path.is_dir():
+        frames = sorted(entry for entry in path.iterdir() if _OUR_FRAME_NAME.match(entry.name))
+        return bool(frames) and written_by_vedit(frames[0])
+    try:
+        if path.suffix.lower() == ".png":
+            with Image.open(path) as image:
+                text = image.info.get("Software", "")
+        else:
+            with av.open(str(path)) as container:
+                text = next((value for key, value in container.metadata.items() if key.lower() == "comment"), "")
+    except (FFmpegError, OSError, ValueError, UnicodeDecodeError, Image.DecompressionBombError):
+        return False  # not a video or an image at all
+    return isinstance(text, str) and text.split(" ", 1)[0] == "vedit"  # any version's signature
+
+
+def check_replaceable(
+    path: str | os.PathLike, overwrite: bool = False, written_by: Callable[[Path], bool] = written_by_vedit
+) -> None:
+    """Refuse to replace what vedit did not write (``written_by`` says what it did), unless
+    ``overwrite``: one rule for every file vedit writes. A missing path or an empty folder is free."""
+    path = Path(path)
+    if overwrite or not path.exists() or (path.is_dir() and not any(path.iterdir())) or written_by(path):
+        return
+    raise OutputError(f"{path} exists and was not written by vedit; pass --overwrite to replace it")
+
+
+def check_output_path(
+    output: str | os.PathLike, input_path: str | os.PathLike | None, *, overwrite: bool = False
+) -> Path:
+    """Refuse an output that cannot or must not be written, before any work is done. An existing
+    one is replaced only when vedit wrote it, or with ``overwrite``; a folder holding anything but
+    frames, never."""
     kind = _output_kind(output)
     out = Path(os.path.abspath(output))  # normalised, so "." and "frames/.." have a real name
     if input_path is not None and _same_location(out, Path(input_path)):
@@ -1019,6 +1065,7 @@ def check_output_path(output: str | os.PathLike, input_path: str | os.PathLike |
             )
     if kind == "video" and out.exists() and not out.is_file():
         raise OutputError(f"{out}: exists and is not a regular file; choose another output path")
+    check_replaceable(out, overwrite)
     return out
 
 
@@ -1073,7 +1120,8 @@ class VideoWriter:
     as :attr:`FrameReader.timestamps`), frame i at ``timestamps[i] - timestamps[0]``. With
     ``color`` tags from the source the frames are converted to YUV the way the source was
     and tagged like it; without, as BT.709. ``audio_range`` is in seconds from the first
-    video frame of ``audio_from``, and the audio keeps its offset from that frame.
+    video frame of ``audio_from``, and the audio keeps its offset from that frame. An existing
+    output that vedit did not write is refused unless ``overwrite``.
     """
 
     def __init__(
@@ -1087,8 +1135,9 @@ class VideoWriter:
         crf: int = 18,
         color: ColorTags | None = None,
         timestamps: Sequence[float] | None = None,
+        overwrite: bool = False,
     ) -> None:
-        self.path = check_output_path(path, audio_from.path if audio_from is not None else None)
+        self.path = check_output_path(path, audio_from.path if audio_from is not None else None, overwrite=overwrite)
         self.kind = _output_kind(path)
         self.fps = fps if isinstance(fps, Fraction) else Fraction(fps).limit_denominator(1_000_000)
         if self.fps <= 0:
@@ -1281,9 +1330,10 @@ class VideoWriter:
             self._lost_ffmpeg()
 
     def _container_options(self) -> dict[str, object]:
+        options: dict[str, object] = {"metadata": f"comment={SIGNATURE}"}
         if self.path.suffix.lower() == ".mp4":
-            return {"movflags": "+faststart"}  # index first, so the file plays while downloading
-        return {}
+            options["movflags"] = "+faststart"  # index first, so the file plays while downloading
+        return options
 
     def _audio_source(self) -> VideoInfo | None:
         """The clip whose audio goes into the output, if there is audio to carry."""
@@ -1410,8 +1460,7 @@ class VideoWriter:
             if self.size is not None and image.size != self.size:
                 image = image.resize(self.size, Image.Resampling.LANCZOS)
             try:
-                # A light compression level: PNG's default one is several times slower.
-                image.save(self._temp / f"{self.frames_written:05d}.png", compress_level=1)
+                save_png(image, self._temp / f"{self.frames_written:05d}.png")
             except OSError as error:
                 raise OutputError(
                     f"{self.path}: cannot write frame {self.frames_written}: {error.strerror or error}"
