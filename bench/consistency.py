@@ -98,7 +98,7 @@ def consistency_model(
     """
     from vedit.models import load_model
 
-    sd = load_model("tiny", device="cpu", dtype="fp32", seed=seed)
+    sd = load_model(f"tiny@{seed}", device="cpu", dtype="fp32")
     images = torch.from_numpy(clip).permute(0, 3, 1, 2).float() / 255
     spread = float(sd.encode_images(images).std())
     sd.vae.register_to_config(scaling_factor=float(sd.vae.config.scaling_factor) / spread)

@@ -102,10 +102,10 @@ class _Config:
             "seed": settings["seed"], "output_size": "working", **extra,
         }  # fmt: skip
         base = RunConfig(**validate(options))  # a bad option fails here, before anything loads
-        key = (settings["model"], settings["device"], settings["dtype"], settings["seed"])
+        key = (settings["model"], settings["device"], settings["dtype"])
         if key not in models:
             say(f"bench edit: loading {settings['model']}")
-            models[key] = load_model(settings["model"], device=settings["device"], dtype=settings["dtype"], seed=settings["seed"])
+            models[key] = load_model(settings["model"], device=settings["device"], dtype=settings["dtype"])
         self.sd = models[key]
         self.config = base.replace(device=str(self.sd.device), dtype=dtype_name(self.sd.dtype))
         clip_key = (settings["frames"], self.size)

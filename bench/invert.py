@@ -56,10 +56,10 @@ class _Session:
         self.settings = settings
         width, height = parse_size(settings["size"])
         self.h, self.w = height // 8, width // 8
-        key = (settings["model"], settings["device"], settings["dtype"], settings["seed"])
+        key = (settings["model"], settings["device"], settings["dtype"])
         if own_model or key not in models:
             say(f"bench invert: loading {settings['model']}")
-            models.setdefault(key, []).append(load_model(settings["model"], device=settings["device"], dtype=settings["dtype"], seed=settings["seed"]))
+            models.setdefault(key, []).append(load_model(settings["model"], device=settings["device"], dtype=settings["dtype"]))
         self.sd = models[key][-1]
         self.cache = cache
         self.notes = notes

@@ -38,16 +38,17 @@ def parse_clip(spec: str) -> tuple[Path, int | None]:
     return Path(path), int(count) if count else None
 
 
-def _model(name: str, seed: int, path: Path, frames: int | None, size: tuple[int, int]):
+def _model(name: str, path: Path, frames: int | None, size: tuple[int, int]):
+    """The model ``name``, its weights drawn from seed 0 whatever the edits' seed."""
     from vedit.models import load_model
     from vedit.video import FrameRange, FrameReader
 
     if name == "tiny":
-        return load_model("tiny", device="cpu", dtype="fp32", seed=seed)
+        return load_model("tiny", device="cpu", dtype="fp32")
     from .consistency import consistency_model
 
     sample = FrameReader(path, frames=FrameRange(max_frames=min(frames or 40, 40)), size=size).read_all()
-    return consistency_model(seed, sample)
+    return consistency_model(0, sample)
 
 
 def measure_clip(
@@ -66,7 +67,7 @@ def measure_clip(
     backend = flow_backend(flow)
     outputs: list[tuple[str, str, str, Path, float]] = []
     for model_name in models:
-        sd = _model(model_name, seed, path, frames, size)
+        sd = _model(model_name, path, frames, size)
         guidance = GUIDANCE if model_name == "consistency" else 7.5
         for propagator in PROPAGATORS:
             for post in ("", *postprocessors):

@@ -16,15 +16,22 @@ from conftest import make_clip, one_error_line
 from vedit.batch import (
     FAILED_EXIT_CODE,
     KILL_ONCE_ENV,
+    SIDECAR_FORMAT,
     JobFileError,
+    OutputsRefused,
     Unit,
+    digest_of,
     execute,
     plan_batch,
     prompt_slug,
     read_job_file,
+    read_sidecar,
     run_batch,
+    settings_of,
     sidecar_path,
 )
+from vedit.config import RunConfig
+from vedit.video import written_by_vedit
 from vedit.cli import create_app
 
 # Small enough that an edit takes a few seconds on one CPU thread with the tiny model.
@@ -173,16 +180,16 @@ def test_dry_run_prints_the_plan_edits_inversions_and_unet_forwards(tmp_path, cl
     path = job_file(tmp_path / "jobs.toml", [{"name": "all", "input": str(clips / "*.mp4"), "prompts": [*PROMPTS, "snow"],
                                               "seeds": [1, 2], "output": "out/{clip}-{prompt_slug}-{seed}.mp4"}])  # fmt: skip
     plan = plan_batch(path)
-    assert len(plan.edits) == 12 and len(plan.groups) == 4  # 2 clips × 2 seeds: the tiny model's weights come from the seed
-    assert all(len(g.edits) == 3 for g in plan.groups)
+    assert len(plan.edits) == 12 and len(plan.groups) == 2  # one per clip: the seeds share the tiny model
+    assert all(len(g.edits) == 6 for g in plan.groups)
     # per edit: 4 frames, 1 step, chunk 4: 3 keyframe forwards (one keyframe × 3 branches) + 12 propagation
     assert all(e.forwards == {"keyframes": 3, "propagation": 12} for e in plan.edits)
-    assert plan.planned_forwards() == {"inversion": 4 * 4, "keyframes": 36, "propagation": 144}
+    assert plan.planned_forwards() == {"inversion": 2 * 4, "keyframes": 36, "propagation": 144}
     result = vedit("batch", path, "--dry-run", cwd=tmp_path)
     assert result.exit_code == 0, result.output
     assert "out/pattern-snow-2.mp4" in result.stdout
-    assert ("12 edits: 12 to run, 0 up to date, 0 failing; 4 inversions of 2 clips to compute (one already in the cache "
-            "costs none); UNet image-forwards 196 (inversion 16, keyframes 36, propagation 144)") in result.stdout
+    assert ("12 edits: 12 to run, 0 up to date, 0 failing; 2 inversions of 2 clips to compute (one already in the cache "
+            "costs none); UNet image-forwards 188 (inversion 8, keyframes 36, propagation 144)") in result.stdout
     assert not (tmp_path / "out").exists() and not (tmp_path / "jobs.summary.json").exists()
 
 
@@ -220,6 +227,93 @@ def test_batch_in_this_process_matches_edits_run_alone_inverts_each_clip_once_an
     assert todo == ["fractal-a-watercolor-painting.mp4", "fractal-an-oil-painting.mp4", "fractal-snow.mp4",
                     "pattern-a-watercolor-painting.mp4", "pattern-snow.mp4"]  # fmt: skip
     assert plan_batch(path, force=True).todo == plan_batch(path, force=True).edits
+
+
+def test_two_seeds_of_one_built_model_invert_each_clip_once_and_other_weights_are_their_own_group(tmp_path, clips):
+    from vedit.pipeline import edit
+
+    path = job_file(tmp_path / "jobs.toml", [
+        {"input": str(clips / "pattern.mp4"), "prompt": "x", "seeds": [1, 2], "output": "out/{seed}.mp4"},
+        {"input": str(clips / "pattern.mp4"), "prompt": "x", "model": "tiny@1", "output": "out/weights-1.mp4"},
+    ])  # fmt: skip
+    plan = plan_batch(path)
+    assert [[e.output.name for e in g.edits] for g in plan.groups] == [["1.mp4", "2.mp4"], ["weights-1.mp4"]]
+    run_batch(plan, summary=tmp_path / "s.json")
+    doc = summary(tmp_path / "s.json")
+    assert doc["counts"] == {"edits": 3, "done": 3} and doc["model_loads"] == 2
+    assert doc["inversions_computed"] == 2  # one for tiny's two seeds, one for tiny@1
+    assert [e["inversion"] for e in doc["edits"]] == ["cached", "cached", "computed"]
+    options = {k.replace("-", "_"): v for k, v in RUN.items()}
+    alone = edit(clips / "pattern.mp4", tmp_path / "alone.mp4", prompt="x", seed=2, cache_dir=str(tmp_path / "c"),
+                 **options)  # fmt: skip
+    assert alone.model == "tiny (tiny:seed0)"
+    assert (tmp_path / "alone.mp4").read_bytes() == (tmp_path / "out" / "2.mp4").read_bytes()
+
+
+def test_outputs_made_when_the_seed_drew_the_weights_are_redone_only_where_they_change(tmp_path, clips):
+    path = job_file(tmp_path / "jobs.toml", [{"input": str(clips / "pattern.mp4"), "prompt": "x", "seeds": [0, 2],
+                                              "output": "out/{seed}.mp4"}])  # fmt: skip
+    (tmp_path / "out").mkdir()
+    for edit in plan_batch(path).edits:  # records as written when tiny's weights came from the edit's seed
+        before = {k: v for k, v in edit.settings.items() if k != "model_seed"}
+        edit.output.write_bytes(b"an earlier output")
+        sidecar_path(edit.output).write_text(json.dumps({"format": SIDECAR_FORMAT, "digest": digest_of(before)}))
+    # seed 0 drew tiny@0 then and now; seed 2 drew tiny@2 then and tiny@0 now
+    assert [(e.output.name, e.status) for e in plan_batch(path).edits] == [("0.mp4", "skipped"), ("2.mp4", "todo")]
+    clip = clips / "pattern.mp4"
+    then = {k: v for k, v in settings_of(RunConfig(model="tiny", seed=2), clip).items() if k != "model_seed"}
+    assert digest_of(settings_of(RunConfig(model="tiny@2", seed=2), clip)) == digest_of(then)  # what seed 2 made then
+
+
+def test_an_output_vedit_did_not_write_is_refused_in_the_plan_and_replaced_only_with_overwrite(tmp_path, clips):
+    (tmp_path / "out").mkdir()
+    theirs = make_clip(tmp_path / "out" / "pattern.mp4", frames=3, source="mandelbrot")
+    before = theirs.read_bytes()
+    path = job_file(tmp_path / "jobs.toml", [{"name": "p", "input": str(clips / "*.mp4"), "prompt": "x",
+                                              "output": "out/{clip}.mp4"}])  # fmt: skip
+    refusal = f"{theirs} exists and was not written by vedit; pass --overwrite to replace it"
+    plan = plan_batch(path)
+    assert [(e.output.name, e.status, e.reason) for e in plan.edits] == [
+        ("fractal.mp4", "todo", ""), ("pattern.mp4", "refused", refusal)]  # fmt: skip
+    with pytest.raises(OutputsRefused) as caught:  # the Python API runs nothing either
+        run_batch(plan)
+    assert caught.value.errors == [f"{path}: job 1 ('p'): {refusal}"] and caught.value.exit_code == 3
+
+    dry = vedit("batch", path, "--dry-run", cwd=tmp_path)
+    assert dry.exit_code == 0, dry.output
+    text = " ".join(dry.stdout.split())
+    assert "refuse: " in text and "2 edits: 1 to run, 0 up to date, 0 failing, 1 refused" in text
+    result = vedit("batch", path, cwd=tmp_path)
+    assert result.exit_code == 3 and one_error_line(result) == f"vedit: error: {path}: job 1 ('p'): {refusal}"
+    assert theirs.read_bytes() == before and not (tmp_path / "out" / "fractal.mp4").exists()
+    assert not (tmp_path / "jobs.summary.json").exists()
+
+    dry = vedit("batch", path, "--dry-run", "--overwrite", cwd=tmp_path)
+    text = " ".join(dry.stdout.split())
+    assert "run, replacing a file vedit did not write" in text
+    assert "2 to run, 0 up to date, 0 failing, 1 replacing" in text
+    result = vedit("batch", path, "--overwrite", cwd=tmp_path)
+    assert result.exit_code == 0, result.output
+    assert theirs.read_bytes() != before
+    assert summary(tmp_path / "jobs.summary.json")["counts"] == {"edits": 2, "done": 2}
+    again = vedit("batch", path, "--force", cwd=tmp_path)  # vedit's own outputs now: no flag needed
+    assert again.exit_code == 0 and summary(tmp_path / "jobs.summary.json")["counts"] == {"edits": 2, "done": 2}
+
+
+def test_overwrite_in_a_job_and_records_of_unsigned_outputs(tmp_path, clips):
+    (tmp_path / "out").mkdir()
+    theirs = make_clip(tmp_path / "out" / "theirs.mp4", frames=3, source="mandelbrot")
+    old = make_clip(tmp_path / "out" / "old.mp4", frames=3)  # as a batch wrote it before outputs were signed
+    sidecar_path(old).write_text(json.dumps({"format": SIDECAR_FORMAT, "digest": "an older digest"}))
+    path = job_file(tmp_path / "jobs.toml", [
+        {"input": str(clips / "pattern.mp4"), "prompt": "x", "output": "out/theirs.mp4", "overwrite": True},
+        {"input": str(clips / "pattern.mp4"), "prompt": "x", "output": "out/old.mp4"},
+    ])  # fmt: skip
+    plan = plan_batch(path)
+    assert [(e.status, e.replaces) for e in plan.edits] == [("todo", True), ("todo", False)]
+    run_batch(plan)
+    assert [e.status for e in plan.edits] == ["done", "done"]
+    assert written_by_vedit(theirs) and written_by_vedit(old) and read_sidecar(old)["digest"] == plan.edits[1].digest
 
 
 def test_failing_edits_are_reported_once_and_do_not_stop_the_others(tmp_path, clips):

@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from conftest import make_clip
 from test_cli import FAST, one_error_line, streams, vedit
@@ -48,6 +49,15 @@ def test_option_combinations_that_cannot_work_are_refused_first(clip, tmp_path, 
     assert "editor 'img2img' uses no inversion" in _refused(
         tmp_path, clip, *tiny, "--editor", "img2img", "--inversion", tmp_path / "t.safetensors")
     assert "fp16 is not supported on the CPU" in _refused(tmp_path, clip, *tiny, "--dtype", "fp16")
+
+
+@pytest.mark.parametrize("spec, expected", [
+    ("tiny@x", "model 'tiny@x': the weights' seed after '@' must be a whole number"),
+    ("random:sd15@-1", "model 'random:sd15@-1': the weights' seed after '@' must be a whole number"),
+    ("random:nosuch", "unknown model 'random:nosuch'"),
+])
+def test_a_malformed_built_model_is_refused_before_it_loads(clip, tmp_path, no_heavy_work, spec, expected):
+    assert expected in _refused(tmp_path, clip, "--model", spec, "--chunk-size", "4")
 
 
 def test_unknown_plugins_are_refused_before_the_model_loads(clip, tmp_path, no_heavy_work):
@@ -138,7 +148,7 @@ def test_the_summary_says_how_to_repeat_the_run(clip, tmp_path):
     result = vedit("run", clip, "-p", "a [red] car", "--source-prompt", "a clip", "--seed", "7", "--size", "64x48", "-o", out, *args)
     assert result.exit_code == 0, result.output
     text = " ".join(result.stdout.split())
-    for fragment in ("prompt 'a [red] car'", "source prompt 'a clip'", "model tiny (tiny:seed7)", "seed 7"):
+    for fragment in ("prompt 'a [red] car'", "source prompt 'a clip'", "model tiny (tiny:seed0)", "seed 7"):
         assert fragment in text, fragment
     entries = list((tmp_path / "cache" / "inversions").glob("*.safetensors"))
     assert len(entries) == 1 and f"inversion {entries[0]}" in text
@@ -263,9 +273,10 @@ def test_a_trajectory_from_another_prompt_is_refused_before_the_model_loads(clip
 
 
 def test_a_trajectory_from_another_model_or_clip_is_refused(clip, tmp_path, trajectory_file):
-    other_model, out = _with_file(clip, tmp_path, trajectory_file, "--source-prompt", "a test card", "--seed", "1")
+    other_model, out = _with_file(clip, tmp_path, trajectory_file, "--source-prompt", "a test card",
+                                  "--model", "tiny@1")
     assert other_model.exit_code == 4 and not out.exists()
-    assert "made with model tiny (tiny:seed0), this run uses tiny (tiny:seed1)" in one_error_line(other_model)
+    assert "made with model tiny (tiny:seed0), this run uses tiny@1 (tiny:seed1)" in one_error_line(other_model)
     other = make_clip(tmp_path / "other.mp4", source="mandelbrot")
     other_clip, out = _with_file(other, tmp_path, trajectory_file, "--source-prompt", "a test card")
     assert other_clip.exit_code == 4 and not out.exists()
@@ -293,6 +304,75 @@ def test_invert_refuses_an_output_it_cannot_write_before_any_work(clip, tmp_path
     result = vedit("invert", clip, "--model", "tiny", "-o", tmp_path / "no" / "t.safetensors")
     assert result.exit_code == 3
     assert "does not exist" in one_error_line(result)
+
+
+# --------------------------------------------------------------------------- outputs vedit did not write
+
+
+@pytest.fixture
+def theirs(tmp_path):
+    """A file vedit did not write of each kind vedit writes, with its bytes as they were."""
+    files = {
+        "video": make_clip(tmp_path / "theirs.mp4", frames=3, source="mandelbrot"),
+        "sheet": tmp_path / "theirs.png",
+        "trajectory": tmp_path / "theirs.safetensors",
+        "report": tmp_path / "theirs.json",
+    }
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(files["sheet"])
+    files["trajectory"].write_bytes(b"someone's tensors")
+    files["report"].write_text('{"format": "their-tool/1"}')
+    return {kind: (path, path.read_bytes()) for kind, path in files.items()}
+
+
+def _commands(clip, theirs) -> dict[str, list]:
+    tiny = ["--model", "tiny", "--steps", "2", "--inversion-steps", "2", "--size", "64x48", "--quiet"]
+    return {
+        "video": ["run", clip, "-p", "x", "-o", theirs["video"][0], "--chunk-size", "4", *tiny],
+        "sheet": ["run", clip, "-p", "x", "--preview", "-o", theirs["sheet"][0], "--chunk-size", "4", *tiny],
+        "trajectory": ["invert", clip, "-o", theirs["trajectory"][0], *tiny],
+        "report": ["eval", clip, "--source", clip, "--json", theirs["report"][0]],
+    }
+
+
+def test_files_vedit_did_not_write_are_refused_before_any_work(clip, tmp_path, theirs, no_heavy_work):
+    for kind, args in _commands(clip, theirs).items():
+        result = vedit(*args)
+        path, before = theirs[kind]
+        assert result.exit_code == 3, (kind, result.output)
+        assert one_error_line(result) == (f"vedit: error: {path} exists and was not written by vedit; "
+                                          "pass --overwrite to replace it")  # fmt: skip
+        assert path.read_bytes() == before, kind
+    notes = tmp_path / "o.eval.json"  # where vedit run --eval puts its report
+    notes.write_text("my notes")
+    result = vedit("run", clip, "-p", "x", "-o", tmp_path / "o.mp4", "--eval", *FAST)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("vedit: error:")]
+    assert result.exit_code == 3 and errors == [f"vedit: error: {notes} exists and was not written by vedit; "
+                                                "pass --overwrite to replace it"]  # fmt: skip
+    assert notes.read_text() == "my notes" and not (tmp_path / "o.mp4").exists()
+    assert not (tmp_path / "cache").exists()  # nothing was inverted or cached
+
+
+def test_overwrite_replaces_them_and_what_vedit_wrote_it_replaces_unasked(clip, theirs):
+    for kind, args in _commands(clip, theirs).items():
+        path, before = theirs[kind]
+        replaced = vedit(*args, "--overwrite")
+        assert replaced.exit_code == 0, (kind, replaced.output)
+        assert path.read_bytes() != before, kind
+        again = vedit(*args)  # now vedit's own file: the same command works again without the flag
+        assert again.exit_code == 0, (kind, again.output)
+    assert streams(theirs["video"][0])["frames"] == 12
+    assert json.loads(theirs["report"][0].read_text())["format"] == "vedit-eval/1"
+
+
+def test_the_python_api_refuses_them_too_unless_told(clip, theirs):
+    import vedit as api
+    from vedit.errors import OutputError
+
+    path, before = theirs["video"]
+    with pytest.raises(OutputError, match="theirs.mp4 exists and was not written by vedit"):
+        api.edit(clip, path, config=api_config())
+    assert path.read_bytes() == before
+    assert api.edit(clip, path, config=api_config(), overwrite=True).frames == 12
 
 
 # --------------------------------------------------------------------------- cache trouble

@@ -101,6 +101,23 @@ def test_same_seed_same_frames_and_the_inversion_is_reused(clip, tmp_path):
     assert not np.array_equal(frames_a, frames_c)
 
 
+def test_the_seed_draws_the_edit_and_the_spec_the_weights(clip, tmp_path):
+    args = ["--size", "64x48", "--output-size", "working", *[x for x in FAST if x != "--quiet"]]
+    inverted = vedit("invert", clip, "--size", "64x48", "--model", "tiny", "--steps", "2", "--inversion-steps", "2",
+                     "--seed", "3")  # fmt: skip
+    assert inverted.exit_code == 0, inverted.output
+    assert inverted.stderr.count("vedit: warning: --seed is ignored: inversion draws nothing at random") == 1
+    one = vedit("run", clip, "-p", "x", "--seed", "1", "-o", tmp_path / "one", *args)
+    two = vedit("run", clip, "-p", "x", "--seed", "2", "-o", tmp_path / "two", *args)
+    for result in (one, two):  # one model, so the clip was inverted once, by 'vedit invert'
+        text = " ".join(result.stdout.split())
+        assert "model tiny (tiny:seed0)" in text and "inversion cached" in text, text
+    assert not np.array_equal(FrameReader(tmp_path / "one").read_all(), FrameReader(tmp_path / "two").read_all())
+    other = vedit("run", clip, "-p", "x", "--seed", "1", "-o", tmp_path / "other", *args, "--model", "tiny@1")
+    text = " ".join(other.stdout.split())
+    assert "model tiny@1 (tiny:seed1)" in text and "inversion computed" in text, text
+
+
 def test_invert_to_a_file_then_edit_from_it(clip, tmp_path):
     traj = tmp_path / "clip.safetensors"
     result = vedit("invert", clip, "--size", "64x48", "--model", "tiny", "--steps", "2", "--inversion-steps", "4", "-o", traj)

@@ -25,7 +25,7 @@ N, B, T = 11, 4, 6  # 11 frames: chunks of 4, 4 and 3
 
 @pytest.fixture(scope="module")
 def sd():
-    return load_model("tiny", device="cpu", dtype="fp32", seed=3)
+    return load_model("tiny@3", device="cpu", dtype="fp32")
 
 
 @pytest.fixture(scope="module")

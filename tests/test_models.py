@@ -44,20 +44,63 @@ def one_line(error: pytest.ExceptionInfo) -> str:
 # ----------------------------------------------------------------------------- tiny
 
 
-def test_the_same_seed_builds_the_same_tiny_model_bit_for_bit(tiny):
-    again = load_model("tiny", device="cpu", seed=0)
+def same_weights(a: models.StableDiffusion, b: models.StableDiffusion) -> bool:
     for part in ("unet", "vae", "text_encoder"):
-        mine, theirs = getattr(tiny, part).state_dict(), getattr(again, part).state_dict()
-        assert mine.keys() == theirs.keys()
-        assert all(torch.equal(mine[key], theirs[key]) for key in mine)
+        mine, theirs = getattr(a, part).state_dict(), getattr(b, part).state_dict()
+        if mine.keys() != theirs.keys() or not all(torch.equal(mine[key], theirs[key]) for key in mine):
+            return False
+    return True
+
+
+def test_the_same_seed_builds_the_same_tiny_model_bit_for_bit(tiny):
+    again = load_model("tiny@0", device="cpu")
+    assert same_weights(tiny, again)
     assert torch.equal(unet_output(tiny), unet_output(again))
+    # tiny is tiny@0, and keeps the fingerprint its cached inversions and built engines were made under
     assert again.fingerprint == tiny.fingerprint == "tiny:seed0"
+    assert again.model_id == tiny.model_id == "tiny"
 
 
 def test_another_seed_builds_another_tiny_model(tiny):
-    other = load_model("tiny", device="cpu", seed=1)
-    assert other.fingerprint == "tiny:seed1"
+    other = load_model("tiny@1", device="cpu")
+    assert other.fingerprint == "tiny:seed1" and other.model_id == "tiny@1"
     assert not torch.allclose(unet_output(tiny), unet_output(other))
+
+
+def test_the_weights_seed_is_part_of_the_spec():
+    assert models.built_spec("tiny") == models.BuiltSpec("tiny", 0) == models.built_spec(" tiny@0 ")
+    assert models.built_spec("tiny@007") == models.BuiltSpec("tiny", 7)
+    assert models.built_spec("random:sd15@7") == models.BuiltSpec("random:sd15", 7)
+    assert models.built_spec("random:sd21").fingerprint == "random:sd21:seed0"
+    assert models.built_spec("random:sd15@7").name == "random:sd15@7"
+    assert models.built_spec("tiny@0").name == "tiny"
+    for other in ("stabilityai/stable-diffusion-2-1-base", "./tiny", "tinyllama"):
+        assert models.built_spec(other) is None
+
+
+@pytest.mark.parametrize("spec, expected", [
+    ("tiny@x", "model 'tiny@x': the weights' seed after '@' must be a whole number from 0 to"),
+    ("random:sd15@-1", "model 'random:sd15@-1': the weights' seed after '@' must be a whole number"),
+    ("tiny@", "model 'tiny@': the weights' seed"),
+    ("tiny@1.5", "model 'tiny@1.5': the weights' seed"),
+    (f"tiny@{2**63}", "from 0 to 9223372036854775807, as in 'tiny@3'"),
+    ("random:nosuch", "unknown model 'random:nosuch': use tiny, random:sd15 or random:sd21 (with @N"),
+    ("random:nosuch@2", "unknown model 'random:nosuch@2'"),
+])
+def test_a_malformed_built_spec_is_one_line_before_anything_is_built(spec, expected, monkeypatch):
+    monkeypatch.setattr(models, "_build", lambda *args: pytest.fail("building started"))
+    with pytest.raises(ConfigError) as error:
+        load_model(spec, device="cpu")
+    assert expected in one_line(error)
+
+
+def test_the_deprecated_seed_keyword_still_names_the_weights(tiny):
+    with pytest.warns(DeprecationWarning, match="tiny@N"):
+        old = load_model("tiny", device="cpu", seed=1)
+    assert old.fingerprint == "tiny:seed1" and same_weights(old, load_model("tiny@1", device="cpu"))
+    with pytest.warns(DeprecationWarning):
+        spelled = load_model("tiny@0", device="cpu", seed=1)  # the spec says it; the keyword only fills in
+    assert spelled.fingerprint == "tiny:seed0"
 
 
 def test_the_tiny_model_describes_itself(tiny):

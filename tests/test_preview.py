@@ -23,6 +23,7 @@ from vedit.preview import (
     preview,
     preview_path,
     summary_rows,
+    write_png,
 )
 from vedit.video import FrameReader
 
@@ -35,7 +36,7 @@ OPTIONS = dict(
 
 @pytest.fixture(scope="module")
 def sd():
-    return load_model("tiny", device="cpu", dtype="fp32", seed=0)
+    return load_model("tiny", device="cpu", dtype="fp32")
 
 
 @pytest.fixture(scope="module")
@@ -138,6 +139,13 @@ def test_bad_frames_and_outputs_are_refused_before_any_heavy_work(clip, tmp_path
     with pytest.raises(OutputError, match="inside the input's folder of frames"):
         preview(frames, frames / "p.png", **OPTIONS)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["folder.png", "frames"]
+
+
+def test_the_preview_builds_the_model_its_spec_names_whatever_the_seed(clip, tmp_path):
+    seeded = preview(clip, tmp_path / "s.png", **{**OPTIONS, "seed": 5}, preview_frames=[0])
+    assert seeded.model == "tiny (tiny:seed0)"
+    other = preview(clip, tmp_path / "o.png", **{**OPTIONS, "model": "tiny@5"}, preview_frames=[0])
+    assert other.model == "tiny@5 (tiny:seed5)"
 
 
 def test_preview_path_sits_beside_the_planned_output():
@@ -294,8 +302,8 @@ def test_the_estimate_scales_the_measured_speed_to_the_full_run():
 
 
 def test_nothing_is_half_written_when_a_preview_fails(clip, sd, tmp_path, monkeypatch):
-    output = tmp_path / "p.png"
-    output.write_bytes(b"an earlier sheet")
+    output = write_png(np.zeros((8, 8, 3), np.uint8), tmp_path / "p.png")  # an earlier sheet
+    earlier = output.read_bytes()
 
     def interrupted(*args):
         raise KeyboardInterrupt
@@ -303,7 +311,7 @@ def test_nothing_is_half_written_when_a_preview_fails(clip, sd, tmp_path, monkey
     monkeypatch.setattr("vedit.preview.os.replace", interrupted)
     with pytest.raises(KeyboardInterrupt):
         preview(clip, output, sd=sd, preview_frames=[3], **OPTIONS)
-    assert output.read_bytes() == b"an earlier sheet"
+    assert output.read_bytes() == earlier
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p.png"]  # no temporary file left
     monkeypatch.undo()
 

@@ -74,7 +74,7 @@ def keyframe_records(sd, keyframe: KeyframePass, **kw) -> tuple[torch.Tensor, ..
 
 @pytest.fixture(scope="module")
 def sd():
-    return load_model("tiny", device="cpu", dtype="fp32", seed=3)
+    return load_model("tiny@3", device="cpu", dtype="fp32")
 
 
 @pytest.fixture(scope="module")
@@ -674,7 +674,7 @@ def gpu_model():
     pytest.importorskip("tensorrt")
     if not torch.cuda.is_available():
         pytest.skip("needs an NVIDIA GPU with CUDA")
-    sd = load_model("tiny", device="cuda", dtype="fp16", seed=3)
+    sd = load_model("tiny@3", device="cuda", dtype="fp16")
     with ControlledUNet(sd.unet, conv_layers=CONV_LAYERS, qk_layers=QK_LAYERS) as controlled:
         yield sd, controlled
 

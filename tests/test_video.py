@@ -28,6 +28,7 @@ from vedit.video import (
     probe,
     untagged_matrix,
     working_size,
+    written_by_vedit,
     written_size,
 )
 
@@ -696,14 +697,49 @@ def test_a_failed_run_keeps_the_previous_output(tmp_path: Path) -> None:
     out = tmp_path / "out.mp4"
     out.write_bytes(b"the previous result")
     with pytest.raises(RuntimeError):
-        with VideoWriter(out, fps=Fraction(30)) as writer:
+        with VideoWriter(out, fps=Fraction(30), overwrite=True) as writer:
             writer.write(coloured_frames(5))
             raise RuntimeError("model crashed")
     assert out.read_bytes() == b"the previous result"
     assert no_leftovers(tmp_path)
-    with VideoWriter(out, fps=Fraction(30)) as writer:
+    with VideoWriter(out, fps=Fraction(30), overwrite=True) as writer:
         writer.write(coloured_frames(5))
     assert probe(out).num_frames == 5
+
+
+@pytest.mark.parametrize("name", ["out.mp4", "out.mov", "out.mkv", "out.webm", "out.gif", "frames"])
+def test_what_vedit_did_not_write_is_replaced_only_when_asked(tmp_path: Path, name: str) -> None:
+    out = tmp_path / name
+    if name == "frames":  # numbered frames someone else saved
+        out.mkdir()
+        for i in range(3):
+            Image.fromarray(coloured_frames(1)[0]).save(out / f"{i:05d}.png")
+    else:  # a video someone else made, with a comment of its own
+        ffmpeg_run("-f", "lavfi", "-i", "testsrc2=size=64x48:rate=10", "-frames:v", "3", "-metadata", "comment=holiday",
+                   str(out))  # fmt: skip
+    before = {p.name: p.read_bytes() for p in ([out] if out.is_file() else sorted(out.iterdir()))}
+    assert not written_by_vedit(out)
+    with pytest.raises(OutputError) as refused:
+        VideoWriter(out, fps=Fraction(30))
+    assert str(refused.value) == f"{out} exists and was not written by vedit; pass --overwrite to replace it"
+    assert {p.name: p.read_bytes() for p in ([out] if out.is_file() else sorted(out.iterdir()))} == before
+    with VideoWriter(out, fps=Fraction(30), overwrite=True) as writer:
+        writer.write(coloured_frames(5))
+    assert written_by_vedit(out) and probe(out).num_frames == 5
+    with VideoWriter(out, fps=Fraction(30)) as writer:  # what vedit wrote, it replaces without being asked
+        writer.write(coloured_frames(4))
+    assert written_by_vedit(out) and probe(out).num_frames == 4 and no_leftovers(tmp_path)
+
+
+def test_an_empty_folder_and_a_missing_output_need_no_overwrite(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    assert check_output_path(tmp_path / "empty", None) == tmp_path / "empty"
+    assert check_output_path(tmp_path / "new.mp4", None) == tmp_path / "new.mp4"
+    text = tmp_path / "notes.mp4"
+    text.write_text("not a video at all")
+    assert not written_by_vedit(text)
+    with pytest.raises(OutputError, match="notes.mp4 exists and was not written by vedit"):
+        check_output_path(text, None)
 
 
 @pytest.mark.parametrize("name", ["out.mp4", "frames"])
@@ -823,7 +859,7 @@ def test_a_failed_webm_or_gif_leaves_nothing_behind(tmp_path: Path, clips: dict[
     out = tmp_path / f"out{suffix}"
     out.write_bytes(b"the previous result")
     with pytest.raises(KeyboardInterrupt):
-        with VideoWriter(out, fps=Fraction(30), audio_from=probe(clips["ntsc_audio"])) as writer:
+        with VideoWriter(out, fps=Fraction(30), audio_from=probe(clips["ntsc_audio"]), overwrite=True) as writer:
             writer.write(coloured_frames(10))
             raise KeyboardInterrupt()
     assert out.read_bytes() == b"the previous result"

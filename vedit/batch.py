@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from .config import CONFIG_FILENAME, RunConfig, read_config_file, read_toml, validate
-from .errors import ConfigError, PluginError, VeditError
+from .errors import ConfigError, OutputError, PluginError, VeditError
 from .report import SilentReporter
 
 JOB_FORMAT = "vedit-batch/1"
@@ -66,9 +66,8 @@ FOLDER_OR_ID_OPTIONS = ("model", "clip")
 # them does not make an output out of date.
 NOT_IN_DIGEST = frozenset({
     "engine", "engine_cache", "nn_backend", "batch_size", "cache_dir", "no_cache", "cache_max_gb",
-    "checkpoint_every",
+    "checkpoint_every", "overwrite",
 })  # fmt: skip
-BUILT_IN_MODELS = ("tiny",)  # and random:*, whose weights are drawn from the seed
 
 # Testing hook: "MARKER:TEXT" makes the worker process that writes an output whose path contains
 # TEXT kill itself (SIGKILL) once, while writing, if MARKER does not exist yet (it is created
@@ -76,13 +75,21 @@ BUILT_IN_MODELS = ("tiny",)  # and random:*, whose weights are drawn from the se
 KILL_ONCE_ENV = "VEDIT_BATCH_KILL_ONCE"
 
 
-class JobFileError(ConfigError):
-    """A job file with one or more mistakes; ``errors`` holds one line each, in file order."""
+class _Lines:
+    """An error of one or more lines: ``errors`` holds each; the message is the first."""
 
     def __init__(self, errors: list[str]):
         self.errors = list(errors)
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         super().__init__(f"{errors[0]}{more}")
+
+
+class JobFileError(_Lines, ConfigError):
+    """A job file with one or more mistakes; ``errors`` holds one line each, in file order."""
+
+
+class OutputsRefused(_Lines, OutputError):
+    """Outputs of a plan that exist and that vedit did not write, without ``overwrite``; one line each."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -125,6 +132,8 @@ def _resolve_paths(values: dict[str, Any], written: Iterable[str], base: Path, c
     """Path options made absolute: those ``written`` in the job file against its folder, the
     rest (defaults, vedit.toml) against the working directory, so that every worker reads the same
     files whatever its own working directory."""
+    from .models import is_built_in
+
     out = dict(values)
     written = set(written)
     for key in PATH_OPTIONS:
@@ -132,7 +141,7 @@ def _resolve_paths(values: dict[str, Any], written: Iterable[str], base: Path, c
             out[key] = _absolute(out[key], base if key in written else cwd)
     for key in FOLDER_OR_ID_OPTIONS:
         value = out.get(key)
-        if isinstance(value, str) and value and not value.startswith(("random:",)) and value not in BUILT_IN_MODELS:
+        if isinstance(value, str) and value and not (key == "model" and is_built_in(value)):
             candidate = Path(_absolute(value, base if key in written else cwd))
             if candidate.is_dir():
                 out[key] = str(candidate)
@@ -372,6 +381,14 @@ def settings_of(config: RunConfig, input: Path) -> dict[str, Any]:
     """Everything an output depends on: the run options (less :data:`NOT_IN_DIGEST`) and the
     identity of the input and of any file an option names (keyframe schedule, inversion file)."""
     settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in NOT_IN_DIGEST}
+    built = _built(config.model)
+    if built is not None:
+        # Before the weights' seed was part of the spec, a built model's weights came from the
+        # edit's seed: the weights' seed is written only where it differs from the edit's, so the
+        # records of outputs that would come out the same keep their digest.
+        settings["model"] = built.architecture
+        if built.seed != config.seed:
+            settings["model_seed"] = built.seed
     settings["input"] = _identity(input)
     for key in ("keyframes", "inversion"):
         if settings.get(key):
@@ -399,16 +416,36 @@ def up_to_date(output: Path, digest: str) -> bool:
     return record is not None and record.get("digest") == digest
 
 
+def _written_or_recorded(output: Path) -> bool:
+    """Whether vedit wrote ``output``: its signature is in it, or a batch's record is beside it
+    (outputs written before vedit signed them have one too)."""
+    from .video import written_by_vedit
+
+    return read_sidecar(output) is not None or written_by_vedit(output)
+
+
 def _write_json_atomically(path: Path, data: Any) -> None:
     from .video import write_atomically
 
     write_atomically(path, (json.dumps(data, indent=2, default=str) + "\n").encode("utf-8"))
 
 
+def _built(model: str) -> Any:
+    """The :class:`~vedit.models.BuiltSpec` of a model built in code, else None (a malformed spec
+    too: the checks before the plan say what is wrong with it)."""
+    from .models import built_spec
+
+    try:
+        return built_spec(model)
+    except ConfigError:
+        return None
+
+
 def model_key(config: RunConfig) -> tuple:
-    """Edits with equal keys can share one loaded model (built-in random weights come from the seed)."""
-    seeded = config.model in BUILT_IN_MODELS or str(config.model).startswith("random:")
-    return (config.model, config.revision, config.device, config.dtype, config.seed if seeded else None)
+    """Edits with equal keys can share one loaded model (whatever their seeds: a built model's
+    weights come from its spec, ``tiny@3``, and ``tiny`` is ``tiny@0``)."""
+    built = _built(config.model)
+    return (built.name if built is not None else config.model, config.revision, config.device, config.dtype)
 
 
 def inversion_key(config: RunConfig, input: Path) -> tuple:
@@ -438,8 +475,10 @@ class PlannedEdit:
     frames: int = 0  # frames that will be edited (0 when the clip could not be opened)
     forwards: dict[str, int] = field(default_factory=dict)  # planned UNet image-forwards, inversion excluded
     group: int | None = None  # the InversionGroup's number, None without inversion
-    # Planned: "todo", "skipped" (up to date) or "failed" (the clip cannot be opened). After the
-    # run: "done", "failed" or "not run" (interrupted).
+    replaces: bool = False  # its output exists and vedit did not write it
+    # Planned: "todo", "skipped" (up to date), "failed" (the clip cannot be opened) or "refused" (it
+    # would replace a file vedit did not write, without overwrite). After the run: "done", "failed"
+    # or "not run" (interrupted).
     status: str = "todo"
     reason: str = ""
     result: dict[str, Any] = field(default_factory=dict)  # seconds, frames, inversion, forwards, ... once run
@@ -511,6 +550,13 @@ class Plan:
     def todo(self) -> list[PlannedEdit]:
         return [e for e in self.edits if e.status == "todo"]
 
+    def check_outputs(self) -> None:
+        """Raise :class:`OutputsRefused`, a line per edit, when any would replace a file that vedit
+        did not write (an edit with ``overwrite`` replaces it)."""
+        refused = [f"{self.job_file}: {e.label}: {e.reason}" for e in self.edits if e.status == "refused"]
+        if refused:
+            raise OutputsRefused(refused)
+
     @property
     def inversions_to_compute(self) -> list[InversionGroup]:
         """Groups with at least one edit to do: each computes its inversion once (or finds it cached)."""
@@ -548,7 +594,7 @@ def _check_config(config: RunConfig, device_here: bool) -> RunConfig:
 
 def plan_batch(
     job_file: JobFile | str | os.PathLike, *, force: bool = False, config_path: str | os.PathLike | None = None,
-    device_here: bool = True,
+    device_here: bool = True, overwrite: bool = False,
 ) -> Plan:
     """Expand a job file into the edits to make, checked before any heavy work.
 
@@ -556,11 +602,13 @@ def plan_batch(
     frame range the clip does not have) are job-file errors: :class:`JobFileError` lists them all
     and nothing runs. A clip that cannot be read makes its edits ``failed`` in the plan; the others
     still run. With ``force`` no output counts as up to date. ``device_here``: the edits run on this
-    machine's devices (False for Ray, whose workers may have GPUs this machine lacks).
+    machine's devices (False for Ray, whose workers may have GPUs this machine lacks). An edit whose
+    output exists and was not written by vedit is ``refused`` (:meth:`Plan.check_outputs`), unless
+    ``overwrite`` (or its own ``overwrite`` option) says to replace it.
     """
     from .inversion import cache_root
     from .pipeline import preflight, planned_forwards
-    from .video import VIDEO_EXTENSIONS, unwritable_suffix
+    from .video import VIDEO_EXTENSIONS, check_replaceable, unwritable_suffix
 
     if not isinstance(job_file, JobFile):
         job_file = read_job_file(job_file, config_path=config_path)
@@ -579,6 +627,7 @@ def plan_batch(
                     config = config.replace(
                         cache_dir=str(cache_root(config.cache_dir).resolve()),
                         engine_cache=_absolute(config.engine_cache, Path.cwd()),
+                        overwrite=config.overwrite or overwrite,
                     )
                     fields = {
                         "clip": input.stem if input.suffix else input.name, "job": job.name or str(job.number),
@@ -646,6 +695,13 @@ def plan_batch(
             edit.group = group.number
         if not force and up_to_date(edit.output, edit.digest):
             edit.status, edit.reason = "skipped", "up to date"
+        elif edit.output.exists():
+            try:
+                check_replaceable(edit.output, False, _written_or_recorded)
+            except OutputError as error:
+                edit.replaces = True
+                if not edit.config.overwrite:
+                    edit.status, edit.reason = "refused", str(error)
     if errors:
         raise JobFileError(errors)
     ordered = list(groups.values())
@@ -719,7 +775,7 @@ def _load(config: RunConfig) -> tuple[Any, bool]:
 
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-    model = load_model(config.model, device=config.device, dtype=config.dtype, revision=config.revision, seed=config.seed)
+    model = load_model(config.model, device=config.device, dtype=config.dtype, revision=config.revision)
     _MODEL[0], _MODEL[1] = key, model
     return model, True
 
@@ -841,6 +897,8 @@ def execute(
         assert unit.output is not None
         config = _materialize(unit, fetch)
         sidecar = sidecar_path(unit.output)
+        if read_sidecar(unit.output) is not None:  # vedit wrote the output, maybe before it signed outputs
+            config = config.replace(overwrite=True)
         sidecar.unlink(missing_ok=True)
         unit.output.parent.mkdir(parents=True, exist_ok=True)
         result = edit(unit.input, unit.output, config, reporter=reporter, sd=model)
@@ -1358,7 +1416,9 @@ def run_batch(
 ) -> BatchResult:
     """Run every ``todo`` edit of ``plan`` (see :func:`choose_backend` for where); failures of one
     edit do not stop the others. The summary JSON (``summary``; None writes none) is rewritten
-    after every result, so an interrupted batch leaves one too."""
+    after every result, so an interrupted batch leaves one too. A plan with ``refused`` edits raises
+    :class:`OutputsRefused` before anything runs."""
+    plan.check_outputs()
     events = events or BatchEvents()
     if retries < 0:
         raise ConfigError(f"--retries must be 0 or more, got {retries}")

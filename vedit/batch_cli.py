@@ -16,6 +16,7 @@ from .batch import (
     BatchEvents,
     JobFileError,
     Outcome,
+    OutputsRefused,
     Plan,
     PlannedEdit,
     Unit,
@@ -68,8 +69,10 @@ def plan_table(plan: Plan, base: Path) -> Table:
             will, inversion = "skip: up to date", "-"
         elif e.status == "failed":
             will, inversion = f"fail: {e.reason}", "-"
+        elif e.status == "refused":
+            will, inversion = f"refuse: {e.reason}", "-"
         else:
-            will = "run"
+            will = "run, replacing a file vedit did not write (--overwrite)" if e.replaces else "run"
             if e.group is None:
                 inversion = "none" if e.config.inversion is None else "from its file"
             elif own[e.group]:
@@ -87,11 +90,17 @@ def plan_table(plan: Plan, base: Path) -> Table:
 
 def plan_totals(plan: Plan) -> str:
     todo, skipped, failing = len(plan.todo), plan.count("skipped"), plan.count("failed")
+    refused, replacing = plan.count("refused"), sum(1 for e in plan.todo if e.replaces)
     groups = plan.inversions_to_compute
     clips = len({g.input for g in groups})
-    line = (f"{len(plan.edits)} edits: {todo} to run, {skipped} up to date, {failing} failing; "
-            f"{len(groups)} inversion{'s' if len(groups) != 1 else ''} of {clips} clip{'s' if clips != 1 else ''} to compute "
-            f"(one already in the cache costs none); UNet image-forwards {_forwards_text(plan.planned_forwards())}")  # fmt: skip
+    line = f"{len(plan.edits)} edits: {todo} to run, {skipped} up to date, {failing} failing"
+    if replacing:
+        line += f", {replacing} replacing files vedit did not write"
+    if refused:
+        line += f", {refused} refused (their outputs exist and vedit did not write them: --overwrite replaces them)"
+    line += (f"; {len(groups)} inversion{'s' if len(groups) != 1 else ''} of {clips} clip{'s' if clips != 1 else ''} "
+             f"to compute (one already in the cache costs none); UNet image-forwards "
+             f"{_forwards_text(plan.planned_forwards())}")  # fmt: skip
     return line
 
 
@@ -246,6 +255,7 @@ def add_batch_command(app: typer.Typer) -> None:
         job_file: Path = typer.Argument(..., help=_help("The job file (TOML): shared options under [run], one [[job]] table per job.")),
         dry_run: bool = typer.Option(False, "--dry-run", "-n", help=_help("Print the plan (edits, inversions, UNet forwards) and run nothing.")),
         force: bool = typer.Option(False, "--force", help=_help("Redo every edit, even those whose output is up to date.")),
+        overwrite: bool = typer.Option(False, "--overwrite", help=_help("Replace existing outputs that vedit did not write (without it such edits are refused, and --dry-run shows them).")),
         workers: Optional[int] = typer.Option(None, "--workers", "-w", help=_help("Worker processes of the local pool, or Ray workers.", default="one per GPU; 1 (this process) without GPUs; on Ray, the cluster's GPUs or CPUs")),
         ray: Optional[str] = typer.Option(None, "--ray", help=_help("Run on Ray: auto (the running cluster, else a local one), local (a new local one), or a cluster ADDRESS.")),
         retries: int = typer.Option(DEFAULT_RETRIES, "--retries", help=_help("Times a unit whose worker process died is tried again.")),
@@ -259,8 +269,10 @@ def add_batch_command(app: typer.Typer) -> None:
         base = Path.cwd()
         with user_errors():
             try:
-                plan = plan_batch(job_file, force=force, config_path=config, device_here=not ray)
-            except JobFileError as error:
+                plan = plan_batch(job_file, force=force, config_path=config, device_here=not ray, overwrite=overwrite)
+                if not dry_run:
+                    plan.check_outputs()
+            except (JobFileError, OutputsRefused) as error:
                 for line in error.errors:
                     fail(line)
                 raise typer.Exit(error.exit_code) from None

@@ -45,7 +45,7 @@ FORMAT = "vedit-checkpoint/1"
 # Options that change nothing in the edited latents: a run that differs only in these resumes.
 _NOT_IN_KEY = frozenset({
     "engine_cache", "postprocess", "flow", "clip", "eval", "cache_dir", "no_cache", "cache_max_gb",
-    "output_size", "fps", "keep_timestamps", "checkpoint_every", "force_inversion", "allow_short",
+    "output_size", "fps", "keep_timestamps", "checkpoint_every", "force_inversion", "allow_short", "overwrite",
 })  # fmt: skip
 
 

@@ -68,6 +68,13 @@ def warn(text: str) -> None:
     err_console.print(f"vedit: warning: {text}", markup=False, highlight=False, soft_wrap=True)
 
 
+def _ignored_seed(seed: int | None, work: str) -> None:
+    """``--seed`` of a command that draws nothing at random: it used to choose a built model's weights."""
+    if seed is not None:
+        warn(f"--seed is ignored: {work} draws nothing at random, and a built model's weights come from "
+             f"its spec (--model tiny@{seed})")
+
+
 class QuietReporter(SilentReporter):
     """--quiet: no progress, no messages; warnings still reach the user, as lines on stderr."""
 
@@ -360,6 +367,7 @@ def create_app() -> typer.Typer:
         clip: Path = typer.Argument(..., help="Input video file, or a folder of numbered images."),
         prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help=_help("What the edited video should show (required).")),
         output: Optional[Path] = typer.Option(None, "--output", "-o", help=_help("Output .mp4/.mov/.mkv (H.264), .webm (VP9), .gif, or a folder for PNG frames.", default="<clip>-edited.mp4 here")),
+        overwrite: bool = typer.Option(False, "--overwrite", help=_help("Replace an existing output (video, frames, preview sheet, --eval report) that vedit did not write; what vedit wrote is replaced without it.")),
         source_prompt: Optional[str] = typer.Option(None, help=_help("What the input shows (inversion and source branch).", "source_prompt")),
         negative_prompt: Optional[str] = typer.Option(None, help=_help("Negative prompt (the unconditional branch).", "negative_prompt")),
         editor: Optional[str] = typer.Option(None, help=_help("Editor plugin: pnp, sdedit, img2img, or a plugin's.", "editor")),
@@ -367,7 +375,7 @@ def create_app() -> typer.Typer:
         engine: Optional[str] = typer.Option(None, help=_help("UNet engine: eager, compile, torchscript, onnxruntime, tensorrt, torch-tensorrt, a plugin's, auto, or a comma-separated list to try in order.", "engine")),
         engine_cache: Optional[str] = typer.Option(None, help=_help("Folder of built engines (ONNX, TorchScript, TensorRT plans).", "engine_cache")),
         nn_backend: Optional[str] = typer.Option(None, help=_help("Nearest-neighbour backend: torch, faiss or auto.", "nn_backend")),
-        model: Optional[str] = typer.Option(None, help=_help("Hub id, local diffusers folder, tiny, random:sd15 or random:sd21.", "model")),
+        model: Optional[str] = typer.Option(None, help=_help("Hub id, local diffusers folder, tiny, random:sd15 or random:sd21 (tiny@N: weights from seed N).", "model")),
         revision: Optional[str] = typer.Option(None, help=_help("Model revision (hub branch, tag or commit).")),
         steps: Optional[int] = typer.Option(None, help=_help("Sampling steps T.", "steps")),
         inversion_steps: Optional[int] = typer.Option(None, help=_help("DDIM inversion steps (their schedule must pass through the T-step one, e.g. a multiple of T).", "inversion_steps")),
@@ -381,7 +389,7 @@ def create_app() -> typer.Typer:
         keyframes: Optional[str] = typer.Option(None, help=_help('tokenflow: JSON keyframe schedule file, {"keyframes": [[k, ...], ...]}, one list per step.')),
         inversion: Optional[str] = typer.Option(None, help=_help("Use this trajectory file (from 'vedit invert -o') instead of inverting.")),
         force_inversion: bool = typer.Option(False, "--force-inversion", help=_help("Use the --inversion file even if it was made from another clip, model or source prompt.")),
-        seed: Optional[int] = typer.Option(None, help=_help("Random seed (noise, keyframes, tiny weights).", "seed")),
+        seed: Optional[int] = typer.Option(None, help=_help("Random seed of the img2img noise and the keyframe draws (a built model's weights come from its spec: tiny@N).", "seed")),
         size: Optional[str] = typer.Option(None, help=_help("Working size WxH (multiples of 8).", default="short side near 512")),
         frames: Optional[str] = typer.Option(None, help=_help("Frame range START:STOP:STEP (source frame indices, STOP exclusive).", default="all")),
         max_frames: Optional[int] = typer.Option(None, help=_help("At most this many frames.")),
@@ -423,6 +431,7 @@ def create_app() -> typer.Typer:
                 keep_timestamps=keep_timestamps or None, output_size=output_size, device=device, dtype=dtype,
                 batch_size=batch_size, postprocess=postprocess, cache_dir=cache_dir, cache_max_gb=cache_max_gb,
                 no_cache=no_cache or None, eval=eval_, flow=flow, clip=clip_model, checkpoint_every=checkpoint_every,
+                overwrite=overwrite or None,
             )
             target = output or Path(f"{clip.stem if clip.suffix else clip.name}-edited.mp4")
             if preview_frames is not None and not preview:
@@ -445,6 +454,7 @@ def create_app() -> typer.Typer:
     def invert(
         clip: Path = typer.Argument(..., help="Input video file, or a folder of numbered images."),
         output: Optional[Path] = typer.Option(None, "--output", "-o", help=_help("Also write the trajectory to this .safetensors file.")),
+        overwrite: bool = typer.Option(False, "--overwrite", help=_help("Replace an existing -o file that is not a vedit trajectory.")),
         source_prompt: Optional[str] = typer.Option(None, help=_help("What the input shows.", "source_prompt")),
         model: Optional[str] = typer.Option(None, help=_help("Model (as for 'vedit run').", "model")),
         revision: Optional[str] = typer.Option(None, help=_help("Model revision.")),
@@ -452,7 +462,7 @@ def create_app() -> typer.Typer:
         engine_cache: Optional[str] = typer.Option(None, help=_help("Folder of built engines.", "engine_cache")),
         steps: Optional[int] = typer.Option(None, help=_help("Sampling steps T the trajectory is stored for.", "steps")),
         inversion_steps: Optional[int] = typer.Option(None, help=_help("DDIM inversion steps.", "inversion_steps")),
-        seed: Optional[int] = typer.Option(None, help=_help("Seed (tiny/random weights).", "seed")),
+        seed: Optional[int] = typer.Option(None, hidden=True, help="Ignored: a built model's weights come from its spec (tiny@N)."),
         size: Optional[str] = typer.Option(None, help=_help("Working size WxH.", default="short side near 512")),
         frames: Optional[str] = typer.Option(None, help=_help("Frame range START:STOP:STEP.", default="all")),
         max_frames: Optional[int] = typer.Option(None, help=_help("At most this many frames.")),
@@ -474,10 +484,11 @@ def create_app() -> typer.Typer:
             run_config = _config(
                 config, source_prompt=source_prompt, model=model, revision=revision, engine=engine,
                 engine_cache=engine_cache, steps=steps,
-                inversion_steps=inversion_steps, seed=seed, size=size, frames=frames, max_frames=max_frames,
+                inversion_steps=inversion_steps, size=size, frames=frames, max_frames=max_frames,
                 allow_short=allow_short or None, device=device, dtype=dtype, batch_size=batch_size,
-                cache_dir=cache_dir, cache_max_gb=cache_max_gb, no_cache=no_cache or None,
+                cache_dir=cache_dir, cache_max_gb=cache_max_gb, no_cache=no_cache or None, overwrite=overwrite or None,
             )
+            _ignored_seed(seed, "inversion")
             with reporting(quiet) as reporter:
                 result = invert_clip(clip, output, run_config, reporter=reporter, check=check)
         trajectory = result.trajectory
@@ -502,6 +513,7 @@ def create_app() -> typer.Typer:
         source: Path = typer.Option(..., "--source", "-s", help=_help("The clip it was edited from; optical flow is computed on it.")),
         prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help=_help("The edit's prompt, for the CLIP text score.")),
         json_path: Optional[Path] = typer.Option(None, "--json", help=_help("Also write the report, with per-frame figures, to this JSON file.")),
+        overwrite: bool = typer.Option(False, "--overwrite", help=_help("Replace an existing --json file that is not a vedit report.")),
         flow: Optional[str] = typer.Option(None, help=_help("Optical-flow backend: dis, raft or a plugin's.", "flow")),
         clip_model: Optional[str] = typer.Option(None, "--clip", help=_help("CLIP model: a hub id already in the local cache, or a folder (never downloaded).", "clip")),
         source_frames: Optional[str] = typer.Option(None, help=_help("The source frames the edit was made from, START:STOP:STEP (STOP exclusive).", default="from the first, as many as the edit has")),
@@ -513,19 +525,21 @@ def create_app() -> typer.Typer:
         from .video import FrameRange
 
         with user_errors():
-            run_config = _config(config, flow=flow, clip=clip_model, keep_timestamps=keep_timestamps or None)
+            run_config = _config(config, flow=flow, clip=clip_model, keep_timestamps=keep_timestamps or None, overwrite=overwrite or None)
             try:
                 selection = FrameRange.parse(source_frames) if source_frames is not None else None
             except ConfigError as error:
                 raise ConfigError(str(error).replace("--frames", "--source-frames")) from None
-            target = check_report_path(json_path, edited, source) if json_path is not None else None
+            target = None
+            if json_path is not None:
+                target = check_report_path(json_path, edited, source, overwrite=run_config.overwrite)
             with reporting(False) as reporter:
                 report = evaluate(
                     edited, source, prompt=prompt, flow=run_config.flow, clip=run_config.clip,
                     source_frames=selection, reporter=reporter, keep_timestamps=run_config.keep_timestamps,
                 )  # fmt: skip
             if target is not None:
-                write_json(report, target)
+                write_json(report, target, overwrite=run_config.overwrite)
         out_console.print(report.renderable())
 
     engines_app = typer.Typer(help="Build, list and clear compiled UNet engines.", no_args_is_help=True)
@@ -546,7 +560,7 @@ def create_app() -> typer.Typer:
         batch_size: Optional[str] = typer.Option(None, help=_help("Frames per inversion / per-frame batch, or auto.", "batch_size")),
         device: Optional[str] = typer.Option(None, help=_help("auto, cpu, cuda, cuda:N or mps.", "device")),
         dtype: Optional[str] = typer.Option(None, help=_help("auto, fp32, fp16 or bf16.", "dtype")),
-        seed: Optional[int] = typer.Option(None, help=_help("Seed (tiny/random weights).", "seed")),
+        seed: Optional[int] = typer.Option(None, hidden=True, help="Ignored: a built model's weights come from its spec (tiny@N)."),
         engine_cache: Optional[str] = typer.Option(None, help=_help(engine_cache_help, "engine_cache")),
         config: Optional[Path] = typer.Option(None, "--config", help=_help("Read defaults from this vedit.toml.")),
         quiet: bool = typer.Option(False, "--quiet", "-q", help=_help("No progress; warnings and errors only.")),
@@ -559,8 +573,9 @@ def create_app() -> typer.Typer:
             run_config = _config(
                 config, engine=engine, model=model, revision=revision, editor=editor, propagator=propagator,
                 chunk_size=chunk_size, max_joint_keyframes=max_joint_keyframes, batch_size=batch_size, device=device,
-                dtype=dtype, seed=seed, engine_cache=engine_cache,
+                dtype=dtype, engine_cache=engine_cache,
             )
+            _ignored_seed(seed, "building engines")
             with reporting(quiet) as reporter:
                 built = build_engines(run_config, frames, size=parse_size(size, "--size"), reporter=reporter)
         if not quiet:

@@ -18,6 +18,7 @@ from .errors import ConfigError
 
 CONFIG_FILENAME = "vedit.toml"
 DEFAULT_MODEL = "stabilityai/stable-diffusion-2-1-base"
+MAX_SEED = 2**63 - 1  # the largest seed torch.manual_seed takes that is also a signed 64-bit number
 
 
 @dataclass
@@ -65,6 +66,7 @@ class RunConfig:
     allow_short: bool = False
     force_inversion: bool = False
     keep_timestamps: bool = False
+    overwrite: bool = False  # replace an existing output that vedit did not write
 
     def replace(self, **changes: Any) -> "RunConfig":
         return dataclasses.replace(self, **changes)
@@ -84,7 +86,7 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "batch_size": (1, 4096),
     "max_frames": (1, None),
     "guidance": (0.0, 100.0),
-    "seed": (0, 2**63 - 1),
+    "seed": (0, MAX_SEED),
     "cache_max_gb": (0.0, None),
 }
 

@@ -34,7 +34,7 @@ from .errors import InputError, OutputError, VeditError
 from .flow import DEFAULT_FLOW, flow_backend
 from .metrics import WARP_ERROR_UNIT, WarpError, warp_errors
 from .report import Reporter, SilentReporter
-from .video import FrameRange, FrameReader, Resampling, VideoInfo, probe, resampling, write_atomically
+from .video import FrameRange, FrameReader, Resampling, VideoInfo, check_replaceable, probe, resampling, write_atomically
 
 REPORT_FORMAT = "vedit-eval/1"
 REPORT_SUFFIX = ".eval.json"
@@ -280,8 +280,18 @@ def report_path(output: str | os.PathLike) -> Path:
     return output.with_suffix(REPORT_SUFFIX)
 
 
-def check_report_path(path: str | os.PathLike, *inputs: str | os.PathLike) -> Path:
-    """Refuse a JSON destination that cannot be written (before any work is done)."""
+def is_report(path: str | os.PathLike) -> bool:
+    """Whether ``path`` holds a report vedit wrote: JSON whose ``format`` is :data:`REPORT_FORMAT`."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("format") == REPORT_FORMAT
+
+
+def check_report_path(path: str | os.PathLike, *inputs: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Refuse a JSON destination that cannot be written (before any work is done); an existing file
+    that is not a vedit report is replaced only with ``overwrite``."""
     path = Path(os.path.abspath(path))
     for other in inputs:
         if Path(os.path.abspath(other)) == path:
@@ -293,12 +303,14 @@ def check_report_path(path: str | os.PathLike, *inputs: str | os.PathLike) -> Pa
         raise OutputError(f"{parent}: folder does not exist; create it or choose another path for the JSON report")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise OutputError(f"{parent}: folder is not writable; choose another path for the JSON report")
+    check_replaceable(path, overwrite, is_report)
     return path
 
 
-def write_json(report: Report, path: str | os.PathLike) -> Path:
-    """Write ``report`` to ``path`` atomically: a temporary file beside it, renamed into place."""
-    path = check_report_path(path)
+def write_json(report: Report, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Write ``report`` to ``path`` atomically: a temporary file beside it, renamed into place
+    (over an existing file that is not a vedit report only with ``overwrite``)."""
+    path = check_report_path(path, overwrite=overwrite)
     try:
         write_atomically(path, report.to_json().encode("utf-8"))
     except OSError as error:
@@ -564,7 +576,7 @@ def evaluate_run(output: Path, clip: Any, config: Any, reporter: Reporter | None
             source_frames=reader.frames, reporter=reporter, frames=count, keep_timestamps=config.keep_timestamps,
             allow_short=config.allow_short or reader.short_read is not None, source_info=clip.info,
         )  # fmt: skip
-        write_json(report, report_path(output))
+        write_json(report, report_path(output), overwrite=config.overwrite)
     except VeditError as error:
         error.args = (f"the edit was written to {output}, but evaluating it failed: {error}",)
         raise
@@ -573,6 +585,6 @@ def evaluate_run(output: Path, clip: Any, config: Any, reporter: Reporter | None
 
 
 __all__ = [
-    "REPORT_FORMAT", "Figures", "Report", "check_eval", "check_report_path", "evaluate", "evaluate_run", "report_path",
-    "write_json",
+    "REPORT_FORMAT", "Figures", "Report", "check_eval", "check_report_path", "evaluate", "evaluate_run", "is_report",
+    "report_path", "write_json",
 ]

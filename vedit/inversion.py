@@ -452,6 +452,15 @@ def read_metadata(path: str | Path, needs: tuple[str, ...] = LOAD_FIELDS) -> dic
     return metadata
 
 
+def is_trajectory(path: str | Path) -> bool:
+    """Whether ``path`` is a trajectory file vedit wrote (its metadata says so)."""
+    try:
+        read_metadata(path)
+    except InputError:
+        return False
+    return True
+
+
 @torch.no_grad()
 def invert(
     unet: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],

@@ -6,6 +6,9 @@
   CLIP tokenizer written locally; it builds offline in a fraction of a second, for tests.
 - ``random:sd15`` / ``random:sd21``: the real SD 1.5 / SD 2.1-base architectures with random
   weights; they cost exactly what the real models cost, for speed and memory figures.
+  These three take ``@N`` for weights drawn from seed N (``tiny@3``, ``random:sd15@7``); without
+  it the seed is 0. The weights' seed is part of the spec, so an edit's own seed never changes
+  the model.
 - a local diffusers folder (``unet/``, ``vae/``, ``text_encoder/``, ``tokenizer/``,
   ``scheduler/``, as ``save_pretrained`` writes them);
 - anything else is a Hugging Face hub id (read from the local cache when ``HF_HUB_OFFLINE``
@@ -32,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 import torch
 
+from .config import MAX_SEED
 from .errors import ConfigError, ModelError
 
 if TYPE_CHECKING:
@@ -62,7 +66,8 @@ _DTYPE_ALIASES = {
     "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
     "fp32": torch.float32, "float32": torch.float32, "float": torch.float32, "full": torch.float32,
 }
-_SPEC_HELP = "use tiny, random:sd15, random:sd21, a Hugging Face hub id or a local diffusers folder"
+_SPEC_HELP = ("use tiny, random:sd15 or random:sd21 (with @N for weights drawn from seed N, e.g. tiny@3), "
+              "a Hugging Face hub id or a local diffusers folder")
 
 
 @dataclass(eq=False)
@@ -277,7 +282,7 @@ def peek_scheduler(spec: str = DEFAULT_MODEL, revision: str | None = None) -> DD
     from diffusers import DDIMScheduler
 
     spec = str(spec).strip()
-    if spec in BUILT_IN_SPECS:
+    if built_spec(spec) is not None:
         return DDIMScheduler(**SD_SCHEDULER_CONFIG)
     try:
         path = Path(spec).expanduser()
@@ -302,16 +307,26 @@ def load_model(
     device: str | torch.device = "auto",
     dtype: str | torch.dtype | None = "auto",
     revision: str | None = None,
-    seed: int = 0,
+    seed: int | None = None,
 ) -> StableDiffusion:
-    """Load (or, for ``tiny`` and ``random:*``, build from ``seed``) a Stable Diffusion model."""
+    """Load (or, for ``tiny`` and ``random:*``, build from the seed the spec names) a Stable Diffusion model.
+
+    ``seed`` is deprecated: it gives a built spec written without ``@N`` its weights' seed, as
+    ``tiny@N`` does.
+    """
+    spec = str(spec).strip()
+    built = built_spec(spec)
+    if seed is not None:
+        warnings.warn("load_model(seed=N) is deprecated: the weights' seed is part of the spec, as in 'tiny@N'",
+                      DeprecationWarning, stacklevel=2)
+        if built is not None and "@" not in spec:
+            built = built_spec(f"{spec}@{seed}")
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
-    spec = str(spec).strip()
     _use_fast_float32(device)
     try:
-        if spec == "tiny" or spec.startswith("random:"):
-            model = _build(spec, device, dtype, seed)
+        if built is not None:
+            model = _build(built, device, dtype)
         else:
             model = _load_pretrained(spec, device, dtype, revision)
     except Exception as error:
@@ -471,12 +486,56 @@ def text_encoder_config(spec: str) -> dict[str, Any]:
             "layer_norm_eps": 1e-5, **special}
 
 
+@dataclass(frozen=True)
+class BuiltSpec:
+    """A model built in code: its architecture (one of :data:`BUILT_IN_SPECS`) and the seed its
+    weights are drawn from."""
+
+    architecture: str
+    seed: int = 0
+
+    @property
+    def name(self) -> str:
+        """The spec as vedit writes it: ``tiny`` for seed 0, ``tiny@3`` otherwise."""
+        return self.architecture if self.seed == 0 else f"{self.architecture}@{self.seed}"
+
+    @property
+    def fingerprint(self) -> str:
+        """``tiny:seed3``: the same for ``tiny@3`` as it was for ``tiny`` built from seed 3, so
+        inversions cached then stay valid."""
+        return f"{self.architecture}:seed{self.seed}"
+
+
+def is_built_in(spec: str) -> bool:
+    """Whether ``spec`` is meant as a model built in code (``tiny``, ``tiny@N``, ``random:...``),
+    well formed or not, rather than a hub id or a folder."""
+    head = str(spec).strip().partition("@")[0]
+    return head == "tiny" or head.startswith("random:")
+
+
+def built_spec(spec: str) -> BuiltSpec | None:
+    """The model built in code that ``spec`` names (``tiny``, ``tiny@3``, ``random:sd15@7``; without
+    ``@N`` the weights' seed is 0), or None for a hub id or a folder; ConfigError for a malformed one."""
+    spec = str(spec).strip()
+    if not is_built_in(spec):
+        return None
+    architecture, at, seed = spec.partition("@")
+    if architecture not in BUILT_IN_SPECS:
+        raise ConfigError(f"unknown model '{spec}': {_SPEC_HELP}")
+    if not at:
+        return BuiltSpec(architecture)
+    if not re.fullmatch(r"[0-9]+", seed) or int(seed) > MAX_SEED:
+        raise ConfigError(f"model '{spec}': the weights' seed after '@' must be a whole number from 0 to "
+                          f"{MAX_SEED}, as in '{architecture}@3'")
+    return BuiltSpec(architecture, int(seed))
+
+
 def _architecture(spec: str) -> str:
-    if spec == "tiny":
-        return "tiny"
-    if spec in ("random:sd15", "random:sd21"):
-        return spec.removeprefix("random:")
-    raise ConfigError(f"unknown model '{spec}': {_SPEC_HELP}")
+    """``tiny``, ``sd15`` or ``sd21``: the architecture a built spec has, whatever its seed."""
+    built = built_spec(spec)
+    if built is None:
+        raise ConfigError(f"unknown model '{spec}': {_SPEC_HELP}")
+    return built.architecture.removeprefix("random:")
 
 
 def _byte_symbols() -> list[str]:
@@ -526,21 +585,21 @@ def _drawing(seed: int, device: torch.device, dtype: torch.dtype) -> Iterator[No
             torch.set_default_dtype(default_dtype)
 
 
-def _build(spec: str, device: torch.device, dtype: torch.dtype, seed: int) -> StableDiffusion:
+def _build(built: BuiltSpec, device: torch.device, dtype: torch.dtype) -> StableDiffusion:
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    architecture = _architecture(spec)
-    if architecture == "tiny":
+    spec, seed = built.architecture, built.seed
+    if spec == "tiny":
         # drawn on the CPU in fp32 and then cast: a seed gives the same model everywhere
-        draw_on, draw_in, fingerprint = torch.device("cpu"), torch.float32, f"{spec}:seed{seed}"
+        draw_on, draw_in, fingerprint = torch.device("cpu"), torch.float32, built.fingerprint
     else:
         # a billion random numbers: drawn where and as they will live (a GPU draws them in
         # well under a second; fp32-then-cast on the CPU takes several times longer). CUDA's
         # generator draws other numbers than the CPU's, so then the fingerprint says so.
         draw_on = device if device.type == "cuda" else torch.device("cpu")
         draw_in = dtype
-        fingerprint = f"{spec}:seed{seed}" + (":cuda" if draw_on.type == "cuda" else "")
+        fingerprint = built.fingerprint + (":cuda" if draw_on.type == "cuda" else "")
     with _drawing(seed, draw_on, draw_in):
         unet = _finish(UNet2DConditionModel(**unet_config(spec)), device, dtype)
         vae = AutoencoderKL(**vae_config(spec))
@@ -553,7 +612,7 @@ def _build(spec: str, device: torch.device, dtype: torch.dtype, seed: int) -> St
         text_encoder=text_encoder,
         tokenizer=build_tokenizer(),
         scheduler=DDIMScheduler(**SD_SCHEDULER_CONFIG),
-        model_id=spec,
+        model_id=built.name,
         revision=None,
         fingerprint=fingerprint,
         device=device,

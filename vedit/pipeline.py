@@ -46,6 +46,7 @@ from .video import (
     VideoWriter,
     check_encoders,
     check_output_path,
+    check_replaceable,
     frame_timing,
     lost_in_writing,
     no_audio_track,
@@ -302,7 +303,7 @@ def _load(config: RunConfig, preflight: Preflight, sd: Any = None):
 
     if sd is not None:
         return sd
-    return load_model(config.model, device=preflight.device, dtype=preflight.dtype, revision=config.revision, seed=config.seed)
+    return load_model(config.model, device=preflight.device, dtype=preflight.dtype, revision=config.revision)
 
 
 def make_passes(
@@ -684,7 +685,7 @@ def write_frames(
     end = None  # put after the last batch: the post-processors give up what they hold
     with Chain(checked.postprocessors, _postprocess_context(config, clip, edited.shape[0])) as chain, VideoWriter(
         output, fps=clip.fps, size=size, audio_from=audio_from, audio_range=clip.audio_range(),
-        color=clip.info.color, timestamps=timestamps,
+        color=clip.info.color, timestamps=timestamps, overwrite=config.overwrite,
     ) as writer:  # fmt: skip
 
         def finish(item: tuple[int, torch.Tensor] | None) -> None:
@@ -825,7 +826,11 @@ def _edit(input, output, config: RunConfig, checked: Preflight, reporter: _Recor
     stages: dict[str, float] = {}
 
     # 1. Everything a user can get wrong was checked in preflight, before any heavy work.
-    output = check_output_path(output, input)
+    output = check_output_path(output, input, overwrite=config.overwrite)
+    if config.eval:
+        from .evaluate import check_report_path, report_path
+
+        check_report_path(report_path(output), input, overwrite=config.overwrite)
     clip, editor = checked.clip, checked.editor
     check_encoders(output, audio=clip.info.has_audio)
     output_size = written_size(output, _output_size(config, clip))
@@ -979,7 +984,7 @@ def build_engines(
         reporter.warning(note)
     if size[0] % 8 or size[1] % 8:
         raise ConfigError(f"--size {size[0]}x{size[1]}: both sides must be multiples of 8")
-    model = sd or load_model(config.model, device=device, dtype=dtype, revision=config.revision, seed=config.seed)
+    model = sd or load_model(config.model, device=device, dtype=dtype, revision=config.revision)
     config = config.replace(batch_size=choose_batches(model, config.batch_size, frames, size, _branches(editor, propagator)).unet)
     checked = Preflight(None, editor, propagator, [], engines, strict, device, dtype, config.steps, None)  # type: ignore[arg-type]
     batches = _pass_batches(config, frames, editor, propagator)
@@ -1019,8 +1024,11 @@ def build_engines(
     return built
 
 
-def _check_trajectory_output(output: str | os.PathLike) -> Path:
-    """Refuse an inversion file path that cannot be written, before any work."""
+def _check_trajectory_output(output: str | os.PathLike, overwrite: bool) -> Path:
+    """Refuse an inversion file path that cannot be written, before any work: an existing file
+    that is not a vedit trajectory is replaced only with ``overwrite``."""
+    from .inversion import is_trajectory
+
     output = Path(output)
     if output.suffix != ".safetensors":
         raise ConfigError(f"{output}: an inversion file must end in .safetensors")
@@ -1030,6 +1038,7 @@ def _check_trajectory_output(output: str | os.PathLike) -> Path:
         raise OutputError(f"{output}: folder {output.parent} does not exist; create it or choose another path")
     if not os.access(output.parent, os.W_OK | os.X_OK):
         raise OutputError(f"{output}: folder {output.parent} is not writable; choose another path")
+    check_replaceable(output, overwrite, is_trajectory)
     return output
 
 
@@ -1051,7 +1060,7 @@ def invert_clip(
     config = _resolve(config, options).replace(inversion=None)
     reporter = _Recording(reporter or SilentReporter())
     if output is not None:
-        output = _check_trajectory_output(output)
+        output = _check_trajectory_output(output, config.overwrite)
     checked = preflight(input, config, reporter, sd=sd, editing=False)
     clip = checked.clip
     with read_ahead(clip, _reading_batch(config)) as frames:  # reading overlaps loading the model

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import math
 import os
 import time
@@ -52,7 +53,7 @@ from .pipeline import (
 )
 from .report import Reporter, SilentReporter, Task, duration, open_task
 from .unet import SOURCE
-from .video import _same_location, check_output_folder, write_atomically
+from .video import _same_location, check_output_folder, check_replaceable, save_png, write_atomically
 
 FLAG = "--preview-frames"
 GAP = 4  # pixels between the pairs of the sheet
@@ -133,8 +134,11 @@ def parse_frames(frames: Sequence[int] | str | None, total: int, chunk_size: int
     return sorted(chosen)
 
 
-def check_preview_output(output: str | os.PathLike, input_path: str | os.PathLike | None = None) -> Path:
-    """Refuse a sheet path that cannot or must not be written, before any work."""
+def check_preview_output(
+    output: str | os.PathLike, input_path: str | os.PathLike | None = None, *, overwrite: bool = False
+) -> Path:
+    """Refuse a sheet path that cannot or must not be written, before any work: an existing file
+    that vedit did not write is replaced only with ``overwrite``."""
     out = Path(os.path.abspath(output))
     if out.suffix.lower() != ".png":
         raise ConfigError(f"{output}: a preview is a PNG image; give a path ending in .png")
@@ -149,6 +153,7 @@ def check_preview_output(output: str | os.PathLike, input_path: str | os.PathLik
             raise OutputError(f"{out}: this is the input; choose a different output path")
         if source.is_dir() and _same_location(parent, source):
             raise OutputError(f"{out}: is inside the input's folder of frames; choose another output path")
+    check_replaceable(out, overwrite)
     return out
 
 
@@ -208,7 +213,7 @@ def preview(
     reporter = _Recording(reporter or SilentReporter())
     if not config.prompt:
         raise ConfigError("a target prompt is required: pass --prompt TEXT")
-    output = check_preview_output(output, input)
+    output = check_preview_output(output, input, overwrite=config.overwrite)
     checked = preflight(input, config.replace(eval=False), reporter, sd=sd)
     clip, editor, propagator = checked.clip, checked.editor, checked.propagator
     total = len(clip.reader)
@@ -432,16 +437,15 @@ def contact_sheet(
 
 
 def write_png(image: np.ndarray, path: str | os.PathLike) -> Path:
-    """Write ``image`` (H, W, 3) uint8 RGB as a PNG atomically: a temporary sibling, then a rename;
-    nothing is left behind on any failure (Ctrl-C included)."""
-    import cv2
+    """Write ``image`` (H, W, 3) uint8 RGB as a PNG signed by vedit, atomically: a temporary
+    sibling, then a rename; nothing is left behind on any failure (Ctrl-C included)."""
+    from PIL import Image
 
     path = Path(path)
-    ok, encoded = cv2.imencode(".png", np.ascontiguousarray(image[..., ::-1]))  # cv2 writes BGR
-    if not ok:
-        raise OutputError(f"{path}: the preview could not be encoded as PNG")
+    encoded = io.BytesIO()
+    save_png(Image.fromarray(np.ascontiguousarray(image)), encoded)
     try:
-        return write_atomically(path, encoded.tobytes())
+        return write_atomically(path, encoded.getvalue())
     except OSError as error:
         raise OutputError(f"{path}: cannot write the preview: {error.strerror or error}") from None
 

@@ -11,7 +11,9 @@ container promised is refused as truncated unless the caller allows a short read
 Output keeps the source's colour tags and, given timestamps, its frame timing; the source's
 audio is cut on the source's own clock, so it keeps its place against the first frame. It
 is written to a hidden sibling and renamed into place only when everything succeeded, so an
-interrupted run never leaves half a video behind.
+interrupted run never leaves half a video behind. Every file written is signed (:data:`SIGNATURE`
+in a video's comment, a PNG's Software text), and an existing output without the signature is
+replaced only when the caller says so.
 
 Environment:
     VEDIT_FFMPEG   the ffmpeg binary to use (default: ``ffmpeg`` on PATH, else the one
@@ -30,7 +32,7 @@ import secrets
 import shutil
 import subprocess
 import threading
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -40,8 +42,9 @@ import av
 import ffmpeg
 import numpy as np
 from av.error import FFmpegError
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
+from . import __version__
 from .errors import ConfigError, InputError, OutputError, VeditError
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"})
@@ -50,6 +53,7 @@ _OUR_FRAME_NAME = re.compile(r"^\d{5,}\.png$")
 _LAST_INTEGER = re.compile(r"(\d+)(?!.*\d)")
 _FFMPEG_PREFIX = re.compile(r"^(\[[^\]]*\]\s*)+")
 _NUT_TIME_BASE = Fraction(1, 1_000_000)  # frames written with timestamps are placed to the microsecond
+SIGNATURE = f"vedit {__version__}"  # how vedit recognises what it wrote: a video's comment, a PNG's Software text
 
 
 def find_ffmpeg() -> str:
@@ -1141,8 +1145,73 @@ def unwritable_suffix(suffix: str) -> str:
     return f"cannot write {suffix} files; use {', '.join(others)} or {last}, or a folder name for PNG frames"
 
 
-def check_output_path(output: str | os.PathLike, input_path: str | os.PathLike | None) -> Path:
-    """Refuse an output that cannot or must not be written, before any work is done."""
+def save_png(image: Image.Image, target: str | os.PathLike | IO[bytes], compress_level: int = 1) -> None:
+    """Save ``image`` as a PNG signed by vedit (its Software text), to a path or a binary file.
+    The default compression is light: PNG's own default level is several times slower."""
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Software", SIGNATURE)
+    image.save(target, format="PNG", pnginfo=info, compress_level=compress_level)
+
+
+def _sign_gif(path: Path, scratch: Path) -> None:
+    """Put vedit's :data:`SIGNATURE` into the GIF at ``path`` as a comment extension, right after
+    its screen descriptor and global palette (ffmpeg's GIF muxer writes no comment of its own);
+    ``scratch`` is where the signed copy is made before it replaces ``path``."""
+    with open(path, "rb") as gif:
+        head = gif.read(13)  # "GIF89a" and the logical screen descriptor
+        flags = head[10]
+        palette = 3 * 2 ** ((flags & 0x07) + 1) if flags & 0x80 else 0
+        head += gif.read(palette)
+        text = SIGNATURE.encode("ascii")
+        comment = b"\x21\xfe" + b"".join(bytes([len(part)]) + part for part in _chunks(text, 255)) + b"\x00"
+        with open(scratch, "wb") as out:
+            out.write(head + comment)
+            shutil.copyfileobj(gif, out)
+    os.replace(scratch, path)
+
+
+def _chunks(data: bytes, size: int) -> list[bytes]:
+    return [data[i : i + size] for i in range(0, len(data), size)]
+
+
+def written_by_vedit(path: str | os.PathLike) -> bool:
+    """Whether vedit wrote the video, the PNG, the GIF or the folder of PNG frames at ``path``:
+    its :data:`SIGNATURE` is the container's comment, the PNG's Software text, the GIF's comment
+    extension or its first frame's."""
+    path = Path(path)
+    if path.is_dir():
+        frames = sorted(entry for entry in path.iterdir() if _OUR_FRAME_NAME.match(entry.name))
+        return bool(frames) and written_by_vedit(frames[0])
+    try:
+        if path.suffix.lower() in (".png", ".gif"):
+            with Image.open(path) as image:
+                text = image.info.get("Software") or image.info.get("comment", b"")
+            text = text.decode("ascii", "replace") if isinstance(text, bytes) else text
+        else:
+            with av.open(str(path)) as container:
+                text = next((value for key, value in container.metadata.items() if key.lower() == "comment"), "")
+    except (FFmpegError, OSError, ValueError, UnicodeDecodeError, Image.DecompressionBombError):
+        return False  # not a video or an image at all
+    return isinstance(text, str) and text.split(" ", 1)[0] == "vedit"  # any version's signature
+
+
+def check_replaceable(
+    path: str | os.PathLike, overwrite: bool = False, written_by: Callable[[Path], bool] = written_by_vedit
+) -> None:
+    """Refuse to replace what vedit did not write (``written_by`` says what it did), unless
+    ``overwrite``: one rule for every file vedit writes. A missing path or an empty folder is free."""
+    path = Path(path)
+    if overwrite or not path.exists() or (path.is_dir() and not any(path.iterdir())) or written_by(path):
+        return
+    raise OutputError(f"{path} exists and was not written by vedit; pass --overwrite to replace it")
+
+
+def check_output_path(
+    output: str | os.PathLike, input_path: str | os.PathLike | None, *, overwrite: bool = False
+) -> Path:
+    """Refuse an output that cannot or must not be written, before any work is done. An existing
+    one is replaced only when vedit wrote it, or with ``overwrite``; a folder holding anything but
+    frames, never."""
     kind = _output_kind(output)
     out = Path(os.path.abspath(output))  # normalised, so "." and "frames/.." have a real name
     if input_path is not None and _same_location(out, Path(input_path)):
@@ -1158,6 +1227,7 @@ def check_output_path(output: str | os.PathLike, input_path: str | os.PathLike |
             )
     if kind == "video" and out.exists() and not out.is_file():
         raise OutputError(f"{out}: exists and is not a regular file; choose another output path")
+    check_replaceable(out, overwrite)
     return out
 
 
@@ -1345,6 +1415,8 @@ class VideoWriter:
     A GIF takes two more passes over the frames, kept losslessly in a temporary file: one
     finds the palette that suits the whole clip, the other maps every frame to it. It carries
     no audio and loops forever.
+
+    An existing output that vedit did not write is refused unless ``overwrite``.
     """
 
     def __init__(
@@ -1358,8 +1430,9 @@ class VideoWriter:
         crf: int = 18,
         color: ColorTags | None = None,
         timestamps: Sequence[float] | None = None,
+        overwrite: bool = False,
     ) -> None:
-        self.path = check_output_path(path, audio_from.path if audio_from is not None else None)
+        self.path = check_output_path(path, audio_from.path if audio_from is not None else None, overwrite=overwrite)
         self.kind = _output_kind(path)
         self.format = output_format(path)  # None for a folder of PNGs
         self.fps = fps if isinstance(fps, Fraction) else Fraction(fps).limit_denominator(1_000_000)
@@ -1580,11 +1653,12 @@ class VideoWriter:
         return dict(vcodec=self.format.encoder, crf=self.crf, pix_fmt="yuv420p")
 
     def _container_options(self) -> dict[str, object]:
+        options: dict[str, object] = {"metadata": f"comment={SIGNATURE}"}
         if self.path.suffix.lower() == ".mp4":
-            return {"movflags": "+faststart"}  # index first, so the file plays while downloading
-        if self.path.suffix.lower() == ".gif":
-            return {"loop": 0}  # forever
-        return {}
+            options["movflags"] = "+faststart"  # index first, so the file plays while downloading
+        elif self.path.suffix.lower() == ".gif":
+            options["loop"] = 0  # forever
+        return options
 
     def _audio_source(self) -> VideoInfo | None:
         """The clip whose audio goes into the output, if there is audio to carry."""
@@ -1659,6 +1733,7 @@ class VideoWriter:
         )  # fmt: skip
         self._process, self._stderr = _start(spec.overwrite_output())
         self._finish_ffmpeg("could not write the GIF")
+        _sign_gif(self._temp, self._temp_sibling("-signed", ".gif"))
         for done in (self._video_only, self._palette):
             done.unlink()
         self._video_only = self._palette = None
@@ -1739,8 +1814,7 @@ class VideoWriter:
             if self.size is not None and image.size != self.size:
                 image = image.resize(self.size, Image.Resampling.LANCZOS)
             try:
-                # A light compression level: PNG's default one is several times slower.
-                image.save(self._temp / f"{self.frames_written:05d}.png", compress_level=1)
+                save_png(image, self._temp / f"{self.frames_written:05d}.png")
             except OSError as error:
                 raise OutputError(
                     f"{self.path}: cannot write frame {self.frames_written}: {error.strerror or error}"
