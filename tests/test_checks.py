@@ -81,6 +81,32 @@ def test_messages_name_the_flag_and_numbers_as_written(clip, tmp_path):
     assert one_error_line(bad).endswith("vedit.toml: option 'max-frames' must be 1 or more, got 0")
 
 
+@pytest.mark.parametrize("flag, value, expected", [
+    ("--guidance", "nan", "--guidance must be a finite number (between 0 and 100), got nan"),
+    ("--strength", "nan", "--strength must be a finite number (between 0 and 1), got nan"),
+    ("--start", "nan", "--start must be a finite number (between 0 and 1), got nan"),
+    ("--pnp-f-t", "nan", "--pnp-f-t must be a finite number (between 0 and 1), got nan"),
+    ("--pnp-attn-t", "-inf", "--pnp-attn-t must be a finite number (between 0 and 1), got -inf"),
+    ("--cache-max-gb", "nan", "--cache-max-gb must be a finite number (0 or more), got nan"),
+    ("--cache-max-gb", "inf", "--cache-max-gb must be a finite number (0 or more), got inf"),
+])
+def test_a_number_that_is_not_finite_is_refused_first(clip, tmp_path, no_heavy_work, flag, value, expected):
+    # NaN fails every comparison, so a range check alone let it through (--guidance nan wrote black frames)
+    assert _refused(tmp_path, clip, *FAST, flag, value) == f"vedit: error: {expected}"
+
+
+def test_a_number_that_is_not_finite_in_vedit_toml_is_refused_first(clip, tmp_path, no_heavy_work):
+    (tmp_path / "vedit.toml").write_text("[run]\nguidance = nan\n")
+    out = tmp_path / "o.mp4"
+    result = vedit("run", clip, "-p", "x", "--model", "tiny", "-o", out, cwd=tmp_path)
+    assert result.exit_code == 4 and not out.exists()
+    expected = f"{tmp_path / 'vedit.toml'}: option 'guidance' must be a finite number (between 0 and 100), got nan"
+    assert one_error_line(result) == f"vedit: error: {expected}"
+    result = vedit("invert", clip, "--model", "tiny", "--config", tmp_path / "vedit.toml")
+    assert result.exit_code == 4 and one_error_line(result) == f"vedit: error: {expected}"
+    assert not (tmp_path / "cache").exists()
+
+
 def test_usage_errors_are_one_line_with_exit_code_4(clip):
     for args, expected in [
         (["run", clip, "-p", "x", "--steps", "abc"], "Invalid value for '--steps'"),
@@ -228,6 +254,24 @@ def test_the_python_api_checks_its_options_like_the_cli(clip, tmp_path):
 
     with pytest.raises(ConfigError, match="--max-frames must be 1 or more"):
         api.edit(clip, tmp_path / "o", config=api_config(), max_frames=0)
+
+
+def test_the_python_api_refuses_numbers_that_are_not_finite_before_any_work(clip, tmp_path, no_heavy_work):
+    import vedit as api
+    from vedit.errors import ConfigError
+
+    out = tmp_path / "o.mp4"
+    with pytest.raises(ConfigError) as error:
+        api.edit(clip, out, config=api_config(), guidance=float("nan"))
+    assert str(error.value) == "--guidance must be a finite number (between 0 and 100), got nan"
+    # A RunConfig built by hand has not been through validation; it is checked all the same.
+    with pytest.raises(ConfigError) as error:
+        api.edit(clip, out, config=api_config().replace(pnp_f_t=float("inf")))
+    assert str(error.value) == "--pnp-f-t must be a finite number (between 0 and 1), got inf"
+    with pytest.raises(ConfigError) as error:
+        api.invert(clip, None, config=api_config().replace(cache_max_gb=float("nan")))
+    assert str(error.value) == "--cache-max-gb must be a finite number (0 or more), got nan"
+    assert not out.exists() and not (tmp_path / "cache").exists()
 
 
 def api_config():

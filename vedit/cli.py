@@ -27,7 +27,7 @@ from rich.table import Table
 from rich.text import Text
 
 from . import __version__, plugins
-from .config import RunConfig, load_config
+from .config import RunConfig, check_number, load_config
 from .errors import ConfigError, VeditError
 from .report import SilentReporter, duration
 
@@ -686,10 +686,10 @@ def create_app() -> typer.Typer:
     @cache_app.command("prune")
     def cache_prune(
         max_gb: float = typer.Option(
-            RunConfig.cache_max_gb, "--max-gb", min=0.0, help="Delete least recently used inversions until the cache holds at most this much."
+            RunConfig.cache_max_gb, "--max-gb", help="Delete least recently used inversions until the cache holds at most this much."
         ),
         checkpoint_days: float = typer.Option(
-            CHECKPOINT_DAYS, "--checkpoint-days", min=0.0,
+            CHECKPOINT_DAYS, "--checkpoint-days",
             help="Also delete checkpoints of stopped runs last written more than this many days ago (0: all of them).",
         ),
         cache_dir: Optional[str] = typer.Option(None, help="Cache folder."),
@@ -699,6 +699,8 @@ def create_app() -> typer.Typer:
         from .inversion import InversionCache, gb_to_bytes
 
         with user_errors():
+            check_number(max_gb, "--max-gb", 0.0)
+            check_number(checkpoint_days, "--checkpoint-days", 0.0)
             cache = InversionCache(cache_dir)
             files, freed = cache.prune(gb_to_bytes(max_gb))
             left = cache.entries()

@@ -8,6 +8,7 @@ name as its flag (``negative-prompt``; ``negative_prompt`` is accepted too).
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import typing
 from dataclasses import dataclass, fields
@@ -122,6 +123,8 @@ def _type_label(annotation: Any) -> str:
 
 def _number(value: float) -> str:
     """A bound as a person writes it: 1, 0.5, 1000 (never 1e+03)."""
+    if isinstance(value, int):
+        return str(value)
     return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
@@ -131,6 +134,31 @@ def _range_text(low: float | None, high: float | None) -> str:
     if low is None:
         return f"{_number(high)} or less"
     return f"between {_number(low)} and {_number(high)}"
+
+
+def check_number(value: float, where: str, low: float | None = None, high: float | None = None) -> float:
+    """``value`` when it is finite and within the inclusive bounds (None: unbounded), else a
+    one-line ConfigError naming ``where`` (a flag, keyword or file key), the range and the value.
+
+    Every number a user gives passes here. NaN fails no comparison, so a range check alone lets
+    it through (a NaN guidance writes black frames), and no option means anything at ±inf.
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        bounds = f" ({_range_text(low, high)})" if low is not None or high is not None else ""
+        raise ConfigError(f"{where} must be a finite number{bounds}, got {_number(value)}")
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise ConfigError(f"{where} must be {_range_text(low, high)}, got {_number(value)}")
+    return value
+
+
+def check_numbers(config: "RunConfig") -> "RunConfig":
+    """``config`` when every number in it is finite and in range (a RunConfig built by hand has
+    not been through :func:`validate`); the same one-line errors otherwise."""
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            check_number(value, flag_name(f.name), *_RANGES.get(f.name, (None, None)))
+    return config
 
 
 def _batch_size(text: str, where: str) -> int | str:
@@ -164,10 +192,8 @@ def validate(values: dict[str, Any], origin: str | None = None) -> dict[str, Any
             value = _batch_size(value, where)
         if types[key] is float or float in typing.get_args(types[key]):
             value = float(value) if value is not None else None
-        if key in _RANGES and isinstance(value, (int, float)):
-            low, high = _RANGES[key]
-            if (low is not None and value < low) or (high is not None and value > high):
-                raise ConfigError(f"{where} must be {_range_text(low, high)}, got {_number(value)}")
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            check_number(value, where, *_RANGES.get(key, (None, None)))
         clean[key] = value
     return clean
 

@@ -19,7 +19,7 @@ from diffusers import DDIMScheduler
 from . import plugins, profiling
 from .batching import CPU_BATCH, choose_batches
 from .checkpoint import CheckpointStore, CheckpointWriter, checkpoint_key, inversion_file_identity
-from .config import RunConfig, load_config, validate
+from .config import RunConfig, check_numbers, load_config, validate
 from .denoise import EditJob, RunShape, Step, denoise
 from .engine import DEFAULT_ENGINE_CACHE, EngineCache, Passes, engine_chain
 from .passes import joint_partners, select_keyframes
@@ -206,6 +206,7 @@ def preflight(
     ``editing=False`` checks an inversion only (no editor, propagator or post-processors)."""
     from .models import peek_scheduler, resolve_device, resolve_dtype
 
+    check_numbers(config)  # a RunConfig built by hand has not been validated
     clip = open_clip(input, config)
     if sd is not None:
         device, dtype = sd.device, sd.dtype

@@ -36,13 +36,13 @@ apply in order, separated by commas, each ``name[:key=value[:key=value...]]``::
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, Callable, Iterable, Iterator, Protocol
 
 import numpy as np
 
+from .config import check_number
 from .errors import ConfigError, PluginError, VeditError
 from .flow import DEFAULT_FLOW
 
@@ -147,12 +147,9 @@ def _parse_value(text: str, default: Any) -> Any:
             raise ValueError("an integer") from None
     if isinstance(default, float):
         try:
-            value = float(text)
+            return float(text)
         except ValueError:
             raise ValueError("a number") from None
-        if not math.isfinite(value):
-            raise ValueError("a finite number")
-        return value
     return text
 
 
@@ -205,6 +202,8 @@ def resolve(spec: str | None, context: Context | None = None) -> list[Step]:
                 values[key] = _parse_value(text, options[key])
             except ValueError as expected:
                 raise ConfigError(f"--postprocess {name}: {key} must be {expected}, got {text!r}") from None
+            if isinstance(values[key], float):
+                check_number(values[key], f"--postprocess {name}: {key}")
         settings = {key.replace("-", "_"): value for key, value in values.items()}
         check = getattr(plugin, "check", None)
         if check is not None:
