@@ -242,7 +242,7 @@ def test_the_python_api_warns_and_records_what_it_warned(clip, tmp_path):
     import vedit as api
     from vedit.report import VeditWarning
 
-    with pytest.warns(VeditWarning, match="--prompt is 102 tokens"):
+    with pytest.warns(VeditWarning, match="^prompt is 102 tokens"):  # the keyword, not the flag
         result = api.edit(clip, tmp_path / "o", prompt="y" * 100, model="tiny", steps=2, inversion_steps=2,
                           chunk_size=4, size="64x48", output_size="working")
     assert len(result.warnings) == 1 and "is cut from its start" in result.warnings[0]
@@ -252,7 +252,7 @@ def test_the_python_api_checks_its_options_like_the_cli(clip, tmp_path):
     import vedit as api
     from vedit.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="--max-frames must be 1 or more"):
+    with pytest.raises(ConfigError, match="^max_frames must be 1 or more"):
         api.edit(clip, tmp_path / "o", config=api_config(), max_frames=0)
 
 
@@ -263,15 +263,44 @@ def test_the_python_api_refuses_numbers_that_are_not_finite_before_any_work(clip
     out = tmp_path / "o.mp4"
     with pytest.raises(ConfigError) as error:
         api.edit(clip, out, config=api_config(), guidance=float("nan"))
-    assert str(error.value) == "--guidance must be a finite number (between 0 and 100), got nan"
+    assert str(error.value) == "guidance must be a finite number (between 0 and 100), got nan"
     # A RunConfig built by hand has not been through validation; it is checked all the same.
     with pytest.raises(ConfigError) as error:
         api.edit(clip, out, config=api_config().replace(pnp_f_t=float("inf")))
-    assert str(error.value) == "--pnp-f-t must be a finite number (between 0 and 1), got inf"
+    assert str(error.value) == "pnp_f_t must be a finite number (between 0 and 1), got inf"
     with pytest.raises(ConfigError) as error:
         api.invert(clip, None, config=api_config().replace(cache_max_gb=float("nan")))
-    assert str(error.value) == "--cache-max-gb must be a finite number (0 or more), got nan"
+    assert str(error.value) == "cache_max_gb must be a finite number (0 or more), got nan"
     assert not out.exists() and not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("args, options, flag_line, keyword_line", [
+    (["--steps", "20"], {"steps": 20},
+     "--inversion-steps 50 does not pass through the 20-step sampling schedule (it never visits t=951); "
+     "use --inversion-steps 100",
+     "inversion_steps=50 does not pass through the 20-step sampling schedule (it never visits t=951); "
+     "use inversion_steps=100"),
+    (["--max-frames", "0"], {"max_frames": 0}, "--max-frames must be 1 or more, got 0", "max_frames must be 1 or more, got 0"),
+    (["--editor", "img2img", "--strength", "0.1", "--steps", "5"], {"editor": "img2img", "strength": 0.1, "steps": 5},
+     "--strength 0.1 with --steps 5 runs no denoising step; raise either",
+     "strength=0.1 with steps=5 runs no denoising step; raise either"),
+    (["--size", "60x48"], {"size": "60x48"},
+     "--size: 60x48 is not allowed; width and height must be positive multiples of 8",
+     "size: 60x48 is not allowed; width and height must be positive multiples of 8"),
+    (["--dtype", "fp16"], {"dtype": "fp16"},
+     "fp16 is not supported on the CPU (many of its kernels are missing or slow there): use --dtype fp32 or --dtype bf16",
+     "fp16 is not supported on the CPU (many of its kernels are missing or slow there): use dtype='fp32' or dtype='bf16'"),
+])  # fmt: skip
+def test_a_mistake_names_the_flag_on_the_command_line_and_the_keyword_in_the_python_api(
+    clip, tmp_path, no_heavy_work, args, options, flag_line, keyword_line
+):
+    import vedit as api
+    from vedit.errors import ConfigError
+
+    assert _refused(tmp_path, clip, "--model", "tiny", "--device", "cpu", *args) == f"vedit: error: {flag_line}"
+    with pytest.raises(ConfigError) as error:
+        api.edit(clip, tmp_path / "o.mp4", prompt="x", model="tiny", device="cpu", **options)
+    assert str(error.value) == keyword_line
 
 
 def api_config():

@@ -48,7 +48,7 @@ def test_inversion_is_exactly_reversible_and_stores_the_sampling_schedule(invers
 
 def test_a_schedule_that_misses_the_sampling_steps_is_refused():
     sd = load_model("tiny", device="cpu", dtype="fp32")
-    with pytest.raises(ConfigError, match="--inversion-steps 50"):
+    with pytest.raises(ConfigError, match="^inversion_steps=30 does not pass through the 50-step"):
         invert(latent_blind_unet, sd.new_scheduler(), torch.zeros(1, 4, 8, 8), torch.zeros(1, 77, 32), inversion_steps=30, steps=50)
 
 

@@ -347,8 +347,8 @@ def test_a_hub_id_missing_from_the_cache_offline_says_how_to_get_it():
     assert one_line(error) == (
         "model weights for 'vedit-tests/no-such-model' are not available (not in the Hugging Face "
         "cache and the hub cannot be reached): download them with 'hf download "
-        "vedit-tests/no-such-model' or pass --model PATH to a local diffusers folder; "
-        "'--model tiny' runs offline")
+        "vedit-tests/no-such-model' or pass model=PATH to a local diffusers folder; "
+        "model='tiny' runs offline")
 
 
 def _online_with_hub_at(monkeypatch, endpoint: str) -> None:

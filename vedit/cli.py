@@ -27,7 +27,7 @@ from rich.table import Table
 from rich.text import Text
 
 from . import __version__, plugins
-from .config import RunConfig, check_number, load_config
+from .config import RunConfig, check_number, command_line, load_config
 from .errors import ConfigError, VeditError
 from .report import SilentReporter, duration
 
@@ -223,11 +223,13 @@ _Aborts = tuple({typer.Abort, getattr(_click_errors, "Abort", typer.Abort)})
 
 
 class _Group(typer.core.TyperGroup):
-    """Ends a usage error (bad flag, bad value) in one line and exit code 4, like every other bad option."""
+    """Ends a usage error (bad flag, bad value) in one line and exit code 4, like every other bad option;
+    runs every command under :func:`vedit.config.command_line`."""
 
     def main(self, *args, standalone_mode: bool = True, **kwargs):
         try:
-            code = super().main(*args, standalone_mode=False, **kwargs)
+            with command_line():  # messages name options as flags, not as the Python API's keywords
+                code = super().main(*args, standalone_mode=False, **kwargs)
         except _NoArgsIsHelp as error:
             error.show()
             code = error.exit_code

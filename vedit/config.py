@@ -7,13 +7,15 @@ name as its flag (``negative-prompt``; ``negative_prompt`` is accepted too).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import tomllib
 import typing
+from contextvars import ContextVar
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from .errors import ConfigError
 
@@ -94,6 +96,36 @@ def flag_name(key: str) -> str:
     return "--" + key.replace("_", "-")
 
 
+# Whether messages speak to a user of the command line (set by the CLI) or of the Python API.
+_COMMAND_LINE: ContextVar[bool] = ContextVar("vedit_command_line", default=False)
+
+
+@contextlib.contextmanager
+def command_line() -> Iterator[None]:
+    """Within it, :func:`option_label` names options as flags (``vedit``'s commands run in it)."""
+    token = _COMMAND_LINE.set(True)
+    try:
+        yield
+    finally:
+        _COMMAND_LINE.reset(token)
+
+
+def option_label(key: str) -> str:
+    """An option as a message names it: the flag (``--inversion-steps``) under the command line,
+    the keyword (``inversion_steps``) under the Python API, where a flag means nothing."""
+    key = key.removeprefix("--").replace("-", "_")
+    return flag_name(key) if _COMMAND_LINE.get() else key
+
+
+def option_value(key: str, value: Any, *, placeholder: bool = False) -> str:
+    """An option with a value as the user would write it: ``--steps 20`` (a switch alone:
+    ``--allow-short``) under the command line, ``steps=20``, ``size='64x48'`` or
+    ``allow_short=True`` under the Python API. A ``placeholder`` (``TEXT``, ``PATH``) is never quoted."""
+    if _COMMAND_LINE.get():
+        return option_label(key) if value is True else f"{option_label(key)} {value}"
+    return f"{option_label(key)}={value if placeholder else repr(value)}"
+
+
 def field_types() -> dict[str, Any]:
     """Every run option's name (as in :class:`RunConfig`) mapped to its type annotation."""
     hints = typing.get_type_hints(RunConfig)
@@ -157,7 +189,7 @@ def check_numbers(config: "RunConfig") -> "RunConfig":
     for f in fields(config):
         value = getattr(config, f.name)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            check_number(value, flag_name(f.name), *_RANGES.get(f.name, (None, None)))
+            check_number(value, option_label(f.name), *_RANGES.get(f.name, (None, None)))
     return config
 
 
@@ -175,13 +207,14 @@ def validate(values: dict[str, Any], origin: str | None = None) -> dict[str, Any
     """Normalise keys and check names, types and ranges; errors name the offending key.
 
     With ``origin`` (a file name) errors name the key as written in that file; without it the
-    values came from the command line or the Python API and errors name the flag (``--max-frames``).
+    values came from the command line or the Python API and errors name the flag (``--max-frames``)
+    or the keyword (``max_frames``), as :func:`option_label` does.
     """
     types = field_types()
     clean: dict[str, Any] = {}
     for raw_key, value in values.items():
         key = raw_key.replace("-", "_")
-        where = f"{origin}: option {raw_key!r}" if origin else flag_name(key)
+        where = f"{origin}: option {raw_key!r}" if origin else option_label(key)
         if key not in types:
             known = ", ".join(sorted(k.replace("_", "-") for k in types))
             prefix = f"{origin}: " if origin else ""
@@ -261,4 +294,7 @@ def defaults_as_toml() -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["RunConfig", "field_types", "load_config", "read_config_file", "validate", "flag_name", "defaults_as_toml"]
+__all__ = [
+    "RunConfig", "field_types", "load_config", "read_config_file", "validate", "flag_name", "defaults_as_toml",
+    "check_number", "check_numbers", "command_line", "option_label", "option_value",
+]

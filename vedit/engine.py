@@ -33,6 +33,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
+from .config import option_value
 from .errors import PluginError
 from .passes import PASS_VERSION, BoundedKeyframePass, FramesPass, KeyframePass, PassModule, PlainPass, PropagationPass
 from .unet import CallContext, ControlledUNet
@@ -279,7 +280,7 @@ def engine_chain(requested: str, device: torch.device) -> tuple[list[Any], bool,
     for name in expanded:
         if name not in items:
             known = ", ".join(sorted(items))
-            raise PluginError(f"unknown engine {name!r} in --engine {requested}; available: {known}")
+            raise PluginError(f"unknown engine {name!r} in {option_value('engine', requested)}; available: {known}")
         reason = items[name].unavailable_reason()
         if reason:
             if "auto" not in names or name in names:

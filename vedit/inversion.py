@@ -34,6 +34,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from .config import option_value
 from .errors import ConfigError, InputError, OutputError
 from .transfer import to_device, to_host, wait
 from .video import process_alive
@@ -331,7 +332,7 @@ def check_schedules(scheduler: Any, steps: int, inversion_steps: int | None = No
     sampling = sampling_timesteps(scheduler, steps)
     if max(sampling) >= limit:
         raise ConfigError(
-            f"--steps {steps}: that schedule reaches t={max(sampling)}, past the model's {limit} "
+            f"{option_value('steps', steps)}: that schedule reaches t={max(sampling)}, past the model's {limit} "
             f"training timesteps; use at most {limit - 1} steps"
         )
     if inversion_steps is None:
@@ -344,8 +345,8 @@ def check_schedules(scheduler: Any, steps: int, inversion_steps: int | None = No
         ]
         better = [n for n in fitting if n >= inversion_steps] or fitting or [steps]
         raise ConfigError(
-            f"--inversion-steps {inversion_steps} does not pass through the {steps}-step sampling schedule "
-            f"(it never visits t={missing[0]}); use --inversion-steps {better[0]}"
+            f"{option_value('inversion_steps', inversion_steps)} does not pass through the {steps}-step sampling "
+            f"schedule (it never visits t={missing[0]}); use {option_value('inversion_steps', better[0])}"
         )
 
 
