@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import make_clip
 from test_cli import FAST, one_error_line, streams, vedit
@@ -106,6 +107,27 @@ def test_a_number_that_is_not_finite_in_vedit_toml_is_refused_first(clip, tmp_pa
     result = vedit("invert", clip, "--model", "tiny", "--config", tmp_path / "vedit.toml")
     assert result.exit_code == 4 and one_error_line(result) == f"vedit: error: {expected}"
     assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("error, hint", [
+    # the CPU allocator's own words: the CPU refuses fp16, so the hint names what works there
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
+                  "you tried to allocate 137438953472 bytes. Error code 12 (Cannot allocate memory)"),
+     "try a smaller --size, --chunk-size or --batch-size (or --dtype bf16 on the CPU)"),
+    (MemoryError(), "try a smaller --size, --chunk-size or --batch-size (or --dtype bf16 on the CPU)"),
+    (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore"),
+     "try --dtype fp16, a smaller --size, --chunk-size or --batch-size"),
+])  # fmt: skip
+def test_running_out_of_memory_is_one_line_that_fits_the_memory_that_ran_out(clip, tmp_path, monkeypatch, error, hint):
+    import vedit.pipeline
+
+    def out_of_memory(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(vedit.pipeline, "encode_clip", out_of_memory)
+    line = _refused(tmp_path, clip, *FAST, code=7)
+    detail = str(error).splitlines()[0][:120] if str(error) else "allocation failed"
+    assert line == f"vedit: error: out of memory ({detail}): {hint}"
 
 
 def test_usage_errors_are_one_line_with_exit_code_4(clip):

@@ -48,17 +48,17 @@ def fail(message: str, code: int = 1) -> typer.Exit:
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
     """Turn the errors a user can cause into one line on stderr and a non-zero exit."""
-    import torch
-
     try:
         yield
     except VeditError as error:
         raise fail(str(error), error.exit_code) from None
-    except (torch.OutOfMemoryError, MemoryError) as error:
+    except (MemoryError, RuntimeError) as error:  # torch.OutOfMemoryError, and the CPU allocator's RuntimeError
+        from .models import is_out_of_memory, memory_hint
+
+        if not is_out_of_memory(error):
+            raise
         detail = str(error).splitlines()[0] if str(error) else "allocation failed"
-        raise fail(
-            f"out of memory ({detail[:120]}): try --dtype fp16, a smaller --size, --chunk-size or --batch-size", 7
-        ) from None
+        raise fail(f"out of memory ({detail[:120]}): {memory_hint(error)}", 7) from None
     except KeyboardInterrupt:
         raise fail("interrupted; nothing was written", 130) from None
 

@@ -316,23 +316,42 @@ def load_model(
         else:
             model = _load_pretrained(spec, device, dtype, revision)
     except Exception as error:
-        if not _is_out_of_memory(error):
+        if not is_out_of_memory(error):
             raise
         _release_memory()
-        hint = ("try --dtype fp16 or a smaller --size" if dtype == torch.float32
-                else "close other programs using it or try a smaller --size")
         raise ModelError(f"not enough memory on {device} for '{spec}' in {dtype_name(dtype)}: "
-                         f"{hint}") from None
+                         f"{_loading_hint(device, dtype)}") from None
     _check_compatible(model)
     return model
 
 
-def _is_out_of_memory(error: BaseException) -> bool:
-    if isinstance(error, torch.OutOfMemoryError):
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is an allocation that failed: a GPU's (torch.OutOfMemoryError, MPS's
+    RuntimeError) or the host's (MemoryError, the CPU allocator's RuntimeError)."""
+    if isinstance(error, (torch.OutOfMemoryError, MemoryError)):
         return True
     message = str(error).lower()
     return isinstance(error, RuntimeError) and (
         "out of memory" in message or "can't allocate memory" in message)
+
+
+def _loading_hint(device: torch.device, dtype: torch.dtype) -> str:
+    """What lets the weights fit: half precision where the device runs it (bf16 on the CPU, which
+    has no fp16), else less of everything else. The working size does not change the weights."""
+    others = "close other programs using it"
+    if dtype != torch.float32:
+        return others
+    half = "bf16" if device.type == "cpu" else "fp16"
+    return f"try {option_value('dtype', half)} (half the memory) or {others}"
+
+
+def memory_hint(error: BaseException) -> str:
+    """What to try when a run runs out of memory: a GPU's (fp16 halves what it holds) or the
+    host's, where fp16 is refused (bf16 halves it there)."""
+    smaller = f"a smaller {option_label('size')}, {option_label('chunk_size')} or {option_label('batch_size')}"
+    if isinstance(error, MemoryError) or "can't allocate memory" in str(error).lower():
+        return f"try {smaller} (or {option_value('dtype', 'bf16')} on the CPU)"
+    return f"try {option_value('dtype', 'fp16')}, {smaller}"
 
 
 def _release_memory() -> None:
@@ -622,7 +641,7 @@ def _load_pretrained(spec: str, device: torch.device, dtype: torch.dtype,
                 warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")
                 parts[name] = load()
         except Exception as error:
-            if _is_out_of_memory(error) or not _is_load_error(error):
+            if is_out_of_memory(error) or not _is_load_error(error):
                 raise
             if folder is None and isinstance(error, OSError):  # not in the cache, not on the hub
                 raise ModelError(_hub_message(spec, revision, error)) from None
