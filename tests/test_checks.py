@@ -300,9 +300,9 @@ def test_the_python_api_refuses_numbers_that_are_not_finite_before_any_work(clip
 @pytest.mark.parametrize("args, options, flag_line, keyword_line", [
     (["--steps", "20"], {"steps": 20},
      "--inversion-steps 50 does not pass through the 20-step sampling schedule (it never visits t=951); "
-     "use --inversion-steps 100",
+     "use --inversion-steps 40",
      "inversion_steps=50 does not pass through the 20-step sampling schedule (it never visits t=951); "
-     "use inversion_steps=100"),
+     "use inversion_steps=40"),
     (["--max-frames", "0"], {"max_frames": 0}, "--max-frames must be 1 or more, got 0", "max_frames must be 1 or more, got 0"),
     (["--editor", "img2img", "--strength", "0.1", "--steps", "5"], {"editor": "img2img", "strength": 0.1, "steps": 5},
      "--strength 0.1 with --steps 5 runs no denoising step; raise either",

@@ -37,6 +37,11 @@ err_console = Console(stderr=True, emoji=False, highlight=False)
 out_console = Console(emoji=False, highlight=False)
 PROGRESS_INTERVAL = 10.0  # seconds between plain progress lines ($VEDIT_PROGRESS_INTERVAL)
 CHECKPOINT_DAYS = 30.0  # vedit cache prune: checkpoints of stopped runs older than this go
+INVERSION_STEPS_HELP = (
+    "DDIM inversion steps. Their schedule must pass through every timestep of the --steps one: with 50 steps, "
+    "50, 100, 200, 250, 500 and 1000 do (a multiple of --steps alone is not enough); an error names the nearest "
+    "multiple that does."
+)
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
@@ -368,7 +373,7 @@ def create_app() -> typer.Typer:
         model: Optional[str] = typer.Option(None, help=_help("Hub id, local diffusers folder, tiny, random:sd15 or random:sd21.", "model")),
         revision: Optional[str] = typer.Option(None, help=_help("Model revision (hub branch, tag or commit).")),
         steps: Optional[int] = typer.Option(None, help=_help("Sampling steps T.", "steps")),
-        inversion_steps: Optional[int] = typer.Option(None, help=_help("DDIM inversion steps (their schedule must pass through the T-step one, e.g. a multiple of T).", "inversion_steps")),
+        inversion_steps: Optional[int] = typer.Option(None, help=_help(INVERSION_STEPS_HELP, "inversion_steps")),
         strength: Optional[float] = typer.Option(None, help=_help("img2img: fraction of the schedule to run.", "strength")),
         start: Optional[float] = typer.Option(None, help=_help("sdedit: fraction of the schedule to run from the DDIM noise.", "start")),
         guidance: Optional[float] = typer.Option(None, help=_help("Classifier-free guidance scale.", "guidance")),
@@ -449,7 +454,7 @@ def create_app() -> typer.Typer:
         engine: Optional[str] = typer.Option(None, help=_help("UNet engine (as for 'vedit run').", "engine")),
         engine_cache: Optional[str] = typer.Option(None, help=_help("Folder of built engines.", "engine_cache")),
         steps: Optional[int] = typer.Option(None, help=_help("Sampling steps T the trajectory is stored for.", "steps")),
-        inversion_steps: Optional[int] = typer.Option(None, help=_help("DDIM inversion steps.", "inversion_steps")),
+        inversion_steps: Optional[int] = typer.Option(None, help=_help(INVERSION_STEPS_HELP, "inversion_steps")),
         seed: Optional[int] = typer.Option(None, help=_help("Seed (tiny/random weights).", "seed")),
         size: Optional[str] = typer.Option(None, help=_help("Working size WxH.", default="short side near 512")),
         frames: Optional[str] = typer.Option(None, help=_help("Frame range START:STOP:STEP.", default="all")),

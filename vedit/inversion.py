@@ -326,7 +326,9 @@ def check_schedules(scheduler: Any, steps: int, inversion_steps: int | None = No
 
     The stored trajectory holds latents at the sampling schedule's timesteps, so every one of
     them must be visited by the inversion schedule (with SD's "leading" spacing, 3 inversion
-    steps never visit the 2-step schedule's t=501; 500 always visit the 50-step one's).
+    steps never visit the 2-step schedule's t=501; 500 always visit the 50-step one's). Being a
+    multiple of ``steps`` is not enough (6 never visit the 3-step schedule's t=667); the error
+    names the multiple of ``steps`` nearest to ``inversion_steps`` that passes through.
     """
     limit = scheduler.config.num_train_timesteps
     sampling = sampling_timesteps(scheduler, steps)
@@ -343,10 +345,10 @@ def check_schedules(scheduler: Any, steps: int, inversion_steps: int | None = No
             n for n in range(steps, limit + 1, steps)
             if not set(sampling) - set(inversion_timesteps(scheduler, n))
         ]
-        better = [n for n in fitting if n >= inversion_steps] or fitting or [steps]
+        nearest = min(fitting, key=lambda n: (abs(n - inversion_steps), -n))  # a tie: the finer schedule
         raise ConfigError(
             f"{option_value('inversion_steps', inversion_steps)} does not pass through the {steps}-step sampling "
-            f"schedule (it never visits t={missing[0]}); use {option_value('inversion_steps', better[0])}"
+            f"schedule (it never visits t={missing[0]}); use {option_value('inversion_steps', nearest)}"
         )
 
 
