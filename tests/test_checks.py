@@ -399,6 +399,25 @@ def test_the_matching_trajectory_is_used_silently(clip, tmp_path, trajectory_fil
     assert result.stderr == ""
 
 
+def test_inversion_steps_asked_for_but_not_those_of_the_file_are_said_to_be_unused(clip, tmp_path, trajectory_file):
+    import vedit as api
+    from vedit.report import VeditWarning
+
+    unused = (f"inversion file {trajectory_file} was made with 2 inversion steps, and its trajectory is used as it is")
+    result, out = _with_file(clip, tmp_path, trajectory_file, "--source-prompt", "a test card", "--inversion-steps", "50")
+    assert result.exit_code == 0 and streams(out)["frames"] == 12
+    assert result.stderr.splitlines() == [f"vedit: warning: --inversion-steps 50 is not used: {unused}"]
+    same, _ = _with_file(clip, tmp_path, trajectory_file, "--source-prompt", "a test card", "--inversion-steps", "2")
+    assert same.exit_code == 0 and same.stderr == ""  # the file's own count: nothing to say
+    (tmp_path / "vedit.toml").write_text("[run]\ninversion-steps = 500\n")  # asked for in vedit.toml
+    args = ["--inversion", trajectory_file, "--no-cache", "--model", "tiny", "--steps", "2", "--chunk-size", "4", "-q"]
+    toml = vedit("run", clip, "-p", "x", "--size", "64x48", "--source-prompt", "a test card", "-o", out, *args, cwd=tmp_path)
+    assert toml.exit_code == 0 and toml.stderr.splitlines() == [f"vedit: warning: --inversion-steps 500 is not used: {unused}"]
+    with pytest.warns(VeditWarning, match=r"^inversion_steps=50 is not used: inversion file "):
+        api.edit(clip, tmp_path / "api.mp4", config=api_config().replace(source_prompt="a test card", size="64x48",
+                 inversion=str(trajectory_file), no_cache=True), inversion_steps=50)  # fmt: skip
+
+
 def test_invert_refuses_an_output_it_cannot_write_before_any_work(clip, tmp_path, no_heavy_work):
     result = vedit("invert", clip, "--model", "tiny", "-o", tmp_path / "no" / "t.safetensors")
     assert result.exit_code == 3

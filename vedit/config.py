@@ -69,8 +69,21 @@ class RunConfig:
     force_inversion: bool = False
     keep_timestamps: bool = False
 
+    # Not an option (no annotation: not a field, so in no key, digest or file): the options the
+    # user set, in vedit.toml, as flags or as keywords, so that a check can tell a value asked
+    # for from the same value by default. load_config and the Python API fill it in.
+    given = frozenset()
+
     def replace(self, **changes: Any) -> "RunConfig":
-        return dataclasses.replace(self, **changes)
+        copy = dataclasses.replace(self, **changes)
+        copy.given = self.given
+        return copy
+
+    def giving(self, keys: Any) -> "RunConfig":
+        """A copy that records ``keys`` (option names) as set by the user too."""
+        copy = self.replace()
+        copy.given = self.given | {key.replace("-", "_") for key in keys}
+        return copy
 
 
 # Inclusive bounds; None means unbounded on that side.
@@ -272,9 +285,13 @@ def load_config(config_path: str | Path | None = None, cwd: Path | None = None, 
         local = (cwd or Path.cwd()) / CONFIG_FILENAME
         if local.is_file():
             values.update(read_config_file(local))
+    # A file that restates a default (a copy of the defaults, as the repository's vedit.toml is)
+    # asks for nothing; a flag or keyword always asks.
+    defaults = RunConfig()
+    stated = {key for key, value in values.items() if value != getattr(defaults, key)}
     given = {k: v for k, v in overrides.items() if v is not None}
     values.update(validate(given))
-    return RunConfig(**values)
+    return RunConfig(**values).giving(stated | set(given))
 
 
 def defaults_as_toml() -> str:

@@ -276,6 +276,12 @@ def _check_inversion_file(
             f"inversion file {path} holds {frames} frames, {len(clip.reader)} are selected from the clip: "
             f"use the {option_label('frames')} and {option_label('max_frames')} it was made with"
         )
+    made_with = metadata.get("inversion_steps")
+    if "inversion_steps" in config.given and made_with is not None and int(made_with) != config.inversion_steps:
+        reporter.warning(
+            f"{option_value('inversion_steps', config.inversion_steps)} is not used: inversion file {path} was "
+            f"made with {made_with} inversion steps, and its trajectory is used as it is"
+        )
     if metadata.get("source_prompt", "") != config.source_prompt:
         _identity_mismatch(
             config,
@@ -706,7 +712,7 @@ def _to_uint8(images: torch.Tensor) -> np.ndarray:
 def _resolve(config: RunConfig | None, options: dict[str, Any]) -> RunConfig:
     if config is None:
         return load_config(**options)
-    return config.replace(**validate(options)) if options else config
+    return config.replace(**validate(options)).giving(options) if options else config
 
 
 def _size_note(config: RunConfig, clip: _Clip, asked: tuple[int, int], written: tuple[int, int]) -> str:
