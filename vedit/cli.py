@@ -36,12 +36,28 @@ from .report import SilentReporter, duration
 err_console = Console(stderr=True, emoji=False, highlight=False)
 out_console = Console(emoji=False, highlight=False)
 PROGRESS_INTERVAL = 10.0  # seconds between plain progress lines ($VEDIT_PROGRESS_INTERVAL)
+UNFOLDED_WIDTH = 1 << 16  # columns of output that is not a terminal: wider than any line vedit prints
 CHECKPOINT_DAYS = 30.0  # vedit cache prune: checkpoints of stopped runs older than this go
 INVERSION_STEPS_HELP = (
     "DDIM inversion steps. Their schedule must pass through every timestep of the --steps one: with 50 steps, "
     "50, 100, 200, 250, 500 and 1000 do (a multiple of --steps alone is not enough); an error names the nearest "
     "multiple that does."
 )
+
+
+@contextlib.contextmanager
+def _unfolded() -> Iterator[None]:
+    """Tables and summaries whole when they go to a pipe or a file: rich would fold them at 80
+    columns there (or at the width of a terminal the process still has), cutting paths and
+    breaking words. $COLUMNS, when set, still decides."""
+    widened = [c for c in (out_console, err_console) if not c.is_terminal and not os.environ.get("COLUMNS")]
+    for console in widened:
+        console.width = UNFOLDED_WIDTH  # a table is only as wide as its content: nothing is padded to this
+    try:
+        yield
+    finally:
+        for console in widened:
+            console.width = None  # rich's own choice again
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
@@ -229,11 +245,11 @@ _Aborts = tuple({typer.Abort, getattr(_click_errors, "Abort", typer.Abort)})
 
 class _Group(typer.core.TyperGroup):
     """Ends a usage error (bad flag, bad value) in one line and exit code 4, like every other bad option;
-    runs every command under :func:`vedit.config.command_line`."""
+    runs every command under :func:`vedit.config.command_line`, with output to a pipe or file unfolded."""
 
     def main(self, *args, standalone_mode: bool = True, **kwargs):
         try:
-            with command_line():  # messages name options as flags, not as the Python API's keywords
+            with command_line(), _unfolded():  # flags, not the Python API's keywords; whole lines in a pipe
                 code = super().main(*args, standalone_mode=False, **kwargs)
         except _NoArgsIsHelp as error:
             error.show()
