@@ -303,7 +303,8 @@ def test_the_python_api_refuses_numbers_that_are_not_finite_before_any_work(clip
      "use --inversion-steps 40",
      "inversion_steps=50 does not pass through the 20-step sampling schedule (it never visits t=951); "
      "use inversion_steps=40"),
-    (["--max-frames", "0"], {"max_frames": 0}, "--max-frames must be 1 or more, got 0", "max_frames must be 1 or more, got 0"),
+    (["--max-frames", "0"], {"max_frames": 0},
+     "--max-frames must be 1 or more, got 0", "max_frames must be 1 or more, got 0"),
     (["--editor", "img2img", "--strength", "0.1", "--steps", "5"], {"editor": "img2img", "strength": 0.1, "steps": 5},
      "--strength 0.1 with --steps 5 runs no denoising step; raise either",
      "strength=0.1 with steps=5 runs no denoising step; raise either"),
@@ -311,8 +312,10 @@ def test_the_python_api_refuses_numbers_that_are_not_finite_before_any_work(clip
      "--size: 60x48 is not allowed; width and height must be positive multiples of 8",
      "size: 60x48 is not allowed; width and height must be positive multiples of 8"),
     (["--dtype", "fp16"], {"dtype": "fp16"},
-     "fp16 is not supported on the CPU (many of its kernels are missing or slow there): use --dtype fp32 or --dtype bf16",
-     "fp16 is not supported on the CPU (many of its kernels are missing or slow there): use dtype='fp32' or dtype='bf16'"),
+     "fp16 is not supported on the CPU (many of its kernels are missing or slow there): "
+     "use --dtype fp32 or --dtype bf16",
+     "fp16 is not supported on the CPU (many of its kernels are missing or slow there): "
+     "use dtype='fp32' or dtype='bf16'"),
 ])  # fmt: skip
 def test_a_mistake_names_the_flag_on_the_command_line_and_the_keyword_in_the_python_api(
     clip, tmp_path, no_heavy_work, args, options, flag_line, keyword_line
@@ -404,15 +407,17 @@ def test_inversion_steps_asked_for_but_not_those_of_the_file_are_said_to_be_unus
     from vedit.report import VeditWarning
 
     unused = (f"inversion file {trajectory_file} was made with 2 inversion steps, and its trajectory is used as it is")
-    result, out = _with_file(clip, tmp_path, trajectory_file, "--source-prompt", "a test card", "--inversion-steps", "50")
+    same_prompt = ("--source-prompt", "a test card")
+    result, out = _with_file(clip, tmp_path, trajectory_file, *same_prompt, "--inversion-steps", "50")
     assert result.exit_code == 0 and streams(out)["frames"] == 12
     assert result.stderr.splitlines() == [f"vedit: warning: --inversion-steps 50 is not used: {unused}"]
-    same, _ = _with_file(clip, tmp_path, trajectory_file, "--source-prompt", "a test card", "--inversion-steps", "2")
+    same, _ = _with_file(clip, tmp_path, trajectory_file, *same_prompt, "--inversion-steps", "2")
     assert same.exit_code == 0 and same.stderr == ""  # the file's own count: nothing to say
     (tmp_path / "vedit.toml").write_text("[run]\ninversion-steps = 500\n")  # asked for in vedit.toml
     args = ["--inversion", trajectory_file, "--no-cache", "--model", "tiny", "--steps", "2", "--chunk-size", "4", "-q"]
-    toml = vedit("run", clip, "-p", "x", "--size", "64x48", "--source-prompt", "a test card", "-o", out, *args, cwd=tmp_path)
-    assert toml.exit_code == 0 and toml.stderr.splitlines() == [f"vedit: warning: --inversion-steps 500 is not used: {unused}"]
+    toml = vedit("run", clip, "-p", "x", "--size", "64x48", *same_prompt, "-o", out, *args, cwd=tmp_path)
+    assert toml.exit_code == 0
+    assert toml.stderr.splitlines() == [f"vedit: warning: --inversion-steps 500 is not used: {unused}"]
     with pytest.warns(VeditWarning, match=r"^inversion_steps=50 is not used: inversion file "):
         api.edit(clip, tmp_path / "api.mp4", config=api_config().replace(source_prompt="a test card", size="64x48",
                  inversion=str(trajectory_file), no_cache=True), inversion_steps=50)  # fmt: skip

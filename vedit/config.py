@@ -15,7 +15,7 @@ import typing
 from contextvars import ContextVar
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from .errors import ConfigError
 
@@ -72,14 +72,14 @@ class RunConfig:
     # Not an option (no annotation: not a field, so in no key, digest or file): the options the
     # user set, in vedit.toml, as flags or as keywords, so that a check can tell a value asked
     # for from the same value by default. load_config and the Python API fill it in.
-    given = frozenset()
+    given = frozenset[str]()
 
     def replace(self, **changes: Any) -> "RunConfig":
         copy = dataclasses.replace(self, **changes)
         copy.given = self.given
         return copy
 
-    def giving(self, keys: Any) -> "RunConfig":
+    def giving(self, keys: Iterable[str]) -> "RunConfig":
         """A copy that records ``keys`` (option names) as set by the user too."""
         copy = self.replace()
         copy.given = self.given | {key.replace("-", "_") for key in keys}
