@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from vedit.config import option_value
 from vedit.denoise import EditJob, SourceLatents
 from vedit.errors import ConfigError
 from vedit.transfer import to_device
@@ -17,7 +18,8 @@ def check_trajectory(job: EditJob) -> None:
     if trajectory.timesteps != expected:
         raise ConfigError(
             f"the inversion was stored for a {len(trajectory.timesteps)}-step schedule, "
-            f"this run uses {len(expected)} steps: pass --steps {len(trajectory.timesteps)} or invert again"
+            f"this run uses {len(expected)} steps: pass {option_value('steps', len(trajectory.timesteps))} "
+            "or invert again"
         )
     if trajectory.num_frames != job.num_frames:
         raise ConfigError(

@@ -10,9 +10,11 @@ overrides the mode (``default``, ``reduce-overhead``, ``max-autotune``, ...).
 from __future__ import annotations
 
 import os
+import time
 
 import torch
 
+from vedit.engine import batches_text
 from vedit.hookspecs import hookimpl
 
 # Every model and test builds new pass modules, and dynamo counts each as a recompilation of
@@ -43,6 +45,11 @@ class Compile:
         compiled = torch.compile(module, fullgraph=True, dynamic=False, mode=mode)
         # Both modes capture CUDA graphs on a GPU, whose outputs the next replay overwrites.
         graphs = target.device.type == "cuda" and mode in ("reduce-overhead", "max-autotune")
+        # torch.compile compiles at the first call, which the runner makes at once: it can take
+        # minutes, so say when it starts and how long it took.
+        what = f"the {target.pass_name} pass ({batches_text(target.batches)}) with torch.compile"
+        target.message(f"compiling {what}; once per process")
+        compiling = [time.perf_counter()]
 
         def run(*inputs):
             with torch.inference_mode():
@@ -51,7 +58,9 @@ class Compile:
                 out = compiled(*inputs)
                 if graphs:  # a CUDA graph's outputs are overwritten by its next replay
                     out = tuple(o.clone() for o in out) if isinstance(out, tuple) else out.clone()
-                return out
+            if compiling:
+                target.message(f"compiled {what} in {time.perf_counter() - compiling.pop():.1f} s")
+            return out
 
         return run
 

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from vedit.config import option_value
 from vedit.hookspecs import hookimpl
 
 # FAISS's temporary-memory stack per GPU. Its brute-force search double-buffers distance tiles of
@@ -82,7 +83,8 @@ class FaissNearest:
 
                 warnings.warn(
                     "nn backend 'faiss': this faiss has no GPU support (faiss-cpu), so CUDA features are "
-                    "copied to the host and searched there; install faiss-gpu, or use --nn-backend torch",
+                    "copied to the host and searched there; install faiss-gpu, or use "
+                    f"{option_value('nn_backend', 'torch')}",
                     VeditWarning, stacklevel=2,
                 )  # fmt: skip
         return self._search_host(faiss, queries, keys).to(device)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from vedit.config import option_value
 from vedit.denoise import EditJob, EditPlan
 from vedit.errors import ConfigError
 from vedit.hookspecs import hookimpl
@@ -21,7 +22,10 @@ class Img2Img:
         total = len(scheduler.timesteps)
         run = min(int(total * config.strength), total)
         if run == 0:
-            raise ConfigError(f"--strength {config.strength:g} with --steps {total} runs no denoising step; raise either")
+            raise ConfigError(
+                f"{option_value('strength', config.strength)} with {option_value('steps', total)} "
+                "runs no denoising step; raise either"
+            )
         return scheduler.timesteps[total - run :]
 
     def plan(self, job: EditJob) -> EditPlan:

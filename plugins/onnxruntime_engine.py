@@ -12,6 +12,7 @@ import importlib.util
 import numpy as np
 import torch
 
+from vedit.config import option_value
 from vedit.hookspecs import hookimpl
 from vedit.onnx_export import OPSET, export_pass
 
@@ -63,7 +64,9 @@ class OnnxRuntime:
         many = module.returns_records
         if target.device.type == "cuda":
             if any(i.type == "tensor(bfloat16)" for i in session.get_inputs()):
-                raise RuntimeError("onnxruntime's I/O binding takes fp16 or fp32 here, not bf16: pass --dtype fp16")
+                raise RuntimeError(
+                    f"onnxruntime's I/O binding takes fp16 or fp32 here, not bf16: pass {option_value('dtype', 'fp16')}"
+                )
             return _bound(session, names, wanted, outputs, target.device, many)
 
         def run(*inputs):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from vedit.config import option_value
 from vedit.denoise import EditJob, EditPlan
 from vedit.errors import ConfigError
 from vedit.hookspecs import hookimpl
@@ -26,7 +27,10 @@ class SDEdit:
         total = len(scheduler.timesteps)
         run = round(config.start * total)
         if run == 0:
-            raise ConfigError(f"--start {config.start:g} with --steps {total} runs no denoising step; raise either")
+            raise ConfigError(
+                f"{option_value('start', config.start)} with {option_value('steps', total)} "
+                "runs no denoising step; raise either"
+            )
         return scheduler.timesteps[total - run :]
 
     def plan(self, job: EditJob) -> EditPlan:

@@ -18,7 +18,6 @@ import importlib.util
 import inspect
 import json
 import os
-import time
 import uuid
 import weakref
 from collections.abc import Callable, Sequence
@@ -276,11 +275,6 @@ def _load_once(folder: Path, parts: dict[str, str], device: torch.device, load: 
     return found
 
 
-def _batches_text(target: Any) -> str:
-    low, high = min(target.batches), max(target.batches)
-    return f"batch {low}" if low == high else f"batches {low}..{high}"
-
-
 # --------------------------------------------------------------------------------------------
 # TensorRT: ONNX → plan
 
@@ -495,24 +489,18 @@ class TensorRT:
         )  # fmt: skip
         timing = timing_cache_path(target.cache.root, parts.get("compute_capability", "none"))
 
-        def build(folder: Path) -> None:
-            target.message(
-                f"building TensorRT engine for the {target.pass_name} pass ({_batches_text(target)}, {precision}); "
-                f"this takes a few minutes once"
-            )
-            start = time.perf_counter()
+        def build(folder: Path) -> None:  # the engine cache says when it starts and how long it took
             try:
                 onnx_path = export_onnx(module, example, folder, target.batches)
                 build_plan(onnx_path, folder / PLAN_FILE, profile, precision, timing_cache=timing, device=target.device)
             finally:
                 remove_onnx(folder)  # large, and the plan is the whole entry
-            target.message(f"built TensorRT engine for the {target.pass_name} pass in {time.perf_counter() - start:.0f} s")
 
         def load(folder: Path) -> PlanRunner:
             plan = folder / PLAN_FILE
             return _load_once(folder, parts, target.device, lambda: load_plan(plan, names, outputs, target.device))
 
-        label = f"TensorRT engine for the {target.pass_name} pass"
+        label = f"{precision} TensorRT engine for the {target.pass_name} pass"
         return target.cache.load_or_build(parts, target.IDENTITY, build, load, label=label)
 
 
@@ -636,11 +624,7 @@ class TorchTensorRT:
         )  # fmt: skip
         timing = timing_cache_path(target.cache.root, parts.get("compute_capability", "none"), "torch-tensorrt")
 
-        def build(folder: Path) -> None:
-            target.message(
-                f"compiling the {target.pass_name} pass with Torch-TensorRT ({_batches_text(target)}, {precision}); "
-                f"this takes a few minutes once"
-            )
+        def build(folder: Path) -> None:  # the engine cache says when it starts and how long it took
             program = export_program(module, example, profile)
             compiled = compile_program(program, example, names, profile, target.dtype, device=target.device,
                                        timing_cache=timing)  # fmt: skip
@@ -655,7 +639,7 @@ class TorchTensorRT:
             program = folder / PROGRAM_FILE
             return _load_once(folder, parts, target.device, lambda: load_program(program, target.device))
 
-        label = f"Torch-TensorRT program for the {target.pass_name} pass"
+        label = f"{precision} Torch-TensorRT program for the {target.pass_name} pass"
         in_memory = ("memory", json.dumps(parts, sort_keys=True), str(target.device))
         kept = _loaded.get(in_memory)
         if kept is not None:  # compiled earlier in this run but not saved: not compiled again

@@ -152,6 +152,20 @@ def test_every_mistake_of_a_job_file_is_reported_with_its_job_and_key(tmp_path, 
     assert len(errors) == 6, errors
 
 
+def test_a_number_that_is_not_finite_in_a_job_file_is_an_error_before_any_work(tmp_path, clips):
+    path = job_file(tmp_path / "jobs.toml", [
+        {"name": "grey", "input": str(clips / "pattern.mp4"), "prompt": "x", "guidance": float("nan")},
+        {"input": str(clips / "pattern.mp4"), "prompt": "y", "cache-max-gb": float("inf")},
+    ])  # fmt: skip
+    result = vedit("batch", path)
+    assert result.exit_code == 4
+    assert result.stderr.splitlines() == [
+        f"vedit: error: {path}: job 1 ('grey'): option 'guidance' must be a finite number (between 0 and 100), got nan",
+        f"vedit: error: {path}: job 2: option 'cache-max-gb' must be a finite number (0 or more), got inf",
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["jobs.toml"]  # no output, no summary, no cache
+
+
 def test_two_edits_writing_one_output_and_a_bad_plugin_are_errors_before_any_work(tmp_path, clips):
     path = job_file(tmp_path / "jobs.toml", [
         {"name": "a", "input": str(clips / "*.mp4"), "prompt": "x", "output": "out/{prompt_slug}.mp4"},

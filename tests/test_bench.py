@@ -161,7 +161,7 @@ def test_parse_vs_types_lists_and_errors():
         parse_vs("bogus=1", settings)
     with pytest.raises(ConfigError, match="frames takes int"):
         parse_vs("frames=many", settings)
-    with pytest.raises(ConfigError, match="--steps must be"):
+    with pytest.raises(ConfigError, match="^steps must be"):
         parse_vs("steps=0", {})
     with pytest.raises(ConfigError, match="unknown key 'guidance'"):
         parse_vs("guidance=5", settings, run_options=False)

@@ -426,6 +426,21 @@ def test_cache_rm_of_an_unknown_or_ambiguous_key_is_one_line_and_exit_4(tmp_path
     assert len(cache.entries()) == 2
 
 
+@pytest.mark.parametrize("option, value, expected", [
+    ("--max-gb", "inf", "--max-gb must be a finite number (0 or more), got inf"),
+    ("--max-gb", "nan", "--max-gb must be a finite number (0 or more), got nan"),
+    ("--max-gb", "-1", "--max-gb must be 0 or more, got -1"),
+    ("--checkpoint-days", "nan", "--checkpoint-days must be a finite number (0 or more), got nan"),
+])
+def test_cache_prune_refuses_a_size_or_age_that_is_not_a_finite_number(tmp_path, option, value, expected):
+    cache = InversionCache(tmp_path)
+    put_aged(cache, "a" * 32, 100)
+    result = vedit("cache", "prune", option, value, "--cache-dir", tmp_path)
+    assert result.exit_code == 4
+    assert one_error_line(result) == f"vedit: error: {expected}"
+    assert [e.key for e in cache.entries()] == ["a" * 32]  # nothing removed
+
+
 def test_cache_prune_keeps_the_most_recently_used(tmp_path):
     cache = InversionCache(tmp_path)
     for age, key in ((100, "a"), (300, "b")):

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from conftest import make_clip
@@ -89,6 +91,53 @@ def test_messages_name_the_flag_and_numbers_as_written(clip, tmp_path):
     bad = vedit("run", clip, "-p", "x", "-o", tmp_path / "o.mp4", cwd=tmp_path)
     assert bad.exit_code == 4
     assert one_error_line(bad).endswith("vedit.toml: option 'max-frames' must be 1 or more, got 0")
+
+
+@pytest.mark.parametrize("flag, value, expected", [
+    ("--guidance", "nan", "--guidance must be a finite number (between 0 and 100), got nan"),
+    ("--strength", "nan", "--strength must be a finite number (between 0 and 1), got nan"),
+    ("--start", "nan", "--start must be a finite number (between 0 and 1), got nan"),
+    ("--pnp-f-t", "nan", "--pnp-f-t must be a finite number (between 0 and 1), got nan"),
+    ("--pnp-attn-t", "-inf", "--pnp-attn-t must be a finite number (between 0 and 1), got -inf"),
+    ("--cache-max-gb", "nan", "--cache-max-gb must be a finite number (0 or more), got nan"),
+    ("--cache-max-gb", "inf", "--cache-max-gb must be a finite number (0 or more), got inf"),
+])
+def test_a_number_that_is_not_finite_is_refused_first(clip, tmp_path, no_heavy_work, flag, value, expected):
+    # NaN fails every comparison, so a range check alone let it through (--guidance nan wrote black frames)
+    assert _refused(tmp_path, clip, *FAST, flag, value) == f"vedit: error: {expected}"
+
+
+def test_a_number_that_is_not_finite_in_vedit_toml_is_refused_first(clip, tmp_path, no_heavy_work):
+    (tmp_path / "vedit.toml").write_text("[run]\nguidance = nan\n")
+    out = tmp_path / "o.mp4"
+    result = vedit("run", clip, "-p", "x", "--model", "tiny", "-o", out, cwd=tmp_path)
+    assert result.exit_code == 4 and not out.exists()
+    expected = f"{tmp_path / 'vedit.toml'}: option 'guidance' must be a finite number (between 0 and 100), got nan"
+    assert one_error_line(result) == f"vedit: error: {expected}"
+    result = vedit("invert", clip, "--model", "tiny", "--config", tmp_path / "vedit.toml")
+    assert result.exit_code == 4 and one_error_line(result) == f"vedit: error: {expected}"
+    assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("error, hint", [
+    # the CPU allocator's own words: the CPU refuses fp16, so the hint names what works there
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
+                  "you tried to allocate 137438953472 bytes. Error code 12 (Cannot allocate memory)"),
+     "try a smaller --size, --chunk-size or --batch-size (or --dtype bf16 on the CPU)"),
+    (MemoryError(), "try a smaller --size, --chunk-size or --batch-size (or --dtype bf16 on the CPU)"),
+    (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore"),
+     "try --dtype fp16, a smaller --size, --chunk-size or --batch-size"),
+])  # fmt: skip
+def test_running_out_of_memory_is_one_line_that_fits_the_memory_that_ran_out(clip, tmp_path, monkeypatch, error, hint):
+    import vedit.pipeline
+
+    def out_of_memory(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(vedit.pipeline, "encode_clip", out_of_memory)
+    line = _refused(tmp_path, clip, *FAST, code=7)
+    detail = str(error).splitlines()[0][:120] if str(error) else "allocation failed"
+    assert line == f"vedit: error: out of memory ({detail}): {hint}"
 
 
 def test_usage_errors_are_one_line_with_exit_code_4(clip):
@@ -226,7 +275,7 @@ def test_the_python_api_warns_and_records_what_it_warned(clip, tmp_path):
     import vedit as api
     from vedit.report import VeditWarning
 
-    with pytest.warns(VeditWarning, match="--prompt is 102 tokens"):
+    with pytest.warns(VeditWarning, match="^prompt is 102 tokens"):  # the keyword, not the flag
         result = api.edit(clip, tmp_path / "o", prompt="y" * 100, model="tiny", steps=2, inversion_steps=2,
                           chunk_size=4, size="64x48", output_size="working")
     assert len(result.warnings) == 1 and "is cut from its start" in result.warnings[0]
@@ -236,8 +285,72 @@ def test_the_python_api_checks_its_options_like_the_cli(clip, tmp_path):
     import vedit as api
     from vedit.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="--max-frames must be 1 or more"):
+    with pytest.raises(ConfigError, match="^max_frames must be 1 or more"):
         api.edit(clip, tmp_path / "o", config=api_config(), max_frames=0)
+
+
+def test_the_python_api_refuses_numbers_that_are_not_finite_before_any_work(clip, tmp_path, no_heavy_work):
+    import vedit as api
+    from vedit.errors import ConfigError
+
+    out = tmp_path / "o.mp4"
+    with pytest.raises(ConfigError) as error:
+        api.edit(clip, out, config=api_config(), guidance=float("nan"))
+    assert str(error.value) == "guidance must be a finite number (between 0 and 100), got nan"
+    # A RunConfig built by hand has not been through validation; it is checked all the same.
+    with pytest.raises(ConfigError) as error:
+        api.edit(clip, out, config=api_config().replace(pnp_f_t=float("inf")))
+    assert str(error.value) == "pnp_f_t must be a finite number (between 0 and 1), got inf"
+    with pytest.raises(ConfigError) as error:
+        api.invert(clip, None, config=api_config().replace(cache_max_gb=float("nan")))
+    assert str(error.value) == "cache_max_gb must be a finite number (0 or more), got nan"
+    assert not out.exists() and not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("args, options, flag_line, keyword_line", [
+    (["--steps", "20"], {"steps": 20},
+     "--inversion-steps 50 does not pass through the 20-step sampling schedule (it never visits t=951); "
+     "use --inversion-steps 40",
+     "inversion_steps=50 does not pass through the 20-step sampling schedule (it never visits t=951); "
+     "use inversion_steps=40"),
+    (["--max-frames", "0"], {"max_frames": 0},
+     "--max-frames must be 1 or more, got 0", "max_frames must be 1 or more, got 0"),
+    (["--editor", "img2img", "--strength", "0.1", "--steps", "5"], {"editor": "img2img", "strength": 0.1, "steps": 5},
+     "--strength 0.1 with --steps 5 runs no denoising step; raise either",
+     "strength=0.1 with steps=5 runs no denoising step; raise either"),
+    (["--size", "60x48"], {"size": "60x48"},
+     "--size: 60x48 is not allowed; width and height must be positive multiples of 8",
+     "size: 60x48 is not allowed; width and height must be positive multiples of 8"),
+    (["--dtype", "fp16"], {"dtype": "fp16"},
+     "fp16 is not supported on the CPU (many of its kernels are missing or slow there): "
+     "use --dtype fp32 or --dtype bf16",
+     "fp16 is not supported on the CPU (many of its kernels are missing or slow there): "
+     "use dtype='fp32' or dtype='bf16'"),
+])  # fmt: skip
+def test_a_mistake_names_the_flag_on_the_command_line_and_the_keyword_in_the_python_api(
+    clip, tmp_path, no_heavy_work, args, options, flag_line, keyword_line
+):
+    import vedit as api
+    from vedit.errors import ConfigError
+
+    assert _refused(tmp_path, clip, "--model", "tiny", "--device", "cpu", *args) == f"vedit: error: {flag_line}"
+    with pytest.raises(ConfigError) as error:
+        api.edit(clip, tmp_path / "o.mp4", prompt="x", model="tiny", device="cpu", **options)
+    assert str(error.value) == keyword_line
+
+
+def test_the_readme_python_example_runs_as_written(tmp_path, monkeypatch, capsys):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("\n## Python API\n"):]
+    code = section[section.index("```python\n") + len("```python\n"):]
+    code = code[: code.index("```")]
+    monkeypatch.chdir(tmp_path)
+    make_clip(tmp_path / "clip.mp4", frames=2)  # the example's clip, short so that the test is quick
+    exec(compile(code, "README.md: Python API", "exec"), {})
+    edited, inverted = capsys.readouterr().out.splitlines()
+    assert edited.split()[0] == "2" and edited.split()[-1] == "computed"
+    assert inverted.split()[:2] == ["cached", "clip.safetensors"]  # the edit's inversion, from the cache
+    assert (tmp_path / "out.mp4").is_file() and (tmp_path / "clip.safetensors").is_file()
 
 
 def api_config():
@@ -298,6 +411,27 @@ def test_the_matching_trajectory_is_used_silently(clip, tmp_path, trajectory_fil
     result, out = _with_file(clip, tmp_path, trajectory_file, "--source-prompt", "a test card")
     assert result.exit_code == 0, result.output
     assert result.stderr == ""
+
+
+def test_inversion_steps_asked_for_but_not_those_of_the_file_are_said_to_be_unused(clip, tmp_path, trajectory_file):
+    import vedit as api
+    from vedit.report import VeditWarning
+
+    unused = (f"inversion file {trajectory_file} was made with 2 inversion steps, and its trajectory is used as it is")
+    same_prompt = ("--source-prompt", "a test card")
+    result, out = _with_file(clip, tmp_path, trajectory_file, *same_prompt, "--inversion-steps", "50")
+    assert result.exit_code == 0 and streams(out)["frames"] == 12
+    assert result.stderr.splitlines() == [f"vedit: warning: --inversion-steps 50 is not used: {unused}"]
+    same, _ = _with_file(clip, tmp_path, trajectory_file, *same_prompt, "--inversion-steps", "2")
+    assert same.exit_code == 0 and same.stderr == ""  # the file's own count: nothing to say
+    (tmp_path / "vedit.toml").write_text("[run]\ninversion-steps = 500\n")  # asked for in vedit.toml
+    args = ["--inversion", trajectory_file, "--no-cache", "--model", "tiny", "--steps", "2", "--chunk-size", "4", "-q"]
+    toml = vedit("run", clip, "-p", "x", "--size", "64x48", *same_prompt, "-o", out, *args, cwd=tmp_path)
+    assert toml.exit_code == 0
+    assert toml.stderr.splitlines() == [f"vedit: warning: --inversion-steps 500 is not used: {unused}"]
+    with pytest.warns(VeditWarning, match=r"^inversion_steps=50 is not used: inversion file "):
+        api.edit(clip, tmp_path / "api.mp4", config=api_config().replace(source_prompt="a test card", size="64x48",
+                 inversion=str(trajectory_file), no_cache=True), inversion_steps=50)  # fmt: skip
 
 
 def test_invert_refuses_an_output_it_cannot_write_before_any_work(clip, tmp_path, no_heavy_work):

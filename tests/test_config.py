@@ -34,6 +34,14 @@ def test_working_directory_file_then_flags(tmp_path):
     assert config.editor == "pnp"
 
 
+def test_the_options_a_user_set_are_recorded_and_a_restated_default_is_not(tmp_path):
+    (tmp_path / "vedit.toml").write_text("[run]\nsteps = 50\nguidance = 5.0\n")  # steps: the default again
+    config = load_config(cwd=tmp_path, seed=3, inversion_steps=50)
+    assert config.given == {"guidance", "seed", "inversion_steps"}  # a flag asks even for the default value
+    assert config.replace(batch_size=4).given == config.given  # what the pipeline changes is not the user's
+    assert config == load_config(cwd=tmp_path, seed=3) and RunConfig().given == frozenset()  # not an option
+
+
 def test_explicit_config_path_replaces_the_working_directory_file(tmp_path):
     (tmp_path / "vedit.toml").write_text("[run]\nsteps = 12\n")
     other = tmp_path / "other.toml"

@@ -154,34 +154,40 @@ def test_a_whole_run_through_the_engine_gives_eagers_frames(run_clip, eager_run,
 
 def test_engine_cache_rebuilds_stale_and_corrupt_entries(sd, eager_outputs, tmp_path):
     inputs, expected = eager_outputs
-    notes: list[str] = []
-    cache = EngineCache(tmp_path / "engines", message=notes.append)
+    said: list[str] = []
+    cache = EngineCache(tmp_path / "engines", message=said.append)
+
+    def notes() -> list[str]:  # why an entry was rebuilt
+        return [line for line in said if line.startswith("engine cache:")]
+
     run = lambda: passes_with(sd, "torchscript", cache, lambda p: p.plain(*inputs["plain"]))  # noqa: E731
     assert relative_error(run(), expected["plain"][0]) < 1e-4
     (entry,) = cache.entries()
     assert entry.pass_name == "plain" and entry.engine == "torchscript" and entry.parts["model"] == sd.fingerprint
-    assert notes == []
+    assert notes() == []
+    assert said[0] == "building the torchscript plain pass (batch 8); the engine cache keeps it for later runs"
+    assert said[1].startswith("built the torchscript plain pass in ") and len(said) == 2
     assert relative_error(run(), expected["plain"][0]) < 1e-4  # loaded, not rebuilt
-    assert notes == []
+    assert len(said) == 2  # and nothing said
 
     meta_path = entry.path / "entry.json"
     meta = json.loads(meta_path.read_text())
     meta["parts"]["torch"] = "1.0.0"  # built by another torch: stale
     meta_path.write_text(json.dumps(meta))
     assert relative_error(run(), expected["plain"][0]) < 1e-4
-    assert len(notes) == 1 and "stale" in notes[0] and "torch 1.0.0" in notes[0] and "rebuilding" in notes[0]
+    assert len(notes()) == 1 and "stale" in notes()[0] and "torch 1.0.0" in notes()[0] and "rebuilding" in notes()[0]
 
     artefact = entry.path / "pass.pt"
     artefact.write_bytes(artefact.read_bytes()[:1000])  # truncated: corrupt
     assert relative_error(run(), expected["plain"][0]) < 1e-4
-    assert len(notes) == 2 and "corrupt" in notes[1]
+    assert len(notes()) == 2 and "corrupt" in notes()[1]
     assert len(cache.entries()) == 1 and cache.entries()[0].bytes > 100_000
 
     data = bytearray(artefact.read_bytes())  # same size, one byte flipped, mtime changed: hashed, corrupt
     data[len(data) // 2] ^= 0xFF
     artefact.write_bytes(bytes(data))
     assert relative_error(run(), expected["plain"][0]) < 1e-4
-    assert len(notes) == 3 and "does not match its recorded hash" in notes[2]
+    assert len(notes()) == 3 and "does not match its recorded hash" in notes()[2]
 
     flip_byte(artefact, artefact.stat().st_size // 3)  # and with the modification time kept as it was
     assert relative_error(run(), expected["plain"][0]) < 1e-4
@@ -346,10 +352,13 @@ def test_engines_build_list_and_clear_from_the_cli(tmp_path):
     (keyframe.path / "pass.pt").write_bytes(b"not a module")  # corrupt
     again = runner.invoke(app, [*build, "--seed", "3"])  # the seed draws nothing here: the same model's engines
     assert again.exit_code == 0, again.output
-    notes = [line for line in again.stderr.splitlines() if "engine cache" in line]
+    notes = [line for line in again.stderr.splitlines() if line.startswith("vedit: engine cache:")]
     assert len(notes) == 1 and "keyframe pass" in notes[0] and "is corrupt" in notes[0] and "rebuilding" in notes[0]
     assert "vedit: warning: --seed is ignored: building engines draws nothing at random" in again.stderr
     assert len(EngineCache(cache).entries()) == 3
+    assert [line for line in again.stderr.splitlines() if line.startswith("vedit: building")] == [
+        "vedit: building the torchscript keyframe pass (batch 3); the engine cache keeps it for later runs"
+    ]  # the other passes come from the cache, silently
 
     cleared = runner.invoke(app, ["engines", "clear", "--engine-cache", str(cache)])
     assert cleared.exit_code == 0 and "removed" in cleared.stdout
@@ -367,3 +376,41 @@ def test_per_frame_editing_with_injection_runs_the_frames_pass_through_the_engin
     assert traced.engines == {"plain": "torchscript", "frames": "torchscript"}
     assert traced.forwards == eager.forwards == {"inversion": 8 * 2, "frames": 3 * 8 * 2}
     assert np.abs(frames_of(tmp_path / "traced") - frames_of(tmp_path / "eager")).max() <= 1
+
+
+def test_a_run_says_when_it_builds_a_pass_and_how_long_it_took_and_nothing_when_cached(tmp_path):
+    from typer.testing import CliRunner
+
+    from vedit.cli import create_app
+
+    clip = make_clip(tmp_path / "clip.mp4", frames=4, size=(64, 48))
+    args = ["run", str(clip), "-p", "x", "--model", "tiny", "--size", "64x48", "--steps", "2", "--inversion-steps", "2",
+            "--chunk-size", "4", "--no-cache", "--engine", "torchscript", "--engine-cache", str(tmp_path / "engines"),
+            "-o", str(tmp_path / "out.mp4")]  # fmt: skip
+    first = CliRunner().invoke(create_app(), args)
+    assert first.exit_code == 0, first.output
+    said = [line for line in first.stderr.splitlines() if "torchscript" in line]
+    # N = 4, B = 4: the inversion batch of 4, one keyframe (3K = 3), one chunk (3B = 12), each built once
+    assert [line.split(" in ")[0] if "built" in line else line for line in said] == [
+        f"vedit: building the torchscript {name} pass (batch {batch}); the engine cache keeps it for later runs"
+        if step == "building" else f"vedit: built the torchscript {name} pass"
+        for name, batch in (("plain", 4), ("keyframe", 3), ("propagation", 12)) for step in ("building", "built")
+    ]  # fmt: skip
+    assert all(line.endswith(" s") and float(line.split(" in ")[1][:-2]) > 0 for line in said[1::2])
+    again = CliRunner().invoke(create_app(), args)
+    assert again.exit_code == 0, again.output
+    assert [line for line in again.stderr.splitlines() if "torchscript" in line] == []  # loaded from the cache
+
+
+def test_compile_says_when_it_compiles_a_pass_and_how_long_it_took(monkeypatch, tmp_path):
+    from vedit.engine import BuildTarget
+    from vedit_plugins.compile_engine import Compile
+
+    monkeypatch.setattr(torch, "compile", lambda module, **options: module)  # the messages, not inductor
+    said: list[str] = []
+    cpu = torch.device("cpu")
+    target = BuildTarget("keyframe", (6,), cpu, torch.float32, "tiny", EngineCache(tmp_path), said.append)
+    run = Compile().build(torch.nn.Identity(), (torch.ones(6),), target)
+    assert said == ["compiling the keyframe pass (batch 6) with torch.compile; once per process"]
+    assert torch.equal(run(torch.ones(6)), torch.ones(6)) and torch.equal(run(torch.zeros(6)), torch.zeros(6))
+    assert len(said) == 2 and said[1].startswith("compiled the keyframe pass (batch 6) with torch.compile in ")

@@ -48,8 +48,37 @@ def test_inversion_is_exactly_reversible_and_stores_the_sampling_schedule(invers
 
 def test_a_schedule_that_misses_the_sampling_steps_is_refused():
     sd = load_model("tiny", device="cpu", dtype="fp32")
-    with pytest.raises(ConfigError, match="--inversion-steps 50"):
+    with pytest.raises(ConfigError, match="^inversion_steps=30 does not pass through the 50-step"):
         invert(latent_blind_unet, sd.new_scheduler(), torch.zeros(1, 4, 8, 8), torch.zeros(1, 77, 32), inversion_steps=30, steps=50)
+
+
+def test_the_inversion_steps_rule_is_the_one_the_help_states():
+    from diffusers import DDIMScheduler
+
+    from vedit.cli import INVERSION_STEPS_HELP
+    from vedit.inversion import check_schedules
+    from vedit.models import SD_SCHEDULER_CONFIG
+
+    scheduler = DDIMScheduler(**SD_SCHEDULER_CONFIG)
+
+    def passes(steps: int, inversion_steps: int) -> bool:
+        try:
+            check_schedules(scheduler, steps, inversion_steps)
+        except ConfigError:
+            return False
+        return True
+
+    assert [n for n in range(50, 1001, 50) if passes(50, n)] == [50, 100, 200, 250, 500, 1000]
+    assert "with 50 steps, 50, 100, 200, 250, 500 and 1000 do" in INVERSION_STEPS_HELP
+    assert not passes(3, 6)  # a multiple of the steps, and yet it misses t=667
+    for steps, given, nearest in ((3, 6, 9), (20, 50, 40), (50, 300, 250), (50, 400, 500), (2, 3, 4)):
+        with pytest.raises(ConfigError) as error:
+            check_schedules(scheduler, steps, given)
+        assert str(error.value).endswith(f"; use inversion_steps={nearest}")
+        assert passes(steps, nearest)
+    with pytest.raises(ConfigError, match=r"^inversion_steps=6 does not pass through the 3-step sampling schedule "
+                                          r"\(it never visits t=667\); use inversion_steps=9$"):
+        check_schedules(scheduler, 3, 6)
 
 
 def test_trajectory_round_trip_and_cache(tmp_path):

@@ -390,8 +390,8 @@ def test_a_hub_id_missing_from_the_cache_offline_says_how_to_get_it():
     assert one_line(error) == (
         "model weights for 'vedit-tests/no-such-model' are not available (not in the Hugging Face "
         "cache and the hub cannot be reached): download them with 'hf download "
-        "vedit-tests/no-such-model' or pass --model PATH to a local diffusers folder; "
-        "'--model tiny' runs offline")
+        "vedit-tests/no-such-model' or pass model=PATH to a local diffusers folder; "
+        "model='tiny' runs offline")
 
 
 def _online_with_hub_at(monkeypatch, endpoint: str) -> None:
@@ -528,8 +528,13 @@ def test_running_out_of_memory_is_a_one_line_model_error(monkeypatch):
     monkeypatch.setattr(models, "_finish", no_memory)
     with pytest.raises(ModelError) as error:
         load_model("tiny", device="cpu")
+    # The CPU refuses fp16, and the working size does not change the weights: bf16 halves them.
     assert one_line(error) == (
-        "not enough memory on cpu for 'tiny' in fp32: try --dtype fp16 or a smaller --size")
+        "not enough memory on cpu for 'tiny' in fp32: try dtype='bf16' (half the memory) "
+        "or close other programs using it")
+    with pytest.raises(ModelError) as error:
+        load_model("tiny", device="cpu", dtype="bf16")
+    assert one_line(error) == "not enough memory on cpu for 'tiny' in bf16: close other programs using it"
 
 
 @pytest.mark.parametrize("cached, revision, fingerprint", [

@@ -252,18 +252,20 @@ def test_spec_settings_are_parsed_to_their_types():
     "spec, error, message",
     [
         ("deflicker-luma:strength=1", ConfigError,
-         "--postprocess deflicker-luma: unknown setting 'strength' (known: window, max-gain)"),
-        ("deflicker-luma:window=abc", ConfigError, "--postprocess deflicker-luma: window must be an integer, got 'abc'"),
+         "postprocess deflicker-luma: unknown setting 'strength' (known: window, max-gain)"),
+        ("deflicker-luma:window=abc", ConfigError, "postprocess deflicker-luma: window must be an integer, got 'abc'"),
         ("deflicker-luma:window=4", ConfigError,
-         "--postprocess deflicker-luma: window must be an odd number of frames, 3 or more, got 4"),
-        ("deflicker-luma:max-gain=0.5", ConfigError, "--postprocess deflicker-luma: max-gain must be 1 or more, got 0.5"),
-        ("deflicker-flow:strength=1.5", ConfigError, "--postprocess deflicker-flow: strength must be between 0 and 1, got 1.5"),
-        ("deflicker-flow:strength=lots", ConfigError, "--postprocess deflicker-flow: strength must be a number, got 'lots'"),
-        ("deflicker-flow:strength", ConfigError, "--postprocess deflicker-flow: expected key=value, got 'strength'"),
-        ("deflicker-flow:strength=0.2:strength=0.3", ConfigError, "--postprocess deflicker-flow: strength is given twice"),
+         "postprocess deflicker-luma: window must be an odd number of frames, 3 or more, got 4"),
+        ("deflicker-luma:max-gain=0.5", ConfigError, "postprocess deflicker-luma: max-gain must be 1 or more, got 0.5"),
+        ("deflicker-flow:strength=1.5", ConfigError, "postprocess deflicker-flow: strength must be between 0 and 1, got 1.5"),
+        ("deflicker-flow:strength=lots", ConfigError, "postprocess deflicker-flow: strength must be a number, got 'lots'"),
+        ("deflicker-flow:strength=nan", ConfigError, "postprocess deflicker-flow: strength must be a finite number, got nan"),
+        ("deflicker-luma:max-gain=inf", ConfigError, "postprocess deflicker-luma: max-gain must be a finite number, got inf"),
+        ("deflicker-flow:strength", ConfigError, "postprocess deflicker-flow: expected key=value, got 'strength'"),
+        ("deflicker-flow:strength=0.2:strength=0.3", ConfigError, "postprocess deflicker-flow: strength is given twice"),
         ("deflicker-flow:flow=nope", PluginError, "unknown flow backend 'nope'"),
         ("deflick", PluginError, "unknown postprocessor 'deflick'; available: deflicker-flow, deflicker-luma"),
-        ("deflicker-luma,:window=3", ConfigError, "--postprocess ':window=3': a post-processor's name comes first"),
+        ("deflicker-luma,:window=3", ConfigError, "postprocess ':window=3': a post-processor's name comes first"),
     ],
 )  # fmt: skip
 def test_spec_mistakes_are_one_line_errors(spec, error, message):
@@ -276,7 +278,7 @@ def test_spec_mistakes_are_one_line_errors(spec, error, message):
 def test_a_stateless_post_processor_takes_no_settings():
     _register(Invert())
     assert resolve("invert-test")[0].settings == {}
-    with pytest.raises(ConfigError, match=r"^--postprocess invert-test: takes no settings, got x=1$"):
+    with pytest.raises(ConfigError, match=r"^postprocess invert-test: takes no settings, got x=1$"):
         resolve("invert-test:x=1")
 
 
@@ -336,6 +338,7 @@ def test_a_post_processor_that_loses_a_frame_fails_the_run_and_leaves_no_output(
 @pytest.mark.parametrize(
     "spec, code, message",
     [("deflicker-flow:strength=2", 4, "--postprocess deflicker-flow: strength must be between 0 and 1"),
+     ("deflicker-flow:strength=nan", 4, "--postprocess deflicker-flow: strength must be a finite number, got nan"),
      ("nope", 5, "unknown postprocessor 'nope'"),
      ("toml:deflicker-luma:window=2", 4, "--postprocess deflicker-luma: window must be an odd number")],
 )  # fmt: skip

@@ -104,8 +104,8 @@ def test_default_frames_are_the_centres_of_the_chunks():
         ("0,16", "frame 16 is out of range; the run has 16 frames (0..15)"),
         ([-1], "frame -1 is out of range"),
         ("3,3", "frame 3 is given twice"),
-        ("", "--preview-frames is empty"),
-        ([], "--preview-frames is empty"),
+        ("", "preview_frames is empty"),
+        ([], "preview_frames is empty"),
         ("1,,2", "an empty entry between commas"),
     ],
 )
@@ -113,7 +113,7 @@ def test_preview_frames_that_do_not_fit_are_one_line_errors(frames, named):
     with pytest.raises(ConfigError) as error:
         parse_frames(frames, 16, 4)
     assert named in str(error.value) and "\n" not in str(error.value)
-    assert str(error.value).startswith("--preview-frames")
+    assert str(error.value).startswith("preview_frames")  # the keyword: the Python API names no flags
 
 
 def test_bad_frames_and_outputs_are_refused_before_any_heavy_work(clip, tmp_path, monkeypatch):
@@ -121,7 +121,7 @@ def test_bad_frames_and_outputs_are_refused_before_any_heavy_work(clip, tmp_path
         raise AssertionError("the model was loaded")
 
     monkeypatch.setattr("vedit.preview.load_for_edit", heavy)
-    with pytest.raises(ConfigError, match=r"^--preview-frames: frame 16 is out of range"):
+    with pytest.raises(ConfigError, match=r"^preview_frames: frame 16 is out of range"):
         preview(clip, tmp_path / "p.png", preview_frames="2,16", **OPTIONS)
     # indices are among the selected frames: 8 of them here
     with pytest.raises(ConfigError, match=r"frame 8 is out of range; the run has 8 frames \(0\.\.7\)"):
@@ -221,7 +221,7 @@ def test_an_inversion_file_is_sliced_with_the_pipelines_checks(clip, sd, tmp_pat
     assert given.inversion == "file" and given.inversion_path == stored and "inversion" not in given.forwards
     assert "inversion" not in given.full_forwards
     assert np.array_equal(sheet(given.output), sheet(computed.output))
-    with pytest.raises(ConfigError, match="does not fit this run: it was made with --source-prompt") as error:
+    with pytest.raises(ConfigError, match="does not fit this run: it was made with source_prompt ") as error:
         preview(clip, tmp_path / "other.png", sd=sd, inversion=str(stored), **{**options, "source_prompt": "x"})
     assert "\n" not in str(error.value) and not (tmp_path / "other.png").exists()
 

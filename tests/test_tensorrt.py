@@ -575,9 +575,11 @@ def test_tensorrt_builds_once_and_then_loads_the_plan(tmp_path, stub_tensorrt, p
     assert built["timing_cache"] == tmp_path / "engines" / "tensorrt-timing-9.0.cache"
     assert built["inputs"][:5] == ["latents", "t", "text", "flags", "weights"]
     assert messages[0] == (
-        "building TensorRT engine for the propagation pass (batches 9..12, fp16); this takes a few minutes once"
+        "building the fp16 TensorRT engine for the propagation pass (batches 9, 12); "
+        "the engine cache keeps it for later runs"
     )
-    assert messages[1].startswith("built TensorRT engine for the propagation pass in ")
+    assert messages[1].startswith("built the fp16 TensorRT engine for the propagation pass in ")
+    assert len(messages) == 2
     entries = [p for p in (tmp_path / "engines").iterdir() if p.is_dir()]
     assert len(entries) == 1 and sorted(p.name for p in entries[0].iterdir()) == ["entry.json", "pass.plan"]
 
@@ -589,6 +591,7 @@ def test_tensorrt_builds_once_and_then_loads_the_plan(tmp_path, stub_tensorrt, p
     gc.collect()
     later = TensorRT().build(propagation, examples[9], target)
     assert later.what == (b"plan fp16", names, ("eps",)) and len(calls["build"]) == 1 and calls["load"] == 2
+    assert len(messages) == 2  # loading from the cache says nothing
 
     # A new TensorRT makes the plan stale: rebuilt in place, with a message saying why.
     versions["tensorrt"] = "10.4.0"
@@ -648,7 +651,7 @@ def test_torch_tensorrt_caches_its_program_or_keeps_it_in_memory(tmp_path, monke
     gc.collect()
     assert TorchTensorRT().build(propagation, examples[9], target).what == (b"program",)  # from the cache
     assert calls == {"compile": 1, "saved": ["pass.ep"], "loaded": 2}
-    assert messages[0].startswith("compiling the propagation pass with Torch-TensorRT (batches 9..12, fp16)")
+    assert messages[0].startswith("building the fp16 Torch-TensorRT program for the propagation pass (batches 9, 12)")
 
     save_error.append(RuntimeError("cannot serialize a graph with Python callbacks\nmore detail"))
     other = make_target(tmp_path, batches=(6, 12), messages=messages)

@@ -331,7 +331,7 @@ def test_batch_size_auto_and_8_edit_identically_on_the_cpu(clip, tmp_path):
 def test_batch_size_must_be_auto_or_a_whole_number(clip, tmp_path):
     from vedit.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="--batch-size must be auto or a whole number, got 'lots'"):
+    with pytest.raises(ConfigError, match="^batch_size must be auto or a whole number, got 'lots'"):
         vedit.edit(clip, tmp_path / "out.mp4", batch_size="lots", **OPTIONS)
 
 

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from .config import CONFIG_FILENAME, RunConfig, read_config_file, read_toml, validate
+from .config import CONFIG_FILENAME, RunConfig, option_label, option_value, read_config_file, read_toml, validate
 from .errors import ConfigError, OutputError, PluginError, VeditError
 from .report import SilentReporter
 
@@ -1210,7 +1210,7 @@ def _import_ray():
     try:
         import ray
     except ImportError:
-        raise PluginError("--ray needs the ray package: pip install 'vedit[ray]'") from None
+        raise PluginError(f"{option_label('ray')} needs the ray package: pip install 'vedit[ray]'") from None
     return ray
 
 
@@ -1243,7 +1243,9 @@ class _Ray:
                 else:
                     ray.init(address=address, log_to_driver=False)
             except Exception as error:  # noqa: BLE001 — one line, whatever Ray raises
-                raise ConfigError(f"--ray {address}: cannot connect to a Ray cluster: {_reason(error)}") from None
+                raise ConfigError(
+                    f"{option_value('ray', address)}: cannot connect to a Ray cluster: {_reason(error)}"
+                ) from None
             finally:
                 with contextlib.suppress(ValueError, TypeError):  # not the main thread, or not a Python handler
                     signal.signal(signal.SIGTERM, on_term)
@@ -1253,7 +1255,9 @@ class _Ray:
         self.notes: list[str] = []
         if workers is not None and workers > slots:
             what = "GPUs" if self.gpus else "CPUs"
-            self.notes.append(f"--workers {workers}: the Ray cluster has {slots} {what}; using {slots} workers")
+            self.notes.append(
+                f"{option_value('workers', workers)}: the Ray cluster has {slots} {what}; using {slots} workers"
+            )
         self.capacity = self.workers = min(workers or slots, slots)
         need = {"num_gpus": 1} if self.gpus else {"num_cpus": 1}
         self.actor_class = ray.remote(max_restarts=0, **need)(_RayWorker)
@@ -1334,7 +1338,7 @@ def choose_backend(
     ``workers`` > 1 or this machine has several GPUs; else this process."""
     events = events or BatchEvents()
     if workers is not None and workers < 1:
-        raise ConfigError(f"--workers must be 1 or more, got {workers}")
+        raise ConfigError(f"{option_label('workers')} must be 1 or more, got {workers}")
     if not plan.todo:
         return _Serial(events)  # nothing to do: no pool started, no cluster joined
     if ray:
@@ -1421,7 +1425,7 @@ def run_batch(
     plan.check_outputs()
     events = events or BatchEvents()
     if retries < 0:
-        raise ConfigError(f"--retries must be 0 or more, got {retries}")
+        raise ConfigError(f"{option_label('retries')} must be 0 or more, got {retries}")
     spec = os.environ.get(KILL_ONCE_ENV, "")
     fault = tuple(spec.rsplit(":", 1)) if ":" in spec else None
     began, wall = time.perf_counter(), time.time()

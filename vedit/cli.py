@@ -27,7 +27,7 @@ from rich.table import Table
 from rich.text import Text
 
 from . import __version__, plugins
-from .config import RunConfig, load_config
+from .config import RunConfig, check_number, command_line, load_config
 from .errors import ConfigError, VeditError
 from .report import SilentReporter, duration
 
@@ -36,7 +36,28 @@ from .report import SilentReporter, duration
 err_console = Console(stderr=True, emoji=False, highlight=False)
 out_console = Console(emoji=False, highlight=False)
 PROGRESS_INTERVAL = 10.0  # seconds between plain progress lines ($VEDIT_PROGRESS_INTERVAL)
+UNFOLDED_WIDTH = 1 << 16  # columns of output that is not a terminal: wider than any line vedit prints
 CHECKPOINT_DAYS = 30.0  # vedit cache prune: checkpoints of stopped runs older than this go
+INVERSION_STEPS_HELP = (
+    "DDIM inversion steps. Their schedule must pass through every timestep of the --steps one: with 50 steps, "
+    "50, 100, 200, 250, 500 and 1000 do (a multiple of --steps alone is not enough); an error names the nearest "
+    "multiple that does."
+)
+
+
+@contextlib.contextmanager
+def _unfolded() -> Iterator[None]:
+    """Tables and summaries whole when they go to a pipe or a file: rich would fold them at 80
+    columns there (or at the width of a terminal the process still has), cutting paths and
+    breaking words. $COLUMNS, when set, still decides."""
+    widened = [c for c in (out_console, err_console) if not c.is_terminal and not os.environ.get("COLUMNS")]
+    for console in widened:
+        console.width = UNFOLDED_WIDTH  # a table is only as wide as its content: nothing is padded to this
+    try:
+        yield
+    finally:
+        for console in widened:
+            console.width = None  # rich's own choice again
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
@@ -48,17 +69,17 @@ def fail(message: str, code: int = 1) -> typer.Exit:
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
     """Turn the errors a user can cause into one line on stderr and a non-zero exit."""
-    import torch
-
     try:
         yield
     except VeditError as error:
         raise fail(str(error), error.exit_code) from None
-    except (torch.OutOfMemoryError, MemoryError) as error:
+    except (MemoryError, RuntimeError) as error:  # torch.OutOfMemoryError, and the CPU allocator's RuntimeError
+        from .models import is_out_of_memory, memory_hint
+
+        if not is_out_of_memory(error):
+            raise
         detail = str(error).splitlines()[0] if str(error) else "allocation failed"
-        raise fail(
-            f"out of memory ({detail[:120]}): try --dtype fp16, a smaller --size, --chunk-size or --batch-size", 7
-        ) from None
+        raise fail(f"out of memory ({detail[:120]}): {memory_hint(error)}", 7) from None
     except KeyboardInterrupt:
         raise fail("interrupted; nothing was written", 130) from None
 
@@ -230,11 +251,13 @@ _Aborts = tuple({typer.Abort, getattr(_click_errors, "Abort", typer.Abort)})
 
 
 class _Group(typer.core.TyperGroup):
-    """Ends a usage error (bad flag, bad value) in one line and exit code 4, like every other bad option."""
+    """Ends a usage error (bad flag, bad value) in one line and exit code 4, like every other bad option;
+    runs every command under :func:`vedit.config.command_line`, with output to a pipe or file unfolded."""
 
     def main(self, *args, standalone_mode: bool = True, **kwargs):
         try:
-            code = super().main(*args, standalone_mode=False, **kwargs)
+            with command_line(), _unfolded():  # flags, not the Python API's keywords; whole lines in a pipe
+                code = super().main(*args, standalone_mode=False, **kwargs)
         except _NoArgsIsHelp as error:
             error.show()
             code = error.exit_code
@@ -378,7 +401,7 @@ def create_app() -> typer.Typer:
         model: Optional[str] = typer.Option(None, help=_help("Hub id, local diffusers folder, tiny, random:sd15 or random:sd21 (tiny@N: weights from seed N).", "model")),
         revision: Optional[str] = typer.Option(None, help=_help("Model revision (hub branch, tag or commit).")),
         steps: Optional[int] = typer.Option(None, help=_help("Sampling steps T.", "steps")),
-        inversion_steps: Optional[int] = typer.Option(None, help=_help("DDIM inversion steps (their schedule must pass through the T-step one, e.g. a multiple of T).", "inversion_steps")),
+        inversion_steps: Optional[int] = typer.Option(None, help=_help(INVERSION_STEPS_HELP, "inversion_steps")),
         strength: Optional[float] = typer.Option(None, help=_help("img2img: fraction of the schedule to run.", "strength")),
         start: Optional[float] = typer.Option(None, help=_help("sdedit: fraction of the schedule to run from the DDIM noise.", "start")),
         guidance: Optional[float] = typer.Option(None, help=_help("Classifier-free guidance scale.", "guidance")),
@@ -461,7 +484,7 @@ def create_app() -> typer.Typer:
         engine: Optional[str] = typer.Option(None, help=_help("UNet engine (as for 'vedit run').", "engine")),
         engine_cache: Optional[str] = typer.Option(None, help=_help("Folder of built engines.", "engine_cache")),
         steps: Optional[int] = typer.Option(None, help=_help("Sampling steps T the trajectory is stored for.", "steps")),
-        inversion_steps: Optional[int] = typer.Option(None, help=_help("DDIM inversion steps.", "inversion_steps")),
+        inversion_steps: Optional[int] = typer.Option(None, help=_help(INVERSION_STEPS_HELP, "inversion_steps")),
         seed: Optional[int] = typer.Option(None, hidden=True, help="Ignored: a built model's weights come from its spec (tiny@N)."),
         size: Optional[str] = typer.Option(None, help=_help("Working size WxH.", default="short side near 512")),
         frames: Optional[str] = typer.Option(None, help=_help("Frame range START:STOP:STEP.", default="all")),
@@ -706,10 +729,10 @@ def create_app() -> typer.Typer:
     @cache_app.command("prune")
     def cache_prune(
         max_gb: float = typer.Option(
-            RunConfig.cache_max_gb, "--max-gb", min=0.0, help="Delete least recently used inversions until the cache holds at most this much."
+            RunConfig.cache_max_gb, "--max-gb", help="Delete least recently used inversions until the cache holds at most this much."
         ),
         checkpoint_days: float = typer.Option(
-            CHECKPOINT_DAYS, "--checkpoint-days", min=0.0,
+            CHECKPOINT_DAYS, "--checkpoint-days",
             help="Also delete checkpoints of stopped runs last written more than this many days ago (0: all of them).",
         ),
         cache_dir: Optional[str] = typer.Option(None, help="Cache folder."),
@@ -719,6 +742,8 @@ def create_app() -> typer.Typer:
         from .inversion import InversionCache, gb_to_bytes
 
         with user_errors():
+            check_number(max_gb, "--max-gb", 0.0)
+            check_number(checkpoint_days, "--checkpoint-days", 0.0)
             cache = InversionCache(cache_dir)
             files, freed = cache.prune(gb_to_bytes(max_gb))
             left = cache.entries()

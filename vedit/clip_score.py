@@ -26,6 +26,7 @@ from typing import Any, Collection, Iterable, Iterator
 
 import numpy as np
 
+from .config import option_label, option_value
 from .errors import ModelError
 
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
@@ -75,7 +76,7 @@ def unavailable_reason(spec: str | None) -> str | None:
     when every file it needs is in the local hub cache.
     """
     if not spec:
-        return "no CLIP model given (--clip)"
+        return f"no CLIP model given ({option_label('clip')})"
     path = Path(spec).expanduser()
     if path.is_dir():
         missing = _missing_files(lambda name: (path / name).is_file())
@@ -83,7 +84,7 @@ def unavailable_reason(spec: str | None) -> str | None:
             return f"CLIP folder '{spec}' is not a saved CLIP model: it lacks {', '.join(missing)}"
         return None
     if path.exists():
-        return f"--clip '{spec}' is a file; give a folder written by save_pretrained or a hub id"
+        return f"{option_label('clip')} '{spec}' is a file; give a folder written by save_pretrained or a hub id"
     if _looks_like_path(spec):
         return f"CLIP folder '{spec}' does not exist"
     try:
@@ -92,7 +93,7 @@ def unavailable_reason(spec: str | None) -> str | None:
 
         validate_repo_id(spec)
     except HFValidationError:
-        return f"--clip '{spec}' is neither a folder nor a Hugging Face hub id"
+        return f"{option_label('clip')} '{spec}' is neither a folder nor a Hugging Face hub id"
     except ImportError:
         return "huggingface_hub is not installed"
     try:
@@ -102,7 +103,7 @@ def unavailable_reason(spec: str | None) -> str | None:
     if missing:
         return (
             f"CLIP model '{spec}' is not in the local Hugging Face cache (vedit never downloads it; "
-            f"fetch it once with 'hf download {spec}', or pass --clip FOLDER)"
+            f"fetch it once with 'hf download {spec}', or pass {option_value('clip', 'FOLDER', placeholder=True)})"
         )
     return None
 

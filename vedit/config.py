@@ -7,12 +7,15 @@ name as its flag (``negative-prompt``; ``negative_prompt`` is accepted too).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import math
 import tomllib
 import typing
+from contextvars import ContextVar
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 from .errors import ConfigError
 
@@ -68,8 +71,21 @@ class RunConfig:
     keep_timestamps: bool = False
     overwrite: bool = False  # replace an existing output that vedit did not write
 
+    # Not an option (no annotation: not a field, so in no key, digest or file): the options the
+    # user set, in vedit.toml, as flags or as keywords, so that a check can tell a value asked
+    # for from the same value by default. load_config and the Python API fill it in.
+    given = frozenset[str]()
+
     def replace(self, **changes: Any) -> "RunConfig":
-        return dataclasses.replace(self, **changes)
+        copy = dataclasses.replace(self, **changes)
+        copy.given = self.given
+        return copy
+
+    def giving(self, keys: Iterable[str]) -> "RunConfig":
+        """A copy that records ``keys`` (option names) as set by the user too."""
+        copy = self.replace()
+        copy.given = self.given | {key.replace("-", "_") for key in keys}
+        return copy
 
 
 # Inclusive bounds; None means unbounded on that side.
@@ -93,6 +109,36 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
 
 def flag_name(key: str) -> str:
     return "--" + key.replace("_", "-")
+
+
+# Whether messages speak to a user of the command line (set by the CLI) or of the Python API.
+_COMMAND_LINE: ContextVar[bool] = ContextVar("vedit_command_line", default=False)
+
+
+@contextlib.contextmanager
+def command_line() -> Iterator[None]:
+    """Within it, :func:`option_label` names options as flags (``vedit``'s commands run in it)."""
+    token = _COMMAND_LINE.set(True)
+    try:
+        yield
+    finally:
+        _COMMAND_LINE.reset(token)
+
+
+def option_label(key: str) -> str:
+    """An option as a message names it: the flag (``--inversion-steps``) under the command line,
+    the keyword (``inversion_steps``) under the Python API, where a flag means nothing."""
+    key = key.removeprefix("--").replace("-", "_")
+    return flag_name(key) if _COMMAND_LINE.get() else key
+
+
+def option_value(key: str, value: Any, *, placeholder: bool = False) -> str:
+    """An option with a value as the user would write it: ``--steps 20`` (a switch alone:
+    ``--allow-short``) under the command line, ``steps=20``, ``size='64x48'`` or
+    ``allow_short=True`` under the Python API. A ``placeholder`` (``TEXT``, ``PATH``) is never quoted."""
+    if _COMMAND_LINE.get():
+        return option_label(key) if value is True else f"{option_label(key)} {value}"
+    return f"{option_label(key)}={value if placeholder else repr(value)}"
 
 
 def field_types() -> dict[str, Any]:
@@ -124,6 +170,8 @@ def _type_label(annotation: Any) -> str:
 
 def _number(value: float) -> str:
     """A bound as a person writes it: 1, 0.5, 1000 (never 1e+03)."""
+    if isinstance(value, int):
+        return str(value)
     return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
@@ -133,6 +181,31 @@ def _range_text(low: float | None, high: float | None) -> str:
     if low is None:
         return f"{_number(high)} or less"
     return f"between {_number(low)} and {_number(high)}"
+
+
+def check_number(value: float, where: str, low: float | None = None, high: float | None = None) -> float:
+    """``value`` when it is finite and within the inclusive bounds (None: unbounded), else a
+    one-line ConfigError naming ``where`` (a flag, keyword or file key), the range and the value.
+
+    Every number a user gives passes here. NaN fails no comparison, so a range check alone lets
+    it through (a NaN guidance writes black frames), and no option means anything at ±inf.
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        bounds = f" ({_range_text(low, high)})" if low is not None or high is not None else ""
+        raise ConfigError(f"{where} must be a finite number{bounds}, got {_number(value)}")
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise ConfigError(f"{where} must be {_range_text(low, high)}, got {_number(value)}")
+    return value
+
+
+def check_numbers(config: "RunConfig") -> "RunConfig":
+    """``config`` when every number in it is finite and in range (a RunConfig built by hand has
+    not been through :func:`validate`); the same one-line errors otherwise."""
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            check_number(value, option_label(f.name), *_RANGES.get(f.name, (None, None)))
+    return config
 
 
 def _batch_size(text: str, where: str) -> int | str:
@@ -149,13 +222,14 @@ def validate(values: dict[str, Any], origin: str | None = None) -> dict[str, Any
     """Normalise keys and check names, types and ranges; errors name the offending key.
 
     With ``origin`` (a file name) errors name the key as written in that file; without it the
-    values came from the command line or the Python API and errors name the flag (``--max-frames``).
+    values came from the command line or the Python API and errors name the flag (``--max-frames``)
+    or the keyword (``max_frames``), as :func:`option_label` does.
     """
     types = field_types()
     clean: dict[str, Any] = {}
     for raw_key, value in values.items():
         key = raw_key.replace("-", "_")
-        where = f"{origin}: option {raw_key!r}" if origin else flag_name(key)
+        where = f"{origin}: option {raw_key!r}" if origin else option_label(key)
         if key not in types:
             known = ", ".join(sorted(k.replace("_", "-") for k in types))
             prefix = f"{origin}: " if origin else ""
@@ -166,10 +240,8 @@ def validate(values: dict[str, Any], origin: str | None = None) -> dict[str, Any
             value = _batch_size(value, where)
         if types[key] is float or float in typing.get_args(types[key]):
             value = float(value) if value is not None else None
-        if key in _RANGES and isinstance(value, (int, float)):
-            low, high = _RANGES[key]
-            if (low is not None and value < low) or (high is not None and value > high):
-                raise ConfigError(f"{where} must be {_range_text(low, high)}, got {_number(value)}")
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            check_number(value, where, *_RANGES.get(key, (None, None)))
         clean[key] = value
     return clean
 
@@ -215,9 +287,13 @@ def load_config(config_path: str | Path | None = None, cwd: Path | None = None, 
         local = (cwd or Path.cwd()) / CONFIG_FILENAME
         if local.is_file():
             values.update(read_config_file(local))
+    # A file that restates a default (a copy of the defaults, as the repository's vedit.toml is)
+    # asks for nothing; a flag or keyword always asks.
+    defaults = RunConfig()
+    stated = {key for key, value in values.items() if value != getattr(defaults, key)}
     given = {k: v for k, v in overrides.items() if v is not None}
     values.update(validate(given))
-    return RunConfig(**values)
+    return RunConfig(**values).giving(stated | set(given))
 
 
 def defaults_as_toml() -> str:
@@ -237,4 +313,7 @@ def defaults_as_toml() -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["RunConfig", "field_types", "load_config", "read_config_file", "validate", "flag_name", "defaults_as_toml"]
+__all__ = [
+    "RunConfig", "field_types", "load_config", "read_config_file", "validate", "flag_name", "defaults_as_toml",
+    "check_number", "check_numbers", "command_line", "option_label", "option_value",
+]

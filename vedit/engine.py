@@ -34,6 +34,7 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 
 from .checksums import file_digest, file_sha256
+from .config import option_value
 from .errors import PluginError
 from .passes import PASS_VERSION, BoundedKeyframePass, FramesPass, KeyframePass, PassModule, PlainPass, PropagationPass
 from .unet import CallContext, ControlledUNet
@@ -145,7 +146,12 @@ class EngineCache:
                 except Exception as error:  # a file that hashes right but does not load
                     problem = f"corrupt (it does not load: {str(error).splitlines()[0] if str(error) else type(error).__name__})"
             self.message(f"engine cache: {label} in {folder} is {problem}; rebuilding")
+        # A build can take minutes (a TorchScript trace on the CPU, a TensorRT plan): say so, and when it ends.
+        began = time.perf_counter()
+        batches = f" ({batches_text(parts['batches'].split(','))})" if parts.get("batches") else ""
+        self.message(f"building the {label}{batches}; the engine cache keeps it for later runs")
         self._build(folder, parts, build)
+        self.message(f"built the {label} in {time.perf_counter() - began:.1f} s")
         return load(folder)
 
     def _build(self, folder: Path, parts: dict[str, str], build: Callable[[Path], None]) -> None:
@@ -212,6 +218,11 @@ class EngineCache:
                 freed += _folder_bytes(folder)
                 shutil.rmtree(folder, ignore_errors=True)
         return freed
+
+
+def batches_text(batches: Sequence[int | str]) -> str:
+    """The batch sizes a build serves, as a message says them: ``batch 4``, ``batches 9, 12``."""
+    return f"batch {batches[0]}" if len(batches) == 1 else f"batches {', '.join(str(b) for b in batches)}"
 
 
 def torch_key_parts(device: torch.device) -> dict[str, str]:
@@ -281,7 +292,7 @@ def engine_chain(requested: str, device: torch.device) -> tuple[list[Any], bool,
     for name in expanded:
         if name not in items:
             known = ", ".join(sorted(items))
-            raise PluginError(f"unknown engine {name!r} in --engine {requested}; available: {known}")
+            raise PluginError(f"unknown engine {name!r} in {option_value('engine', requested)}; available: {known}")
         reason = items[name].unavailable_reason()
         if reason:
             if "auto" not in names or name in names:

@@ -47,6 +47,7 @@ from .checksums import (
     metadata_digest,
     with_checksums,
 )
+from .config import option_value
 from .errors import ConfigError, InputError, OutputError
 from .transfer import to_device, to_host, wait
 from .video import process_alive
@@ -403,13 +404,15 @@ def check_schedules(scheduler: Any, steps: int, inversion_steps: int | None = No
 
     The stored trajectory holds latents at the sampling schedule's timesteps, so every one of
     them must be visited by the inversion schedule (with SD's "leading" spacing, 3 inversion
-    steps never visit the 2-step schedule's t=501; 500 always visit the 50-step one's).
+    steps never visit the 2-step schedule's t=501; 500 always visit the 50-step one's). Being a
+    multiple of ``steps`` is not enough (6 never visit the 3-step schedule's t=667); the error
+    names the multiple of ``steps`` nearest to ``inversion_steps`` that passes through.
     """
     limit = scheduler.config.num_train_timesteps
     sampling = sampling_timesteps(scheduler, steps)
     if max(sampling) >= limit:
         raise ConfigError(
-            f"--steps {steps}: that schedule reaches t={max(sampling)}, past the model's {limit} "
+            f"{option_value('steps', steps)}: that schedule reaches t={max(sampling)}, past the model's {limit} "
             f"training timesteps; use at most {limit - 1} steps"
         )
     if inversion_steps is None:
@@ -420,10 +423,10 @@ def check_schedules(scheduler: Any, steps: int, inversion_steps: int | None = No
             n for n in range(steps, limit + 1, steps)
             if not set(sampling) - set(inversion_timesteps(scheduler, n))
         ]
-        better = [n for n in fitting if n >= inversion_steps] or fitting or [steps]
+        nearest = min(fitting, key=lambda n: (abs(n - inversion_steps), -n))  # a tie: the finer schedule
         raise ConfigError(
-            f"--inversion-steps {inversion_steps} does not pass through the {steps}-step sampling schedule "
-            f"(it never visits t={missing[0]}); use --inversion-steps {better[0]}"
+            f"{option_value('inversion_steps', inversion_steps)} does not pass through the {steps}-step sampling "
+            f"schedule (it never visits t={missing[0]}); use {option_value('inversion_steps', nearest)}"
         )
 
 

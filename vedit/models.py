@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 import torch
 
 from .config import MAX_SEED
+from .config import option_label, option_value
 from .errors import ConfigError, ModelError
 
 if TYPE_CHECKING:
@@ -224,7 +225,7 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ConfigError(f"device '{name}' is not available: this PyTorch sees no CUDA GPU; "
-                              "use --device cpu (or auto)")
+                              f"use {option_value('device', 'cpu')} (or auto)")
         count = torch.cuda.device_count()
         index = torch.cuda.current_device() if device.index is None else device.index
         if index >= count:
@@ -233,7 +234,7 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
         return torch.device("cuda", index)
     if device.type == "mps":
         if not _mps_available():
-            raise ConfigError(f"device '{name}' is not available here: use --device cpu (or auto)")
+            raise ConfigError(f"device '{name}' is not available here: use {option_value('device', 'cpu')} (or auto)")
         return torch.device("mps", 0)
     backend = getattr(torch, device.type, None)  # xpu and other accelerators PyTorch knows of
     if backend is None or not hasattr(backend, "is_available") or not backend.is_available():
@@ -259,10 +260,10 @@ def resolve_dtype(name: str | torch.dtype | None, device: torch.device) -> torch
         raise ConfigError(f"unknown dtype '{name}': use auto, fp16, bf16 or fp32")
     if dtype == torch.float16 and device.type == "cpu":
         raise ConfigError("fp16 is not supported on the CPU (many of its kernels are missing or "
-                          "slow there): use --dtype fp32 or --dtype bf16")
+                          f"slow there): use {option_value('dtype', 'fp32')} or {option_value('dtype', 'bf16')}")
     if dtype == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ConfigError(f"bf16 is not supported by {torch.cuda.get_device_name(device)}: "
-                          "use --dtype fp16")
+                          f"use {option_value('dtype', 'fp16')}")
     return dtype
 
 
@@ -330,23 +331,42 @@ def load_model(
         else:
             model = _load_pretrained(spec, device, dtype, revision)
     except Exception as error:
-        if not _is_out_of_memory(error):
+        if not is_out_of_memory(error):
             raise
         _release_memory()
-        hint = ("try --dtype fp16 or a smaller --size" if dtype == torch.float32
-                else "close other programs using it or try a smaller --size")
         raise ModelError(f"not enough memory on {device} for '{spec}' in {dtype_name(dtype)}: "
-                         f"{hint}") from None
+                         f"{_loading_hint(device, dtype)}") from None
     _check_compatible(model)
     return model
 
 
-def _is_out_of_memory(error: BaseException) -> bool:
-    if isinstance(error, torch.OutOfMemoryError):
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is an allocation that failed: a GPU's (torch.OutOfMemoryError, MPS's
+    RuntimeError) or the host's (MemoryError, the CPU allocator's RuntimeError)."""
+    if isinstance(error, (torch.OutOfMemoryError, MemoryError)):
         return True
     message = str(error).lower()
     return isinstance(error, RuntimeError) and (
         "out of memory" in message or "can't allocate memory" in message)
+
+
+def _loading_hint(device: torch.device, dtype: torch.dtype) -> str:
+    """What lets the weights fit: half precision where the device runs it (bf16 on the CPU, which
+    has no fp16), else less of everything else. The working size does not change the weights."""
+    others = "close other programs using it"
+    if dtype != torch.float32:
+        return others
+    half = "bf16" if device.type == "cpu" else "fp16"
+    return f"try {option_value('dtype', half)} (half the memory) or {others}"
+
+
+def memory_hint(error: BaseException) -> str:
+    """What to try when a run runs out of memory: a GPU's (fp16 halves what it holds) or the
+    host's, where fp16 is refused (bf16 halves it there)."""
+    smaller = f"a smaller {option_label('size')}, {option_label('chunk_size')} or {option_label('batch_size')}"
+    if isinstance(error, MemoryError) or "can't allocate memory" in str(error).lower():
+        return f"try {smaller} (or {option_value('dtype', 'bf16')} on the CPU)"
+    return f"try {option_value('dtype', 'fp16')}, {smaller}"
 
 
 def _release_memory() -> None:
@@ -680,7 +700,7 @@ def _load_pretrained(spec: str, device: torch.device, dtype: torch.dtype,
                 warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")
                 parts[name] = load()
         except Exception as error:
-            if _is_out_of_memory(error) or not _is_load_error(error):
+            if is_out_of_memory(error) or not _is_load_error(error):
                 raise
             if folder is None and isinstance(error, OSError):  # not in the cache, not on the hub
                 raise ModelError(_hub_message(spec, revision, error)) from None
@@ -733,8 +753,9 @@ def _local_folder(spec: str) -> Path | None:
     looks_like_path = (spec.startswith((".", "/", "~")) or "\\" in spec or spec.count("/") > 1
                        or spec.endswith("/"))
     if looks_like_path:
-        raise ModelError(f"model folder '{spec}' does not exist: pass --model PATH to a local "
-                         "diffusers folder or a Hugging Face hub id; '--model tiny' runs offline")
+        raise ModelError(f"model folder '{spec}' does not exist: pass "
+                         f"{option_value('model', 'PATH', placeholder=True)} to a local diffusers folder or a "
+                         f"Hugging Face hub id; {option_value('model', 'tiny')} runs offline")
     if not _is_hub_id(spec):
         raise ModelError(f"model '{spec}' is neither a folder nor a Hugging Face hub id (like "
                          f"'{DEFAULT_MODEL}'); {_SPEC_HELP}")
@@ -840,13 +861,17 @@ def _hub_message(spec: str, revision: str | None, error: BaseException) -> str:
                         "huggingface.co and log in with 'hf auth login'")
             if isinstance(cause, RevisionNotFoundError):
                 return (f"model '{spec}' has no revision '{revision}': pass a branch, tag or "
-                        "commit that exists, or leave --revision out")
+                        f"commit that exists, or leave {option_label('revision')} out")
             if isinstance(cause, RepositoryNotFoundError):
-                return (f"model '{spec}' was not found on the Hugging Face hub: check the id, or "
-                        "pass --model PATH to a local diffusers folder; '--model tiny' runs offline")
+                return f"model '{spec}' was not found on the Hugging Face hub: check the id, or {_local_model()}"
     return (f"model weights for '{spec}' are not available (not in the Hugging Face cache and "
-            f"the hub cannot be reached): download them with 'hf download {spec}' or pass "
-            "--model PATH to a local diffusers folder; '--model tiny' runs offline")
+            f"the hub cannot be reached): download them with 'hf download {spec}' or {_local_model()}")
+
+
+def _local_model() -> str:
+    """What to do without the hub's weights, naming the option as the user gives it."""
+    return (f"pass {option_value('model', 'PATH', placeholder=True)} to a local diffusers folder; "
+            f"{option_value('model', 'tiny')} runs offline")
 
 
 def _hub_fingerprint(spec: str, revision: str | None) -> str:

@@ -19,7 +19,7 @@ from diffusers import DDIMScheduler
 from . import plugins, profiling
 from .batching import CPU_BATCH, choose_batches
 from .checkpoint import CheckpointStore, CheckpointWriter, checkpoint_key, inversion_file_identity
-from .config import RunConfig, load_config, validate
+from .config import RunConfig, check_numbers, load_config, option_label, option_value, validate
 from .denoise import EditJob, RunShape, Step, denoise
 from .engine import DEFAULT_ENGINE_CACHE, EngineCache, Passes, _first_line, engine_chain
 from .passes import joint_partners, select_keyframes
@@ -140,9 +140,9 @@ def _parse_fps(text: str) -> Fraction:
     try:
         fps = Fraction(text)
     except (ValueError, ZeroDivisionError):
-        raise ConfigError(f"--fps {text!r} is not a frame rate (e.g. 24, 30000/1001, 29.97)") from None
+        raise ConfigError(f"{option_label('fps')} {text!r} is not a frame rate (e.g. 24, 30000/1001, 29.97)") from None
     if fps <= 0:
-        raise ConfigError(f"--fps must be positive, got {text}")
+        raise ConfigError(f"{option_label('fps')} must be positive, got {text}")
     return fps
 
 
@@ -164,7 +164,7 @@ def _output_size(config: RunConfig, clip: _Clip) -> tuple[int | Fraction, int | 
         return clip.info.exact_size  # non-square pixels are written square, at the size they show
     if config.output_size == "working":
         return clip.reader.size
-    return parse_size(config.output_size, "--output-size")
+    return parse_size(config.output_size, option_label("output_size"))
 
 
 def _postprocess_context(config: RunConfig, clip: _Clip, frames: int | None = None) -> Any:
@@ -215,6 +215,7 @@ def preflight(
     ``editing=False`` checks an inversion only (no editor, propagator or post-processors)."""
     from .models import peek_scheduler, resolve_device, resolve_dtype
 
+    check_numbers(config)  # a RunConfig built by hand has not been validated
     clip = open_clip(input, config)
     if sd is not None:
         device, dtype = sd.device, sd.dtype
@@ -252,7 +253,10 @@ def preflight(
     metadata = None
     if config.inversion:
         if not needs_inversion:
-            raise ConfigError(f"--inversion {config.inversion}: editor {config.editor!r} uses no inversion; leave it out")
+            raise ConfigError(
+                f"{option_label('inversion')} {config.inversion}: editor {config.editor!r} uses no inversion; "
+                "leave it out"
+            )
         metadata = read_metadata(config.inversion, needs=RUN_FIELDS)
         _check_inversion_file(config, metadata, clip, sampling_timesteps(scheduler, config.steps), reporter)
     return Preflight(clip, editor, propagator, postprocessors, engines, strict_engine, device, dtype, steps_run, metadata)
@@ -267,24 +271,31 @@ def _check_inversion_file(
     if stored != timesteps:
         raise ConfigError(
             f"inversion file {path} was stored for a {len(stored)}-step schedule, this run uses "
-            f"{len(timesteps)} steps: pass --steps {len(stored)} or invert again"
+            f"{len(timesteps)} steps: pass {option_value('steps', len(stored))} or invert again"
         )
     size = (metadata.get("width"), metadata.get("height"))
     if size != tuple(str(side) for side in clip.reader.size):
         raise ConfigError(
             f"inversion file {path} was made at {size[0]}x{size[1]}, this run works at "
-            f"{clip.reader.size[0]}x{clip.reader.size[1]}: pass --size {size[0]}x{size[1]}"
+            f"{clip.reader.size[0]}x{clip.reader.size[1]}: pass {option_value('size', f'{size[0]}x{size[1]}')}"
         )
     frames = metadata.get("frames")
     if frames is not None and int(frames) != len(clip.reader):
         raise ConfigError(
             f"inversion file {path} holds {frames} frames, {len(clip.reader)} are selected from the clip: "
-            "use the --frames and --max-frames it was made with"
+            f"use the {option_label('frames')} and {option_label('max_frames')} it was made with"
+        )
+    made_with = metadata.get("inversion_steps")
+    if "inversion_steps" in config.given and made_with is not None and int(made_with) != config.inversion_steps:
+        reporter.warning(
+            f"{option_value('inversion_steps', config.inversion_steps)} is not used: inversion file {path} was "
+            f"made with {made_with} inversion steps, and its trajectory is used as it is"
         )
     if metadata.get("source_prompt", "") != config.source_prompt:
         _identity_mismatch(
             config,
-            f"it was made with --source-prompt {metadata.get('source_prompt', '')!r}, this run's is {config.source_prompt!r}",
+            f"it was made with {option_label('source_prompt')} {metadata.get('source_prompt', '')!r}, "
+            f"this run's is {config.source_prompt!r}",
             reporter,
         )
 
@@ -292,9 +303,13 @@ def _check_inversion_file(
 def _identity_mismatch(config: RunConfig, what: str, reporter: Reporter) -> None:
     """A trajectory made from another clip, model or prompt: refused, or used with a warning when forced."""
     if config.force_inversion:
-        reporter.warning(f"inversion file {config.inversion}: {what}; using it anyway (--force-inversion)")
+        forced = option_value("force_inversion", True)
+        reporter.warning(f"inversion file {config.inversion}: {what}; using it anyway ({forced})")
         return
-    raise ConfigError(f"inversion file {config.inversion} does not fit this run: {what}; pass --force-inversion to use it anyway")
+    raise ConfigError(
+        f"inversion file {config.inversion} does not fit this run: {what}; "
+        f"pass {option_value('force_inversion', True)} to use it anyway"
+    )
 
 
 def _load(config: RunConfig, preflight: Preflight, sd: Any = None):
@@ -330,9 +345,9 @@ def _split(total: int, size: int) -> list[int]:
     return sorted({min(size, total)} | ({total % size} if total % size else set()))
 
 
-def _warn_long_prompts(model, config: RunConfig, reporter: Reporter, flags: tuple[str, ...]) -> None:
-    for flag in flags:
-        text = getattr(config, flag.removeprefix("--").replace("-", "_")) or ""
+def _warn_long_prompts(model, config: RunConfig, reporter: Reporter, keys: tuple[str, ...]) -> None:
+    for key in keys:
+        text = getattr(config, key) or ""
         overflow = model.prompt_overflow(text)
         if overflow is None:
             continue
@@ -341,7 +356,7 @@ def _warn_long_prompts(model, config: RunConfig, reporter: Reporter, flags: tupl
         tail = kept[-40:] if len(kept) > 40 else kept
         cut = f'after "...{tail}"' if kept else "from its start"
         reporter.warning(
-            f"{flag} is {count} tokens, the text encoder reads {limit}: it is cut {cut}, "
+            f"{option_label(key)} is {count} tokens, the text encoder reads {limit}: it is cut {cut}, "
             f'so "{dropped[:60]}{"..." if len(dropped) > 60 else ""}" is ignored'
         )
 
@@ -368,7 +383,7 @@ def encode_clip(
         got, promised = clip.reader.short_read
         reporter.warning(
             f"{clip.info.path}: read {got} of {promised} frames, the clip ends early; "
-            f"editing the {got} that were read (--allow-short)"
+            f"editing the {got} that were read ({option_value('allow_short', True)})"
         )
     return torch.cat(latents), digest.hexdigest()
 
@@ -441,7 +456,8 @@ def _trajectory(
         if trajectory.clean.shape != latents.shape:
             raise ConfigError(
                 f"inversion file {config.inversion} holds latents {tuple(trajectory.clean.shape)}, "
-                f"but the selected frames give {tuple(latents.shape)}: use the same --frames and --size"
+                f"but the selected frames give {tuple(latents.shape)}: "
+                f"use the same {option_label('frames')} and {option_label('size')}"
             )
         meta = trajectory.metadata
         if meta.get("fingerprint") and meta["fingerprint"] != model.fingerprint:
@@ -717,7 +733,7 @@ def _to_uint8(images: torch.Tensor) -> np.ndarray:
 def _resolve(config: RunConfig | None, options: dict[str, Any]) -> RunConfig:
     if config is None:
         return load_config(**options)
-    return config.replace(**validate(options)) if options else config
+    return config.replace(**validate(options)).giving(options) if options else config
 
 
 def _size_note(config: RunConfig, clip: _Clip, output: Path, written: tuple[int, int]) -> str:
@@ -764,11 +780,11 @@ def _timing_note(config: RunConfig, clip: _Clip, output: Path, reporter: Reporte
 def _source_timing_note(config: RunConfig, clip: _Clip, reporter: Reporter) -> str:
     """How a variable-rate source is read: resampled (frames dropped are a warning) or kept."""
     if config.keep_timestamps:
-        return "source frame times kept (--keep-timestamps)"
+        return f"source frame times kept ({option_value('keep_timestamps', True)})"
     change = resampling(clip.info, clip.reader.frames)
     if not change.dropped and not change.repeated:
         return ""
-    note = f"{change.summary(clip.info.fps)} (--keep-timestamps keeps its own times)"
+    note = f"{change.summary(clip.info.fps)} ({option_value('keep_timestamps', True)} keeps its own times)"
     if change.dropped:
         reporter.warning(f"{clip.info.path}: {note}")
     return note
@@ -796,7 +812,7 @@ def edit(
     config = _resolve(config, options)
     reporter = _Recording(reporter or SilentReporter())
     if not config.prompt:
-        raise ConfigError("a target prompt is required: pass --prompt TEXT")
+        raise ConfigError(f"a target prompt is required: pass {option_value('prompt', 'TEXT', placeholder=True)}")
     began = time.perf_counter()
     checked = preflight(input, config, reporter, sd=sd)
     timer = profiling.Profile(checked.device) if profile else None
@@ -816,7 +832,7 @@ def load_for_edit(config: RunConfig, checked: Preflight, reporter: Reporter, sd:
     batches = choose_batches(model, config.batch_size, len(clip.reader), clip.reader.size, _branches(editor, propagator))
     inverting = not config.inversion and editor.needs_inversion
     check_schedules(model.new_scheduler(), config.steps, config.inversion_steps if inverting else None)
-    _warn_long_prompts(model, config, reporter, ("--prompt", "--source-prompt", "--negative-prompt"))
+    _warn_long_prompts(model, config, reporter, ("prompt", "source_prompt", "negative_prompt"))
     texts = [config.source_prompt, config.negative_prompt, config.prompt]
     embeds = dict(zip((SOURCE, UNCOND, COND), model.encode_prompt(texts).split(1)))
     return model, batches, embeds
@@ -983,7 +999,7 @@ def build_engines(
     for note in notes:
         reporter.warning(note)
     if size[0] % 8 or size[1] % 8:
-        raise ConfigError(f"--size {size[0]}x{size[1]}: both sides must be multiples of 8")
+        raise ConfigError(f"{option_value('size', f'{size[0]}x{size[1]}')}: both sides must be multiples of 8")
     model = sd or load_model(config.model, device=device, dtype=dtype, revision=config.revision)
     config = config.replace(batch_size=choose_batches(model, config.batch_size, frames, size, _branches(editor, propagator)).unet)
     checked = Preflight(None, editor, propagator, [], engines, strict, device, dtype, config.steps, None)  # type: ignore[arg-type]
@@ -1068,7 +1084,7 @@ def invert_clip(
         batches = choose_batches(model, config.batch_size, len(clip.reader), clip.reader.size)
         config = config.replace(batch_size=batches.unet)
         check_schedules(model.new_scheduler(), config.steps, config.inversion_steps)
-        _warn_long_prompts(model, config, reporter, ("--source-prompt",))
+        _warn_long_prompts(model, config, reporter, ("source_prompt",))
         (source_embeds,) = model.encode_prompt([config.source_prompt]).split(1)
         latents, frames_sha = encode_clip(model, clip, batches.vae, reporter, batches=frames)
     reconstruction = None

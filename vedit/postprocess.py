@@ -36,13 +36,13 @@ apply in order, separated by commas, each ``name[:key=value[:key=value...]]``::
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, Callable, Iterable, Iterator, Protocol
 
 import numpy as np
 
+from .config import check_number, option_label
 from .errors import ConfigError, PluginError, VeditError
 from .flow import DEFAULT_FLOW
 
@@ -147,17 +147,15 @@ def _parse_value(text: str, default: Any) -> Any:
             raise ValueError("an integer") from None
     if isinstance(default, float):
         try:
-            value = float(text)
+            return float(text)
         except ValueError:
             raise ValueError("a number") from None
-        if not math.isfinite(value):
-            raise ValueError("a finite number")
-        return value
     return text
 
 
 def parse(spec: str | None) -> list[tuple[str, list[tuple[str, str]]]]:
     """Split a spec into ``(name, [(key, value), ...])`` items, in order; blank items are skipped."""
+    flag = option_label("postprocess")
     items = []
     for part in (spec or "").split(","):
         if not part.strip():
@@ -165,12 +163,12 @@ def parse(spec: str | None) -> list[tuple[str, list[tuple[str, str]]]]:
         name, *pairs = part.split(":")
         name = name.strip()
         if not name:
-            raise ConfigError(f"--postprocess {part.strip()!r}: a post-processor's name comes first, as name:key=value")
+            raise ConfigError(f"{flag} {part.strip()!r}: a post-processor's name comes first, as name:key=value")
         settings = []
         for pair in pairs:
             key, equals, value = pair.partition("=")
             if not equals or not key.strip():
-                raise ConfigError(f"--postprocess {name}: expected key=value, got {pair.strip()!r}")
+                raise ConfigError(f"{flag} {name}: expected key=value, got {pair.strip()!r}")
             settings.append((key.strip(), value.strip()))
         items.append((name, settings))
     return items
@@ -182,6 +180,7 @@ def resolve(spec: str | None, context: Context | None = None) -> list[Step]:
     from . import plugins
 
     context = context if context is not None else Context()
+    flag = option_label("postprocess")
     steps = []
     for name, pairs in parse(spec):
         plugin = plugins.get("postprocessor", name)
@@ -190,21 +189,23 @@ def resolve(spec: str | None, context: Context | None = None) -> list[Step]:
             raise PluginError(f"post-processor {name!r} has neither open() nor process(); it cannot run")
         options = _options(plugin) if streaming else {}
         if pairs and not options:
-            raise ConfigError(f"--postprocess {name}: takes no settings, got {pairs[0][0]}={pairs[0][1]}")
+            raise ConfigError(f"{flag} {name}: takes no settings, got {pairs[0][0]}={pairs[0][1]}")
         values = dict(options)
         given: set[str] = set()
         for raw_key, text in pairs:
             key = _key(raw_key)
             if key not in options:
                 known = ", ".join(options)
-                raise ConfigError(f"--postprocess {name}: unknown setting {raw_key!r} (known: {known})")
+                raise ConfigError(f"{flag} {name}: unknown setting {raw_key!r} (known: {known})")
             if key in given:
-                raise ConfigError(f"--postprocess {name}: {key} is given twice")
+                raise ConfigError(f"{flag} {name}: {key} is given twice")
             given.add(key)
             try:
                 values[key] = _parse_value(text, options[key])
             except ValueError as expected:
-                raise ConfigError(f"--postprocess {name}: {key} must be {expected}, got {text!r}") from None
+                raise ConfigError(f"{flag} {name}: {key} must be {expected}, got {text!r}") from None
+            if isinstance(values[key], float):
+                check_number(values[key], f"{flag} {name}: {key}")
         settings = {key.replace("-", "_"): value for key, value in values.items()}
         check = getattr(plugin, "check", None)
         if check is not None:
@@ -213,7 +214,7 @@ def resolve(spec: str | None, context: Context | None = None) -> list[Step]:
             except VeditError:
                 raise
             except ValueError as error:
-                raise ConfigError(f"--postprocess {name}: {error}") from None
+                raise ConfigError(f"{flag} {name}: {error}") from None
         steps.append(Step(name, plugin, settings))
     return steps
 

@@ -32,7 +32,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .config import RunConfig
+from .config import RunConfig, option_label, option_value
 from .errors import ConfigError, InputError, OutputError
 from .inversion import Trajectory
 from .pipeline import (
@@ -55,7 +55,6 @@ from .report import Reporter, SilentReporter, Task, duration, open_task
 from .unet import SOURCE
 from .video import _same_location, check_output_folder, check_replaceable, save_png, write_atomically
 
-FLAG = "--preview-frames"
 GAP = 4  # pixels between the pairs of the sheet
 BACKGROUND = 24  # grey of the sheet's background and caption strips
 INK = 235  # grey of the captions
@@ -108,16 +107,17 @@ def parse_frames(frames: Sequence[int] | str | None, total: int, chunk_size: int
     names a value that is not an integer, out of range, given twice, or an empty list."""
     if frames is None:
         return default_frames(total, chunk_size)
+    flag = option_label("preview_frames")
     if isinstance(frames, str):
         items: list[Any] = [part.strip() for part in frames.split(",")]
         if all(not part for part in items):
             items = []
         elif any(not part for part in items):
-            raise ConfigError(f"{FLAG} {frames!r}: an empty entry between commas; give indices such as 0,40,80")
+            raise ConfigError(f"{flag} {frames!r}: an empty entry between commas; give indices such as 0,40,80")
     else:
         items = list(frames)
     if not items:
-        raise ConfigError(f"{FLAG} is empty: give frame indices such as 0,40,80")
+        raise ConfigError(f"{flag} is empty: give frame indices such as 0,40,80")
     chosen: list[int] = []
     for item in items:
         try:
@@ -125,11 +125,11 @@ def parse_frames(frames: Sequence[int] | str | None, total: int, chunk_size: int
                 raise TypeError
             index = int(item) if isinstance(item, str) else item.__index__()
         except (TypeError, ValueError, AttributeError):
-            raise ConfigError(f"{FLAG}: {item!r} is not a frame index (whole numbers such as 0,40,80)") from None
+            raise ConfigError(f"{flag}: {item!r} is not a frame index (whole numbers such as 0,40,80)") from None
         if not 0 <= index < total:
-            raise ConfigError(f"{FLAG}: frame {index} is out of range; the run has {total} frames (0..{total - 1})")
+            raise ConfigError(f"{flag}: frame {index} is out of range; the run has {total} frames (0..{total - 1})")
         if index in chosen:
-            raise ConfigError(f"{FLAG}: frame {index} is given twice")
+            raise ConfigError(f"{flag}: frame {index} is given twice")
         chosen.append(index)
     return sorted(chosen)
 
@@ -212,7 +212,7 @@ def preview(
     config = _resolve(config, options)
     reporter = _Recording(reporter or SilentReporter())
     if not config.prompt:
-        raise ConfigError("a target prompt is required: pass --prompt TEXT")
+        raise ConfigError(f"a target prompt is required: pass {option_value('prompt', 'TEXT', placeholder=True)}")
     output = check_preview_output(output, input, overwrite=config.overwrite)
     checked = preflight(input, config.replace(eval=False), reporter, sd=sd)
     clip, editor, propagator = checked.clip, checked.editor, checked.propagator
@@ -221,7 +221,9 @@ def preview(
     shown = getattr(propagator, "preview", None)
     shown = shown() if shown is not None else propagator
     if config.postprocess:
-        reporter.message("the preview shows the frames before post-processing (--postprocess is not applied)")
+        reporter.message(
+            f"the preview shows the frames before post-processing ({option_label('postprocess')} is not applied)"
+        )
     stages: dict[str, float] = {}
 
     with read_ahead(clip, _reading_batch(config)) as reading:  # reading overlaps loading the model
@@ -253,7 +255,7 @@ def preview(
             if preview_frames is not None and past:
                 raise InputError(
                     f"{clip.info.path}: read {position} of {total} frames, the clip ends early; "
-                    f"{FLAG} {past[0]} is past its end"
+                    f"{option_label('preview_frames')} {past[0]} is past its end"
                 )
             chosen = [k for k in chosen if k < position]
             if not any(k >= (position - 1) // config.chunk_size * config.chunk_size for k in chosen):

@@ -7,6 +7,7 @@ and waits for it, so nothing runs on after the run has ended (or failed).
 
 from __future__ import annotations
 
+import contextvars
 import queue
 import threading
 from typing import Any, Callable, Generic, Iterable, Iterator, TypeVar
@@ -17,6 +18,12 @@ T = TypeVar("T")
 
 _DONE = object()
 _POLL = 0.1  # seconds between checks of the stop flag while a queue is full or empty
+
+
+def _thread(run: Callable[..., None], profile: profiling.Profile | None, name: str) -> threading.Thread:
+    """A daemon thread that runs in the caller's context, so that an error raised there names
+    options as the caller's would (flags under the command line: vedit.config.option_label)."""
+    return threading.Thread(target=contextvars.copy_context().run, args=(run, profile), name=name, daemon=True)
 
 
 class _Failure:
@@ -36,7 +43,7 @@ class ReadAhead(Generic[T]):
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max(1, depth))
         self._stop = threading.Event()
         profile = profiling.current()
-        self._thread = threading.Thread(target=self._run, args=(profile,), name=name, daemon=True)
+        self._thread = _thread(self._run, profile, name)
         self._thread.start()
 
     def _put(self, item: Any) -> bool:
@@ -108,7 +115,7 @@ class WriteBehind(Generic[T]):
         self._stop = threading.Event()
         self._error: BaseException | None = None
         profile = profiling.current()
-        self._thread = threading.Thread(target=self._run, args=(profile,), name=name, daemon=True)
+        self._thread = _thread(self._run, profile, name)
         self._thread.start()
 
     def _run(self, profile: profiling.Profile | None) -> None:

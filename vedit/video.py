@@ -45,6 +45,7 @@ from av.error import FFmpegError
 from PIL import Image, PngImagePlugin
 
 from . import __version__
+from .config import option_label, option_value
 from .errors import ConfigError, InputError, OutputError, VeditError
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"})
@@ -426,18 +427,19 @@ class FrameRange:
     max_frames: int | None = None
 
     def __post_init__(self) -> None:
+        where = option_label("frames")
         if self.start < 0:
-            raise ConfigError(f"--frames: start must be 0 or more, got {self.start}")
+            raise ConfigError(f"{where}: start must be 0 or more, got {self.start}")
         if self.stop is not None and self.stop < 0:
             raise ConfigError(
-                f"--frames: stop must be 0 or more, got {self.stop}; counting from the end is not supported"
+                f"{where}: stop must be 0 or more, got {self.stop}; counting from the end is not supported"
             )
         if self.stop is not None and self.stop <= self.start:
-            raise ConfigError(f"--frames: {self} selects no frames; stop must be greater than start")
+            raise ConfigError(f"{where}: {self} selects no frames; stop must be greater than start")
         if self.step < 1:
-            raise ConfigError(f"--frames: step must be 1 or more, got {self.step}")
+            raise ConfigError(f"{where}: step must be 1 or more, got {self.step}")
         if self.max_frames is not None and self.max_frames < 1:
-            raise ConfigError(f"--max-frames: must be 1 or more, got {self.max_frames}")
+            raise ConfigError(f"{option_label('max_frames')}: must be 1 or more, got {self.max_frames}")
 
     @classmethod
     def parse(cls, text: str | None, max_frames: int | None = None) -> "FrameRange":
@@ -446,11 +448,11 @@ class FrameRange:
             return cls(max_frames=max_frames)
         parts = text.strip().split(":")
         if len(parts) not in (2, 3):
-            raise ConfigError(f"--frames: expected START:STOP:STEP such as 0:100:2, got {text!r}")
+            raise ConfigError(f"{option_label('frames')}: expected START:STOP:STEP such as 0:100:2, got {text!r}")
         try:
             numbers = [int(part) if part.strip() else None for part in parts]
         except ValueError:
-            raise ConfigError(f"--frames: expected whole numbers as in 0:100:2, got {text!r}") from None
+            raise ConfigError(f"{option_label('frames')}: expected whole numbers as in 0:100:2, got {text!r}") from None
         start, stop = numbers[0], numbers[1]
         step = numbers[2] if len(numbers) == 3 else None
         return cls(
@@ -471,8 +473,10 @@ class FrameRange:
         return f"{self.start}:{stop}:{self.step}"
 
 
-def parse_size(text: str, option: str = "--size") -> tuple[int, int]:
-    """Parse ``WxH`` (``512x320``) into ``(width, height)``; errors name ``option``."""
+def parse_size(text: str, option: str | None = None) -> tuple[int, int]:
+    """Parse ``WxH`` (``512x320``) into ``(width, height)``; errors name ``option`` (``size``'s
+    flag or keyword by default)."""
+    option = option or option_label("size")
     match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text or "")
     if match is None:
         raise ConfigError(f"{option}: expected WIDTHxHEIGHT such as 512x512, got {text!r}")
@@ -499,7 +503,8 @@ def working_size(
         w, h = size
         if w < 1 or h < 1 or w % multiple or h % multiple:
             raise ConfigError(
-                f"--size: {w}x{h} is not allowed; width and height must be positive multiples of {multiple}"
+                f"{option_label('size')}: {w}x{h} is not allowed; "
+                f"width and height must be positive multiples of {multiple}"
             )
         return int(w), int(h)
     if width < 1 or height < 1:
@@ -818,7 +823,7 @@ class FrameReader:
     def batches(self, batch_size: int) -> Iterator[np.ndarray]:
         """Frames in ``(b, H, W, 3)`` batches; the last one may be shorter."""
         if batch_size < 1:
-            raise ConfigError(f"--batch-size: must be 1 or more, got {batch_size}")
+            raise ConfigError(f"{option_label('batch_size')}: must be 1 or more, got {batch_size}")
         batch: list[np.ndarray] = []
         for frame in self:
             batch.append(frame)
@@ -845,7 +850,7 @@ class FrameReader:
 
     def _nothing_selected(self) -> str:
         return (
-            f"{self.path}: no frames selected by --frames {self.frames} "
+            f"{self.path}: no frames selected by {option_value('frames', str(self.frames))} "
             f"(the clip has {self._total} frames); choose a range inside the clip"
         )
 
@@ -882,7 +887,7 @@ class FrameReader:
         if produced == 0:
             truncated = self.indices.start < total - self._short_tolerance()
             raise InputError(
-                f"{self.path}: no frames selected by --frames {self.frames}; the clip ends before "
+                f"{self.path}: no frames selected by {option_value('frames', str(self.frames))}; the clip ends before "
                 f"frame {self.indices.start}"
                 + (f" although it claims {total} frames (it may be truncated)" if truncated else "")
                 + ", choose a range inside the clip"
@@ -897,7 +902,7 @@ class FrameReader:
         if not self.allow_short:
             raise InputError(
                 f"{self.path}: read {produced} of {promised} frames; the file is truncated or damaged "
-                f"(pass --allow-short to edit the {produced} frames that could be read)"
+                f"(pass {option_value('allow_short', True)} to edit the {produced} frames that could be read)"
             )
         self._record_short(produced, promised)
 
@@ -990,7 +995,8 @@ class FrameReader:
             raise InputError(
                 f"{self.path}: decoding failed after {produced} frames ({stderr.last_error()}); "
                 "the file looks damaged, re-encode or replace it"
-                + (f" (or pass --allow-short to edit the {produced} frames before it)" if produced else "")
+                + (f" (or pass {option_value('allow_short', True)} to edit the {produced} frames before it)"
+                   if produced else "")
             )
         if produced < len(self.frames.indices(self._promised_total)):
             self._finish(produced)
