@@ -14,7 +14,7 @@ from typing import Iterator, Optional
 
 import typer
 
-from vedit.hookspecs import hookimpl
+from vedit.plugins.hookspecs import hookimpl
 
 _JSON = "Print the JSON document on stdout instead of the table."
 _SAVE = "Write the results to this file (default: bench/results/<suite>-<host>-<device>-<date>.json)."
@@ -29,7 +29,7 @@ _PEAK = "Also measure the matmul peak (a large GEMM) and show each figure's frac
 @contextlib.contextmanager
 def _errors() -> Iterator[None]:
     """Errors a user can cause end in one line and their exit code, like every vedit command."""
-    from vedit.cli import user_errors
+    from vedit.cli.app import user_errors
 
     with user_errors():
         yield
@@ -329,8 +329,8 @@ def register_commands(app):
             import torch
 
             from vedit.errors import ConfigError
-            from vedit.models import dtype_name
-            from vedit.video import parse_size
+            from vedit.model.models import dtype_name
+            from vedit.io.video import parse_size
 
             from .checksums import run_checksums_suite
 

@@ -8,7 +8,7 @@ stream, elsewhere from ``time.perf_counter``.
 
 FLOPs: :func:`count_flops` runs a function under ``torch.utils.flop_counter.FlopCounterMode`` with
 fake tensors (shapes and dtypes only, no arithmetic), so counting a whole UNet pass at its real
-shape costs seconds, not a forward. :func:`pass_flops` counts one of :mod:`vedit.passes`' modules at
+shape costs seconds, not a forward. :func:`pass_flops` counts one of :mod:`vedit.method.passes`' modules at
 a given batch and latent size, once per process.
 
 Results: :func:`results_path` names ``bench/results/<suite>-<host>-<device>-<date>.json``; every
@@ -37,7 +37,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
-from vedit.profiling import synchronize
+from vedit.runtime.profiling import synchronize
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -58,7 +58,7 @@ RESULTS_ENV = "VEDIT_BENCH_RESULTS"
 
 def synthetic_clip(path: Path, frames: int, size: tuple[int, int], fps: Fraction = Fraction(24)) -> Path:
     """A moving test pattern made with ffmpeg (no file needed on disk beforehand)."""
-    from vedit.video import find_ffmpeg
+    from vedit.io.video import find_ffmpeg
 
     cmd = [
         find_ffmpeg(), "-v", "error", "-y", "-f", "lavfi",
@@ -294,7 +294,7 @@ def pass_inputs(
     ``frames`` frames with the records of keyframes [1, 0] of a two-keyframe pass run through
     ``passes``). ``embeds`` (3, 77, D) are the three prompts' embeddings (random when None). Works
     under ``FakeTensorMode`` too."""
-    from vedit.passes import select_keyframes
+    from vedit.method.passes import select_keyframes
 
     device, dtype = sd.device, sd.dtype
     width = sd.text_encoder.config.hidden_size
@@ -324,7 +324,7 @@ def pass_inputs(
 
 
 def call_pass(passes: Any, name: str, inputs: Sequence[torch.Tensor]) -> Any:
-    """Run pass ``name`` of a :class:`vedit.engine.Passes` on ``inputs`` (from :func:`pass_inputs`)."""
+    """Run pass ``name`` of a :class:`vedit.runtime.engine.Passes` on ``inputs`` (from :func:`pass_inputs`)."""
     if name == "plain":
         return passes.plain(*inputs, kind="bench")
     if name == "frames":
@@ -342,7 +342,7 @@ def pass_flops(
     per (model, dtype, device, pass, frames, size, injection layers) in a process. None when the
     pass cannot be counted (the reason goes to ``notes``)."""
     from vedit import plugins
-    from vedit.engine import Passes
+    from vedit.runtime.engine import Passes
 
     key = (id(sd), sd.fingerprint, str(sd.dtype), str(sd.device), name, frames, h, w, tuple(conv_layers), tuple(qk_layers))
     if key in _FLOPS:
@@ -493,7 +493,7 @@ def device_info(device: torch.device | str) -> dict[str, Any]:
 def _dtype_text(dtype: torch.dtype | str | None) -> str | None:
     """fp32, fp16, bf16 (vedit's option names) for a torch dtype."""
     if isinstance(dtype, torch.dtype):
-        from vedit.models import dtype_name
+        from vedit.model.models import dtype_name
 
         return dtype_name(dtype)
     return dtype
@@ -587,7 +587,7 @@ def resolve_save(suite: str, device: str | torch.device, save: str | None, no_sa
         return None
     if save:
         return save
-    from vedit.models import resolve_device
+    from vedit.model.models import resolve_device
 
     return str(results_path(suite, resolve_device(device)))
 

@@ -3,7 +3,7 @@
 
 Each way starts from an empty output folder and an empty inversion cache, so each inverts every
 clip once and makes every edit: the same work, counted (edits, inversions computed, model loads,
-UNet forwards). The time is the wall clock of :func:`vedit.batch.run_batch`, worker start-up and
+UNet forwards). The time is the wall clock of :func:`vedit.batch.run.run_batch`, worker start-up and
 model loading included; starting the Ray cluster itself is timed apart (``ray_start_s``). Outputs of
 the pool and of Ray are compared with the serial ones byte for byte.
 
@@ -43,10 +43,10 @@ def run_batch_suite(
 ) -> dict:
     import torch
 
-    from vedit.batch import _import_ray, _Ray, choose_backend, plan_batch, run_batch
+    from vedit.batch.run import _import_ray, _Ray, choose_backend, plan_batch, run_batch
     from vedit.errors import ConfigError
-    from vedit.models import resolve_device, resolve_dtype
-    from vedit.video import parse_size
+    from vedit.model.models import resolve_device, resolve_dtype
+    from vedit.io.video import parse_size
 
     unknown = [m for m in modes if m not in MODES]
     if unknown:
@@ -125,7 +125,7 @@ def run_batch_suite(
 def _lavfi_clip(path: Path, source: str, frames: int, size: tuple[int, int]) -> Path:
     import subprocess
 
-    from vedit.video import find_ffmpeg
+    from vedit.io.video import find_ffmpeg
 
     cmd = [find_ffmpeg(), "-v", "error", "-y", "-f", "lavfi", "-i", f"{source}=size={size[0]}x{size[1]}:rate=24",
            "-frames:v", str(frames), "-c:v", "libx264", "-pix_fmt", "yuv420p", "-crf", "10", str(path)]  # fmt: skip

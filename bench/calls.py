@@ -1,7 +1,7 @@
 """What one UNet call costs: a plain diffusers forward beside vedit's plain pass, allocator fix off and on.
 
 Two fresh processes, one with ``VEDIT_ALLOCATOR=system`` (glibc as it comes) and one with the
-default (``auto``, see :mod:`vedit.runtime`). Each loads the model once and, on the same weights
+default (``auto``, see :mod:`vedit.runtime.allocator`). Each loads the model once and, on the same weights
 and the same inputs, calls two things in alternation (the order swapped every round):
 
 - *plain*: ``unet(latents, t, encoder_hidden_states=text)`` on a second ``UNet2DConditionModel``
@@ -43,10 +43,11 @@ def probe(args: argparse.Namespace) -> dict:
     import torch
     from diffusers import UNet2DConditionModel
 
-    from vedit import plugins, runtime
-    from vedit.engine import Passes
-    from vedit.models import PROMPT_LENGTH, load_model
-    from vedit.video import parse_size
+    from vedit import plugins
+    from vedit.runtime import allocator as runtime
+    from vedit.runtime.engine import Passes
+    from vedit.model.models import PROMPT_LENGTH, load_model
+    from vedit.io.video import parse_size
 
     width, height = parse_size(args.size)
     sd = load_model(args.model, device=args.device, dtype=args.dtype)

@@ -1,4 +1,4 @@
-"""What the checksums of :mod:`vedit.checksums` cost: the hashes' speed, an edit's read of its
+"""What the checksums of :mod:`vedit.cache.checksums` cost: the hashes' speed, an edit's read of its
 trajectory with and without its checks, and the check of an engine cache file.
 
 * ``hash``: CRC-32 (zlib, which vedit uses), SHA-256 and BLAKE2b over one buffer in memory, taking
@@ -11,8 +11,8 @@ trajectory with and without its checks, and the check of an engine cache file.
   read from the page cache: that is the check's worst case, since from a disk the read costs more
   and the hashing no more. ``added_s`` (B − A, medians) is what the checks add to an edit.
 * ``engine file``: one file of ``file_gb`` GB checked as the engine cache checks every file on
-  every load (:func:`vedit.checksums.file_digest`), against the SHA-256 that entries built before
-  checksums are checked with (:func:`vedit.checksums.file_sha256`), from the page cache.
+  every load (:func:`vedit.cache.checksums.file_digest`), against the SHA-256 that entries built before
+  checksums are checked with (:func:`vedit.cache.checksums.file_sha256`), from the page cache.
 
 Every figure is given on two clocks: ``wall`` (``time.perf_counter``) and ``thread cpu``, the
 calling thread's CPU time (``time.thread_time``), which time spent waiting for a core that another
@@ -76,9 +76,9 @@ def _trajectory_files(folder: Path, frames: int, size: tuple[int, int], steps: i
     from diffusers import DDIMScheduler
     from safetensors.torch import save_file
 
-    from vedit.checksums import KEY
-    from vedit.inversion import Trajectory, TrajectoryWriter, inversion_timesteps, sampling_timesteps
-    from vedit.models import SD_SCHEDULER_CONFIG
+    from vedit.cache.checksums import KEY
+    from vedit.method.inversion import Trajectory, TrajectoryWriter, inversion_timesteps, sampling_timesteps
+    from vedit.model.models import SD_SCHEDULER_CONFIG
 
     scheduler = DDIMScheduler(**SD_SCHEDULER_CONFIG)
     timesteps = sampling_timesteps(scheduler, steps)
@@ -100,7 +100,7 @@ def _trajectory_files(folder: Path, frames: int, size: tuple[int, int], steps: i
 
 def _read_as_an_edit(path: Path) -> None:
     """Load a trajectory file and take each step's latents once, as an edit does."""
-    from vedit.inversion import Trajectory
+    from vedit.method.inversion import Trajectory
 
     trajectory = Trajectory.load(path)
     for t in trajectory.timesteps:
@@ -131,8 +131,8 @@ def run_checksums_suite(
     json_out: bool = False,
     save: str | None = None,
 ) -> dict:
-    from vedit.checksums import file_digest, file_sha256
-    from vedit.models import dtype_name
+    from vedit.cache.checksums import file_digest, file_sha256
+    from vedit.model.models import dtype_name
 
     say(f"bench checksums: hashing {hash_mb} MB in memory")
     data = memoryview(np.random.default_rng(0).bytes(hash_mb << 20))

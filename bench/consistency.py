@@ -4,7 +4,7 @@ The clip is a smoothed random colour texture that moves right by exactly one lat
 per frame, so the VAE's latents translate by a whole token; the source clip's DIS flow follows it
 (the source scores 0.05 ×10⁻³ along its own flow). Both propagators run through the real
 :func:`vedit.pipeline.edit`; the figure is the warp error ``vedit eval`` reports
-(:func:`vedit.metrics.pair_warp_error` along :func:`vedit.flow.pair_flows` of the source, same
+(:func:`vedit.quality.metrics.pair_warp_error` along :func:`vedit.quality.flow.pair_flows` of the source, same
 mask), ×10⁻³, of the written frames. The same error is also taken on the edited latents (captured
 on their way to the VAE decoder) along the flow averaged down to the latent grid and divided by 8
 (a token is left out when any pixel it covers is), because the tiny model's random VAE decoder
@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vedit.hookspecs import hookimpl
+from vedit.plugins.hookspecs import hookimpl
 
 from ._common import console, save_json, show
 
@@ -96,7 +96,7 @@ def consistency_model(
 
     See the module docstring for why each change is made and what was measured without it.
     """
-    from vedit.models import load_model
+    from vedit.model.models import load_model
 
     sd = load_model(f"tiny@{seed}", device="cpu", dtype="fp32")
     images = torch.from_numpy(clip).permute(0, 3, 1, 2).float() / 255
@@ -143,8 +143,8 @@ class ScrambledPlugin:
 
 def edit_with_latents(sd, source: Path, output: Path, **options: Any) -> tuple[np.ndarray, np.ndarray]:
     """Run :func:`vedit.pipeline.edit`; return the written frames (N, H, W, 3) and the edited latents (N, 4, h, w)."""
-    from vedit.pipeline import edit
-    from vedit.video import FrameReader
+    from vedit.pipeline.stages import edit
+    from vedit.io.video import FrameReader
 
     captured: list[torch.Tensor] = []
     decode = sd.decode_latents
@@ -177,9 +177,9 @@ def latent_pairs(pairs: list, factor: int = 8) -> list[tuple[np.ndarray, np.ndar
 
 
 def clip_warp_error(frames: np.ndarray, flows: list[tuple[np.ndarray, np.ndarray]]) -> float:
-    """Warp error ×10⁻³ (:func:`vedit.metrics.pair_warp_error`, the code ``vedit eval`` uses) of
+    """Warp error ×10⁻³ (:func:`vedit.quality.metrics.pair_warp_error`, the code ``vedit eval`` uses) of
     (N, H, W, C) frames along per-pair (forward flow, excluded mask)."""
-    from vedit.metrics import WarpError, pair_warp_error
+    from vedit.quality.metrics import WarpError, pair_warp_error
 
     error = WarpError()
     for t, (forward, excluded) in enumerate(flows):
@@ -202,7 +202,7 @@ def measure(
 ) -> dict[str, Any]:
     """Warp errors of ``tokenflow``, ``none`` (and the scrambled control) for one model seed."""
     from vedit import plugins
-    from vedit.flow import flow_backend, pair_flows
+    from vedit.quality.flow import flow_backend, pair_flows
 
     workdir = Path(workdir)
     source = workdir / "source"
@@ -244,7 +244,7 @@ def run_consistency_suite(
     guidance: float = GUIDANCE,
 ) -> list[dict]:
     """Measure every seed, print one table and optionally save the rows as JSON."""
-    from vedit.video import parse_size
+    from vedit.io.video import parse_size
 
     torch.set_num_threads(1)  # the tiny model is faster on one thread, and the figures do not depend on it
     working = parse_size(size)

@@ -63,7 +63,7 @@ PROMPT, SOURCE_PROMPT = "a watercolor painting", "a test pattern"
 
 def profile_supported() -> bool:
     """Whether :func:`vedit.pipeline.edit` takes ``profile=True`` (per-component seconds)."""
-    from vedit.pipeline import edit
+    from vedit.pipeline.stages import edit
 
     return "profile" in inspect.signature(edit).parameters
 
@@ -88,8 +88,8 @@ class _Config:
 
     def __init__(self, settings: dict[str, Any], extra: dict[str, Any], label: str, workdir: Path, models: dict, clips: dict, notes: list[str]):
         from vedit.config import RunConfig, validate
-        from vedit.models import dtype_name, load_model
-        from vedit.video import parse_size
+        from vedit.model.models import dtype_name, load_model
+        from vedit.io.video import parse_size
 
         self.settings, self.label, self.workdir, self.notes = settings, label, workdir, notes
         width, height = parse_size(settings["size"])
@@ -116,7 +116,7 @@ class _Config:
         self.profile = profile_supported()
 
     def run(self) -> tuple[dict[str, float], Any]:
-        from vedit.pipeline import edit
+        from vedit.pipeline.stages import edit
 
         self.runs += 1
         cache = "cache-shared" if self.settings["reuse_inversion"] else f"cache-{self.label}-{self.runs}"
@@ -139,7 +139,7 @@ class _Config:
         n, b, batch = self.settings["frames"], self.settings["chunk_size"], self.settings["batch_size"]
         layers: dict[str, Any] = {}
         if self.settings["editor"] == "pnp":
-            from vedit_plugins.pnp import CONV_LAYERS, QK_LAYERS
+            from vedit_plugins.editors.pnp import CONV_LAYERS, QK_LAYERS
 
             layers = {"conv_layers": CONV_LAYERS, "qk_layers": QK_LAYERS}
         h, w = self.size[1] // 8, self.size[0] // 8
@@ -240,7 +240,7 @@ def run_edit_suite(
     base settings and the same with those overrides, alternately, and their ratio pair by pair.
     ``options`` are further :class:`vedit.config.RunConfig` fields for both configurations."""
     from vedit.errors import ConfigError
-    from vedit.models import resolve_device
+    from vedit.model.models import resolve_device
 
     if repeats < 1:
         raise ConfigError("--repeats must be 1 or more")

@@ -1,7 +1,7 @@
-"""DDIM inversion speed: frames per second of :func:`vedit.inversion.invert` through each engine.
+"""DDIM inversion speed: frames per second of :func:`vedit.method.inversion.invert` through each engine.
 
 This is the inversion stage of an edit alone, run the way the pipeline runs it
-(:func:`vedit.pipeline.invert_latents`): the plain pass through a :class:`vedit.engine.Passes`,
+(:func:`vedit.pipeline.invert_latents`): the plain pass through a :class:`vedit.runtime.engine.Passes`,
 batches of ``batch`` frames, the source prompt, ``inversion_steps`` steps keeping the latents at
 the ``steps``-step schedule. The latents are random (the UNet's cost does not depend on their
 values), so no clip is read or encoded. One call of the timed function is one whole inversion of
@@ -50,8 +50,8 @@ class _Session:
     """One configuration: its model and, per engine, the runner of its plain pass."""
 
     def __init__(self, settings: dict[str, Any], models: dict, cache, notes: list[str], *, own_model: bool = False):
-        from vedit.models import load_model
-        from vedit.video import parse_size
+        from vedit.model.models import load_model
+        from vedit.io.video import parse_size
 
         self.settings = settings
         width, height = parse_size(settings["size"])
@@ -71,13 +71,13 @@ class _Session:
 
     def runner(self, engine: str):
         from vedit import plugins
-        from vedit.engine import Passes
+        from vedit.runtime.engine import Passes
 
         batches = {"plain": sorted({b for size in self.batches for b in _split(self.settings["frames"], size)})}
         return Passes(self.sd, [plugins.get("engine", engine)], strict=True, cache=self.cache, message=self.notes.append, batches=batches)
 
     def invert_once(self, passes, batch: int):
-        from vedit.inversion import invert
+        from vedit.method.inversion import invert
 
         def unet(latents, t, text):
             return passes.plain(latents, t.reshape(()), text, kind="inversion")
@@ -128,9 +128,9 @@ def run_invert_suite(
     save: str | None = None,
 ) -> dict[str, Any]:
     from vedit import plugins
-    from vedit.engine import EngineCache
+    from vedit.runtime.engine import EngineCache
     from vedit.errors import ConfigError
-    from vedit.models import resolve_device
+    from vedit.model.models import resolve_device
 
     from ._common import parse_vs
 
@@ -207,7 +207,7 @@ def _run_plain(base, models, cache, notes, *, repeats, warmup, peak, not_run) ->
 def _run_vs(base, overrides, models, cache, notes, *, repeats, warmup, peak, not_run) -> dict[str, Any]:
     other = {**base, **overrides}
     if "device" in overrides:
-        from vedit.models import resolve_device
+        from vedit.model.models import resolve_device
 
         other["device"] = str(resolve_device(other["device"]))
     sessions = {"A": _Session(base, models, cache, notes), "B": _Session(other, models, cache, notes, own_model=True)}

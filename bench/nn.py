@@ -12,7 +12,7 @@ against seq keys per block. For SD 1.5 / 2.1 at 512×512 (64×64 latents) the bl
 
 Each backend registered here and able to run is timed at each size, plus ``in-graph``: the
 search the propagation pass makes itself when the backend is traceable (the ``torch`` backend),
-``vedit.passes.cosine_nearest_tokens`` on (B, seq, dim) queries. After a warm-up call of each,
+``vedit.method.passes.cosine_nearest_tokens`` on (B, seq, dim) queries. After a warm-up call of each,
 ``repeats`` rounds time every backend once in turn (CUDA: events on the current stream, then a
 synchronise; elsewhere the wall clock), so a drifting machine load falls on all alike, and the
 median, min and max are reported, with the ratio of each backend to ``torch`` and to ``in-graph``
@@ -44,7 +44,7 @@ SEARCHES_PER_BLOCK = 2  # keyframe i and keyframe i−1 (chunk 0 searches its on
 def _searches(names: list[str] | None, device: torch.device) -> dict[str, Callable]:
     """name -> callable(queries (B, seq, dim), keys (seq, dim)) -> indices (B·seq,)."""
     from vedit import plugins
-    from vedit.passes import cosine_nearest_tokens
+    from vedit.method.passes import cosine_nearest_tokens
 
     found: dict[str, Callable] = {}
     skipped: list[str] = []
@@ -148,7 +148,7 @@ def run_nn_suite(
     ``threads`` limits torch's and FAISS's CPU threads for the run; ``clock="cpu"`` (CPU, one
     thread only) times the calling thread's CPU time, which a machine busy with other work does
     not inflate the way it inflates the wall clock."""
-    from vedit.models import resolve_device, resolve_dtype
+    from vedit.model.models import resolve_device, resolve_dtype
 
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
@@ -161,7 +161,7 @@ def run_nn_suite(
 
 
 def _measure(seqs, chunk_size, backends, dev, dt, repeats, save, clock) -> list[dict]:
-    from vedit.models import dtype_name
+    from vedit.model.models import dtype_name
 
     searches = _searches(backends, dev)
     load = os.getloadavg() if hasattr(os, "getloadavg") else None

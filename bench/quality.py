@@ -4,7 +4,7 @@ For every clip (``PATH`` or ``PATH:FRAMES``, the first FRAMES frames), every mod
 ``consistency``: the consistency test's corrected tiny model, :func:`consistency_model`) and every
 propagator (``none``, ``tokenflow``), one real :func:`vedit.pipeline.edit` per post-processing
 variant (none, then each post-processor alone) writes the clip at the working size; all of them
-are then scored in one pass over the source with :func:`vedit.metrics.warp_errors`, the code
+are then scored in one pass over the source with :func:`vedit.quality.metrics.warp_errors`, the code
 ``vedit eval`` uses, along the source's own flow, which also gives the source's floor; as there,
 pairs of a source frame that the constant-rate reading shows twice are not measured. Edits of a
 clip share one cached inversion per model.
@@ -40,8 +40,8 @@ def parse_clip(spec: str) -> tuple[Path, int | None]:
 
 def _model(name: str, path: Path, frames: int | None, size: tuple[int, int]):
     """The model ``name``, its weights drawn from seed 0 whatever the edits' seed."""
-    from vedit.models import load_model
-    from vedit.video import FrameRange, FrameReader
+    from vedit.model.models import load_model
+    from vedit.io.video import FrameRange, FrameReader
 
     if name == "tiny":
         return load_model("tiny", device="cpu", dtype="fp32")
@@ -56,10 +56,10 @@ def measure_clip(
     models=MODELS, postprocessors=POSTPROCESSORS,
 ) -> list[dict[str, Any]]:
     """Edit one clip every way and score every output; one row per (model, propagator)."""
-    from vedit.flow import flow_backend
-    from vedit.metrics import warp_errors
-    from vedit.pipeline import edit
-    from vedit.video import FrameRange, FrameReader, resampling
+    from vedit.quality.flow import flow_backend
+    from vedit.quality.metrics import warp_errors
+    from vedit.pipeline.stages import edit
+    from vedit.io.video import FrameRange, FrameReader, resampling
 
     from .consistency import GUIDANCE
 
@@ -101,7 +101,7 @@ def measure_clip(
 def run_quality_suite(
     clips: list[str], *, size: str, steps: int, seed: int, chunk_size: int, flow: str, save: str | None,
 ) -> list[dict[str, Any]]:
-    from vedit.video import parse_size
+    from vedit.io.video import parse_size
 
     torch.set_num_threads(1)  # the tiny model is faster on one thread; the figures do not depend on it
     working = parse_size(size)

@@ -67,11 +67,11 @@ def run_unet_suite(
     save: str | None = None,
 ) -> dict[str, Any]:
     from vedit import plugins
-    from vedit.engine import EngineCache, Passes
+    from vedit.runtime.engine import EngineCache, Passes
     from vedit.errors import ConfigError
-    from vedit.models import dtype_name, load_model
-    from vedit.video import parse_size
-    from vedit_plugins.pnp import CONV_LAYERS, QK_LAYERS
+    from vedit.model.models import dtype_name, load_model
+    from vedit.io.video import parse_size
+    from vedit_plugins.editors.pnp import CONV_LAYERS, QK_LAYERS
 
     if isinstance(batches, str):
         batches = [int(b) for b in batches.split(",") if b.strip()]

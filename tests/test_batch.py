@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import make_clip, one_error_line
-from vedit.batch import (
+from vedit.batch.run import (
     FAILED_EXIT_CODE,
     KILL_ONCE_ENV,
     SIDECAR_FORMAT,
@@ -31,8 +31,8 @@ from vedit.batch import (
     sidecar_path,
 )
 from vedit.config import RunConfig
-from vedit.video import written_by_vedit
-from vedit.cli import create_app
+from vedit.io.video import written_by_vedit
+from vedit.cli.app import create_app
 
 # Small enough that an edit takes a few seconds on one CPU thread with the tiny model.
 RUN = {"model": "tiny", "steps": 1, "inversion-steps": 1, "chunk-size": 4, "source-prompt": "a test pattern"}
@@ -42,7 +42,7 @@ PROMPTS = ["a watercolor painting", "an oil painting"]
 def vedit(*args, cwd: Path | None = None):
     app = create_app()
     if "batch" not in {c.name for c in app.registered_commands}:  # until vedit/cli.py adds it itself
-        from vedit.batch_cli import add_batch_command
+        from vedit.cli.batch import add_batch_command
 
         add_batch_command(app)
     old = os.getcwd()
@@ -84,7 +84,7 @@ def clips(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def alone(clips, tmp_path_factory) -> dict[tuple[str, str], bytes]:
     """Every (clip, prompt) edited alone, as `vedit run` would: its own model, its own inversion."""
-    from vedit.pipeline import edit
+    from vedit.pipeline.stages import edit
 
     folder = tmp_path_factory.mktemp("alone")
     options = {k.replace("-", "_"): v for k, v in RUN.items()}
@@ -244,7 +244,7 @@ def test_batch_in_this_process_matches_edits_run_alone_inverts_each_clip_once_an
 
 
 def test_two_seeds_of_one_built_model_invert_each_clip_once_and_other_weights_are_their_own_group(tmp_path, clips):
-    from vedit.pipeline import edit
+    from vedit.pipeline.stages import edit
 
     path = job_file(tmp_path / "jobs.toml", [
         {"input": str(clips / "pattern.mp4"), "prompt": "x", "seeds": [1, 2], "output": "out/{seed}.mp4"},

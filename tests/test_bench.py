@@ -11,7 +11,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from vedit.cli import create_app
+from vedit.cli.app import create_app
 from vedit.errors import ConfigError, InputError
 from vedit_bench import _common
 from vedit_bench._common import (
@@ -81,7 +81,7 @@ def test_cpu_attention_is_counted():
 
 
 def test_pass_flops_are_counted_once_and_scale_with_the_batch():
-    from vedit.models import load_model
+    from vedit.model.models import load_model
 
     sd = load_model("tiny", device="cpu", dtype="fp32")
     one = _common.pass_flops(sd, "plain", 1, 8, 8)
@@ -304,9 +304,9 @@ def test_bench_edit_vs_runs_both_configurations_alternately():
 
 def test_bench_quality_scores_every_variant_along_the_source_flow(tmp_path):
     from conftest import make_clip
-    from vedit.flow import flow_backend
-    from vedit.metrics import warp_error
-    from vedit.video import FrameReader
+    from vedit.quality.flow import flow_backend
+    from vedit.quality.metrics import warp_error
+    from vedit.io.video import FrameReader
     from vedit_bench.quality import measure_clip, parse_clip
 
     assert parse_clip("a/b.avi:40") == (Path("a/b.avi"), 40) and parse_clip("c:/x.avi") == (Path("c:/x.avi"), None)
@@ -326,7 +326,7 @@ def test_bench_quality_scores_every_variant_along_the_source_flow(tmp_path):
 
 def test_bench_quality_leaves_out_pairs_of_a_repeated_source_frame_as_vedit_eval_does(tmp_path):
     from test_video_timing import gapped_clip
-    from vedit.evaluate import evaluate
+    from vedit.quality.evaluate import evaluate
     from vedit_bench.quality import measure_clip
 
     clip = gapped_clip(tmp_path / "gapped.mp4")  # at its average rate: 18 frames, frame 1 twice

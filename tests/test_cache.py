@@ -12,11 +12,11 @@ import torch
 from safetensors import SafetensorError
 from typer.testing import CliRunner
 
-import vedit.inversion as inversion
+import vedit.method.inversion as inversion
 from conftest import one_error_line
-from vedit.cli import create_app
+from vedit.cli.app import create_app
 from vedit.errors import ConfigError, OutputError
-from vedit.inversion import MB, CacheEntry, InversionCache, Trajectory, describe_age, gb_to_bytes
+from vedit.method.inversion import MB, CacheEntry, InversionCache, Trajectory, describe_age, gb_to_bytes
 
 AS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 

@@ -14,20 +14,20 @@ from PIL import Image
 
 from conftest import make_clip
 from test_cli import FAST, one_error_line, streams, vedit
-from vedit.video import FrameReader
+from vedit.io.video import FrameReader
 
 
 @pytest.fixture
 def no_heavy_work(monkeypatch):
     """Fail the test if the model is loaded or a frame is decoded: the check must come first."""
-    import vedit.models
-    import vedit.video
+    import vedit.model.models
+    import vedit.io.video
 
     def refuse(*args, **kwargs):
         raise AssertionError("heavy work started before the options were checked")
 
-    monkeypatch.setattr(vedit.models, "load_model", refuse)
-    monkeypatch.setattr(vedit.video.FrameReader, "__iter__", refuse)
+    monkeypatch.setattr(vedit.model.models, "load_model", refuse)
+    monkeypatch.setattr(vedit.io.video.FrameReader, "__iter__", refuse)
 
 
 def _refused(tmp_path, clip, *args, code=4):
@@ -129,12 +129,12 @@ def test_a_number_that_is_not_finite_in_vedit_toml_is_refused_first(clip, tmp_pa
      "try --dtype fp16, a smaller --size, --chunk-size or --batch-size"),
 ])  # fmt: skip
 def test_running_out_of_memory_is_one_line_that_fits_the_memory_that_ran_out(clip, tmp_path, monkeypatch, error, hint):
-    import vedit.pipeline
+    import vedit.pipeline.stages
 
     def out_of_memory(*args, **kwargs):
         raise error
 
-    monkeypatch.setattr(vedit.pipeline, "encode_clip", out_of_memory)
+    monkeypatch.setattr(vedit.pipeline.stages, "encode_clip", out_of_memory)
     line = _refused(tmp_path, clip, *FAST, code=7)
     detail = str(error).splitlines()[0][:120] if str(error) else "allocation failed"
     assert line == f"vedit: error: out of memory ({detail}): {hint}"
@@ -162,7 +162,7 @@ def test_text_with_brackets_and_colons_is_shown_literally(clip, tmp_path):
 
 def test_plugin_reasons_keep_their_brackets():
     from vedit import plugins
-    from vedit.hookspecs import hookimpl
+    from vedit.plugins.hookspecs import hookimpl
 
     class NeedsExtra:
         name = "needs-extra"
@@ -222,7 +222,7 @@ def test_progress_is_printed_as_lines_when_stderr_is_not_a_terminal(clip, tmp_pa
 def test_plain_progress_gives_frames_per_second_and_time_left_without_the_steps_done_before(monkeypatch):
     import io
 
-    from vedit.cli import PlainReporter
+    from vedit.cli.app import PlainReporter
     from vedit.report import open_task
 
     clock = iter([100.0, 102.0, 104.0, 110.0])  # started, then three advances
@@ -575,7 +575,7 @@ def test_allow_short_edits_what_was_read_and_says_so(truncated, tmp_path):
 def test_a_variable_rate_clip_is_resampled_with_a_word_or_kept_as_it_is(tmp_path):
     from test_video_timing import graded_vfr_clip
 
-    from vedit.video import FrameRange, probe, resampling
+    from vedit.io.video import FrameRange, probe, resampling
 
     clip = graded_vfr_clip(tmp_path / "vfr.mp4")
     change = resampling(probe(clip), FrameRange())

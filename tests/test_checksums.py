@@ -15,9 +15,9 @@ from safetensors.torch import save_file
 import vedit as api
 from conftest import flip_byte, make_clip, one_error_line, tensor_bytes
 from test_cli import vedit
-from vedit.checksums import UNKNOWN, ChecksumMismatch, check_tensor, checksums_of, tensor_digest, with_checksums
+from vedit.cache.checksums import UNKNOWN, ChecksumMismatch, check_tensor, checksums_of, tensor_digest, with_checksums
 from vedit.errors import InputError
-from vedit.inversion import DamagedTrajectory, Trajectory, TrajectoryWriter
+from vedit.method.inversion import DamagedTrajectory, Trajectory, TrajectoryWriter
 from vedit.report import VeditWarning
 
 # 4 steps: the sampling schedule is t = 751, 501, 251, 1 and z_T is at 751, so latents_t0251 is
@@ -155,7 +155,7 @@ def test_a_trajectory_file_with_a_changed_metadata_byte_is_one_line_and_exit_2(c
 
 
 def test_a_trajectory_file_without_vedits_metadata_is_refused_saying_what_is_missing(clip, tmp_path, monkeypatch):
-    from vedit import models
+    from vedit.model import models
 
     monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("the model loaded before the check"))
     bare = tmp_path / "bare.safetensors"  # made by another tool

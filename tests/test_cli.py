@@ -13,8 +13,8 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import SHARED_CLIPS, make_clip, one_error_line
-from vedit.cli import create_app
-from vedit.video import FrameReader
+from vedit.cli.app import create_app
+from vedit.io.video import FrameReader
 
 FAST = ["--model", "tiny", "--steps", "2", "--inversion-steps", "2", "--chunk-size", "4", "--quiet"]
 
@@ -325,7 +325,7 @@ def whole(path: Path, output: str) -> bool:
 
 def test_summaries_and_tables_in_a_pipe_keep_long_paths_whole(clip, deep, tmp_path):
     from test_cache import trajectory
-    from vedit.inversion import InversionCache
+    from vedit.method.inversion import InversionCache
 
     out = deep / "edited.mp4"
     run = piped("run", clip, "-p", "a watercolor painting", "--size", "64x48", "-o", out, *FAST[:-1])
@@ -347,7 +347,7 @@ def test_summaries_and_tables_in_a_pipe_keep_long_paths_whole(clip, deep, tmp_pa
 def test_the_plugin_table_and_a_batch_plan_in_a_pipe_keep_long_paths_whole(clip, deep, tmp_path):
     from test_batch import job_file
     from vedit import plugins
-    from vedit.hookspecs import hookimpl
+    from vedit.plugins.hookspecs import hookimpl
 
     class NeedsAFile:
         name = "needs-a-file"

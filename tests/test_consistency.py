@@ -46,7 +46,7 @@ import torch
 
 pytest.importorskip("cv2")
 
-from vedit.metrics import psnr  # noqa: E402
+from vedit.quality.metrics import psnr  # noqa: E402
 from vedit_bench.consistency import SHIFT, SCRAMBLED, measure, translating_clip  # noqa: E402
 
 PIXEL_RATIO = 0.99  # worst of 16 seeds: 0.974

@@ -15,15 +15,15 @@ from PIL import Image
 
 from conftest import flip_byte, make_clip
 from vedit import plugins
-from vedit.engine import EngineCache, EngineError, Passes, engine_chain
+from vedit.runtime.engine import EngineCache, EngineError, Passes, engine_chain
 from vedit.errors import PluginError
-from vedit.hookspecs import hookimpl
-from vedit.models import load_model
-from vedit.passes import joint_partners, select_keyframes
-from vedit.pipeline import edit
-from vedit.unet import COND, SOURCE, UNCOND
-from vedit_plugins.pnp import CONV_LAYERS, QK_LAYERS
-from vedit_plugins.tokenflow import blend_weights
+from vedit.plugins.hookspecs import hookimpl
+from vedit.model.models import load_model
+from vedit.method.passes import joint_partners, select_keyframes
+from vedit.pipeline.stages import edit
+from vedit.method.unet import COND, SOURCE, UNCOND
+from vedit_plugins.editors.pnp import CONV_LAYERS, QK_LAYERS
+from vedit_plugins.propagators.tokenflow import blend_weights
 
 # The shapes of the whole runs below (8 frames of 64x48, B = 4, batch 8), so that the per-pass
 # builds and the runs share entries (and inductor's own cache, for compile).
@@ -309,8 +309,8 @@ def test_engine_lists_auto_and_engines_that_cannot_run_here():
 
 
 def test_a_plugins_own_attention_handler_and_a_python_nn_backend_run_eagerly_said_once(sd, eager_outputs, tmp_path):
-    from vedit.attention import PlainAttention
-    from vedit.unet import CallContext
+    from vedit.method.attention import PlainAttention
+    from vedit.method.unet import CallContext
 
     inputs, expected = eager_outputs
     notes: list[str] = []
@@ -334,7 +334,7 @@ def test_a_plugins_own_attention_handler_and_a_python_nn_backend_run_eagerly_sai
 def test_engines_build_list_and_clear_from_the_cli(tmp_path):
     from typer.testing import CliRunner
 
-    from vedit.cli import create_app
+    from vedit.cli.app import create_app
 
     app, runner = create_app(), CliRunner()
     cache = tmp_path / "engines"
@@ -381,7 +381,7 @@ def test_per_frame_editing_with_injection_runs_the_frames_pass_through_the_engin
 def test_a_run_says_when_it_builds_a_pass_and_how_long_it_took_and_nothing_when_cached(tmp_path):
     from typer.testing import CliRunner
 
-    from vedit.cli import create_app
+    from vedit.cli.app import create_app
 
     clip = make_clip(tmp_path / "clip.mp4", frames=4, size=(64, 48))
     args = ["run", str(clip), "-p", "x", "--model", "tiny", "--size", "64x48", "--steps", "2", "--inversion-steps", "2",
@@ -403,8 +403,8 @@ def test_a_run_says_when_it_builds_a_pass_and_how_long_it_took_and_nothing_when_
 
 
 def test_compile_says_when_it_compiles_a_pass_and_how_long_it_took(monkeypatch, tmp_path):
-    from vedit.engine import BuildTarget
-    from vedit_plugins.compile_engine import Compile
+    from vedit.runtime.engine import BuildTarget
+    from vedit_engines.compile import Compile
 
     monkeypatch.setattr(torch, "compile", lambda module, **options: module)  # the messages, not inductor
     said: list[str] = []

@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 
 from conftest import make_clip, one_error_line
 from test_video_timing import frame_numbers, gapped_clip, graded_vfr_clip
-from vedit.cli import create_app
-from vedit.video import FrameReader, VideoWriter, probe, resampling
+from vedit.cli.app import create_app
+from vedit.io.video import FrameReader, VideoWriter, probe, resampling
 
 FAST = ["--model", "tiny", "--steps", "2", "--inversion-steps", "2", "--chunk-size", "4", "--size", "64x48"]
 
@@ -64,8 +64,8 @@ def tiny_clip(tmp_path_factory):
     """A tiny random CLIP saved as a folder (config, weights, tokenizer, image processor)."""
     from transformers import CLIPConfig, CLIPModel
 
-    from vedit.clip_score import _image_processor_class
-    from vedit.models import build_tokenizer
+    from vedit.quality.clip_score import _image_processor_class
+    from vedit.model.models import build_tokenizer
 
     tokenizer = build_tokenizer()
     text = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -100,7 +100,7 @@ def direct_text_cosines(tiny_clip, frames, prompt: str) -> np.ndarray:
 
 
 def test_clip_scores_with_a_tiny_clip(tiny_clip):
-    from vedit.clip_score import load_clip, score_frames, unavailable_reason
+    from vedit.quality.clip_score import load_clip, score_frames, unavailable_reason
 
     folder = tiny_clip[0]
     assert unavailable_reason(str(folder)) is None
@@ -127,7 +127,7 @@ def test_clip_scores_with_a_tiny_clip(tiny_clip):
 def test_clip_model_that_is_not_here(tmp_path, monkeypatch):
     import huggingface_hub.constants
 
-    from vedit.clip_score import DEFAULT_CLIP, ClipUnavailable, load_clip, unavailable_reason
+    from vedit.quality.clip_score import DEFAULT_CLIP, ClipUnavailable, load_clip, unavailable_reason
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     assert "not in the local Hugging Face cache" in unavailable_reason(DEFAULT_CLIP)
@@ -400,7 +400,7 @@ def test_python_api_result_carries_the_evaluation(tmp_path, monkeypatch):
     import huggingface_hub.constants
 
     import vedit as api
-    from vedit.evaluate import Report
+    from vedit.quality.evaluate import Report
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-hub"))
     clip = make_clip(tmp_path / "clip.mp4")

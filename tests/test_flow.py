@@ -14,9 +14,9 @@ import torch.nn.functional as F
 
 from vedit import plugins
 from vedit.errors import PluginError
-from vedit.flow import flow_backend, pair_flows, unreliable, warp
-from vedit.hookspecs import hookimpl
-from vedit.metrics import WARP_ERROR_UNIT, pair_warp_error, warp_error, warp_errors
+from vedit.quality.flow import flow_backend, pair_flows, unreliable, warp
+from vedit.plugins.hookspecs import hookimpl
+from vedit.quality.metrics import WARP_ERROR_UNIT, pair_warp_error, warp_error, warp_errors
 from vedit_bench.consistency import SHIFT, translating_clip
 
 # --------------------------------------------------------------------------- an independent reference
@@ -294,7 +294,7 @@ def fake_torchvision(monkeypatch, tmp_path):
 
 
 def _raft():
-    from vedit_plugins.raft_flow import RAFTFlow
+    from vedit_plugins.flow_backends.raft import RAFTFlow
 
     return RAFTFlow()
 

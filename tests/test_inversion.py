@@ -10,8 +10,8 @@ import torch
 
 from test_cli import vedit
 from vedit.errors import ConfigError, InputError
-from vedit.inversion import InversionCache, Trajectory, cache_key, invert, inversion_timesteps, reconstruct
-from vedit.models import load_model
+from vedit.method.inversion import InversionCache, Trajectory, cache_key, invert, inversion_timesteps, reconstruct
+from vedit.model.models import load_model
 
 
 def latent_blind_unet(x, t, text):
@@ -55,9 +55,9 @@ def test_a_schedule_that_misses_the_sampling_steps_is_refused():
 def test_the_inversion_steps_rule_is_the_one_the_help_states():
     from diffusers import DDIMScheduler
 
-    from vedit.cli import INVERSION_STEPS_HELP
-    from vedit.inversion import check_schedules
-    from vedit.models import SD_SCHEDULER_CONFIG
+    from vedit.cli.app import INVERSION_STEPS_HELP
+    from vedit.method.inversion import check_schedules
+    from vedit.model.models import SD_SCHEDULER_CONFIG
 
     scheduler = DDIMScheduler(**SD_SCHEDULER_CONFIG)
 
@@ -110,7 +110,7 @@ def test_invert_check_reports_psnr_that_matches_a_direct_computation(clip):
     found = re.search(r"reconstruction PSNR ([\d.]+) dB \(the VAE alone: ([\d.]+) dB\)", result.stdout)
     assert found, result.stdout
     sampled, vae_alone = float(found.group(1)), float(found.group(2))
-    from vedit.video import FrameReader
+    from vedit.io.video import FrameReader
 
     sd = load_model("tiny", device="cpu", dtype="fp32")
     frames = FrameReader(clip, size=(64, 48)).read_all()

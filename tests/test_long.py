@@ -8,10 +8,10 @@ import torch
 from torch import nn
 
 from conftest import make_clip
-from vedit.attention import bounded_joint_attention, joint_attention
-from vedit.passes import joint_partners
-from vedit.pipeline import edit
-from vedit.video import FrameReader
+from vedit.method.attention import bounded_joint_attention, joint_attention
+from vedit.method.passes import joint_partners
+from vedit.pipeline.stages import edit
+from vedit.io.video import FrameReader
 
 
 def test_with_k_at_most_m_every_keyframe_attends_to_all_and_nothing_is_drawn():
@@ -69,7 +69,7 @@ def test_bounded_attention_sees_only_each_frames_partners(monkeypatch):
     changed = bounded_joint_attention(_Heads(), q, changed_k, changed_v, partners)
     assert torch.equal(changed[:4], out[:4]) and not torch.allclose(changed[4], out[4])
     # the gather goes in blocks of frames when it would be large: same result
-    monkeypatch.setattr("vedit.attention.MAX_GATHERED_ELEMENTS", 3 * 10 * 8 * 2)  # two frames per block
+    monkeypatch.setattr("vedit.method.attention.MAX_GATHERED_ELEMENTS", 3 * 10 * 8 * 2)  # two frames per block
     assert torch.allclose(bounded_joint_attention(_Heads(), q, k, v, partners), out, atol=1e-6, rtol=0)
 
 
@@ -99,7 +99,7 @@ def test_a_run_with_k_at_most_m_is_the_published_run_and_beyond_it_the_bounded_o
 
 
 def test_a_stored_trajectory_is_read_per_step_from_its_memory_map(tmp_path):
-    from vedit.inversion import MappedLatents, Trajectory
+    from vedit.method.inversion import MappedLatents, Trajectory
 
     generator = torch.Generator().manual_seed(5)
     latents = {t: torch.randn(7, 4, 6, 8, generator=generator) for t in (981, 501, 21, 999)}
@@ -136,8 +136,8 @@ def _blind_unet(x, t, text):
 def _invert(writer=None, dtype=torch.float32):
     from diffusers import DDIMScheduler
 
-    from vedit.inversion import invert
-    from vedit.models import SD_SCHEDULER_CONFIG
+    from vedit.method.inversion import invert
+    from vedit.model.models import SD_SCHEDULER_CONFIG
 
     clean = torch.randn(5, 4, 6, 8, generator=torch.Generator().manual_seed(4)).to(dtype)
     text = torch.zeros(1, 77, 32, dtype=dtype)
@@ -149,7 +149,7 @@ def _invert(writer=None, dtype=torch.float32):
 def test_the_inversion_writes_its_trajectory_to_the_file_step_by_step(tmp_path, dtype):
     from safetensors import safe_open
 
-    from vedit.inversion import MappedLatents, Trajectory, TrajectoryWriter
+    from vedit.method.inversion import MappedLatents, Trajectory, TrajectoryWriter
 
     held = _invert(dtype=dtype)
     path = tmp_path / "t.safetensors"
@@ -179,7 +179,7 @@ def test_a_full_disk_while_writing_keeps_the_trajectory_in_memory_with_one_warni
     import errno
     import os
 
-    from vedit.inversion import TrajectoryWriter
+    from vedit.method.inversion import TrajectoryWriter
 
     held = _invert()
     reasons = []
@@ -203,7 +203,7 @@ def test_a_full_disk_while_writing_keeps_the_trajectory_in_memory_with_one_warni
 
 
 def test_an_inversion_that_fails_leaves_no_file(tmp_path):
-    from vedit.inversion import TrajectoryWriter
+    from vedit.method.inversion import TrajectoryWriter
 
     calls = []
 
@@ -215,8 +215,8 @@ def test_an_inversion_that_fails_leaves_no_file(tmp_path):
 
     from diffusers import DDIMScheduler
 
-    from vedit.inversion import invert
-    from vedit.models import SD_SCHEDULER_CONFIG
+    from vedit.method.inversion import invert
+    from vedit.model.models import SD_SCHEDULER_CONFIG
 
     with pytest.raises(RuntimeError, match="fell over"):
         invert(breaks, DDIMScheduler(**SD_SCHEDULER_CONFIG), torch.zeros(5, 4, 6, 8), torch.zeros(1, 77, 32),

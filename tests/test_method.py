@@ -10,15 +10,15 @@ import torch
 
 from reference_method import reference_edit, reference_invert
 from vedit import plugins
-from vedit.attention import PlainAttention
+from vedit.method.attention import PlainAttention
 from vedit.config import RunConfig
-from vedit.denoise import EditJob, denoise
-from vedit.inversion import Trajectory, invert
-from vedit.models import load_model
-from vedit.engine import Passes
-from vedit.passes import PropagatedAttention
-from vedit.unet import COND, SOURCE, UNCOND, CallContext, ControlledUNet, Injection
-from vedit_plugins.tokenflow import blend_weights
+from vedit.method.denoise import EditJob, denoise
+from vedit.method.inversion import Trajectory, invert
+from vedit.model.models import load_model
+from vedit.runtime.engine import Passes
+from vedit.method.passes import PropagatedAttention
+from vedit.method.unet import COND, SOURCE, UNCOND, CallContext, ControlledUNet, Injection
+from vedit_plugins.propagators.tokenflow import blend_weights
 
 N, B, T = 11, 4, 6  # 11 frames: chunks of 4, 4 and 3
 
@@ -213,7 +213,7 @@ def test_blend_weights_follow_the_formula():
 def test_blocked_attention_equals_one_fused_call(monkeypatch):
     import torch.nn.functional as F
 
-    from vedit import attention
+    from vedit.method import attention
 
     gen = torch.Generator().manual_seed(2)
     q, k, v = (torch.randn(1, 2, 96, 8, generator=gen) for _ in range(3))
@@ -228,7 +228,7 @@ def test_blocked_attention_equals_one_fused_call(monkeypatch):
 
 
 def test_blocked_nearest_neighbours_equal_one_matmul(monkeypatch):
-    from vedit_plugins import torch_nn
+    from vedit_plugins.nn_backends import torch as torch_nn
 
     gen = torch.Generator().manual_seed(4)
     queries, keys = torch.randn(300, 16, generator=gen), torch.randn(70, 16, generator=gen)

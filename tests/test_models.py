@@ -1,4 +1,4 @@
-"""vedit.models: the tiny and random Stable Diffusions built in code, loading a folder, and the
+"""vedit.model.models: the tiny and random Stable Diffusions built in code, loading a folder, and the
 one-line errors a user sees when weights, devices or dtypes are not what they asked for."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # nothing in this file may reach the network
 import pytest
 import torch
 
-from vedit import models
+from vedit.model import models
 from vedit.errors import ConfigError, ModelError
-from vedit.models import load_model, resolve_device, resolve_dtype
+from vedit.model.models import load_model, resolve_device, resolve_dtype
 
 
 @pytest.fixture(autouse=True)
@@ -555,7 +555,7 @@ def test_a_fully_cached_hub_model_loads_without_asking_the_hub(tmp_path, monkeyp
     """A hub id whose files are all in the local cache is read from there (no request per file)."""
     import huggingface_hub.constants as hub
 
-    from vedit import models
+    from vedit.model import models
 
     commit = "0123456789abcdef0123456789abcdef01234567"
     repo = tmp_path / "hub" / "models--someone--tiny-sd"

@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from vedit import plugins
-from vedit_plugins import faiss_nn, torch_nn
+from vedit_plugins.nn_backends import faiss as faiss_nn
+from vedit_plugins.nn_backends import torch as torch_nn
 
 
 def _faiss_backend():
@@ -288,7 +289,7 @@ def test_auto_is_torch_where_faiss_is_not_installed(monkeypatch):
 
 
 def test_a_plugin_choosing_by_device_alone_still_overrides():
-    from vedit.hookspecs import hookimpl
+    from vedit.plugins.hookspecs import hookimpl
 
     class Mine:
         name = "mine"

@@ -6,7 +6,7 @@ import pytest
 
 from vedit import plugins
 from vedit.errors import PluginError
-from vedit.hookspecs import hookimpl
+from vedit.plugins.hookspecs import hookimpl
 
 BUILTIN = {
     "editor": {"img2img", "pnp", "sdedit"},
@@ -139,7 +139,7 @@ def test_tracing_prints_every_hook_call(monkeypatch, capsys):
 def test_every_hook_has_a_docstring_and_is_in_the_readme():
     from pathlib import Path
 
-    from vedit import hookspecs
+    from vedit.plugins.manager import hookspecs
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     names = [n for n in dir(hookspecs) if n.startswith(("register_", "choose_"))]

@@ -12,13 +12,13 @@ from typer.testing import CliRunner
 import vedit
 from vedit import plugins
 from vedit.errors import ConfigError, PluginError
-from vedit.flow import FLOW_BATCH, flow_backend
-from vedit.hookspecs import hookimpl
-from vedit.metrics import psnr, warp_errors
-from vedit.postprocess import Context, apply, parse, resolve
-from vedit.video import FrameReader
+from vedit.quality.flow import FLOW_BATCH, flow_backend
+from vedit.plugins.hookspecs import hookimpl
+from vedit.quality.metrics import psnr, warp_errors
+from vedit.quality.postprocess import Context, apply, parse, resolve
+from vedit.io.video import FrameReader
 from vedit_bench.consistency import translating_clip
-from vedit_plugins.deflicker import FlowDeflicker, LumaDeflicker
+from vedit_plugins.postprocessors.deflicker import FlowDeflicker, LumaDeflicker
 
 from conftest import make_clip
 
@@ -297,7 +297,7 @@ class NoSteps:
     needs_inversion = False
 
     def plan(self, job):
-        from vedit.denoise import EditPlan
+        from vedit.method.denoise import EditPlan
 
         return EditPlan(timesteps=job.scheduler.timesteps[:0], start_latents=job.clean_latents)
 
@@ -343,7 +343,7 @@ def test_a_post_processor_that_loses_a_frame_fails_the_run_and_leaves_no_output(
      ("toml:deflicker-luma:window=2", 4, "--postprocess deflicker-luma: window must be an odd number")],
 )  # fmt: skip
 def test_a_bad_postprocess_flag_is_one_line_and_writes_nothing(tmp_path, spec, code, message):
-    from vedit.cli import create_app
+    from vedit.cli.app import create_app
 
     clip = make_clip(tmp_path / "clip.mp4", frames=4)
     out = tmp_path / "out.mp4"

@@ -11,11 +11,12 @@ import torch
 from PIL import Image
 
 from conftest import make_clip
-from vedit import edit, invert
+from vedit import edit
+from vedit import invert
 from vedit.errors import ConfigError, OutputError
-from vedit.models import load_model
-from vedit.pipeline import _to_uint8
-from vedit.preview import (
+from vedit.model.models import load_model
+from vedit.pipeline.stages import _to_uint8
+from vedit.pipeline.preview import (
     GAP,
     default_frames,
     estimate_full_run,
@@ -25,7 +26,7 @@ from vedit.preview import (
     summary_rows,
     write_png,
 )
-from vedit.video import FrameReader
+from vedit.io.video import FrameReader
 
 N, B, T, INV = 16, 4, 2, 2  # 16 frames in chunks of 4: keyframes 2, 6, 10, 14
 OPTIONS = dict(
@@ -120,7 +121,7 @@ def test_bad_frames_and_outputs_are_refused_before_any_heavy_work(clip, tmp_path
     def heavy(*args, **kwargs):
         raise AssertionError("the model was loaded")
 
-    monkeypatch.setattr("vedit.preview.load_for_edit", heavy)
+    monkeypatch.setattr("vedit.pipeline.preview.load_for_edit", heavy)
     with pytest.raises(ConfigError, match=r"^preview_frames: frame 16 is out of range"):
         preview(clip, tmp_path / "p.png", preview_frames="2,16", **OPTIONS)
     # indices are among the selected frames: 8 of them here
@@ -258,9 +259,9 @@ def test_the_joint_preview_is_exact_up_to_m_frames_and_bounded_beyond(clip, sd, 
 
 def test_joint_keyframes_draws_partners_as_tokenflow_does():
     from vedit.config import RunConfig
-    from vedit.denoise import EditJob, Step
-    from vedit.passes import joint_partners
-    from vedit_plugins.tokenflow import JointKeyframes, TokenFlow
+    from vedit.method.denoise import EditJob, Step
+    from vedit.method.passes import joint_partners
+    from vedit_plugins.propagators.tokenflow import JointKeyframes, TokenFlow
 
     class Denoiser:
         def __init__(self):
@@ -308,7 +309,7 @@ def test_nothing_is_half_written_when_a_preview_fails(clip, sd, tmp_path, monkey
     def interrupted(*args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("vedit.preview.os.replace", interrupted)
+    monkeypatch.setattr("vedit.pipeline.preview.os.replace", interrupted)
     with pytest.raises(KeyboardInterrupt):
         preview(clip, output, sd=sd, preview_frames=[3], **OPTIONS)
     assert output.read_bytes() == earlier
@@ -318,7 +319,7 @@ def test_nothing_is_half_written_when_a_preview_fails(clip, sd, tmp_path, monkey
     def failing(*args, **kwargs):
         raise RuntimeError("out of memory")
 
-    monkeypatch.setattr("vedit.preview.edit_latents", failing)
+    monkeypatch.setattr("vedit.pipeline.preview.edit_latents", failing)
     with pytest.raises(RuntimeError):
         preview(clip, tmp_path / "new.png", sd=sd, preview_frames=[3], **OPTIONS)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p.png"]
@@ -328,7 +329,7 @@ def test_vedit_run_preview_writes_the_sheet_beside_the_planned_output_and_no_vid
     from typer.testing import CliRunner
 
     from conftest import one_error_line
-    from vedit.cli import create_app
+    from vedit.cli.app import create_app
 
     out = tmp_path / "edited.mp4"
     base = ["run", str(clip), "-p", "a watercolor painting", "--model", "tiny", "--steps", "2", "--inversion-steps", "2",

@@ -19,10 +19,10 @@ from typer.testing import CliRunner
 import vedit
 from conftest import flip_byte, make_clip, tensor_bytes
 from vedit import plugins
-from vedit.checkpoint import Checkpoint, CheckpointStore, checkpoint_key
-from vedit.cli import create_app
+from vedit.cache.checkpoints import Checkpoint, CheckpointStore, checkpoint_key
+from vedit.cli.app import create_app
 from vedit.config import RunConfig
-from vedit.hookspecs import hookimpl
+from vedit.plugins.hookspecs import hookimpl
 from vedit.report import VeditWarning
 
 OPTIONS = dict(
@@ -153,7 +153,7 @@ def test_a_failure_after_the_loop_resumes_with_no_step_left(clip, reference, tmp
     def full_disk(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(vedit.pipeline, "write_frames", full_disk)
+    monkeypatch.setattr(vedit.pipeline.stages, "write_frames", full_disk)
     with pytest.raises(OSError):
         vedit.edit(clip, out, cache_dir=str(cache), **OPTIONS)
     (kept,) = _checkpoints(cache)
@@ -363,8 +363,8 @@ def test_the_summary_says_a_run_resumed(clip, tmp_path):
 def test_what_killed_writers_left_is_removed_and_what_live_ones_write_is_kept(clip, tmp_path):
     """A SIGKILL mid-write leaves a temporary file no code of the dead process can remove: the
     next run removes those whose process is gone, never another live run's."""
-    from vedit.inversion import InversionCache, partial_prefix, sweep_partials
-    from vedit.video import remove_dead_partials
+    from vedit.method.inversion import InversionCache, partial_prefix, sweep_partials
+    from vedit.io.video import remove_dead_partials
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()

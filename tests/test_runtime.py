@@ -1,4 +1,4 @@
-"""The allocator settings vedit applies at import (vedit.runtime) and `vedit bench calls`."""
+"""The allocator settings vedit applies at import (vedit.runtime.allocator) and `vedit bench calls`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from vedit import runtime
+from vedit.runtime import allocator as runtime
 
 GLIBC = runtime.glibc_version()
 needs_glibc = pytest.mark.skipif(GLIBC is None, reason="the allocator settings apply to glibc only")
@@ -103,7 +103,7 @@ def test_configure_allocator_is_idempotent_and_reports_what_it_did():
 REUSE_PROBE = """
 import ctypes, json, resource
 import vedit
-from vedit import runtime
+from vedit.runtime import allocator as runtime
 libc = ctypes.CDLL(None)
 libc.malloc.restype = ctypes.c_void_p
 libc.free.argtypes = [ctypes.c_void_p]
@@ -126,7 +126,7 @@ TORCH_PROBE = """
 import json, resource
 import torch
 import vedit
-from vedit import runtime
+from vedit.runtime import allocator as runtime
 faults = []
 for _ in range(15):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -211,7 +211,7 @@ def test_attention_is_one_fused_call_where_it_used_to_be_blocked(monkeypatch):
     import torch
     import torch.nn.functional as F
 
-    from vedit import attention
+    from vedit.method import attention
 
     gen = torch.Generator().manual_seed(3)
     q, k, v = (torch.randn(1, 2, 4096, 8, generator=gen) for _ in range(3))  # 2048 queries a block before

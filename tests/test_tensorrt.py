@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from vedit_plugins import tensorrt_engine as trt_engine
-from vedit_plugins.pnp import CONV_LAYERS, QK_LAYERS
-from vedit_plugins.tensorrt_engine import (
+from vedit_engines import tensorrt as trt_engine
+from vedit_plugins.editors.pnp import CONV_LAYERS, QK_LAYERS
+from vedit_engines.tensorrt import (
     PlanRunner,
     TensorRT,
     TorchTensorRT,
@@ -34,10 +34,10 @@ from vedit_plugins.tensorrt_engine import (
 )
 
 from vedit import plugins
-from vedit.engine import BuildTarget, EngineCache
-from vedit.models import load_model
-from vedit.passes import KeyframePass, PlainPass, PropagationPass
-from vedit.unet import ControlledUNet
+from vedit.runtime.engine import BuildTarget, EngineCache
+from vedit.model.models import load_model
+from vedit.method.passes import KeyframePass, PlainPass, PropagationPass
+from vedit.method.unet import ControlledUNet
 
 PROMPTS = ["a photo of a cat", "", "a watercolor of a dog"]  # source, uncond, cond
 BATCHES = (9, 12)  # propagation chunks of 3 and 4 frames
@@ -359,7 +359,7 @@ def test_workspace_is_half_the_free_memory_within_bounds():
 
 def test_both_engines_register_and_say_why_they_cannot_run_here():
     pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text(encoding="utf-8")
-    entry_point = "vedit_plugins.tensorrt_engine"
+    entry_point = "vedit_engines.tensorrt"
     assert f'tensorrt = "{entry_point}"' in pyproject.splitlines()
     manager = plugins.get_plugin_manager()
     if manager.get_plugin("tensorrt") is None:  # an editable install older than the entry point

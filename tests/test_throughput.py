@@ -14,13 +14,13 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import vedit
-from vedit import pipeline
-from vedit.batching import CPU_BATCH, Batches, batch_for, choose_batches
-from vedit.denoise import pick_frames
-from vedit.models import load_model, vae_dtype_for
-from vedit.profiling import Profile, profiling, stage
-from vedit.streams import ReadAhead, WriteBehind
-from vedit.transfer import to_device, to_host
+from vedit.pipeline import stages as pipeline
+from vedit.runtime.batch_sizes import CPU_BATCH, Batches, batch_for, choose_batches
+from vedit.method.denoise import pick_frames
+from vedit.model.models import load_model, vae_dtype_for
+from vedit.runtime.profiling import Profile, profiling, stage
+from vedit.io.threads import ReadAhead, WriteBehind
+from vedit.runtime.transfer import to_device, to_host
 
 from conftest import make_clip
 
@@ -122,7 +122,7 @@ def test_write_behind_raises_the_consumers_error_and_stops_consuming():
 
 def test_a_failing_post_processor_leaves_no_output_and_its_error_reaches_the_caller(clip, tmp_path):
     from vedit import plugins
-    from vedit.hookspecs import hookimpl
+    from vedit.plugins.hookspecs import hookimpl
 
     class Breaks:
         name = "breaks"
@@ -196,7 +196,7 @@ HOST_SIDE = {"scheduling_ddim.py:step", "tokenflow.py:keyframes", "denoise.py:so
 def test_the_denoising_loop_reads_no_device_value_on_the_host(clip, tmp_path, monkeypatch, propagator):
     """Latents, noise predictions, records, weights and indices, which live on the device in a
     GPU run, are never read by the host inside the loop: every read there is of a host value."""
-    from vedit import denoise as denoise_module
+    from vedit.method import denoise as denoise_module
 
     reads = _HostReads()
     real = denoise_module.denoise
@@ -215,7 +215,7 @@ def test_the_denoising_loop_reads_no_device_value_on_the_host(clip, tmp_path, mo
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_on_a_gpu_the_loop_runs_with_synchronising_calls_forbidden(clip, tmp_path, monkeypatch):
-    from vedit import denoise as denoise_module
+    from vedit.method import denoise as denoise_module
 
     real = denoise_module.denoise
 

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from vedit.errors import ConfigError, InputError, OutputError
-from vedit.video import (
+from vedit.io.video import (
     ColorTags,
     FrameRange,
     FrameReader,

@@ -12,7 +12,7 @@ import av
 import numpy as np
 import pytest
 
-from vedit.video import FrameRange, FrameReader, Resampling, VideoWriter, find_ffmpeg, probe, resampling
+from vedit.io.video import FrameRange, FrameReader, Resampling, VideoWriter, find_ffmpeg, probe, resampling
 
 RATE = Fraction(2997, 125)  # 23.976 written as the fraction some encoders store
 FRAMES = 90  # 3.75 s

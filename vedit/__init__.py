@@ -10,26 +10,30 @@ from typing import TYPE_CHECKING, Any
 
 # The C allocator's settings, before anything imports torch or allocates: see vedit/runtime.py
 # (VEDIT_ALLOCATOR=system leaves the allocator as it is).
-from .runtime import configure_allocator as _configure_allocator
+from .runtime.allocator import configure_allocator as _configure_allocator
 
 _configure_allocator()
 
 __version__ = "0.1.0"
 
+from . import _compat  # noqa: E402  (old module paths, such as vedit.hookspecs, keep working)
+
+_compat.install()
+
 if TYPE_CHECKING:  # pragma: no cover
-    from .pipeline import EditResult
+    from .pipeline.stages import EditResult
 
 
 def edit(input: Any, output: Any, config: Any = None, **options: Any) -> "EditResult":
     """Edit ``input`` into ``output``; see :func:`vedit.pipeline.edit` for the options."""
-    from .pipeline import edit as _edit
+    from .pipeline.stages import edit as _edit
 
     return _edit(input, output, config, **options)
 
 
 def invert(input: Any, output: Any = None, config: Any = None, **options: Any):
     """DDIM-invert ``input`` (cached); see :func:`vedit.pipeline.invert_clip`."""
-    from .pipeline import invert_clip
+    from .pipeline.stages import invert_clip
 
     return invert_clip(input, output, config, **options)
 

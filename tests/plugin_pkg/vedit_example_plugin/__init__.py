@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from vedit.denoise import EditJob, EditPlan
-from vedit.hookspecs import hookimpl
+from vedit.method.denoise import EditJob, EditPlan
+from vedit.plugins.hookspecs import hookimpl
 
 
 class Reconstruct:

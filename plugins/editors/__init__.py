@@ -1,0 +1,1 @@
+"""Built-in editors: ``pnp``, ``sdedit``, ``img2img``."""

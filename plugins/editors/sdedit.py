@@ -1,0 +1,48 @@
+"""Editor ``sdedit``: SDEdit (Meng et al., ICLR 2022) from the clip's DDIM noise.
+
+Runs only the last ``round(start·T)`` steps of the T-step schedule, starting from the clean
+latents noised with the noise DDIM inversion found.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from vedit.config import option_value
+from vedit.method.denoise import EditJob, EditPlan
+from vedit.errors import ConfigError
+from vedit.plugins.hookspecs import hookimpl
+
+from ._inverted import check_trajectory, source_from, start_from_ddim_noise
+
+
+class SDEdit:
+    name = "sdedit"
+    description = "SDEdit: denoise the last --start fraction of the schedule from the DDIM noise (needs inversion)"
+    needs_inversion = True
+
+    def timesteps(self, scheduler, config) -> torch.Tensor:
+        """The last ``round(start·T)`` timesteps of the T-step schedule."""
+        scheduler.set_timesteps(config.steps)
+        total = len(scheduler.timesteps)
+        run = round(config.start * total)
+        if run == 0:
+            raise ConfigError(
+                f"{option_value('start', config.start)} with {option_value('steps', total)} "
+                "runs no denoising step; raise either"
+            )
+        return scheduler.timesteps[total - run :]
+
+    def plan(self, job: EditJob) -> EditPlan:
+        check_trajectory(job)
+        timesteps = self.timesteps(job.scheduler, job.config)
+        return EditPlan(
+            timesteps=timesteps,
+            start_latents=start_from_ddim_noise(job, timesteps[0]),
+            source=source_from(job),
+        )
+
+
+@hookimpl
+def register_editors(register):
+    register(SDEdit())

@@ -1,0 +1,1 @@
+"""Built-in optical-flow backends: ``dis`` (OpenCV) and ``raft`` (torchvision)."""

@@ -1,0 +1,1 @@
+"""Built-in nearest-neighbour backends: ``torch`` and ``faiss``."""

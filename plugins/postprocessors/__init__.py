@@ -1,0 +1,1 @@
+"""Built-in post-processors: ``deflicker-luma`` and ``deflicker-flow``."""

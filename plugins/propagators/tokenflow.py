@@ -1,0 +1,179 @@
+"""Propagator ``tokenflow``: TokenFlow (Geyer et al., ICLR 2024, Sec. 4) keyframe editing and propagation.
+
+At every step the frames are split into chunks of B and one keyframe is drawn in each. The
+keyframes are denoised jointly with extended self-attention (each keyframe attends to the tokens
+of all keyframes of its branch) while every transformer block records its self-attention input of
+the source branch and its self-attention output of all branches. Then every chunk is denoised
+with self-attention replaced: each token takes the recorded output of its cosine nearest
+neighbour (in the source branch's features) in keyframe i and in keyframe i−1, blended by
+distance to the chunks' centres (Sec. 4.2, eq. 5).
+
+The two passes themselves live in :mod:`vedit.method.passes` (the modules every engine runs); this
+plugin chooses the keyframes and the chunks and calls them through the :class:`Denoiser`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from vedit import plugins
+from vedit.method.denoise import Denoiser, EditJob, EditPlan, RunShape, Step
+from vedit.errors import ConfigError
+from vedit.plugins.hookspecs import hookimpl
+from vedit.method.passes import joint_partners
+from vedit.runtime.transfer import to_device
+
+
+def chunk_ranges(num_frames: int, chunk_size: int) -> list[range]:
+    """Consecutive chunks of ``chunk_size`` frames; the last one may be shorter."""
+    return [range(s, min(s + chunk_size, num_frames)) for s in range(0, num_frames, chunk_size)]
+
+
+def blend_weights(frames: range, chunk: int, chunk_size: int) -> torch.Tensor:
+    """w1 = sigmoid(d2 / (d1 + d2)): the weight of keyframe ``chunk`` against keyframe ``chunk − 1``."""
+    s = torch.tensor(list(frames), dtype=torch.float32)
+    d1 = (s - (chunk * chunk_size + chunk_size // 2)).abs()
+    d2 = (s - ((chunk - 1) * chunk_size + chunk_size // 2)).abs()
+    return torch.sigmoid(d2 / (d1 + d2))
+
+
+def read_keyframe_schedule(path: str | Path) -> list[list[int]]:
+    """A keyframe schedule file: ``{"keyframes": [[k, ...], ...]}``, one list per step run."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"keyframe schedule {path} does not exist") from None
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"keyframe schedule {path} is not readable JSON: {error}") from None
+    schedule = data.get("keyframes") if isinstance(data, dict) else None
+    if not isinstance(schedule, list) or not all(
+        isinstance(step, list) and all(isinstance(k, int) and not isinstance(k, bool) for k in step) for step in schedule
+    ):
+        raise ConfigError(f"keyframe schedule {path} must be {{\"keyframes\": [[int, ...], ...]}}")
+    return schedule
+
+
+def check_keyframe_schedule(schedule: list[list[int]], chunks: list[range], steps: int, path: str) -> None:
+    """ConfigError unless ``schedule`` has one list per step, each with one frame inside each chunk."""
+    if len(schedule) != steps:
+        raise ConfigError(f"keyframe schedule {path} has {len(schedule)} steps; this run denoises {steps}")
+    for index, keys in enumerate(schedule):
+        if len(keys) != len(chunks):
+            raise ConfigError(f"keyframe schedule {path}, step {index}: {len(keys)} keyframes for {len(chunks)} chunks")
+        for chunk, key in zip(chunks, keys):
+            if key not in chunk:
+                raise ConfigError(
+                    f"keyframe schedule {path}, step {index}: frame {key} is not in chunk {chunk.start}-{chunk.stop - 1}"
+                )
+
+
+class TokenFlow:
+    name = "tokenflow"
+    description = "TokenFlow: joint keyframe editing with extended attention, propagated along NN correspondences"
+    needs_source_branch = True
+
+    def validate(self, config, shape: RunShape) -> None:
+        """Before any heavy work: the NN backend exists and runs here, the keyframe file fits the run."""
+        plugins.choose("nn_backend", config.nn_backend, shape.device)
+        if config.keyframes:
+            schedule = read_keyframe_schedule(config.keyframes)
+            check_keyframe_schedule(schedule, chunk_ranges(shape.frames, config.chunk_size), shape.steps, config.keyframes)
+
+    def begin(self, job: EditJob, plan: EditPlan) -> None:
+        config = job.config
+        self.chunk_size = config.chunk_size
+        self.chunks = chunk_ranges(job.num_frames, config.chunk_size)
+        self.max_joint = config.max_joint_keyframes
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self._prepared = None
+        self.schedule = None
+        if config.keyframes:
+            # Checked again: a clip that ended early (--allow-short) has fewer chunks than promised.
+            self.schedule = read_keyframe_schedule(config.keyframes)
+            check_keyframe_schedule(self.schedule, self.chunks, len(plan.timesteps), config.keyframes)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """What changes from step to step: the generator that draws keyframes and partners."""
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.generator.set_state(state["generator"])
+
+    def preview(self) -> "JointKeyframes":
+        """The propagator of a preview (:mod:`vedit.pipeline.preview`): its frames are the keyframes."""
+        return JointKeyframes()
+
+    def keyframes(self, step: Step) -> torch.Tensor:
+        """One keyframe per chunk for this step: from the schedule, else drawn with the seeded generator."""
+        if self.schedule is not None:
+            return torch.tensor(self.schedule[step.index])
+        offsets = [int(torch.randint(len(chunk), (1,), generator=self.generator)) for chunk in self.chunks]
+        return torch.tensor([chunk.start + o for chunk, o in zip(self.chunks, offsets)])
+
+    def predict(self, step: Step, latents: torch.Tensor, denoiser: Denoiser) -> torch.Tensor:
+        keys = to_device(self.keyframes(step), latents.device)  # moved once per step, without a wait
+        partners = None
+        if len(self.chunks) > self.max_joint:  # bounded extended attention, redrawn every step
+            partners = to_device(joint_partners(len(self.chunks), self.max_joint, self.generator), latents.device)
+        # The keyframe pass only records features; its noise prediction is not used.
+        records = denoiser.keyframes(keys, latents[keys], step, partners)
+        eps = torch.empty_like(latents)
+        for chunk, frames, slots, weights in self._chunks(latents.device):
+            eps[chunk.start : chunk.stop] = denoiser.propagate(
+                frames, latents[chunk.start : chunk.stop], step, records, slots, weights
+            )
+        return eps
+
+    def _chunks(self, device: torch.device) -> list[tuple[range, torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Per chunk, made once: its frames, the keyframe slots [i, i−1] and the blend weights on
+        ``device``. Chunk 0 has one keyframe: slots [0, 0] with weight 1 (no Python branch in the pass)."""
+        if getattr(self, "_prepared", None) is None or self._prepared[0] != device:
+            prepared = []
+            for i, chunk in enumerate(self.chunks):
+                frames = torch.arange(chunk.start, chunk.stop)
+                slots = to_device(torch.tensor([i, max(i - 1, 0)]), device)
+                weights = torch.ones(len(chunk)) if i == 0 else blend_weights(chunk, i, self.chunk_size)
+                prepared.append((chunk, frames, slots, to_device(weights, device)))
+            self._prepared = (device, prepared)
+        return self._prepared[1]
+
+
+class JointKeyframes:
+    """TokenFlow's preview form (``TokenFlow.preview()``): every frame it is given is a keyframe at
+    every step, and they are denoised jointly by the keyframe pass alone, with extended attention
+    across all of them, each frame stepping with that pass's own guided noise prediction. No
+    propagation pass runs. Beyond ``--max-joint-keyframes`` frames the attention is bounded with
+    partners drawn every step from a generator seeded with ``--seed``, as in :class:`TokenFlow`."""
+
+    name = "tokenflow-preview"
+    description = "TokenFlow's keyframes alone, denoised jointly (vedit run --preview)"
+    needs_source_branch = True
+
+    def begin(self, job: EditJob, plan: EditPlan) -> None:
+        self.max_joint = job.config.max_joint_keyframes
+        self.generator = torch.Generator().manual_seed(job.config.seed)
+
+    def planned_forwards(self, frames: int, steps_run: int, config) -> dict[str, int]:
+        """One keyframe pass over all frames per step, three branches each."""
+        return {"keyframes": 3 * frames * steps_run}
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.generator.set_state(state["generator"])
+
+    def predict(self, step: Step, latents: torch.Tensor, denoiser: Denoiser) -> torch.Tensor:
+        count = latents.shape[0]
+        partners = None
+        if count > self.max_joint:  # bounded extended attention, redrawn every step
+            partners = to_device(joint_partners(count, self.max_joint, self.generator), latents.device)
+        return denoiser.joint(torch.arange(count), latents, step, partners)
+
+
+@hookimpl
+def register_propagators(register):
+    register(TokenFlow())

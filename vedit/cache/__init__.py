@@ -1,0 +1,2 @@
+"""What vedit keeps on disk between runs: inverted clips (the inversion cache), checkpoints of stopped runs,
+and the checksums that keep a damaged file from being used."""
