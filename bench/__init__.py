@@ -329,7 +329,7 @@ def register_commands(app):
             import torch
 
             from vedit.errors import ConfigError
-            from vedit.model.models import dtype_name
+            from vedit.model.device import dtype_name
             from vedit.io.video import parse_size
 
             from .checksums import run_checksums_suite

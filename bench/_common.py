@@ -493,7 +493,7 @@ def device_info(device: torch.device | str) -> dict[str, Any]:
 def _dtype_text(dtype: torch.dtype | str | None) -> str | None:
     """fp32, fp16, bf16 (vedit's option names) for a torch dtype."""
     if isinstance(dtype, torch.dtype):
-        from vedit.model.models import dtype_name
+        from vedit.model.device import dtype_name
 
         return dtype_name(dtype)
     return dtype
@@ -587,7 +587,7 @@ def resolve_save(suite: str, device: str | torch.device, save: str | None, no_sa
         return None
     if save:
         return save
-    from vedit.model.models import resolve_device
+    from vedit.model.device import resolve_device
 
     return str(results_path(suite, resolve_device(device)))
 

@@ -45,7 +45,7 @@ def run_batch_suite(
 
     from vedit.batch.run import _import_ray, _Ray, choose_backend, plan_batch, run_batch
     from vedit.errors import ConfigError
-    from vedit.model.models import resolve_device, resolve_dtype
+    from vedit.model.device import resolve_device, resolve_dtype
     from vedit.io.video import parse_size
 
     unknown = [m for m in modes if m not in MODES]

@@ -46,7 +46,8 @@ def probe(args: argparse.Namespace) -> dict:
     from vedit import plugins
     from vedit.runtime import allocator as runtime
     from vedit.runtime.engine import Passes
-    from vedit.model.models import PROMPT_LENGTH, load_model
+    from vedit.model.builders import PROMPT_LENGTH
+    from vedit.model.loading import load_model
     from vedit.io.video import parse_size
 
     width, height = parse_size(args.size)

@@ -78,7 +78,7 @@ def _trajectory_files(folder: Path, frames: int, size: tuple[int, int], steps: i
 
     from vedit.cache.checksums import KEY
     from vedit.method.inversion import Trajectory, TrajectoryWriter, inversion_timesteps, sampling_timesteps
-    from vedit.model.models import SD_SCHEDULER_CONFIG
+    from vedit.model.builders import SD_SCHEDULER_CONFIG
 
     scheduler = DDIMScheduler(**SD_SCHEDULER_CONFIG)
     timesteps = sampling_timesteps(scheduler, steps)
@@ -132,7 +132,7 @@ def run_checksums_suite(
     save: str | None = None,
 ) -> dict:
     from vedit.cache.checksums import file_digest, file_sha256
-    from vedit.model.models import dtype_name
+    from vedit.model.device import dtype_name
 
     say(f"bench checksums: hashing {hash_mb} MB in memory")
     data = memoryview(np.random.default_rng(0).bytes(hash_mb << 20))

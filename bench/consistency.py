@@ -96,7 +96,7 @@ def consistency_model(
 
     See the module docstring for why each change is made and what was measured without it.
     """
-    from vedit.model.models import load_model
+    from vedit.model.loading import load_model
 
     sd = load_model(f"tiny@{seed}", device="cpu", dtype="fp32")
     images = torch.from_numpy(clip).permute(0, 3, 1, 2).float() / 255

@@ -88,7 +88,8 @@ class _Config:
 
     def __init__(self, settings: dict[str, Any], extra: dict[str, Any], label: str, workdir: Path, models: dict, clips: dict, notes: list[str]):
         from vedit.config import RunConfig, validate
-        from vedit.model.models import dtype_name, load_model
+        from vedit.model.device import dtype_name
+        from vedit.model.loading import load_model
         from vedit.io.video import parse_size
 
         self.settings, self.label, self.workdir, self.notes = settings, label, workdir, notes
@@ -240,7 +241,7 @@ def run_edit_suite(
     base settings and the same with those overrides, alternately, and their ratio pair by pair.
     ``options`` are further :class:`vedit.config.RunConfig` fields for both configurations."""
     from vedit.errors import ConfigError
-    from vedit.model.models import resolve_device
+    from vedit.model.device import resolve_device
 
     if repeats < 1:
         raise ConfigError("--repeats must be 1 or more")

@@ -50,7 +50,7 @@ class _Session:
     """One configuration: its model and, per engine, the runner of its plain pass."""
 
     def __init__(self, settings: dict[str, Any], models: dict, cache, notes: list[str], *, own_model: bool = False):
-        from vedit.model.models import load_model
+        from vedit.model.loading import load_model
         from vedit.io.video import parse_size
 
         self.settings = settings
@@ -130,7 +130,7 @@ def run_invert_suite(
     from vedit import plugins
     from vedit.runtime.engine import EngineCache
     from vedit.errors import ConfigError
-    from vedit.model.models import resolve_device
+    from vedit.model.device import resolve_device
 
     from ._common import parse_vs
 
@@ -207,7 +207,7 @@ def _run_plain(base, models, cache, notes, *, repeats, warmup, peak, not_run) ->
 def _run_vs(base, overrides, models, cache, notes, *, repeats, warmup, peak, not_run) -> dict[str, Any]:
     other = {**base, **overrides}
     if "device" in overrides:
-        from vedit.model.models import resolve_device
+        from vedit.model.device import resolve_device
 
         other["device"] = str(resolve_device(other["device"]))
     sessions = {"A": _Session(base, models, cache, notes), "B": _Session(other, models, cache, notes, own_model=True)}

@@ -27,7 +27,7 @@ def probe(args: argparse.Namespace) -> dict:
     """One measurement, in this process."""
     import torch
 
-    from vedit.model.models import load_model
+    from vedit.model.loading import load_model
     from vedit.pipeline.stages import edit
     from vedit.io.video import parse_size
 
@@ -67,7 +67,7 @@ def run_memory_suite(
     frame_counts, *, model, size, steps, editor, propagator, chunk_size, device, dtype, save=None, json_out=False,
     max_joint_keyframes: int = 32,
 ) -> dict:
-    from vedit.model.models import resolve_device, resolve_dtype
+    from vedit.model.device import resolve_device, resolve_dtype
 
     rows = []
     for frames in frame_counts:

@@ -148,7 +148,7 @@ def run_nn_suite(
     ``threads`` limits torch's and FAISS's CPU threads for the run; ``clock="cpu"`` (CPU, one
     thread only) times the calling thread's CPU time, which a machine busy with other work does
     not inflate the way it inflates the wall clock."""
-    from vedit.model.models import resolve_device, resolve_dtype
+    from vedit.model.device import resolve_device, resolve_dtype
 
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
@@ -161,7 +161,7 @@ def run_nn_suite(
 
 
 def _measure(seqs, chunk_size, backends, dev, dt, repeats, save, clock) -> list[dict]:
-    from vedit.model.models import dtype_name
+    from vedit.model.device import dtype_name
 
     searches = _searches(backends, dev)
     load = os.getloadavg() if hasattr(os, "getloadavg") else None

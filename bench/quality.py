@@ -40,7 +40,7 @@ def parse_clip(spec: str) -> tuple[Path, int | None]:
 
 def _model(name: str, path: Path, frames: int | None, size: tuple[int, int]):
     """The model ``name``, its weights drawn from seed 0 whatever the edits' seed."""
-    from vedit.model.models import load_model
+    from vedit.model.loading import load_model
     from vedit.io.video import FrameRange, FrameReader
 
     if name == "tiny":

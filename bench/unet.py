@@ -69,7 +69,8 @@ def run_unet_suite(
     from vedit import plugins
     from vedit.runtime.engine import EngineCache, Passes
     from vedit.errors import ConfigError
-    from vedit.model.models import dtype_name, load_model
+    from vedit.model.device import dtype_name
+    from vedit.model.loading import load_model
     from vedit.io.video import parse_size
     from vedit_plugins.editors.pnp import CONV_LAYERS, QK_LAYERS
 

@@ -81,7 +81,7 @@ def test_cpu_attention_is_counted():
 
 
 def test_pass_flops_are_counted_once_and_scale_with_the_batch():
-    from vedit.model.models import load_model
+    from vedit.model.loading import load_model
 
     sd = load_model("tiny", device="cpu", dtype="fp32")
     one = _common.pass_flops(sd, "plain", 1, 8, 8)

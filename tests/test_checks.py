@@ -20,13 +20,13 @@ from vedit.io.video import FrameReader
 @pytest.fixture
 def no_heavy_work(monkeypatch):
     """Fail the test if the model is loaded or a frame is decoded: the check must come first."""
-    import vedit.model.models
     import vedit.io.video
+    import vedit.model.loading
 
     def refuse(*args, **kwargs):
         raise AssertionError("heavy work started before the options were checked")
 
-    monkeypatch.setattr(vedit.model.models, "load_model", refuse)
+    monkeypatch.setattr(vedit.model.loading, "load_model", refuse)
     monkeypatch.setattr(vedit.io.video.FrameReader, "__iter__", refuse)
 
 

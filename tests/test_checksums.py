@@ -155,9 +155,9 @@ def test_a_trajectory_file_with_a_changed_metadata_byte_is_one_line_and_exit_2(c
 
 
 def test_a_trajectory_file_without_vedits_metadata_is_refused_saying_what_is_missing(clip, tmp_path, monkeypatch):
-    from vedit.model import models
+    from vedit.model import loading
 
-    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("the model loaded before the check"))
+    monkeypatch.setattr(loading, "load_model", lambda *a, **k: pytest.fail("the model loaded before the check"))
     bare = tmp_path / "bare.safetensors"  # made by another tool
     save_file({"clean": torch.zeros(12, 4, 6, 8)}, str(bare))
     result = vedit("run", clip, "--inversion", bare, "-o", tmp_path / "out.mp4", *cli_options())

@@ -18,7 +18,7 @@ from vedit import plugins
 from vedit.runtime.engine import EngineCache, EngineError, Passes, engine_chain
 from vedit.errors import PluginError
 from vedit.plugins.hookspecs import hookimpl
-from vedit.model.models import load_model
+from vedit.model.loading import load_model
 from vedit.method.passes import joint_partners, select_keyframes
 from vedit.pipeline.stages import edit
 from vedit.method.unet import COND, SOURCE, UNCOND

@@ -65,7 +65,7 @@ def tiny_clip(tmp_path_factory):
     from transformers import CLIPConfig, CLIPModel
 
     from vedit.quality.clip_score import _image_processor_class
-    from vedit.model.models import build_tokenizer
+    from vedit.model.builders import build_tokenizer
 
     tokenizer = build_tokenizer()
     text = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,

@@ -11,7 +11,7 @@ import torch
 from test_cli import vedit
 from vedit.errors import ConfigError, InputError
 from vedit.method.inversion import InversionCache, Trajectory, cache_key, invert, inversion_timesteps, reconstruct
-from vedit.model.models import load_model
+from vedit.model.loading import load_model
 
 
 def latent_blind_unet(x, t, text):
@@ -57,7 +57,7 @@ def test_the_inversion_steps_rule_is_the_one_the_help_states():
 
     from vedit.cli.app import INVERSION_STEPS_HELP
     from vedit.method.inversion import check_schedules
-    from vedit.model.models import SD_SCHEDULER_CONFIG
+    from vedit.model.builders import SD_SCHEDULER_CONFIG
 
     scheduler = DDIMScheduler(**SD_SCHEDULER_CONFIG)
 

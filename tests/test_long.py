@@ -137,7 +137,7 @@ def _invert(writer=None, dtype=torch.float32):
     from diffusers import DDIMScheduler
 
     from vedit.method.inversion import invert
-    from vedit.model.models import SD_SCHEDULER_CONFIG
+    from vedit.model.builders import SD_SCHEDULER_CONFIG
 
     clean = torch.randn(5, 4, 6, 8, generator=torch.Generator().manual_seed(4)).to(dtype)
     text = torch.zeros(1, 77, 32, dtype=dtype)
@@ -216,7 +216,7 @@ def test_an_inversion_that_fails_leaves_no_file(tmp_path):
     from diffusers import DDIMScheduler
 
     from vedit.method.inversion import invert
-    from vedit.model.models import SD_SCHEDULER_CONFIG
+    from vedit.model.builders import SD_SCHEDULER_CONFIG
 
     with pytest.raises(RuntimeError, match="fell over"):
         invert(breaks, DDIMScheduler(**SD_SCHEDULER_CONFIG), torch.zeros(5, 4, 6, 8), torch.zeros(1, 77, 32),

@@ -1,5 +1,5 @@
-"""vedit.model.models: the tiny and random Stable Diffusions built in code, loading a folder, and the
-one-line errors a user sees when weights, devices or dtypes are not what they asked for."""
+"""vedit.model: the tiny and random Stable Diffusions built in code, loading a folder, and the one-line
+errors a user sees when weights, devices or dtypes are not what they asked for."""
 
 from __future__ import annotations
 
@@ -12,9 +12,11 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # nothing in this file may reach the network
 import pytest
 import torch
 
-from vedit.model import models
+from vedit.model import builders, loading
 from vedit.errors import ConfigError, ModelError
-from vedit.model.models import load_model, resolve_device, resolve_dtype
+from vedit.model.device import resolve_device, resolve_dtype
+from vedit.model.loading import load_model
+from vedit.model.stable_diffusion import StableDiffusion
 
 
 @pytest.fixture(autouse=True)
@@ -23,11 +25,11 @@ def offline(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def tiny() -> models.StableDiffusion:
+def tiny() -> StableDiffusion:
     return load_model("tiny", device="cpu")
 
 
-def unet_output(model: models.StableDiffusion, frames: int = 2) -> torch.Tensor:
+def unet_output(model: StableDiffusion, frames: int = 2) -> torch.Tensor:
     generator = torch.Generator().manual_seed(1)
     latents = torch.randn(frames, 4, 8, 8, generator=generator)  # 64×64 frames
     text = model.encode_prompt(["a photo of a cat"] * frames)
@@ -44,7 +46,7 @@ def one_line(error: pytest.ExceptionInfo) -> str:
 # ----------------------------------------------------------------------------- tiny
 
 
-def same_weights(a: models.StableDiffusion, b: models.StableDiffusion) -> bool:
+def same_weights(a: StableDiffusion, b: StableDiffusion) -> bool:
     for part in ("unet", "vae", "text_encoder"):
         mine, theirs = getattr(a, part).state_dict(), getattr(b, part).state_dict()
         if mine.keys() != theirs.keys() or not all(torch.equal(mine[key], theirs[key]) for key in mine):
@@ -68,14 +70,14 @@ def test_another_seed_builds_another_tiny_model(tiny):
 
 
 def test_the_weights_seed_is_part_of_the_spec():
-    assert models.built_spec("tiny") == models.BuiltSpec("tiny", 0) == models.built_spec(" tiny@0 ")
-    assert models.built_spec("tiny@007") == models.BuiltSpec("tiny", 7)
-    assert models.built_spec("random:sd15@7") == models.BuiltSpec("random:sd15", 7)
-    assert models.built_spec("random:sd21").fingerprint == "random:sd21:seed0"
-    assert models.built_spec("random:sd15@7").name == "random:sd15@7"
-    assert models.built_spec("tiny@0").name == "tiny"
+    assert builders.built_spec("tiny") == builders.BuiltSpec("tiny", 0) == builders.built_spec(" tiny@0 ")
+    assert builders.built_spec("tiny@007") == builders.BuiltSpec("tiny", 7)
+    assert builders.built_spec("random:sd15@7") == builders.BuiltSpec("random:sd15", 7)
+    assert builders.built_spec("random:sd21").fingerprint == "random:sd21:seed0"
+    assert builders.built_spec("random:sd15@7").name == "random:sd15@7"
+    assert builders.built_spec("tiny@0").name == "tiny"
     for other in ("stabilityai/stable-diffusion-2-1-base", "./tiny", "tinyllama"):
-        assert models.built_spec(other) is None
+        assert builders.built_spec(other) is None
 
 
 @pytest.mark.parametrize("spec, expected", [
@@ -88,7 +90,7 @@ def test_the_weights_seed_is_part_of_the_spec():
     ("random:nosuch@2", "unknown model 'random:nosuch@2'"),
 ])
 def test_a_malformed_built_spec_is_one_line_before_anything_is_built(spec, expected, monkeypatch):
-    monkeypatch.setattr(models, "_build", lambda *args: pytest.fail("building started"))
+    monkeypatch.setattr(loading, "build_model", lambda *args: pytest.fail("building started"))
     with pytest.raises(ConfigError) as error:
         load_model(spec, device="cpu")
     assert expected in one_line(error)
@@ -184,7 +186,7 @@ def test_prompts_pad_to_77_tokens_and_different_prompts_differ(tiny):
 
 
 def test_the_local_tokenizer_is_byte_level_clip():
-    tokenizer = models.build_tokenizer()
+    tokenizer = builders.build_tokenizer()
     assert len(tokenizer) == 514 and tokenizer.model_max_length == 77
     ids = tokenizer("a cat").input_ids
     # CLIP's own ids for single bytes: "a</w>" is 320 in the real vocabulary too
@@ -238,14 +240,14 @@ def test_random_architectures_have_the_real_parameter_counts(spec, unet, vae, te
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    assert count_on_meta(lambda: UNet2DConditionModel(**models.unet_config(spec))) == unet
-    assert count_on_meta(lambda: AutoencoderKL(**models.vae_config(spec))) == vae
-    config = CLIPTextConfig(**models.text_encoder_config(spec))
+    assert count_on_meta(lambda: UNet2DConditionModel(**builders.unet_config(spec))) == unet
+    assert count_on_meta(lambda: AutoencoderKL(**builders.vae_config(spec))) == vae
+    config = CLIPTextConfig(**builders.text_encoder_config(spec))
     assert count_on_meta(lambda: CLIPTextModel(config)) == text_encoder
 
 
 def test_sd21_uses_64_channel_heads_and_linear_projections():
-    config = models.unet_config("random:sd21")
+    config = builders.unet_config("random:sd21")
     heads = config["attention_head_dim"]  # diffusers' name; it holds head counts
     assert [width // count for width, count in zip(config["block_out_channels"], heads)] == [64] * 4
     assert config["use_linear_projection"] and config["cross_attention_dim"] == 1024
@@ -409,7 +411,7 @@ def test_an_unreachable_hub_is_one_line_without_the_hubs_retries(monkeypatch, ca
         closed.bind(("127.0.0.1", 0))
         port = closed.getsockname()[1]
     _online_with_hub_at(monkeypatch, f"http://127.0.0.1:{port}")
-    assert not models._hub_reachable()
+    assert not loading._hub_reachable()
     with pytest.raises(ModelError) as error:
         load_model("vedit-tests/no-such-model", device="cpu")
     assert one_line(error).startswith("model weights for 'vedit-tests/no-such-model' are not available")
@@ -439,7 +441,7 @@ def test_a_hub_that_answers_even_with_an_error_status_counts_as_reachable(monkey
     thread.start()
     try:
         _online_with_hub_at(monkeypatch, f"http://127.0.0.1:{server.server_address[1]}/")
-        assert models._hub_reachable()
+        assert loading._hub_reachable()
     finally:
         server.shutdown()
         server.server_close()
@@ -525,7 +527,7 @@ def test_running_out_of_memory_is_a_one_line_model_error(monkeypatch):
     def no_memory(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB\nmore")
 
-    monkeypatch.setattr(models, "_finish", no_memory)
+    monkeypatch.setattr(builders, "place_for_inference", no_memory)
     with pytest.raises(ModelError) as error:
         load_model("tiny", device="cpu")
     # The CPU refuses fp16, and the working size does not change the weights: bf16 halves them.
@@ -548,14 +550,12 @@ def test_a_hub_models_fingerprint_names_its_commit_when_the_cache_knows_it(
     import huggingface_hub
 
     monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *args, **kwargs: cached)
-    assert models._hub_fingerprint("org/sd", revision) == fingerprint
+    assert loading._hub_fingerprint("org/sd", revision) == fingerprint
 
 
 def test_a_fully_cached_hub_model_loads_without_asking_the_hub(tmp_path, monkeypatch):
     """A hub id whose files are all in the local cache is read from there (no request per file)."""
     import huggingface_hub.constants as hub
-
-    from vedit.model import models
 
     commit = "0123456789abcdef0123456789abcdef01234567"
     repo = tmp_path / "hub" / "models--someone--tiny-sd"
@@ -563,9 +563,30 @@ def test_a_fully_cached_hub_model_loads_without_asking_the_hub(tmp_path, monkeyp
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(commit)
     monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    assert models._fully_cached("someone/tiny-sd", None)
-    assert models._fully_cached("someone/tiny-sd", commit)
-    assert not models._fully_cached("someone/tiny-sd", "main")  # a branch may have moved
-    assert not models._fully_cached("someone/other", None)
+    assert loading._fully_cached("someone/tiny-sd", None)
+    assert loading._fully_cached("someone/tiny-sd", commit)
+    assert not loading._fully_cached("someone/tiny-sd", "main")  # a branch may have moved
+    assert not loading._fully_cached("someone/other", None)
     (repo / "snapshots" / commit / "vae" / "diffusion_pytorch_model.safetensors").unlink()
-    assert not models._fully_cached("someone/tiny-sd", None)  # weights missing: ask the hub
+    assert not loading._fully_cached("someone/tiny-sd", None)  # weights missing: ask the hub
+
+
+def test_the_old_module_path_still_gives_every_public_name(monkeypatch):
+    """``vedit.models`` was split in four; code that imports it keeps working, with a warning naming the parts."""
+    import sys
+
+    from vedit.model import device, stable_diffusion
+
+    monkeypatch.delitem(sys.modules, "vedit.models", raising=False)
+    with pytest.warns(DeprecationWarning, match=r"^vedit\.models has moved: import vedit\.model\.stable_diffusion or "):
+        import vedit.models as old
+    homes = {
+        stable_diffusion: "COMPONENTS StableDiffusion",
+        device: "resolve_device resolve_dtype dtype_name vae_dtype_for is_out_of_memory memory_hint",
+        builders: "BUILT_IN_SPECS PROMPT_LENGTH SD_SCHEDULER_CONFIG BuiltSpec is_built_in built_spec build_tokenizer "
+                  "unet_config vae_config text_encoder_config",
+        loading: "DEFAULT_MODEL HUB_PROBE_TIMEOUT peek_scheduler load_model",
+    }
+    for module, names in homes.items():
+        for name in names.split():
+            assert getattr(old, name) is getattr(module, name), name

@@ -14,7 +14,7 @@ from conftest import make_clip
 from vedit import edit
 from vedit import invert
 from vedit.errors import ConfigError, OutputError
-from vedit.model.models import load_model
+from vedit.model.loading import load_model
 from vedit.pipeline.stages import _to_uint8
 from vedit.pipeline.preview import (
     GAP,

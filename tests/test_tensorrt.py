@@ -35,7 +35,7 @@ from vedit_engines.tensorrt import (
 
 from vedit import plugins
 from vedit.runtime.engine import BuildTarget, EngineCache
-from vedit.model.models import load_model
+from vedit.model.loading import load_model
 from vedit.method.passes import KeyframePass, PlainPass, PropagationPass
 from vedit.method.unet import ControlledUNet
 

@@ -17,7 +17,8 @@ import vedit
 from vedit.pipeline import stages as pipeline
 from vedit.runtime.batch_sizes import CPU_BATCH, Batches, batch_for, choose_batches
 from vedit.method.denoise import pick_frames
-from vedit.model.models import load_model, vae_dtype_for
+from vedit.model.device import vae_dtype_for
+from vedit.model.loading import load_model
 from vedit.runtime.profiling import Profile, profiling, stage
 from vedit.io.threads import ReadAhead, WriteBehind
 from vedit.runtime.transfer import to_device, to_host

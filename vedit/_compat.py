@@ -19,7 +19,9 @@ from types import ModuleType
 MOVED: dict[str, tuple[str, ...]] = {
     "vedit.video": ("vedit.io.video",),
     "vedit.streams": ("vedit.io.threads",),
-    "vedit.models": ("vedit.model.models",),
+    "vedit.models": (
+        "vedit.model.stable_diffusion", "vedit.model.device", "vedit.model.loading", "vedit.model.builders"
+    ),
     "vedit.unet": ("vedit.method.unet",),
     "vedit.attention": ("vedit.method.attention",),
     "vedit.passes": ("vedit.method.passes",),

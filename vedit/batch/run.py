@@ -132,7 +132,7 @@ def _resolve_paths(values: dict[str, Any], written: Iterable[str], base: Path, c
     """Path options made absolute: those ``written`` in the job file against its folder, the
     rest (defaults, vedit.toml) against the working directory, so that every worker reads the same
     files whatever its own working directory."""
-    from ..model.models import is_built_in
+    from ..model.builders import is_built_in
 
     out = dict(values)
     written = set(written)
@@ -431,9 +431,9 @@ def _write_json_atomically(path: Path, data: Any) -> None:
 
 
 def _built(model: str) -> Any:
-    """The :class:`~vedit.model.models.BuiltSpec` of a model built in code, else None (a malformed spec
+    """The :class:`~vedit.model.builders.BuiltSpec` of a model built in code, else None (a malformed spec
     too: the checks before the plan say what is wrong with it)."""
-    from ..model.models import built_spec
+    from ..model.builders import built_spec
 
     try:
         return built_spec(model)
@@ -763,7 +763,7 @@ def _load(config: RunConfig) -> tuple[Any, bool]:
     """The model for ``config``, loaded unless this process holds it already (one at a time)."""
     import gc
 
-    from ..model.models import load_model
+    from ..model.loading import load_model
 
     key = model_key(config)
     if _MODEL[0] == key:

@@ -75,7 +75,7 @@ def user_errors() -> Iterator[None]:
     except VeditError as error:
         raise fail(str(error), error.exit_code) from None
     except (MemoryError, RuntimeError) as error:  # torch.OutOfMemoryError, and the CPU allocator's RuntimeError
-        from ..model.models import is_out_of_memory, memory_hint
+        from ..model.device import is_out_of_memory, memory_hint
 
         if not is_out_of_memory(error):
             raise

@@ -40,7 +40,7 @@ class EditJob:
     """Everything an editor may use to plan an edit."""
 
     config: Any  # vedit.config.RunConfig
-    model: Any  # vedit.model.models.StableDiffusion
+    model: Any  # vedit.model.stable_diffusion.StableDiffusion
     scheduler: Any  # a DDIMScheduler with set_timesteps(config.steps) applied
     clean_latents: torch.Tensor  # (N, 4, h, w), VAE posterior mean × scaling factor
     trajectory: Any | None = None  # vedit.method.inversion.Trajectory when the editor needs inversion

@@ -36,7 +36,7 @@ from ..method.inversion import (
     read_metadata,
     sampling_timesteps,
 )
-from ..model.models import SD_SCHEDULER_CONFIG
+from ..model.builders import SD_SCHEDULER_CONFIG
 from ..report import Reporter, SilentReporter, Task, VeditWarning, open_task
 from ..io.threads import ReadAhead, WriteBehind
 from ..runtime.transfer import to_device
@@ -214,7 +214,8 @@ def preflight(
 
     Public: tools that drive many edits (``vedit batch``) check each with it before any work.
     ``editing=False`` checks an inversion only (no editor, propagator or post-processors)."""
-    from ..model.models import peek_scheduler, resolve_device, resolve_dtype
+    from ..model.device import resolve_device, resolve_dtype
+    from ..model.loading import peek_scheduler
 
     check_numbers(config)  # a RunConfig built by hand has not been validated
     clip = open_clip(input, config)
@@ -315,7 +316,7 @@ def _identity_mismatch(config: RunConfig, what: str, reporter: Reporter) -> None
 
 def _load(config: RunConfig, preflight: Preflight, sd: Any = None):
     """The model (loaded unless given)."""
-    from ..model.models import load_model
+    from ..model.loading import load_model
 
     if sd is not None:
         return sd
@@ -806,7 +807,7 @@ def edit(
 
     Example: ``vedit.edit("clip.mp4", "out.mp4", prompt="a watercolor painting", model="tiny")``.
     Without ``config``, ``vedit.toml`` in the working directory supplies defaults. ``sd`` is an
-    already loaded :class:`~vedit.model.models.StableDiffusion`, to reuse one model across edits.
+    already loaded :class:`~vedit.model.stable_diffusion.StableDiffusion`, to reuse one model across edits.
     ``profile`` times each component with device synchronisation (``EditResult.profile``); it
     slows the run a little.
     """
@@ -989,7 +990,8 @@ def build_engines(
 ) -> list[BuiltEngine]:
     """Build (or find in the engine cache) every pass a run of ``frames`` frames at ``size`` (W, H)
     would use, so that the run itself starts at once. What ``vedit engines build`` does."""
-    from ..model.models import load_model, resolve_device, resolve_dtype
+    from ..model.device import resolve_device, resolve_dtype
+    from ..model.loading import load_model
 
     reporter = _Recording(reporter or SilentReporter())
     editor = plugins.get("editor", config.editor)
