@@ -77,7 +77,8 @@ def _trajectory_files(folder: Path, frames: int, size: tuple[int, int], steps: i
     from safetensors.torch import save_file
 
     from vedit.cache.checksums import KEY
-    from vedit.method.inversion import Trajectory, TrajectoryWriter, inversion_timesteps, sampling_timesteps
+    from vedit.method.ddim import inversion_timesteps, sampling_timesteps
+    from vedit.method.trajectory import Trajectory, TrajectoryWriter
     from vedit.model.builders import SD_SCHEDULER_CONFIG
 
     scheduler = DDIMScheduler(**SD_SCHEDULER_CONFIG)
@@ -100,7 +101,7 @@ def _trajectory_files(folder: Path, frames: int, size: tuple[int, int], steps: i
 
 def _read_as_an_edit(path: Path) -> None:
     """Load a trajectory file and take each step's latents once, as an edit does."""
-    from vedit.method.inversion import Trajectory
+    from vedit.method.trajectory import Trajectory
 
     trajectory = Trajectory.load(path)
     for t in trajectory.timesteps:

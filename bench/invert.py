@@ -1,4 +1,4 @@
-"""DDIM inversion speed: frames per second of :func:`vedit.method.inversion.invert` through each engine.
+"""DDIM inversion speed: frames per second of :func:`vedit.method.ddim.invert` through each engine.
 
 This is the inversion stage of an edit alone, run the way the pipeline runs it
 (:func:`vedit.pipeline.invert_latents`): the plain pass through a :class:`vedit.runtime.engine.Passes`,
@@ -77,7 +77,7 @@ class _Session:
         return Passes(self.sd, [plugins.get("engine", engine)], strict=True, cache=self.cache, message=self.notes.append, batches=batches)
 
     def invert_once(self, passes, batch: int):
-        from vedit.method.inversion import invert
+        from vedit.method.ddim import invert
 
         def unet(latents, t, text):
             return passes.plain(latents, t.reshape(()), text, kind="inversion")

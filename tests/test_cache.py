@@ -12,11 +12,12 @@ import torch
 from safetensors import SafetensorError
 from typer.testing import CliRunner
 
-import vedit.method.inversion as inversion
 from conftest import one_error_line
 from vedit.cli.app import create_app
 from vedit.errors import ConfigError, OutputError
-from vedit.method.inversion import MB, CacheEntry, InversionCache, Trajectory, describe_age, gb_to_bytes
+from vedit.cache.files import MB, CacheEntry, describe_age, gb_to_bytes
+from vedit.cache.inversions import InversionCache
+from vedit.method.trajectory import Trajectory
 
 AS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
@@ -79,7 +80,7 @@ def test_a_read_only_cache_folder_warns_and_leaves_nothing(tmp_path, monkeypatch
         def refuse(*args, dir=None, **kwargs):
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), dir)
 
-        monkeypatch.setattr(inversion.tempfile, "mkstemp", refuse)
+        monkeypatch.setattr("vedit.method.trajectory.tempfile.mkstemp", refuse)
     else:
         root.chmod(0o500)
     warn = Lines()
@@ -108,7 +109,7 @@ def _write_half_then(error: BaseException):
 def test_a_failed_write_warns_and_removes_its_temporary_file(tmp_path, monkeypatch, error, reason):
     cache = InversionCache(tmp_path, warn=(warn := Lines()))
     cache.put("a" * 32, trajectory(1.0))
-    monkeypatch.setattr(inversion, "save_file", _write_half_then(error))
+    monkeypatch.setattr("vedit.method.trajectory.save_file", _write_half_then(error))
     assert cache.put("b" * 32, trajectory(2.0)) is None
     assert warn == [f"cannot write the inversion cache in {cache.root} ({reason}); carrying on without it"]
     assert files_in(cache.root) == ["a" * 32 + ".safetensors"]  # no .partial left, the old entry intact
@@ -119,7 +120,7 @@ def test_a_rename_that_fails_leaves_no_temporary_file(tmp_path, monkeypatch):
     def full(src, dst):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(inversion.os, "replace", full)
+    monkeypatch.setattr("vedit.method.trajectory.os.replace", full)
     cache = InversionCache(tmp_path, warn=(warn := Lines()))
     assert cache.put("a" * 32, trajectory()) is None
     assert len(warn) == 1 and files_in(cache.root) == []
@@ -142,7 +143,7 @@ def test_an_unreadable_entry_is_a_miss_with_a_warning_and_is_kept(tmp_path, monk
                 raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(file))
             return real_open(file, *args, **kwargs)
 
-        monkeypatch.setattr(inversion, "open", refuse, raising=False)
+        monkeypatch.setattr("vedit.cache.inversions.open", refuse, raising=False)
     else:
         path.chmod(0o000)
     try:
@@ -160,7 +161,7 @@ def test_a_hit_in_a_cache_that_cannot_be_touched_is_still_a_hit(tmp_path, monkey
     def read_only(*args, **kwargs):
         raise OSError(errno.EROFS, os.strerror(errno.EROFS))
 
-    monkeypatch.setattr(inversion.os, "utime", read_only)
+    monkeypatch.setattr("vedit.cache.inversions.os.utime", read_only)
     assert cache.get("a" * 32).clean[0, 0, 0, 0] == 3.0
     assert warn == []
 
@@ -321,7 +322,7 @@ def test_a_missing_cache_folder_is_empty_and_an_unlistable_one_is_one_error(tmp_
     def refuse(path):
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
 
-    monkeypatch.setattr(inversion.os, "scandir", refuse)
+    monkeypatch.setattr("vedit.cache.files.os.scandir", refuse)
     with pytest.raises(OutputError, match=r"^cannot read the inversion cache in .*: Permission denied$"):
         InversionCache(tmp_path / "c").clear()
 

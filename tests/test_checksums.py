@@ -17,7 +17,7 @@ from conftest import flip_byte, make_clip, one_error_line, tensor_bytes
 from test_cli import vedit
 from vedit.cache.checksums import UNKNOWN, ChecksumMismatch, check_tensor, checksums_of, tensor_digest, with_checksums
 from vedit.errors import InputError
-from vedit.method.inversion import DamagedTrajectory, Trajectory, TrajectoryWriter
+from vedit.method.trajectory import DamagedTrajectory, Trajectory, TrajectoryWriter
 from vedit.report import VeditWarning
 
 # 4 steps: the sampling schedule is t = 751, 501, 251, 1 and z_T is at 751, so latents_t0251 is

@@ -325,7 +325,7 @@ def whole(path: Path, output: str) -> bool:
 
 def test_summaries_and_tables_in_a_pipe_keep_long_paths_whole(clip, deep, tmp_path):
     from test_cache import trajectory
-    from vedit.method.inversion import InversionCache
+    from vedit.cache.inversions import InversionCache
 
     out = deep / "edited.mp4"
     run = piped("run", clip, "-p", "a watercolor painting", "--size", "64x48", "-o", out, *FAST[:-1])

@@ -10,7 +10,9 @@ import torch
 
 from test_cli import vedit
 from vedit.errors import ConfigError, InputError
-from vedit.method.inversion import InversionCache, Trajectory, cache_key, invert, inversion_timesteps, reconstruct
+from vedit.cache.inversions import InversionCache, cache_key
+from vedit.method.ddim import invert, inversion_timesteps, reconstruct
+from vedit.method.trajectory import Trajectory
 from vedit.model.loading import load_model
 
 
@@ -56,7 +58,7 @@ def test_the_inversion_steps_rule_is_the_one_the_help_states():
     from diffusers import DDIMScheduler
 
     from vedit.cli.app import INVERSION_STEPS_HELP
-    from vedit.method.inversion import check_schedules
+    from vedit.method.ddim import check_schedules
     from vedit.model.builders import SD_SCHEDULER_CONFIG
 
     scheduler = DDIMScheduler(**SD_SCHEDULER_CONFIG)
@@ -102,6 +104,28 @@ def test_trajectory_round_trip_and_cache(tmp_path):
     (tmp_path / "x.safetensors").write_bytes(b"nonsense")
     with pytest.raises(InputError, match="not a readable vedit trajectory"):
         Trajectory.load(tmp_path / "x.safetensors")
+
+
+def test_the_old_module_path_still_gives_every_public_name(monkeypatch):
+    """``vedit.inversion`` was split in four; code that imports it keeps working, with a warning naming the parts."""
+    import sys
+
+    from vedit.cache import files, inversions
+    from vedit.method import ddim, trajectory
+
+    monkeypatch.delitem(sys.modules, "vedit.inversion", raising=False)
+    with pytest.warns(DeprecationWarning, match=r"^vedit\.inversion has moved: import vedit\.method\.ddim or "):
+        import vedit.inversion as old
+    homes = {
+        ddim: "inversion_timesteps sampling_timesteps check_schedules invert reconstruct",
+        trajectory: "FORMAT LOAD_FIELDS RUN_FIELDS DamagedTrajectory MappedLatents Trajectory TrajectoryWriter "
+                    "read_metadata is_trajectory",
+        inversions: "cache_key InversionCache",
+        files: "GB MB gb_to_bytes partial_prefix sweep_partials cache_root CacheEntry scan_folder describe_age",
+    }
+    for module, names in homes.items():
+        for name in names.split():
+            assert getattr(old, name) is getattr(module, name), name
 
 
 def test_invert_check_reports_psnr_that_matches_a_direct_computation(clip):

@@ -99,7 +99,7 @@ def test_a_run_with_k_at_most_m_is_the_published_run_and_beyond_it_the_bounded_o
 
 
 def test_a_stored_trajectory_is_read_per_step_from_its_memory_map(tmp_path):
-    from vedit.method.inversion import MappedLatents, Trajectory
+    from vedit.method.trajectory import MappedLatents, Trajectory
 
     generator = torch.Generator().manual_seed(5)
     latents = {t: torch.randn(7, 4, 6, 8, generator=generator) for t in (981, 501, 21, 999)}
@@ -136,7 +136,7 @@ def _blind_unet(x, t, text):
 def _invert(writer=None, dtype=torch.float32):
     from diffusers import DDIMScheduler
 
-    from vedit.method.inversion import invert
+    from vedit.method.ddim import invert
     from vedit.model.builders import SD_SCHEDULER_CONFIG
 
     clean = torch.randn(5, 4, 6, 8, generator=torch.Generator().manual_seed(4)).to(dtype)
@@ -149,7 +149,7 @@ def _invert(writer=None, dtype=torch.float32):
 def test_the_inversion_writes_its_trajectory_to_the_file_step_by_step(tmp_path, dtype):
     from safetensors import safe_open
 
-    from vedit.method.inversion import MappedLatents, Trajectory, TrajectoryWriter
+    from vedit.method.trajectory import MappedLatents, Trajectory, TrajectoryWriter
 
     held = _invert(dtype=dtype)
     path = tmp_path / "t.safetensors"
@@ -179,7 +179,7 @@ def test_a_full_disk_while_writing_keeps_the_trajectory_in_memory_with_one_warni
     import errno
     import os
 
-    from vedit.method.inversion import TrajectoryWriter
+    from vedit.method.trajectory import TrajectoryWriter
 
     held = _invert()
     reasons = []
@@ -203,7 +203,7 @@ def test_a_full_disk_while_writing_keeps_the_trajectory_in_memory_with_one_warni
 
 
 def test_an_inversion_that_fails_leaves_no_file(tmp_path):
-    from vedit.method.inversion import TrajectoryWriter
+    from vedit.method.trajectory import TrajectoryWriter
 
     calls = []
 
@@ -215,7 +215,7 @@ def test_an_inversion_that_fails_leaves_no_file(tmp_path):
 
     from diffusers import DDIMScheduler
 
-    from vedit.method.inversion import invert
+    from vedit.method.ddim import invert
     from vedit.model.builders import SD_SCHEDULER_CONFIG
 
     with pytest.raises(RuntimeError, match="fell over"):

@@ -13,7 +13,8 @@ from vedit import plugins
 from vedit.method.attention import PlainAttention
 from vedit.config import RunConfig
 from vedit.method.denoise import EditJob, denoise
-from vedit.method.inversion import Trajectory, invert
+from vedit.method.ddim import invert
+from vedit.method.trajectory import Trajectory
 from vedit.model.loading import load_model
 from vedit.runtime.engine import Passes
 from vedit.method.passes import PropagatedAttention

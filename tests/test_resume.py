@@ -363,7 +363,8 @@ def test_the_summary_says_a_run_resumed(clip, tmp_path):
 def test_what_killed_writers_left_is_removed_and_what_live_ones_write_is_kept(clip, tmp_path):
     """A SIGKILL mid-write leaves a temporary file no code of the dead process can remove: the
     next run removes those whose process is gone, never another live run's."""
-    from vedit.method.inversion import InversionCache, partial_prefix, sweep_partials
+    from vedit.cache.files import partial_prefix, sweep_partials
+    from vedit.cache.inversions import InversionCache
     from vedit.io.video import remove_dead_partials
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])

@@ -26,7 +26,7 @@ MOVED: dict[str, tuple[str, ...]] = {
     "vedit.attention": ("vedit.method.attention",),
     "vedit.passes": ("vedit.method.passes",),
     "vedit.denoise": ("vedit.method.denoise",),
-    "vedit.inversion": ("vedit.method.inversion",),
+    "vedit.inversion": ("vedit.method.ddim", "vedit.method.trajectory", "vedit.cache.inversions", "vedit.cache.files"),
     "vedit.checksums": ("vedit.cache.checksums",),
     "vedit.checkpoint": ("vedit.cache.checkpoints",),
     "vedit.engine": ("vedit.runtime.engine",),

@@ -606,7 +606,7 @@ def plan_batch(
     output exists and was not written by vedit is ``refused`` (:meth:`Plan.check_outputs`), unless
     ``overwrite`` (or its own ``overwrite`` option) says to replace it.
     """
-    from ..method.inversion import cache_root
+    from ..cache.files import cache_root
     from ..pipeline.stages import preflight, planned_forwards
     from ..io.video import VIDEO_EXTENSIONS, check_replaceable, unwritable_suffix
 
@@ -837,7 +837,7 @@ def _materialize(unit: Unit, fetch: Callable[[], bytes] | None) -> RunConfig:
     the cache (the edit finds it there), else in a file it is pointed at. A trajectory this
     process cannot see (another machine wrote it to a cache folder that is not shared) is fetched
     with ``fetch`` (from Ray's object store) and put in this machine's cache."""
-    from ..method.inversion import InversionCache
+    from ..cache.inversions import InversionCache
     from ..io.video import write_atomically
 
     config, info = unit.config, unit.trajectory

@@ -36,9 +36,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .checksums import ChecksumMismatch, check_tensor, checksums_of, file_sha256, with_checksums
 from ..errors import OutputError
-from ..method.inversion import CacheEntry, _reason, cache_root, partial_prefix, scan_folder, sweep_partials
+from .checksums import ChecksumMismatch, check_tensor, checksums_of, file_sha256, with_checksums
+from .files import CacheEntry, cache_root, failure_reason, partial_prefix, scan_folder, sweep_partials
 
 FORMAT = "vedit-checkpoint/1"
 
@@ -132,7 +132,7 @@ class CheckpointStore:
             self._unlink(path)
             return None
         except Exception as error:  # damaged: safetensors, JSON or a missing field
-            self.warn(f"checkpoint {path} cannot be read ({_reason(error)}); starting from the first step")
+            self.warn(f"checkpoint {path} cannot be read ({failure_reason(error)}); starting from the first step")
             self._unlink(path)
             return None
         return Checkpoint(step=step, steps=steps, latents=latents, state=state, metadata=metadata)
@@ -154,7 +154,10 @@ class CheckpointStore:
         except (OSError, SafetensorError) as error:
             if not self._warned:  # said once a run: the next checkpoint fails for the same reason
                 self._warned = True
-                self.warn(f"cannot write a checkpoint in {self.root} ({_reason(error)}); this run cannot resume if stopped")
+                self.warn(
+                    f"cannot write a checkpoint in {self.root} ({failure_reason(error)}); "
+                    "this run cannot resume if stopped"
+                )
             return None
         finally:
             if tmp is not None and Path(tmp).exists():
@@ -172,14 +175,14 @@ class CheckpointStore:
         except NotADirectoryError:
             return  # the folder could never be made: there is nothing to remove
         except OSError as error:
-            self.warn(f"cannot remove checkpoint {path} ({_reason(error)}); 'vedit cache clear' removes it")
+            self.warn(f"cannot remove checkpoint {path} ({failure_reason(error)}); 'vedit cache clear' removes it")
 
     def entries(self) -> list[CacheEntry]:
         """Every checkpoint with its metadata, oldest first; raises OutputError if the folder cannot be listed."""
         try:
             return scan_folder(self.root, metadata=True)
         except OSError as error:
-            raise OutputError(f"cannot read the checkpoints in {self.root}: {_reason(error)}") from None
+            raise OutputError(f"cannot read the checkpoints in {self.root}: {failure_reason(error)}") from None
 
     def prune(self, max_age_seconds: float, *, now: float | None = None) -> tuple[int, int]:
         """Delete checkpoints last written more than ``max_age_seconds`` ago (and what killed
@@ -197,7 +200,7 @@ class CheckpointStore:
         except FileNotFoundError:
             return 0, 0
         except OSError as error:
-            raise OutputError(f"cannot read the checkpoints in {self.root}: {_reason(error)}") from None
+            raise OutputError(f"cannot read the checkpoints in {self.root}: {failure_reason(error)}") from None
         return self._delete(listing)
 
     def _delete(self, paths: list[Path]) -> tuple[int, int]:
@@ -217,7 +220,9 @@ class CheckpointStore:
             files += int(path.suffix == ".safetensors")
             freed += size
         if failures:
-            raise OutputError(f"cannot remove {len(failures)} checkpoint files in {self.root} ({_reason(failures[0])})")
+            raise OutputError(
+                f"cannot remove {len(failures)} checkpoint files in {self.root} ({failure_reason(failures[0])})"
+            )
         return files, freed
 
 

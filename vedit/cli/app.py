@@ -653,9 +653,9 @@ def create_app() -> typer.Typer:
         """List cached inversions, least recently used first, with the clip each came from, and checkpoints of stopped runs."""
         from rich.text import Text
 
-        from ..method.inversion import InversionCache, describe_age, gb_to_bytes
-
         from ..cache.checkpoints import CheckpointStore
+        from ..cache.files import describe_age, gb_to_bytes
+        from ..cache.inversions import InversionCache
 
         with user_errors():
             cache = InversionCache(cache_dir)
@@ -702,7 +702,7 @@ def create_app() -> typer.Typer:
     ) -> None:
         """Delete one cached inversion, or one checkpoint of a stopped run."""
         from ..cache.checkpoints import CheckpointStore
-        from ..method.inversion import InversionCache
+        from ..cache.inversions import InversionCache
 
         with user_errors():
             cache = InversionCache(cache_dir)
@@ -740,7 +740,8 @@ def create_app() -> typer.Typer:
     ) -> None:
         """Shrink the cache: least recently used inversions down to a size, and old checkpoints."""
         from ..cache.checkpoints import CheckpointStore
-        from ..method.inversion import InversionCache, gb_to_bytes
+        from ..cache.files import gb_to_bytes
+        from ..cache.inversions import InversionCache
 
         with user_errors():
             check_number(max_gb, "--max-gb", 0.0)
@@ -767,7 +768,7 @@ def create_app() -> typer.Typer:
     def cache_clear(cache_dir: Optional[str] = typer.Option(None, help="Cache folder.")) -> None:
         """Delete every cached inversion and every checkpoint of a stopped run."""
         from ..cache.checkpoints import CheckpointStore
-        from ..method.inversion import InversionCache
+        from ..cache.inversions import InversionCache
 
         with user_errors():
             files, freed = InversionCache(cache_dir).clear()

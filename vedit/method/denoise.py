@@ -43,7 +43,7 @@ class EditJob:
     model: Any  # vedit.model.stable_diffusion.StableDiffusion
     scheduler: Any  # a DDIMScheduler with set_timesteps(config.steps) applied
     clean_latents: torch.Tensor  # (N, 4, h, w), VAE posterior mean × scaling factor
-    trajectory: Any | None = None  # vedit.method.inversion.Trajectory when the editor needs inversion
+    trajectory: Any | None = None  # vedit.method.trajectory.Trajectory when the editor needs inversion
     generator: torch.Generator | None = None
 
     @property

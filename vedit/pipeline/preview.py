@@ -34,7 +34,7 @@ import torch
 
 from ..config import RunConfig, option_label, option_value
 from ..errors import ConfigError, InputError, OutputError
-from ..method.inversion import Trajectory
+from ..method.trajectory import Trajectory
 from .stages import (
     _cache,
     _inversion_key,

@@ -25,17 +25,10 @@ from ..method.denoise import EditJob, RunShape, Step, denoise
 from ..runtime.engine import DEFAULT_ENGINE_CACHE, EngineCache, Passes, _first_line, engine_chain
 from ..method.passes import joint_partners, select_keyframes
 from ..errors import ConfigError, InputError, OutputError
-from ..method.inversion import (
-    RUN_FIELDS,
-    InversionCache,
-    Trajectory,
-    cache_key,
-    check_schedules,
-    gb_to_bytes,
-    invert,
-    read_metadata,
-    sampling_timesteps,
-)
+from ..cache.files import gb_to_bytes
+from ..cache.inversions import InversionCache, cache_key
+from ..method.ddim import check_schedules, invert, sampling_timesteps
+from ..method.trajectory import RUN_FIELDS, Trajectory, read_metadata
 from ..model.builders import SD_SCHEDULER_CONFIG
 from ..report import Reporter, SilentReporter, Task, VeditWarning, open_task
 from ..io.threads import ReadAhead, WriteBehind
@@ -518,7 +511,7 @@ def _spool(metadata: dict[str, str], reporter: Reporter) -> Any:
     when the temporary folder cannot be written."""
     import tempfile
 
-    from ..method.inversion import TrajectoryWriter
+    from ..method.trajectory import TrajectoryWriter
 
     def failed(reason: str) -> None:
         reporter.message(f"cannot write a temporary trajectory file ({reason}); holding it in memory")
@@ -1046,7 +1039,7 @@ def build_engines(
 def _check_trajectory_output(output: str | os.PathLike, overwrite: bool) -> Path:
     """Refuse an inversion file path that cannot be written, before any work: an existing file
     that is not a vedit trajectory is replaced only with ``overwrite``."""
-    from ..method.inversion import is_trajectory
+    from ..method.trajectory import is_trajectory
 
     output = Path(output)
     if output.suffix != ".safetensors":
@@ -1130,7 +1123,7 @@ class Reconstruction:
 
 def reconstruction_psnr(model, config, clip, trajectory, source_embeds, passes, reporter) -> Reconstruction:
     """Sample back from the inverted noise and compare the decoded frames with the clip's."""
-    from ..method.inversion import reconstruct
+    from ..method.ddim import reconstruct
 
     task = reporter.task("reconstruct", 1)
     z0 = reconstruct(
