@@ -89,7 +89,7 @@ class _Config:
     def __init__(self, settings: dict[str, Any], extra: dict[str, Any], label: str, workdir: Path, models: dict, clips: dict, notes: list[str]):
         from vedit.config import RunConfig, validate
         from vedit.model.models import dtype_name, load_model
-        from vedit.io.video import parse_size
+        from vedit.io.frames import parse_size
 
         self.settings, self.label, self.workdir, self.notes = settings, label, workdir, notes
         width, height = parse_size(settings["size"])

@@ -70,7 +70,7 @@ def run_unet_suite(
     from vedit.runtime.engine import EngineCache, Passes
     from vedit.errors import ConfigError
     from vedit.model.models import dtype_name, load_model
-    from vedit.io.video import parse_size
+    from vedit.io.frames import parse_size
     from vedit_plugins.editors.pnp import CONV_LAYERS, QK_LAYERS
 
     if isinstance(batches, str):

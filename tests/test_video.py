@@ -16,21 +16,12 @@ import pytest
 from PIL import Image
 
 from vedit.errors import ConfigError, InputError, OutputError
-from vedit.io.video import (
-    ColorTags,
-    FrameRange,
-    FrameReader,
-    VideoWriter,
-    check_output_path,
-    find_ffmpeg,
-    lost_in_writing,
-    parse_size,
-    probe,
-    untagged_matrix,
-    working_size,
-    written_by_vedit,
-    written_size,
-)
+from vedit.io.ffmpeg import find_ffmpeg
+from vedit.io.files import check_output_path, written_by_vedit
+from vedit.io.frames import FrameRange, parse_size, working_size
+from vedit.io.probe import ColorTags, probe
+from vedit.io.reader import FrameReader, untagged_matrix
+from vedit.io.writer import VideoWriter, lost_in_writing, written_size
 
 SHARED_CLIPS = Path(__file__).parents[2] / "shared" / "clips"
 NTSC = Fraction(24000, 1001)

@@ -50,7 +50,7 @@ from ..cache.checksums import (
 from ..config import option_value
 from ..errors import ConfigError, InputError, OutputError
 from ..runtime.transfer import to_device, to_host, wait
-from ..io.video import process_alive
+from ..io.files import process_alive
 
 FORMAT = "vedit-trajectory/1"
 # The metadata reading a trajectory file needs, and what checking that it fits a run needs besides:
