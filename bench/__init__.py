@@ -330,7 +330,7 @@ def register_commands(app):
 
             from vedit.errors import ConfigError
             from vedit.model.device import dtype_name
-            from vedit.io.video import parse_size
+            from vedit.io.frames import parse_size
 
             from .checksums import run_checksums_suite
 

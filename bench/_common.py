@@ -58,7 +58,7 @@ RESULTS_ENV = "VEDIT_BENCH_RESULTS"
 
 def synthetic_clip(path: Path, frames: int, size: tuple[int, int], fps: Fraction = Fraction(24)) -> Path:
     """A moving test pattern made with ffmpeg (no file needed on disk beforehand)."""
-    from vedit.io.video import find_ffmpeg
+    from vedit.io.ffmpeg import find_ffmpeg
 
     cmd = [
         find_ffmpeg(), "-v", "error", "-y", "-f", "lavfi",

@@ -46,7 +46,7 @@ def run_batch_suite(
     from vedit.batch.run import _import_ray, _Ray, choose_backend, plan_batch, run_batch
     from vedit.errors import ConfigError
     from vedit.model.device import resolve_device, resolve_dtype
-    from vedit.io.video import parse_size
+    from vedit.io.frames import parse_size
 
     unknown = [m for m in modes if m not in MODES]
     if unknown:
@@ -125,7 +125,7 @@ def run_batch_suite(
 def _lavfi_clip(path: Path, source: str, frames: int, size: tuple[int, int]) -> Path:
     import subprocess
 
-    from vedit.io.video import find_ffmpeg
+    from vedit.io.ffmpeg import find_ffmpeg
 
     cmd = [find_ffmpeg(), "-v", "error", "-y", "-f", "lavfi", "-i", f"{source}=size={size[0]}x{size[1]}:rate=24",
            "-frames:v", str(frames), "-c:v", "libx264", "-pix_fmt", "yuv420p", "-crf", "10", str(path)]  # fmt: skip

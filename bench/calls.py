@@ -48,7 +48,7 @@ def probe(args: argparse.Namespace) -> dict:
     from vedit.runtime.engine import Passes
     from vedit.model.builders import PROMPT_LENGTH
     from vedit.model.loading import load_model
-    from vedit.io.video import parse_size
+    from vedit.io.frames import parse_size
 
     width, height = parse_size(args.size)
     sd = load_model(args.model, device=args.device, dtype=args.dtype)

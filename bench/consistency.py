@@ -144,7 +144,7 @@ class ScrambledPlugin:
 def edit_with_latents(sd, source: Path, output: Path, **options: Any) -> tuple[np.ndarray, np.ndarray]:
     """Run :func:`vedit.pipeline.edit`; return the written frames (N, H, W, 3) and the edited latents (N, 4, h, w)."""
     from vedit.pipeline.stages import edit
-    from vedit.io.video import FrameReader
+    from vedit.io.reader import FrameReader
 
     captured: list[torch.Tensor] = []
     decode = sd.decode_latents
@@ -244,7 +244,7 @@ def run_consistency_suite(
     guidance: float = GUIDANCE,
 ) -> list[dict]:
     """Measure every seed, print one table and optionally save the rows as JSON."""
-    from vedit.io.video import parse_size
+    from vedit.io.frames import parse_size
 
     torch.set_num_threads(1)  # the tiny model is faster on one thread, and the figures do not depend on it
     working = parse_size(size)

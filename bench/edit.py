@@ -90,7 +90,7 @@ class _Config:
         from vedit.config import RunConfig, validate
         from vedit.model.device import dtype_name
         from vedit.model.loading import load_model
-        from vedit.io.video import parse_size
+        from vedit.io.frames import parse_size
 
         self.settings, self.label, self.workdir, self.notes = settings, label, workdir, notes
         width, height = parse_size(settings["size"])

@@ -51,7 +51,7 @@ class _Session:
 
     def __init__(self, settings: dict[str, Any], models: dict, cache, notes: list[str], *, own_model: bool = False):
         from vedit.model.loading import load_model
-        from vedit.io.video import parse_size
+        from vedit.io.frames import parse_size
 
         self.settings = settings
         width, height = parse_size(settings["size"])

@@ -29,7 +29,7 @@ def probe(args: argparse.Namespace) -> dict:
 
     from vedit.model.loading import load_model
     from vedit.pipeline.stages import edit
-    from vedit.io.video import parse_size
+    from vedit.io.frames import parse_size
 
     size = parse_size(args.size)
     with tempfile.TemporaryDirectory() as tmp:

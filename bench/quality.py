@@ -41,7 +41,8 @@ def parse_clip(spec: str) -> tuple[Path, int | None]:
 def _model(name: str, path: Path, frames: int | None, size: tuple[int, int]):
     """The model ``name``, its weights drawn from seed 0 whatever the edits' seed."""
     from vedit.model.loading import load_model
-    from vedit.io.video import FrameRange, FrameReader
+    from vedit.io.frames import FrameRange
+    from vedit.io.reader import FrameReader
 
     if name == "tiny":
         return load_model("tiny", device="cpu", dtype="fp32")
@@ -59,7 +60,9 @@ def measure_clip(
     from vedit.quality.flow import flow_backend
     from vedit.quality.metrics import warp_errors
     from vedit.pipeline.stages import edit
-    from vedit.io.video import FrameRange, FrameReader, resampling
+    from vedit.io.frames import FrameRange
+    from vedit.io.reader import FrameReader
+    from vedit.io.timing import resampling
 
     from .consistency import GUIDANCE
 
@@ -101,7 +104,7 @@ def measure_clip(
 def run_quality_suite(
     clips: list[str], *, size: str, steps: int, seed: int, chunk_size: int, flow: str, save: str | None,
 ) -> list[dict[str, Any]]:
-    from vedit.io.video import parse_size
+    from vedit.io.frames import parse_size
 
     torch.set_num_threads(1)  # the tiny model is faster on one thread; the figures do not depend on it
     working = parse_size(size)

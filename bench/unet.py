@@ -71,7 +71,7 @@ def run_unet_suite(
     from vedit.errors import ConfigError
     from vedit.model.device import dtype_name
     from vedit.model.loading import load_model
-    from vedit.io.video import parse_size
+    from vedit.io.frames import parse_size
     from vedit_plugins.editors.pnp import CONV_LAYERS, QK_LAYERS
 
     if isinstance(batches, str):

@@ -62,7 +62,7 @@ def example_plugin(tmp_path_factory):
 
 
 def ffmpeg() -> str:
-    from vedit.io.video import find_ffmpeg
+    from vedit.io.ffmpeg import find_ffmpeg
 
     return find_ffmpeg()
 

@@ -31,7 +31,7 @@ from vedit.batch.run import (
     sidecar_path,
 )
 from vedit.config import RunConfig
-from vedit.io.video import written_by_vedit
+from vedit.io.files import written_by_vedit
 from vedit.cli.app import create_app
 
 # Small enough that an edit takes a few seconds on one CPU thread with the tiny model.

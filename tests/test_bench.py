@@ -306,7 +306,7 @@ def test_bench_quality_scores_every_variant_along_the_source_flow(tmp_path):
     from conftest import make_clip
     from vedit.quality.flow import flow_backend
     from vedit.quality.metrics import warp_error
-    from vedit.io.video import FrameReader
+    from vedit.io.reader import FrameReader
     from vedit_bench.quality import measure_clip, parse_clip
 
     assert parse_clip("a/b.avi:40") == (Path("a/b.avi"), 40) and parse_clip("c:/x.avi") == (Path("c:/x.avi"), None)

@@ -14,20 +14,20 @@ from PIL import Image
 
 from conftest import make_clip
 from test_cli import FAST, one_error_line, streams, vedit
-from vedit.io.video import FrameReader
+from vedit.io.reader import FrameReader
 
 
 @pytest.fixture
 def no_heavy_work(monkeypatch):
     """Fail the test if the model is loaded or a frame is decoded: the check must come first."""
-    import vedit.io.video
     import vedit.model.loading
+    import vedit.io.reader
 
     def refuse(*args, **kwargs):
         raise AssertionError("heavy work started before the options were checked")
 
     monkeypatch.setattr(vedit.model.loading, "load_model", refuse)
-    monkeypatch.setattr(vedit.io.video.FrameReader, "__iter__", refuse)
+    monkeypatch.setattr(vedit.io.reader.FrameReader, "__iter__", refuse)
 
 
 def _refused(tmp_path, clip, *args, code=4):
@@ -575,7 +575,9 @@ def test_allow_short_edits_what_was_read_and_says_so(truncated, tmp_path):
 def test_a_variable_rate_clip_is_resampled_with_a_word_or_kept_as_it_is(tmp_path):
     from test_video_timing import graded_vfr_clip
 
-    from vedit.io.video import FrameRange, probe, resampling
+    from vedit.io.frames import FrameRange
+    from vedit.io.probe import probe
+    from vedit.io.timing import resampling
 
     clip = graded_vfr_clip(tmp_path / "vfr.mp4")
     change = resampling(probe(clip), FrameRange())

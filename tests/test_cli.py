@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from conftest import SHARED_CLIPS, make_clip, one_error_line
 from vedit.cli.app import create_app
-from vedit.io.video import FrameReader
+from vedit.io.reader import FrameReader
 
 FAST = ["--model", "tiny", "--steps", "2", "--inversion-steps", "2", "--chunk-size", "4", "--quiet"]
 

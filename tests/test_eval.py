@@ -15,7 +15,10 @@ from typer.testing import CliRunner
 from conftest import make_clip, one_error_line
 from test_video_timing import frame_numbers, gapped_clip, graded_vfr_clip
 from vedit.cli.app import create_app
-from vedit.io.video import FrameReader, VideoWriter, probe, resampling
+from vedit.io.probe import probe
+from vedit.io.reader import FrameReader
+from vedit.io.timing import resampling
+from vedit.io.writer import VideoWriter
 
 FAST = ["--model", "tiny", "--steps", "2", "--inversion-steps", "2", "--chunk-size", "4", "--size", "64x48"]
 

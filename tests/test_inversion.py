@@ -134,7 +134,7 @@ def test_invert_check_reports_psnr_that_matches_a_direct_computation(clip):
     found = re.search(r"reconstruction PSNR ([\d.]+) dB \(the VAE alone: ([\d.]+) dB\)", result.stdout)
     assert found, result.stdout
     sampled, vae_alone = float(found.group(1)), float(found.group(2))
-    from vedit.io.video import FrameReader
+    from vedit.io.reader import FrameReader
 
     sd = load_model("tiny", device="cpu", dtype="fp32")
     frames = FrameReader(clip, size=(64, 48)).read_all()

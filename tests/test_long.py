@@ -11,7 +11,7 @@ from conftest import make_clip
 from vedit.method.attention import bounded_joint_attention, joint_attention
 from vedit.method.passes import joint_partners
 from vedit.pipeline.stages import edit
-from vedit.io.video import FrameReader
+from vedit.io.reader import FrameReader
 
 
 def test_with_k_at_most_m_every_keyframe_attends_to_all_and_nothing_is_drawn():

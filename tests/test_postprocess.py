@@ -16,7 +16,7 @@ from vedit.quality.flow import FLOW_BATCH, flow_backend
 from vedit.plugins.hookspecs import hookimpl
 from vedit.quality.metrics import psnr, warp_errors
 from vedit.quality.postprocess import Context, apply, parse, resolve
-from vedit.io.video import FrameReader
+from vedit.io.reader import FrameReader
 from vedit_bench.consistency import translating_clip
 from vedit_plugins.postprocessors.deflicker import FlowDeflicker, LumaDeflicker
 

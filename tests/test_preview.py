@@ -26,7 +26,7 @@ from vedit.pipeline.preview import (
     summary_rows,
     write_png,
 )
-from vedit.io.video import FrameReader
+from vedit.io.reader import FrameReader
 
 N, B, T, INV = 16, 4, 2, 2  # 16 frames in chunks of 4: keyframes 2, 6, 10, 14
 OPTIONS = dict(

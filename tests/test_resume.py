@@ -365,7 +365,7 @@ def test_what_killed_writers_left_is_removed_and_what_live_ones_write_is_kept(cl
     next run removes those whose process is gone, never another live run's."""
     from vedit.cache.files import partial_prefix, sweep_partials
     from vedit.cache.inversions import InversionCache
-    from vedit.io.video import remove_dead_partials
+    from vedit.io.files import remove_dead_partials
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()

@@ -4,9 +4,11 @@ atomic output, and one clear error for every kind of bad input or output."""
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import os
 import re
 import subprocess
+import sys
 from fractions import Fraction
 from pathlib import Path
 
@@ -16,21 +18,12 @@ import pytest
 from PIL import Image
 
 from vedit.errors import ConfigError, InputError, OutputError
-from vedit.io.video import (
-    ColorTags,
-    FrameRange,
-    FrameReader,
-    VideoWriter,
-    check_output_path,
-    find_ffmpeg,
-    lost_in_writing,
-    parse_size,
-    probe,
-    untagged_matrix,
-    working_size,
-    written_by_vedit,
-    written_size,
-)
+from vedit.io.ffmpeg import find_ffmpeg
+from vedit.io.files import check_output_path, written_by_vedit
+from vedit.io.frames import FrameRange, parse_size, working_size
+from vedit.io.probe import ColorTags, probe
+from vedit.io.reader import FrameReader, untagged_matrix
+from vedit.io.writer import VideoWriter, lost_in_writing, written_size
 
 SHARED_CLIPS = Path(__file__).parents[2] / "shared" / "clips"
 NTSC = Fraction(24000, 1001)
@@ -1069,6 +1062,40 @@ def test_transparency_and_rgb_folders_are_named(tmp_path: Path) -> None:
         "the alpha channel (rgba)", "4:4:4 colour (rgba) written as 4:2:0"
     ]
     assert lost_in_writing(info, tmp_path / "out") == ["the alpha channel (rgba)"]
+
+
+# --------------------------------------------------------------------------- the old module path
+
+
+# Where each public name of the former vedit.video lives now.
+VIDEO_MODULE_PARTS = {
+    "vedit.io.ffmpeg": ["find_ffmpeg"],
+    "vedit.io.probe": ["FOLDER_FPS", "IMAGE_EXTENSIONS", "ColorTags", "VideoInfo", "probe"],
+    "vedit.io.timing": ["Resampling", "resampling"],
+    "vedit.io.frames": ["FrameRange", "parse_size", "working_size"],
+    "vedit.io.reader": ["FrameReader", "untagged_matrix"],
+    "vedit.io.files": [
+        "OUTPUT_FORMATS", "SIGNATURE", "VIDEO_EXTENSIONS", "OutputFormat", "check_output_folder", "check_output_path",
+        "check_replaceable", "process_alive", "remove_dead_partials", "unwritable_suffix", "write_atomically",
+        "written_by_vedit",
+    ],
+    "vedit.io.writer": [
+        "VideoWriter", "check_encoders", "frame_timing", "lost_in_writing", "no_audio_track", "output_format",
+        "save_png", "written_size",
+    ],
+}  # fmt: skip
+
+
+def test_the_old_vedit_video_path_gives_every_name_it_held(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Plugins and scripts that import from ``vedit.video`` get the same objects, and a warning that
+    names the modules to import them from."""
+    monkeypatch.delitem(sys.modules, "vedit.video", raising=False)  # so that importing it warns again
+    moved = r"^vedit\.video has moved: import vedit\.io\.ffmpeg or .* or vedit\.io\.writer instead$"
+    with pytest.warns(DeprecationWarning, match=moved):
+        old = importlib.import_module("vedit.video")
+    for module, names in VIDEO_MODULE_PARTS.items():
+        part = importlib.import_module(module)
+        assert {name: getattr(old, name, None) for name in names} == {name: getattr(part, name) for name in names}
 
 
 # --------------------------------------------------------------------------- real clips

@@ -12,7 +12,12 @@ import av
 import numpy as np
 import pytest
 
-from vedit.io.video import FrameRange, FrameReader, Resampling, VideoWriter, find_ffmpeg, probe, resampling
+from vedit.io.ffmpeg import find_ffmpeg
+from vedit.io.frames import FrameRange
+from vedit.io.probe import probe
+from vedit.io.reader import FrameReader
+from vedit.io.timing import Resampling, resampling
+from vedit.io.writer import VideoWriter
 
 RATE = Fraction(2997, 125)  # 23.976 written as the fraction some encoders store
 FRAMES = 90  # 3.75 s

@@ -17,7 +17,10 @@ import warnings
 from types import ModuleType
 
 MOVED: dict[str, tuple[str, ...]] = {
-    "vedit.video": ("vedit.io.video",),
+    "vedit.video": (
+        "vedit.io.ffmpeg", "vedit.io.probe", "vedit.io.timing", "vedit.io.frames", "vedit.io.reader",
+        "vedit.io.files", "vedit.io.writer",
+    ),
     "vedit.streams": ("vedit.io.threads",),
     "vedit.models": (
         "vedit.model.stable_diffusion", "vedit.model.device", "vedit.model.loading", "vedit.model.builders"

@@ -419,13 +419,13 @@ def up_to_date(output: Path, digest: str) -> bool:
 def _written_or_recorded(output: Path) -> bool:
     """Whether vedit wrote ``output``: its signature is in it, or a batch's record is beside it
     (outputs written before vedit signed them have one too)."""
-    from ..io.video import written_by_vedit
+    from ..io.files import written_by_vedit
 
     return read_sidecar(output) is not None or written_by_vedit(output)
 
 
 def _write_json_atomically(path: Path, data: Any) -> None:
-    from ..io.video import write_atomically
+    from ..io.files import write_atomically
 
     write_atomically(path, (json.dumps(data, indent=2, default=str) + "\n").encode("utf-8"))
 
@@ -608,7 +608,7 @@ def plan_batch(
     """
     from ..cache.files import cache_root
     from ..pipeline.stages import preflight, planned_forwards
-    from ..io.video import VIDEO_EXTENSIONS, check_replaceable, unwritable_suffix
+    from ..io.files import VIDEO_EXTENSIONS, check_replaceable, unwritable_suffix
 
     if not isinstance(job_file, JobFile):
         job_file = read_job_file(job_file, config_path=config_path)
@@ -838,7 +838,7 @@ def _materialize(unit: Unit, fetch: Callable[[], bytes] | None) -> RunConfig:
     process cannot see (another machine wrote it to a cache folder that is not shared) is fetched
     with ``fetch`` (from Ray's object store) and put in this machine's cache."""
     from ..cache.inversions import InversionCache
-    from ..io.video import write_atomically
+    from ..io.files import write_atomically
 
     config, info = unit.config, unit.trajectory
     if not info:

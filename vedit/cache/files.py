@@ -13,7 +13,7 @@ from pathlib import Path
 
 from safetensors import safe_open
 
-from ..io.video import process_alive
+from ..io.files import process_alive
 
 # Sizes are shown in binary units everywhere (MB = 2**20 bytes in `vedit cache list`), so a cap in
 # GB is 2**30 bytes.

@@ -546,7 +546,7 @@ def create_app() -> typer.Typer:
     ) -> None:
         """Measure an edit: warp error along the source's optical flow and CLIP scores, beside the source's own."""
         from ..quality.evaluate import check_report_path, evaluate, write_json
-        from ..io.video import FrameRange
+        from ..io.frames import FrameRange
 
         with user_errors():
             run_config = _config(config, flow=flow, clip=clip_model, keep_timestamps=keep_timestamps or None, overwrite=overwrite or None)
@@ -591,7 +591,7 @@ def create_app() -> typer.Typer:
     ) -> None:
         """Build every pass a run of this shape uses, ahead of the run (progress per pass)."""
         from ..pipeline.stages import build_engines
-        from ..io.video import parse_size
+        from ..io.frames import parse_size
 
         with user_errors():
             run_config = _config(

@@ -53,7 +53,8 @@ from .stages import (
 )
 from ..report import Reporter, SilentReporter, Task, duration, open_task
 from ..method.unet import SOURCE
-from ..io.video import _same_location, check_output_folder, check_replaceable, save_png, write_atomically
+from ..io.files import _same_location, check_output_folder, check_replaceable, write_atomically
+from ..io.writer import save_png
 
 GAP = 4  # pixels between the pairs of the sheet
 BACKGROUND = 24  # grey of the sheet's background and caption strips

@@ -34,21 +34,18 @@ from ..report import Reporter, SilentReporter, Task, VeditWarning, open_task
 from ..io.threads import ReadAhead, WriteBehind
 from ..runtime.transfer import to_device
 from ..method.unet import COND, SOURCE, UNCOND
-from ..io.video import (
-    FrameRange,
-    FrameReader,
+from ..io.files import check_output_path, check_replaceable
+from ..io.frames import FrameRange, parse_size, working_size
+from ..io.probe import probe
+from ..io.reader import FrameReader
+from ..io.timing import resampling
+from ..io.writer import (
     VideoWriter,
     check_encoders,
-    check_output_path,
-    check_replaceable,
     frame_timing,
     lost_in_writing,
     no_audio_track,
     output_format,
-    parse_size,
-    probe,
-    resampling,
-    working_size,
     written_size,
 )
 

@@ -8,7 +8,7 @@ The source is read at the edited clip's size, so flow, warping and the edit shar
 the timeline the edit was made on: at the source's constant average rate, as ``vedit run`` reads
 by default, or each frame once at its own time (``keep_timestamps``). Read at the constant rate, a
 clip whose timestamps leave gaps repeats frames there; a pair of two showings of one source frame
-is not measured (:func:`vedit.io.video.resampling` says which pairs those are).
+is not measured (:func:`vedit.io.timing.resampling` says which pairs those are).
 
 Where the report goes: ``out.mp4`` → ``out.eval.json`` beside it; a folder of PNG frames ``out/``
 → ``out.eval.json`` beside the folder (not inside it: the folder holds only numbered frames).
@@ -34,7 +34,11 @@ from ..errors import InputError, OutputError, VeditError
 from .flow import DEFAULT_FLOW, flow_backend
 from .metrics import WARP_ERROR_UNIT, WarpError, warp_errors
 from ..report import Reporter, SilentReporter
-from ..io.video import FrameRange, FrameReader, Resampling, VideoInfo, check_replaceable, probe, resampling, write_atomically
+from ..io.files import check_replaceable, write_atomically
+from ..io.frames import FrameRange
+from ..io.probe import VideoInfo, probe
+from ..io.reader import FrameReader
+from ..io.timing import Resampling, resampling
 
 REPORT_FORMAT = "vedit-eval/1"
 REPORT_SUFFIX = ".eval.json"
@@ -364,7 +368,7 @@ def _edited_count(path: Path, info: VideoInfo, keep_timestamps: bool) -> int:
         return count
     import av
 
-    from ..io.video import _count_packets, _first_real_video_stream
+    from ..io.probe import _count_packets, _first_real_video_stream
 
     try:
         with av.open(str(path)) as container:

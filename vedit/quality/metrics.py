@@ -101,7 +101,7 @@ def warp_errors(
 
     Frames are (H, W, 3) uint8 at the source's size. A clip that ends before or after the source
     is an error. ``repeated_pairs`` are the pairs (t, t + 1) whose two source frames are one
-    frame shown twice (:attr:`vedit.io.video.Resampling.repeated_pairs`): they are not measured.
+    frame shown twice (:attr:`vedit.io.timing.Resampling.repeated_pairs`): they are not measured.
     """
     iterators: list[Iterator[np.ndarray]] = [iter(clip) for clip in (clips or [])]
     floor = WarpError()
