@@ -47,7 +47,7 @@ def find_ffmpeg() -> str:
         ) from None
 
 
-class _StderrTail:
+class StderrTail:
     """Drains a process's stderr in the background so ffmpeg never blocks on a full pipe."""
 
     def __init__(self, pipe: IO[bytes]) -> None:
@@ -75,13 +75,13 @@ class _StderrTail:
         return cleaned[-1] if cleaned else "ffmpeg stopped without a message"
 
 
-def _start(
+def start_ffmpeg(
     stream_spec: ffmpeg.nodes.OutputStream,
     *,
     pipe_stdin: bool = False,
     pipe_stdout: bool = False,
     exit_on_error: bool = True,
-) -> tuple[subprocess.Popen, _StderrTail]:
+) -> tuple[subprocess.Popen, StderrTail]:
     """Run the ffmpeg command ``stream_spec`` quietly, with stderr drained in the background."""
     spec = stream_spec.global_args("-hide_banner", "-nostats", "-loglevel", "error")
     if exit_on_error:
@@ -100,15 +100,15 @@ def _start(
         stderr=subprocess.PIPE,
         start_new_session=True,
     )
-    return process, _StderrTail(process.stderr)
+    return process, StderrTail(process.stderr)
 
 
-def _ffmpeg_path(path: Path) -> str:
+def ffmpeg_path(path: Path) -> str:
     """``path`` as ffmpeg must see it: ``take1:raw.mp4`` would otherwise name a protocol."""
     return f"file:{path}"
 
 
-def _stop(process: subprocess.Popen, stderr: _StderrTail, *, kill: bool) -> int:
+def stop_ffmpeg(process: subprocess.Popen, stderr: StderrTail, *, kill: bool) -> int:
     """End ``process`` (killing it first if asked), reap it and return its exit status."""
     if kill and process.poll() is None:
         process.kill()

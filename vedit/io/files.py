@@ -158,9 +158,9 @@ def check_output_path(
     """Refuse an output that cannot or must not be written, before any work is done. An existing
     one is replaced only when vedit wrote it, or with ``overwrite``; a folder holding anything but
     frames, never."""
-    kind = _output_kind(output)
+    kind = output_kind(output)
     out = Path(os.path.abspath(output))  # normalised, so "." and "frames/.." have a real name
-    if input_path is not None and _same_location(out, Path(input_path)):
+    if input_path is not None and same_location(out, Path(input_path)):
         raise OutputError(f"{out}: this is the input; choose a different output path")
     check_output_folder(out)
     if kind == "folder" and out.exists():
@@ -177,7 +177,7 @@ def check_output_path(
     return out
 
 
-def _output_kind(output: str | os.PathLike) -> str:
+def output_kind(output: str | os.PathLike) -> str:
     """``"video"`` for the files of OUTPUT_FORMATS, ``"folder"`` for PNG frames; anything else is refused."""
     text = os.fspath(output)
     path = Path(text)
@@ -191,7 +191,7 @@ def _output_kind(output: str | os.PathLike) -> str:
     raise OutputError(f"{path}: {unwritable_suffix(suffix)}")
 
 
-def _same_location(a: Path, b: Path) -> bool:
+def same_location(a: Path, b: Path) -> bool:
     try:
         return os.path.samefile(a, b)
     except OSError:  # one of them does not exist yet

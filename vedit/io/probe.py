@@ -3,7 +3,7 @@
 colour tags, the pixel aspect and format, the streams that reading leaves out), and a folder's numbered images
 in frame order.
 
-``_round_half_up``, ffmpeg's rounding, is here as the lowest module that needs it; the timing and the writer
+``round_half_up``, ffmpeg's rounding, is here as the lowest module that needs it; the timing and the writer
 round with it too.
 """
 
@@ -127,7 +127,7 @@ def _probe_file(path: Path) -> VideoInfo:
         # ffmpeg happily "decodes" text files as ANSI art; that is never what the user meant.
         if container.format.name == "tty":
             raise InputError(unreadable)
-        stream = _first_real_video_stream(container)
+        stream = first_real_video_stream(container)
         if stream is None:
             raise InputError(f"{path}: has no video stream; give a video file or a folder of frames")
         context = stream.codec_context
@@ -158,9 +158,9 @@ def _probe_file(path: Path) -> VideoInfo:
             # estimate stays an upper bound: the reader never yields more than this.
             num_frames = max(1, math.ceil(duration * fps - 0.05))
         else:
-            num_frames, frames_from = _count_packets(container, stream), "count"
+            num_frames, frames_from = count_packets(container, stream), "count"
         stored_size, pixel_aspect = (width, height), _pixel_aspect(stream)
-        width = max(1, _round_half_up(width * pixel_aspect.numerator, pixel_aspect.denominator))
+        width = max(1, round_half_up(width * pixel_aspect.numerator, pixel_aspect.denominator))
         if rotation in (90, 270):
             width, height = height, width
         codec = getattr(context.codec, "canonical_name", None) or context.codec.name
@@ -239,10 +239,10 @@ def _pixel_aspect(stream: av.video.stream.VideoStream) -> Fraction:
     return Fraction(1)
 
 
-def _round_half_up(numerator: int, denominator: int) -> int:
+def round_half_up(numerator: int, denominator: int) -> int:
     """``numerator / denominator`` rounded to nearest, halves away from zero, as ffmpeg does."""
     if numerator < 0:
-        return -_round_half_up(-numerator, denominator)
+        return -round_half_up(-numerator, denominator)
     return (2 * numerator + denominator) // (2 * denominator)
 
 
@@ -270,7 +270,7 @@ def _unused_streams(
     return tuple(unused)
 
 
-def _first_real_video_stream(container: av.container.InputContainer) -> av.video.stream.VideoStream | None:
+def first_real_video_stream(container: av.container.InputContainer) -> av.video.stream.VideoStream | None:
     """The first video stream that is not cover art, matching ffmpeg's ``0:V:0``."""
     attached_pic = int(av.stream.Disposition.attached_pic)
     for stream in container.streams.video:
@@ -291,7 +291,7 @@ def _stream_fps(stream: av.video.stream.VideoStream) -> Fraction:
     return FOLDER_FPS
 
 
-def _count_packets(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> int:
+def count_packets(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> int:
     """Count non-empty packets: the last resort when a stream states neither length nor duration."""
     try:
         return sum(1 for packet in container.demux(stream) if packet.size)
@@ -299,7 +299,7 @@ def _count_packets(container: av.container.InputContainer, stream: av.video.stre
         raise InputError(f"{container.name}: not a readable video; the file looks damaged") from None
 
 
-def _numbered_images(folder: Path) -> list[Path]:
+def numbered_images(folder: Path) -> list[Path]:
     """Image files of ``folder`` in frame order: by the last number in the name (2 before 10)."""
 
     def frame_order(file: Path) -> tuple[int, str]:
@@ -319,7 +319,7 @@ _PIL_PIXEL_FORMATS = {"RGB": "rgb24", "RGBA": "rgba", "L": "gray", "LA": "ya8", 
 
 
 def _probe_folder(folder: Path) -> VideoInfo:
-    images = _numbered_images(folder)
+    images = numbered_images(folder)
     if not images:
         raise InputError(
             f"{folder}: no images found; the folder should hold numbered frames such as 00000.png"

@@ -27,10 +27,10 @@ from PIL import Image
 
 from ..config import option_label, option_value
 from ..errors import ConfigError, InputError
-from .ffmpeg import _ffmpeg_path, _start, _stop
+from .ffmpeg import ffmpeg_path, start_ffmpeg, stop_ffmpeg
 from .frames import FrameRange, working_size
-from .probe import VideoInfo, _numbered_images, probe
-from .timing import _constant_rate_slots, _Timeline, _timeline
+from .probe import VideoInfo, numbered_images, probe
+from .timing import constant_rate_slots, Timeline, read_timeline
 
 
 def untagged_matrix(width: int, height: int) -> str:
@@ -72,11 +72,11 @@ class FrameReader:
         self.keep_timestamps = keep_timestamps
         self.frames_read = 0
         self.short_read: tuple[int, int] | None = None
-        self._timeline: _Timeline | None = None
+        self._timeline: Timeline | None = None
         total = self.info.num_frames
         if keep_timestamps and not self.info.is_image_sequence:
             # Every decoded frame once: the packets say how many there are and when each shows.
-            self._timeline = _timeline(self.path, self.info.fps)
+            self._timeline = read_timeline(self.path, self.info.fps)
             if self._timeline is not None:
                 total = len(self._timeline.ticks)
         self._total = total
@@ -161,10 +161,10 @@ class FrameReader:
         total = self._promised_total
         if self.info.is_image_sequence:
             return total
-        timeline = self._timeline or _timeline(self.path, self.info.fps)
+        timeline = self._timeline or read_timeline(self.path, self.info.fps)
         if timeline is None or len(timeline.ticks) + timeline.discarded < total:
             return total
-        shown = len(timeline.ticks) if self.keep_timestamps else len(_constant_rate_slots(timeline, self.info.fps))
+        shown = len(timeline.ticks) if self.keep_timestamps else len(constant_rate_slots(timeline, self.info.fps))
         return min(total, shown)
 
     def _finish(self, produced: int) -> None:
@@ -198,7 +198,7 @@ class FrameReader:
         del self.timestamps[produced:]
 
     def _read_folder(self) -> Iterator[np.ndarray]:
-        images = _numbered_images(self.path)
+        images = numbered_images(self.path)
         source_size = (self.info.width, self.info.height)
         for index in self.indices:
             if index >= len(images):
@@ -227,7 +227,7 @@ class FrameReader:
         wanted = len(self.indices)
         # Map the first real video stream explicitly: ffmpeg would otherwise pick the largest.
         # ffmpeg turns rotated clips upright first, so the filters below see displayed frames.
-        video = ffmpeg.input(_ffmpeg_path(self.path))["V:0"]
+        video = ffmpeg.input(ffmpeg_path(self.path))["V:0"]
         if not self.keep_timestamps:
             # Constant frame rate at the stream's average rate: a frame the container marks as
             # "repeat the previous one" (AVI drop frames, variable-rate phone clips) still takes
@@ -256,7 +256,7 @@ class FrameReader:
             options.update(format="nut", vcodec="rawvideo", enc_time_base="demux")
         else:
             options.update(format="rawvideo")
-        process, stderr = _start(ffmpeg.output(video, "pipe:", **options), pipe_stdout=True)
+        process, stderr = start_ffmpeg(ffmpeg.output(video, "pipe:", **options), pipe_stdout=True)
         frames = self._nut_frames(process) if self.keep_timestamps else self._raw_frames(process)
         produced, broken, ended = 0, False, False
         try:
@@ -273,7 +273,7 @@ class FrameReader:
             frames.close()
             # Kill ffmpeg once the last wanted frame is in (it would decode on to the end) or
             # when the consumer stopped early; if it ended on its own, let it exit and report.
-            returncode = _stop(process, stderr, kill=not ended)
+            returncode = stop_ffmpeg(process, stderr, kill=not ended)
         if ended and (returncode != 0 or broken):
             if self.allow_short and produced > 0:
                 self._record_short(produced, len(self.frames.indices(self._promised_total)))

@@ -17,11 +17,11 @@ import numpy as np
 from av.error import FFmpegError
 
 from .frames import FrameRange
-from .probe import VideoInfo, _first_real_video_stream, _round_half_up
+from .probe import VideoInfo, first_real_video_stream, round_half_up
 
 
 @dataclass(frozen=True)
-class _Timeline:
+class Timeline:
     """When a file's video frames are shown, from its packets' timestamps (nothing decoded).
 
     Times are in ``time_base`` units on the clock of an ffmpeg that reads the video stream
@@ -41,7 +41,7 @@ class _Timeline:
 _AVFMT_TS_DISCONT = 0x0200  # libavformat's flag for formats with timestamp discontinuities
 
 
-def _timeline(path: Path, fps: Fraction, *, limit: int | None = None) -> _Timeline | None:
+def read_timeline(path: Path, fps: Fraction, *, limit: int | None = None) -> Timeline | None:
     """The video frames' times, or ``None`` when the packets carry none (raw H.264, say).
 
     ``limit`` stops after that many frames, for when only the first one matters.
@@ -51,12 +51,12 @@ def _timeline(path: Path, fps: Fraction, *, limit: int | None = None) -> _Timeli
     except (FFmpegError, OSError, ValueError, UnicodeDecodeError):
         return None
     with container:
-        stream = _first_real_video_stream(container)
+        stream = first_real_video_stream(container)
         if stream is None or not stream.time_base:
             return None
         time_base = Fraction(stream.time_base.numerator, stream.time_base.denominator)
         per_frame = 1 / (fps * time_base)  # a frame's length in ticks, for packets that lack one
-        frame_ticks = max(1, _round_half_up(per_frame.numerator, per_frame.denominator))
+        frame_ticks = max(1, round_half_up(per_frame.numerator, per_frame.denominator))
         ticks: list[int] = []
         end: int | None = None
         discarded = 0
@@ -88,15 +88,15 @@ def _timeline(path: Path, fps: Fraction, *, limit: int | None = None) -> _Timeli
             shift = int(stream.start_time)
         else:
             start = container.start_time or 0
-            shift = _round_half_up(start * time_base.denominator, av.time_base * time_base.numerator)
+            shift = round_half_up(start * time_base.denominator, av.time_base * time_base.numerator)
         ticks.sort()
-        return _Timeline(
+        return Timeline(
             ticks=[tick - shift for tick in ticks], end=end - shift, time_base=time_base, shift=shift,
             discarded=discarded,
         )
 
 
-def _constant_rate_slots(timeline: _Timeline, fps: Fraction) -> np.ndarray:
+def constant_rate_slots(timeline: Timeline, fps: Fraction) -> np.ndarray:
     """For each frame read at the constant rate ``fps``, the index of the source frame it shows.
 
     This is what ffmpeg's ``fps`` filter does: frame times are rounded to the nearest slot of
@@ -105,8 +105,8 @@ def _constant_rate_slots(timeline: _Timeline, fps: Fraction) -> np.ndarray:
     """
     scale_num = timeline.time_base.numerator * fps.numerator
     scale_den = timeline.time_base.denominator * fps.denominator
-    slots = np.array([_round_half_up(tick * scale_num, scale_den) for tick in timeline.ticks], np.int64)
-    end = _round_half_up(timeline.end * scale_num, scale_den)
+    slots = np.array([round_half_up(tick * scale_num, scale_den) for tick in timeline.ticks], np.int64)
+    end = round_half_up(timeline.end * scale_num, scale_den)
     wanted = np.arange(slots[0], max(end, slots[0]), dtype=np.int64)
     return np.searchsorted(slots, wanted, side="right") - 1
 
@@ -138,7 +138,7 @@ def resampling(info: VideoInfo, frames: FrameRange = FrameRange()) -> Resampling
     selected frame that the constant rate never shows at all. ``shown`` maps the frames read to
     the decoded ones, so a caller can tell a frame from its repeat without decoding either.
     """
-    timeline = None if info.is_image_sequence else _timeline(info.path, info.fps)
+    timeline = None if info.is_image_sequence else read_timeline(info.path, info.fps)
     if timeline is None:
         return Resampling(dropped=0, repeated=0, variable=False)
     gaps = np.diff(np.array(timeline.ticks, np.int64))
@@ -148,7 +148,7 @@ def resampling(info: VideoInfo, frames: FrameRange = FrameRange()) -> Resampling
         variable = bool(np.abs(gaps - typical).max() > max(2.0, 0.02 * typical))
     else:
         variable = False
-    shown = _constant_rate_slots(timeline, info.fps)
+    shown = constant_rate_slots(timeline, info.fps)
     selected = [index for index in frames.indices(info.num_frames) if index < len(shown)]
     if not selected:
         return Resampling(dropped=0, repeated=0, variable=variable)

@@ -34,10 +34,10 @@ from av.error import FFmpegError
 from PIL import Image, PngImagePlugin
 
 from ..errors import OutputError
-from .ffmpeg import _ffmpeg_path, _start, _StderrTail, _stop, find_ffmpeg
-from .files import OUTPUT_FORMATS, SIGNATURE, OutputFormat, _output_kind, check_output_path, remove_dead_partials
-from .probe import ColorTags, VideoInfo, _round_half_up
-from .timing import _timeline
+from .ffmpeg import ffmpeg_path, start_ffmpeg, StderrTail, stop_ffmpeg, find_ffmpeg
+from .files import OUTPUT_FORMATS, SIGNATURE, OutputFormat, output_kind, check_output_path, remove_dead_partials
+from .probe import ColorTags, VideoInfo, round_half_up
+from .timing import read_timeline
 
 _NUT_TIME_BASE = Fraction(1, 1_000_000)  # frames written with timestamps are placed to the microsecond
 _VP9_CRF = 24  # constant quality (with -b:v 0); measured against x264's 18 in the README
@@ -52,7 +52,7 @@ _SCALE_MATRICES = {
 
 def output_format(output: str | os.PathLike) -> OutputFormat | None:
     """How ``output`` is written; ``None`` for a folder of PNG frames."""
-    if _output_kind(output) == "folder":
+    if output_kind(output) == "folder":
         return None
     return OUTPUT_FORMATS[Path(os.fspath(output)).suffix.lower()]
 
@@ -102,7 +102,7 @@ def written_size(output: str | os.PathLike, size: tuple[int | Fraction, int | Fr
     width, height = Fraction(size[0]), Fraction(size[1])
     written = output_format(output)
     if written is None or not written.even_sides:
-        return tuple(max(1, _round_half_up(side.numerator, side.denominator)) for side in (width, height))
+        return tuple(max(1, round_half_up(side.numerator, side.denominator)) for side in (width, height))
     return _nearest_even(width), _nearest_even(height)
 
 
@@ -267,7 +267,7 @@ class VideoWriter:
         overwrite: bool = False,
     ) -> None:
         self.path = check_output_path(path, audio_from.path if audio_from is not None else None, overwrite=overwrite)
-        self.kind = _output_kind(path)
+        self.kind = output_kind(path)
         self.format = output_format(path)  # None for a folder of PNGs
         self.fps = fps if isinstance(fps, Fraction) else Fraction(fps).limit_denominator(1_000_000)
         if self.fps <= 0:
@@ -299,7 +299,7 @@ class VideoWriter:
         self._video_only: Path | None = None
         self._palette: Path | None = None
         self._process: subprocess.Popen | None = None
-        self._stderr: _StderrTail | None = None
+        self._stderr: StderrTail | None = None
         self._done = False
         check_encoders(self.path, audio=self._audio_source() is not None)
 
@@ -367,7 +367,7 @@ class VideoWriter:
         self._done = True
         if self._process is not None:
             assert self._stderr is not None
-            _stop(self._process, self._stderr, kill=True)
+            stop_ffmpeg(self._process, self._stderr, kill=True)
             self._process = None
         if self._muxer is not None:
             try:
@@ -426,8 +426,8 @@ class VideoWriter:
             video = self._to_yuv(frames_in.video, out_width, out_height)
             if encode_to == self._temp:
                 options.update(self._container_options())
-        spec = ffmpeg.output(video, _ffmpeg_path(encode_to), **options).overwrite_output()
-        self._process, self._stderr = _start(spec, pipe_stdin=True)
+        spec = ffmpeg.output(video, ffmpeg_path(encode_to), **options).overwrite_output()
+        self._process, self._stderr = start_ffmpeg(spec, pipe_stdin=True)
         if self.timestamps is not None:
             self._open_muxer(width, height)
 
@@ -523,9 +523,9 @@ class VideoWriter:
         cut = dict(start=f"{origin + start:.6f}")
         if end is not None:
             cut["end"] = f"{origin + end:.6f}"
-        video = ffmpeg.input(_ffmpeg_path(self._video_only))["v:0"]
+        video = ffmpeg.input(ffmpeg_path(self._video_only))["v:0"]
         audio = (
-            ffmpeg.input(_ffmpeg_path(source.path))["a:0"]
+            ffmpeg.input(ffmpeg_path(source.path))["a:0"]
             .filter("atrim", **cut)
             .filter("asetpts", f"PTS-{origin + start:.6f}/TB")
             # Silence before audio that starts after the cut (or after the first frame), so
@@ -535,13 +535,13 @@ class VideoWriter:
         )
         assert self.format is not None and self.format.audio_encoder is not None
         spec = ffmpeg.output(
-            video, audio, _ffmpeg_path(self._temp),
+            video, audio, ffmpeg_path(self._temp),
             vcodec="copy", acodec=self.format.audio_encoder, audio_bitrate=self.format.audio_bitrate,
             t=f"{float(video_seconds):.6f}",
             **self._container_options(),
         ).global_args("-copyts").overwrite_output()  # fmt: skip
         # Tolerate glitches in the source audio rather than lose the finished video over them.
-        self._process, self._stderr = _start(spec, exit_on_error=False)
+        self._process, self._stderr = start_ffmpeg(spec, exit_on_error=False)
         self._finish_ffmpeg("could not add the audio")
         self._video_only.unlink()
         self._video_only = None
@@ -550,22 +550,22 @@ class VideoWriter:
         """Make the GIF from the lossless frames: the palette that suits the whole clip first,
         then every frame mapped to it (two passes, so memory does not grow with the clip)."""
         assert self._video_only is not None and self._temp is not None
-        frames = _ffmpeg_path(self._video_only)
+        frames = ffmpeg_path(self._video_only)
         self._palette = self._temp_sibling("-palette", ".png")
-        palette = ffmpeg.input(frames).video.filter("palettegen").output(_ffmpeg_path(self._palette), update=1)
-        self._process, self._stderr = _start(palette.overwrite_output())
+        palette = ffmpeg.input(frames).video.filter("palettegen").output(ffmpeg_path(self._palette), update=1)
+        self._process, self._stderr = start_ffmpeg(palette.overwrite_output())
         self._finish_ffmpeg("could not find the GIF's palette")
         # Ordered dithering keeps its pattern still where the picture is; error diffusion's moves
         # from frame to frame, a flicker of its own (measured in the README).
-        inputs = [ffmpeg.input(frames).video, ffmpeg.input(_ffmpeg_path(self._palette)).video]
+        inputs = [ffmpeg.input(frames).video, ffmpeg.input(ffmpeg_path(self._palette)).video]
         mapped = ffmpeg.filter(inputs, "paletteuse", dither="bayer")
         # Each frame keeps its time in the first pass's time base until the muxer rounds it to
         # GIF's hundredths; the encoder's default, 1 / the average rate, would merge close frames.
         spec = ffmpeg.output(
-            mapped, _ffmpeg_path(self._temp), fps_mode="passthrough", enc_time_base="demux",
+            mapped, ffmpeg_path(self._temp), fps_mode="passthrough", enc_time_base="demux",
             **self._container_options(),
         )  # fmt: skip
-        self._process, self._stderr = _start(spec.overwrite_output())
+        self._process, self._stderr = start_ffmpeg(spec.overwrite_output())
         self._finish_ffmpeg("could not write the GIF")
         _sign_gif(self._temp, self._temp_sibling("-signed", ".gif"))
         for done in (self._video_only, self._palette):
@@ -578,14 +578,14 @@ class VideoWriter:
         Read at the constant rate, frames land on the rate's grid from there, within half a
         frame of their own times; read with their timestamps, exactly at them.
         """
-        timeline = _timeline(source.path, source.fps, limit=64)  # enough to see past B-frames
+        timeline = read_timeline(source.path, source.fps, limit=64)  # enough to see past B-frames
         if timeline is None:
             return Fraction(0)
         return (timeline.shift + timeline.ticks[0]) * timeline.time_base
 
     def _finish_ffmpeg(self, failure: str) -> None:
         assert self._process is not None and self._stderr is not None
-        returncode = _stop(self._process, self._stderr, kill=False)
+        returncode = stop_ffmpeg(self._process, self._stderr, kill=False)
         self._process = None
         if returncode != 0:
             raise OutputError(f"{self.path}: ffmpeg {failure}: {self._stderr.last_error()}")
@@ -637,7 +637,7 @@ class VideoWriter:
         """ffmpeg went away while frames were being sent: stop it and say why."""
         assert self._process is not None and self._stderr is not None
         self._muxer = None  # its buffers can no longer be flushed anywhere
-        _stop(self._process, self._stderr, kill=True)
+        stop_ffmpeg(self._process, self._stderr, kill=True)
         self._process = None
         raise OutputError(f"{self.path}: ffmpeg stopped while writing: {self._stderr.last_error()}") from None
 

@@ -35,7 +35,7 @@ from torch import nn
 from ..runtime import profiling
 from .attention import (
     PlainAttention,
-    _in_graph,
+    in_graph,
     bounded_joint_attention,
     joint_attention,
     per_frame_attention,
@@ -163,7 +163,7 @@ class PropagatedAttention:
         outputs = outputs.reshape(branches, 2, seq, dim)
         gathered = []
         for slot in range(2):
-            if _in_graph():
+            if in_graph():
                 nearest = self._search(source, features[slot])
             else:
                 with profiling.stage("nn"):  # the search's own time, when it runs eagerly

@@ -53,7 +53,7 @@ from .stages import (
 )
 from ..report import Reporter, SilentReporter, Task, duration, open_task
 from ..method.unet import SOURCE
-from ..io.files import _same_location, check_output_folder, check_replaceable, write_atomically
+from ..io.files import same_location, check_output_folder, check_replaceable, write_atomically
 from ..io.writer import save_png
 
 GAP = 4  # pixels between the pairs of the sheet
@@ -150,9 +150,9 @@ def check_preview_output(
     parent = check_output_folder(out)
     if input_path is not None:
         source = Path(os.path.abspath(input_path))
-        if _same_location(out, source):
+        if same_location(out, source):
             raise OutputError(f"{out}: this is the input; choose a different output path")
-        if source.is_dir() and _same_location(parent, source):
+        if source.is_dir() and same_location(parent, source):
             raise OutputError(f"{out}: is inside the input's folder of frames; choose another output path")
     check_replaceable(out, overwrite)
     return out

@@ -368,14 +368,14 @@ def _edited_count(path: Path, info: VideoInfo, keep_timestamps: bool) -> int:
         return count
     import av
 
-    from ..io.probe import _count_packets, _first_real_video_stream
+    from ..io.probe import count_packets, first_real_video_stream
 
     try:
         with av.open(str(path)) as container:
-            stream = _first_real_video_stream(container)
+            stream = first_real_video_stream(container)
             if stream is None:
                 return count
-            packets = _count_packets(container, stream)
+            packets = count_packets(container, stream)
     except Exception:  # the reader will say what is wrong with the file
         return count
     return min(count, packets) if packets else count
