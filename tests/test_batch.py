@@ -13,23 +13,19 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import make_clip, one_error_line
-from vedit.batch.run import (
-    FAILED_EXIT_CODE,
-    KILL_ONCE_ENV,
+from vedit.batch.jobfile import JobFileError, read_job_file
+from vedit.batch.plan import (
     SIDECAR_FORMAT,
-    JobFileError,
     OutputsRefused,
-    Unit,
     digest_of,
-    execute,
     plan_batch,
     prompt_slug,
-    read_job_file,
     read_sidecar,
-    run_batch,
     settings_of,
     sidecar_path,
 )
+from vedit.batch.run import FAILED_EXIT_CODE, run_batch
+from vedit.batch.workers import KILL_ONCE_ENV, Unit, execute
 from vedit.config import RunConfig
 from vedit.io.video import written_by_vedit
 from vedit.cli.app import create_app
@@ -123,6 +119,23 @@ def assert_same_as_alone(doc: dict, alone: dict) -> None:
         assert edit["status"] in ("done", "skipped"), edit
         key = (Path(edit["input"]).stem, edit["prompt"])
         assert Path(edit["output"]).read_bytes() == alone[key], f"{edit['output']} differs from the edit run alone"
+
+
+def test_the_batch_package_gives_the_names_the_batch_module_gave():
+    """``vedit.batch`` was one module and scripts import its public names from it (``from vedit.batch import
+    run_batch``): the package holds them, the very objects of the modules that define them now."""
+    import vedit.batch
+    from vedit.batch import plan, run
+
+    former = [
+        "Job", "JobFile", "JobFileError", "Plan", "PlannedEdit", "InversionGroup", "Unit", "Outcome", "BatchEvents",
+        "BatchResult", "read_job_file", "plan_batch", "run_batch", "choose_backend", "execute", "sidecar_path",
+        "read_sidecar", "up_to_date", "settings_of", "digest_of", "prompt_slug", "default_summary_path",
+        "FAILED_EXIT_CODE", "OutputsRefused",
+    ]  # fmt: skip
+    assert [name for name in former if not hasattr(vedit.batch, name)] == []
+    assert vedit.batch.plan_batch is plan.plan_batch and vedit.batch.OutputsRefused is plan.OutputsRefused
+    assert vedit.batch.run_batch is run.run_batch and vedit.batch.FAILED_EXIT_CODE == 8
 
 
 # ---------------------------------------------------------------------------------------------
