@@ -17,7 +17,7 @@ from ..config import option_label, option_value
 from ..errors import ConfigError, PluginError
 from .plan import Plan
 from .scheduler import BatchEvents
-from .workers import _MODEL, Outcome, Unit, _reason, execute, release_model
+from .workers import _MODEL, Outcome, Unit, WorkerReporter, _reason, execute, release_model
 
 
 class _Serial:
@@ -51,7 +51,13 @@ class _Serial:
         release_model()
 
 
-def _pool_main(slot: int, device: str | None, threads: int, inbox: Any, results: Any) -> None:
+def _reporter_in_worker(worker_reporter: WorkerReporter | None, unit: Unit) -> Any:
+    return worker_reporter(unit) if worker_reporter is not None else None
+
+
+def _pool_main(
+    slot: int, device: str | None, threads: int, inbox: Any, results: Any, worker_reporter: WorkerReporter | None
+) -> None:
     """A pool worker process: runs the units it is sent until it is sent None."""
     import torch
 
@@ -65,7 +71,8 @@ def _pool_main(slot: int, device: str | None, threads: int, inbox: Any, results:
             return
         if device is not None and unit.config.device in ("auto", "cuda"):
             unit.config = unit.config.replace(device=device)
-        results.put(("done", slot, unit.uid, execute(unit, worker=name, in_worker=True)))
+        outcome = execute(unit, reporter=_reporter_in_worker(worker_reporter, unit), worker=name)
+        results.put(("done", slot, unit.uid, outcome))
 
 
 class _Pool:
@@ -74,11 +81,11 @@ class _Pool:
 
     kind = "pool"
 
-    def __init__(self, devices: list[str | None], threads: int):
+    def __init__(self, devices: list[str | None], threads: int, worker_reporter: WorkerReporter | None = None):
         import multiprocessing
 
         self.ctx = multiprocessing.get_context("spawn")
-        self.devices, self.threads = devices, threads
+        self.devices, self.threads, self.worker_reporter = devices, threads, worker_reporter
         self.results = self.ctx.Queue()
         self.procs: list[Any] = [None] * len(devices)
         self.inboxes: list[Any] = [None] * len(devices)
@@ -91,7 +98,8 @@ class _Pool:
     def _start(self, slot: int) -> None:
         self.inboxes[slot] = self.ctx.Queue()
         process = self.ctx.Process(
-            target=_pool_main, args=(slot, self.devices[slot], self.threads, self.inboxes[slot], self.results),
+            target=_pool_main,
+            args=(slot, self.devices[slot], self.threads, self.inboxes[slot], self.results, self.worker_reporter),
             name=f"vedit-batch-{slot + 1}", daemon=True,
         )  # fmt: skip
         process.start()
@@ -156,15 +164,16 @@ class _RayWorker:
     """A Ray actor: one worker slot (one GPU where the cluster has GPUs) that keeps its model
     between units, like a pool worker process. Units run one at a time, in the order sent."""
 
-    def __init__(self, slot: int):
+    def __init__(self, slot: int, worker_reporter: WorkerReporter | None = None):
         import ray
 
         self.name = f"ray worker {slot + 1} (node {ray.get_runtime_context().get_node_id()[:8]}, pid {os.getpid()})"
+        self.worker_reporter = worker_reporter
 
     def invert(self, unit: Unit) -> tuple[Outcome, bytes | None]:
         """One inversion; its trajectory also goes back as bytes, into the object store of this
         worker's machine, for edits on machines that cannot read this one's cache folder."""
-        outcome = execute(unit, worker=self.name, in_worker=True)
+        outcome = execute(unit, reporter=_reporter_in_worker(self.worker_reporter, unit), worker=self.name)
         data = None
         if outcome.status == "done" and outcome.trajectory:
             with contextlib.suppress(OSError):
@@ -177,7 +186,7 @@ class _RayWorker:
         import ray
 
         fetch = (lambda: ray.get(shared[0])) if shared else None
-        return execute(unit, worker=self.name, in_worker=True, fetch=fetch)
+        return execute(unit, reporter=_reporter_in_worker(self.worker_reporter, unit), worker=self.name, fetch=fetch)
 
 
 def _import_ray():
@@ -197,7 +206,7 @@ class _Ray:
 
     kind = "ray"
 
-    def __init__(self, address: str, workers: int | None):
+    def __init__(self, address: str, workers: int | None, worker_reporter: WorkerReporter | None = None):
         ray = self.ray = _import_ray()
         self.started_here = False
         if not ray.is_initialized():
@@ -235,7 +244,8 @@ class _Ray:
         self.capacity = self.workers = min(workers or slots, slots)
         need = {"num_gpus": 1} if self.gpus else {"num_cpus": 1}
         self.actor_class = ray.remote(max_restarts=0, **need)(_RayWorker)
-        self.actors: list[Any] = [self.actor_class.remote(slot) for slot in range(self.capacity)]
+        self.worker_reporter = worker_reporter
+        self.actors: list[Any] = [self.actor_class.remote(slot, worker_reporter) for slot in range(self.capacity)]
         self.current: list[Unit | None] = [None] * self.capacity
         self.models: list[tuple | None] = [None] * self.capacity
         self.pending: dict[Any, int] = {}  # an outcome's object reference → its slot
@@ -277,7 +287,7 @@ class _Ray:
             except self.ray.exceptions.RayActorError as error:
                 why = (str(error).strip().splitlines() or ["it died"])[0][:160]
                 outcome = Outcome("died", reason=f"ray worker {slot + 1} died ({why})", worker=f"ray worker {slot + 1}")
-                self.actors[slot] = self.actor_class.remote(slot)
+                self.actors[slot] = self.actor_class.remote(slot, self.worker_reporter)
                 self.models[slot] = None
             except Exception as error:  # noqa: BLE001 — e.g. the object store lost a result
                 outcome = Outcome("failed", reason=_reason(error), worker=f"ray worker {slot + 1}")
@@ -307,20 +317,26 @@ def local_devices() -> list[str]:
 
 def choose_backend(
     plan: Plan, *, workers: int | None = None, ray: str | None = None, events: BatchEvents | None = None,
+    worker_reporter: WorkerReporter | None = None,
 ) -> Any:
     """Ray with ``ray`` (an address, ``auto`` or ``local``); else a pool of worker processes when
-    ``workers`` > 1 or this machine has several GPUs; else this process."""
+    ``workers`` > 1 or this machine has several GPUs; else this process.
+
+    ``worker_reporter(unit)`` is called in the pool's worker processes and Ray's actors, for each
+    unit they run, and its reporter (None: none) receives that unit's stage progress: a module-level
+    function or class, since it is pickled to them. Units run in this process report to
+    ``events.reporter(unit)`` instead."""
     events = events or BatchEvents()
     if workers is not None and workers < 1:
         raise ConfigError(f"{option_label('workers')} must be 1 or more, got {workers}")
     if not plan.todo:
         return _Serial(events)  # nothing to do: no pool started, no cluster joined
     if ray:
-        return _Ray(ray, workers)
+        return _Ray(ray, workers, worker_reporter)
     devices = local_devices()
     count = workers if workers is not None else (len(devices) if len(devices) > 1 else 1)
     if count <= 1:
         return _Serial(events)
     if devices:
-        return _Pool([devices[i % len(devices)] for i in range(count)], threads=0)
-    return _Pool([None] * count, threads=max(1, (os.cpu_count() or 1) // count))
+        return _Pool([devices[i % len(devices)] for i in range(count)], threads=0, worker_reporter=worker_reporter)
+    return _Pool([None] * count, threads=max(1, (os.cpu_count() or 1) // count), worker_reporter=worker_reporter)

@@ -19,7 +19,7 @@ from ..errors import ConfigError
 from .backends import choose_backend
 from .plan import Plan, PlannedEdit, _write_json_atomically
 from .scheduler import DEFAULT_RETRIES, BatchEvents, _Schedule
-from .workers import KILL_ONCE_ENV
+from .workers import WorkerReporter
 
 SUMMARY_FORMAT = "vedit-batch-summary/1"
 FAILED_EXIT_CODE = 8  # some edits of a batch failed (the others were done)
@@ -86,21 +86,22 @@ def run_batch(
     events: BatchEvents | None = None,
     summary: str | os.PathLike | None = None,
     backend: Any = None,
+    worker_reporter: WorkerReporter | None = None,
 ) -> BatchResult:
     """Run every ``todo`` edit of ``plan`` (see :func:`choose_backend` for where); failures of one
     edit do not stop the others. The summary JSON (``summary``; None writes none) is rewritten
     after every result, so an interrupted batch leaves one too. A plan with ``refused`` edits raises
-    :class:`OutputsRefused` before anything runs."""
+    :class:`OutputsRefused` before anything runs. ``worker_reporter`` receives the stage progress of
+    the units run in pool worker processes or Ray actors (see :func:`choose_backend`); ``events``
+    that of the units run in this process."""
     plan.check_outputs()
     events = events or BatchEvents()
     if retries < 0:
         raise ConfigError(f"{option_label('retries')} must be 0 or more, got {retries}")
-    spec = os.environ.get(KILL_ONCE_ENV, "")
-    fault = tuple(spec.rsplit(":", 1)) if ":" in spec else None
     began, wall = time.perf_counter(), time.time()
     scratch = tempfile.mkdtemp(prefix="vedit-batch-")
-    schedule = _Schedule(plan, retries, fault, scratch)  # type: ignore[arg-type]
-    backend = backend or choose_backend(plan, workers=workers, ray=ray, events=events)
+    schedule = _Schedule(plan, retries, scratch)
+    backend = backend or choose_backend(plan, workers=workers, ray=ray, events=events, worker_reporter=worker_reporter)
     summary_path = Path(summary) if summary is not None else None
 
     def write_summary(finished: bool) -> None:

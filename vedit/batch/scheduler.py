@@ -18,7 +18,7 @@ DEFAULT_RETRIES = 2
 class _Schedule:
     """Which unit is ready: inversions first, a group's edits once its inversion is done."""
 
-    def __init__(self, plan: Plan, retries: int, fault: tuple[str, str] | None, scratch: str | None = None):
+    def __init__(self, plan: Plan, retries: int, scratch: str | None = None):
         self.plan, self.retries = plan, retries
         self.ready: deque[Unit] = deque()
         self.waiting: dict[int, list[Unit]] = {}
@@ -28,8 +28,7 @@ class _Schedule:
         self.model_loads = 0
 
         def unit_for(edit: PlannedEdit) -> Unit:
-            hook = fault[0] if fault and fault[1] in str(edit.output) else None
-            return Unit("edit", edit.index, edit.input, edit.config, edit.output, edit.digest, edit.settings, fault=hook,
+            return Unit("edit", edit.index, edit.input, edit.config, edit.output, edit.digest, edit.settings,
                         scratch=scratch)  # fmt: skip
 
         # Edits of one model together (one load per worker), each group's inversion before its edits.

@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import os
-import signal
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -17,11 +16,6 @@ from typing import Any, Callable
 from ..config import RunConfig
 from ..errors import VeditError
 from .plan import SIDECAR_FORMAT, _Collect, _write_json_atomically, model_key, read_sidecar, sidecar_path
-
-# Testing hook: "MARKER:TEXT" makes the worker process that writes an output whose path contains
-# TEXT kill itself (SIGKILL) once, while writing, if MARKER does not exist yet (it is created
-# first). It acts in pool and Ray worker processes only, never in the process that runs the batch.
-KILL_ONCE_ENV = "VEDIT_BATCH_KILL_ONCE"
 
 
 @dataclass
@@ -36,7 +30,6 @@ class Unit:
     digest: str = ""
     settings: dict[str, Any] = field(default_factory=dict)
     trajectory: dict[str, Any] | None = None  # for an edit: the shared inversion, {"key", "path", "cached"}
-    fault: str | None = None  # the testing hook's marker file
     scratch: str | None = None  # the batch's folder for trajectories made without the cache
     attempts: int = 0  # started so far
 
@@ -47,6 +40,12 @@ class Unit:
     @property
     def model_key(self) -> tuple:
         return model_key(self.config)
+
+
+# Gives the reporter (a vedit.report.Reporter, or None for none) of a unit that a pool worker process or a
+# Ray actor runs. Those are processes of their own and it is pickled to them: a module-level function, or an
+# instance of a module-level class, that they can import.
+WorkerReporter = Callable[[Unit], Any]
 
 
 @dataclass
@@ -102,35 +101,6 @@ def _scratch(unit: Unit) -> Path:
     return folder
 
 
-class _Killing:
-    """Wraps a reporter for the testing hook: the process kills itself while writing, once."""
-
-    def __init__(self, inner: Any, marker: str):
-        self.inner, self.marker = inner, marker
-
-    def task(self, description: str, total: int | None):
-        inner_task = self.inner.task(description, total)
-        marker = self.marker
-
-        class _Task:
-            def advance(self, amount: int = 1) -> None:
-                inner_task.advance(amount)
-                if description == "decode + write":
-                    try:
-                        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-                    except FileExistsError:
-                        return
-                    os.kill(os.getpid(), signal.SIGKILL)
-
-        return _Task()
-
-    def message(self, text: str) -> None:
-        self.inner.message(text)
-
-    def warning(self, text: str) -> None:
-        self.inner.warning(text)
-
-
 def _reason(error: BaseException) -> str:
     if isinstance(error, VeditError):
         return str(error)
@@ -171,9 +141,7 @@ def _materialize(unit: Unit, fetch: Callable[[], bytes] | None) -> RunConfig:
     return config if info.get("cached") else config.replace(inversion=str(path))
 
 
-def execute(
-    unit: Unit, *, reporter: Any = None, worker: str = "", in_worker: bool = False, fetch: Callable[[], bytes] | None = None
-) -> Outcome:
+def execute(unit: Unit, *, reporter: Any = None, worker: str = "", fetch: Callable[[], bytes] | None = None) -> Outcome:
     """Run one unit in this process and say how it went; never raises for a failed unit.
 
     An edit removes its output's sidecar first and writes it after the output is complete (the
@@ -184,8 +152,6 @@ def execute(
 
     began = time.perf_counter()
     reporter = reporter if reporter is not None else _Collect()
-    if in_worker and unit.fault:
-        reporter = _Killing(reporter, unit.fault)
     loaded = False
     try:
         model, loaded = _load(unit.config)
