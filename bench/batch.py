@@ -43,7 +43,9 @@ def run_batch_suite(
 ) -> dict:
     import torch
 
-    from vedit.batch.run import _import_ray, _Ray, choose_backend, plan_batch, run_batch
+    from vedit.batch.backends import _import_ray, _Ray, choose_backend
+    from vedit.batch.plan import plan_batch
+    from vedit.batch.run import run_batch
     from vedit.errors import ConfigError
     from vedit.model.device import resolve_device, resolve_dtype
     from vedit.io.frames import parse_size

@@ -68,7 +68,7 @@ def profile_supported() -> bool:
     return "profile" in inspect.signature(edit).parameters
 
 
-class _Collect(SilentReporter):
+class Collect(SilentReporter):
     """A reporter that shows nothing and keeps each warning once."""
 
     def __init__(self, notes: list[str]):
@@ -124,7 +124,7 @@ class _Config:
         output = self.workdir / f"out-{self.label}-{self.runs}.mp4"
         config = self.config.replace(cache_dir=str(self.workdir / cache))
         extra = {"profile": True} if self.profile else {}
-        result = edit(self.clip, output, config, sd=self.sd, reporter=_Collect(self.notes), **extra)
+        result = edit(self.clip, output, config, sd=self.sd, reporter=Collect(self.notes), **extra)
         output.unlink(missing_ok=True)
         if not self.settings["reuse_inversion"]:
             shutil.rmtree(self.workdir / cache, ignore_errors=True)

@@ -13,23 +13,20 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import make_clip, one_error_line
-from vedit.batch.run import (
-    FAILED_EXIT_CODE,
-    KILL_ONCE_ENV,
+from kill_once import KillOnceWhileWriting
+from vedit.batch.jobfile import JobFileError, read_job_file
+from vedit.batch.plan import (
     SIDECAR_FORMAT,
-    JobFileError,
     OutputsRefused,
-    Unit,
     digest_of,
-    execute,
     plan_batch,
     prompt_slug,
-    read_job_file,
     read_sidecar,
-    run_batch,
     settings_of,
     sidecar_path,
 )
+from vedit.batch.run import FAILED_EXIT_CODE, run_batch
+from vedit.batch.workers import Unit, execute
 from vedit.config import RunConfig
 from vedit.io.files import written_by_vedit
 from vedit.cli.app import create_app
@@ -123,6 +120,23 @@ def assert_same_as_alone(doc: dict, alone: dict) -> None:
         assert edit["status"] in ("done", "skipped"), edit
         key = (Path(edit["input"]).stem, edit["prompt"])
         assert Path(edit["output"]).read_bytes() == alone[key], f"{edit['output']} differs from the edit run alone"
+
+
+def test_the_batch_package_gives_the_names_the_batch_module_gave():
+    """``vedit.batch`` was one module and scripts import its public names from it (``from vedit.batch import
+    run_batch``): the package holds them, the very objects of the modules that define them now."""
+    import vedit.batch
+    from vedit.batch import plan, run
+
+    former = [
+        "Job", "JobFile", "JobFileError", "Plan", "PlannedEdit", "InversionGroup", "Unit", "Outcome", "BatchEvents",
+        "BatchResult", "read_job_file", "plan_batch", "run_batch", "choose_backend", "execute", "sidecar_path",
+        "read_sidecar", "up_to_date", "settings_of", "digest_of", "prompt_slug", "default_summary_path",
+        "FAILED_EXIT_CODE", "OutputsRefused",
+    ]  # fmt: skip
+    assert [name for name in former if not hasattr(vedit.batch, name)] == []
+    assert vedit.batch.plan_batch is plan.plan_batch and vedit.batch.OutputsRefused is plan.OutputsRefused
+    assert vedit.batch.run_batch is run.run_batch and vedit.batch.FAILED_EXIT_CODE == 8
 
 
 # ---------------------------------------------------------------------------------------------
@@ -389,11 +403,11 @@ def test_an_edit_that_cannot_see_the_inversion_fetches_it_once_and_does_not_inve
 # A local pool of worker processes (the multi-GPU path, run here with CPU workers)
 
 
-def test_local_pool_of_two_workers_survives_a_killed_worker(tmp_path, clips, alone, monkeypatch):
+def test_local_pool_of_two_workers_survives_a_killed_worker(tmp_path, clips, alone):
     path = two_by_two(tmp_path, clips)
     marker = tmp_path / "killed-once"
-    monkeypatch.setenv(KILL_ONCE_ENV, f"{marker}:fractal-an-oil")
-    result = run_batch(plan_batch(path), workers=2, summary=tmp_path / "s.json")
+    result = run_batch(plan_batch(path), workers=2, summary=tmp_path / "s.json",
+                       worker_reporter=KillOnceWhileWriting(marker, "fractal-an-oil"))  # fmt: skip
     doc = summary(tmp_path / "s.json")
     assert marker.exists(), "the worker writing fractal-an-oil-painting.mp4 was to kill itself once"
     assert result.backend == "pool" and result.workers == 2 and not result.failed
@@ -417,6 +431,8 @@ def ray_cluster():
     if ray.is_initialized():
         ray.shutdown()
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"  # CI has no network beyond the package registries
+    # The actors are processes of the cluster's: they import the tests' worker reporter (kill_once.py) from here.
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()
@@ -443,12 +459,12 @@ def test_ray_batch_matches_edits_run_alone_inverts_each_clip_once_and_reruns_not
     assert doc["counts"] == {"edits": 4, "skipped": 4} and doc["model_loads"] == 0 and doc["inversions_computed"] == 0
 
 
-def test_ray_batch_completes_when_a_worker_is_killed_mid_job(tmp_path, clips, alone, ray_cluster, monkeypatch):
+def test_ray_batch_completes_when_a_worker_is_killed_mid_job(tmp_path, clips, alone, ray_cluster):
     path = job_file(tmp_path / "jobs.toml", [{"input": str(clips / "pattern.mp4"), "prompts": PROMPTS,
                                               "output": "out/{clip}-{prompt_slug}.mp4"}])  # fmt: skip
     marker = tmp_path / "killed-once"
-    monkeypatch.setenv(KILL_ONCE_ENV, f"{marker}:pattern-a-watercolor")
-    result = run_batch(plan_batch(path, device_here=False), ray="auto", workers=2, summary=tmp_path / "s.json")
+    result = run_batch(plan_batch(path, device_here=False), ray="auto", workers=2, summary=tmp_path / "s.json",
+                       worker_reporter=KillOnceWhileWriting(marker, "pattern-a-watercolor"))  # fmt: skip
     assert marker.exists(), "the Ray worker writing pattern-a-watercolor-painting.mp4 was to kill itself once"
     assert not result.failed
     doc = summary(tmp_path / "s.json")

@@ -10,21 +10,12 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from ..batch.run import (
-    DEFAULT_RETRIES,
-    FAILED_EXIT_CODE,
-    BatchEvents,
-    JobFileError,
-    Outcome,
-    OutputsRefused,
-    Plan,
-    PlannedEdit,
-    Unit,
-    choose_backend,
-    default_summary_path,
-    plan_batch,
-    run_batch,
-)
+from ..batch.backends import choose_backend
+from ..batch.jobfile import JobFileError
+from ..batch.plan import OutputsRefused, Plan, PlannedEdit, plan_batch
+from ..batch.run import FAILED_EXIT_CODE, default_summary_path, run_batch
+from ..batch.scheduler import DEFAULT_RETRIES, BatchEvents
+from ..batch.workers import Outcome, Unit
 
 
 def _forwards_text(forwards: dict[str, int]) -> str:
