@@ -29,7 +29,7 @@ _PEAK = "Also measure the matmul peak (a large GEMM) and show each figure's frac
 @contextlib.contextmanager
 def _errors() -> Iterator[None]:
     """Errors a user can cause end in one line and their exit code, like every vedit command."""
-    from vedit.cli.app import user_errors
+    from vedit.cli.output import user_errors
 
     with user_errors():
         yield

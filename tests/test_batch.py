@@ -29,7 +29,7 @@ from vedit.batch.run import FAILED_EXIT_CODE, run_batch
 from vedit.batch.workers import Unit, execute
 from vedit.config import RunConfig
 from vedit.io.files import written_by_vedit
-from vedit.cli.app import create_app
+from vedit.cli import create_app
 
 # Small enough that an edit takes a few seconds on one CPU thread with the tiny model.
 RUN = {"model": "tiny", "steps": 1, "inversion-steps": 1, "chunk-size": 4, "source-prompt": "a test pattern"}
@@ -38,10 +38,6 @@ PROMPTS = ["a watercolor painting", "an oil painting"]
 
 def vedit(*args, cwd: Path | None = None):
     app = create_app()
-    if "batch" not in {c.name for c in app.registered_commands}:  # until vedit/cli.py adds it itself
-        from vedit.cli.batch import add_batch_command
-
-        add_batch_command(app)
     old = os.getcwd()
     if cwd is not None:
         os.chdir(cwd)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from vedit.cli.app import create_app
+from vedit.cli import create_app
 from vedit.errors import ConfigError, InputError
 from vedit_bench import _common
 from vedit_bench._common import (

@@ -13,7 +13,7 @@ from safetensors import SafetensorError
 from typer.testing import CliRunner
 
 from conftest import one_error_line
-from vedit.cli.app import create_app
+from vedit.cli import create_app
 from vedit.errors import ConfigError, OutputError
 from vedit.cache.files import MB, CacheEntry, describe_age, gb_to_bytes
 from vedit.cache.inversions import InversionCache

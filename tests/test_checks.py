@@ -222,11 +222,11 @@ def test_progress_is_printed_as_lines_when_stderr_is_not_a_terminal(clip, tmp_pa
 def test_plain_progress_gives_frames_per_second_and_time_left_without_the_steps_done_before(monkeypatch):
     import io
 
-    from vedit.cli.app import PlainReporter
+    from vedit.cli.output import PlainReporter
     from vedit.report import open_task
 
     clock = iter([100.0, 102.0, 104.0, 110.0])  # started, then three advances
-    monkeypatch.setattr("vedit.cli.time.monotonic", lambda: next(clock))
+    monkeypatch.setattr("vedit.cli.output.time.monotonic", lambda: next(clock))
     stream = io.StringIO()
     task = open_task(PlainReporter(stream, interval=0), "denoise", 50, frames_per_unit=40, done=20)
     task.advance(1)  # 1 step of 40 frames in 2 s: 20 frames/s; 29 steps left at 2 s each

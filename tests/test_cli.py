@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import SHARED_CLIPS, make_clip, one_error_line
-from vedit.cli.app import create_app
+from vedit.cli import create_app
 from vedit.io.reader import FrameReader
 
 FAST = ["--model", "tiny", "--steps", "2", "--inversion-steps", "2", "--chunk-size", "4", "--quiet"]
@@ -274,6 +274,29 @@ def test_help_lists_every_run_option():
     for f in fields(RunConfig):
         flag = "--" + f.name.replace("_", "-")
         assert flag in text, flag
+
+
+def test_the_names_of_the_former_cli_module_are_still_there():
+    """Plugin commands written when the command line was one module (``from vedit.cli import user_errors``)."""
+    import vedit.cli as cli
+    from vedit.cli import cache, options, output
+
+    for name in ("err_console", "out_console", "fail", "user_errors", "warn", "QuietReporter", "RichReporter",
+                 "PlainReporter", "reporting", "PROGRESS_INTERVAL", "UNFOLDED_WIDTH"):
+        assert getattr(cli, name) is getattr(output, name), name
+    assert cli.INVERSION_STEPS_HELP is options.INVERSION_STEPS_HELP
+    assert cli.CHECKPOINT_DAYS == cache.CHECKPOINT_DAYS == 30.0
+
+
+def test_python_m_vedit_cli_is_the_command_line():
+    import subprocess
+    import sys
+
+    from vedit import __version__
+
+    done = subprocess.run([sys.executable, "-m", "vedit.cli", "--version"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"vedit {__version__}"
 
 
 def test_a_terminated_run_leaves_no_output(clip, tmp_path):

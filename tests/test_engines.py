@@ -334,7 +334,7 @@ def test_a_plugins_own_attention_handler_and_a_python_nn_backend_run_eagerly_sai
 def test_engines_build_list_and_clear_from_the_cli(tmp_path):
     from typer.testing import CliRunner
 
-    from vedit.cli.app import create_app
+    from vedit.cli import create_app
 
     app, runner = create_app(), CliRunner()
     cache = tmp_path / "engines"
@@ -381,7 +381,7 @@ def test_per_frame_editing_with_injection_runs_the_frames_pass_through_the_engin
 def test_a_run_says_when_it_builds_a_pass_and_how_long_it_took_and_nothing_when_cached(tmp_path):
     from typer.testing import CliRunner
 
-    from vedit.cli.app import create_app
+    from vedit.cli import create_app
 
     clip = make_clip(tmp_path / "clip.mp4", frames=4, size=(64, 48))
     args = ["run", str(clip), "-p", "x", "--model", "tiny", "--size", "64x48", "--steps", "2", "--inversion-steps", "2",

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from conftest import make_clip, one_error_line
 from test_video_timing import frame_numbers, gapped_clip, graded_vfr_clip
-from vedit.cli.app import create_app
+from vedit.cli import create_app
 from vedit.io.probe import probe
 from vedit.io.reader import FrameReader
 from vedit.io.timing import resampling

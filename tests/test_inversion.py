@@ -57,7 +57,7 @@ def test_a_schedule_that_misses_the_sampling_steps_is_refused():
 def test_the_inversion_steps_rule_is_the_one_the_help_states():
     from diffusers import DDIMScheduler
 
-    from vedit.cli.app import INVERSION_STEPS_HELP
+    from vedit.cli.options import INVERSION_STEPS_HELP
     from vedit.method.ddim import check_schedules
     from vedit.model.builders import SD_SCHEDULER_CONFIG
 

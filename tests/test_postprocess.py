@@ -343,7 +343,7 @@ def test_a_post_processor_that_loses_a_frame_fails_the_run_and_leaves_no_output(
      ("toml:deflicker-luma:window=2", 4, "--postprocess deflicker-luma: window must be an odd number")],
 )  # fmt: skip
 def test_a_bad_postprocess_flag_is_one_line_and_writes_nothing(tmp_path, spec, code, message):
-    from vedit.cli.app import create_app
+    from vedit.cli import create_app
 
     clip = make_clip(tmp_path / "clip.mp4", frames=4)
     out = tmp_path / "out.mp4"

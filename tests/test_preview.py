@@ -329,7 +329,7 @@ def test_vedit_run_preview_writes_the_sheet_beside_the_planned_output_and_no_vid
     from typer.testing import CliRunner
 
     from conftest import one_error_line
-    from vedit.cli.app import create_app
+    from vedit.cli import create_app
 
     out = tmp_path / "edited.mp4"
     base = ["run", str(clip), "-p", "a watercolor painting", "--model", "tiny", "--steps", "2", "--inversion-steps", "2",

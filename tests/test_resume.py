@@ -20,7 +20,7 @@ import vedit
 from conftest import flip_byte, make_clip, tensor_bytes
 from vedit import plugins
 from vedit.cache.checkpoints import Checkpoint, CheckpointStore, checkpoint_key
-from vedit.cli.app import create_app
+from vedit.cli import create_app
 from vedit.config import RunConfig
 from vedit.plugins.hookspecs import hookimpl
 from vedit.report import VeditWarning

@@ -1,4 +1,4 @@
-"""The ``vedit batch`` command: :func:`add_batch_command` adds it to the Typer app."""
+"""``vedit batch``: edit many clips with many prompts from a job file; the plan, progress and result tables."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ from ..batch.plan import OutputsRefused, Plan, PlannedEdit, plan_batch
 from ..batch.run import FAILED_EXIT_CODE, default_summary_path, run_batch
 from ..batch.scheduler import DEFAULT_RETRIES, BatchEvents
 from ..batch.workers import Outcome, Unit
+from .options import option_help
+from .output import PlainReporter, err_console, fail, out_console, user_errors, warn
 
 
 def _forwards_text(forwards: dict[str, int]) -> str:
@@ -114,8 +116,6 @@ class _Display(BatchEvents):
     run in this process, their stages); plain lines when stderr is not a terminal."""
 
     def __init__(self, plan: Plan, mode: str, base: Path):
-        from .app import err_console
-
         self.plan, self.mode, self.base = plan, mode, base
         self.console = err_console
         self.progress: Any = None
@@ -163,8 +163,6 @@ class _Display(BatchEvents):
 
     def reporter(self, unit: Unit) -> Any:
         if self.mode == "plain":
-            from .app import PlainReporter
-
             class _NoWarnings(PlainReporter):
                 def warning(self, text: str) -> None:  # the batch prints each unit's warnings once, at its end
                     pass
@@ -195,8 +193,6 @@ class _Display(BatchEvents):
         return _Stages()
 
     def finished(self, unit: Unit, outcome: Outcome, settled: list[Any]) -> None:
-        from .app import warn
-
         for row in self.rows.pop(unit.uid, []):
             self.progress.remove_task(row)
         where = self._describe(unit)
@@ -237,26 +233,23 @@ def _backend_text(backend: Any, plan: Plan) -> str:
     return f"on Ray, {backend.workers} worker{'s' if backend.workers != 1 else ''} ({each})"
 
 
-def add_batch_command(app: typer.Typer) -> None:
+def add_to(app: typer.Typer) -> None:
     """Add ``vedit batch`` to ``app``."""
-    from .app import _help
 
     @app.command("batch")
     def batch(
-        job_file: Path = typer.Argument(..., help=_help("The job file (TOML): shared options under [run], one [[job]] table per job.")),
-        dry_run: bool = typer.Option(False, "--dry-run", "-n", help=_help("Print the plan (edits, inversions, UNet forwards) and run nothing.")),
-        force: bool = typer.Option(False, "--force", help=_help("Redo every edit, even those whose output is up to date.")),
-        overwrite: bool = typer.Option(False, "--overwrite", help=_help("Replace existing outputs that vedit did not write (without it such edits are refused, and --dry-run shows them).")),
-        workers: Optional[int] = typer.Option(None, "--workers", "-w", help=_help("Worker processes of the local pool, or Ray workers.", default="one per GPU; 1 (this process) without GPUs; on Ray, the cluster's GPUs or CPUs")),
-        ray: Optional[str] = typer.Option(None, "--ray", help=_help("Run on Ray: auto (the running cluster, else a local one), local (a new local one), or a cluster ADDRESS.")),
-        retries: int = typer.Option(DEFAULT_RETRIES, "--retries", help=_help("Times a unit whose worker process died is tried again.")),
-        summary: Optional[Path] = typer.Option(None, "--summary", help=_help("Write the summary JSON here.", default="<job file>.summary.json beside the job file")),
-        config: Optional[Path] = typer.Option(None, "--config", help=_help("Read defaults from this vedit.toml instead of ./vedit.toml (the job file's [run] wins over it).")),
-        quiet: bool = typer.Option(False, "--quiet", "-q", help=_help("No progress or table; warnings and errors only.")),
+        job_file: Path = typer.Argument(..., help=option_help("The job file (TOML): shared options under [run], one [[job]] table per job.")),
+        dry_run: bool = typer.Option(False, "--dry-run", "-n", help=option_help("Print the plan (edits, inversions, UNet forwards) and run nothing.")),
+        force: bool = typer.Option(False, "--force", help=option_help("Redo every edit, even those whose output is up to date.")),
+        overwrite: bool = typer.Option(False, "--overwrite", help=option_help("Replace existing outputs that vedit did not write (without it such edits are refused, and --dry-run shows them).")),
+        workers: Optional[int] = typer.Option(None, "--workers", "-w", help=option_help("Worker processes of the local pool, or Ray workers.", default="one per GPU; 1 (this process) without GPUs; on Ray, the cluster's GPUs or CPUs")),
+        ray: Optional[str] = typer.Option(None, "--ray", help=option_help("Run on Ray: auto (the running cluster, else a local one), local (a new local one), or a cluster ADDRESS.")),
+        retries: int = typer.Option(DEFAULT_RETRIES, "--retries", help=option_help("Times a unit whose worker process died is tried again.")),
+        summary: Optional[Path] = typer.Option(None, "--summary", help=option_help("Write the summary JSON here.", default="<job file>.summary.json beside the job file")),
+        config: Optional[Path] = typer.Option(None, "--config", help=option_help("Read defaults from this vedit.toml instead of ./vedit.toml (the job file's [run] wins over it).")),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help=option_help("No progress or table; warnings and errors only.")),
     ) -> None:
         """Edit many clips with many prompts from a job file: planned, up-to-date outputs skipped, locally or on Ray."""
-        from .app import err_console, fail, out_console, user_errors, warn
-
         base = Path.cwd()
         with user_errors():
             try:
@@ -311,4 +304,6 @@ def add_batch_command(app: typer.Typer) -> None:
             raise fail(f"{len(failed)} of {len(plan.edits)} edits failed (see {summary_path})", FAILED_EXIT_CODE)
 
 
-__all__ = ["add_batch_command", "plan_table", "plan_totals", "result_table"]
+add_batch_command = add_to  # its name in vedit.batch_cli
+
+__all__ = ["add_batch_command", "add_to", "plan_table", "plan_totals", "result_table"]

@@ -1,0 +1,96 @@
+"""``vedit engines``: build the compiled UNet engines a run will use, list them, clear them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from ..config import RunConfig
+from .options import config_from_flags, option_help, warn_ignored_seed
+from .output import out_console, reporting, user_errors
+
+
+def add_to(app: typer.Typer) -> None:
+    """Add ``vedit engines`` (build, list, clear) to ``app``."""
+    engines_app = typer.Typer(help="Build, list and clear compiled UNet engines.", no_args_is_help=True)
+    app.add_typer(engines_app, name="engines")
+    engine_cache_help = "Folder of built engines."
+
+    @engines_app.command("build")
+    def engines_build(
+        engine: str = typer.Option(..., help="Engine, or a comma-separated list to try in order (as for 'vedit run')."),
+        model: Optional[str] = typer.Option(None, help=option_help("Model (as for 'vedit run').", "model")),
+        revision: Optional[str] = typer.Option(None, help=option_help("Model revision.")),
+        size: str = typer.Option("512x512", help="Working size WxH the run will use."),
+        frames: int = typer.Option(40, min=1, help="Frames the run will edit (decides the batch sizes built)."),
+        editor: Optional[str] = typer.Option(None, help=option_help("Editor plugin.", "editor")),
+        propagator: Optional[str] = typer.Option(None, help=option_help("Propagator plugin.", "propagator")),
+        chunk_size: Optional[int] = typer.Option(None, help=option_help("tokenflow: frames per chunk B.", "chunk_size")),
+        max_joint_keyframes: Optional[int] = typer.Option(None, help=option_help("tokenflow: keyframes each keyframe attends to.", "max_joint_keyframes")),
+        batch_size: Optional[str] = typer.Option(None, help=option_help("Frames per inversion / per-frame batch, or auto.", "batch_size")),
+        device: Optional[str] = typer.Option(None, help=option_help("auto, cpu, cuda, cuda:N or mps.", "device")),
+        dtype: Optional[str] = typer.Option(None, help=option_help("auto, fp32, fp16 or bf16.", "dtype")),
+        seed: Optional[int] = typer.Option(None, hidden=True, help="Ignored: a built model's weights come from its spec (tiny@N)."),
+        engine_cache: Optional[str] = typer.Option(None, help=option_help(engine_cache_help, "engine_cache")),
+        config: Optional[Path] = typer.Option(None, "--config", help=option_help("Read defaults from this vedit.toml.")),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help=option_help("No progress; warnings and errors only.")),
+    ) -> None:
+        """Build every pass a run of this shape uses, ahead of the run (progress per pass)."""
+        from ..pipeline.stages import build_engines
+        from ..io.frames import parse_size
+
+        with user_errors():
+            run_config = config_from_flags(
+                config, engine=engine, model=model, revision=revision, editor=editor, propagator=propagator,
+                chunk_size=chunk_size, max_joint_keyframes=max_joint_keyframes, batch_size=batch_size, device=device,
+                dtype=dtype, engine_cache=engine_cache,
+            )
+            warn_ignored_seed(seed, "building engines")
+            with reporting(quiet) as reporter:
+                built = build_engines(run_config, frames, size=parse_size(size, "--size"), reporter=reporter)
+        if not quiet:
+            table = Table("pass", "batch", "engine", "seconds")
+            for item in built:
+                table.add_row(item.pass_name, str(item.batch), item.engine, f"{item.seconds:.1f}")
+            out_console.print(table)
+
+    @engines_app.command("list")
+    def engines_list(engine_cache: Optional[str] = typer.Option(None, help=engine_cache_help, show_default="engines")) -> None:
+        """List built engines: pass, engine, model, shapes, precision and what they were built with."""
+        from ..runtime.engine import EngineCache
+        from ..method.passes import PASS_VERSION
+
+        cache = EngineCache(engine_cache or RunConfig.engine_cache)
+        entries = cache.entries()
+        if not entries:
+            out_console.print(f"no built engines in {cache.root}", markup=False, soft_wrap=True)
+            return
+        table = Table("id", "pass", "engine", "model", "batches", "dtype", "MB")
+        for column in table.columns:
+            column.overflow = "fold"
+        for name in ("pass", "engine"):
+            next(c for c in table.columns if c.header == name).no_wrap = True
+        libraries = set()
+        for e in entries:
+            library = ", ".join(f"{k} {e.parts[k]}" for k in ("onnxruntime", "tensorrt", "torch", "compute_capability") if k in e.parts)
+            if e.parts.get("pass_version") != str(PASS_VERSION) and e.engine != "?":
+                library += f" (pass code v{e.parts.get('pass_version', '?')}: stale)"
+            libraries.add(library)
+            table.add_row(Text(e.path.name.rsplit("-", 1)[-1][:8]), Text(e.pass_name), Text(e.engine), Text(e.model),
+                          Text(e.parts.get("batches", "?")), Text(e.parts.get("dtype", "?")), f"{e.bytes / 1e6:.1f}")  # fmt: skip
+        out_console.print(table)
+        for library in sorted(libraries):
+            out_console.print(f"built with {library}", markup=False, soft_wrap=True)
+
+    @engines_app.command("clear")
+    def engines_clear(engine_cache: Optional[str] = typer.Option(None, help=engine_cache_help, show_default="engines")) -> None:
+        """Delete every built engine."""
+        from ..runtime.engine import EngineCache
+
+        cache = EngineCache(engine_cache or RunConfig.engine_cache)
+        freed = cache.clear()
+        out_console.print(f"removed {freed / 1e6:.1f} MB of built engines from {cache.root}", markup=False, soft_wrap=True)
