@@ -45,7 +45,7 @@ def probe(args: argparse.Namespace) -> dict:
 
     from vedit import plugins
     from vedit.runtime import allocator as runtime
-    from vedit.runtime.engine import Passes
+    from vedit.runtime.runner import Passes
     from vedit.model.models import PROMPT_LENGTH, load_model
     from vedit.io.video import parse_size
 

@@ -15,7 +15,7 @@ from vedit.config import RunConfig
 from vedit.method.denoise import EditJob, denoise
 from vedit.method.inversion import Trajectory, invert
 from vedit.model.models import load_model
-from vedit.runtime.engine import Passes
+from vedit.runtime.runner import Passes
 from vedit.method.passes import PropagatedAttention
 from vedit.method.unet import COND, SOURCE, UNCOND, CallContext, ControlledUNet, Injection
 from vedit_plugins.propagators.tokenflow import blend_weights

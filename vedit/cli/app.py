@@ -611,7 +611,7 @@ def create_app() -> typer.Typer:
     @engines_app.command("list")
     def engines_list(engine_cache: Optional[str] = typer.Option(None, help=engine_cache_help, show_default="engines")) -> None:
         """List built engines: pass, engine, model, shapes, precision and what they were built with."""
-        from ..runtime.engine import EngineCache
+        from ..runtime.engine_cache import EngineCache
         from ..method.passes import PASS_VERSION
 
         cache = EngineCache(engine_cache or RunConfig.engine_cache)
@@ -639,7 +639,7 @@ def create_app() -> typer.Typer:
     @engines_app.command("clear")
     def engines_clear(engine_cache: Optional[str] = typer.Option(None, help=engine_cache_help, show_default="engines")) -> None:
         """Delete every built engine."""
-        from ..runtime.engine import EngineCache
+        from ..runtime.engine_cache import EngineCache
 
         cache = EngineCache(engine_cache or RunConfig.engine_cache)
         freed = cache.clear()

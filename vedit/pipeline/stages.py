@@ -22,7 +22,8 @@ from ..runtime.batch_sizes import CPU_BATCH, choose_batches
 from ..cache.checkpoints import CheckpointStore, CheckpointWriter, checkpoint_key, inversion_file_identity
 from ..config import RunConfig, check_numbers, load_config, option_label, option_value, validate
 from ..method.denoise import EditJob, RunShape, Step, denoise
-from ..runtime.engine import DEFAULT_ENGINE_CACHE, EngineCache, Passes, _first_line, engine_chain
+from ..runtime.engine_cache import DEFAULT_ENGINE_CACHE, EngineCache
+from ..runtime.runner import Passes, engine_chain, first_line
 from ..method.passes import joint_partners, select_keyframes
 from ..errors import ConfigError, InputError, OutputError
 from ..method.inversion import (
@@ -609,7 +610,7 @@ def _resume_point(checkpoints: Checkpointing, job: EditJob, plan: Any, propagato
         except Exception as error:
             reporter.warning(
                 f"checkpoint {checkpoints.path} holds a state propagator {propagator.name!r} cannot take "
-                f"({_first_line(error)}); starting from the first step"
+                f"({first_line(error)}); starting from the first step"
             )
             checkpoints.store.remove(checkpoints.key)
             return None
