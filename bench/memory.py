@@ -28,7 +28,7 @@ def probe(args: argparse.Namespace) -> dict:
     import torch
 
     from vedit.model.models import load_model
-    from vedit.pipeline.stages import edit
+    from vedit.pipeline.edit import edit
     from vedit.io.video import parse_size
 
     size = parse_size(args.size)

@@ -58,7 +58,7 @@ def measure_clip(
     """Edit one clip every way and score every output; one row per (model, propagator)."""
     from vedit.quality.flow import flow_backend
     from vedit.quality.metrics import warp_errors
-    from vedit.pipeline.stages import edit
+    from vedit.pipeline.edit import edit
     from vedit.io.video import FrameRange, FrameReader, resampling
 
     from .consistency import GUIDANCE

@@ -21,7 +21,7 @@ from vedit.errors import PluginError
 from vedit.plugins.hookspecs import hookimpl
 from vedit.model.models import load_model
 from vedit.method.passes import joint_partners, select_keyframes
-from vedit.pipeline.stages import edit
+from vedit.pipeline.edit import edit
 from vedit.method.unet import COND, SOURCE, UNCOND
 from vedit_plugins.editors.pnp import CONV_LAYERS, QK_LAYERS
 from vedit_plugins.propagators.tokenflow import blend_weights

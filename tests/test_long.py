@@ -10,7 +10,7 @@ from torch import nn
 from conftest import make_clip
 from vedit.method.attention import bounded_joint_attention, joint_attention
 from vedit.method.passes import joint_partners
-from vedit.pipeline.stages import edit
+from vedit.pipeline.edit import edit
 from vedit.io.video import FrameReader
 
 

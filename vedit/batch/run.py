@@ -607,7 +607,8 @@ def plan_batch(
     ``overwrite`` (or its own ``overwrite`` option) says to replace it.
     """
     from ..method.inversion import cache_root
-    from ..pipeline.stages import preflight, planned_forwards
+    from ..pipeline.plan import planned_forwards
+    from ..pipeline.preflight import preflight
     from ..io.video import VIDEO_EXTENSIONS, check_replaceable, unwritable_suffix
 
     if not isinstance(job_file, JobFile):
@@ -871,7 +872,8 @@ def execute(
     output itself is renamed into place only when whole), so an interrupted or killed edit never
     leaves an output that looks up to date.
     """
-    from ..pipeline.stages import edit, invert_clip
+    from ..pipeline.edit import edit
+    from ..pipeline.invert import invert_clip
 
     began = time.perf_counter()
     reporter = reporter if reporter is not None else _Collect()

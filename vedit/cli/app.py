@@ -439,7 +439,7 @@ def create_app() -> typer.Typer:
         profile: bool = typer.Option(False, "--profile", help=_help("Time each component (read, encode, invert, keyframe and propagation passes, NN search, decode, write) with device synchronisation, and show it in the summary.")),
     ) -> None:
         """Edit CLIP so that it shows PROMPT."""
-        from ..pipeline.stages import edit
+        from ..pipeline.edit import edit
 
         with user_errors():
             run_config = _config(
@@ -502,7 +502,7 @@ def create_app() -> typer.Typer:
         quiet: bool = typer.Option(False, "--quiet", "-q", help=_help("No progress; warnings and errors only.")),
     ) -> None:
         """DDIM-invert CLIP into the cache (and optionally a file), for reuse by every later 'vedit run'."""
-        from ..pipeline.stages import invert_clip
+        from ..pipeline.invert import invert_clip
 
         with user_errors():
             run_config = _config(
@@ -590,7 +590,7 @@ def create_app() -> typer.Typer:
         quiet: bool = typer.Option(False, "--quiet", "-q", help=_help("No progress; warnings and errors only.")),
     ) -> None:
         """Build every pass a run of this shape uses, ahead of the run (progress per pass)."""
-        from ..pipeline.stages import build_engines
+        from ..pipeline.engines import build_engines
         from ..io.video import parse_size
 
         with user_errors():
