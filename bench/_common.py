@@ -324,7 +324,7 @@ def pass_inputs(
 
 
 def call_pass(passes: Any, name: str, inputs: Sequence[torch.Tensor]) -> Any:
-    """Run pass ``name`` of a :class:`vedit.runtime.engine.Passes` on ``inputs`` (from :func:`pass_inputs`)."""
+    """Run pass ``name`` of a :class:`vedit.runtime.runner.Passes` on ``inputs`` (from :func:`pass_inputs`)."""
     if name == "plain":
         return passes.plain(*inputs, kind="bench")
     if name == "frames":
@@ -342,7 +342,7 @@ def pass_flops(
     per (model, dtype, device, pass, frames, size, injection layers) in a process. None when the
     pass cannot be counted (the reason goes to ``notes``)."""
     from vedit import plugins
-    from vedit.runtime.engine import Passes
+    from vedit.runtime.runner import Passes
 
     key = (id(sd), sd.fingerprint, str(sd.dtype), str(sd.device), name, frames, h, w, tuple(conv_layers), tuple(qk_layers))
     if key in _FLOPS:

@@ -45,10 +45,10 @@ def probe(args: argparse.Namespace) -> dict:
 
     from vedit import plugins
     from vedit.runtime import allocator as runtime
-    from vedit.runtime.engine import Passes
     from vedit.model.builders import PROMPT_LENGTH
     from vedit.model.loading import load_model
     from vedit.io.frames import parse_size
+    from vedit.runtime.runner import Passes
 
     width, height = parse_size(args.size)
     sd = load_model(args.model, device=args.device, dtype=args.dtype)

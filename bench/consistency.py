@@ -143,8 +143,8 @@ class ScrambledPlugin:
 
 def edit_with_latents(sd, source: Path, output: Path, **options: Any) -> tuple[np.ndarray, np.ndarray]:
     """Run :func:`vedit.pipeline.edit`; return the written frames (N, H, W, 3) and the edited latents (N, 4, h, w)."""
-    from vedit.pipeline.stages import edit
     from vedit.io.reader import FrameReader
+    from vedit.pipeline.edit import edit
 
     captured: list[torch.Tensor] = []
     decode = sd.decode_latents

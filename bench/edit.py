@@ -63,7 +63,7 @@ PROMPT, SOURCE_PROMPT = "a watercolor painting", "a test pattern"
 
 def profile_supported() -> bool:
     """Whether :func:`vedit.pipeline.edit` takes ``profile=True`` (per-component seconds)."""
-    from vedit.pipeline.stages import edit
+    from vedit.pipeline.edit import edit
 
     return "profile" in inspect.signature(edit).parameters
 
@@ -117,7 +117,7 @@ class _Config:
         self.profile = profile_supported()
 
     def run(self) -> tuple[dict[str, float], Any]:
-        from vedit.pipeline.stages import edit
+        from vedit.pipeline.edit import edit
 
         self.runs += 1
         cache = "cache-shared" if self.settings["reuse_inversion"] else f"cache-{self.label}-{self.runs}"

@@ -1,7 +1,7 @@
 """DDIM inversion speed: frames per second of :func:`vedit.method.ddim.invert` through each engine.
 
 This is the inversion stage of an edit alone, run the way the pipeline runs it
-(:func:`vedit.pipeline.invert_latents`): the plain pass through a :class:`vedit.runtime.engine.Passes`,
+(:func:`vedit.pipeline.invert_latents`): the plain pass through a :class:`vedit.runtime.runner.Passes`,
 batches of ``batch`` frames, the source prompt, ``inversion_steps`` steps keeping the latents at
 the ``steps``-step schedule. The latents are random (the UNet's cost does not depend on their
 values), so no clip is read or encoded. One call of the timed function is one whole inversion of
@@ -71,7 +71,7 @@ class _Session:
 
     def runner(self, engine: str):
         from vedit import plugins
-        from vedit.runtime.engine import Passes
+        from vedit.runtime.runner import Passes
 
         batches = {"plain": sorted({b for size in self.batches for b in _split(self.settings["frames"], size)})}
         return Passes(self.sd, [plugins.get("engine", engine)], strict=True, cache=self.cache, message=self.notes.append, batches=batches)
@@ -128,7 +128,7 @@ def run_invert_suite(
     save: str | None = None,
 ) -> dict[str, Any]:
     from vedit import plugins
-    from vedit.runtime.engine import EngineCache
+    from vedit.runtime.engine_cache import EngineCache
     from vedit.errors import ConfigError
     from vedit.model.device import resolve_device
 

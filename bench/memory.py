@@ -28,8 +28,8 @@ def probe(args: argparse.Namespace) -> dict:
     import torch
 
     from vedit.model.loading import load_model
-    from vedit.pipeline.stages import edit
     from vedit.io.frames import parse_size
+    from vedit.pipeline.edit import edit
 
     size = parse_size(args.size)
     with tempfile.TemporaryDirectory() as tmp:

@@ -59,10 +59,10 @@ def measure_clip(
     """Edit one clip every way and score every output; one row per (model, propagator)."""
     from vedit.quality.flow import flow_backend
     from vedit.quality.metrics import warp_errors
-    from vedit.pipeline.stages import edit
     from vedit.io.frames import FrameRange
     from vedit.io.reader import FrameReader
     from vedit.io.timing import resampling
+    from vedit.pipeline.edit import edit
 
     from .consistency import GUIDANCE
 

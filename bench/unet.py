@@ -67,7 +67,8 @@ def run_unet_suite(
     save: str | None = None,
 ) -> dict[str, Any]:
     from vedit import plugins
-    from vedit.runtime.engine import EngineCache, Passes
+    from vedit.runtime.engine_cache import EngineCache
+    from vedit.runtime.runner import Passes
     from vedit.errors import ConfigError
     from vedit.model.device import dtype_name
     from vedit.model.loading import load_model

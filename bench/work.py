@@ -15,7 +15,7 @@ from ._common import document, finish, header, show, synthetic_clip
 
 def run_work_suite(frame_counts, *, chunk_size: int, steps: int, save: str | None = None, json_out: bool = False) -> dict:
     from vedit.model.loading import load_model
-    from vedit.pipeline.stages import edit
+    from vedit.pipeline.edit import edit
 
     sd = load_model("tiny", device="cpu", dtype="fp32")
     rows = []

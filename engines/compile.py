@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from vedit.runtime.engine import batches_text
+from vedit.runtime.engine_cache import batches_text
 from vedit.plugins.hookspecs import hookimpl
 
 # Every model and test builds new pass modules, and dynamo counts each as a recompilation of

@@ -77,7 +77,7 @@ def clips(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def alone(clips, tmp_path_factory) -> dict[tuple[str, str], bytes]:
     """Every (clip, prompt) edited alone, as `vedit run` would: its own model, its own inversion."""
-    from vedit.pipeline.stages import edit
+    from vedit.pipeline.edit import edit
 
     folder = tmp_path_factory.mktemp("alone")
     options = {k.replace("-", "_"): v for k, v in RUN.items()}
@@ -254,7 +254,7 @@ def test_batch_in_this_process_matches_edits_run_alone_inverts_each_clip_once_an
 
 
 def test_two_seeds_of_one_built_model_invert_each_clip_once_and_other_weights_are_their_own_group(tmp_path, clips):
-    from vedit.pipeline.stages import edit
+    from vedit.pipeline.edit import edit
 
     path = job_file(tmp_path / "jobs.toml", [
         {"input": str(clips / "pattern.mp4"), "prompt": "x", "seeds": [1, 2], "output": "out/{seed}.mp4"},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import subprocess
 import sys
@@ -129,12 +130,12 @@ def test_a_number_that_is_not_finite_in_vedit_toml_is_refused_first(clip, tmp_pa
      "try --dtype fp16, a smaller --size, --chunk-size or --batch-size"),
 ])  # fmt: skip
 def test_running_out_of_memory_is_one_line_that_fits_the_memory_that_ran_out(clip, tmp_path, monkeypatch, error, hint):
-    import vedit.pipeline.stages
+    edit_module = importlib.import_module("vedit.pipeline.edit")  # vedit.pipeline.edit is the function
 
     def out_of_memory(*args, **kwargs):
         raise error
 
-    monkeypatch.setattr(vedit.pipeline.stages, "encode_clip", out_of_memory)
+    monkeypatch.setattr(edit_module, "encode_clip", out_of_memory)
     line = _refused(tmp_path, clip, *FAST, code=7)
     detail = str(error).splitlines()[0][:120] if str(error) else "allocation failed"
     assert line == f"vedit: error: out of memory ({detail}): {hint}"

@@ -15,12 +15,13 @@ from PIL import Image
 
 from conftest import flip_byte, make_clip
 from vedit import plugins
-from vedit.runtime.engine import EngineCache, EngineError, Passes, engine_chain
+from vedit.runtime.engine_cache import EngineCache
+from vedit.runtime.runner import EngineError, Passes, engine_chain
 from vedit.errors import PluginError
 from vedit.plugins.hookspecs import hookimpl
 from vedit.model.loading import load_model
 from vedit.method.passes import joint_partners, select_keyframes
-from vedit.pipeline.stages import edit
+from vedit.pipeline.edit import edit
 from vedit.method.unet import COND, SOURCE, UNCOND
 from vedit_plugins.editors.pnp import CONV_LAYERS, QK_LAYERS
 from vedit_plugins.propagators.tokenflow import blend_weights
@@ -403,7 +404,7 @@ def test_a_run_says_when_it_builds_a_pass_and_how_long_it_took_and_nothing_when_
 
 
 def test_compile_says_when_it_compiles_a_pass_and_how_long_it_took(monkeypatch, tmp_path):
-    from vedit.runtime.engine import BuildTarget
+    from vedit.runtime.runner import BuildTarget
     from vedit_engines.compile import Compile
 
     monkeypatch.setattr(torch, "compile", lambda module, **options: module)  # the messages, not inductor
@@ -414,3 +415,21 @@ def test_compile_says_when_it_compiles_a_pass_and_how_long_it_took(monkeypatch, 
     assert said == ["compiling the keyframe pass (batch 6) with torch.compile; once per process"]
     assert torch.equal(run(torch.ones(6)), torch.ones(6)) and torch.equal(run(torch.zeros(6)), torch.zeros(6))
     assert len(said) == 2 and said[1].startswith("compiled the keyframe pass (batch 6) with torch.compile in ")
+
+
+def test_the_old_path_vedit_engine_gives_the_runner_and_the_cache_with_a_warning_naming_both(monkeypatch):
+    """Plugins written before the layout import ``vedit.engine``; its names now live in two modules."""
+    import importlib
+    import sys
+
+    from vedit.runtime import engine_cache, runner
+
+    monkeypatch.delitem(sys.modules, "vedit.engine", raising=False)
+    with pytest.warns(DeprecationWarning, match="vedit.runtime.runner or vedit.runtime.engine_cache"):
+        old = importlib.import_module("vedit.engine")
+    assert (old.Passes, old.BuildTarget, old.EngineError, old.engine_chain) == (
+        runner.Passes, runner.BuildTarget, runner.EngineError, runner.engine_chain
+    )
+    assert (old.EngineCache, old.torch_key_parts, old.batches_text, old.DEFAULT_ENGINE_CACHE) == (
+        engine_cache.EngineCache, engine_cache.torch_key_parts, engine_cache.batches_text, "engines"
+    )

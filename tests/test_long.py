@@ -10,8 +10,8 @@ from torch import nn
 from conftest import make_clip
 from vedit.method.attention import bounded_joint_attention, joint_attention
 from vedit.method.passes import joint_partners
-from vedit.pipeline.stages import edit
 from vedit.io.reader import FrameReader
+from vedit.pipeline.edit import edit
 
 
 def test_with_k_at_most_m_every_keyframe_attends_to_all_and_nothing_is_drawn():

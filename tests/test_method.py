@@ -16,7 +16,7 @@ from vedit.method.denoise import EditJob, denoise
 from vedit.method.ddim import invert
 from vedit.method.trajectory import Trajectory
 from vedit.model.loading import load_model
-from vedit.runtime.engine import Passes
+from vedit.runtime.runner import Passes
 from vedit.method.passes import PropagatedAttention
 from vedit.method.unet import COND, SOURCE, UNCOND, CallContext, ControlledUNet, Injection
 from vedit_plugins.propagators.tokenflow import blend_weights

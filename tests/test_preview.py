@@ -15,7 +15,7 @@ from vedit import edit
 from vedit import invert
 from vedit.errors import ConfigError, OutputError
 from vedit.model.loading import load_model
-from vedit.pipeline.stages import _to_uint8
+from vedit.pipeline.stages import to_uint8
 from vedit.pipeline.preview import (
     GAP,
     default_frames,
@@ -173,7 +173,7 @@ def test_the_sheet_holds_each_source_frame_beside_its_edit(clip, source_frames, 
     assert image.shape == (2 * (64 + strip) + 3 * GAP, 2 * 128 + 3 * GAP, 3)
     sources, edited = halves(image, result)
     assert np.array_equal(sources, source_frames[[2, 6, 10, 14]])
-    assert np.array_equal(edited, _to_uint8(sd.decode_latents(result.latents)))
+    assert np.array_equal(edited, to_uint8(sd.decode_latents(result.latents)))
     assert not np.array_equal(edited, sources)
     for x, y in result.tiles:  # each caption is written, small, in the strip above its pair
         assert image[y - strip : y, x : x + 128].max() > 200

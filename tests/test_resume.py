@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import signal
 import subprocess
@@ -153,7 +154,7 @@ def test_a_failure_after_the_loop_resumes_with_no_step_left(clip, reference, tmp
     def full_disk(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(vedit.pipeline.stages, "write_frames", full_disk)
+    monkeypatch.setattr(importlib.import_module("vedit.pipeline.edit"), "write_frames", full_disk)
     with pytest.raises(OSError):
         vedit.edit(clip, out, cache_dir=str(cache), **OPTIONS)
     (kept,) = _checkpoints(cache)

@@ -34,8 +34,9 @@ from vedit_engines.tensorrt import (
 )
 
 from vedit import plugins
-from vedit.runtime.engine import BuildTarget, EngineCache
 from vedit.model.loading import load_model
+from vedit.runtime.engine_cache import EngineCache
+from vedit.runtime.runner import BuildTarget
 from vedit.method.passes import KeyframePass, PlainPass, PropagationPass
 from vedit.method.unet import ControlledUNet
 

@@ -3,6 +3,7 @@ writer threads, the per-component profile, the VAE's precision and ``--batch-siz
 
 from __future__ import annotations
 
+import importlib
 import threading
 import time
 import traceback
@@ -14,7 +15,9 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import vedit
-from vedit.pipeline import stages as pipeline
+from vedit.io.reader import FrameReader
+from vedit.pipeline import stages
+from vedit.pipeline.preflight import open_clip
 from vedit.runtime.batch_sizes import CPU_BATCH, Batches, batch_for, choose_batches
 from vedit.method.denoise import pick_frames
 from vedit.model.device import vae_dtype_for
@@ -149,14 +152,15 @@ def test_a_failing_post_processor_leaves_no_output_and_its_error_reaches_the_cal
 
 def test_reading_the_clip_overlaps_loading_the_model(clip, tmp_path, monkeypatch):
     read_first_batch = threading.Event()
-    batches = pipeline.FrameReader.batches
+    batches = FrameReader.batches
 
     def recording(self, size):
         for batch in batches(self, size):
             read_first_batch.set()
             yield batch
 
-    load = pipeline._load
+    edit_module = importlib.import_module("vedit.pipeline.edit")  # vedit.pipeline.edit is the function
+    load = edit_module.load_model_for
 
     def slow_load(*args, **kwargs):
         # the reader thread must deliver a batch while the model is still "loading"
@@ -164,8 +168,8 @@ def test_reading_the_clip_overlaps_loading_the_model(clip, tmp_path, monkeypatch
         return load(*args, **kwargs)
 
     overlapped: list[bool] = []
-    monkeypatch.setattr(pipeline.FrameReader, "batches", recording)
-    monkeypatch.setattr(pipeline, "_load", slow_load)
+    monkeypatch.setattr(FrameReader, "batches", recording)
+    monkeypatch.setattr(edit_module, "load_model_for", slow_load)
     vedit.edit(clip, tmp_path / "out.mp4", **OPTIONS)
     assert overlapped == [True]
 
@@ -206,7 +210,7 @@ def test_the_denoising_loop_reads_no_device_value_on_the_host(clip, tmp_path, mo
         with reads:
             return real(job, plan, *args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "denoise", watched)
+    monkeypatch.setattr(stages, "denoise", watched)
     vedit.edit(clip, tmp_path / "out.mp4", propagator=propagator, **OPTIONS)
     assert reads.reads, "the dispatch mode saw nothing: it is not watching the loop"
     for dtype, numel, callers in reads.reads:
@@ -227,7 +231,7 @@ def test_on_a_gpu_the_loop_runs_with_synchronising_calls_forbidden(clip, tmp_pat
         finally:
             torch.cuda.set_sync_debug_mode("default")
 
-    monkeypatch.setattr(pipeline, "denoise", strict)
+    monkeypatch.setattr(stages, "denoise", strict)
     options = {**OPTIONS, "device": "cuda", "dtype": "fp16"}
     vedit.edit(clip, tmp_path / "out.mp4", **options)
 
@@ -341,9 +345,9 @@ def test_a_long_clip_is_read_in_bounded_batches(tmp_path):
     long_clip = make_clip(tmp_path / "long.mp4", frames=60, size=(64, 48))
     from vedit.config import load_config
 
-    checked_clip = pipeline.open_clip(long_clip, load_config(size="64x48"))
+    checked_clip = open_clip(long_clip, load_config(size="64x48"))
     budget = 64 * 48 * 3 * 4 * 3  # three batches of four frames
-    with pipeline.read_ahead(checked_clip, 4, budget_bytes=budget) as frames:
+    with stages.read_ahead(checked_clip, 4, budget_bytes=budget) as frames:
         time.sleep(0.5)
         assert frames._queue.qsize() <= 3
         assert sum(len(batch) for batch in frames) == 60

@@ -21,19 +21,19 @@ from . import _compat  # noqa: E402  (old module paths, such as vedit.hookspecs,
 _compat.install()
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .pipeline.stages import EditResult
+    from .pipeline.edit import EditResult
 
 
 def edit(input: Any, output: Any, config: Any = None, **options: Any) -> "EditResult":
     """Edit ``input`` into ``output``; see :func:`vedit.pipeline.edit` for the options."""
-    from .pipeline.stages import edit as _edit
+    from .pipeline.edit import edit as _edit
 
     return _edit(input, output, config, **options)
 
 
 def invert(input: Any, output: Any = None, config: Any = None, **options: Any):
     """DDIM-invert ``input`` (cached); see :func:`vedit.pipeline.invert_clip`."""
-    from .pipeline.stages import invert_clip
+    from .pipeline.invert import invert_clip
 
     return invert_clip(input, output, config, **options)
 

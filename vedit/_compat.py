@@ -32,7 +32,7 @@ MOVED: dict[str, tuple[str, ...]] = {
     "vedit.inversion": ("vedit.method.ddim", "vedit.method.trajectory", "vedit.cache.inversions", "vedit.cache.files"),
     "vedit.checksums": ("vedit.cache.checksums",),
     "vedit.checkpoint": ("vedit.cache.checkpoints",),
-    "vedit.engine": ("vedit.runtime.engine",),
+    "vedit.engine": ("vedit.runtime.runner", "vedit.runtime.engine_cache"),
     "vedit.onnx_export": ("vedit.runtime.onnx_export",),
     "vedit.transfer": ("vedit.runtime.transfer",),
     "vedit.profiling": ("vedit.runtime.profiling",),

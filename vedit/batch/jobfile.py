@@ -18,6 +18,7 @@ JOB_FORMAT = "vedit-batch/1"
 DEFAULT_OUTPUT = "{clip}-{prompt_slug}-{seed}.mp4"
 
 # Keys of a [[job]] table that are not run options.
+SIDECAR_SUFFIX = ".vedit.json"  # beside each output a batch writes: the record of how it was made
 JOB_KEYS = ("name", "input", "prompts", "seeds", "output")
 BATCH_KEYS = ("output",)
 # Output pattern fields.
@@ -93,13 +94,18 @@ def _resolve_paths(values: dict[str, Any], written: Iterable[str], base: Path, c
     return out
 
 
+def sidecar_path(output: str | os.PathLike) -> Path:
+    """Where the record of how ``output`` was made lives: ``out.mp4`` → ``out.mp4.vedit.json``,
+    a frames folder ``frames/`` → ``frames.vedit.json``."""
+    text = os.fspath(output).rstrip("/" + os.sep)
+    return Path(text + SIDECAR_SUFFIX)
+
+
 def _has_glob(text: str) -> bool:
     return glob.has_magic(text)
 
 
 def _expand_inputs(patterns: list[str], base: Path, label: str, where: str, errors: list[str]) -> list[Path]:
-    from .plan import SIDECAR_SUFFIX, sidecar_path  # the outputs' records are the plan's; it imports this module
-
     found: list[Path] = []
     for pattern in patterns:
         full = absolute_path(pattern, base)

@@ -18,10 +18,18 @@ from typing import Any
 from ..config import RunConfig
 from ..errors import ConfigError, OutputError, PluginError, VeditError
 from ..report import SilentReporter
-from .jobfile import JobFile, JobFileError, absolute_path, job_label, MultiLineError, read_job_file
+from .jobfile import (  # noqa: F401  (SIDECAR_SUFFIX and sidecar_path: the records' names are given here too)
+    SIDECAR_SUFFIX,
+    JobFile,
+    JobFileError,
+    MultiLineError,
+    absolute_path,
+    job_label,
+    read_job_file,
+    sidecar_path,
+)
 
 SIDECAR_FORMAT = "vedit-batch-output/1"
-SIDECAR_SUFFIX = ".vedit.json"
 # Options that do not change the frames written: left out of the settings digest, so changing
 # them does not make an output out of date.
 NOT_IN_DIGEST = frozenset({
@@ -81,13 +89,6 @@ def settings_of(config: RunConfig, input: Path) -> dict[str, Any]:
 
 def digest_of(settings: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def sidecar_path(output: str | os.PathLike) -> Path:
-    """Where the record of how ``output`` was made lives: ``out.mp4`` → ``out.mp4.vedit.json``,
-    a frames folder ``frames/`` → ``frames.vedit.json``."""
-    text = os.fspath(output).rstrip("/" + os.sep)
-    return Path(text + SIDECAR_SUFFIX)
 
 
 def read_sidecar(output: str | os.PathLike) -> dict[str, Any] | None:
@@ -297,7 +298,8 @@ def plan_batch(
     ``overwrite`` (or its own ``overwrite`` option) says to replace it.
     """
     from ..cache.files import cache_root
-    from ..pipeline.stages import preflight, planned_forwards
+    from ..pipeline.plan import planned_forwards
+    from ..pipeline.preflight import preflight
     from ..io.files import VIDEO_EXTENSIONS, check_replaceable, unwritable_suffix
 
     if not isinstance(job_file, JobFile):

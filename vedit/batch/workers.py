@@ -153,7 +153,8 @@ def execute(unit: Unit, *, reporter: Any = None, worker: str = "", fetch: Callab
     output itself is renamed into place only when whole), so an interrupted or killed edit never
     leaves an output that looks up to date.
     """
-    from ..pipeline.stages import edit, invert_clip
+    from ..pipeline.edit import edit
+    from ..pipeline.invert import invert_clip
 
     began = time.perf_counter()
     reporter = reporter if reporter is not None else Collect()

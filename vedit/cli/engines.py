@@ -40,7 +40,7 @@ def add_to(app: typer.Typer) -> None:
         quiet: bool = typer.Option(False, "--quiet", "-q", help=option_help("No progress; warnings and errors only.")),
     ) -> None:
         """Build every pass a run of this shape uses, ahead of the run (progress per pass)."""
-        from ..pipeline.stages import build_engines
+        from ..pipeline.engines import build_engines
         from ..io.frames import parse_size
 
         with user_errors():
@@ -61,7 +61,7 @@ def add_to(app: typer.Typer) -> None:
     @engines_app.command("list")
     def engines_list(engine_cache: Optional[str] = typer.Option(None, help=engine_cache_help, show_default="engines")) -> None:
         """List built engines: pass, engine, model, shapes, precision and what they were built with."""
-        from ..runtime.engine import EngineCache
+        from ..runtime.engine_cache import EngineCache
         from ..method.passes import PASS_VERSION
 
         cache = EngineCache(engine_cache or RunConfig.engine_cache)
@@ -89,7 +89,7 @@ def add_to(app: typer.Typer) -> None:
     @engines_app.command("clear")
     def engines_clear(engine_cache: Optional[str] = typer.Option(None, help=engine_cache_help, show_default="engines")) -> None:
         """Delete every built engine."""
-        from ..runtime.engine import EngineCache
+        from ..runtime.engine_cache import EngineCache
 
         cache = EngineCache(engine_cache or RunConfig.engine_cache)
         freed = cache.clear()

@@ -42,7 +42,7 @@ def add_to(app: typer.Typer) -> None:
         quiet: bool = typer.Option(False, "--quiet", "-q", help=option_help("No progress; warnings and errors only.")),
     ) -> None:
         """DDIM-invert CLIP into the cache (and optionally a file), for reuse by every later 'vedit run'."""
-        from ..pipeline.stages import invert_clip
+        from ..pipeline.invert import invert_clip
 
         with user_errors():
             run_config = config_from_flags(

@@ -68,7 +68,7 @@ def add_to(app: typer.Typer) -> None:
         profile: bool = typer.Option(False, "--profile", help=option_help("Time each component (read, encode, invert, keyframe and propagation passes, NN search, decode, write) with device synchronisation, and show it in the summary.")),
     ) -> None:
         """Edit CLIP so that it shows PROMPT."""
-        from ..pipeline.stages import edit
+        from ..pipeline.edit import edit
 
         with user_errors():
             run_config = config_from_flags(

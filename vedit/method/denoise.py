@@ -86,7 +86,7 @@ def pick_frames(latents: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
 
 
 class Denoiser:
-    """Guided noise prediction for groups of frames, through the run's :class:`~vedit.runtime.engine.Passes`.
+    """Guided noise prediction for groups of frames, through the run's :class:`~vedit.runtime.runner.Passes`.
 
     ``__call__`` runs the plain (or, with a source branch, the injected per-frame) pass, or a
     plugin's own attention handler eagerly; ``keyframes`` and ``propagate`` run TokenFlow's two

@@ -35,21 +35,19 @@ import torch
 from ..config import RunConfig, option_label, option_value
 from ..errors import ConfigError, InputError, OutputError
 from ..method.trajectory import Trajectory
+from .edit import load_for_edit
+from .plan import planned_forwards
+from .preflight import Recording, preflight, resolve_config
 from .stages import (
-    _cache,
-    _inversion_key,
-    preflight,
-    _reading_batch,
-    _Recording,
-    _resolve,
-    _to_uint8,
-    _trajectory,
     edit_latents,
     encode_clip,
+    inversion_cache,
+    inversion_key,
     invert_latents,
-    load_for_edit,
-    planned_forwards,
     read_ahead,
+    reading_batch,
+    to_uint8,
+    trajectory_for,
 )
 from ..report import Reporter, SilentReporter, Task, duration, open_task
 from ..method.unet import SOURCE
@@ -210,8 +208,8 @@ def preview(
     already loaded model.
     """
     began = time.perf_counter()
-    config = _resolve(config, options)
-    reporter = _Recording(reporter or SilentReporter())
+    config = resolve_config(config, options)
+    reporter = Recording(reporter or SilentReporter())
     if not config.prompt:
         raise ConfigError(f"a target prompt is required: pass {option_value('prompt', 'TEXT', placeholder=True)}")
     output = check_preview_output(output, input, overwrite=config.overwrite)
@@ -227,7 +225,7 @@ def preview(
         )
     stages: dict[str, float] = {}
 
-    with read_ahead(clip, _reading_batch(config)) as reading:  # reading overlaps loading the model
+    with read_ahead(clip, reading_batch(config)) as reading:  # reading overlaps loading the model
         mark = time.perf_counter()
         model, batches, embeds = load_for_edit(config, checked, reporter, sd)  # the full run's batch sizes
         config = config.replace(batch_size=batches.unet)
@@ -279,7 +277,7 @@ def preview(
         mark = time.perf_counter()
         if config.inversion:
             shape = (total, *latents.shape[1:])
-            full, inversion, inversion_path = _trajectory(
+            full, inversion, inversion_path = trajectory_for(
                 model, config, clip, torch.empty(shape, device="meta"), frames_sha, embeds[SOURCE], None, reporter
             )  # fmt: skip
             trajectory = _slice(full, chosen)
@@ -287,8 +285,8 @@ def preview(
         else:
             cached = None
             if not config.no_cache:
-                cache = _cache(config, reporter)
-                key = _inversion_key(model, config, clip, frames_sha)
+                cache = inversion_cache(config, reporter)
+                key = inversion_key(model, config, clip, frames_sha)
                 cached = cache.get(key)
             if cached is not None:
                 trajectory, inversion, inversion_path = _slice(cached, chosen), "cached", cache.path(key)
@@ -317,7 +315,7 @@ def preview(
     task = open_task(reporter, "write", len(chosen), 1)
     pictures = []
     for start in range(0, len(edited), batches.vae):
-        pictures.append(_to_uint8(model.decode_latents(edited[start : start + batches.vae], batch_size=batches.vae)))
+        pictures.append(to_uint8(model.decode_latents(edited[start : start + batches.vae], batch_size=batches.vae)))
         task.advance(len(pictures[-1]))
     stages["decode"] = time.perf_counter() - mark
     mark = time.perf_counter()
