@@ -41,6 +41,7 @@ DEFAULT_PLUGINS: dict[str, str] = {
     "torchscript": "vedit_engines.torchscript",
     "onnxruntime": "vedit_engines.onnxruntime",
     "tensorrt": "vedit_engines.tensorrt",
+    "torch_tensorrt": "vedit_engines.torch_tensorrt",
     "torch_nn": "vedit_plugins.nn_backends.torch",
     "faiss_nn": "vedit_plugins.nn_backends.faiss",
     "opencv_flow": "vedit_plugins.flow_backends.dis",
