@@ -626,7 +626,7 @@ def plan_batch(
                     config = RunConfig(**{**job.values, "prompt": prompt, "seed": seed})
                     config = config.replace(
                         cache_dir=str(cache_root(config.cache_dir).resolve()),
-                        engine_cache=_absolute(config.engine_cache, Path.cwd()),
+                        engine_cache=config.engine_cache and _absolute(config.engine_cache, Path.cwd()),
                         overwrite=config.overwrite or overwrite,
                     )
                     fields = {

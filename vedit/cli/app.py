@@ -385,6 +385,8 @@ def create_app() -> typer.Typer:
         """vedit: prompt-driven, temporally consistent video editing."""
 
     cache_dir_default = "$VEDIT_CACHE_DIR or ~/.cache/vedit"
+    cache_dir_help = "Cache folder: inversions, checkpoints and, unless --engine-cache, built engines."
+    engine_cache_default = "engines in the cache folder"
 
     @app.command()
     def run(
@@ -397,7 +399,7 @@ def create_app() -> typer.Typer:
         editor: Optional[str] = typer.Option(None, help=_help("Editor plugin: pnp, sdedit, img2img, or a plugin's.", "editor")),
         propagator: Optional[str] = typer.Option(None, help=_help("Propagator plugin: tokenflow, none, or a plugin's.", "propagator")),
         engine: Optional[str] = typer.Option(None, help=_help("UNet engine: eager, compile, torchscript, onnxruntime, tensorrt, torch-tensorrt, a plugin's, auto, or a comma-separated list to try in order.", "engine")),
-        engine_cache: Optional[str] = typer.Option(None, help=_help("Folder of built engines (ONNX, TorchScript, TensorRT plans).", "engine_cache")),
+        engine_cache: Optional[str] = typer.Option(None, help=_help("Folder of built engines (ONNX, TorchScript, TensorRT plans).", default=engine_cache_default)),
         nn_backend: Optional[str] = typer.Option(None, help=_help("Nearest-neighbour backend: torch, faiss or auto.", "nn_backend")),
         model: Optional[str] = typer.Option(None, help=_help("Hub id, local diffusers folder, tiny, random:sd15 or random:sd21 (tiny@N: weights from seed N).", "model")),
         revision: Optional[str] = typer.Option(None, help=_help("Model revision (hub branch, tag or commit).")),
@@ -428,7 +430,7 @@ def create_app() -> typer.Typer:
         eval_: Optional[bool] = typer.Option(None, "--eval/--no-eval", help=_help("After writing, measure the edit as 'vedit eval' does and write the report beside the output (out.mp4 -> out.eval.json).")),
         flow: Optional[str] = typer.Option(None, help=_help("Optical-flow backend for --eval: dis, raft or a plugin's.", "flow")),
         clip_model: Optional[str] = typer.Option(None, "--clip", help=_help("CLIP model for --eval's text and frame scores: a hub id already in the local cache, or a folder (never downloaded).", "clip")),
-        cache_dir: Optional[str] = typer.Option(None, help=_help("Inversion cache folder.", default=cache_dir_default)),
+        cache_dir: Optional[str] = typer.Option(None, help=_help(cache_dir_help, default=cache_dir_default)),
         cache_max_gb: Optional[float] = typer.Option(None, help=_help("Cache size cap in GB; the least recently used inversions are evicted.", "cache_max_gb")),
         no_cache: bool = typer.Option(False, "--no-cache", help=_help("Neither read nor write the inversion cache (nor checkpoints).")),
         preview: bool = typer.Option(False, "--preview", help=_help("Edit only the keyframes (one per chunk) and write them beside their source frames as a contact sheet PNG (-o FILE.png, or <output>.preview.png); the summary says what the full run will cost.")),
@@ -483,7 +485,7 @@ def create_app() -> typer.Typer:
         model: Optional[str] = typer.Option(None, help=_help("Model (as for 'vedit run').", "model")),
         revision: Optional[str] = typer.Option(None, help=_help("Model revision.")),
         engine: Optional[str] = typer.Option(None, help=_help("UNet engine (as for 'vedit run').", "engine")),
-        engine_cache: Optional[str] = typer.Option(None, help=_help("Folder of built engines.", "engine_cache")),
+        engine_cache: Optional[str] = typer.Option(None, help=_help("Folder of built engines.", default=engine_cache_default)),
         steps: Optional[int] = typer.Option(None, help=_help("Sampling steps T the trajectory is stored for.", "steps")),
         inversion_steps: Optional[int] = typer.Option(None, help=_help(INVERSION_STEPS_HELP, "inversion_steps")),
         seed: Optional[int] = typer.Option(None, hidden=True, help="Ignored: a built model's weights come from its spec (tiny@N)."),
@@ -494,7 +496,7 @@ def create_app() -> typer.Typer:
         device: Optional[str] = typer.Option(None, help=_help("auto, cpu, cuda, cuda:N or mps.", "device")),
         dtype: Optional[str] = typer.Option(None, help=_help("auto, fp32, fp16 or bf16.", "dtype")),
         batch_size: Optional[str] = typer.Option(None, help=_help("Frames per UNet batch, or auto.", "batch_size")),
-        cache_dir: Optional[str] = typer.Option(None, help=_help("Inversion cache folder.", default=cache_dir_default)),
+        cache_dir: Optional[str] = typer.Option(None, help=_help(cache_dir_help, default=cache_dir_default)),
         cache_max_gb: Optional[float] = typer.Option(None, help=_help("Cache size cap in GB.", "cache_max_gb")),
         no_cache: bool = typer.Option(False, "--no-cache", help=_help("Neither read nor write the inversion cache.")),
         check: bool = typer.Option(False, "--check", help=_help("Sample back from the inverted noise with the source prompt and report the PSNR against the clip.")),
@@ -585,7 +587,7 @@ def create_app() -> typer.Typer:
         device: Optional[str] = typer.Option(None, help=_help("auto, cpu, cuda, cuda:N or mps.", "device")),
         dtype: Optional[str] = typer.Option(None, help=_help("auto, fp32, fp16 or bf16.", "dtype")),
         seed: Optional[int] = typer.Option(None, hidden=True, help="Ignored: a built model's weights come from its spec (tiny@N)."),
-        engine_cache: Optional[str] = typer.Option(None, help=_help(engine_cache_help, "engine_cache")),
+        engine_cache: Optional[str] = typer.Option(None, help=_help(engine_cache_help, default=engine_cache_default)),
         config: Optional[Path] = typer.Option(None, "--config", help=_help("Read defaults from this vedit.toml.")),
         quiet: bool = typer.Option(False, "--quiet", "-q", help=_help("No progress; warnings and errors only.")),
     ) -> None:
@@ -609,12 +611,12 @@ def create_app() -> typer.Typer:
             out_console.print(table)
 
     @engines_app.command("list")
-    def engines_list(engine_cache: Optional[str] = typer.Option(None, help=engine_cache_help, show_default="engines")) -> None:
+    def engines_list(engine_cache: Optional[str] = typer.Option(None, help=engine_cache_help, show_default=f"engines in {cache_dir_default}")) -> None:
         """List built engines: pass, engine, model, shapes, precision and what they were built with."""
         from ..runtime.engine import EngineCache
         from ..method.passes import PASS_VERSION
 
-        cache = EngineCache(engine_cache or RunConfig.engine_cache)
+        cache = EngineCache.for_options(engine_cache)
         entries = cache.entries()
         if not entries:
             out_console.print(f"no built engines in {cache.root}", markup=False, soft_wrap=True)
@@ -637,11 +639,11 @@ def create_app() -> typer.Typer:
             out_console.print(f"built with {library}", markup=False, soft_wrap=True)
 
     @engines_app.command("clear")
-    def engines_clear(engine_cache: Optional[str] = typer.Option(None, help=engine_cache_help, show_default="engines")) -> None:
+    def engines_clear(engine_cache: Optional[str] = typer.Option(None, help=engine_cache_help, show_default=f"engines in {cache_dir_default}")) -> None:
         """Delete every built engine."""
         from ..runtime.engine import EngineCache
 
-        cache = EngineCache(engine_cache or RunConfig.engine_cache)
+        cache = EngineCache.for_options(engine_cache)
         freed = cache.clear()
         out_console.print(f"removed {freed / 1e6:.1f} MB of built engines from {cache.root}", markup=False, soft_wrap=True)
 

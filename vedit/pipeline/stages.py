@@ -22,7 +22,7 @@ from ..runtime.batch_sizes import CPU_BATCH, choose_batches
 from ..cache.checkpoints import CheckpointStore, CheckpointWriter, checkpoint_key, inversion_file_identity
 from ..config import RunConfig, check_numbers, load_config, option_label, option_value, validate
 from ..method.denoise import EditJob, RunShape, Step, denoise
-from ..runtime.engine import DEFAULT_ENGINE_CACHE, EngineCache, Passes, _first_line, engine_chain
+from ..runtime.engine import EngineCache, Passes, _first_line, engine_chain
 from ..method.passes import joint_partners, select_keyframes
 from ..errors import ConfigError, InputError, OutputError
 from ..method.inversion import (
@@ -334,7 +334,7 @@ def make_passes(
     batches: dict[str, list[int]] | None = None,
 ) -> Passes:
     """The run's UNet passes, through the engines chosen in preflight (use as a context manager)."""
-    cache = EngineCache(config.engine_cache or DEFAULT_ENGINE_CACHE, message=reporter.message)
+    cache = EngineCache.for_options(config.engine_cache, config.cache_dir, message=reporter.message)
     return Passes(
         model, checked.engines, strict=checked.strict_engine, conv_layers=conv_layers, qk_layers=qk_layers,
         nearest=nearest, cache=cache, message=reporter.message, warn=reporter.warning, batches=batches,
