@@ -872,7 +872,9 @@ def execute(
     leaves an output that looks up to date.
     """
     from ..pipeline.stages import edit, invert_clip
+    from ..runtime.allocator import configure_allocator
 
+    configure_allocator()  # once per process, before the model loads: a worker process may not have run the CLI
     began = time.perf_counter()
     reporter = reporter if reporter is not None else _Collect()
     if in_worker and unit.fault:

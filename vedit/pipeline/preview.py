@@ -52,6 +52,7 @@ from .stages import (
     read_ahead,
 )
 from ..report import Reporter, SilentReporter, Task, duration, open_task
+from ..runtime.allocator import configure_allocator
 from ..method.unet import SOURCE
 from ..io.video import _same_location, check_output_folder, check_replaceable, save_png, write_atomically
 
@@ -208,6 +209,7 @@ def preview(
     for the full run (or an ``inversion`` file) is sliced instead of inverting. ``sd`` is an
     already loaded model.
     """
+    configure_allocator()  # once per process: importing vedit leaves the C allocator alone
     began = time.perf_counter()
     config = _resolve(config, options)
     reporter = _Recording(reporter or SilentReporter())

@@ -18,6 +18,7 @@ from diffusers import DDIMScheduler
 
 from .. import plugins
 from ..runtime import profiling
+from ..runtime.allocator import configure_allocator
 from ..runtime.batch_sizes import CPU_BATCH, choose_batches
 from ..cache.checkpoints import CheckpointStore, CheckpointWriter, checkpoint_key, inversion_file_identity
 from ..config import RunConfig, check_numbers, load_config, option_label, option_value, validate
@@ -810,6 +811,7 @@ def edit(
     ``profile`` times each component with device synchronisation (``EditResult.profile``); it
     slows the run a little.
     """
+    configure_allocator()  # once per process: importing vedit leaves the C allocator alone
     config = _resolve(config, options)
     reporter = _Recording(reporter or SilentReporter())
     if not config.prompt:
@@ -1074,6 +1076,7 @@ def invert_clip(
 
     With ``check``, also sample back from the inverted noise and measure the reconstruction.
     """
+    configure_allocator()  # once per process: importing vedit leaves the C allocator alone
     config = _resolve(config, options).replace(inversion=None)
     reporter = _Recording(reporter or SilentReporter())
     if output is not None:
