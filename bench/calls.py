@@ -170,7 +170,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
-    print(json.dumps(probe(parser.parse_args(argv))))
+    args = parser.parse_args(argv)
+    from vedit.runtime.allocator import configure_allocator
+
+    configure_allocator()  # as vedit's command line does, before the model loads: $VEDIT_ALLOCATOR decides
+    print(json.dumps(probe(args)))
 
 
 if __name__ == "__main__":

@@ -217,6 +217,22 @@ def test_dry_run_prints_the_plan_edits_inversions_and_unet_forwards(tmp_path, cl
     assert not (tmp_path / "out").exists() and not (tmp_path / "jobs.summary.json").exists()
 
 
+def test_a_plan_keeps_built_engines_in_the_cache_folder_unless_a_job_names_an_engine_cache(tmp_path, clips, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "jobs").mkdir()
+    clip = str(clips / "pattern.mp4")
+    path = job_file(tmp_path / "jobs" / "jobs.toml", [
+        {"name": "default", "input": clip, "prompts": ["x"], "output": "out/default.mp4"},
+        {"name": "named", "input": clip, "prompts": ["x"], "output": "out/named.mp4", "engine-cache": "built"},
+    ], run={**RUN, "cache-dir": "shared"})  # fmt: skip
+    configs = {edit.job_name: edit.config for edit in plan_batch(path).edits}
+    # Every worker resolves the same folders: the cache folder made absolute (written in the job file: relative to
+    # its folder), and the engines in it unless a folder is named.
+    assert configs["default"].cache_dir == str(tmp_path / "jobs" / "shared")
+    assert configs["default"].engine_cache is None
+    assert configs["named"].engine_cache == str(tmp_path / "jobs" / "built")
+
+
 # ---------------------------------------------------------------------------------------------
 # In this process
 

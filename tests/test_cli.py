@@ -197,6 +197,19 @@ def test_plugins_lists_everything_with_availability():
     assert "0.1.0" in result.stdout
 
 
+def test_an_empty_vedit_plugins_keeps_vedits_own_plugins_and_commands(monkeypatch):
+    from vedit import plugins
+
+    monkeypatch.setenv("VEDIT_PLUGINS", "")
+    plugins.reset()
+    listed = vedit("plugins")
+    assert listed.exit_code == 0 and listed.stderr == ""
+    for name in ("pnp", "tokenflow", "eager", "torch", "dis", "deflicker-luma"):
+        assert f" {name} " in listed.stdout, name
+    assert " vedit " in listed.stdout and " 0.1.0 " in listed.stdout
+    assert vedit("bench", "--help").exit_code == 0  # the bench command comes from a built-in plugin too
+
+
 def test_config_file_in_the_working_directory(clip, tmp_path):
     (tmp_path / "vedit.toml").write_text('[run]\nmodel = "tiny"\nsteps = 3\ninversion-steps = 3\nsize = "64x48"\neditor = "sdedit"\n')
     result = vedit("run", clip, "-p", "x", "-o", tmp_path / "o", "--start", "0.7", cwd=tmp_path)

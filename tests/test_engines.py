@@ -368,6 +368,65 @@ def test_engines_build_list_and_clear_from_the_cli(tmp_path):
     assert "no built engines" in empty.stdout
 
 
+def test_engines_are_kept_in_the_cache_folder_unless_an_engine_cache_is_named(tmp_path, monkeypatch):
+    """Without --engine-cache, built engines go to <cache dir>/engines ($VEDIT_CACHE_DIR here), which `vedit
+    engines list` and `clear` find without the flag; the entries earlier versions built in ./engines are said,
+    not used, and left alone."""
+    from typer.testing import CliRunner
+
+    from vedit.cli import create_app
+
+    monkeypatch.chdir(tmp_path)
+    earlier = tmp_path / "engines" / "plain-torchscript-0123456789abcdef"
+    earlier.mkdir(parents=True)
+    (earlier / "entry.json").write_text("{}")
+    cache = tmp_path / "cache" / "engines"  # conftest's $VEDIT_CACHE_DIR
+    app, runner = create_app(), CliRunner()
+    build = ["engines", "build", "--engine", "torchscript", "--model", "tiny", "--size", "64x48", "--frames", "1",
+             "--editor", "img2img", "--propagator", "none", "--device", "cpu"]  # fmt: skip
+    built = runner.invoke(app, build)
+    assert built.exit_code == 0, built.output
+    assert [(e.pass_name, e.engine) for e in EngineCache(cache).entries()] == [("plain", "torchscript")]
+    assert [line for line in built.stderr.splitlines() if "engine cache:" in line] == [
+        f"vedit: engine cache: built engines are kept in {cache} now, no longer in engines; the ones built there "
+        "are not used (--engine-cache engines uses them)"
+    ]
+    assert [p.name for p in (tmp_path / "engines").iterdir()] == [earlier.name]  # left as it was
+    listed = runner.invoke(app, ["engines", "list"])
+    assert listed.exit_code == 0 and listed.stdout.count("torchscript") == 1, listed.output
+    cleared = runner.invoke(app, ["engines", "clear"])
+    assert cleared.exit_code == 0 and f"from {cache}" in " ".join(cleared.stdout.split())
+    assert EngineCache(cache).entries() == [] and earlier.is_dir()
+
+
+def test_the_engine_cache_folder_follows_the_cache_folder_and_the_earlier_one_is_said_once(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert EngineCache.for_options(None, tmp_path / "mine").root == tmp_path / "mine" / "engines"  # --cache-dir
+    assert EngineCache.for_options(None).root == tmp_path / "cache" / "engines"  # $VEDIT_CACHE_DIR
+    assert EngineCache.for_options("elsewhere", tmp_path / "mine").root == Path("elsewhere")  # --engine-cache
+    (tmp_path / "engines" / "plain-onnxruntime-0123456789abcdef").mkdir(parents=True)
+    parts = {"engine": "test", "pass": "plain"}
+
+    def build_into(cache: EngineCache, shape: str) -> None:
+        write = lambda folder: (folder / "pass.bin").write_bytes(b"built")  # noqa: E731
+        cache.load_or_build({**parts, "shape": shape}, ("shape",), write, lambda folder: folder, label="test pass")
+
+    said: list[str] = []
+    build_into(EngineCache.for_options(message=said.append), "1")
+    assert not [line for line in said if "engine cache:" in line]  # a folder named engines, but no entries in it
+    (tmp_path / "engines" / "plain-onnxruntime-0123456789abcdef" / "entry.json").write_text("{}")
+    build_into(EngineCache.for_options("engines", message=said.append), "2")  # the earlier folder, named: used
+    build_into(EngineCache.for_options(tmp_path / "mine", message=said.append), "3")  # another folder, named
+    assert not [line for line in said if "engine cache:" in line]
+    build_into(EngineCache.for_options(message=said.append), "4")
+    build_into(EngineCache.for_options(None, tmp_path / "mine", message=said.append), "5")  # once per process
+    assert [line for line in said if "engine cache:" in line] == [
+        f"engine cache: built engines are kept in {tmp_path / 'cache' / 'engines'} now, no longer in engines; the "
+        "ones built there are not used (engine_cache='engines' uses them)"
+    ]
+    assert len(EngineCache(tmp_path / "engines").entries()) == 2
+
+
 def test_per_frame_editing_with_injection_runs_the_frames_pass_through_the_engine(run_clip, engine_cache, tmp_path):
     options = {**RUN, "propagator": "none"}
     eager = edit(run_clip, tmp_path / "eager", engine="eager", no_cache=True, **options)
@@ -430,6 +489,6 @@ def test_the_old_path_vedit_engine_gives_the_runner_and_the_cache_with_a_warning
     assert (old.Passes, old.BuildTarget, old.EngineError, old.engine_chain) == (
         runner.Passes, runner.BuildTarget, runner.EngineError, runner.engine_chain
     )
-    assert (old.EngineCache, old.torch_key_parts, old.batches_text, old.DEFAULT_ENGINE_CACHE) == (
-        engine_cache.EngineCache, engine_cache.torch_key_parts, engine_cache.batches_text, "engines"
+    assert (old.EngineCache, old.torch_key_parts, old.batches_text) == (
+        engine_cache.EngineCache, engine_cache.torch_key_parts, engine_cache.batches_text
     )

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
+import importlib.metadata
+from types import SimpleNamespace
+
 import pytest
 
 from vedit import plugins
@@ -16,13 +20,20 @@ BUILTIN = {
 }
 
 
-def test_builtins_come_through_the_public_entry_points():
+def test_builtins_are_loaded_by_name_through_the_public_hooks():
+    from vedit.plugins.manager import DEFAULT_PLUGINS
+
     for kind, names in BUILTIN.items():
         found = plugins.registered(kind)
         assert names <= set(found), kind
         for name in names:
             assert found[name].package == "vedit"
             assert found[name].version == __import__("vedit").__version__
+            assert found[name].plugin in DEFAULT_PLUGINS
+    manager = plugins.get_plugin_manager()
+    for name, module in DEFAULT_PLUGINS.items():
+        assert manager.get_plugin(name) is importlib.import_module(module), name
+    assert plugins.failures() == []
 
 
 def test_a_plugin_registered_late_appears_and_is_attributed():
@@ -119,12 +130,64 @@ def test_auto_choices_are_firstresult_and_overridable():
     assert plugins.choose("nn_backend", "auto", "cpu").name == "exhaustive"
 
 
-def test_vedit_plugins_limits_what_loads(monkeypatch):
-    monkeypatch.setenv("VEDIT_PLUGINS", "img2img,perframe")
+def test_vedit_plugins_selects_among_third_party_plugins_only(example_plugin, monkeypatch):
+    monkeypatch.setenv("VEDIT_PLUGINS", "example")
     plugins.reset()
-    assert set(plugins.registered("editor")) == {"img2img"}
-    assert set(plugins.registered("propagator")) == {"none"}
-    assert plugins.registered("engine") == {}
+    assert plugins.registered("editor")["reconstruct"].plugin == "example"
+    assert plugins.failures() == []  # example_broken is not selected, so not even imported
+    assert BUILTIN["editor"] <= set(plugins.registered("editor"))
+    # No value leaves vedit without its own plugins: naming some of them, or none, loads them all.
+    for value in ("", " ", "img2img,perframe", "example_broken_typo"):
+        monkeypatch.setenv("VEDIT_PLUGINS", value)
+        plugins.reset()
+        editors = plugins.registered("editor")
+        assert "reconstruct" not in editors, value
+        for kind, names in BUILTIN.items():
+            assert names <= set(plugins.registered(kind)), (value, kind)
+        assert plugins.choose("engine", "auto", "cpu").name == "eager"
+        assert plugins.failures() == []
+
+
+def fake_entry_point(name: str, package: str, module: object) -> SimpleNamespace:
+    """An entry point of the ``vedit`` group declared by the distribution ``package`` (version 1.0)."""
+    dist = SimpleNamespace(metadata={"Name": package}, version="1.0")
+    return SimpleNamespace(name=name, value=f"{package}_module", dist=dist, load=lambda: module)
+
+
+def test_a_third_party_plugin_cannot_take_a_builtins_name(monkeypatch):
+    class TokenFlowAgain:
+        name = "tokenflow"
+
+    class Twin:
+        @hookimpl
+        def register_propagators(self, register):
+            register(TokenFlowAgain())
+
+    listed = [fake_entry_point("twin", "vedit-twin", Twin()), fake_entry_point("pnp", "vedit-pnp", Twin())]
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: listed if group == "vedit" else [])
+    plugins.reset()
+    with pytest.raises(PluginError) as error:
+        plugins.registered("propagator")
+    assert str(error.value) == (
+        "propagator 'tokenflow' is registered twice: by plugin 'tokenflow' (vedit) and by plugin 'twin' "
+        "(vedit-twin); uninstall one or limit VEDIT_PLUGINS"
+    )
+    # A plugin name (the entry point's) that a built-in has: refused, the built-in kept.
+    failures = {f.plugin: f for f in plugins.failures()}
+    assert failures["pnp"].package == "vedit-pnp"
+    assert failures["pnp"].error == "plugin name 'pnp' is already used by package vedit"
+    assert plugins.registered("editor")["pnp"].package == "vedit"
+
+
+def test_entry_points_that_an_older_vedit_install_declared_are_not_loaded_again(monkeypatch):
+    """vedit's own plugins were entry points of its distribution; an install made then still lists them."""
+    stale = [fake_entry_point(name, "vedit", importlib.import_module(module)) for name, module in
+             [("pnp", "vedit_plugins.editors.pnp"), ("eager", "vedit_engines.eager")]]  # fmt: skip
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: stale if group == "vedit" else [])
+    plugins.reset()
+    assert plugins.registered("editor")["pnp"].plugin == "pnp"
+    assert plugins.registered("engine")["eager"].version == __import__("vedit").__version__
+    assert plugins.failures() == []
 
 
 def test_tracing_prints_every_hook_call(monkeypatch, capsys):

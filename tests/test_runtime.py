@@ -1,4 +1,5 @@
-"""The allocator settings vedit applies at import (vedit.runtime.allocator) and `vedit bench calls`."""
+"""The allocator settings vedit applies to its process (vedit.runtime.allocator): by its command line and its
+Python API's first edit, inversion or preview, never on import; and `vedit bench calls`."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -77,7 +79,7 @@ def test_plan_does_nothing_off_glibc_or_under_another_allocator_or_for_an_unknow
 
 
 def test_configure_allocator_is_idempotent_and_reports_what_it_did():
-    first = runtime.allocator_settings()  # `import vedit` configured it already
+    first = runtime.configure_allocator()  # this process's first call, or an answer to an earlier one
     assert set(first) == {"mode", "allocator", "applied", "reason"}
     wanted, _ = runtime.plan(os.environ, GLIBC, runtime._foreign_allocator(runtime._libc()) if GLIBC else None)
     assert first["applied"] == wanted
@@ -96,13 +98,20 @@ def test_configure_allocator_is_idempotent_and_reports_what_it_did():
 
 # ------------------------------------------------------------------------------ in a fresh process
 
+# What a process does first: only import vedit, apply the settings, or run vedit's command line.
+STARTS = {
+    "import": "import vedit",
+    "configure": "from vedit.runtime.allocator import configure_allocator; configure_allocator()",
+    "cli": "from vedit.cli import main; sys.argv = ['vedit', '--version']\ntry: main()\nexcept SystemExit: pass",
+}
+
 # Allocates 64 MiB, touches it and frees it, five times, and counts the page faults of the last
 # three: with the settings the freed memory is reused (no faults); without them glibc unmaps it at
 # every free and every allocation faults in 16 384 fresh 4 KiB pages. (The first two rounds let
 # the heap settle: a small allocation of another thread can land right after the first block.)
 REUSE_PROBE = """
-import ctypes, json, resource
-import vedit
+import ctypes, json, resource, sys
+{start}
 from vedit.runtime import allocator as runtime
 libc = ctypes.CDLL(None)
 libc.malloc.restype = ctypes.c_void_p
@@ -127,6 +136,7 @@ import json, resource
 import torch
 import vedit
 from vedit.runtime import allocator as runtime
+runtime.configure_allocator()
 faults = []
 for _ in range(15):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -139,15 +149,15 @@ print(json.dumps({"faults": sum(faults[-3:]), "settings": runtime.allocator_sett
 PAGES = 3 * (64 << 20) // os.sysconf("SC_PAGE_SIZE")  # what three unmapped rounds fault in
 
 
-def run_probe(code: str, env: dict[str, str]) -> dict:
-    cmd = [sys.executable, "-c", code]
+def run_probe(code: str, env: dict[str, str], start: str = "configure") -> dict:
+    cmd = [sys.executable, "-c", code.replace("{start}", STARTS[start])]
     done = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 @needs_glibc
-def test_import_vedit_stops_freed_memory_going_back_to_the_kernel():
+def test_the_settings_stop_freed_memory_going_back_to_the_kernel():
     on = run_probe(REUSE_PROBE, clean_env())
     off = run_probe(REUSE_PROBE, clean_env(VEDIT_ALLOCATOR="system"))
     user = run_probe(REUSE_PROBE, clean_env(MALLOC_MMAP_THRESHOLD_="65536"))
@@ -157,6 +167,54 @@ def test_import_vedit_stops_freed_memory_going_back_to_the_kernel():
     assert off["faults"] >= PAGES * 0.9  # unmapped at free, every page faulted in again
     assert user["settings"]["applied"] == {} and "MALLOC_MMAP_THRESHOLD_" in user["settings"]["reason"]
     assert user["faults"] >= PAGES * 0.9
+
+
+@needs_glibc
+def test_import_vedit_leaves_the_allocator_alone():
+    imported = run_probe(REUSE_PROBE, clean_env(), start="import")
+    assert imported["settings"]["applied"] == {} and imported["settings"]["mode"] == "auto"
+    assert "not configured in this process yet" in imported["settings"]["reason"]
+    assert imported["faults"] >= PAGES * 0.9  # glibc as it comes: unmapped at free, faulted in again
+
+
+@needs_glibc
+def test_the_command_line_applies_the_settings():
+    applied = run_probe(REUSE_PROBE, clean_env(), start="cli")
+    assert applied["settings"]["applied"] == runtime.SETTINGS and applied["settings"]["mode"] == "auto"
+    assert applied["faults"] < PAGES // 20
+
+
+def test_the_first_edit_inversion_preview_or_batch_unit_applies_the_settings(monkeypatch):
+    import vedit
+    from vedit.batch import run as batch
+    from vedit.config import RunConfig
+    from vedit.errors import InputError
+    from vedit.pipeline.preview import preview
+
+    def failing(call):  # the clip is missing: each fails at once, after applying the settings
+        def run():
+            with pytest.raises(InputError):
+                call()
+
+        return run
+
+    wanted, _ = runtime.plan(os.environ, GLIBC, runtime._foreign_allocator(runtime._libc()) if GLIBC else None)
+    calls = {
+        "edit": failing(lambda: vedit.edit("no-such-clip.mp4", "out.mp4", prompt="x", model="tiny")),
+        "invert": failing(lambda: vedit.invert("no-such-clip.mp4", model="tiny")),
+        "preview": failing(lambda: preview("no-such-clip.mp4", "sheet.png", prompt="x", model="tiny")),
+        # what a batch's worker process runs: its model loads before the inversion starts
+        "batch unit": lambda: batch.execute(batch.Unit("invert", 1, Path("no-such-clip.mp4"), RunConfig(model="tiny"))),
+    }
+    load_model, applied_at_load = batch._load, []
+    monkeypatch.setattr(batch, "_load", lambda config: applied_at_load.append(runtime._settings) or load_model(config))
+    for name, call in calls.items():
+        monkeypatch.setattr(runtime, "_settings", None)  # as in a process that has only imported vedit
+        assert runtime.allocator_settings()["applied"] == {}
+        call()
+        settings = runtime.allocator_settings()
+        assert settings["applied"] == wanted and "not configured" not in settings["reason"], name
+    assert len(applied_at_load) == 1 and applied_at_load[0] is not None  # before the worker's model loaded
 
 
 @needs_glibc

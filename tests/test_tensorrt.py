@@ -6,32 +6,20 @@ from __future__ import annotations
 
 import ctypes
 import gc
-import importlib
 import importlib.util
 import math
 import shutil
 import types
-from pathlib import Path
 
 import pytest
 import torch
+from vedit_engines import _tensorrt_common as trt_common
 from vedit_engines import tensorrt as trt_engine
+from vedit_engines import torch_tensorrt as torch_trt_engine
 from vedit_plugins.editors.pnp import CONV_LAYERS, QK_LAYERS
-from vedit_engines.tensorrt import (
-    PlanRunner,
-    TensorRT,
-    TorchTensorRT,
-    dynamic_shapes,
-    key_parts,
-    parser_error_line,
-    precision_for,
-    profile_shapes,
-    remove_onnx,
-    timing_cache_path,
-    torch_dtype_for,
-    workspace_bytes,
-    write_atomically,
-)
+from vedit_engines._tensorrt_common import key_parts, precision_for, profile_shapes, timing_cache_path, workspace_bytes
+from vedit_engines.tensorrt import PlanRunner, TensorRT, parser_error_line, remove_onnx, torch_dtype_for, write_atomically
+from vedit_engines.torch_tensorrt import TorchTensorRT, dynamic_shapes
 
 from vedit import plugins
 from vedit.model.loading import load_model
@@ -155,7 +143,7 @@ def test_the_onnx_inputs_are_what_the_profile_describes(propagation, examples, o
 
 def test_export_program_spans_the_profile_for_torch_tensorrt(propagation, examples, eager):
     profile = profile_shapes("propagation", propagation.input_names, examples[12], BATCHES)
-    program = trt_engine.export_program(propagation, examples[12], profile)
+    program = torch_trt_engine.export_program(propagation, examples[12], profile)
     ranges = sorted((int(r.lower), int(r.upper)) for r in program.range_constraints.values())
     assert ranges == [(3, 4), (9, 12)]  # frames, and the batch 3·frames
     module = program.module()
@@ -359,16 +347,15 @@ def test_workspace_is_half_the_free_memory_within_bounds():
 
 
 def test_both_engines_register_and_say_why_they_cannot_run_here():
-    pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text(encoding="utf-8")
-    entry_point = "vedit_engines.tensorrt"
-    assert f'tensorrt = "{entry_point}"' in pyproject.splitlines()
-    manager = plugins.get_plugin_manager()
-    if manager.get_plugin("tensorrt") is None:  # an editable install older than the entry point
-        manager.register(importlib.import_module(entry_point), name="tensorrt")
+    from vedit.plugins.manager import DEFAULT_PLUGINS
+
+    assert DEFAULT_PLUGINS["tensorrt"] == "vedit_engines.tensorrt"
+    assert DEFAULT_PLUGINS["torch_tensorrt"] == "vedit_engines.torch_tensorrt"
     items = plugins.registered("engine")
     assert {"tensorrt", "torch-tensorrt"} <= set(items)
     for name, module in (("tensorrt", "tensorrt"), ("torch-tensorrt", "torch_tensorrt")):
         entry = items[name]
+        assert entry.plugin == module  # one module per engine
         assert entry.item.name == name and entry.item.dynamic_batch is True
         assert entry.item.description and "\n" not in entry.item.description
         reason = entry.unavailable_reason()
@@ -391,7 +378,7 @@ def test_unavailable_reason_checks_library_gpu_and_import(monkeypatch):
 
     monkeypatch.setattr(importlib.util, "find_spec", find_spec)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: state["cuda"])
-    monkeypatch.setattr(trt_engine, "_import_failure", lambda name: state["failure"])
+    monkeypatch.setattr(trt_common, "_import_failure", lambda name: state["failure"])
     engine = TensorRT()
     assert engine.unavailable_reason() == "tensorrt is not installed (pip install tensorrt; needs an NVIDIA GPU)"
     state["spec"] = object()
@@ -557,7 +544,8 @@ def stub_tensorrt(monkeypatch, onnx_file, fake_gpu):
     monkeypatch.setattr(trt_engine, "export_onnx", export)
     monkeypatch.setattr(trt_engine, "build_plan", build_plan)
     monkeypatch.setattr(trt_engine, "load_plan", load_plan)
-    monkeypatch.setattr(trt_engine, "_library_version", lambda name: versions[name])
+    for engine_module in (trt_engine, torch_trt_engine):
+        monkeypatch.setattr(engine_module, "library_version", lambda name: versions[name])
     return calls, versions
 
 
@@ -620,7 +608,7 @@ def test_torch_tensorrt_caches_its_program_or_keeps_it_in_memory(tmp_path, monke
     compiled = object()
     save_error: list[Exception] = []
 
-    monkeypatch.setattr(trt_engine, "export_program", lambda module, example, profile: ("program", profile))
+    monkeypatch.setattr(torch_trt_engine, "export_program", lambda module, example, profile: ("program", profile))
 
     def compile_program(program, example, names, profile, dtype, *, device, timing_cache):
         calls["compile"] += 1
@@ -639,9 +627,9 @@ def test_torch_tensorrt_caches_its_program_or_keeps_it_in_memory(tmp_path, monke
         calls["loaded"] += 1
         return Loaded(path.read_bytes())
 
-    monkeypatch.setattr(trt_engine, "compile_program", compile_program)
-    monkeypatch.setattr(trt_engine, "save_compiled", save_compiled)
-    monkeypatch.setattr(trt_engine, "load_program", load_program)
+    monkeypatch.setattr(torch_trt_engine, "compile_program", compile_program)
+    monkeypatch.setattr(torch_trt_engine, "save_compiled", save_compiled)
+    monkeypatch.setattr(torch_trt_engine, "load_program", load_program)
     messages: list[str] = []
     target = make_target(tmp_path, messages=messages)
 
@@ -657,7 +645,7 @@ def test_torch_tensorrt_caches_its_program_or_keeps_it_in_memory(tmp_path, monke
     save_error.append(RuntimeError("cannot serialize a graph with Python callbacks\nmore detail"))
     other = make_target(tmp_path, batches=(6, 12), messages=messages)
     fn = TorchTensorRT().build(propagation, examples[12], other)
-    assert isinstance(fn, trt_engine._OnDevice) and fn.module is compiled and fn.device == torch.device("cuda")
+    assert isinstance(fn, torch_trt_engine._OnDevice) and fn.module is compiled and fn.device == torch.device("cuda")
     assert messages[-1] == (
         "the Torch-TensorRT program for the propagation pass cannot be saved (cannot serialize a graph with "
         "Python callbacks); it runs from memory for this run only"
@@ -688,15 +676,15 @@ def gpu_target(sd, cache, name, batches, messages):
                        cache=cache, message=messages.append, layers="test")  # fmt: skip
 
 
-def counting(monkeypatch, name):
+def counting(monkeypatch, module, name):
     count = {"calls": 0}
-    real = getattr(trt_engine, name)
+    real = getattr(module, name)
 
     def wrapper(*args, **kwargs):
         count["calls"] += 1
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(trt_engine, name, wrapper)
+    monkeypatch.setattr(module, name, wrapper)
     return count
 
 
@@ -704,7 +692,7 @@ def counting(monkeypatch, name):
 def test_tensorrt_engines_match_the_eager_passes_in_fp16(gpu_model, tmp_path, monkeypatch):
     sd, controlled = gpu_model
     gpu = {"device": "cuda", "dtype": torch.float16}
-    builds = counting(monkeypatch, "build_plan")
+    builds = counting(monkeypatch, trt_engine, "build_plan")
     messages: list[str] = []
     cache = EngineCache(tmp_path / "engines", message=messages.append)
     keyframe, propagate = KeyframePass(controlled).eval(), PropagationPass(controlled).eval()
@@ -731,7 +719,7 @@ def test_tensorrt_engines_match_the_eager_passes_in_fp16(gpu_model, tmp_path, mo
     assert builds["calls"] == 2
 
     # A second build of each (a later run: nothing loaded yet) deserializes the cached plans.
-    trt_engine._loaded.clear()
+    trt_common.loaded.clear()
     again = TensorRT().build(propagate, prop_inputs[2], prop_target)
     TensorRT().build(keyframe, key_inputs[2], key_target)
     assert builds["calls"] == 2
@@ -745,7 +733,7 @@ def test_torch_tensorrt_matches_the_eager_propagation_pass_in_fp16(gpu_model, tm
     pytest.importorskip("torch_tensorrt")
     sd, controlled = gpu_model
     gpu = {"device": "cuda", "dtype": torch.float16}
-    compiles = counting(monkeypatch, "compile_program")
+    compiles = counting(monkeypatch, torch_trt_engine, "compile_program")
     keyframe, propagate = KeyframePass(controlled).eval(), PropagationPass(controlled).eval()
     recs = keyframe_records(sd, keyframe, **gpu)
     inputs = {n: pass_inputs(sd, n, seed=20 + n, records=recs, **gpu) for n in (2, 4)}
@@ -754,7 +742,7 @@ def test_torch_tensorrt_matches_the_eager_propagation_pass_in_fp16(gpu_model, tm
     for n, x in inputs.items():
         with torch.no_grad():
             assert relative_error(run(*x), propagate(*x)) < 1e-2, n
-    trt_engine._loaded.clear()
+    trt_common.loaded.clear()
     again = TorchTensorRT().build(propagate, inputs[2], target)
     assert compiles["calls"] == 1
     with torch.no_grad():

@@ -8,15 +8,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-# The C allocator's settings, before anything imports torch or allocates: see vedit/runtime.py
-# (VEDIT_ALLOCATOR=system leaves the allocator as it is).
-from .runtime.allocator import configure_allocator as _configure_allocator
-
-_configure_allocator()
-
 __version__ = "0.1.0"
 
-from . import _compat  # noqa: E402  (old module paths, such as vedit.hookspecs, keep working)
+# Importing vedit changes nothing in the process (the C allocator's settings are applied by the
+# command line and by the first edit, inversion or preview: vedit.runtime.allocator); it only lets
+# the old module paths, such as vedit.hookspecs, be imported.
+from . import _compat  # noqa: E402
 
 _compat.install()
 

@@ -34,7 +34,7 @@ class RunConfig:
     editor: str = "pnp"
     propagator: str = "tokenflow"
     engine: str = "auto"
-    engine_cache: str = "engines"
+    engine_cache: str | None = None  # None: "engines" in the cache folder (cache_dir), beside the inversions
     nn_backend: str = "auto"
     model: str = DEFAULT_MODEL
     revision: str | None = None

@@ -318,7 +318,7 @@ def plan_batch(
                     config = RunConfig(**{**job.values, "prompt": prompt, "seed": seed})
                     config = config.replace(
                         cache_dir=str(cache_root(config.cache_dir).resolve()),
-                        engine_cache=absolute_path(config.engine_cache, Path.cwd()),
+                        engine_cache=config.engine_cache and absolute_path(config.engine_cache, Path.cwd()),
                         overwrite=config.overwrite or overwrite,
                     )
                     fields = {

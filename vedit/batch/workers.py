@@ -155,7 +155,9 @@ def execute(unit: Unit, *, reporter: Any = None, worker: str = "", fetch: Callab
     """
     from ..pipeline.edit import edit
     from ..pipeline.invert import invert_clip
+    from ..runtime.allocator import configure_allocator
 
+    configure_allocator()  # once per process, before the model loads: a worker process may not have run the CLI
     began = time.perf_counter()
     reporter = reporter if reporter is not None else Collect()
     loaded = False

@@ -64,6 +64,11 @@ def _interrupt(signum, frame) -> None:
 
 
 def main() -> None:
+    from ..runtime.allocator import configure_allocator
+
+    # The C allocator's settings for this process, before anything large is allocated (the library
+    # itself leaves the process alone: import vedit changes nothing).
+    configure_allocator()
     # A terminated run (a job scheduler's SIGTERM) cleans up like Ctrl-C: temporary output removed.
     signal.signal(signal.SIGTERM, _interrupt)
     app = create_app()

@@ -9,8 +9,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from ..config import RunConfig
-from .options import config_from_flags, option_help, warn_ignored_seed
+from .options import CACHE_DIR_DEFAULT, ENGINE_CACHE_DEFAULT, config_from_flags, option_help, warn_ignored_seed
 from .output import out_console, reporting, user_errors
 
 
@@ -35,7 +34,7 @@ def add_to(app: typer.Typer) -> None:
         device: Optional[str] = typer.Option(None, help=option_help("auto, cpu, cuda, cuda:N or mps.", "device")),
         dtype: Optional[str] = typer.Option(None, help=option_help("auto, fp32, fp16 or bf16.", "dtype")),
         seed: Optional[int] = typer.Option(None, hidden=True, help="Ignored: a built model's weights come from its spec (tiny@N)."),
-        engine_cache: Optional[str] = typer.Option(None, help=option_help(engine_cache_help, "engine_cache")),
+        engine_cache: Optional[str] = typer.Option(None, help=option_help(engine_cache_help, default=ENGINE_CACHE_DEFAULT)),
         config: Optional[Path] = typer.Option(None, "--config", help=option_help("Read defaults from this vedit.toml.")),
         quiet: bool = typer.Option(False, "--quiet", "-q", help=option_help("No progress; warnings and errors only.")),
     ) -> None:
@@ -59,12 +58,12 @@ def add_to(app: typer.Typer) -> None:
             out_console.print(table)
 
     @engines_app.command("list")
-    def engines_list(engine_cache: Optional[str] = typer.Option(None, help=engine_cache_help, show_default="engines")) -> None:
+    def engines_list(engine_cache: Optional[str] = typer.Option(None, help=engine_cache_help, show_default=f"engines in {CACHE_DIR_DEFAULT}")) -> None:
         """List built engines: pass, engine, model, shapes, precision and what they were built with."""
         from ..runtime.engine_cache import EngineCache
         from ..method.passes import PASS_VERSION
 
-        cache = EngineCache(engine_cache or RunConfig.engine_cache)
+        cache = EngineCache.for_options(engine_cache)
         entries = cache.entries()
         if not entries:
             out_console.print(f"no built engines in {cache.root}", markup=False, soft_wrap=True)
@@ -87,10 +86,10 @@ def add_to(app: typer.Typer) -> None:
             out_console.print(f"built with {library}", markup=False, soft_wrap=True)
 
     @engines_app.command("clear")
-    def engines_clear(engine_cache: Optional[str] = typer.Option(None, help=engine_cache_help, show_default="engines")) -> None:
+    def engines_clear(engine_cache: Optional[str] = typer.Option(None, help=engine_cache_help, show_default=f"engines in {CACHE_DIR_DEFAULT}")) -> None:
         """Delete every built engine."""
         from ..runtime.engine_cache import EngineCache
 
-        cache = EngineCache(engine_cache or RunConfig.engine_cache)
+        cache = EngineCache.for_options(engine_cache)
         freed = cache.clear()
         out_console.print(f"removed {freed / 1e6:.1f} MB of built engines from {cache.root}", markup=False, soft_wrap=True)

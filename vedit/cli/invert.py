@@ -7,7 +7,15 @@ from typing import Optional
 
 import typer
 
-from .options import CACHE_DIR_DEFAULT, INVERSION_STEPS_HELP, config_from_flags, option_help, warn_ignored_seed
+from .options import (
+    CACHE_DIR_DEFAULT,
+    CACHE_DIR_HELP,
+    ENGINE_CACHE_DEFAULT,
+    INVERSION_STEPS_HELP,
+    config_from_flags,
+    option_help,
+    warn_ignored_seed,
+)
 from .output import out_console, reporting, user_errors
 
 
@@ -23,7 +31,7 @@ def add_to(app: typer.Typer) -> None:
         model: Optional[str] = typer.Option(None, help=option_help("Model (as for 'vedit run').", "model")),
         revision: Optional[str] = typer.Option(None, help=option_help("Model revision.")),
         engine: Optional[str] = typer.Option(None, help=option_help("UNet engine (as for 'vedit run').", "engine")),
-        engine_cache: Optional[str] = typer.Option(None, help=option_help("Folder of built engines.", "engine_cache")),
+        engine_cache: Optional[str] = typer.Option(None, help=option_help("Folder of built engines.", default=ENGINE_CACHE_DEFAULT)),
         steps: Optional[int] = typer.Option(None, help=option_help("Sampling steps T the trajectory is stored for.", "steps")),
         inversion_steps: Optional[int] = typer.Option(None, help=option_help(INVERSION_STEPS_HELP, "inversion_steps")),
         seed: Optional[int] = typer.Option(None, hidden=True, help="Ignored: a built model's weights come from its spec (tiny@N)."),
@@ -34,7 +42,7 @@ def add_to(app: typer.Typer) -> None:
         device: Optional[str] = typer.Option(None, help=option_help("auto, cpu, cuda, cuda:N or mps.", "device")),
         dtype: Optional[str] = typer.Option(None, help=option_help("auto, fp32, fp16 or bf16.", "dtype")),
         batch_size: Optional[str] = typer.Option(None, help=option_help("Frames per UNet batch, or auto.", "batch_size")),
-        cache_dir: Optional[str] = typer.Option(None, help=option_help("Inversion cache folder.", default=CACHE_DIR_DEFAULT)),
+        cache_dir: Optional[str] = typer.Option(None, help=option_help(CACHE_DIR_HELP, default=CACHE_DIR_DEFAULT)),
         cache_max_gb: Optional[float] = typer.Option(None, help=option_help("Cache size cap in GB.", "cache_max_gb")),
         no_cache: bool = typer.Option(False, "--no-cache", help=option_help("Neither read nor write the inversion cache.")),
         check: bool = typer.Option(False, "--check", help=option_help("Sample back from the inverted noise with the source prompt and report the PSNR against the clip.")),

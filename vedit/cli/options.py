@@ -17,6 +17,8 @@ from ..errors import ConfigError
 from .output import fail, unfolded, warn
 
 CACHE_DIR_DEFAULT = "$VEDIT_CACHE_DIR or ~/.cache/vedit"  # --cache-dir's default, as help shows it
+CACHE_DIR_HELP = "Cache folder: inversions, checkpoints and, unless --engine-cache, built engines."
+ENGINE_CACHE_DEFAULT = "engines in the cache folder"
 INVERSION_STEPS_HELP = (
     "DDIM inversion steps. Their schedule must pass through every timestep of the --steps one: with 50 steps, "
     "50, 100, 200, 250, 500 and 1000 do (a multiple of --steps alone is not enough); an error names the nearest "

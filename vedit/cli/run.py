@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from ..errors import ConfigError
-from .options import CACHE_DIR_DEFAULT, INVERSION_STEPS_HELP, config_from_flags, option_help
+from .options import CACHE_DIR_DEFAULT, CACHE_DIR_HELP, ENGINE_CACHE_DEFAULT, INVERSION_STEPS_HELP, config_from_flags, option_help
 from .output import out_console, reporting, rows_table, summary_table, user_errors
 
 
@@ -26,7 +26,7 @@ def add_to(app: typer.Typer) -> None:
         editor: Optional[str] = typer.Option(None, help=option_help("Editor plugin: pnp, sdedit, img2img, or a plugin's.", "editor")),
         propagator: Optional[str] = typer.Option(None, help=option_help("Propagator plugin: tokenflow, none, or a plugin's.", "propagator")),
         engine: Optional[str] = typer.Option(None, help=option_help("UNet engine: eager, compile, torchscript, onnxruntime, tensorrt, torch-tensorrt, a plugin's, auto, or a comma-separated list to try in order.", "engine")),
-        engine_cache: Optional[str] = typer.Option(None, help=option_help("Folder of built engines (ONNX, TorchScript, TensorRT plans).", "engine_cache")),
+        engine_cache: Optional[str] = typer.Option(None, help=option_help("Folder of built engines (ONNX, TorchScript, TensorRT plans).", default=ENGINE_CACHE_DEFAULT)),
         nn_backend: Optional[str] = typer.Option(None, help=option_help("Nearest-neighbour backend: torch, faiss or auto.", "nn_backend")),
         model: Optional[str] = typer.Option(None, help=option_help("Hub id, local diffusers folder, tiny, random:sd15 or random:sd21 (tiny@N: weights from seed N).", "model")),
         revision: Optional[str] = typer.Option(None, help=option_help("Model revision (hub branch, tag or commit).")),
@@ -57,7 +57,7 @@ def add_to(app: typer.Typer) -> None:
         eval_: Optional[bool] = typer.Option(None, "--eval/--no-eval", help=option_help("After writing, measure the edit as 'vedit eval' does and write the report beside the output (out.mp4 -> out.eval.json).")),
         flow: Optional[str] = typer.Option(None, help=option_help("Optical-flow backend for --eval: dis, raft or a plugin's.", "flow")),
         clip_model: Optional[str] = typer.Option(None, "--clip", help=option_help("CLIP model for --eval's text and frame scores: a hub id already in the local cache, or a folder (never downloaded).", "clip")),
-        cache_dir: Optional[str] = typer.Option(None, help=option_help("Inversion cache folder.", default=CACHE_DIR_DEFAULT)),
+        cache_dir: Optional[str] = typer.Option(None, help=option_help(CACHE_DIR_HELP, default=CACHE_DIR_DEFAULT)),
         cache_max_gb: Optional[float] = typer.Option(None, help=option_help("Cache size cap in GB; the least recently used inversions are evicted.", "cache_max_gb")),
         no_cache: bool = typer.Option(False, "--no-cache", help=option_help("Neither read nor write the inversion cache (nor checkpoints).")),
         preview: bool = typer.Option(False, "--preview", help=option_help("Edit only the keyframes (one per chunk) and write them beside their source frames as a contact sheet PNG (-o FILE.png, or <output>.preview.png); the summary says what the full run will cost.")),

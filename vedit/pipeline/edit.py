@@ -21,6 +21,7 @@ from ..io.writer import check_encoders, frame_timing, lost_in_writing, no_audio_
 from ..method.ddim import check_schedules
 from ..method.unet import COND, SOURCE, UNCOND
 from ..report import Reporter, SilentReporter
+from ..runtime.allocator import configure_allocator
 from ..runtime import profiling
 from ..runtime.batch_sizes import choose_batches
 from .plan import branches
@@ -92,6 +93,7 @@ def edit(
     ``profile`` times each component with device synchronisation (``EditResult.profile``); it
     slows the run a little.
     """
+    configure_allocator()  # once per process: importing vedit leaves the C allocator alone
     config = resolve_config(config, options)
     reporter = Recording(reporter or SilentReporter())
     if not config.prompt:

@@ -17,6 +17,7 @@ from ..io.files import check_replaceable
 from ..method.ddim import check_schedules
 from ..method.trajectory import Trajectory
 from ..report import Reporter, SilentReporter
+from ..runtime.allocator import configure_allocator
 from ..runtime.batch_sizes import choose_batches
 from .plan import batches_of
 from .preflight import Recording, preflight, resolve_config
@@ -66,6 +67,7 @@ def invert_clip(
 
     With ``check``, also sample back from the inverted noise and measure the reconstruction.
     """
+    configure_allocator()  # once per process: importing vedit leaves the C allocator alone
     config = resolve_config(config, options).replace(inversion=None)
     reporter = Recording(reporter or SilentReporter())
     if output is not None:

@@ -50,6 +50,7 @@ from .stages import (
     trajectory_for,
 )
 from ..report import Reporter, SilentReporter, Task, duration, open_task
+from ..runtime.allocator import configure_allocator
 from ..method.unet import SOURCE
 from ..io.files import same_location, check_output_folder, check_replaceable, write_atomically
 from ..io.writer import save_png
@@ -207,6 +208,7 @@ def preview(
     for the full run (or an ``inversion`` file) is sliced instead of inverting. ``sd`` is an
     already loaded model.
     """
+    configure_allocator()  # once per process: importing vedit leaves the C allocator alone
     began = time.perf_counter()
     config = resolve_config(config, options)
     reporter = Recording(reporter or SilentReporter())

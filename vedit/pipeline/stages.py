@@ -28,7 +28,7 @@ from ..method.trajectory import Trajectory
 from ..report import Reporter, open_task
 from ..runtime import profiling
 from ..runtime.batch_sizes import CPU_BATCH, choose_batches
-from ..runtime.engine_cache import DEFAULT_ENGINE_CACHE, EngineCache
+from ..runtime.engine_cache import EngineCache
 from ..runtime.runner import Passes, first_line
 from ..runtime.transfer import to_device
 from .plan import batches_of, branches, pass_batches
@@ -60,7 +60,7 @@ def make_passes(
     batches: dict[str, list[int]] | None = None,
 ) -> Passes:
     """The run's UNet passes, through the engines chosen in preflight (use as a context manager)."""
-    cache = EngineCache(config.engine_cache or DEFAULT_ENGINE_CACHE, message=reporter.message)
+    cache = EngineCache.for_options(config.engine_cache, config.cache_dir, message=reporter.message)
     return Passes(
         model, checked.engines, strict=checked.strict_engine, conv_layers=conv_layers, qk_layers=qk_layers,
         nearest=nearest, cache=cache, message=reporter.message, warn=reporter.warning, batches=batches,

@@ -1,28 +1,55 @@
 """The plugin manager: loads built-in and third-party plugins and builds registries on demand.
 
-Registries are never cached: each ``get_*`` call asks every plugin again, so a plugin
-registered late (in a test, say) simply appears.
+The built-in plugins (:data:`DEFAULT_PLUGINS`) are loaded always, each under its own name, through
+the same hooks as a third-party package's; entry points of the ``vedit`` group load third-party
+plugins only. Registries are never cached: each ``get_*`` call asks every plugin again, so a
+plugin registered late (in a test, say) simply appears.
 
 Environment:
-    VEDIT_PLUGINS          comma-separated entry-point names: load only these plugins
-                           (built-ins included; an empty value loads none).
+    VEDIT_PLUGINS          comma-separated entry-point names: load only these third-party plugins
+                           (an empty value loads none); the built-ins are loaded whatever it says.
     VEDIT_TRACE_PLUGINS=1  print every hook call and its result to stderr.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib
 import importlib.metadata
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import pluggy
 
 from . import hookspecs
+from .. import __version__
 from ..errors import PluginError
 
 ENTRY_POINT_GROUP = "vedit"
+# vedit's own plugins, by plugin name: loaded before any entry point, whatever VEDIT_PLUGINS says, so that no
+# setting leaves vedit without its editors or its eager engine.
+DEFAULT_PLUGINS: dict[str, str] = {
+    "img2img": "vedit_plugins.editors.img2img",
+    "pnp": "vedit_plugins.editors.pnp",
+    "sdedit": "vedit_plugins.editors.sdedit",
+    "tokenflow": "vedit_plugins.propagators.tokenflow",
+    "perframe": "vedit_plugins.propagators.none",
+    "eager": "vedit_engines.eager",
+    "compile": "vedit_engines.compile",
+    "torchscript": "vedit_engines.torchscript",
+    "onnxruntime": "vedit_engines.onnxruntime",
+    "tensorrt": "vedit_engines.tensorrt",
+    "torch_tensorrt": "vedit_engines.torch_tensorrt",
+    "torch_nn": "vedit_plugins.nn_backends.torch",
+    "faiss_nn": "vedit_plugins.nn_backends.faiss",
+    "opencv_flow": "vedit_plugins.flow_backends.dis",
+    "raft_flow": "vedit_plugins.flow_backends.raft",
+    "deflicker": "vedit_plugins.postprocessors.deflicker",
+    "bench": "vedit_bench",
+}
+BUILT_IN_PACKAGE = "vedit"
 KINDS = ("editor", "propagator", "engine", "nn_backend", "postprocessor", "flow_backend")
 _HOOK_FOR_KIND = {
     "editor": "register_editors",
@@ -95,11 +122,16 @@ def _enable_tracing(pm: pluggy.PluginManager) -> None:
 
 
 def _selected_entry_points() -> Iterable[importlib.metadata.EntryPoint]:
+    """The third-party entry points VEDIT_PLUGINS selects (all of them when it is not set)."""
     wanted = os.environ.get("VEDIT_PLUGINS")
     names = None if wanted is None else {n.strip() for n in wanted.split(",") if n.strip()}
     seen: set[str] = set()
     for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         if names is not None and entry_point.name not in names:
+            continue
+        # An install of vedit made while its own plugins were entry points still lists them: they are loaded
+        # from DEFAULT_PLUGINS.
+        if _package(entry_point)[0].lower() == BUILT_IN_PACKAGE:
             continue
         # An editable install can list the same distribution twice; load each name once.
         key = f"{entry_point.name}={entry_point.value}"
@@ -109,33 +141,39 @@ def _selected_entry_points() -> Iterable[importlib.metadata.EntryPoint]:
         yield entry_point
 
 
+def _package(entry_point: importlib.metadata.EntryPoint) -> tuple[str, str]:
+    """The name and version of the distribution that declares ``entry_point``."""
+    dist = entry_point.dist
+    return (dist.metadata["Name"], dist.version) if dist is not None else ("?", "?")
+
+
+def _register(state: _State, name: str, package: str, version: str, load: Callable[[], Any]) -> None:
+    """Import one plugin module with ``load`` and register it as ``name``; a failure is recorded, not raised."""
+    try:
+        module = load()
+    except Exception as error:
+        state.failures.append(PluginFailure(name, package, f"failed to import: {error}"))
+        return
+    if state.pm.get_plugin(name) is not None:
+        owner = state.dists.get(name, ("?", "?"))[0]
+        state.failures.append(PluginFailure(name, package, f"plugin name {name!r} is already used by package {owner}"))
+        return
+    try:
+        state.pm.register(module, name=name)
+    except Exception as error:
+        state.failures.append(PluginFailure(name, package, f"failed to register: {error}"))
+        return
+    state.dists[name] = (package, version)
+
+
 def _build() -> _State:
     pm = pluggy.PluginManager("vedit")
     pm.add_hookspecs(hookspecs)
     state = _State(pm=pm)
+    for name, module in DEFAULT_PLUGINS.items():
+        _register(state, name, BUILT_IN_PACKAGE, __version__, functools.partial(importlib.import_module, module))
     for entry_point in _selected_entry_points():
-        dist = entry_point.dist
-        package = dist.metadata["Name"] if dist is not None else "?"
-        version = dist.version if dist is not None else "?"
-        try:
-            module = entry_point.load()
-        except Exception as error:
-            state.failures.append(PluginFailure(entry_point.name, package, f"failed to import: {error}"))
-            continue
-        if pm.get_plugin(entry_point.name) is not None:
-            owner = state.dists.get(entry_point.name, ("?", "?"))[0]
-            state.failures.append(
-                PluginFailure(
-                    entry_point.name, package, f"plugin name {entry_point.name!r} is already used by package {owner}"
-                )
-            )
-            continue
-        try:
-            pm.register(module, name=entry_point.name)
-        except Exception as error:
-            state.failures.append(PluginFailure(entry_point.name, package, f"failed to register: {error}"))
-            continue
-        state.dists[entry_point.name] = (package, version)
+        _register(state, entry_point.name, *_package(entry_point), entry_point.load)
     if _trace_enabled():
         _enable_tracing(pm)
     return state
@@ -154,7 +192,8 @@ def get_plugin_manager() -> pluggy.PluginManager:
 
 
 def reset() -> None:
-    """Forget loaded plugins so the next call rediscovers entry points (tests, environment changes)."""
+    """Forget loaded plugins so the next call loads them again and rediscovers entry points (tests, environment
+    changes)."""
     global _state
     _state = None
 

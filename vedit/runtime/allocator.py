@@ -1,4 +1,9 @@
-"""Process-wide settings vedit applies when it is imported: the C allocator's.
+"""Process-wide settings vedit applies to the process it runs in: the C allocator's.
+
+Not on ``import vedit``, which changes nothing in the process: :func:`configure_allocator` is called
+by the command line's entry point (:func:`vedit.cli.main`) before anything large is allocated, and
+by the Python API's first edit, inversion or preview (:func:`vedit.edit`, :func:`vedit.invert`,
+:func:`vedit.pipeline.preview.preview`, and a batch's units); once per process.
 
 Why: PyTorch's CPU convolutions (oneDNN) reorder each convolution's weights into a blocked layout
 on every call, into a fresh buffer. In SD 1.5 / 2.1 the 26 3×3 convolutions with 1280 output
@@ -16,7 +21,7 @@ What, by default (``VEDIT_ALLOCATOR=auto``), on Linux with glibc and nothing els
   instead of being handed back after each call.
 
 Both are runtime calls (no re-exec, nothing read at process start), so they take effect for every
-allocation made after ``import vedit``, also in a program that imported torch first. The cost:
+allocation made after them, also in a program that imported torch first. The cost:
 memory a process has freed stays mapped to it, so the resident size stays near its peak instead of
 falling back after each call, and the peak itself can grow a little with fragmentation (measured:
 the same at 128×128, +6 % at 512×512 batch 8). :func:`release_free_memory` hands free heap memory
@@ -91,11 +96,16 @@ def user_settings(environ: Mapping[str, str]) -> list[str]:
     return found
 
 
+def _requested_mode(environ: Mapping[str, str]) -> str:
+    """``$VEDIT_ALLOCATOR`` as given (not checked), ``auto`` when it is not set."""
+    return environ.get(ENV, "").strip().lower() or "auto"
+
+
 def plan(environ: Mapping[str, str], libc: str | None, foreign: str | None = None) -> tuple[dict[str, int], str]:
     """What to apply for ``environ`` on a C library ``libc`` (a glibc version, or None) with
     ``foreign`` (an allocator found in the process, or None): the mallopt settings (empty for
     none) and a sentence that says why."""
-    mode = environ.get(ENV, "").strip().lower() or "auto"
+    mode = _requested_mode(environ)
     if mode not in MODES:
         return {}, f"{ENV}={environ.get(ENV)!r} is not one of {', '.join(MODES)}: allocator left as is"
     if mode == "system":
@@ -130,8 +140,8 @@ def _copy(settings: dict[str, Any]) -> dict[str, Any]:
 def configure_allocator(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Apply the allocator settings for this process once (later calls return the first answer).
 
-    Called by ``import vedit`` before anything is allocated; cheap (a few ``mallopt`` calls).
-    Returns :func:`allocator_settings`.
+    Called by vedit's command line before anything is allocated, and by the Python API's first
+    edit, inversion or preview; cheap (a few ``mallopt`` calls). Returns :func:`allocator_settings`.
     """
     global _settings
     with _lock:
@@ -139,7 +149,7 @@ def configure_allocator(environ: Mapping[str, str] | None = None) -> dict[str, A
             return _copy(_settings)
         environ = os.environ if environ is None else environ
         libc = glibc_version()
-        mode = environ.get(ENV, "").strip().lower() or "auto"
+        mode = _requested_mode(environ)
         lib = foreign = None
         if libc is not None and mode == "auto":
             try:
@@ -173,8 +183,20 @@ def configure_allocator(environ: Mapping[str, str] | None = None) -> dict[str, A
 def allocator_settings() -> dict[str, Any]:
     """What :func:`configure_allocator` did in this process: ``mode`` (auto or system),
     ``allocator`` (e.g. ``glibc 2.36``), ``applied`` (mallopt name → value; empty when nothing
-    was) and ``reason``. Configures first if that has not happened yet."""
-    return configure_allocator() if _settings is None else _copy(_settings)
+    was) and ``reason``. Asking applies nothing: before :func:`configure_allocator` has run (after
+    ``import vedit`` alone, say), ``applied`` is empty and ``reason`` says it has not run."""
+    with _lock:
+        if _settings is not None:
+            return _copy(_settings)
+    mode = _requested_mode(os.environ)
+    libc = glibc_version()
+    return {
+        "mode": mode if mode in MODES else "system",
+        "allocator": f"glibc {libc}" if libc else "system",
+        "applied": {},
+        "reason": "not configured in this process yet: vedit's command line and its Python API's first edit, "
+        "inversion or preview configure it",
+    }
 
 
 def describe() -> str:

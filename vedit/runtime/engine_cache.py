@@ -18,8 +18,12 @@ from typing import Any, Callable, Sequence
 import torch
 
 from ..cache.checksums import file_digest, file_sha256
+from ..cache.files import cache_root
+from ..config import option_value
 
-DEFAULT_ENGINE_CACHE = "engines"
+# Where built engines were kept by default before they moved into the cache folder: the working directory's
+# engines/. A build into the new default says once if that folder holds entries (they are not used).
+EARLIER_ENGINE_CACHE = Path("engines")
 
 
 @dataclass(frozen=True)
@@ -51,10 +55,46 @@ class EngineCache:
     """
 
     META = "entry.json"
+    _earlier_said: set[Path] = set()  # earlier folders already mentioned in this process
 
-    def __init__(self, root: str | os.PathLike, *, message: Callable[[str], None] | None = None):
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        *,
+        message: Callable[[str], None] | None = None,
+        earlier: str | os.PathLike | None = None,
+    ):
         self.root = Path(root).expanduser()
         self.message = message or (lambda text: None)
+        # A folder that held this cache's entries before (the default one moved): said once, at the first build.
+        self.earlier = None if earlier is None else Path(earlier)
+
+    @classmethod
+    def for_options(
+        cls,
+        engine_cache: str | os.PathLike | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        *,
+        message: Callable[[str], None] | None = None,
+    ) -> "EngineCache":
+        """The folder ``engine_cache`` (``--engine-cache``) names, else the default: ``engines`` in the cache
+        folder (``cache_dir``, ``$VEDIT_CACHE_DIR`` or ``~/.cache/vedit``), beside the inversions."""
+        if engine_cache:
+            return cls(engine_cache, message=message)
+        return cls(cache_root(cache_dir) / "engines", message=message, earlier=EARLIER_ENGINE_CACHE)
+
+    def _mention_earlier(self) -> None:
+        """Say, once per process, that the entries of the folder that used to be the default are not used."""
+        earlier = self.earlier
+        if earlier is None or earlier.resolve() == self.root.resolve() or earlier.resolve() in self._earlier_said:
+            return
+        with contextlib.suppress(OSError):
+            if any((folder / self.META).is_file() for folder in earlier.iterdir()):
+                self._earlier_said.add(earlier.resolve())
+                self.message(
+                    f"engine cache: built engines are kept in {self.root} now, no longer in {earlier}; the ones built "
+                    f"there are not used ({option_value('engine_cache', str(earlier))} uses them)"
+                )
 
     @staticmethod
     def slot(parts: dict[str, str], identity: Sequence[str]) -> str:
@@ -118,6 +158,7 @@ class EngineCache:
                 except Exception as error:  # a file that hashes right but does not load
                     problem = f"corrupt (it does not load: {str(error).splitlines()[0] if str(error) else type(error).__name__})"
             self.message(f"engine cache: {label} in {folder} is {problem}; rebuilding")
+        self._mention_earlier()
         # A build can take minutes (a TorchScript trace on the CPU, a TensorRT plan): say so, and when it ends.
         began = time.perf_counter()
         batches = f" ({batches_text(parts['batches'].split(','))})" if parts.get("batches") else ""

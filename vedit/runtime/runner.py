@@ -38,7 +38,7 @@ from ..method.passes import (
     PropagationPass,
 )
 from ..method.unet import CallContext, ControlledUNet
-from .engine_cache import DEFAULT_ENGINE_CACHE, EngineCache, torch_key_parts
+from .engine_cache import EngineCache, torch_key_parts
 
 
 class EngineError(PluginError):
@@ -145,7 +145,7 @@ class Passes:
         self.strict = strict
         self.message = message or (lambda text: None)
         self.warn = warn or self.message
-        self.cache = cache or EngineCache(DEFAULT_ENGINE_CACHE, message=self.message)
+        self.cache = cache or EngineCache.for_options(message=self.message)
         self.controlled = ControlledUNet(model.unet, conv_layers=conv_layers, qk_layers=qk_layers)
         self.layers_key = json.dumps([list(conv_layers), list(qk_layers)])
         # A nearest-neighbour backend that is not traceable runs inside the propagation pass in Python.
