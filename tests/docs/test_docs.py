@@ -46,6 +46,13 @@ def test_the_reference_holds_every_command_and_flag_with_its_help_and_default():
     assert "--seed" not in text.split("\n## vedit invert\n")[1].split("\n## ")[0]  # hidden: ignored by invert
 
 
+def test_the_reference_does_not_depend_on_the_terminal_width(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "40")
+    narrow = _gen_cli().render()
+    monkeypatch.setenv("COLUMNS", "300")
+    assert _gen_cli().render() == narrow
+
+
 def test_a_third_party_command_is_left_out_of_the_reference():
     import typer
 
