@@ -6,7 +6,6 @@ import importlib
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -338,20 +337,6 @@ def test_a_mistake_names_the_flag_on_the_command_line_and_the_keyword_in_the_pyt
     with pytest.raises(ConfigError) as error:
         api.edit(clip, tmp_path / "o.mp4", prompt="x", model="tiny", device="cpu", **options)
     assert str(error.value) == keyword_line
-
-
-def test_the_readme_python_example_runs_as_written(tmp_path, monkeypatch, capsys):
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    section = readme[readme.index("\n## Python API\n"):]
-    code = section[section.index("```python\n") + len("```python\n"):]
-    code = code[: code.index("```")]
-    monkeypatch.chdir(tmp_path)
-    make_clip(tmp_path / "clip.mp4", frames=2)  # the example's clip, short so that the test is quick
-    exec(compile(code, "README.md: Python API", "exec"), {})
-    edited, inverted = capsys.readouterr().out.splitlines()
-    assert edited.split()[0] == "2" and edited.split()[-1] == "computed"
-    assert inverted.split()[:2] == ["cached", "clip.safetensors"]  # the edit's inversion, from the cache
-    assert (tmp_path / "out.mp4").is_file() and (tmp_path / "clip.safetensors").is_file()
 
 
 def api_config():

@@ -73,11 +73,3 @@ def test_bad_files_name_the_problem(tmp_path, text, fragment):
 def test_missing_config_file(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.toml")
-
-
-def test_the_readme_shows_the_repository_vedit_toml_as_it_is():
-    readme = (REPO / "README.md").read_text()
-    section = readme[readme.index("### `vedit.toml`"):]
-    block = section[section.index("```toml\n") + len("```toml\n"):]
-    block = block[: block.index("```")]
-    assert block == (REPO / "vedit.toml").read_text()

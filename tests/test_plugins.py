@@ -199,19 +199,6 @@ def test_tracing_prints_every_hook_call(monkeypatch, capsys):
     assert "hook register_editors(register) -> [img2img]" in err
 
 
-def test_every_hook_has_a_docstring_and_is_in_the_readme():
-    from pathlib import Path
-
-    from vedit.plugins.manager import hookspecs
-
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    names = [n for n in dir(hookspecs) if n.startswith(("register_", "choose_"))]
-    assert len(names) == 9
-    for name in names:
-        assert getattr(hookspecs, name).__doc__, name
-        assert f"`{name}" in readme, f"hook {name} is not documented in README.md"
-
-
 def test_third_party_package_is_found_and_a_broken_one_reported(example_plugin):
     editors = plugins.registered("editor")
     assert editors["reconstruct"].package == "vedit-example-plugin"
