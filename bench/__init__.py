@@ -10,7 +10,8 @@ timing rule), written under ``bench/results/`` unless ``--no-save``.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Optional
+from collections.abc import Iterator
+from typing import Optional
 
 import typer
 
@@ -21,8 +22,10 @@ _SAVE = "Write the results to this file (default: bench/results/<suite>-<host>-<
 _NO_SAVE = "Write no results file."
 _REPEATS = "Timed runs (after the warm-up); the figure is their median, with min and max."
 _WARMUP = "Untimed runs first (builds, caches, allocator)."
-_VS = ("Compare with a second configuration, run alternately A,B,A,B,...: KEY=VALUE[,KEY=VALUE], keys are this "
-       "command's options (engine=compile, dtype=bf16) or vedit run options; the ratio B/A is shown pair by pair.")
+_VS = (
+    "Compare with a second configuration, run alternately A,B,A,B,...: KEY=VALUE[,KEY=VALUE], keys are this "
+    "command's options (engine=compile, dtype=bf16) or vedit run options; the ratio B/A is shown pair by pair."
+)
 _PEAK = "Also measure the matmul peak (a large GEMM) and show each figure's fraction of it."
 
 
@@ -47,7 +50,9 @@ def _suite(module: str, function: str):
     except ModuleNotFoundError as error:
         if error.name != f"{__name__}.{module}":
             raise
-        raise PluginError(f"the bench suite {module!r} is not part of this installation ({__name__}.{module} is missing)") from None
+        raise PluginError(
+            f"the bench suite {module!r} is not part of this installation ({__name__}.{module} is missing)"
+        ) from None
 
 
 def _ints(text: str, flag: str) -> list[int]:
@@ -70,12 +75,16 @@ def _save(suite: str, device: str, save: Optional[str], no_save: bool) -> Option
 
 @hookimpl
 def register_commands(app):
-    bench = typer.Typer(help="Measure speed, FLOP rates, memory and UNet work; compare results files.", no_args_is_help=True)
+    bench = typer.Typer(
+        help="Measure speed, FLOP rates, memory and UNet work; compare results files.", no_args_is_help=True
+    )
     app.add_typer(bench, name="bench")
 
     @bench.command("edit")
     def edit(
-        model: str = typer.Option("random:sd21", help="Model spec (tiny, random:sd15, random:sd21, a hub id or folder)."),
+        model: str = typer.Option(
+            "random:sd21", help="Model spec (tiny, random:sd15, random:sd21, a hub id or folder)."
+        ),
         size: str = typer.Option("512x512", help="Working size WxH (the synthetic clip is made at this size)."),
         frames: int = typer.Option(40, help="Frames of the synthetic clip."),
         steps: int = typer.Option(50, help="Sampling steps."),
@@ -90,15 +99,20 @@ def register_commands(app):
         seed: int = typer.Option(0, help="Seed of the keyframe draws (random weights: --model random:sd21@N)."),
         repeats: int = typer.Option(3, help=_REPEATS),
         warmup: int = typer.Option(1, help=_WARMUP),
-        reuse_inversion: bool = typer.Option(False, help="Share one inversion cache, so timed runs read the inversion instead of computing it."),
-        engine_cache: Optional[str] = typer.Option(None, help="Engine cache folder (default: a temporary one shared by the runs)."),
+        reuse_inversion: bool = typer.Option(
+            False, help="Share one inversion cache, so timed runs read the inversion instead of computing it."
+        ),
+        engine_cache: Optional[str] = typer.Option(
+            None, help="Engine cache folder (default: a temporary one shared by the runs)."
+        ),
         vs: Optional[str] = typer.Option(None, help=_VS),
         peak: bool = typer.Option(True, help=_PEAK),
         json_out: bool = typer.Option(False, "--json", help=_JSON),
         save: Optional[str] = typer.Option(None, help=_SAVE),
         no_save: bool = typer.Option(False, "--no-save", help=_NO_SAVE),
     ) -> None:
-        """A whole edit, end to end, per part: read, encode, invert, keyframe pass, propagation pass, NN search, decode, write."""
+        """A whole edit, end to end, per part: read, encode, invert, keyframe pass, propagation pass, NN search, \
+decode, write."""
         with _errors():
             from .edit import run_edit_suite
 
@@ -106,7 +120,8 @@ def register_commands(app):
                 model=model, size=size, frames=frames, steps=steps, inversion_steps=inversion_steps, engine=engine,
                 dtype=dtype, device=device, chunk_size=chunk_size, batch_size=batch_size, editor=editor,
                 propagator=propagator, seed=seed, repeats=repeats, warmup=warmup, reuse_inversion=reuse_inversion,
-                engine_cache=engine_cache, vs=vs, peak=peak, json_out=json_out, save=_save("edit", device, save, no_save),
+                engine_cache=engine_cache, vs=vs, peak=peak, json_out=json_out,
+                save=_save("edit", device, save, no_save),
             )  # fmt: skip
 
     @bench.command("invert")
@@ -115,15 +130,21 @@ def register_commands(app):
         size: str = typer.Option("512x512", help="Working size WxH."),
         frames: int = typer.Option(16, help="Frames inverted per run."),
         inversion_steps: int = typer.Option(10, help="DDIM inversion steps."),
-        steps: Optional[int] = typer.Option(None, help="Sampling steps whose schedule is kept (default: the inversion steps)."),
+        steps: Optional[int] = typer.Option(
+            None, help="Sampling steps whose schedule is kept (default: the inversion steps)."
+        ),
         batch_size: str = typer.Option("8", help="Comma-separated frames per UNet call, e.g. 1,8,16."),
-        engines: Optional[str] = typer.Option(None, help="Comma-separated engines (default: every one that runs here; eager with --vs)."),
+        engines: Optional[str] = typer.Option(
+            None, help="Comma-separated engines (default: every one that runs here; eager with --vs)."
+        ),
         dtype: str = typer.Option("auto", help="fp32, fp16, bf16 or auto."),
         device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N, mps."),
         seed: int = typer.Option(0, help="Seed of the random latents (random weights: --model random:sd21@N)."),
         repeats: int = typer.Option(3, help=_REPEATS),
         warmup: int = typer.Option(1, help=_WARMUP),
-        engine_cache: Optional[str] = typer.Option(None, help="Engine cache folder (default: a new temporary one, so builds are timed)."),
+        engine_cache: Optional[str] = typer.Option(
+            None, help="Engine cache folder (default: a new temporary one, so builds are timed)."
+        ),
         vs: Optional[str] = typer.Option(None, help=_VS),
         peak: bool = typer.Option(True, help=_PEAK),
         json_out: bool = typer.Option(False, "--json", help=_JSON),
@@ -145,20 +166,33 @@ def register_commands(app):
     def unet(
         model: str = typer.Option("random:sd21", help="Model spec."),
         size: str = typer.Option("512x512", help="Image size WxH."),
-        batches: str = typer.Option("1,4,8", help="Comma-separated frames per call: plain runs that many latents, keyframe that many keyframes and propagation a chunk of that many frames (×3 branches)."),
-        passes: str = typer.Option("plain,keyframe,propagation", help="Comma-separated passes (plain, frames, keyframe, propagation)."),
+        batches: str = typer.Option(
+            "1,4,8",
+            help=(
+                "Comma-separated frames per call: plain runs that many latents, keyframe that many keyframes and "
+                "propagation a chunk of that many frames (×3 branches)."
+            ),
+        ),
+        passes: str = typer.Option(
+            "plain,keyframe,propagation", help="Comma-separated passes (plain, frames, keyframe, propagation)."
+        ),
         repeats: int = typer.Option(3, help=_REPEATS),
         warmup: int = typer.Option(1, help=_WARMUP),
         device: str = typer.Option("auto", help="Device."),
         dtype: str = typer.Option("auto", help="dtype."),
-        engines: Optional[str] = typer.Option(None, help="Comma-separated engines to compare with eager (default: every one that runs here)."),
-        engine_cache: Optional[str] = typer.Option(None, help="Engine cache folder (default: a new temporary one, so builds are timed)."),
+        engines: Optional[str] = typer.Option(
+            None, help="Comma-separated engines to compare with eager (default: every one that runs here)."
+        ),
+        engine_cache: Optional[str] = typer.Option(
+            None, help="Engine cache folder (default: a new temporary one, so builds are timed)."
+        ),
         peak: bool = typer.Option(True, help=_PEAK),
         json_out: bool = typer.Option(False, "--json", help=_JSON),
         save: Optional[str] = typer.Option(None, help=_SAVE),
         no_save: bool = typer.Option(False, "--no-save", help=_NO_SAVE),
     ) -> None:
-        """Time the UNet passes (plain, keyframe, propagation) through every engine at several batch sizes, as ratios to eager."""
+        """Time the UNet passes (plain, keyframe, propagation) through every engine at several batch sizes, as \
+ratios to eager."""
         with _errors():
             from .unet import run_unet_suite
 
@@ -172,7 +206,9 @@ def register_commands(app):
     def nn(
         seqs: str = typer.Option("4096,1024,256,64", help="Comma-separated tokens per frame (sequence lengths)."),
         chunk_size: int = typer.Option(8, help="Frames per chunk B."),
-        backends: Optional[str] = typer.Option(None, help="Comma-separated NN backends (default: every one that runs here)."),
+        backends: Optional[str] = typer.Option(
+            None, help="Comma-separated NN backends (default: every one that runs here)."
+        ),
         device: str = typer.Option("auto", help="Device."),
         dtype: str = typer.Option("auto", help="dtype."),
         repeats: int = typer.Option(3, help=_REPEATS),
@@ -217,7 +253,9 @@ def register_commands(app):
         workers: int = typer.Option(2, help="Workers of the local pool and of Ray."),
         modes: str = typer.Option("serial,pool,ray", help="Ways to run it, comma-separated: serial, pool, ray."),
         device: str = typer.Option("cpu", help="Device of every edit (auto: the GPUs, one per pool worker)."),
-        serial_threads: Optional[int] = typer.Option(None, help="Torch threads of the serial run (default: cores / workers, as each worker)."),
+        serial_threads: Optional[int] = typer.Option(
+            None, help="Torch threads of the serial run (default: cores / workers, as each worker)."
+        ),
         json_out: bool = typer.Option(False, "--json", help=_JSON),
         save: Optional[str] = typer.Option(None, help=_SAVE),
         no_save: bool = typer.Option(False, "--no-save", help=_NO_SAVE),
@@ -227,9 +265,19 @@ def register_commands(app):
             from .batch import run_batch_suite
 
             run_batch_suite(
-                clips=clips, prompts=prompts, frames=frames, size=size, steps=steps, model=model, chunk_size=chunk_size,
-                workers=workers, modes=tuple(m.strip() for m in modes.split(",") if m.strip()), device=device,
-                serial_threads=serial_threads, json_out=json_out, save=_save("batch", device, save, no_save),
+                clips=clips,
+                prompts=prompts,
+                frames=frames,
+                size=size,
+                steps=steps,
+                model=model,
+                chunk_size=chunk_size,
+                workers=workers,
+                modes=tuple(m.strip() for m in modes.split(",") if m.strip()),
+                device=device,
+                serial_threads=serial_threads,
+                json_out=json_out,
+                save=_save("batch", device, save, no_save),
             )
 
     @bench.command("memory")
@@ -289,8 +337,13 @@ def register_commands(app):
             from .consistency import run_consistency_suite
 
             run_consistency_suite(
-                [int(s) for s in seeds.split(",")], frames=frames, size=size, steps=steps, editor=editor,
-                chunk_size=chunk_size, save=save,
+                [int(s) for s in seeds.split(",")],
+                frames=frames,
+                size=size,
+                steps=steps,
+                editor=editor,
+                chunk_size=chunk_size,
+                save=save,
             )
 
     @bench.command("quality")
@@ -324,13 +377,14 @@ def register_commands(app):
         save: Optional[str] = typer.Option(None, help=_SAVE),
         no_save: bool = typer.Option(False, "--no-save", help=_NO_SAVE),
     ) -> None:
-        """What the checksums cost: the hashes, a trajectory read with and without its checks, an engine file's check."""
+        """What the checksums cost: the hashes, a trajectory read with and without its checks, an engine file's \
+check."""
         with _errors():
             import torch
 
             from vedit.errors import ConfigError
-            from vedit.model.device import dtype_name
             from vedit.io.frames import parse_size
+            from vedit.model.device import dtype_name
 
             from .checksums import run_checksums_suite
 

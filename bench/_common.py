@@ -29,18 +29,19 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import torch
-
-from vedit.runtime.profiling import synchronize
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
+
+from vedit.runtime.profiling import synchronize
 
 # Tables are wide: a log or a pipe (no terminal) gets 200 columns rather than rich's 80, so no
 # cell is cut short; $COLUMNS still wins.
@@ -88,13 +89,13 @@ class Stats:
     samples: list[float] = field(default_factory=list)
 
     @classmethod
-    def of(cls, samples: Iterable[float]) -> "Stats":
+    def of(cls, samples: Iterable[float]) -> Stats:
         values = [float(s) for s in samples]
         if not values:
             raise ValueError("no samples to summarise")
         return cls(median=statistics.median(values), min=min(values), max=max(values), samples=values)
 
-    def scaled(self, factor: float) -> "Stats":
+    def scaled(self, factor: float) -> Stats:
         return Stats(self.median * factor, self.min * factor, self.max * factor, [s * factor for s in self.samples])
 
     def as_dict(self, unit: str = "s", digits: int = 6) -> dict[str, Any]:
@@ -135,7 +136,7 @@ class Timer:
         self.cuda = self.device is not None and self.device.type == "cuda"
         self.seconds = float("nan")
 
-    def __enter__(self) -> "Timer":
+    def __enter__(self) -> Timer:
         sync(self.device)
         if self.cuda:
             self._start = torch.cuda.Event(enable_timing=True)
@@ -344,7 +345,18 @@ def pass_flops(
     from vedit import plugins
     from vedit.runtime.runner import Passes
 
-    key = (id(sd), sd.fingerprint, str(sd.dtype), str(sd.device), name, frames, h, w, tuple(conv_layers), tuple(qk_layers))
+    key = (
+        id(sd),
+        sd.fingerprint,
+        str(sd.dtype),
+        str(sd.device),
+        name,
+        frames,
+        h,
+        w,
+        tuple(conv_layers),
+        tuple(qk_layers),
+    )
     if key in _FLOPS:
         return _FLOPS[key]
     eager = [plugins.get("engine", "eager")]
@@ -436,8 +448,15 @@ def _git_revision() -> str | None:
     if not (root / ".git").exists():
         return None
     try:
-        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5)
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=5)
+        head = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5
+        )
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     if head.returncode != 0:
@@ -563,14 +582,18 @@ def results_dir() -> Path:
     return Path.cwd() / "bench" / "results"
 
 
-def results_name(suite: str, device: torch.device | str, *, date: _dt.date | None = None, host: str | None = None) -> str:
+def results_name(
+    suite: str, device: torch.device | str, *, date: _dt.date | None = None, host: str | None = None
+) -> str:
     """``<suite>-<host>-<device>-<YYYY-MM-DD>.json``; the device part is the GPU's name on CUDA."""
     date = date or _dt.date.today()
     host = platform.node() if host is None else host
     return f"{slug(suite)}-{slug(host, 24)}-{device_slug(device)}-{date.isoformat()}.json"
 
 
-def results_path(suite: str, device: torch.device | str, *, directory: Path | None = None, date: _dt.date | None = None) -> Path:
+def results_path(
+    suite: str, device: torch.device | str, *, directory: Path | None = None, date: _dt.date | None = None
+) -> Path:
     """Where a run's results go by default: a new file, ``-2``, ``-3``, … when one exists already."""
     directory = Path(directory) if directory is not None else results_dir()
     path = directory / results_name(suite, device, date=date)
@@ -703,7 +726,7 @@ def fmt(value: Any, digits: int = 3) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
-        return f"{value:.{digits}g}" if abs(value) < 10 ** digits else f"{value:.0f}"
+        return f"{value:.{digits}g}" if abs(value) < 10**digits else f"{value:.0f}"
     return str(value)
 
 
@@ -725,7 +748,11 @@ def _coerce(key: str, text: str, like: Any, annotation: Any = None) -> Any:
 
     if isinstance(like, (list, tuple)):
         return text  # a list setting: the suite splits it
-    kinds = [type(like)] if like is not None else [k for k in (typing.get_args(annotation) or (annotation,)) if k is not None]
+    kinds = (
+        [type(like)]
+        if like is not None
+        else [k for k in (typing.get_args(annotation) or (annotation,)) if k is not None]
+    )
     optional = like is None or type(None) in typing.get_args(annotation)
     if optional and text.strip().lower() in ("none", "null", ""):
         return None

@@ -37,9 +37,20 @@ def _job_file(folder: Path, clips: list[Path], prompts: list[str], options: dict
 
 
 def run_batch_suite(
-    *, clips: int = 2, prompts: int = 3, frames: int = 8, size: str = "64x64", steps: int = 4, model: str = "tiny",
-    chunk_size: int = 4, workers: int = 2, modes: tuple[str, ...] = MODES, device: str = "cpu",
-    serial_threads: int | None = None, save: str | None = None, json_out: bool = False,
+    *,
+    clips: int = 2,
+    prompts: int = 3,
+    frames: int = 8,
+    size: str = "64x64",
+    steps: int = 4,
+    model: str = "tiny",
+    chunk_size: int = 4,
+    workers: int = 2,
+    modes: tuple[str, ...] = MODES,
+    device: str = "cpu",
+    serial_threads: int | None = None,
+    save: str | None = None,
+    json_out: bool = False,
 ) -> dict:
     import torch
 
@@ -47,8 +58,8 @@ def run_batch_suite(
     from vedit.batch.plan import plan_batch
     from vedit.batch.run import run_batch
     from vedit.errors import ConfigError
-    from vedit.model.device import resolve_device, resolve_dtype
     from vedit.io.frames import parse_size
+    from vedit.model.device import resolve_device, resolve_dtype
 
     unknown = [m for m in modes if m not in MODES]
     if unknown:
@@ -90,7 +101,11 @@ def run_batch_suite(
                 torch.set_num_threads(serial_threads)
             try:
                 mark = time.perf_counter()
-                backend = _Ray("auto", workers) if mode == "ray" else choose_backend(plan, workers=1 if mode == "serial" else workers)
+                backend = (
+                    _Ray("auto", workers)
+                    if mode == "ray"
+                    else choose_backend(plan, workers=1 if mode == "serial" else workers)
+                )
                 result = run_batch(plan, backend=backend, summary=folder / "summary.json")
                 wall = time.perf_counter() - mark
             finally:
@@ -116,7 +131,8 @@ def run_batch_suite(
             })  # fmt: skip
     resolved = resolve_device(device)
     settings = {"model": model, "clips": clips, "prompts": prompts, "frames": frames, "size": size, "steps": steps,
-                "chunk_size": chunk_size, "workers": workers, "modes": list(modes), "serial_threads": serial_threads}  # fmt: skip
+                "chunk_size": chunk_size, "workers": workers, "modes": list(modes),
+                "serial_threads": serial_threads}  # fmt: skip
     head = header("batch", device=resolved, dtype=resolve_dtype("auto", resolved), settings=settings)
     head["timing"] = {"clock": "wall clock of one run_batch per mode (worker start-up and model loads included)",
                       "statistic": "one measurement per mode"}  # fmt: skip

@@ -44,10 +44,10 @@ def probe(args: argparse.Namespace) -> dict:
     from diffusers import UNet2DConditionModel
 
     from vedit import plugins
-    from vedit.runtime import allocator as runtime
+    from vedit.io.frames import parse_size
     from vedit.model.builders import PROMPT_LENGTH
     from vedit.model.loading import load_model
-    from vedit.io.frames import parse_size
+    from vedit.runtime import allocator as runtime
     from vedit.runtime.runner import Passes
 
     width, height = parse_size(args.size)
@@ -151,7 +151,8 @@ def run_calls_suite(
         f"({first['torch_threads']} threads), {repeats} calls each after {WARMUP} warm-up, plain and vedit alternating",
         ["VEDIT_ALLOCATOR", "path", "median ms (min–max)", "faults/call", "vedit/plain", "vs system", "same output"],
         [[r["allocator"], r["path"], f"{r['median_ms']} ({r['min_ms']}–{r['max_ms']})", r["faults_per_call"],
-          f"{r['vs_plain']:.3f}", f"{r['vs_system']:.3f}", "yes" if r["same_output"] else f"no ({r['max_abs_diff']:.3g})"]
+          f"{r['vs_plain']:.3f}", f"{r['vs_system']:.3f}",
+          "yes" if r["same_output"] else f"no ({r['max_abs_diff']:.3g})"]
          for r in rows],
     )  # fmt: skip
     for mode in MODES:

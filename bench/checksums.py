@@ -26,8 +26,9 @@ import hashlib
 import tempfile
 import time
 import zlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -70,7 +71,9 @@ def _in_turns(check: str, calls: dict[str, Callable[[], Any]], size: int, repeat
     return rows
 
 
-def _trajectory_files(folder: Path, frames: int, size: tuple[int, int], steps: int, dtype: torch.dtype) -> tuple[Path, Path]:
+def _trajectory_files(
+    folder: Path, frames: int, size: tuple[int, int], steps: int, dtype: torch.dtype
+) -> tuple[Path, Path]:
     """A random trajectory written as an inversion writes it (step by step, with checksums), and the
     same tensors in a file without checksums."""
     from diffusers import DDIMScheduler
@@ -137,13 +140,19 @@ def run_checksums_suite(
 
     say(f"bench checksums: hashing {hash_mb} MB in memory")
     data = memoryview(np.random.default_rng(0).bytes(hash_mb << 20))
-    rows = _in_turns("hash", {name: (lambda fn=fn: fn(data)) for name, fn in HASHES.items()}, len(data), repeats, warmup)
+    rows = _in_turns(
+        "hash", {name: (lambda fn=fn: fn(data)) for name, fn in HASHES.items()}, len(data), repeats, warmup
+    )
     with tempfile.TemporaryDirectory(prefix="vedit-bench-checksums-") as tmp:
         for dtype in dtypes:
-            say(f"bench checksums: a {frames}-frame, {steps}-step trajectory in {dtype_name(dtype)}, read unchecked and checked")
+            say(
+                f"bench checksums: a {frames}-frame, {steps}-step trajectory in {dtype_name(dtype)}, "
+                "read unchecked and checked"
+            )
             unchecked, checked = _trajectory_files(Path(tmp), frames, size, steps, dtype)
-            pairing = alternate(lambda: _clocked(lambda: _read_as_an_edit(unchecked)),
-                                lambda: _clocked(lambda: _read_as_an_edit(checked)), pairs=repeats, warmup=warmup)  # fmt: skip
+            pairing = alternate(lambda path=unchecked: _clocked(lambda: _read_as_an_edit(path)),
+                                lambda path=checked: _clocked(lambda: _read_as_an_edit(path)),
+                                pairs=repeats, warmup=warmup)  # fmt: skip
             for row in vs_rows(pairing, key_fields=("clock",)):
                 row = {"check": "trajectory", "case": dtype_name(dtype), "bytes": checked.stat().st_size, **row}
                 row.update(median_s=row["b_median_s"], added_s=round(row["b_median_s"] - row["a_median_s"], 6))
@@ -181,8 +190,10 @@ def _render(doc: dict) -> None:
     show(
         f"reading a trajectory as an edit does: {s['frames']} frames at {s['size']}, {s['steps']} steps; "
         "A unchecked, B checked",
-        ["dtype", "clock", "file MB", "A median s", "B median s", "B/A median (min–max)", "B/A pair by pair", "added s"],
+        ["dtype", "clock", "file MB", "A median s", "B median s", "B/A median (min–max)", "B/A pair by pair",
+         "added s"],
         [[r["case"], r["clock"], round(r["bytes"] / 2**20), f"{r['a_median_s']:.4f}", f"{r['b_median_s']:.4f}",
-          f"{r['ratio_median']:.3f} ({r['ratio_min']:.3f}–{r['ratio_max']:.3f})", " ".join(f"{x:.3f}" for x in r["ratios"]),
-          f"{r['added_s']:.4f}"] for r in rows if r["check"] == "trajectory"],
+          f"{r['ratio_median']:.3f} ({r['ratio_min']:.3f}–{r['ratio_max']:.3f})",
+          " ".join(f"{x:.3f}" for x in r["ratios"]), f"{r['added_s']:.4f}"]
+         for r in rows if r["check"] == "trajectory"],
     )  # fmt: skip

@@ -19,7 +19,6 @@ from rich.text import Text
 
 from ._common import FORMAT, console, dumps, fmt, show
 
-
 _VALUE_GUESSES = ("median_s", "median_ms", "ms", "seconds", "peak_rss_mb", "per_frame_step", "warp_error")
 
 
@@ -27,7 +26,11 @@ def _key_fields(doc: dict[str, Any]) -> list[str]:
     if doc.get("key_fields"):
         return list(doc["key_fields"])
     rows = doc.get("rows") or [{}]
-    return [k for k, v in rows[0].items() if isinstance(v, (str, bool)) or (k in ("frames", "batch", "seed", "seq") and isinstance(v, int))]
+    return [
+        k
+        for k, v in rows[0].items()
+        if isinstance(v, (str, bool)) or (k in ("frames", "batch", "seed", "seq") and isinstance(v, int))
+    ]
 
 
 def _value_field(doc: dict[str, Any]) -> str | None:
@@ -57,10 +60,13 @@ def compare_documents(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     from vedit.errors import InputError
 
     if a.get("suite") and b.get("suite") and a["suite"] != b["suite"]:
-        raise InputError(f"these files hold different suites (A: {a['suite']}, B: {b['suite']}); compare results of one suite")
+        raise InputError(
+            f"these files hold different suites (A: {a['suite']}, B: {b['suite']}); compare results of one suite"
+        )
     if _value_field(a) != _value_field(b):
         raise InputError(
-            f"A measures {_value_field(a)} and B {_value_field(b)} (one is a --vs run): compare results made the same way"
+            f"A measures {_value_field(a)} and B {_value_field(b)} (one is a --vs run): "
+            "compare results made the same way"
         )
     keys = _key_fields(a)
     if _key_fields(b) != keys:
@@ -84,7 +90,15 @@ def compare_documents(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
                      "only_in": "A" if other is None else None})  # fmt: skip
     for key, row in index_b.items():
         if key not in seen:
-            rows.append({**dict(zip(keys, key)), "a": None, "b": row.get(field_b) if field_b else None, "ratio": None, "only_in": "B"})
+            rows.append(
+                {
+                    **dict(zip(keys, key)),
+                    "a": None,
+                    "b": row.get(field_b) if field_b else None,
+                    "ratio": None,
+                    "only_in": "B",
+                }
+            )
     differences = []
     head_a, head_b = a.get("header", {}), b.get("header", {})
     for section in ("settings", "versions", "device"):

@@ -212,8 +212,14 @@ def measure(
     small_flows = latent_pairs(pairs)
     sd = consistency_model(seed, clip)
     options = dict(
-        prompt="a watercolor painting", steps=steps, inversion_steps=steps, editor=editor,
-        chunk_size=chunk_size, seed=seed, guidance=guidance, size=f"{size[0]}x{size[1]}",
+        prompt="a watercolor painting",
+        steps=steps,
+        inversion_steps=steps,
+        editor=editor,
+        chunk_size=chunk_size,
+        seed=seed,
+        guidance=guidance,
+        size=f"{size[0]}x{size[1]}",
         cache_dir=str(workdir / "cache"),
     )
     runs = [("tokenflow", {"propagator": "tokenflow"}), ("none", {"propagator": "none"})]
@@ -240,7 +246,14 @@ def measure(
 
 
 def run_consistency_suite(
-    seeds, *, frames: int, size: str, steps: int, editor: str, chunk_size: int, save: str | None,
+    seeds,
+    *,
+    frames: int,
+    size: str,
+    steps: int,
+    editor: str,
+    chunk_size: int,
+    save: str | None,
     guidance: float = GUIDANCE,
 ) -> list[dict]:
     """Measure every seed, print one table and optionally save the rows as JSON."""
@@ -251,22 +264,66 @@ def run_consistency_suite(
     rows = []
     for seed in seeds:
         with tempfile.TemporaryDirectory(prefix="vedit-consistency-") as tmp:
-            rows.append(measure(seed, Path(tmp), frames=frames, size=working, steps=steps, editor=editor,
-                                chunk_size=chunk_size, guidance=guidance))
+            rows.append(
+                measure(
+                    seed,
+                    Path(tmp),
+                    frames=frames,
+                    size=working,
+                    steps=steps,
+                    editor=editor,
+                    chunk_size=chunk_size,
+                    guidance=guidance,
+                )
+            )
     show(
         f"Warp error, {frames} frames {size} moving {SHIFT} px/frame, {steps} steps, B={chunk_size}, "
         f"guidance {guidance:g}, consistency test model",
-        ["seed", "editor", "px tokenflow", "px none", "ratio", "lat tokenflow", "lat none", "ratio", "lat scrambled",
-         "tf/scr"],
-        [[r["seed"], r["editor"], f"{r['pixel_tokenflow']:.2f}", f"{r['pixel_none']:.2f}", f"{r['pixel_ratio']:.3f}",
-          f"{r['latent_tokenflow']:.1f}", f"{r['latent_none']:.1f}", f"{r['latent_ratio']:.3f}",
-          f"{r[f'latent_{SCRAMBLED}']:.1f}", f"{r['latent_ratio_vs_scrambled']:.3f}"] for r in rows],
+        [
+            "seed",
+            "editor",
+            "px tokenflow",
+            "px none",
+            "ratio",
+            "lat tokenflow",
+            "lat none",
+            "ratio",
+            "lat scrambled",
+            "tf/scr",
+        ],
+        [
+            [
+                r["seed"],
+                r["editor"],
+                f"{r['pixel_tokenflow']:.2f}",
+                f"{r['pixel_none']:.2f}",
+                f"{r['pixel_ratio']:.3f}",
+                f"{r['latent_tokenflow']:.1f}",
+                f"{r['latent_none']:.1f}",
+                f"{r['latent_ratio']:.3f}",
+                f"{r[f'latent_{SCRAMBLED}']:.1f}",
+                f"{r['latent_ratio_vs_scrambled']:.3f}",
+            ]
+            for r in rows
+        ],
     )
     console.print(
         "px: warp error (×10⁻³, as vedit eval reports it) of the written frames along the source's flow; lat: the "
         "same on the edited latents along that flow on the latent grid; scrambled: tokenflow with random "
         "correspondences (control)"
     )
-    save_json(save, {"suite": "consistency", "frames": frames, "size": size, "steps": steps, "editor": editor,
-                     "chunk_size": chunk_size, "guidance": guidance, "shift_px_per_frame": SHIFT, "rows": rows})
+    save_json(
+        save,
+        {
+            "suite": "consistency",
+            "frames": frames,
+            "size": size,
+            "steps": steps,
+            "editor": editor,
+            "chunk_size": chunk_size,
+            "guidance": guidance,
+            "shift_px_per_frame": SHIFT,
+            "rows": rows,
+        },
+    )
     return rows

@@ -34,6 +34,7 @@ import torch
 from vedit.report import SilentReporter
 
 from ._common import (
+    PeakProbe,
     Stats,
     alternate,
     describe_vs,
@@ -41,7 +42,6 @@ from ._common import (
     finish,
     fmt,
     header,
-    PeakProbe,
     parse_vs,
     pass_flops,
     percent,
@@ -86,11 +86,20 @@ def _chunks(total: int, size: int) -> list[int]:
 class _Config:
     """One configuration's model, clip and edit options; :meth:`run` makes one timed edit."""
 
-    def __init__(self, settings: dict[str, Any], extra: dict[str, Any], label: str, workdir: Path, models: dict, clips: dict, notes: list[str]):
+    def __init__(
+        self,
+        settings: dict[str, Any],
+        extra: dict[str, Any],
+        label: str,
+        workdir: Path,
+        models: dict,
+        clips: dict,
+        notes: list[str],
+    ):
         from vedit.config import RunConfig, validate
+        from vedit.io.frames import parse_size
         from vedit.model.device import dtype_name
         from vedit.model.loading import load_model
-        from vedit.io.frames import parse_size
 
         self.settings, self.label, self.workdir, self.notes = settings, label, workdir, notes
         width, height = parse_size(settings["size"])
@@ -111,7 +120,9 @@ class _Config:
         self.config = base.replace(device=str(self.sd.device), dtype=dtype_name(self.sd.dtype))
         clip_key = (settings["frames"], self.size)
         if clip_key not in clips:
-            clips[clip_key] = synthetic_clip(workdir / f"clip-{settings['frames']}-{width}x{height}.mp4", settings["frames"], self.size)
+            clips[clip_key] = synthetic_clip(
+                workdir / f"clip-{settings['frames']}-{width}x{height}.mp4", settings["frames"], self.size
+            )
         self.clip = clips[clip_key]
         self.runs = 0
         self.profile = profile_supported()
@@ -181,7 +192,9 @@ def _kinds_of(part: str, forwards: dict[str, int]) -> list[str]:
     }.get(part, [])
 
 
-def _rows(figures: list[dict[str, float]], result: Any, per_image: dict[str, float | None], peak: float | None, profiled: bool) -> list[dict[str, Any]]:
+def _rows(
+    figures: list[dict[str, float]], result: Any, per_image: dict[str, float | None], peak: float | None, profiled: bool
+) -> list[dict[str, Any]]:
     order = PARTS if profiled else STAGES
     seen = [k for k in order if any(k in f for f in figures)]
     seen += [k for f in figures for k in f if k not in seen and k != "total"]
@@ -284,7 +297,9 @@ def run_edit_suite(
     return finish(doc, _render, json_out=json_out, save=save)
 
 
-def _run_plain(config: _Config, *, repeats: int, warmup: int, peak: bool, notes: list[str], profiled: bool) -> dict[str, Any]:
+def _run_plain(
+    config: _Config, *, repeats: int, warmup: int, peak: bool, notes: list[str], profiled: bool
+) -> dict[str, Any]:
     sd = config.sd
     probe = PeakProbe(peak)
     probe.probe(sd.device, sd.dtype)
@@ -309,17 +324,20 @@ def _run_plain(config: _Config, *, repeats: int, warmup: int, peak: bool, notes:
         notes.append("parts nest (nn runs inside propagation) and overlap (read and write run on their own threads): "
                      "shares are of the whole edit's wall time and do not add up to 100%")  # fmt: skip
     rows = _rows(figures, result, per_image, peak_tflops, used_profile)
-    head = header("edit", device=sd.device, dtype=sd.dtype, settings=dict(config.settings), warmup=warmup, repeats=repeats,
-                  matmul_peak=probe)  # fmt: skip
+    head = header("edit", device=sd.device, dtype=sd.dtype, settings=dict(config.settings), warmup=warmup,
+                  repeats=repeats, matmul_peak=probe)  # fmt: skip
     return document(
         "edit", head, rows, key_fields=("stage",), parts="profile" if used_profile else "stage_seconds",
-        forwards=dict(result.forwards), gflop_per_image={k: round(v / 1e9, 4) if v else None for k, v in per_image.items()},
+        forwards=dict(result.forwards),
+        gflop_per_image={k: round(v / 1e9, 4) if v else None for k, v in per_image.items()},
         engines=dict(result.engines), inversion=result.inversion, steps_run=result.steps_run, frames=result.frames,
         notes=notes,
     )  # fmt: skip
 
 
-def _run_vs(a: _Config, b: _Config, overrides: dict[str, Any], *, repeats: int, warmup: int, peak: bool, notes: list[str]) -> dict[str, Any]:
+def _run_vs(
+    a: _Config, b: _Config, overrides: dict[str, Any], *, repeats: int, warmup: int, peak: bool, notes: list[str]
+) -> dict[str, Any]:
     last: dict[str, Any] = {}
     sd = a.sd
     probe = PeakProbe(peak)
@@ -334,7 +352,8 @@ def _run_vs(a: _Config, b: _Config, overrides: dict[str, Any], *, repeats: int, 
         return once
 
     pairing = alternate(run(a), run(b), pairs=repeats, warmup=warmup,
-                        on_call=lambda label, i, counted: say(f"bench edit: {label} {'pair ' + str(i + 1) if counted else 'warm-up'}"))  # fmt: skip
+                        on_call=lambda label, i, counted: say(
+                            f"bench edit: {label} {'pair ' + str(i + 1) if counted else 'warm-up'}"))  # fmt: skip
     rows = vs_rows(pairing, ("stage",))
     order = {name: i for i, name in enumerate(dict.fromkeys([*PARTS, *STAGES, "total"]))}
     rows.sort(key=lambda r: order.get(r["stage"], len(order) - 1))
@@ -345,7 +364,8 @@ def _run_vs(a: _Config, b: _Config, overrides: dict[str, Any], *, repeats: int, 
         "edit", head, rows, key_fields=("stage",), value_field="ratio_median",
         vs={"overrides": describe_vs(overrides), "a": dict(a.settings), "b": dict(b.settings),
             "b_options": {k: v for k, v in overrides.items() if k not in a.settings}, "order": pairing.order,
-            "forwards": {k: dict(r.forwards) for k, r in last.items()}, "engines": {k: dict(r.engines) for k, r in last.items()}},
+            "forwards": {k: dict(r.forwards) for k, r in last.items()},
+            "engines": {k: dict(r.engines) for k, r in last.items()}},
         notes=notes,
     )  # fmt: skip
 
@@ -360,7 +380,11 @@ def _render(doc: dict[str, Any]) -> None:
                   f"UNet forwards {', '.join(f'{k} {v}' for k, v in vs['forwards'][label].items())}")  # fmt: skip
         return
     s = doc["header"]["settings"]
-    what = "per component (EditResult.profile)" if doc.get("parts") == "profile" else "per stage (EditResult.stage_seconds)"
+    what = (
+        "per component (EditResult.profile)"
+        if doc.get("parts") == "profile"
+        else "per stage (EditResult.stage_seconds)"
+    )
     show(
         f"edit {what}: {s['model']} {s['size']}, {s['frames']} frames, {s['steps']} steps, {s['inversion_steps']} "
         f"inversion steps, {s['editor']}+{s['propagator']}, B={s['chunk_size']}, engine {s['engine']}",

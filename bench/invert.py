@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from ._common import (
+    PeakProbe,
     Stats,
     alternate,
     describe_vs,
@@ -29,7 +30,6 @@ from ._common import (
     finish,
     fmt,
     header,
-    PeakProbe,
     pass_flops,
     percent,
     say,
@@ -50,8 +50,8 @@ class _Session:
     """One configuration: its model and, per engine, the runner of its plain pass."""
 
     def __init__(self, settings: dict[str, Any], models: dict, cache, notes: list[str], *, own_model: bool = False):
-        from vedit.model.loading import load_model
         from vedit.io.frames import parse_size
+        from vedit.model.loading import load_model
 
         self.settings = settings
         width, height = parse_size(settings["size"])
@@ -59,12 +59,16 @@ class _Session:
         key = (settings["model"], settings["device"], settings["dtype"])
         if own_model or key not in models:
             say(f"bench invert: loading {settings['model']}")
-            models.setdefault(key, []).append(load_model(settings["model"], device=settings["device"], dtype=settings["dtype"]))
+            models.setdefault(key, []).append(
+                load_model(settings["model"], device=settings["device"], dtype=settings["dtype"])
+            )
         self.sd = models[key][-1]
         self.cache = cache
         self.notes = notes
         generator = torch.Generator().manual_seed(settings["seed"])
-        self.latents = torch.randn(settings["frames"], 4, self.h, self.w, generator=generator).to(self.sd.device, self.sd.dtype)
+        self.latents = torch.randn(settings["frames"], 4, self.h, self.w, generator=generator).to(
+            self.sd.device, self.sd.dtype
+        )
         self.embeds = self.sd.encode_prompt(["a test pattern"])
         self.batches = sorted(set(int(b) for b in settings["batch_size"]))
         self.engines = list(settings["engines"])
@@ -74,7 +78,14 @@ class _Session:
         from vedit.runtime.runner import Passes
 
         batches = {"plain": sorted({b for size in self.batches for b in _split(self.settings["frames"], size)})}
-        return Passes(self.sd, [plugins.get("engine", engine)], strict=True, cache=self.cache, message=self.notes.append, batches=batches)
+        return Passes(
+            self.sd,
+            [plugins.get("engine", engine)],
+            strict=True,
+            cache=self.cache,
+            message=self.notes.append,
+            batches=batches,
+        )
 
     def invert_once(self, passes, batch: int):
         from vedit.method.ddim import invert
@@ -82,19 +93,31 @@ class _Session:
         def unet(latents, t, text):
             return passes.plain(latents, t.reshape(()), text, kind="inversion")
 
-        return invert(unet, self.sd.new_scheduler(), self.latents, self.embeds, inversion_steps=self.settings["inversion_steps"],
-                      steps=self.settings["steps"], batch_size=batch)  # fmt: skip
+        return invert(unet, self.sd.new_scheduler(), self.latents, self.embeds,
+                      inversion_steps=self.settings["inversion_steps"], steps=self.settings["steps"],
+                      batch_size=batch)  # fmt: skip
 
     def flops_per_inversion(self) -> dict[int, int | None]:
         """Counted FLOPs of one whole inversion, per batch size (the last batch may be smaller)."""
         result = {}
         for batch in self.batches:
-            counts = [pass_flops(self.sd, "plain", n, self.h, self.w, notes=self.notes) for n in _split(self.settings["frames"], batch)]
+            counts = [
+                pass_flops(self.sd, "plain", n, self.h, self.w, notes=self.notes)
+                for n in _split(self.settings["frames"], batch)
+            ]
             result[batch] = None if any(c is None for c in counts) else sum(counts) * self.settings["inversion_steps"]
         return result
 
 
-def _row(engine: str, batch: int, stats: Stats, settings: dict[str, Any], flops: int | None, peak: float | None, first_s: float | None) -> dict[str, Any]:
+def _row(
+    engine: str,
+    batch: int,
+    stats: Stats,
+    settings: dict[str, Any],
+    flops: int | None,
+    peak: float | None,
+    first_s: float | None,
+) -> dict[str, Any]:
     frames, steps = settings["frames"], settings["inversion_steps"]
     tflops = flops / stats.median / 1e12 if flops else None
     return {
@@ -128,9 +151,9 @@ def run_invert_suite(
     save: str | None = None,
 ) -> dict[str, Any]:
     from vedit import plugins
-    from vedit.runtime.engine_cache import EngineCache
     from vedit.errors import ConfigError
     from vedit.model.device import resolve_device
+    from vedit.runtime.engine_cache import EngineCache
 
     from ._common import parse_vs
 
@@ -144,28 +167,36 @@ def run_invert_suite(
     else:
         names = ["eager"] if vs else ["eager"] + sorted(n for n in registered if n != "eager")
     not_run = {n: "no such engine" for n in names if n not in registered}
-    not_run.update({n: registered[n].unavailable_reason() for n in names if n in registered and registered[n].unavailable_reason()})
+    not_run.update(
+        {n: registered[n].unavailable_reason() for n in names if n in registered and registered[n].unavailable_reason()}
+    )
     names = [n for n in names if n not in not_run]
     base = {
-        "model": model, "size": size, "frames": frames, "steps": steps or inversion_steps, "inversion_steps": inversion_steps,
-        "batch_size": list(batch_size), "engines": names, "device": str(resolve_device(device)), "dtype": dtype, "seed": seed,
+        "model": model, "size": size, "frames": frames, "steps": steps or inversion_steps,
+        "inversion_steps": inversion_steps, "batch_size": list(batch_size), "engines": names,
+        "device": str(resolve_device(device)), "dtype": dtype, "seed": seed,
     }  # fmt: skip
-    overrides = parse_vs(vs, {k: base[k] for k in SETTINGS}, aliases={"engine": "engines", "batch": "batch_size"},
-                         run_options=False)
+    overrides = parse_vs(
+        vs, {k: base[k] for k in SETTINGS}, aliases={"engine": "engines", "batch": "batch_size"}, run_options=False
+    )
     for key in ("engines", "batch_size"):
         if isinstance(overrides.get(key), str):
             overrides[key] = [n.strip() if key == "engines" else int(n) for n in overrides[key].split(",") if n.strip()]
         elif isinstance(overrides.get(key), int):
             overrides[key] = [overrides[key]]
     if overrides and (len(base["engines"]) != 1 or len(overrides.get("engines", base["engines"])) != 1):
-        raise ConfigError("with --vs, each configuration runs one engine: give --engines NAME (and engine=NAME in --vs)")
+        raise ConfigError(
+            "with --vs, each configuration runs one engine: give --engines NAME (and engine=NAME in --vs)"
+        )
     cache_root = engine_cache or tempfile.mkdtemp(prefix="vedit-bench-engines-")
     notes: list[str] = []
     cache = EngineCache(cache_root, message=notes.append)
     models: dict = {}
     try:
         if overrides:
-            doc = _run_vs(base, overrides, models, cache, notes, repeats=repeats, warmup=warmup, peak=peak, not_run=not_run)
+            doc = _run_vs(
+                base, overrides, models, cache, notes, repeats=repeats, warmup=warmup, peak=peak, not_run=not_run
+            )
         else:
             doc = _run_plain(base, models, cache, notes, repeats=repeats, warmup=warmup, peak=peak, not_run=not_run)
     finally:
@@ -194,7 +225,9 @@ def _run_plain(base, models, cache, notes, *, repeats, warmup, peak, not_run) ->
                     break
                 for _ in range(warmup):
                     session.invert_once(passes, batch)
-                samples = [timed(lambda b=batch: session.invert_once(passes, b), session.sd.device)[0] for _ in range(repeats)]
+                samples = [
+                    timed(lambda b=batch: session.invert_once(passes, b), session.sd.device)[0] for _ in range(repeats)
+                ]
                 measured.append((engine, batch, Stats.of(samples), first_s))
         gc.collect()
     probe.probe(session.sd.device, session.sd.dtype)
@@ -226,16 +259,22 @@ def _run_vs(base, overrides, models, cache, notes, *, repeats, warmup, peak, not
             for batch in session.batches:
                 key = tuple(v for k, v in (("engine", engine), ("batch", batch)) if
                             {"engine": "engines", "batch": "batch_size"}[k] not in varied)  # fmt: skip
-                seconds, _ = timed(lambda e=engine, b=batch: session.invert_once(runners[(label, e)], b), session.sd.device)
+                seconds, _ = timed(
+                    lambda e=engine, b=batch: session.invert_once(runners[(label, e)], b), session.sd.device
+                )
                 figures[key if key else ("all",)] = seconds
         return figures
 
     probe = PeakProbe(peak)
     probe.probe(sessions["A"].sd.device, sessions["A"].sd.dtype)
-    key_fields = [k for k in ("engine", "batch") if {"engine": "engines", "batch": "batch_size"}[k] not in varied] or ["config"]
+    key_fields = [k for k in ("engine", "batch") if {"engine": "engines", "batch": "batch_size"}[k] not in varied] or [
+        "config"
+    ]
     try:
-        pairing = alternate(lambda: measure_config("A"), lambda: measure_config("B"), pairs=repeats, warmup=max(1, warmup),
-                            on_call=lambda label, i, counted: say(f"bench invert: {label} {'pair ' + str(i + 1) if counted else 'warm-up'}"))  # fmt: skip
+        pairing = alternate(lambda: measure_config("A"), lambda: measure_config("B"), pairs=repeats,
+                            warmup=max(1, warmup),
+                            on_call=lambda label, i, counted: say(
+                                f"bench invert: {label} {'pair ' + str(i + 1) if counted else 'warm-up'}"))  # fmt: skip
     finally:
         for runner in runners.values():
             runner.__exit__(None, None, None)
@@ -243,7 +282,15 @@ def _run_vs(base, overrides, models, cache, notes, *, repeats, warmup, peak, not
     sd = sessions["A"].sd
     probe.probe(sd.device, sd.dtype)
     settings = dict(base)
-    head = header("invert", device=sd.device, dtype=sd.dtype, settings=settings, warmup=max(1, warmup), repeats=repeats, matmul_peak=probe)
+    head = header(
+        "invert",
+        device=sd.device,
+        dtype=sd.dtype,
+        settings=settings,
+        warmup=max(1, warmup),
+        repeats=repeats,
+        matmul_peak=probe,
+    )
     return document("invert", head, rows, key_fields=key_fields, value_field="ratio_median",
                     vs={"a": base, "b": other, "overrides": describe_vs(overrides), "order": pairing.order},
                     not_run=not_run, notes=notes)  # fmt: skip
@@ -259,8 +306,9 @@ def _render(doc: dict[str, Any]) -> None:
         show(
             f"DDIM inversion of {s['frames']} frames, {s['inversion_steps']} steps, {s['model']} {s['size']}",
             ["engine", "batch", "s median (min–max)", "frames/s", "UNet fwd/s", "TFLOP/s", "of peak", "first call s"],
-            [[r["engine"], r["batch"], f"{r['median_s']:.3f} ({r['min_s']:.3f}–{r['max_s']:.3f})", fmt(r["frames_per_s"], 4),
-              fmt(r["forwards_per_s"], 4), fmt(r["tflops"]), percent(r["of_peak"]), r["first_s"]] for r in doc["rows"]],
+            [[r["engine"], r["batch"], f"{r['median_s']:.3f} ({r['min_s']:.3f}–{r['max_s']:.3f})",
+              fmt(r["frames_per_s"], 4), fmt(r["forwards_per_s"], 4), fmt(r["tflops"]), percent(r["of_peak"]),
+              r["first_s"]] for r in doc["rows"]],
         )  # fmt: skip
     for name, reason in doc.get("not_run", {}).items():
         print(f"engine {name}: not measured ({reason})")

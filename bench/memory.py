@@ -27,8 +27,8 @@ def probe(args: argparse.Namespace) -> dict:
     """One measurement, in this process."""
     import torch
 
-    from vedit.model.loading import load_model
     from vedit.io.frames import parse_size
+    from vedit.model.loading import load_model
     from vedit.pipeline.edit import edit
 
     size = parse_size(args.size)
@@ -42,10 +42,22 @@ def probe(args: argparse.Namespace) -> dict:
             torch.cuda.reset_peak_memory_stats()
             weights = torch.cuda.memory_allocated()
         result = edit(
-            clip, Path(tmp) / "out.mp4", sd=sd, prompt="a painting", model=args.model, size=args.size,
-            steps=args.steps, inversion_steps=args.steps, editor=args.editor, propagator=args.propagator,
-            chunk_size=args.chunk_size, device=args.device, dtype=args.dtype, cache_dir=str(Path(tmp) / "cache"),
-            max_joint_keyframes=args.max_joint_keyframes, profile=True,
+            clip,
+            Path(tmp) / "out.mp4",
+            sd=sd,
+            prompt="a painting",
+            model=args.model,
+            size=args.size,
+            steps=args.steps,
+            inversion_steps=args.steps,
+            editor=args.editor,
+            propagator=args.propagator,
+            chunk_size=args.chunk_size,
+            device=args.device,
+            dtype=args.dtype,
+            cache_dir=str(Path(tmp) / "cache"),
+            max_joint_keyframes=args.max_joint_keyframes,
+            profile=True,
         )
         row = {
             "frames": args.frames,
@@ -64,7 +76,18 @@ def probe(args: argparse.Namespace) -> dict:
 
 
 def run_memory_suite(
-    frame_counts, *, model, size, steps, editor, propagator, chunk_size, device, dtype, save=None, json_out=False,
+    frame_counts,
+    *,
+    model,
+    size,
+    steps,
+    editor,
+    propagator,
+    chunk_size,
+    device,
+    dtype,
+    save=None,
+    json_out=False,
     max_joint_keyframes: int = 32,
 ) -> dict:
     from vedit.model.device import resolve_device, resolve_dtype
@@ -73,9 +96,29 @@ def run_memory_suite(
     for frames in frame_counts:
         say(f"bench memory: {frames} frames (a fresh process)")
         cmd = [
-            sys.executable, "-m", "vedit_bench.memory", "--frames", str(frames), "--model", model, "--size", size,
-            "--steps", str(steps), "--editor", editor, "--propagator", propagator, "--chunk-size", str(chunk_size),
-            "--device", device, "--dtype", dtype, "--max-joint-keyframes", str(max_joint_keyframes),
+            sys.executable,
+            "-m",
+            "vedit_bench.memory",
+            "--frames",
+            str(frames),
+            "--model",
+            model,
+            "--size",
+            size,
+            "--steps",
+            str(steps),
+            "--editor",
+            editor,
+            "--propagator",
+            propagator,
+            "--chunk-size",
+            str(chunk_size),
+            "--device",
+            device,
+            "--dtype",
+            dtype,
+            "--max-joint-keyframes",
+            str(max_joint_keyframes),
         ]
         # glibc keeps freed heap memory and fragments it, so a process's peak RSS grows with the
         # number of allocations as well as with what is live. Serving every allocation above
@@ -98,20 +141,41 @@ def run_memory_suite(
 
 def _render(doc: dict) -> None:
     rows, s = doc["rows"], doc["header"]["settings"]
-    columns = ["frames", "peak RSS MB", "RSS after load MB", "edit's share MB", "s", "ms/frame", "denoise ms/frame",
-               "keyframe ms/frame", "UNet fwd/frame/step"]
+    columns = [
+        "frames",
+        "peak RSS MB",
+        "RSS after load MB",
+        "edit's share MB",
+        "s",
+        "ms/frame",
+        "denoise ms/frame",
+        "keyframe ms/frame",
+        "UNet fwd/frame/step",
+    ]
     table = [
-        [r["frames"], r["peak_rss_mb"], r["rss_after_load_mb"], round(r["peak_rss_mb"] - r["rss_after_load_mb"], 1),
-         r["seconds"], r.get("ms_per_frame", "-"), r.get("denoise_ms_per_frame", "-"), r.get("keyframe_ms_per_frame", "-"),
-         r["forwards_per_frame_step"]]
+        [
+            r["frames"],
+            r["peak_rss_mb"],
+            r["rss_after_load_mb"],
+            round(r["peak_rss_mb"] - r["rss_after_load_mb"], 1),
+            r["seconds"],
+            r.get("ms_per_frame", "-"),
+            r.get("denoise_ms_per_frame", "-"),
+            r.get("keyframe_ms_per_frame", "-"),
+            r["forwards_per_frame_step"],
+        ]
         for r in rows
     ]
     if rows and "cuda_peak_mb" in rows[0]:
         columns += ["CUDA peak MB", "CUDA weights MB"]
         for line, r in zip(table, rows):
             line += [r["cuda_peak_mb"], r["cuda_weights_mb"]]
-    show(f"peak memory: {s['model']} {s['size']}, {s['steps']} step(s), {s['editor']}+{s['propagator']}, B={s['chunk_size']}, "
-         f"M={s.get('max_joint_keyframes', '-')}", columns, table)
+    show(
+        f"peak memory: {s['model']} {s['size']}, {s['steps']} step(s), {s['editor']}+{s['propagator']}, "
+        f"B={s['chunk_size']}, M={s.get('max_joint_keyframes', '-')}",
+        columns,
+        table,
+    )
 
 
 if __name__ == "__main__":

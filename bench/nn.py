@@ -92,7 +92,9 @@ def _timed(call: Callable[[], torch.Tensor], device: torch.device, clock: str = 
     return (time.perf_counter() - begin) * 1e3
 
 
-def _agreement(found: torch.Tensor, reference: torch.Tensor, queries: torch.Tensor, keys: torch.Tensor) -> tuple[float, float]:
+def _agreement(
+    found: torch.Tensor, reference: torch.Tensor, queries: torch.Tensor, keys: torch.Tensor
+) -> tuple[float, float]:
     """Fraction of indices equal to the reference's, and the largest gap in cosine similarity (fp32)
     between the two chosen keys where they differ (0 when none differ): a tie measure."""
     same = found == reference
@@ -184,10 +186,11 @@ def _measure(seqs, chunk_size, backends, dev, dt, repeats, save, clock) -> list[
                 rows.append({
                     "seq": seq, "dim": dim, "queries": chunk_size * seq, "keys": seq, "blocks": blocks,
                     "backend": name, "median_ms": round(statistics.median(times), 3),
-                    "min_ms": round(min(times), 3), "max_ms": round(max(times), 3), "times_ms": [round(t, 3) for t in times],
+                    "min_ms": round(min(times), 3), "max_ms": round(max(times), 3),
+                    "times_ms": [round(t, 3) for t in times],
                 })  # fmt: skip
             reference = results.get("torch", results.get(IN_GRAPH))
-            for row in rows[-len(searches):]:
+            for row in rows[-len(searches) :]:
                 if reference is not None:
                     row["same_as_torch"], row["tie_gap"] = _agreement(results[row["backend"]], reference, queries, keys)
             del queries, keys, results
@@ -202,7 +205,8 @@ def _measure(seqs, chunk_size, backends, dev, dt, repeats, save, clock) -> list[
              f"{clock} clock, threads {threads_used}, ms: median of {repeats}")  # fmt: skip
     show(
         title,
-        ["seq", "dim", "queries × keys", "backend", "median ms", "min", "max", "÷ torch", "÷ in-graph", "same as torch"],
+        ["seq", "dim", "queries × keys", "backend", "median ms", "min", "max", "÷ torch", "÷ in-graph",
+         "same as torch"],
         [[r["seq"], r["dim"], f"{r['queries']} × {r['keys']}", r["backend"], f"{r['median_ms']:.1f}",
           f"{r['min_ms']:.1f}", f"{r['max_ms']:.1f}", r.get("x_torch", "-"), r.get(f"x_{IN_GRAPH}", "-"),
           f"{r['same_as_torch']:.4f}" if "same_as_torch" in r else "-"] for r in rows],
@@ -210,9 +214,12 @@ def _measure(seqs, chunk_size, backends, dev, dt, repeats, save, clock) -> list[
     per_pass = {}
     if set(seqs) == set(SD_BLOCKS):  # every level of the UNet: a whole pass
         for name in searches:
-            per_pass[name] = round(sum(SEARCHES_PER_BLOCK * by[(s, name)]["blocks"] * by[(s, name)]["median_ms"] for s in seqs), 1)
+            per_pass[name] = round(
+                sum(SEARCHES_PER_BLOCK * by[(s, name)]["blocks"] * by[(s, name)]["median_ms"] for s in seqs), 1
+            )
         show(
-            f"search time of one propagation pass of B={chunk_size} frames (2 searches × blocks, seq {', '.join(map(str, seqs))})",
+            f"search time of one propagation pass of B={chunk_size} frames "
+            f"(2 searches × blocks, seq {', '.join(map(str, seqs))})",
             ["backend", "ms", "÷ torch", "÷ in-graph"],
             [[n, ms] + [round(ms / per_pass[b], 3) if per_pass.get(b) else "-" for b in ("torch", IN_GRAPH)]
              for n, ms in per_pass.items()],
@@ -220,7 +227,7 @@ def _measure(seqs, chunk_size, backends, dev, dt, repeats, save, clock) -> list[
     save_json(save, {
         "suite": "nn", "device": str(dev), "dtype": dtype_name(dt), "chunk_size": chunk_size, "repeats": repeats,
         "clock": clock, "threads": threads_used,
-        "load_average_before": [round(x, 2) for x in load] if load else None, "rows": rows, "per_propagation_pass_ms": per_pass,
+        "load_average_before": [round(x, 2) for x in load] if load else None, "rows": rows,
+        "per_propagation_pass_ms": per_pass,
     })  # fmt: skip
     return rows
-

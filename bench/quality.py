@@ -40,9 +40,9 @@ def parse_clip(spec: str) -> tuple[Path, int | None]:
 
 def _model(name: str, path: Path, frames: int | None, size: tuple[int, int]):
     """The model ``name``, its weights drawn from seed 0 whatever the edits' seed."""
-    from vedit.model.loading import load_model
     from vedit.io.frames import FrameRange
     from vedit.io.reader import FrameReader
+    from vedit.model.loading import load_model
 
     if name == "tiny":
         return load_model("tiny", device="cpu", dtype="fp32")
@@ -53,16 +53,24 @@ def _model(name: str, path: Path, frames: int | None, size: tuple[int, int]):
 
 
 def measure_clip(
-    spec: str, workdir: Path, *, size: tuple[int, int], steps: int, seed: int, chunk_size: int, flow: str,
-    models=MODELS, postprocessors=POSTPROCESSORS,
+    spec: str,
+    workdir: Path,
+    *,
+    size: tuple[int, int],
+    steps: int,
+    seed: int,
+    chunk_size: int,
+    flow: str,
+    models=MODELS,
+    postprocessors=POSTPROCESSORS,
 ) -> list[dict[str, Any]]:
     """Edit one clip every way and score every output; one row per (model, propagator)."""
-    from vedit.quality.flow import flow_backend
-    from vedit.quality.metrics import warp_errors
     from vedit.io.frames import FrameRange
     from vedit.io.reader import FrameReader
     from vedit.io.timing import resampling
     from vedit.pipeline.edit import edit
+    from vedit.quality.flow import flow_backend
+    from vedit.quality.metrics import warp_errors
 
     from .consistency import GUIDANCE
 
@@ -102,7 +110,14 @@ def measure_clip(
 
 
 def run_quality_suite(
-    clips: list[str], *, size: str, steps: int, seed: int, chunk_size: int, flow: str, save: str | None,
+    clips: list[str],
+    *,
+    size: str,
+    steps: int,
+    seed: int,
+    chunk_size: int,
+    flow: str,
+    save: str | None,
 ) -> list[dict[str, Any]]:
     from vedit.io.frames import parse_size
 
@@ -117,7 +132,9 @@ def run_quality_suite(
     rows: list[dict[str, Any]] = []
     for spec in clips:
         with tempfile.TemporaryDirectory(prefix="vedit-quality-") as tmp:
-            rows += measure_clip(spec, Path(tmp), size=working, steps=steps, seed=seed, chunk_size=chunk_size, flow=flow)
+            rows += measure_clip(
+                spec, Path(tmp), size=working, steps=steps, seed=seed, chunk_size=chunk_size, flow=flow
+            )
     show(
         f"Warp error ×10⁻³ (flow {flow} on the source), {size}, {steps} steps, B={chunk_size}, prompt {PROMPT!r}",
         ["clip", "frames", "pairs measured", "model", "propagator", "edit", *(f"+ {p}" for p in POSTPROCESSORS),
@@ -125,8 +142,16 @@ def run_quality_suite(
         [[r["clip"], r["frames"], r["measured_pairs"], r["model"], r["propagator"], f"{r['plain']:.2f}",
           *(f"{r[p]:.2f}" for p in POSTPROCESSORS), f"{r['source']:.3f}"] for r in rows],
     )  # fmt: skip
-    settings = {"clips": clips, "size": size, "steps": steps, "seed": seed, "chunk_size": chunk_size, "flow": flow,
-                "prompt": PROMPT, "models": list(MODELS), "postprocessors": list(POSTPROCESSORS)}
+    settings = {
+        "clips": clips,
+        "size": size,
+        "steps": steps,
+        "seed": seed,
+        "chunk_size": chunk_size,
+        "flow": flow,
+        "prompt": PROMPT,
+        "models": list(MODELS),
+        "postprocessors": list(POSTPROCESSORS),
+    }
     save_json(save, {**header("quality", device="cpu", dtype="fp32", settings=settings), "rows": rows})
     return rows
-

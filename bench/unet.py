@@ -67,12 +67,12 @@ def run_unet_suite(
     save: str | None = None,
 ) -> dict[str, Any]:
     from vedit import plugins
-    from vedit.runtime.engine_cache import EngineCache
-    from vedit.runtime.runner import Passes
     from vedit.errors import ConfigError
+    from vedit.io.frames import parse_size
     from vedit.model.device import dtype_name
     from vedit.model.loading import load_model
-    from vedit.io.frames import parse_size
+    from vedit.runtime.engine_cache import EngineCache
+    from vedit.runtime.runner import Passes
     from vedit_plugins.editors.pnp import CONV_LAYERS, QK_LAYERS
 
     if isinstance(batches, str):
@@ -81,7 +81,10 @@ def run_unet_suite(
     pass_names = [p.strip() for p in passes.split(",")] if isinstance(passes, str) else list(passes)
     unknown_passes = [p for p in pass_names if p not in ("plain", "frames", "keyframe", "propagation")]
     if unknown_passes or not pass_names:
-        raise ConfigError(f"--passes: unknown pass {unknown_passes[0] if unknown_passes else ''!r} (plain, frames, keyframe, propagation)")
+        raise ConfigError(
+            f"--passes: unknown pass {unknown_passes[0] if unknown_passes else ''!r} "
+            "(plain, frames, keyframe, propagation)"
+        )
     if not batches or min(batches) < 1:
         raise ConfigError("--batches: give one or more frame counts of 1 or more, e.g. 1,4,8")
     if repeats < 1:
@@ -93,7 +96,9 @@ def run_unet_suite(
     registered = plugins.registered("engine")
     names = [n.strip() for n in engines.split(",") if n.strip()] if engines else sorted(registered)
     names = ["eager"] + [n for n in names if n != "eager"]
-    skipped = {n: registered[n].unavailable_reason() for n in names if n in registered and registered[n].unavailable_reason()}
+    skipped = {
+        n: registered[n].unavailable_reason() for n in names if n in registered and registered[n].unavailable_reason()
+    }
     skipped.update({n: "no such engine" for n in names if n not in registered})
     names = [n for n in names if n not in skipped]
     cache_root = engine_cache or tempfile.mkdtemp(prefix="vedit-bench-engines-")
@@ -105,7 +110,11 @@ def run_unet_suite(
     generator = torch.Generator().manual_seed(0)
     embeds = sd.encode_prompt(["a photo", "", "a painting"])
     with Passes(sd, [plugins.get("engine", "eager")], **layers) as eager:
-        inputs = {(p, b): pass_inputs(sd, eager, p, b, h, w, embeds=embeds, generator=generator) for p in pass_names for b in batches}
+        inputs = {
+            (p, b): pass_inputs(sd, eager, p, b, h, w, embeds=embeds, generator=generator)
+            for p in pass_names
+            for b in batches
+        }
     say("bench unet: counting FLOPs")
     flops = {(p, b): pass_flops(sd, p, b, h, w, notes=notes, **layers) for p in pass_names for b in batches}
 
@@ -126,7 +135,8 @@ def run_unet_suite(
                 continue
             say(f"bench unet: {pass_name} pass, {name}")
             with Passes(sd, [plugins.get("engine", name)], strict=True, cache=cache, message=notes.append,
-                        batches={pass_name: [images_per_call(pass_name, b) for b in batches]}, **layers) as runner:  # fmt: skip
+                        batches={pass_name: [images_per_call(pass_name, b) for b in batches]},
+                        **layers) as runner:  # fmt: skip
                 for batch in batches:
                     args = inputs[(pass_name, batch)]
                     try:
@@ -139,7 +149,12 @@ def run_unet_suite(
                         text = str(error).strip().splitlines()
                         failed[(name, pass_name)] = text[0] if text else type(error).__name__
                         break
-                    stats = measure(lambda a=args, p=pass_name: call_pass(runner, p, a), device=sd.device, warmup=warmup, repeats=repeats)
+                    stats = measure(
+                        lambda a=args, p=pass_name: call_pass(runner, p, a),
+                        device=sd.device,
+                        warmup=warmup,
+                        repeats=repeats,
+                    )
                     samples.setdefault((name, pass_name, batch), []).extend(stats.samples)
                     if name == "eager":
                         eager_runs.setdefault((pass_name, batch), []).append(stats)
@@ -184,9 +199,11 @@ def run_unet_suite(
         "model": model, "size": f"{width}x{height}", "batches": batches, "passes": pass_names, "engines": names,
         "engine_cache": engine_cache or "(temporary)", "injection_layers": "pnp",
     }  # fmt: skip
-    head = header("unet", device=sd.device, dtype=sd.dtype, settings=settings, warmup=warmup, repeats=repeats, matmul_peak=probe)
-    doc = document("unet", head, rows, key_fields=("pass", "engine", "batch"), eager_drift=drift, not_run=not_run, notes=notes,
-                   dtype=dtype_name(sd.dtype))  # fmt: skip
+    head = header(
+        "unet", device=sd.device, dtype=sd.dtype, settings=settings, warmup=warmup, repeats=repeats, matmul_peak=probe
+    )
+    doc = document("unet", head, rows, key_fields=("pass", "engine", "batch"), eager_drift=drift, not_run=not_run,
+                   notes=notes, dtype=dtype_name(sd.dtype))  # fmt: skip
     return finish(doc, _render, json_out=json_out, save=save)
 
 
@@ -198,8 +215,8 @@ def _render(doc: dict[str, Any]) -> None:
          "TFLOP/s", "of peak", "build s"],
         [[r["pass"], r["engine"], r["batch"], r["images"],
           f"{r['median_s'] * 1e3:.1f} ({r['min_s'] * 1e3:.1f}–{r['max_s'] * 1e3:.1f})",
-          f"{r['vs_eager']:.2f}", fmt(r["images_per_s"], 4), fmt(r["gflop_per_image"]), fmt(r["tflops"]), percent(r["of_peak"]),
-          r["build_s"]] for r in doc["rows"]],
+          f"{r['vs_eager']:.2f}", fmt(r["images_per_s"], 4), fmt(r["gflop_per_image"]), fmt(r["tflops"]),
+          percent(r["of_peak"]), r["build_s"]] for r in doc["rows"]],
     )  # fmt: skip
     for name, reason in doc.get("not_run", {}).items():
         print(f"engine {name}: not measured ({reason})")

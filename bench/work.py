@@ -13,7 +13,9 @@ from pathlib import Path
 from ._common import document, finish, header, show, synthetic_clip
 
 
-def run_work_suite(frame_counts, *, chunk_size: int, steps: int, save: str | None = None, json_out: bool = False) -> dict:
+def run_work_suite(
+    frame_counts, *, chunk_size: int, steps: int, save: str | None = None, json_out: bool = False
+) -> dict:
     from vedit.model.loading import load_model
     from vedit.pipeline.edit import edit
 
@@ -24,18 +26,38 @@ def run_work_suite(frame_counts, *, chunk_size: int, steps: int, save: str | Non
             clip = synthetic_clip(Path(tmp) / f"clip{frames}.mp4", frames, (64, 64))
             for propagator in ("tokenflow", "none"):
                 result = edit(
-                    clip, Path(tmp) / "out.mp4", sd=sd, prompt="a painting", model="tiny", steps=steps,
-                    inversion_steps=steps, propagator=propagator, chunk_size=chunk_size, device="cpu", dtype="fp32",
+                    clip,
+                    Path(tmp) / "out.mp4",
+                    sd=sd,
+                    prompt="a painting",
+                    model="tiny",
+                    steps=steps,
+                    inversion_steps=steps,
+                    propagator=propagator,
+                    chunk_size=chunk_size,
+                    device="cpu",
+                    dtype="fp32",
                     cache_dir=str(Path(tmp) / f"cache-{frames}-{propagator}"),  # inverted (and counted) every time
                 )
                 keyframes = math.ceil(frames / chunk_size)
                 expected = 3 * (1 + keyframes / frames) if propagator == "tokenflow" else 3.0
-                rows.append({
-                    "frames": frames, "propagator": propagator, "forwards": result.forwards,
-                    "per_frame_step": round(result.forwards_per_frame_step, 4), "expected": round(expected, 4),
-                    "inversion_per_frame_step": result.forwards.get("inversion", 0) / (frames * steps),
-                })
-    settings = {"model": "tiny", "size": "64x64", "chunk_size": chunk_size, "steps": steps, "frames": list(frame_counts)}
+                rows.append(
+                    {
+                        "frames": frames,
+                        "propagator": propagator,
+                        "forwards": result.forwards,
+                        "per_frame_step": round(result.forwards_per_frame_step, 4),
+                        "expected": round(expected, 4),
+                        "inversion_per_frame_step": result.forwards.get("inversion", 0) / (frames * steps),
+                    }
+                )
+    settings = {
+        "model": "tiny",
+        "size": "64x64",
+        "chunk_size": chunk_size,
+        "steps": steps,
+        "frames": list(frame_counts),
+    }
     head = header("work", device=sd.device, dtype=sd.dtype, settings=settings)
     head["timing"] = {"clock": "none: UNet image-forwards counted by the code"}
     doc = document("work", head, rows, key_fields=("frames", "propagator"), value_field="per_frame_step")
@@ -47,6 +69,15 @@ def _render(doc: dict) -> None:
     show(
         f"UNet image-forwards, B={s['chunk_size']}, {s['steps']} steps",
         ["frames", "propagator", "per frame per step", "3(1+K/N)", "inversion per frame per step", "by pass"],
-        [[r["frames"], r["propagator"], r["per_frame_step"], r["expected"], r["inversion_per_frame_step"],
-          ", ".join(f"{k} {v}" for k, v in r["forwards"].items())] for r in doc["rows"]],
+        [
+            [
+                r["frames"],
+                r["propagator"],
+                r["per_frame_step"],
+                r["expected"],
+                r["inversion_per_frame_step"],
+                ", ".join(f"{k} {v}" for k, v in r["forwards"].items()),
+            ]
+            for r in doc["rows"]
+        ],
     )

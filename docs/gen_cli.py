@@ -14,16 +14,25 @@ import argparse
 import inspect
 import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 PAGE = Path(__file__).resolve().parent / "reference" / "cli.md"
 VEDITS_PACKAGES = ("vedit", "vedit_plugins", "vedit_engines", "vedit_bench")
 _DEFAULT = re.compile(r"\s*\[default: (?P<value>.*)\]\s*$")
 _REQUIRED = re.compile(r"\s*\[required\]\s*$")
 # The value names --help shows differ between Typer versions (<int>, INTEGER): one spelling here.
-_VALUE_NAMES = {"str": "TEXT", "text": "TEXT", "int": "INTEGER", "integer": "INTEGER", "float": "FLOAT",
-                "path": "PATH", "file": "FILE", "directory": "DIRECTORY"}
+_VALUE_NAMES = {
+    "str": "TEXT",
+    "text": "TEXT",
+    "int": "INTEGER",
+    "integer": "INTEGER",
+    "float": "FLOAT",
+    "path": "PATH",
+    "file": "FILE",
+    "directory": "DIRECTORY",
+}
 HEADER = """\
 # Command line
 
@@ -122,13 +131,13 @@ def _command_section(title: str, command: Any, ctx: Any, depth: int) -> list[str
     children = list(_subcommands(command, ctx))
     if children:
         lines += ["| command | |", "|---|---|"]
-        for name, sub, sub_ctx in children:
+        for _name, sub, sub_ctx in children:
             anchor = sub_ctx.command_path.replace(" ", "-")
             summary = _plain(sub.get_short_help_str(limit=10_000))
             lines.append(f"| [`{sub_ctx.command_path}`](#{anchor}) | {_cell(summary)} |")
         lines.append("")
         child_depth = depth if ctx.parent is None else depth + 1  # commands beside the root, subcommands below
-        for name, sub, sub_ctx in children:
+        for _name, sub, sub_ctx in children:
             lines += _command_section(sub_ctx.command_path, sub, sub_ctx, child_depth)
     return lines
 

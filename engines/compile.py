@@ -14,8 +14,8 @@ import time
 
 import torch
 
-from vedit.runtime.engine_cache import batches_text
 from vedit.plugins.hookspecs import hookimpl
+from vedit.runtime.engine_cache import batches_text
 
 # Every model and test builds new pass modules, and dynamo counts each as a recompilation of
 # the same forward code; past the limit it would fall back to eager without a word. A higher

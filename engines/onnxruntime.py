@@ -57,7 +57,9 @@ class OnnxRuntime:
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             return ort.InferenceSession(str(folder / "pass.onnx"), options, providers=providers)
 
-        session = target.cache.load_or_build(parts, target.IDENTITY, make, load, label=f"{self.name} {target.pass_name} pass")
+        session = target.cache.load_or_build(
+            parts, target.IDENTITY, make, load, label=f"{self.name} {target.pass_name} pass"
+        )
         names = list(module.input_names)
         wanted = {i.name for i in session.get_inputs()}  # the exporter drops inputs a pass does not use
         outputs = session.get_outputs()

@@ -186,7 +186,9 @@ def build_plan(
             if all(d >= 0 for d in tuple(tensor.shape)):
                 continue  # fixed in the graph: nothing to choose
             if tensor.name not in profile:
-                raise RuntimeError(f"the ONNX graph's input {tensor.name} has a dynamic shape the profile does not cover")
+                raise RuntimeError(
+                    f"the ONNX graph's input {tensor.name} has a dynamic shape the profile does not cover"
+                )
             shapes.set_shape(tensor.name, *profile[tensor.name])
             dynamic += 1
         if dynamic:
@@ -277,7 +279,9 @@ class PlanRunner:
         return results[0] if len(results) == 1 else tuple(results)
 
 
-def load_plan(plan_path: Path, input_names: Sequence[str], output_names: Sequence[str], device: torch.device) -> PlanRunner:
+def load_plan(
+    plan_path: Path, input_names: Sequence[str], output_names: Sequence[str], device: torch.device
+) -> PlanRunner:
     """Deserialize the plan at ``plan_path`` onto ``device``."""
     import tensorrt as trt
 
@@ -331,7 +335,6 @@ def _onnx_opset() -> int:
     from vedit.runtime.onnx_export import OPSET
 
     return OPSET
-
 
 
 @hookimpl

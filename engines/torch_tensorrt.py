@@ -225,7 +225,6 @@ class TorchTensorRT:
             return kept
 
 
-
 @hookimpl
 def register_engines(register):
     register(TorchTensorRT())

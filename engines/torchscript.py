@@ -29,7 +29,9 @@ class TorchScript:
                 warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript is deprecated, still works
                 return torch.jit.load(str(folder / "pass.pt"), map_location=target.device)
 
-        scripted = target.cache.load_or_build(parts, target.IDENTITY, make, load, label=f"{self.name} {target.pass_name} pass")
+        scripted = target.cache.load_or_build(
+            parts, target.IDENTITY, make, load, label=f"{self.name} {target.pass_name} pass"
+        )
 
         def run(*inputs):
             with torch.inference_mode():

@@ -1,7 +1,7 @@
 """vedit: edit a whole video from a text prompt with Stable Diffusion, consistently across frames.
 
-    >>> import vedit
-    >>> result = vedit.edit("clip.mp4", "out.mp4", prompt="a watercolor painting", model="tiny")
+>>> import vedit
+>>> result = vedit.edit("clip.mp4", "out.mp4", prompt="a watercolor painting", model="tiny")
 """
 
 from __future__ import annotations
@@ -19,16 +19,17 @@ _compat.install()
 
 if TYPE_CHECKING:  # pragma: no cover
     from .pipeline.edit import EditResult
+    from .pipeline.invert import InversionResult
 
 
-def edit(input: Any, output: Any, config: Any = None, **options: Any) -> "EditResult":
+def edit(input: Any, output: Any, config: Any = None, **options: Any) -> EditResult:
     """Edit ``input`` into ``output``; see :func:`vedit.pipeline.edit` for the options."""
     from .pipeline.edit import edit as _edit
 
     return _edit(input, output, config, **options)
 
 
-def invert(input: Any, output: Any = None, config: Any = None, **options: Any):
+def invert(input: Any, output: Any = None, config: Any = None, **options: Any) -> InversionResult:
     """DDIM-invert ``input`` (cached); see :func:`vedit.pipeline.invert_clip`."""
     from .pipeline.invert import invert_clip
 

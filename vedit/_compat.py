@@ -18,12 +18,20 @@ from types import ModuleType
 
 MOVED: dict[str, tuple[str, ...]] = {
     "vedit.video": (
-        "vedit.io.ffmpeg", "vedit.io.probe", "vedit.io.timing", "vedit.io.frames", "vedit.io.reader",
-        "vedit.io.files", "vedit.io.writer",
+        "vedit.io.ffmpeg",
+        "vedit.io.probe",
+        "vedit.io.timing",
+        "vedit.io.frames",
+        "vedit.io.reader",
+        "vedit.io.files",
+        "vedit.io.writer",
     ),
     "vedit.streams": ("vedit.io.threads",),
     "vedit.models": (
-        "vedit.model.stable_diffusion", "vedit.model.device", "vedit.model.loading", "vedit.model.builders"
+        "vedit.model.stable_diffusion",
+        "vedit.model.device",
+        "vedit.model.loading",
+        "vedit.model.builders",
     ),
     "vedit.unet": ("vedit.method.unet",),
     "vedit.attention": ("vedit.method.attention",),
@@ -51,9 +59,7 @@ MOVED: dict[str, tuple[str, ...]] = {
 class _Alias(importlib.abc.Loader):
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType | None:
         targets = MOVED[spec.name]
-        warnings.warn(
-            f"{spec.name} has moved: import {' or '.join(targets)} instead", DeprecationWarning, stacklevel=3
-        )
+        warnings.warn(f"{spec.name} has moved: import {' or '.join(targets)} instead", DeprecationWarning, stacklevel=3)
         if len(targets) == 1:
             return importlib.import_module(targets[0])
         return None  # a fresh module, filled from the parts below

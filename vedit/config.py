@@ -10,12 +10,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import tomllib
 import typing
+from collections.abc import Iterable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
+
+import tomllib
 
 from .errors import ConfigError
 
@@ -76,12 +78,12 @@ class RunConfig:
     # for from the same value by default. load_config and the Python API fill it in.
     given = frozenset[str]()
 
-    def replace(self, **changes: Any) -> "RunConfig":
+    def replace(self, **changes: Any) -> RunConfig:
         copy = dataclasses.replace(self, **changes)
         copy.given = self.given
         return copy
 
-    def giving(self, keys: Iterable[str]) -> "RunConfig":
+    def giving(self, keys: Iterable[str]) -> RunConfig:
         """A copy that records ``keys`` (option names) as set by the user too."""
         copy = self.replace()
         copy.given = self.given | {key.replace("-", "_") for key in keys}
@@ -164,18 +166,22 @@ def _accepts(annotation: Any, value: Any) -> bool:
 
 
 def _type_label(annotation: Any) -> str:
-    names = [getattr(a, "__name__", str(a)) for a in (typing.get_args(annotation) or (annotation,)) if a is not type(None)]
+    names = [
+        getattr(a, "__name__", str(a)) for a in (typing.get_args(annotation) or (annotation,)) if a is not type(None)
+    ]
     return " or ".join(names)
 
 
-def _number(value: float) -> str:
+def _number(value: float | None) -> str:
     """A bound as a person writes it: 1, 0.5, 1000 (never 1e+03)."""
-    if isinstance(value, int):
+    if value is None or isinstance(value, int):
         return str(value)
     return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
 def _range_text(low: float | None, high: float | None) -> str:
+    if low is None and high is None:
+        return "any number"
     if high is None:
         return f"{_number(low)} or more"
     if low is None:
@@ -198,7 +204,7 @@ def check_number(value: float, where: str, low: float | None = None, high: float
     return value
 
 
-def check_numbers(config: "RunConfig") -> "RunConfig":
+def check_numbers(config: RunConfig) -> RunConfig:
     """``config`` when every number in it is finite and in range (a RunConfig built by hand has
     not been through :func:`validate`); the same one-line errors otherwise."""
     for f in fields(config):
@@ -314,6 +320,16 @@ def defaults_as_toml() -> str:
 
 
 __all__ = [
-    "RunConfig", "field_types", "load_config", "read_config_file", "validate", "flag_name", "defaults_as_toml",
-    "check_number", "check_numbers", "command_line", "option_label", "option_value",
+    "RunConfig",
+    "field_types",
+    "load_config",
+    "read_config_file",
+    "validate",
+    "flag_name",
+    "defaults_as_toml",
+    "check_number",
+    "check_numbers",
+    "command_line",
+    "option_label",
+    "option_value",
 ]

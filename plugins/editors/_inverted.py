@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from vedit.config import option_value
-from vedit.method.denoise import EditJob, SourceLatents
 from vedit.errors import ConfigError
+from vedit.method.denoise import EditJob, SourceLatents
 from vedit.runtime.transfer import to_device
 
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 
 from vedit.method.denoise import EditJob, EditPlan
-from vedit.plugins.hookspecs import hookimpl
 from vedit.method.unet import Injection
+from vedit.plugins.hookspecs import hookimpl
 
 from ._inverted import check_trajectory, source_from, start_from_ddim_noise
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 
 from vedit.config import option_value
-from vedit.method.denoise import EditJob, EditPlan
 from vedit.errors import ConfigError
+from vedit.method.denoise import EditJob, EditPlan
 from vedit.plugins.hookspecs import hookimpl
 
 from ._inverted import check_trajectory, source_from, start_from_ddim_noise

@@ -49,7 +49,9 @@ class RAFTFlow:
         try:
             import torchvision.models.optical_flow  # noqa: F401
         except Exception as error:  # ImportError, or a torchvision built for another torch
-            return f"needs torchvision built for this torch: pip install 'vedit[raft]' ({type(error).__name__}: {error})"
+            return (
+                f"needs torchvision built for this torch: pip install 'vedit[raft]' ({type(error).__name__}: {error})"
+            )
         path = self.weights_file()
         if not path.is_file():
             return (
@@ -89,7 +91,9 @@ class RAFTFlow:
         with torch.inference_mode():
             for start in range(0, n, BATCH):
                 stop = min(n, start + BATCH)
-                flows = model(prepare(first[start:stop]), prepare(second[start:stop]), num_flow_updates=FLOW_UPDATES)[-1]
+                flows = model(prepare(first[start:stop]), prepare(second[start:stop]), num_flow_updates=FLOW_UPDATES)[
+                    -1
+                ]
                 out[start:stop] = flows[:, :, :h, :w].permute(0, 2, 3, 1).float().cpu().numpy()
         return out
 

@@ -48,7 +48,10 @@ def _unit_rows(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 class FaissNearest:
     name = "faiss"
-    description = "exact cosine nearest neighbours with FAISS brute-force inner-product search (GPU tensors in place with faiss-gpu)"
+    description = (
+        "exact cosine nearest neighbours with FAISS brute-force inner-product search "
+        "(GPU tensors in place with faiss-gpu)"
+    )
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -67,7 +70,10 @@ class FaissNearest:
         import faiss  # heavy: imported only when used
 
         if queries.dim() != 2 or keys.dim() != 2 or queries.shape[1] != keys.shape[1]:
-            raise ValueError(f"nearest: queries (n, d) and keys (m, d) must share d; got {tuple(queries.shape)} and {tuple(keys.shape)}")
+            raise ValueError(
+                f"nearest: queries (n, d) and keys (m, d) must share d; "
+                f"got {tuple(queries.shape)} and {tuple(keys.shape)}"
+            )
         if keys.shape[0] == 0:
             raise ValueError("nearest: no keys to search")
         device = queries.device

@@ -19,12 +19,13 @@ and only the previous output frame is kept.
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
-from vedit.quality.flow import PairFlow, flow_backend, pair_flows, unreliable, warp
 from vedit.plugins.hookspecs import hookimpl
+from vedit.quality.flow import PairFlow, flow_backend, pair_flows, unreliable, warp
 from vedit.quality.postprocess import Context
 
 LUMA = np.array([0.299, 0.587, 0.114])  # BT.601

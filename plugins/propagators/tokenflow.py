@@ -20,10 +20,10 @@ from pathlib import Path
 import torch
 
 from vedit import plugins
-from vedit.method.denoise import Denoiser, EditJob, EditPlan, RunShape, Step
 from vedit.errors import ConfigError
-from vedit.plugins.hookspecs import hookimpl
+from vedit.method.denoise import Denoiser, EditJob, EditPlan, RunShape, Step
 from vedit.method.passes import joint_partners
+from vedit.plugins.hookspecs import hookimpl
 from vedit.runtime.transfer import to_device
 
 
@@ -50,9 +50,10 @@ def read_keyframe_schedule(path: str | Path) -> list[list[int]]:
         raise ConfigError(f"keyframe schedule {path} is not readable JSON: {error}") from None
     schedule = data.get("keyframes") if isinstance(data, dict) else None
     if not isinstance(schedule, list) or not all(
-        isinstance(step, list) and all(isinstance(k, int) and not isinstance(k, bool) for k in step) for step in schedule
+        isinstance(step, list) and all(isinstance(k, int) and not isinstance(k, bool) for k in step)
+        for step in schedule
     ):
-        raise ConfigError(f"keyframe schedule {path} must be {{\"keyframes\": [[int, ...], ...]}}")
+        raise ConfigError(f'keyframe schedule {path} must be {{"keyframes": [[int, ...], ...]}}')
     return schedule
 
 
@@ -66,7 +67,8 @@ def check_keyframe_schedule(schedule: list[list[int]], chunks: list[range], step
         for chunk, key in zip(chunks, keys):
             if key not in chunk:
                 raise ConfigError(
-                    f"keyframe schedule {path}, step {index}: frame {key} is not in chunk {chunk.start}-{chunk.stop - 1}"
+                    f"keyframe schedule {path}, step {index}: "
+                    f"frame {key} is not in chunk {chunk.start}-{chunk.stop - 1}"
                 )
 
 
@@ -80,7 +82,9 @@ class TokenFlow:
         plugins.choose("nn_backend", config.nn_backend, shape.device)
         if config.keyframes:
             schedule = read_keyframe_schedule(config.keyframes)
-            check_keyframe_schedule(schedule, chunk_ranges(shape.frames, config.chunk_size), shape.steps, config.keyframes)
+            check_keyframe_schedule(
+                schedule, chunk_ranges(shape.frames, config.chunk_size), shape.steps, config.keyframes
+            )
 
     def begin(self, job: EditJob, plan: EditPlan) -> None:
         config = job.config
@@ -102,7 +106,7 @@ class TokenFlow:
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.generator.set_state(state["generator"])
 
-    def preview(self) -> "JointKeyframes":
+    def preview(self) -> JointKeyframes:
         """The propagator of a preview (:mod:`vedit.pipeline.preview`): its frames are the keyframes."""
         return JointKeyframes()
 

@@ -138,7 +138,9 @@ class _Pool:
             if unit is not None and not process.is_alive():
                 code = process.exitcode
                 why = f"signal {-code}" if code is not None and code < 0 else f"exit status {code}"
-                done.append((unit, Outcome("died", reason=f"worker {slot + 1} died ({why})", worker=f"worker {slot + 1}")))
+                done.append(
+                    (unit, Outcome("died", reason=f"worker {slot + 1} died ({why})", worker=f"worker {slot + 1}"))
+                )
                 self.current[slot] = None
                 self._start(slot)
         return done
@@ -316,7 +318,11 @@ def local_devices() -> list[str]:
 
 
 def choose_backend(
-    plan: Plan, *, workers: int | None = None, ray: str | None = None, events: BatchEvents | None = None,
+    plan: Plan,
+    *,
+    workers: int | None = None,
+    ray: str | None = None,
+    events: BatchEvents | None = None,
     worker_reporter: WorkerReporter | None = None,
 ) -> Any:
     """Ray with ``ray`` (an address, ``auto`` or ``local``); else a pool of worker processes when

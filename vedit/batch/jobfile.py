@@ -7,9 +7,10 @@ from __future__ import annotations
 import glob
 import os
 import string
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from ..config import CONFIG_FILENAME, RunConfig, read_config_file, read_toml, validate
 from ..errors import ConfigError
@@ -138,8 +139,11 @@ def _validate_each(values: dict[str, Any], origin: str, errors: list[str], extra
         if key.replace("_", "-") not in known:
             close = difflib.get_close_matches(key.replace("_", "-"), [*sorted(known), *extra], n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
-            takes = (f"a job takes {', '.join(extra)} and any option of 'vedit run'" if extra
-                     else "any option of 'vedit run', named like its flag")
+            takes = (
+                f"a job takes {', '.join(extra)} and any option of 'vedit run'"
+                if extra
+                else "any option of 'vedit run', named like its flag"
+            )
             errors.append(f"{origin}: unknown option {key!r} ({hint}{takes})")
             continue
         try:
@@ -166,7 +170,9 @@ def _pattern_fields(pattern: str) -> list[str]:
     return names
 
 
-def read_job_file(path: str | os.PathLike, *, config_path: str | os.PathLike | None = None, cwd: Path | None = None) -> JobFile:
+def read_job_file(
+    path: str | os.PathLike, *, config_path: str | os.PathLike | None = None, cwd: Path | None = None
+) -> JobFile:
     """Parse and validate a whole job file; raise :class:`JobFileError` listing every mistake.
 
     Shared defaults, lowest first: :class:`RunConfig`'s, ``vedit.toml`` (``config_path``, or the
@@ -181,7 +187,11 @@ def read_job_file(path: str | os.PathLike, *, config_path: str | os.PathLike | N
 
     unknown = sorted(set(data) - {"run", "batch", "job"})
     for key in unknown:
-        hint = "write each job as [[job]]" if key in ("jobs", "runs") else "a job file has [run], [batch] and [[job]] tables"
+        hint = (
+            "write each job as [[job]]"
+            if key in ("jobs", "runs")
+            else "a job file has [run], [batch] and [[job]] tables"
+        )
         errors.append(f"{where}: unknown table or key {key!r} ({hint})")
 
     defaults: dict[str, Any] = {}
@@ -224,16 +234,25 @@ def read_job_file(path: str | os.PathLike, *, config_path: str | os.PathLike | N
             errors.append(f"{where}: {label}: 'name' must be a non-empty string, got {name!r}")
             name = None
         options = {k: v for k, v in table.items() if k not in JOB_KEYS}
-        own = _validate_each(options, f"{where}: {label}", errors, extra=("input", "prompt", "prompts", "seed", "seeds", "name", "output"))
+        own = _validate_each(
+            options,
+            f"{where}: {label}",
+            errors,
+            extra=("input", "prompt", "prompts", "seed", "seeds", "name", "output"),
+        )
         values = {**defaults, **shared, **own}
         written = set(shared) | set(own)
 
         inputs: list[Path] = []
         patterns = _strings(table.get("input"))
         if "input" not in table:
-            errors.append(f"{where}: {label}: no 'input': give a clip, a folder of frames or a glob such as 'clips/*.mp4'")
+            errors.append(
+                f"{where}: {label}: no 'input': give a clip, a folder of frames or a glob such as 'clips/*.mp4'"
+            )
         elif patterns is None:
-            errors.append(f"{where}: {label}: 'input' must be a path or glob, or a list of them, got {table['input']!r}")
+            errors.append(
+                f"{where}: {label}: 'input' must be a path or glob, or a list of them, got {table['input']!r}"
+            )
         else:
             inputs = _expand_inputs(patterns, base, label, where, errors)
 
@@ -245,7 +264,9 @@ def read_job_file(path: str | os.PathLike, *, config_path: str | os.PathLike | N
             if isinstance(given, list) and given and all(isinstance(p, str) and p.strip() for p in given):
                 prompts = list(given)
             else:
-                errors.append(f"{where}: {label}: 'prompts' must be a non-empty list of non-empty strings, got {given!r}")
+                errors.append(
+                    f"{where}: {label}: 'prompts' must be a non-empty list of non-empty strings, got {given!r}"
+                )
         elif values.get("prompt"):
             prompts = [values["prompt"]]
         else:
@@ -256,7 +277,9 @@ def read_job_file(path: str | os.PathLike, *, config_path: str | os.PathLike | N
             errors.append(f"{where}: {label}: give 'seed' or 'seeds', not both")
         elif "seeds" in table:
             given = table["seeds"]
-            ok = isinstance(given, list) and given and all(isinstance(s, int) and not isinstance(s, bool) for s in given)
+            ok = (
+                isinstance(given, list) and given and all(isinstance(s, int) and not isinstance(s, bool) for s in given)
+            )
             if ok:
                 try:
                     seeds = [validate({"seed": s}, f"{where}: {label}")["seed"] for s in given]
@@ -269,12 +292,18 @@ def read_job_file(path: str | os.PathLike, *, config_path: str | os.PathLike | N
 
         output = table.get("output", default_output)
         if not (isinstance(output, str) and output):
-            errors.append(f"{where}: {label}: 'output' must be a non-empty string (a pattern such as {DEFAULT_OUTPUT!r}), got {output!r}")
+            errors.append(
+                f"{where}: {label}: 'output' must be a non-empty string "
+                f"(a pattern such as {DEFAULT_OUTPUT!r}), got {output!r}"
+            )
         else:
             try:
                 fields = _pattern_fields(output)
             except ValueError as error:
-                errors.append(f"{where}: {label}: output pattern {output!r} is malformed ({error}); write a literal brace as {{{{ or }}}}")
+                errors.append(
+                    f"{where}: {label}: output pattern {output!r} is malformed ({error}); "
+                    "write a literal brace as {{ or }}"
+                )
             else:
                 for field_name in fields:
                     if field_name not in PATTERN_FIELDS:

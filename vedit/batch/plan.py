@@ -284,8 +284,12 @@ def _check_config(config: RunConfig, device_here: bool) -> RunConfig:
 
 
 def plan_batch(
-    job_file: JobFile | str | os.PathLike, *, force: bool = False, config_path: str | os.PathLike | None = None,
-    device_here: bool = True, overwrite: bool = False,
+    job_file: JobFile | str | os.PathLike,
+    *,
+    force: bool = False,
+    config_path: str | os.PathLike | None = None,
+    device_here: bool = True,
+    overwrite: bool = False,
 ) -> Plan:
     """Expand a job file into the edits to make, checked before any heavy work.
 
@@ -298,9 +302,9 @@ def plan_batch(
     ``overwrite`` (or its own ``overwrite`` option) says to replace it.
     """
     from ..cache.files import cache_root
+    from ..io.files import VIDEO_EXTENSIONS, check_replaceable, unwritable_suffix
     from ..pipeline.plan import planned_forwards
     from ..pipeline.preflight import preflight
-    from ..io.files import VIDEO_EXTENSIONS, check_replaceable, unwritable_suffix
 
     if not isinstance(job_file, JobFile):
         job_file = read_job_file(job_file, config_path=config_path)
@@ -329,7 +333,9 @@ def plan_batch(
                     try:
                         text = job.output.format(**fields)
                     except (ValueError, KeyError, IndexError) as error:
-                        errors.append(f"{where}: {job.label}: output pattern {job.output!r} cannot be filled in ({error})")
+                        errors.append(
+                            f"{where}: {job.label}: output pattern {job.output!r} cannot be filled in ({error})"
+                        )
                         continue
                     output = Path(absolute_path(text, base))
                     suffix = output.suffix.lower()
@@ -375,8 +381,8 @@ def plan_batch(
             if text not in warnings:
                 warnings.append(text)
         edit.frames = len(checked.clip.reader)
-        edit.forwards = planned_forwards(edit.config, edit.frames, checked.editor, checked.propagator, checked.steps_run,
-                                         inverting=False)  # fmt: skip
+        edit.forwards = planned_forwards(edit.config, edit.frames, checked.editor, checked.propagator,
+                                         checked.steps_run, inverting=False)  # fmt: skip
         if checked.editor.needs_inversion and not edit.config.inversion:
             key = inversion_key(edit.config, edit.input)
             group = groups.get(key)

@@ -108,7 +108,8 @@ def run_batch(
         if summary_path is None:
             return
         doc = summary_document(plan, started=wall, seconds=time.perf_counter() - began, backend=backend.kind,
-                               workers=backend.workers, model_loads=schedule.model_loads, finished=finished)  # fmt: skip
+                               workers=backend.workers, model_loads=schedule.model_loads,
+                               finished=finished)  # fmt: skip
         with contextlib.suppress(OSError):
             write_json_atomically(summary_path, doc)
 
@@ -124,7 +125,9 @@ def run_batch(
             except OSError as error:
                 from ..errors import OutputError
 
-                raise OutputError(f"{summary_path}: cannot write the batch summary: {error.strerror or error}") from None
+                raise OutputError(
+                    f"{summary_path}: cannot write the batch summary: {error.strerror or error}"
+                ) from None
         while schedule.pending():
             for slot in backend.idle():
                 unit = schedule.take(backend.prefer(slot))

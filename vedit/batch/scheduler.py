@@ -40,7 +40,9 @@ class Schedule:
             group = self.groups.get(edit.group) if edit.group is not None else None
             bucket = by_model.setdefault(model_key(edit.config), [])
             if group is not None and group.own_unit:
-                bucket.append(Unit("invert", group.number, group.input, group.config.replace(prompt=None), scratch=scratch))
+                bucket.append(
+                    Unit("invert", group.number, group.input, group.config.replace(prompt=None), scratch=scratch)
+                )
                 self.waiting[group.number] = [unit_for(e) for e in group.todo]
                 placed.update(e.index for e in group.todo)
             else:

@@ -9,13 +9,14 @@ import datetime as _dt
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..config import RunConfig
 from ..errors import VeditError
-from .plan import SIDECAR_FORMAT, Collect, write_json_atomically, model_key, read_sidecar, sidecar_path
+from .plan import SIDECAR_FORMAT, Collect, model_key, read_sidecar, sidecar_path, write_json_atomically
 
 
 @dataclass
@@ -132,7 +133,9 @@ def _materialize(unit: Unit, fetch: Callable[[], bytes] | None) -> RunConfig:
         if fetch is None:
             return config  # the edit inverts for itself
         data = fetch()
-        target = InversionCache(config.cache_dir).path(info["key"]) if info.get("cached") else _scratch(unit) / path.name
+        target = (
+            InversionCache(config.cache_dir).path(info["key"]) if info.get("cached") else _scratch(unit) / path.name
+        )
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             write_atomically(target, data)
@@ -174,7 +177,10 @@ def execute(unit: Unit, *, reporter: Any = None, worker: str = "", fetch: Callab
                 info = {"key": target.stem, "path": str(target), "cached": False}
             return Outcome(
                 "done", seconds=time.perf_counter() - began, frames=result.trajectory.num_frames, inversion=result.how,
-                forwards={"inversion": result.trajectory.num_frames * config.inversion_steps} if result.how == "computed" else {},
+                forwards=(
+                    {"inversion": result.trajectory.num_frames * config.inversion_steps}
+                    if result.how == "computed" else {}
+                ),
                 warnings=list(result.warnings), worker=worker, model_loaded=loaded, trajectory=info,
             )  # fmt: skip
         assert unit.output is not None

@@ -28,9 +28,10 @@ import tempfile
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -54,7 +55,9 @@ def _file_identity(path: str | os.PathLike) -> dict[str, Any]:
     return {"path": str(Path(path).resolve()), "sha256": file_sha256(path)}
 
 
-def checkpoint_key(config: Any, *, frames_sha256: str, fingerprint: str, dtype: str, device: str, trajectory: str) -> str:
+def checkpoint_key(
+    config: Any, *, frames_sha256: str, fingerprint: str, dtype: str, device: str, trajectory: str
+) -> str:
     """A stable key over everything a run's edited latents depend on: the frames, the model, every
     option of the edit (all of :class:`~vedit.config.RunConfig` but the few that only change what
     is done with the latents afterwards) and the trajectory the edit starts from (``trajectory``:
@@ -142,7 +145,12 @@ class CheckpointStore:
         path = self.path(key)
         tensors = {"latents": checkpoint.latents.contiguous()}
         tensors.update({f"state.{name}": value.contiguous() for name, value in checkpoint.state.items()})
-        metadata = {**checkpoint.metadata, "format": FORMAT, "step": str(checkpoint.step), "steps": str(checkpoint.steps)}
+        metadata = {
+            **checkpoint.metadata,
+            "format": FORMAT,
+            "step": str(checkpoint.step),
+            "steps": str(checkpoint.steps),
+        }
         metadata = with_checksums(metadata, tensors)
         tmp = None
         try:
@@ -249,7 +257,10 @@ class CheckpointWriter:
         if latents.device.type == "cuda":
             event = torch.cuda.Event()
             event.record(torch.cuda.current_stream(latents.device))
-        item = (Checkpoint(step=step, steps=steps, latents=host, state=dict(state), metadata=dict(self.metadata)), event)
+        item = (
+            Checkpoint(step=step, steps=steps, latents=host, state=dict(state), metadata=dict(self.metadata)),
+            event,
+        )
         with contextlib.suppress(queue.Empty):
             self._queue.get_nowait()  # an older checkpoint not yet written: this one supersedes it
         self._queue.put(item)

@@ -61,7 +61,6 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
     return base / "vedit"
 
 
-
 @dataclass
 class CacheEntry:
     path: Path
@@ -97,7 +96,6 @@ def failure_reason(error: BaseException) -> str:
     text = re.sub(r"\s*\(os error \d+\)", "", text)
     text = re.sub(r"\s*at path \S+$", "", text)
     return text[:160]
-
 
 
 def scan_folder(root: Path, *, metadata: bool) -> list[CacheEntry]:

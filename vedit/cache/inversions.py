@@ -8,8 +8,8 @@ import hashlib
 import json
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from safetensors import SafetensorError
 
@@ -40,7 +40,6 @@ def cache_key(
         "dtype": dtype,
     }
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:32]
-
 
 
 def _damage(error: InputError, path: Path) -> str:
@@ -183,6 +182,7 @@ class InversionCache:
     def writer(self, key: str, metadata: dict[str, str]) -> TrajectoryWriter | None:
         """A :class:`TrajectoryWriter` whose file becomes the entry ``key`` when finished (then call
         :meth:`adopt`); None, with one warning, when the cache cannot be written."""
+
         def failed(reason: str) -> None:
             self.warn(f"cannot write the inversion cache in {self.root} ({reason}); carrying on without it")
 
@@ -215,8 +215,10 @@ class InversionCache:
             )
             return
         if files and note is not None:
-            note(f"evicted {files} cached inversion{'s' if files != 1 else ''} ({_size(freed)}), "
-                 f"least recently used first, to keep the cache under {_cap(max_bytes)}")
+            note(
+                f"evicted {files} cached inversion{'s' if files != 1 else ''} ({_size(freed)}), "
+                f"least recently used first, to keep the cache under {_cap(max_bytes)}"
+            )
         # With a cap of 0 the user asked for exactly this (keep only the last entry): no warning.
         if 0 < max_bytes < size:
             self.warn(

@@ -48,7 +48,9 @@ def create_app() -> typer.Typer:
 
     @app.callback()
     def root(
-        version: bool = typer.Option(False, "--version", callback=version_callback, is_eager=True, help="Show the version."),
+        version: bool = typer.Option(
+            False, "--version", callback=version_callback, is_eager=True, help="Show the version."
+        ),
     ) -> None:
         """vedit: prompt-driven, temporally consistent video editing."""
 
@@ -76,7 +78,19 @@ def main() -> None:
 
 
 __all__ = [
-    "CHECKPOINT_DAYS", "INVERSION_STEPS_HELP", "PROGRESS_INTERVAL", "UNFOLDED_WIDTH", "PlainReporter",
-    "QuietReporter", "RichReporter", "create_app", "err_console", "fail", "main", "out_console", "reporting",
-    "user_errors", "warn",
+    "CHECKPOINT_DAYS",
+    "INVERSION_STEPS_HELP",
+    "PROGRESS_INTERVAL",
+    "UNFOLDED_WIDTH",
+    "PlainReporter",
+    "QuietReporter",
+    "RichReporter",
+    "create_app",
+    "err_console",
+    "fail",
+    "main",
+    "out_console",
+    "reporting",
+    "user_errors",
+    "warn",
 ]

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import typer
 from rich.table import Table
@@ -127,7 +128,7 @@ class _Display(BatchEvents):
         self.groups = {g.number: g for g in plan.groups}
 
     @contextlib.contextmanager
-    def shown(self) -> Iterator["_Display"]:
+    def shown(self) -> Iterator[_Display]:
         if self.mode != "rich":
             yield self
             return
@@ -163,6 +164,7 @@ class _Display(BatchEvents):
 
     def reporter(self, unit: Unit) -> Any:
         if self.mode == "plain":
+
             class _NoWarnings(PlainReporter):
                 def warning(self, text: str) -> None:  # the batch prints each unit's warnings once, at its end
                     pass
@@ -238,16 +240,61 @@ def add_to(app: typer.Typer) -> None:
 
     @app.command("batch")
     def batch(
-        job_file: Path = typer.Argument(..., help=option_help("The job file (TOML): shared options under [run], one [[job]] table per job.")),
-        dry_run: bool = typer.Option(False, "--dry-run", "-n", help=option_help("Print the plan (edits, inversions, UNet forwards) and run nothing.")),
-        force: bool = typer.Option(False, "--force", help=option_help("Redo every edit, even those whose output is up to date.")),
-        overwrite: bool = typer.Option(False, "--overwrite", help=option_help("Replace existing outputs that vedit did not write (without it such edits are refused, and --dry-run shows them).")),
-        workers: Optional[int] = typer.Option(None, "--workers", "-w", help=option_help("Worker processes of the local pool, or Ray workers.", default="one per GPU; 1 (this process) without GPUs; on Ray, the cluster's GPUs or CPUs")),
-        ray: Optional[str] = typer.Option(None, "--ray", help=option_help("Run on Ray: auto (the running cluster, else a local one), local (a new local one), or a cluster ADDRESS.")),
-        retries: int = typer.Option(DEFAULT_RETRIES, "--retries", help=option_help("Times a unit whose worker process died is tried again.")),
-        summary: Optional[Path] = typer.Option(None, "--summary", help=option_help("Write the summary JSON here.", default="<job file>.summary.json beside the job file")),
-        config: Optional[Path] = typer.Option(None, "--config", help=option_help("Read defaults from this vedit.toml instead of ./vedit.toml (the job file's [run] wins over it).")),
-        quiet: bool = typer.Option(False, "--quiet", "-q", help=option_help("No progress or table; warnings and errors only.")),
+        job_file: Path = typer.Argument(
+            ..., help=option_help("The job file (TOML): shared options under [run], one [[job]] table per job.")
+        ),
+        dry_run: bool = typer.Option(
+            False,
+            "--dry-run",
+            "-n",
+            help=option_help("Print the plan (edits, inversions, UNet forwards) and run nothing."),
+        ),
+        force: bool = typer.Option(
+            False, "--force", help=option_help("Redo every edit, even those whose output is up to date.")
+        ),
+        overwrite: bool = typer.Option(
+            False,
+            "--overwrite",
+            help=option_help(
+                "Replace existing outputs that vedit did not write "
+                "(without it such edits are refused, and --dry-run shows them)."
+            ),
+        ),
+        workers: Optional[int] = typer.Option(
+            None,
+            "--workers",
+            "-w",
+            help=option_help(
+                "Worker processes of the local pool, or Ray workers.",
+                default="one per GPU; 1 (this process) without GPUs; on Ray, the cluster's GPUs or CPUs",
+            ),
+        ),
+        ray: Optional[str] = typer.Option(
+            None,
+            "--ray",
+            help=option_help(
+                "Run on Ray: auto (the running cluster, else a local one), local (a new local one), "
+                "or a cluster ADDRESS."
+            ),
+        ),
+        retries: int = typer.Option(
+            DEFAULT_RETRIES, "--retries", help=option_help("Times a unit whose worker process died is tried again.")
+        ),
+        summary: Optional[Path] = typer.Option(
+            None,
+            "--summary",
+            help=option_help("Write the summary JSON here.", default="<job file>.summary.json beside the job file"),
+        ),
+        config: Optional[Path] = typer.Option(
+            None,
+            "--config",
+            help=option_help(
+                "Read defaults from this vedit.toml instead of ./vedit.toml (the job file's [run] wins over it)."
+            ),
+        ),
+        quiet: bool = typer.Option(
+            False, "--quiet", "-q", help=option_help("No progress or table; warnings and errors only.")
+        ),
     ) -> None:
         """Edit many clips with many prompts from a job file: planned, up-to-date outputs skipped, locally or on Ray."""
         base = Path.cwd()
@@ -296,9 +343,10 @@ def add_to(app: typer.Typer) -> None:
             computed = sum(1 for g in plan.groups if g.status == "computed") + sum(
                 1 for e in plan.edits if e.result.get("inversion") == "computed")  # fmt: skip
             out_console.print(Text(
-                f"{counts.get('done', 0)} done, {counts.get('skipped', 0)} up to date, {counts.get('failed', 0)} failed "
-                f"in {_duration(result.seconds)} ({where}); {computed} inversion{'s' if computed != 1 else ''} "
-                f"computed, {result.model_loads} model load{'s' if result.model_loads != 1 else ''}; summary {summary_path}"
+                f"{counts.get('done', 0)} done, {counts.get('skipped', 0)} up to date, "
+                f"{counts.get('failed', 0)} failed in {_duration(result.seconds)} ({where}); "
+                f"{computed} inversion{'s' if computed != 1 else ''} computed, "
+                f"{result.model_loads} model load{'s' if result.model_loads != 1 else ''}; summary {summary_path}"
             ))  # fmt: skip
         if failed:
             raise fail(f"{len(failed)} of {len(plan.edits)} edits failed (see {summary_path})", FAILED_EXIT_CODE)

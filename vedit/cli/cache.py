@@ -38,18 +38,22 @@ def _print_checkpoints(entries, describe_age) -> None:
     out_console.print(
         f"{len(entries)} checkpoint{'s' if len(entries) != 1 else ''} of stopped runs, {total / 2**20:.1f} MB "
         f"(the same command resumes each; 'vedit cache clear' removes them)",
-        markup=False, soft_wrap=True,
+        markup=False,
+        soft_wrap=True,
     )
 
 
 def add_to(app: typer.Typer) -> None:
     """Add ``vedit cache`` (list, rm, prune, clear) to ``app``."""
-    cache_app = typer.Typer(help="Manage the inversion cache and the checkpoints of stopped runs.", no_args_is_help=True)
+    cache_app = typer.Typer(
+        help="Manage the inversion cache and the checkpoints of stopped runs.", no_args_is_help=True
+    )
     app.add_typer(cache_app, name="cache")
 
     @cache_app.command("list")
     def cache_list(cache_dir: Optional[str] = typer.Option(None, help="Cache folder.")) -> None:
-        """List cached inversions, least recently used first, with the clip each came from, and checkpoints of stopped runs."""
+        """List cached inversions, least recently used first, with the clip each came from, and checkpoints of \
+stopped runs."""
         from rich.text import Text
 
         from ..cache.checkpoints import CheckpointStore
@@ -91,12 +95,15 @@ def add_to(app: typer.Typer) -> None:
         out_console.print(
             f"{len(entries)} entries, {total / 2**20:.1f} MB in {cache.root}; "
             f"the default cap (--cache-max-gb) is {cap:g} GB{share}",
-            markup=False, soft_wrap=True,
+            markup=False,
+            soft_wrap=True,
         )
 
     @cache_app.command("rm")
     def cache_rm(
-        key: str = typer.Argument(..., help="An entry's key as 'vedit cache list' shows it, or any unique start of it."),
+        key: str = typer.Argument(
+            ..., help="An entry's key as 'vedit cache list' shows it, or any unique start of it."
+        ),
         cache_dir: Optional[str] = typer.Option(None, help="Cache folder."),
     ) -> None:
         """Delete one cached inversion, or one checkpoint of a stopped run."""
@@ -123,16 +130,21 @@ def add_to(app: typer.Typer) -> None:
             cache.remove(entry)
         clip = f" of {entry.source}" if entry.source else ""
         out_console.print(
-            f"removed cached inversion {entry.key}{clip} ({entry.size_bytes / 2**20:.1f} MB)", markup=False, soft_wrap=True
+            f"removed cached inversion {entry.key}{clip} ({entry.size_bytes / 2**20:.1f} MB)",
+            markup=False,
+            soft_wrap=True,
         )
 
     @cache_app.command("prune")
     def cache_prune(
         max_gb: float = typer.Option(
-            RunConfig.cache_max_gb, "--max-gb", help="Delete least recently used inversions until the cache holds at most this much."
+            RunConfig.cache_max_gb,
+            "--max-gb",
+            help="Delete least recently used inversions until the cache holds at most this much.",
         ),
         checkpoint_days: float = typer.Option(
-            CHECKPOINT_DAYS, "--checkpoint-days",
+            CHECKPOINT_DAYS,
+            "--checkpoint-days",
             help="Also delete checkpoints of stopped runs last written more than this many days ago (0: all of them).",
         ),
         cache_dir: Optional[str] = typer.Option(None, help="Cache folder."),

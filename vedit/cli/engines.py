@@ -28,25 +28,46 @@ def add_to(app: typer.Typer) -> None:
         frames: int = typer.Option(40, min=1, help="Frames the run will edit (decides the batch sizes built)."),
         editor: Optional[str] = typer.Option(None, help=option_help("Editor plugin.", "editor")),
         propagator: Optional[str] = typer.Option(None, help=option_help("Propagator plugin.", "propagator")),
-        chunk_size: Optional[int] = typer.Option(None, help=option_help("tokenflow: frames per chunk B.", "chunk_size")),
-        max_joint_keyframes: Optional[int] = typer.Option(None, help=option_help("tokenflow: keyframes each keyframe attends to.", "max_joint_keyframes")),
-        batch_size: Optional[str] = typer.Option(None, help=option_help("Frames per inversion / per-frame batch, or auto.", "batch_size")),
+        chunk_size: Optional[int] = typer.Option(
+            None, help=option_help("tokenflow: frames per chunk B.", "chunk_size")
+        ),
+        max_joint_keyframes: Optional[int] = typer.Option(
+            None, help=option_help("tokenflow: keyframes each keyframe attends to.", "max_joint_keyframes")
+        ),
+        batch_size: Optional[str] = typer.Option(
+            None, help=option_help("Frames per inversion / per-frame batch, or auto.", "batch_size")
+        ),
         device: Optional[str] = typer.Option(None, help=option_help("auto, cpu, cuda, cuda:N or mps.", "device")),
         dtype: Optional[str] = typer.Option(None, help=option_help("auto, fp32, fp16 or bf16.", "dtype")),
-        seed: Optional[int] = typer.Option(None, hidden=True, help="Ignored: a built model's weights come from its spec (tiny@N)."),
-        engine_cache: Optional[str] = typer.Option(None, help=option_help(engine_cache_help, default=ENGINE_CACHE_DEFAULT)),
-        config: Optional[Path] = typer.Option(None, "--config", help=option_help("Read defaults from this vedit.toml.")),
+        seed: Optional[int] = typer.Option(
+            None, hidden=True, help="Ignored: a built model's weights come from its spec (tiny@N)."
+        ),
+        engine_cache: Optional[str] = typer.Option(
+            None, help=option_help(engine_cache_help, default=ENGINE_CACHE_DEFAULT)
+        ),
+        config: Optional[Path] = typer.Option(
+            None, "--config", help=option_help("Read defaults from this vedit.toml.")
+        ),
         quiet: bool = typer.Option(False, "--quiet", "-q", help=option_help("No progress; warnings and errors only.")),
     ) -> None:
         """Build every pass a run of this shape uses, ahead of the run (progress per pass)."""
-        from ..pipeline.engines import build_engines
         from ..io.frames import parse_size
+        from ..pipeline.engines import build_engines
 
         with user_errors():
             run_config = config_from_flags(
-                config, engine=engine, model=model, revision=revision, editor=editor, propagator=propagator,
-                chunk_size=chunk_size, max_joint_keyframes=max_joint_keyframes, batch_size=batch_size, device=device,
-                dtype=dtype, engine_cache=engine_cache,
+                config,
+                engine=engine,
+                model=model,
+                revision=revision,
+                editor=editor,
+                propagator=propagator,
+                chunk_size=chunk_size,
+                max_joint_keyframes=max_joint_keyframes,
+                batch_size=batch_size,
+                device=device,
+                dtype=dtype,
+                engine_cache=engine_cache,
             )
             warn_ignored_seed(seed, "building engines")
             with reporting(quiet) as reporter:
@@ -58,10 +79,14 @@ def add_to(app: typer.Typer) -> None:
             out_console.print(table)
 
     @engines_app.command("list")
-    def engines_list(engine_cache: Optional[str] = typer.Option(None, help=engine_cache_help, show_default=f"engines in {CACHE_DIR_DEFAULT}")) -> None:
+    def engines_list(
+        engine_cache: Optional[str] = typer.Option(
+            None, help=engine_cache_help, show_default=f"engines in {CACHE_DIR_DEFAULT}"
+        ),
+    ) -> None:
         """List built engines: pass, engine, model, shapes, precision and what they were built with."""
-        from ..runtime.engine_cache import EngineCache
         from ..method.passes import PASS_VERSION
+        from ..runtime.engine_cache import EngineCache
 
         cache = EngineCache.for_options(engine_cache)
         entries = cache.entries()
@@ -75,21 +100,30 @@ def add_to(app: typer.Typer) -> None:
             next(c for c in table.columns if c.header == name).no_wrap = True
         libraries = set()
         for e in entries:
-            library = ", ".join(f"{k} {e.parts[k]}" for k in ("onnxruntime", "tensorrt", "torch", "compute_capability") if k in e.parts)
+            library = ", ".join(
+                f"{k} {e.parts[k]}" for k in ("onnxruntime", "tensorrt", "torch", "compute_capability") if k in e.parts
+            )
             if e.parts.get("pass_version") != str(PASS_VERSION) and e.engine != "?":
                 library += f" (pass code v{e.parts.get('pass_version', '?')}: stale)"
             libraries.add(library)
             table.add_row(Text(e.path.name.rsplit("-", 1)[-1][:8]), Text(e.pass_name), Text(e.engine), Text(e.model),
-                          Text(e.parts.get("batches", "?")), Text(e.parts.get("dtype", "?")), f"{e.bytes / 1e6:.1f}")  # fmt: skip
+                          Text(e.parts.get("batches", "?")), Text(e.parts.get("dtype", "?")),
+                          f"{e.bytes / 1e6:.1f}")  # fmt: skip
         out_console.print(table)
         for library in sorted(libraries):
             out_console.print(f"built with {library}", markup=False, soft_wrap=True)
 
     @engines_app.command("clear")
-    def engines_clear(engine_cache: Optional[str] = typer.Option(None, help=engine_cache_help, show_default=f"engines in {CACHE_DIR_DEFAULT}")) -> None:
+    def engines_clear(
+        engine_cache: Optional[str] = typer.Option(
+            None, help=engine_cache_help, show_default=f"engines in {CACHE_DIR_DEFAULT}"
+        ),
+    ) -> None:
         """Delete every built engine."""
         from ..runtime.engine_cache import EngineCache
 
         cache = EngineCache.for_options(engine_cache)
         freed = cache.clear()
-        out_console.print(f"removed {freed / 1e6:.1f} MB of built engines from {cache.root}", markup=False, soft_wrap=True)
+        out_console.print(
+            f"removed {freed / 1e6:.1f} MB of built engines from {cache.root}", markup=False, soft_wrap=True
+        )

@@ -18,22 +18,57 @@ def add_to(app: typer.Typer) -> None:
     @app.command("eval")
     def eval_command(
         edited: Path = typer.Argument(..., help="The edited video file, or folder of numbered frames."),
-        source: Path = typer.Option(..., "--source", "-s", help=option_help("The clip it was edited from; optical flow is computed on it.")),
-        prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help=option_help("The edit's prompt, for the CLIP text score.")),
-        json_path: Optional[Path] = typer.Option(None, "--json", help=option_help("Also write the report, with per-frame figures, to this JSON file.")),
-        overwrite: bool = typer.Option(False, "--overwrite", help=option_help("Replace an existing --json file that is not a vedit report.")),
-        flow: Optional[str] = typer.Option(None, help=option_help("Optical-flow backend: dis, raft or a plugin's.", "flow")),
-        clip_model: Optional[str] = typer.Option(None, "--clip", help=option_help("CLIP model: a hub id already in the local cache, or a folder (never downloaded).", "clip")),
-        source_frames: Optional[str] = typer.Option(None, help=option_help("The source frames the edit was made from, START:STOP:STEP (STOP exclusive).", default="from the first, as many as the edit has")),
-        keep_timestamps: bool = typer.Option(False, "--keep-timestamps", help=option_help("The edit was made with 'vedit run --keep-timestamps': read both clips frame by frame at their own times, not at the source's average rate.")),
-        config: Optional[Path] = typer.Option(None, "--config", help=option_help("Read --flow, --clip and --keep-timestamps defaults from this vedit.toml.")),
+        source: Path = typer.Option(
+            ..., "--source", "-s", help=option_help("The clip it was edited from; optical flow is computed on it.")
+        ),
+        prompt: Optional[str] = typer.Option(
+            None, "--prompt", "-p", help=option_help("The edit's prompt, for the CLIP text score.")
+        ),
+        json_path: Optional[Path] = typer.Option(
+            None, "--json", help=option_help("Also write the report, with per-frame figures, to this JSON file.")
+        ),
+        overwrite: bool = typer.Option(
+            False, "--overwrite", help=option_help("Replace an existing --json file that is not a vedit report.")
+        ),
+        flow: Optional[str] = typer.Option(
+            None, help=option_help("Optical-flow backend: dis, raft or a plugin's.", "flow")
+        ),
+        clip_model: Optional[str] = typer.Option(
+            None,
+            "--clip",
+            help=option_help(
+                "CLIP model: a hub id already in the local cache, or a folder (never downloaded).", "clip"
+            ),
+        ),
+        source_frames: Optional[str] = typer.Option(
+            None,
+            help=option_help(
+                "The source frames the edit was made from, START:STOP:STEP (STOP exclusive).",
+                default="from the first, as many as the edit has",
+            ),
+        ),
+        keep_timestamps: bool = typer.Option(
+            False,
+            "--keep-timestamps",
+            help=option_help(
+                "The edit was made with 'vedit run --keep-timestamps': read both clips frame by frame at their own "
+                "times, not at the source's average rate."
+            ),
+        ),
+        config: Optional[Path] = typer.Option(
+            None,
+            "--config",
+            help=option_help("Read --flow, --clip and --keep-timestamps defaults from this vedit.toml."),
+        ),
     ) -> None:
         """Measure an edit: warp error along the source's optical flow and CLIP scores, beside the source's own."""
-        from ..quality.evaluate import check_report_path, evaluate, write_json
         from ..io.frames import FrameRange
+        from ..quality.evaluate import check_report_path, evaluate, write_json
 
         with user_errors():
-            run_config = config_from_flags(config, flow=flow, clip=clip_model, keep_timestamps=keep_timestamps or None, overwrite=overwrite or None)
+            run_config = config_from_flags(
+                config, flow=flow, clip=clip_model, keep_timestamps=keep_timestamps or None, overwrite=overwrite or None
+            )
             try:
                 selection = FrameRange.parse(source_frames) if source_frames is not None else None
             except ConfigError as error:

@@ -29,8 +29,10 @@ INVERSION_STEPS_HELP = (
 def warn_ignored_seed(seed: int | None, work: str) -> None:
     """``--seed`` of a command that draws nothing at random: it used to choose a built model's weights."""
     if seed is not None:
-        warn(f"--seed is ignored: {work} draws nothing at random, and a built model's weights come from "
-             f"its spec (--model tiny@{seed})")
+        warn(
+            f"--seed is ignored: {work} draws nothing at random, and a built model's weights come from "
+            f"its spec (--model tiny@{seed})"
+        )
 
 
 def _options(**values) -> dict:

@@ -8,7 +8,8 @@ import contextlib
 import os
 import sys
 import time
-from typing import Iterator, TextIO
+from collections.abc import Iterator
+from typing import TextIO
 
 import typer
 from rich.console import Console
@@ -112,7 +113,7 @@ class RichReporter(QuietReporter):
 
 
 def _rate(units: float, seconds: float, frames_per_unit: int | None) -> str:
-    """", 31.2 frames/s" for a task whose units stand for frames; "" when nothing can be said yet."""
+    """ ", 31.2 frames/s" for a task whose units stand for frames; "" when nothing can be said yet."""
     if not frames_per_unit or units <= 0 or seconds <= 0:
         return ""
     fps = units * frames_per_unit / seconds
@@ -231,13 +232,25 @@ def summary_table(result, config: RunConfig) -> Table:
         rows.append(("negative prompt", repr(config.negative_prompt)))
     rows.append(("model", result.model))
     rows.append(("seed", str(config.seed)))
-    rows.append(("editor", f"{config.editor} + {config.propagator}, {result.steps_run} steps, inversion {result.inversion}"))
+    rows.append(
+        ("editor", f"{config.editor} + {config.propagator}, {result.steps_run} steps, inversion {result.inversion}")
+    )
     if result.resumed_from is not None:
-        rows.append(("resumed", f"from the checkpoint after step {result.resumed_from} of {result.steps_run}; "
-                                f"{result.steps_run - result.resumed_from} steps run now"))
+        rows.append(
+            (
+                "resumed",
+                f"from the checkpoint after step {result.resumed_from} of {result.steps_run}; "
+                f"{result.steps_run - result.resumed_from} steps run now",
+            )
+        )
     if result.inversion_path is not None:
         rows.append(("inversion", str(result.inversion_path)))
-    rows.append(("UNet", f"{sum(result.forwards.values())} image-forwards ({result.forwards_per_frame_step:.3f} per frame per step)"))
+    rows.append(
+        (
+            "UNet",
+            f"{sum(result.forwards.values())} image-forwards ({result.forwards_per_frame_step:.3f} per frame per step)",
+        )
+    )
     if result.engines:
         by_engine: dict[str, list[str]] = {}
         for name, engine in result.engines.items():

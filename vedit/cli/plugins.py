@@ -23,11 +23,19 @@ def add_to(app: typer.Typer) -> None:
             for kind in plugins.KINDS:
                 for name, item in sorted(plugins.registered(kind).items()):
                     reason = item.unavailable_reason()
-                    cells = (kind, name, item.version, item.package, item.plugin, "yes" if not reason else f"no: {reason}")
+                    cells = (
+                        kind,
+                        name,
+                        item.version,
+                        item.package,
+                        item.plugin,
+                        "yes" if not reason else f"no: {reason}",
+                    )
                     table.add_row(*(Text(str(cell)) for cell in cells))
             out_console.print(table)
             for failure in plugins.failures():
                 err_console.print(
                     f"vedit: plugin {failure.plugin!r} ({failure.package}) is not loaded: {failure.error}",
-                    markup=False, highlight=False,
+                    markup=False,
+                    highlight=False,
                 )

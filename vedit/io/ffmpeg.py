@@ -30,9 +30,7 @@ def find_ffmpeg() -> str:
     if override:
         found = shutil.which(override)
         if found is None:
-            raise ConfigError(
-                f"VEDIT_FFMPEG={override}: no such program; point it at an ffmpeg binary or unset it"
-            )
+            raise ConfigError(f"VEDIT_FFMPEG={override}: no such program; point it at an ffmpeg binary or unset it")
         return found
     on_path = shutil.which("ffmpeg")
     if on_path is not None:

@@ -168,9 +168,7 @@ def check_output_path(
             raise OutputError(f"{out}: is a file; give a new folder name, or a .mp4/.mov/.mkv path")
         foreign = sorted(entry.name for entry in out.iterdir() if not _OUR_FRAME_NAME.match(entry.name))
         if foreign:
-            raise OutputError(
-                f"{out}: folder already holds other files ({foreign[0]}); choose an empty or new folder"
-            )
+            raise OutputError(f"{out}: folder already holds other files ({foreign[0]}); choose an empty or new folder")
     if kind == "video" and out.exists() and not out.is_file():
         raise OutputError(f"{out}: exists and is not a regular file; choose another output path")
     check_replaceable(out, overwrite)

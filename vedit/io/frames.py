@@ -37,7 +37,7 @@ class FrameRange:
             raise ConfigError(f"{option_label('max_frames')}: must be 1 or more, got {self.max_frames}")
 
     @classmethod
-    def parse(cls, text: str | None, max_frames: int | None = None) -> "FrameRange":
+    def parse(cls, text: str | None, max_frames: int | None = None) -> FrameRange:
         """Parse ``START:STOP:STEP`` where every part is optional (``10:``, ``:50``, ``::2``)."""
         if text is None or not text.strip():
             return cls(max_frames=max_frames)

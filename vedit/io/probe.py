@@ -113,10 +113,7 @@ def probe(path: str | os.PathLike) -> VideoInfo:
 
 
 def _probe_file(path: Path) -> VideoInfo:
-    unreadable = (
-        f"{path}: not a readable video; give a video file (mp4, mov, mkv, avi, webm...) "
-        "or a folder of frames"
-    )
+    unreadable = f"{path}: not a readable video; give a video file (mp4, mov, mkv, avi, webm...) or a folder of frames"
     try:
         container = av.open(str(path))
     except PermissionError:
@@ -321,9 +318,7 @@ _PIL_PIXEL_FORMATS = {"RGB": "rgb24", "RGBA": "rgba", "L": "gray", "LA": "ya8", 
 def _probe_folder(folder: Path) -> VideoInfo:
     images = numbered_images(folder)
     if not images:
-        raise InputError(
-            f"{folder}: no images found; the folder should hold numbered frames such as 00000.png"
-        )
+        raise InputError(f"{folder}: no images found; the folder should hold numbered frames such as 00000.png")
     first_size, codec, mode = None, "png", ""
     for image_path in images:
         try:

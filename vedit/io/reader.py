@@ -14,10 +14,9 @@ from __future__ import annotations
 import math
 import os
 import subprocess
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator
 
 import av
 import ffmpeg
@@ -30,7 +29,7 @@ from ..errors import ConfigError, InputError
 from .ffmpeg import ffmpeg_path, start_ffmpeg, stop_ffmpeg
 from .frames import FrameRange, working_size
 from .probe import VideoInfo, numbered_images, probe
-from .timing import constant_rate_slots, Timeline, read_timeline
+from .timing import Timeline, constant_rate_slots, read_timeline
 
 
 def untagged_matrix(width: int, height: int) -> str:
@@ -86,9 +85,7 @@ class FrameReader:
             self._promised_total = max(total, self.info.num_frames)
         self.indices = frames.indices(total)
         if size is None:
-            size = working_size(
-                self.info.width, self.info.height, keep_if_aligned=self.info.is_image_sequence
-            )
+            size = working_size(self.info.width, self.info.height, keep_if_aligned=self.info.is_image_sequence)
         if len(size) != 2 or min(size) < 1:
             raise ValueError(f"size must be (width, height) with positive sides, got {size}")
         self.size = (int(size[0]), int(size[1]))
@@ -281,8 +278,11 @@ class FrameReader:
             raise InputError(
                 f"{self.path}: decoding failed after {produced} frames ({stderr.last_error()}); "
                 "the file looks damaged, re-encode or replace it"
-                + (f" (or pass {option_value('allow_short', True)} to edit the {produced} frames before it)"
-                   if produced else "")
+                + (
+                    f" (or pass {option_value('allow_short', True)} to edit the {produced} frames before it)"
+                    if produced
+                    else ""
+                )
             )
         if produced < len(self.frames.indices(self._promised_total)):
             self._finish(produced)

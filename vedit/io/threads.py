@@ -10,7 +10,8 @@ from __future__ import annotations
 import contextvars
 import queue
 import threading
-from typing import Any, Callable, Generic, Iterable, Iterator, TypeVar
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Generic, TypeVar
 
 from ..runtime import profiling
 
@@ -96,7 +97,7 @@ class ReadAhead(Generic[T]):
                 break
         self._thread.join()
 
-    def __enter__(self) -> "ReadAhead[T]":
+    def __enter__(self) -> ReadAhead[T]:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -167,7 +168,7 @@ class WriteBehind(Generic[T]):
         self._stop.set()
         self._thread.join()
 
-    def __enter__(self) -> "WriteBehind[T]":
+    def __enter__(self) -> WriteBehind[T]:
         return self
 
     def __exit__(self, exc_type: Any, *exc: Any) -> None:

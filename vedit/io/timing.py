@@ -91,7 +91,10 @@ def read_timeline(path: Path, fps: Fraction, *, limit: int | None = None) -> Tim
             shift = round_half_up(start * time_base.denominator, av.time_base * time_base.numerator)
         ticks.sort()
         return Timeline(
-            ticks=[tick - shift for tick in ticks], end=end - shift, time_base=time_base, shift=shift,
+            ticks=[tick - shift for tick in ticks],
+            end=end - shift,
+            time_base=time_base,
+            shift=shift,
             discarded=discarded,
         )
 

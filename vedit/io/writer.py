@@ -34,8 +34,8 @@ from av.error import FFmpegError
 from PIL import Image, PngImagePlugin
 
 from ..errors import OutputError
-from .ffmpeg import ffmpeg_path, start_ffmpeg, StderrTail, stop_ffmpeg, find_ffmpeg
-from .files import OUTPUT_FORMATS, SIGNATURE, OutputFormat, output_kind, check_output_path, remove_dead_partials
+from .ffmpeg import StderrTail, ffmpeg_path, find_ffmpeg, start_ffmpeg, stop_ffmpeg
+from .files import OUTPUT_FORMATS, SIGNATURE, OutputFormat, check_output_path, output_kind, remove_dead_partials
 from .probe import ColorTags, VideoInfo, round_half_up
 from .timing import read_timeline
 
@@ -303,7 +303,7 @@ class VideoWriter:
         self._done = False
         check_encoders(self.path, audio=self._audio_source() is not None)
 
-    def __enter__(self) -> "VideoWriter":
+    def __enter__(self) -> VideoWriter:
         return self
 
     def __exit__(self, exc_type, exc, traceback) -> bool:
@@ -321,9 +321,7 @@ class VideoWriter:
         if batch.ndim == 3:
             batch = batch[None]
         if batch.ndim != 4 or batch.shape[-1] != 3 or batch.dtype != np.uint8:
-            raise ValueError(
-                f"frames must be uint8 (H, W, 3) or (b, H, W, 3), got {batch.dtype} {batch.shape}"
-            )
+            raise ValueError(f"frames must be uint8 (H, W, 3) or (b, H, W, 3), got {batch.dtype} {batch.shape}")
         if len(batch) == 0:
             return
         shape = (int(batch.shape[1]), int(batch.shape[2]))
@@ -333,8 +331,7 @@ class VideoWriter:
         elif shape != self._frame_shape:
             first_height, first_width = self._frame_shape
             raise ValueError(
-                f"all frames must share one size: got {shape[1]}x{shape[0]} "
-                f"after {first_width}x{first_height}"
+                f"all frames must share one size: got {shape[1]}x{shape[0]} after {first_width}x{first_height}"
             )
         if self.kind == "video":
             self._write_video(batch)
@@ -408,9 +405,7 @@ class VideoWriter:
         assert self.format is not None
         options = self._encoder_options()
         if self.timestamps is None:
-            frames_in = ffmpeg.input(
-                "pipe:", format="rawvideo", pix_fmt="rgb24", s=f"{width}x{height}", framerate=rate
-            )
+            frames_in = ffmpeg.input("pipe:", format="rawvideo", pix_fmt="rgb24", s=f"{width}x{height}", framerate=rate)
         else:
             # Raw frames carry no timestamps; NUT packets do, so frames go to ffmpeg in NUT
             # and every one keeps its own time. B-frames would make x264 derive decoding times
@@ -606,8 +601,7 @@ class VideoWriter:
         assert self._muxer is not None and self._muxer_stream is not None and self.timestamps is not None
         if self.frames_written + len(batch) > len(self.timestamps):
             raise ValueError(
-                f"{self.frames_written + len(batch)} frames written but only "
-                f"{len(self.timestamps)} timestamps given"
+                f"{self.frames_written + len(batch)} frames written but only {len(self.timestamps)} timestamps given"
             )
         ticks = self._nut_ticks
         try:

@@ -4,7 +4,8 @@ clip with the source prompt, and its exact reverse."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -51,15 +52,13 @@ def check_schedules(scheduler: Any, steps: int, inversion_steps: int | None = No
     missing = sorted(set(sampling) - set(inversion_timesteps(scheduler, inversion_steps)), reverse=True)
     if missing:
         fitting = [
-            n for n in range(steps, limit + 1, steps)
-            if not set(sampling) - set(inversion_timesteps(scheduler, n))
+            n for n in range(steps, limit + 1, steps) if not set(sampling) - set(inversion_timesteps(scheduler, n))
         ]
         nearest = min(fitting, key=lambda n: (abs(n - inversion_steps), -n))  # a tie: the finer schedule
         raise ConfigError(
             f"{option_value('inversion_steps', inversion_steps)} does not pass through the {steps}-step sampling "
             f"schedule (it never visits t={missing[0]}); use {option_value('inversion_steps', nearest)}"
         )
-
 
 
 @torch.no_grad()
@@ -85,13 +84,17 @@ def invert(
     if writer is None:
         return _invert(unet, scheduler, clean_latents, source_embeds, inversion_steps, steps, batch_size, on_step, None)
     try:
-        return _invert(unet, scheduler, clean_latents, source_embeds, inversion_steps, steps, batch_size, on_step, writer)
+        return _invert(
+            unet, scheduler, clean_latents, source_embeds, inversion_steps, steps, batch_size, on_step, writer
+        )
     except BaseException:
         writer.abort()
         raise
 
 
-def _invert(unet, scheduler, clean_latents, source_embeds, inversion_steps, steps, batch_size, on_step, writer) -> Trajectory:
+def _invert(
+    unet, scheduler, clean_latents, source_embeds, inversion_steps, steps, batch_size, on_step, writer
+) -> Trajectory:
     check_schedules(scheduler, steps, inversion_steps)
     scheduler.set_timesteps(steps)
     keep = [int(t) for t in scheduler.timesteps]
@@ -105,10 +108,12 @@ def _invert(unet, scheduler, clean_latents, source_embeds, inversion_steps, step
     steps_on_device = to_device(torch.tensor(schedule, dtype=torch.int64), device)
     previous = [alphas[schedule[i - 1]] if i > 0 else final_alpha for i in range(len(schedule))]
     coefficients = to_device(
-        torch.stack([
-            torch.stack([(1 - prev).sqrt(), prev.sqrt(), alphas[t].sqrt(), (1 - alphas[t]).sqrt()])
-            for t, prev in zip(schedule, previous)
-        ]).to(x.dtype),
+        torch.stack(
+            [
+                torch.stack([(1 - prev).sqrt(), prev.sqrt(), alphas[t].sqrt(), (1 - alphas[t]).sqrt()])
+                for t, prev in zip(schedule, previous)
+            ]
+        ).to(x.dtype),
         device,
     )  # (steps, 4): √(1−ᾱ_prev), √ᾱ_prev, √ᾱ_t, √(1−ᾱ_t)
     stored: dict[int, torch.Tensor] = {}
@@ -162,10 +167,12 @@ def reconstruct(
     steps_on_device = to_device(torch.tensor(schedule, dtype=torch.int64), x.device)
     previous = [alphas[schedule[i - 1]] if i > 0 else final_alpha for i in range(len(schedule))]
     coefficients = to_device(
-        torch.stack([
-            torch.stack([(1 - alphas[t]).sqrt(), alphas[t].sqrt(), prev.sqrt(), (1 - prev).sqrt()])
-            for t, prev in zip(schedule, previous)
-        ]).to(x.dtype),
+        torch.stack(
+            [
+                torch.stack([(1 - alphas[t]).sqrt(), alphas[t].sqrt(), prev.sqrt(), (1 - prev).sqrt()])
+                for t, prev in zip(schedule, previous)
+            ]
+        ).to(x.dtype),
         x.device,
     )  # (steps, 4): √(1−ᾱ_t), √ᾱ_t, √ᾱ_prev, √(1−ᾱ_prev)
     for i in reversed(range(len(schedule))):

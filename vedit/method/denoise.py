@@ -8,14 +8,15 @@ groups of frames it chooses with whatever attention handler it needs. The loop a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import torch
 
 from ..runtime import profiling
-from .passes import select_keyframes
 from ..runtime.transfer import to_device
+from .passes import select_keyframes
 from .unet import COND, SOURCE, UNCOND, AttentionHandler, CallContext, Injection
 
 
@@ -94,7 +95,9 @@ class Denoiser:
     injection flags as device tensors, the text embeddings per batch size.
     """
 
-    def __init__(self, passes: Any, plan: EditPlan, embeds: dict[str, torch.Tensor], guidance: float, with_source: bool):
+    def __init__(
+        self, passes: Any, plan: EditPlan, embeds: dict[str, torch.Tensor], guidance: float, with_source: bool
+    ):
         self.passes = passes
         self.plan = plan
         self.embeds = embeds  # branch name -> (1, L, D)
@@ -106,7 +109,9 @@ class Denoiser:
         steps = len(plan.timesteps)
         self._timesteps = to_device(torch.as_tensor(plan.timesteps).to(torch.int64).reshape(steps), self.device)
         switches = [plan.injection(index) for index in range(steps)]
-        self._flags = to_device(torch.tensor([[bool(i.conv), bool(i.qk)] for i in switches]).reshape(steps, 2), self.device)
+        self._flags = to_device(
+            torch.tensor([[bool(i.conv), bool(i.qk)] for i in switches]).reshape(steps, 2), self.device
+        )
         self._source: tuple[int, torch.Tensor] | None = None
 
     def _text(self, n: int) -> torch.Tensor:
@@ -151,7 +156,9 @@ class Denoiser:
         batch, text = self._batch(frames, latents, step), self._text(n)
         t, flags = self._step_inputs(step)
         if attention is not None:
-            ctx = CallContext(branches=self.branches, frames=n, attention=attention, injection=self.plan.injection(step.index))
+            ctx = CallContext(
+                branches=self.branches, frames=n, attention=attention, injection=self.plan.injection(step.index)
+            )
             eps = self.passes.custom(batch, t, text, ctx, kind=kind)
         elif self.branches[0] == SOURCE:
             eps = self.passes.frames(batch, t, text, flags, kind=kind)

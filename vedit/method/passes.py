@@ -26,7 +26,7 @@ propagation latents (3n,…), t, text (3n,…), flags, weights (n,), per       �
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -35,8 +35,8 @@ from torch import nn
 from ..runtime import profiling
 from .attention import (
     PlainAttention,
-    in_graph,
     bounded_joint_attention,
+    in_graph,
     joint_attention,
     per_frame_attention,
     project_out,

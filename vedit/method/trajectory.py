@@ -25,10 +25,10 @@ import os
 import struct
 import tempfile
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 from safetensors import safe_open
@@ -178,7 +178,7 @@ class Trajectory:
     @classmethod
     def load(
         cls, path: str | Path, *, mapped: bool = True, damaged: Callable[[str], Exception] | None = None
-    ) -> "Trajectory":
+    ) -> Trajectory:
         """Read a trajectory file. ``clean`` is read whole; the per-timestep latents are
         memory-mapped (``mapped``, the default: read per step, never held whole) or read whole.
 
@@ -329,7 +329,7 @@ class TrajectoryWriter:
     def _fail(self, error: OSError) -> None:
         self.failed = failure_reason(error)
 
-    def finish(self) -> "Trajectory":
+    def finish(self) -> Trajectory:
         """Complete the file, move it into place and return it, memory-mapped (or, after a
         failure to write, held in memory)."""
         self._behind.finish()
@@ -353,7 +353,7 @@ class TrajectoryWriter:
                 self._fail(error)
         return self._in_memory()
 
-    def _in_memory(self) -> "Trajectory":
+    def _in_memory(self) -> Trajectory:
         """After a failure: what reached the file read back, with what did not, and the file removed."""
         with contextlib.suppress(OSError):
             self._file.close()
@@ -378,7 +378,6 @@ class TrajectoryWriter:
         with contextlib.suppress(OSError):
             self._file.close()
         Path(self._tmp).unlink(missing_ok=True)
-
 
 
 def read_metadata(path: str | Path, needs: tuple[str, ...] = LOAD_FIELDS) -> dict[str, str]:

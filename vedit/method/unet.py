@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import contextlib
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator, NamedTuple, Protocol
+from typing import NamedTuple, Protocol
 
 import torch
 from torch import nn
@@ -44,7 +45,7 @@ class AttentionHandler(Protocol):
     """Computes one self-attention layer's output (after ``to_out``, before the residual)."""
 
     def self_attention(
-        self, layer: LayerInfo, attn: nn.Module, hidden_states: torch.Tensor, ctx: "CallContext"
+        self, layer: LayerInfo, attn: nn.Module, hidden_states: torch.Tensor, ctx: CallContext
     ) -> torch.Tensor: ...
 
 
@@ -86,7 +87,7 @@ def inject_from_source(x: torch.Tensor, ctx: CallContext, flag: bool | torch.Ten
 class _SelfAttentionProcessor:
     """Routes one ``attn1`` to the current call's attention handler."""
 
-    def __init__(self, controlled: "ControlledUNet", layer: LayerInfo):
+    def __init__(self, controlled: ControlledUNet, layer: LayerInfo):
         self.controlled = controlled
         self.layer = layer
 
@@ -98,7 +99,7 @@ class _SelfAttentionProcessor:
 class _InjectedConv(nn.Module):
     """A resnet's ``conv2`` whose output (the residual branch) can take the source branch's."""
 
-    def __init__(self, conv: nn.Module, controlled: "ControlledUNet"):
+    def __init__(self, conv: nn.Module, controlled: ControlledUNet):
         super().__init__()
         self.conv = conv
         self._controlled = [controlled]  # a list so nn.Module does not register a cycle
@@ -131,7 +132,7 @@ class ControlledUNet:
         self.layers: list[LayerInfo] = []
 
     # installation -------------------------------------------------------------------------
-    def install(self) -> "ControlledUNet":
+    def install(self) -> ControlledUNet:
         modules = dict(self.unet.named_modules())
         for path in self.conv_layers + self.qk_layers:
             if path not in modules:
@@ -165,7 +166,7 @@ class ControlledUNet:
             self.unet.set_attn_processor(self._saved_processors)
             self._saved_processors = None
 
-    def __enter__(self) -> "ControlledUNet":
+    def __enter__(self) -> ControlledUNet:
         return self.install()
 
     def __exit__(self, *exc) -> None:
@@ -196,6 +197,7 @@ class ControlledUNet:
         return self.run(latents, t, text, ctx)
 
     def run(self, latents: torch.Tensor, t: torch.Tensor, text: torch.Tensor, ctx: CallContext) -> torch.Tensor:
-        """The UNet on ``latents`` with ``ctx`` acting inside (nothing counted: traced and compiled passes call this)."""
+        """The UNet on ``latents`` with ``ctx`` acting inside (nothing counted: traced and compiled passes
+        call this)."""
         with self._using(ctx):
             return self.unet(latents, t, encoder_hidden_states=text, return_dict=False)[0]

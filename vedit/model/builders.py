@@ -18,10 +18,11 @@ from __future__ import annotations
 import json
 import re
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -49,8 +50,10 @@ SD_SCHEDULER_CONFIG: dict[str, Any] = {
     "prediction_type": "epsilon",
 }
 
-SPEC_HELP = ("use tiny, random:sd15 or random:sd21 (with @N for weights drawn from seed N, e.g. tiny@3), "
-             "a Hugging Face hub id or a local diffusers folder")
+SPEC_HELP = (
+    "use tiny, random:sd15 or random:sd21 (with @N for weights drawn from seed N, e.g. tiny@3), "
+    "a Hugging Face hub id or a local diffusers folder"
+)
 
 
 def unet_config(spec: str) -> dict[str, Any]:
@@ -79,14 +82,19 @@ def unet_config(spec: str) -> dict[str, Any]:
     architecture = _architecture(spec)
     if architecture == "sd15":
         # attention_head_dim is diffusers' (misnamed) head count: 8 heads at every level
-        return {**sd, "cross_attention_dim": 768, "attention_head_dim": 8,
-                "use_linear_projection": False}
+        return {**sd, "cross_attention_dim": 768, "attention_head_dim": 8, "use_linear_projection": False}
     if architecture == "sd21":
         # 5/10/20/20 heads of 64 channels each
-        return {**sd, "cross_attention_dim": 1024, "attention_head_dim": [5, 10, 20, 20],
-                "use_linear_projection": True}
-    return {**sd, "sample_size": 8, "block_out_channels": [16, 16, 32, 32], "norm_num_groups": 4,
-            "cross_attention_dim": 32, "attention_head_dim": 2, "use_linear_projection": False}
+        return {**sd, "cross_attention_dim": 1024, "attention_head_dim": [5, 10, 20, 20], "use_linear_projection": True}
+    return {
+        **sd,
+        "sample_size": 8,
+        "block_out_channels": [16, 16, 32, 32],
+        "norm_num_groups": 4,
+        "cross_attention_dim": 32,
+        "attention_head_dim": 2,
+        "use_linear_projection": False,
+    }
 
 
 def vae_config(spec: str) -> dict[str, Any]:
@@ -105,30 +113,62 @@ def vae_config(spec: str) -> dict[str, Any]:
         "scaling_factor": 0.18215,
     }
     if _architecture(spec) == "tiny":
-        return {**sd, "block_out_channels": [8, 8, 16, 16], "layers_per_block": 1,
-                "norm_num_groups": 4, "sample_size": 64}
+        return {
+            **sd,
+            "block_out_channels": [8, 8, 16, 16],
+            "layers_per_block": 1,
+            "norm_num_groups": 4,
+            "sample_size": 64,
+        }
     return sd
 
 
 def text_encoder_config(spec: str) -> dict[str, Any]:
     """``CLIPTextConfig`` arguments of a built-in spec, with the local tokenizer's token ids."""
-    special = {"bos_token_id": _BYTE_VOCAB_SIZE, "eos_token_id": _BYTE_VOCAB_SIZE + 1,
-               "pad_token_id": _BYTE_VOCAB_SIZE + 1}
+    special = {
+        "bos_token_id": _BYTE_VOCAB_SIZE,
+        "eos_token_id": _BYTE_VOCAB_SIZE + 1,
+        "pad_token_id": _BYTE_VOCAB_SIZE + 1,
+    }
     architecture = _architecture(spec)
     if architecture == "sd15":  # CLIP ViT-L/14's text tower
-        return {"vocab_size": 49408, "hidden_size": 768, "intermediate_size": 3072,
-                "num_hidden_layers": 12, "num_attention_heads": 12, "projection_dim": 768,
-                "max_position_embeddings": PROMPT_LENGTH, "hidden_act": "quick_gelu",
-                "layer_norm_eps": 1e-5, **special}
+        return {
+            "vocab_size": 49408,
+            "hidden_size": 768,
+            "intermediate_size": 3072,
+            "num_hidden_layers": 12,
+            "num_attention_heads": 12,
+            "projection_dim": 768,
+            "max_position_embeddings": PROMPT_LENGTH,
+            "hidden_act": "quick_gelu",
+            "layer_norm_eps": 1e-5,
+            **special,
+        }
     if architecture == "sd21":  # OpenCLIP ViT-H/14's text tower without its last layer
-        return {"vocab_size": 49408, "hidden_size": 1024, "intermediate_size": 4096,
-                "num_hidden_layers": 23, "num_attention_heads": 16, "projection_dim": 512,
-                "max_position_embeddings": PROMPT_LENGTH, "hidden_act": "gelu",
-                "layer_norm_eps": 1e-5, **special}
-    return {"vocab_size": _BYTE_VOCAB_SIZE + 2, "hidden_size": 32, "intermediate_size": 64,
-            "num_hidden_layers": 2, "num_attention_heads": 2, "projection_dim": 32,
-            "max_position_embeddings": PROMPT_LENGTH, "hidden_act": "quick_gelu",
-            "layer_norm_eps": 1e-5, **special}
+        return {
+            "vocab_size": 49408,
+            "hidden_size": 1024,
+            "intermediate_size": 4096,
+            "num_hidden_layers": 23,
+            "num_attention_heads": 16,
+            "projection_dim": 512,
+            "max_position_embeddings": PROMPT_LENGTH,
+            "hidden_act": "gelu",
+            "layer_norm_eps": 1e-5,
+            **special,
+        }
+    return {
+        "vocab_size": _BYTE_VOCAB_SIZE + 2,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "projection_dim": 32,
+        "max_position_embeddings": PROMPT_LENGTH,
+        "hidden_act": "quick_gelu",
+        "layer_norm_eps": 1e-5,
+        **special,
+    }
 
 
 @dataclass(frozen=True)
@@ -170,8 +210,10 @@ def built_spec(spec: str) -> BuiltSpec | None:
     if not at:
         return BuiltSpec(architecture)
     if not re.fullmatch(r"[0-9]+", seed) or int(seed) > MAX_SEED:
-        raise ConfigError(f"model '{spec}': the weights' seed after '@' must be a whole number from 0 to "
-                          f"{MAX_SEED}, as in '{architecture}@3'")
+        raise ConfigError(
+            f"model '{spec}': the weights' seed after '@' must be a whole number from 0 to "
+            f"{MAX_SEED}, as in '{architecture}@3'"
+        )
     return BuiltSpec(architecture, int(seed))
 
 
@@ -186,8 +228,7 @@ def _architecture(spec: str) -> str:
 def _byte_symbols() -> list[str]:
     """GPT-2/CLIP's byte-to-unicode table: printable bytes stand for themselves, the rest are
     shifted past 255 so that no symbol is whitespace or a control character."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
-                 *range(ord("®"), ord("ÿ") + 1)]
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     symbols = {byte: chr(byte) for byte in printable}
     shifted = 256
     for byte in range(256):
@@ -211,8 +252,7 @@ def build_tokenizer() -> CLIPTokenizer:
     with tempfile.TemporaryDirectory(prefix="vedit-tokenizer-") as folder:
         Path(folder, "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
         Path(folder, "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
-        return CLIPTokenizer.from_pretrained(folder, model_max_length=PROMPT_LENGTH,
-                                             local_files_only=True)
+        return CLIPTokenizer.from_pretrained(folder, model_max_length=PROMPT_LENGTH, local_files_only=True)
 
 
 @contextmanager

@@ -13,9 +13,15 @@ from ..errors import ConfigError
 
 _DTYPE_NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
 _DTYPE_ALIASES = {
-    "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
-    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-    "fp32": torch.float32, "float32": torch.float32, "float": torch.float32, "full": torch.float32,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+    "half": torch.float16,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "float": torch.float32,
+    "full": torch.float32,
 }
 
 
@@ -35,13 +41,16 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
         return torch.device("cpu")
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ConfigError(f"device '{name}' is not available: this PyTorch sees no CUDA GPU; "
-                              f"use {option_value('device', 'cpu')} (or auto)")
+            raise ConfigError(
+                f"device '{name}' is not available: this PyTorch sees no CUDA GPU; "
+                f"use {option_value('device', 'cpu')} (or auto)"
+            )
         count = torch.cuda.device_count()
         index = torch.cuda.current_device() if device.index is None else device.index
         if index >= count:
-            raise ConfigError(f"device '{name}' does not exist: this machine has {count} CUDA "
-                              f"device(s), cuda:0 to cuda:{count - 1}")
+            raise ConfigError(
+                f"device '{name}' does not exist: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}"
+            )
         return torch.device("cuda", index)
     if device.type == "mps":
         if not _mps_available():
@@ -70,11 +79,14 @@ def resolve_dtype(name: str | torch.dtype | None, device: torch.device) -> torch
     if dtype not in _DTYPE_NAMES:
         raise ConfigError(f"unknown dtype '{name}': use auto, fp16, bf16 or fp32")
     if dtype == torch.float16 and device.type == "cpu":
-        raise ConfigError("fp16 is not supported on the CPU (many of its kernels are missing or "
-                          f"slow there): use {option_value('dtype', 'fp32')} or {option_value('dtype', 'bf16')}")
+        raise ConfigError(
+            "fp16 is not supported on the CPU (many of its kernels are missing or "
+            f"slow there): use {option_value('dtype', 'fp32')} or {option_value('dtype', 'bf16')}"
+        )
     if dtype == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ConfigError(f"bf16 is not supported by {torch.cuda.get_device_name(device)}: "
-                          f"use {option_value('dtype', 'fp16')}")
+        raise ConfigError(
+            f"bf16 is not supported by {torch.cuda.get_device_name(device)}: use {option_value('dtype', 'fp16')}"
+        )
     return dtype
 
 
@@ -87,8 +99,9 @@ def vae_dtype_for(dtype: torch.dtype, force_upcast: bool = True) -> torch.dtype:
     """The dtype the VAE runs in beside a UNet in ``dtype``.
 
     SD's VAE overflows fp16 in its decoder's last blocks (black or NaN frames at 512×512 and
-    above), which its config says with ``force_upcast`` (True unless a fixed VAE says otherwise): beside an fp16 UNet it runs in fp32
-    (bf16 has fp32's range, so a bf16 VAE is kept). Its share of the run's time is small.
+    above), which its config says with ``force_upcast`` (True unless a fixed VAE says otherwise):
+    beside an fp16 UNet it runs in fp32 (bf16 has fp32's range, so a bf16 VAE is kept). Its share
+    of the run's time is small.
     """
     if dtype == torch.float16 and force_upcast:
         return torch.float32
@@ -120,8 +133,7 @@ def is_out_of_memory(error: BaseException) -> bool:
     if isinstance(error, (torch.OutOfMemoryError, MemoryError)):
         return True
     message = str(error).lower()
-    return isinstance(error, RuntimeError) and (
-        "out of memory" in message or "can't allocate memory" in message)
+    return isinstance(error, RuntimeError) and ("out of memory" in message or "can't allocate memory" in message)
 
 
 def memory_hint(error: BaseException) -> str:

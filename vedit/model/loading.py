@@ -25,16 +25,24 @@ import os
 import re
 import sys
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..config import DEFAULT_MODEL, option_label, option_value
 from ..errors import ModelError
 from .builders import SD_SCHEDULER_CONFIG, SPEC_HELP, build_model, built_spec
-from .device import dtype_name, is_out_of_memory, place_for_inference, resolve_device, resolve_dtype
-from .device import use_fast_float32, vae_dtype_for
+from .device import (
+    dtype_name,
+    is_out_of_memory,
+    place_for_inference,
+    resolve_device,
+    resolve_dtype,
+    use_fast_float32,
+    vae_dtype_for,
+)
 from .stable_diffusion import COMPONENTS, StableDiffusion
 
 if TYPE_CHECKING:
@@ -67,7 +75,6 @@ def peek_scheduler(spec: str = DEFAULT_MODEL, revision: str | None = None) -> DD
         return None
 
 
-
 def load_model(
     spec: str = DEFAULT_MODEL,
     *,
@@ -84,8 +91,11 @@ def load_model(
     spec = str(spec).strip()
     built = built_spec(spec)
     if seed is not None:
-        warnings.warn("load_model(seed=N) is deprecated: the weights' seed is part of the spec, as in 'tiny@N'",
-                      DeprecationWarning, stacklevel=2)
+        warnings.warn(
+            "load_model(seed=N) is deprecated: the weights' seed is part of the spec, as in 'tiny@N'",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         if built is not None and "@" not in spec:
             built = built_spec(f"{spec}@{seed}")
     device = resolve_device(device)
@@ -100,8 +110,9 @@ def load_model(
         if not is_out_of_memory(error):
             raise
         _release_memory()
-        raise ModelError(f"not enough memory on {device} for '{spec}' in {dtype_name(dtype)}: "
-                         f"{_loading_hint(device, dtype)}") from None
+        raise ModelError(
+            f"not enough memory on {device} for '{spec}' in {dtype_name(dtype)}: {_loading_hint(device, dtype)}"
+        ) from None
     _check_compatible(model)
     return model
 
@@ -126,20 +137,28 @@ def _check_compatible(model: StableDiffusion) -> None:
     """Refuse models whose shape or objective the rest of vedit does not handle."""
     name = model.model_id
     if model.vae_scale_factor != 8:
-        raise ModelError(f"model '{name}' has a VAE that scales by {model.vae_scale_factor}, "
-                         "not 8: vedit needs a Stable Diffusion 1.x/2.x VAE")
+        raise ModelError(
+            f"model '{name}' has a VAE that scales by {model.vae_scale_factor}, "
+            "not 8: vedit needs a Stable Diffusion 1.x/2.x VAE"
+        )
     if model.unet.config.in_channels != 4 or model.unet.config.out_channels != 4:
-        raise ModelError(f"model '{name}' has a UNet with {model.unet.config.in_channels} input "
-                         "channels (an inpainting or depth model?): vedit needs a text-to-image "
-                         "model with 4")
+        raise ModelError(
+            f"model '{name}' has a UNet with {model.unet.config.in_channels} input "
+            "channels (an inpainting or depth model?): vedit needs a text-to-image "
+            "model with 4"
+        )
     if model.unet.config.cross_attention_dim != model.text_encoder.config.hidden_size:
-        raise ModelError(f"model '{name}' is inconsistent: its UNet expects "
-                         f"{model.unet.config.cross_attention_dim}-dim text embeddings, its text "
-                         f"encoder makes {model.text_encoder.config.hidden_size}-dim ones")
+        raise ModelError(
+            f"model '{name}' is inconsistent: its UNet expects "
+            f"{model.unet.config.cross_attention_dim}-dim text embeddings, its text "
+            f"encoder makes {model.text_encoder.config.hidden_size}-dim ones"
+        )
     prediction = model.scheduler.config.prediction_type
     if prediction != "epsilon":
-        raise ModelError(f"model '{name}' predicts '{prediction}', not noise ('epsilon'): vedit "
-                         "supports epsilon models such as SD 1.5 and SD 2.1-base")
+        raise ModelError(
+            f"model '{name}' predicts '{prediction}', not noise ('epsilon'): vedit "
+            "supports epsilon models such as SD 1.5 and SD 2.1-base"
+        )
 
 
 # ----------------------------------------------------------------------------- from_pretrained
@@ -166,8 +185,7 @@ def _route_library_logs() -> None:
                 handler.stream = _CurrentStderr()  # not setStream: it flushes the old, maybe closed, one
 
 
-def _load_pretrained(spec: str, device: torch.device, dtype: torch.dtype,
-                     revision: str | None) -> StableDiffusion:
+def _load_pretrained(spec: str, device: torch.device, dtype: torch.dtype, revision: str | None) -> StableDiffusion:
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -186,11 +204,14 @@ def _load_pretrained(spec: str, device: torch.device, dtype: torch.dtype,
     placed = {"device_map": str(device)} if _can_place(device) else {}
     loaders = {
         "unet": lambda: UNet2DConditionModel.from_pretrained(
-            source, subfolder="unet", torch_dtype=dtype, **placed, **options),
+            source, subfolder="unet", torch_dtype=dtype, **placed, **options
+        ),
         "vae": lambda: AutoencoderKL.from_pretrained(
-            source, subfolder="vae", torch_dtype=_stored_vae_dtype(source, dtype, options), **placed, **options),
+            source, subfolder="vae", torch_dtype=_stored_vae_dtype(source, dtype, options), **placed, **options
+        ),
         "text_encoder": lambda: CLIPTextModel.from_pretrained(
-            source, subfolder="text_encoder", **{_transformers_dtype_keyword(): dtype}, **placed, **options),
+            source, subfolder="text_encoder", **{_transformers_dtype_keyword(): dtype}, **placed, **options
+        ),
         "tokenizer": lambda: CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **options),
         "scheduler": lambda: DDIMScheduler.from_pretrained(source, subfolder="scheduler", **options),
     }
@@ -215,8 +236,9 @@ def _load_pretrained(spec: str, device: torch.device, dtype: torch.dtype,
         model_id, revision, fingerprint = str(folder), None, _folder_fingerprint(folder)
     else:
         model_id, fingerprint = spec, _hub_fingerprint(spec, revision)
-    return StableDiffusion(**parts, model_id=model_id, revision=revision,
-                           fingerprint=fingerprint, device=device, dtype=dtype)
+    return StableDiffusion(
+        **parts, model_id=model_id, revision=revision, fingerprint=fingerprint, device=device, dtype=dtype
+    )
 
 
 def _can_place(device: torch.device) -> bool:
@@ -245,22 +267,28 @@ def _local_folder(spec: str) -> Path | None:
         missing = [name for name in COMPONENTS if not (folder / name).is_dir()]
         if missing:
             listed = " and ".join(", ".join(f"{name}/" for name in missing).rsplit(", ", 1))
-            raise ModelError(f"'{spec}' is not a diffusers model folder: it lacks {listed} "
-                             "(write one with save_pretrained, or pass a hub id)")
+            raise ModelError(
+                f"'{spec}' is not a diffusers model folder: it lacks {listed} "
+                "(write one with save_pretrained, or pass a hub id)"
+            )
         return folder
     if path.exists():
-        raise ModelError(f"'{spec}' is a file, not a diffusers model folder (unet/, vae/, "
-                         "text_encoder/, tokenizer/, scheduler/): convert single-file "
-                         "checkpoints to the diffusers layout first")
-    looks_like_path = (spec.startswith((".", "/", "~")) or "\\" in spec or spec.count("/") > 1
-                       or spec.endswith("/"))
+        raise ModelError(
+            f"'{spec}' is a file, not a diffusers model folder (unet/, vae/, "
+            "text_encoder/, tokenizer/, scheduler/): convert single-file "
+            "checkpoints to the diffusers layout first"
+        )
+    looks_like_path = spec.startswith((".", "/", "~")) or "\\" in spec or spec.count("/") > 1 or spec.endswith("/")
     if looks_like_path:
-        raise ModelError(f"model folder '{spec}' does not exist: pass "
-                         f"{option_value('model', 'PATH', placeholder=True)} to a local diffusers folder or a "
-                         f"Hugging Face hub id; {option_value('model', 'tiny')} runs offline")
+        raise ModelError(
+            f"model folder '{spec}' does not exist: pass "
+            f"{option_value('model', 'PATH', placeholder=True)} to a local diffusers folder or a "
+            f"Hugging Face hub id; {option_value('model', 'tiny')} runs offline"
+        )
     if not _is_hub_id(spec):
-        raise ModelError(f"model '{spec}' is neither a folder nor a Hugging Face hub id (like "
-                         f"'{DEFAULT_MODEL}'); {SPEC_HELP}")
+        raise ModelError(
+            f"model '{spec}' is neither a folder nor a Hugging Face hub id (like '{DEFAULT_MODEL}'); {SPEC_HELP}"
+        )
     return None
 
 
@@ -285,9 +313,16 @@ def _fully_cached(spec: str, revision: str | None) -> bool:
         from huggingface_hub import try_to_load_from_cache
     except ImportError:
         return False
-    files = ["unet/config.json", "unet/diffusion_pytorch_model.safetensors", "vae/config.json",
-             "vae/diffusion_pytorch_model.safetensors", "text_encoder/config.json", "text_encoder/model.safetensors",
-             "tokenizer/tokenizer_config.json", "scheduler/scheduler_config.json"]
+    files = [
+        "unet/config.json",
+        "unet/diffusion_pytorch_model.safetensors",
+        "vae/config.json",
+        "vae/diffusion_pytorch_model.safetensors",
+        "text_encoder/config.json",
+        "text_encoder/model.safetensors",
+        "tokenizer/tokenizer_config.json",
+        "scheduler/scheduler_config.json",
+    ]
     try:
         return all(isinstance(try_to_load_from_cache(spec, name, revision=revision), str) for name in files)
     except Exception:  # a malformed id: loading says what is wrong
@@ -359,21 +394,29 @@ def _hub_message(spec: str, revision: str | None, error: BaseException) -> str:
     if not _offline():
         for cause in _causes(error):
             if isinstance(cause, GatedRepoError):
-                return (f"model '{spec}' is gated on the Hugging Face hub: accept its licence on "
-                        "huggingface.co and log in with 'hf auth login'")
+                return (
+                    f"model '{spec}' is gated on the Hugging Face hub: accept its licence on "
+                    "huggingface.co and log in with 'hf auth login'"
+                )
             if isinstance(cause, RevisionNotFoundError):
-                return (f"model '{spec}' has no revision '{revision}': pass a branch, tag or "
-                        f"commit that exists, or leave {option_label('revision')} out")
+                return (
+                    f"model '{spec}' has no revision '{revision}': pass a branch, tag or "
+                    f"commit that exists, or leave {option_label('revision')} out"
+                )
             if isinstance(cause, RepositoryNotFoundError):
                 return f"model '{spec}' was not found on the Hugging Face hub: check the id, or {_local_model()}"
-    return (f"model weights for '{spec}' are not available (not in the Hugging Face cache and "
-            f"the hub cannot be reached): download them with 'hf download {spec}' or {_local_model()}")
+    return (
+        f"model weights for '{spec}' are not available (not in the Hugging Face cache and "
+        f"the hub cannot be reached): download them with 'hf download {spec}' or {_local_model()}"
+    )
 
 
 def _local_model() -> str:
     """What to do without the hub's weights, naming the option as the user gives it."""
-    return (f"pass {option_value('model', 'PATH', placeholder=True)} to a local diffusers folder; "
-            f"{option_value('model', 'tiny')} runs offline")
+    return (
+        f"pass {option_value('model', 'PATH', placeholder=True)} to a local diffusers folder; "
+        f"{option_value('model', 'tiny')} runs offline"
+    )
 
 
 def _hub_fingerprint(spec: str, revision: str | None) -> str:

@@ -97,10 +97,18 @@ class StableDiffusion:
         if not images.is_floating_point():
             images = images.float() / 255
         scale = self.vae_scale_factor
-        latents = [torch.empty(0, self.vae.config.latent_channels, height // scale, width // scale,
-                               device=self.device, dtype=self.dtype)]
+        latents = [
+            torch.empty(
+                0,
+                self.vae.config.latent_channels,
+                height // scale,
+                width // scale,
+                device=self.device,
+                dtype=self.dtype,
+            )
+        ]
         for start in range(0, images.shape[0], max(1, batch_size)):
-            batch = images[start:start + batch_size].to(self.device, self.vae_dtype) * 2 - 1  # [-1, 1]
+            batch = images[start : start + batch_size].to(self.device, self.vae_dtype) * 2 - 1  # [-1, 1]
             posterior = self.vae.encode(batch).latent_dist
             latents.append((posterior.mean * self.latent_scale).to(self.dtype))  # (b, 4, H/8, W/8)
         return torch.cat(latents)
@@ -114,7 +122,7 @@ class StableDiffusion:
         scale = self.vae_scale_factor
         images = [torch.empty(0, 3, height * scale, width * scale)]
         for start in range(0, n, max(1, batch_size)):
-            batch = latents[start:start + batch_size].to(self.device, self.vae_dtype) / self.latent_scale
+            batch = latents[start : start + batch_size].to(self.device, self.vae_dtype) / self.latent_scale
             decoded = self.vae.decode(batch).sample  # (b, 3, H, W) in about [-1, 1]
             images.append((decoded / 2 + 0.5).clamp(0, 1).float().cpu())
         return torch.cat(images)

@@ -19,7 +19,20 @@ from .preflight import Preflight, open_clip, preflight
 from .stages import edit_latents, encode_clip, invert_latents, write_frames
 
 __all__ = [
-    "EditResult", "InversionResult", "Preflight", "Reconstruction", "Reporter", "VeditWarning", "build_engines", "edit",
-    "edit_latents", "encode_clip", "invert_clip", "invert_latents", "open_clip", "planned_forwards", "preflight",
+    "EditResult",
+    "InversionResult",
+    "Preflight",
+    "Reconstruction",
+    "Reporter",
+    "VeditWarning",
+    "build_engines",
+    "edit",
+    "edit_latents",
+    "encode_clip",
+    "invert_clip",
+    "invert_latents",
+    "open_clip",
+    "planned_forwards",
+    "preflight",
     "write_frames",
 ]

@@ -21,8 +21,8 @@ from ..io.writer import check_encoders, frame_timing, lost_in_writing, no_audio_
 from ..method.ddim import check_schedules
 from ..method.unet import COND, SOURCE, UNCOND
 from ..report import Reporter, SilentReporter
-from ..runtime.allocator import configure_allocator
 from ..runtime import profiling
+from ..runtime.allocator import configure_allocator
 from ..runtime.batch_sizes import choose_batches
 from .plan import branches
 from .preflight import Clip, Preflight, Recording, preflight, requested_output_size, resolve_config
@@ -123,7 +123,9 @@ def load_for_edit(config: RunConfig, checked: Preflight, reporter: Reporter, sd:
     return model, batches, embeds
 
 
-def _edit(input, output, config: RunConfig, checked: Preflight, reporter: Recording, sd: Any, began: float) -> EditResult:
+def _edit(
+    input: Any, output: Any, config: RunConfig, checked: Preflight, reporter: Recording, sd: Any, began: float
+) -> EditResult:
     stages: dict[str, float] = {}
 
     # 1. Everything a user can get wrong was checked in preflight, before any heavy work.
@@ -154,7 +156,8 @@ def _edit(input, output, config: RunConfig, checked: Preflight, reporter: Record
 
     # 4. Latents → trajectory (cached), then → edited latents.
     forwards: dict[str, int] = {}
-    inversion, inversion_path, trajectory, inversion_engines = "none", None, None, {}
+    inversion, inversion_path, trajectory = "none", None, None
+    inversion_engines: dict[str, str] = {}
     if editor.needs_inversion:
         mark = time.perf_counter()
         with profiling.stage("invert"):
@@ -225,7 +228,8 @@ def _size_note(config: RunConfig, clip: Clip, output: Path, written: tuple[int, 
     if asked == written:
         return ""
     whose = "the source is" if source else "asked for"
-    return f"{whose} {asked[0]}x{asked[1]}; {output_format(output).name} 4:2:0 video needs even sides"
+    kind = output_format(output)
+    return f"{whose} {asked[0]}x{asked[1]}; {kind.name if kind else 'this'} 4:2:0 video needs even sides"
 
 
 def _aspect_note(clip: Clip, written: tuple[int, int]) -> str:

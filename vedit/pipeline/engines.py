@@ -52,7 +52,9 @@ def build_engines(
     if size[0] % 8 or size[1] % 8:
         raise ConfigError(f"{option_value('size', f'{size[0]}x{size[1]}')}: both sides must be multiples of 8")
     model = sd or load_model(config.model, device=device, dtype=dtype, revision=config.revision)
-    config = config.replace(batch_size=choose_batches(model, config.batch_size, frames, size, branches(editor, propagator)).unet)
+    config = config.replace(
+        batch_size=choose_batches(model, config.batch_size, frames, size, branches(editor, propagator)).unet
+    )
     checked = Preflight(None, editor, propagator, [], engines, strict, device, dtype, config.steps, None)  # type: ignore[arg-type]
     batches = pass_batches(config, frames, editor, propagator)
     h, w = size[1] // 8, size[0] // 8

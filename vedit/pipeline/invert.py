@@ -62,7 +62,7 @@ def invert_clip(
     sd: Any = None,
     check: bool = False,
     **options: Any,
-) -> "InversionResult":
+) -> InversionResult:
     """Invert ``input`` (or reuse the cached inversion); optionally also write it to ``output``.
 
     With ``check``, also sample back from the inverted noise and measure the reconstruction.
@@ -83,8 +83,8 @@ def invert_clip(
         (source_embeds,) = model.encode_prompt([config.source_prompt]).split(1)
         latents, frames_sha = encode_clip(model, clip, batches.vae, reporter, batches=frames)
     reconstruction = None
-    batches = {"plain": batches_of(len(latents), config.batch_size)}
-    with make_passes(model, config, checked, reporter, batches=batches) as plain:
+    pass_batches = {"plain": batches_of(len(latents), batches.unet)}
+    with make_passes(model, config, checked, reporter, batches=pass_batches) as plain:
         trajectory, how, cache_path = trajectory_for(
             model, config, clip, latents, frames_sha, source_embeds, plain, reporter
         )
@@ -109,7 +109,7 @@ class InversionResult:
     trajectory: Trajectory
     how: str  # "computed" or "cached"
     path: Path | None  # the file written with ``output``
-    reconstruction: "Reconstruction | None" = None  # with ``check``
+    reconstruction: Reconstruction | None = None  # with ``check``
     cache_path: Path | None = None  # the cache entry read or written
     warnings: list[str] = field(default_factory=list)
 
@@ -122,14 +122,27 @@ class Reconstruction:
     vae_psnr: float  # decode(z_0) vs the frames: the autoencoder's own loss, a ceiling for the above
 
 
-def reconstruction_psnr(model, config, clip, trajectory, source_embeds, passes, reporter) -> Reconstruction:
+def reconstruction_psnr(
+    model: Any,
+    config: RunConfig,
+    clip: Any,
+    trajectory: Trajectory,
+    source_embeds: torch.Tensor,
+    passes: Any,
+    reporter: Reporter,
+) -> Reconstruction:
     """Sample back from the inverted noise and compare the decoded frames with the clip's."""
     from ..method.ddim import reconstruct
 
     task = reporter.task("reconstruct", 1)
     z0 = reconstruct(
-        plain_unet(passes, "reconstruction"), model.new_scheduler(), trajectory, source_embeds,
-        inversion_steps=config.inversion_steps, batch_size=config.batch_size, device=model.device,
+        plain_unet(passes, "reconstruction"),
+        model.new_scheduler(),
+        trajectory,
+        source_embeds,
+        inversion_steps=config.inversion_steps,
+        batch_size=int(config.batch_size),  # a number by now: the caller chose it
+        device=model.device,
     )
     task.advance(1)
     errors = {"sampled": 0.0, "vae": 0.0}
@@ -139,7 +152,9 @@ def reconstruction_psnr(model, config, clip, trajectory, source_embeds, passes, 
         end = start + len(frames)
         reference = frames.astype(np.float64)
         for key, latents in (("sampled", z0[start:end]), ("vae", trajectory.clean[start:end])):
-            decoded = to_uint8(model.decode_latents(latents.to(model.device, model.dtype), batch_size=config.batch_size))
+            decoded = to_uint8(
+                model.decode_latents(latents.to(model.device, model.dtype), batch_size=config.batch_size)
+            )
             errors[key] += float(((decoded.astype(np.float64) - reference) ** 2).sum())
         count += frames.size
         start = end

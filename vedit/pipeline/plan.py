@@ -15,7 +15,9 @@ def batches_of(total: int, size: int) -> list[int]:
 
 def _per_frame_with_source(editor: Any, propagator: Any) -> bool:
     """Whether per-frame UNet calls carry the source branch (PnP injection or a propagator that needs it)."""
-    return bool(propagator.needs_source_branch or getattr(editor, "conv_layers", ()) or getattr(editor, "qk_layers", ()))
+    return bool(
+        propagator.needs_source_branch or getattr(editor, "conv_layers", ()) or getattr(editor, "qk_layers", ())
+    )
 
 
 def branches(editor: Any, propagator: Any) -> int:

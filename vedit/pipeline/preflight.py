@@ -19,8 +19,8 @@ from ..errors import ConfigError
 from ..io.frames import FrameRange, parse_size, working_size
 from ..io.probe import probe
 from ..io.reader import FrameReader
-from ..method.denoise import RunShape
 from ..method.ddim import check_schedules, sampling_timesteps
+from ..method.denoise import RunShape
 from ..method.trajectory import RUN_FIELDS, read_metadata
 from ..model.loading import SD_SCHEDULER_CONFIG
 from ..report import Reporter, Task, open_task
@@ -201,7 +201,9 @@ def preflight(
             )
         metadata = read_metadata(config.inversion, needs=RUN_FIELDS)
         _check_inversion_file(config, metadata, clip, sampling_timesteps(scheduler, config.steps), reporter)
-    return Preflight(clip, editor, propagator, postprocessors, engines, strict_engine, device, dtype, steps_run, metadata)
+    return Preflight(
+        clip, editor, propagator, postprocessors, engines, strict_engine, device, dtype, steps_run, metadata
+    )
 
 
 def _check_inversion_file(

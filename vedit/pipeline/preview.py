@@ -25,16 +25,22 @@ import io
 import math
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from ..config import RunConfig, option_label, option_value
 from ..errors import ConfigError, InputError, OutputError
+from ..io.files import check_output_folder, check_replaceable, same_location, write_atomically
+from ..io.writer import save_png
 from ..method.trajectory import Trajectory
+from ..method.unet import SOURCE
+from ..report import Reporter, SilentReporter, Task, duration, open_task
+from ..runtime.allocator import configure_allocator
 from .edit import load_for_edit
 from .plan import planned_forwards
 from .preflight import Recording, preflight, resolve_config
@@ -49,11 +55,6 @@ from .stages import (
     to_uint8,
     trajectory_for,
 )
-from ..report import Reporter, SilentReporter, Task, duration, open_task
-from ..runtime.allocator import configure_allocator
-from ..method.unet import SOURCE
-from ..io.files import same_location, check_output_folder, check_replaceable, write_atomically
-from ..io.writer import save_png
 
 GAP = 4  # pixels between the pairs of the sheet
 BACKGROUND = 24  # grey of the sheet's background and caption strips
@@ -177,7 +178,9 @@ class _Renamed:
 def _slice(trajectory: Trajectory, frames: list[int]) -> Trajectory:
     """The trajectory of ``frames`` alone (copies: a mapped file's pages are let go)."""
     index = torch.tensor(frames)
-    latents = {t: trajectory.latents[t][index].clone() for t in dict.fromkeys([*trajectory.timesteps, trajectory.noisiest])}
+    latents = {
+        t: trajectory.latents[t][index].clone() for t in dict.fromkeys([*trajectory.timesteps, trajectory.noisiest])
+    }
     return Trajectory(
         clean=trajectory.clean[index].clone(), latents=latents, timesteps=list(trajectory.timesteps),
         noisiest=trajectory.noisiest, metadata=dict(trajectory.metadata),
@@ -327,7 +330,9 @@ def preview(
     write_png(sheet, output)
     stages["write"] = time.perf_counter() - mark
 
-    full_forwards = planned_forwards(config, total, editor, propagator, checked.steps_run, inverting=inversion in ("computed", "none"))
+    full_forwards = planned_forwards(
+        config, total, editor, propagator, checked.steps_run, inverting=inversion in ("computed", "none")
+    )
     estimate = estimate_full_run(stages, forwards, full_forwards, len(chosen), total)
     model_name = model.model_id if model.fingerprint == model.model_id else f"{model.model_id} ({model.fingerprint})"
     return PreviewResult(
@@ -419,7 +424,9 @@ def contact_sheet(
     pair_w, pair_h = 2 * width, height + strip
     columns = min(
         range(1, count + 1),
-        key=lambda c: abs(math.log((c * pair_w + (c + 1) * GAP) / (math.ceil(count / c) * pair_h + (math.ceil(count / c) + 1) * GAP))),
+        key=lambda c: abs(
+            math.log((c * pair_w + (c + 1) * GAP) / (math.ceil(count / c) * pair_h + (math.ceil(count / c) + 1) * GAP))
+        ),
     )
     rows = math.ceil(count / columns)
     sheet = np.full((rows * pair_h + (rows + 1) * GAP, columns * pair_w + (columns + 1) * GAP, 3), BACKGROUND, np.uint8)

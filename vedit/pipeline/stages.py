@@ -7,23 +7,24 @@ post-processed and written (:func:`write_frames`)."""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 import torch
 
 from .. import plugins
 from ..cache.checkpoints import CheckpointStore, CheckpointWriter, checkpoint_key, inversion_file_identity
+from ..cache.files import gb_to_bytes
+from ..cache.inversions import InversionCache, cache_key
 from ..config import RunConfig, option_label, option_value
 from ..errors import ConfigError, InputError
 from ..io.threads import ReadAhead, WriteBehind
 from ..io.writer import VideoWriter
-from ..method.denoise import EditJob, Step, denoise
-from ..cache.files import gb_to_bytes
-from ..cache.inversions import InversionCache, cache_key
 from ..method.ddim import invert
+from ..method.denoise import EditJob, Step, denoise
 from ..method.trajectory import Trajectory
 from ..report import Reporter, open_task
 from ..runtime import profiling
@@ -33,7 +34,6 @@ from ..runtime.runner import Passes, first_line
 from ..runtime.transfer import to_device
 from .plan import batches_of, branches, pass_batches
 from .preflight import Clip, Preflight, identity_mismatch, postprocess_context
-
 
 READ_AHEAD_BYTES = 256 * 2**20  # frames read ahead of the encoder while the model loads
 WRITE_BEHIND_BATCHES = 3  # decoded batches waiting for the writer thread
@@ -51,7 +51,7 @@ def load_model_for(config: RunConfig, preflight: Preflight, sd: Any = None):
 def make_passes(
     model: Any,
     config: RunConfig,
-    checked: "Preflight",
+    checked: Preflight,
     reporter: Reporter,
     *,
     conv_layers: tuple[str, ...] = (),
@@ -175,11 +175,19 @@ def trajectory_for(
             )
         meta = trajectory.metadata
         if meta.get("fingerprint") and meta["fingerprint"] != model.fingerprint:
-            identity_mismatch(config, f"it was made with model {meta.get('model', '?')} ({meta['fingerprint']}), "
-                                      f"this run uses {model.model_id} ({model.fingerprint})", reporter)
+            identity_mismatch(
+                config,
+                f"it was made with model {meta.get('model', '?')} ({meta['fingerprint']}), "
+                f"this run uses {model.model_id} ({model.fingerprint})",
+                reporter,
+            )
         if meta.get("frames_sha256") and meta["frames_sha256"] != frames_sha:
-            identity_mismatch(config, f"it was made from other frames ({meta.get('source', 'another clip')}, "
-                                      f"content {meta['frames_sha256'][:12]}; these are {frames_sha[:12]})", reporter)
+            identity_mismatch(
+                config,
+                f"it was made from other frames ({meta.get('source', 'another clip')}, "
+                f"content {meta['frames_sha256'][:12]}; these are {frames_sha[:12]})",
+                reporter,
+            )
         return trajectory, "file", Path(config.inversion)
     key = inversion_key(model, config, clip, frames_sha)
     cache = inversion_cache(config, reporter)
@@ -299,7 +307,9 @@ def checkpoints_for(
         "frames": str(len(checked.clip.reader)), "width": str(width), "height": str(height),
         "editor": f"{config.editor} + {config.propagator}", "seed": str(config.seed),
     }  # fmt: skip
-    return Checkpointing(CheckpointStore(config.cache_dir, warn=reporter.warning), key, config.checkpoint_every, metadata)
+    return Checkpointing(
+        CheckpointStore(config.cache_dir, warn=reporter.warning), key, config.checkpoint_every, metadata
+    )
 
 
 def _resume_point(checkpoints: Checkpointing, job: EditJob, plan: Any, propagator: Any, reporter: Reporter) -> Any:
@@ -333,8 +343,15 @@ def _resume_point(checkpoints: Checkpointing, job: EditJob, plan: Any, propagato
 
 
 def edit_latents(
-    model, config: RunConfig, checked: Preflight, latents: torch.Tensor, trajectory: Trajectory | None, embeds, reporter,
-    *, checkpoints: Checkpointing | None = None,
+    model,
+    config: RunConfig,
+    checked: Preflight,
+    latents: torch.Tensor,
+    trajectory: Trajectory | None,
+    embeds,
+    reporter,
+    *,
+    checkpoints: Checkpointing | None = None,
 ) -> tuple[torch.Tensor, dict[str, int], int, dict[str, str]]:
     """Stage trajectory → edited latents: the editor's plan and the propagator-coupled denoising
     loop, every UNet call through the engines. Returns the edited clean latents, UNet forwards by
@@ -397,7 +414,13 @@ def edit_latents(
 
 
 def write_frames(
-    model, config: RunConfig, checked: Preflight, edited: torch.Tensor, output: Path, size: tuple[int, int], reporter,
+    model,
+    config: RunConfig,
+    checked: Preflight,
+    edited: torch.Tensor,
+    output: Path,
+    size: tuple[int, int],
+    reporter,
     vae_batch_size: int | None = None,
 ) -> None:
     """Stage edited latents → frames → file: decode, post-process and write atomically.

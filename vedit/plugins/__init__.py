@@ -16,6 +16,15 @@ from .manager import (
 )
 
 __all__ = [
-    "ENTRY_POINT_GROUP", "KINDS", "PluginFailure", "Registered", "choose", "failures", "get", "get_plugin_manager",
-    "register_commands", "registered", "reset",
+    "ENTRY_POINT_GROUP",
+    "KINDS",
+    "PluginFailure",
+    "Registered",
+    "choose",
+    "failures",
+    "get",
+    "get_plugin_manager",
+    "register_commands",
+    "registered",
+    "reset",
 ]

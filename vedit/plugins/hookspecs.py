@@ -7,7 +7,8 @@ registered through these hooks, exactly as a third-party package registers its o
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pluggy
 

@@ -18,14 +18,16 @@ import importlib
 import importlib.metadata
 import os
 import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import pluggy
+from pluggy import HookImpl
 
-from . import hookspecs
 from .. import __version__
 from ..errors import PluginError
+from . import hookspecs
 
 ENTRY_POINT_GROUP = "vedit"
 # vedit's own plugins, by plugin name: loaded before any entry point, whatever VEDIT_PLUGINS says, so that no
@@ -106,11 +108,11 @@ def _trace_enabled() -> bool:
 
 
 def _enable_tracing(pm: pluggy.PluginManager) -> None:
-    def before(hook_name: str, impls: list, kwargs: dict) -> None:
+    def before(hook_name: str, impls: Sequence[HookImpl], kwargs: Mapping[str, Any]) -> None:
         names = ", ".join(impl.plugin_name for impl in impls)
         print(f"vedit: hook {hook_name}({', '.join(kwargs)}) -> [{names}]", file=sys.stderr)
 
-    def after(outcome: Any, hook_name: str, impls: list, kwargs: dict) -> None:
+    def after(outcome: Any, hook_name: str, impls: Sequence[HookImpl], kwargs: Mapping[str, Any]) -> None:
         try:
             result = outcome.get_result()
         except BaseException as error:  # report, then let pluggy re-raise

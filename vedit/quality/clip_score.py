@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import importlib.util
 import math
+from collections.abc import Collection, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Collection, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -302,6 +303,13 @@ def score_frames(scorer: ClipScorer, frames: Iterable[np.ndarray], prompt: str |
 
 
 __all__ = [
-    "DEFAULT_CLIP", "IMAGE_BATCH", "ClipFigures", "ClipScorer", "ClipUnavailable", "FrameScores", "load_clip",
-    "score_frames", "unavailable_reason",
+    "DEFAULT_CLIP",
+    "IMAGE_BATCH",
+    "ClipFigures",
+    "ClipScorer",
+    "ClipUnavailable",
+    "FrameScores",
+    "load_clip",
+    "score_frames",
+    "unavailable_reason",
 ]

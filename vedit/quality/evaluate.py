@@ -22,23 +22,32 @@ import json
 import math
 import os
 import weakref
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 
-from .clip_score import DEFAULT_CLIP, ClipFigures, ClipScorer, ClipUnavailable, FrameScores, load_clip, unavailable_reason
 from ..errors import InputError, OutputError, VeditError
-from .flow import DEFAULT_FLOW, flow_backend
-from .metrics import WARP_ERROR_UNIT, WarpError, warp_errors
-from ..report import Reporter, SilentReporter
 from ..io.files import check_replaceable, write_atomically
 from ..io.frames import FrameRange
 from ..io.probe import VideoInfo, probe
 from ..io.reader import FrameReader
 from ..io.timing import Resampling, resampling
+from ..report import Reporter, SilentReporter
+from .clip_score import (
+    DEFAULT_CLIP,
+    ClipFigures,
+    ClipScorer,
+    ClipUnavailable,
+    FrameScores,
+    load_clip,
+    unavailable_reason,
+)
+from .flow import DEFAULT_FLOW, flow_backend
+from .metrics import WARP_ERROR_UNIT, WarpError, warp_errors
 
 REPORT_FORMAT = "vedit-eval/1"
 REPORT_SUFFIX = ".eval.json"
@@ -46,7 +55,7 @@ _NOT_RESAMPLED = Resampling(dropped=0, repeated=0, variable=False)
 
 # CLIP models already found missing, per reporter: check_eval warns once and evaluate_run, which
 # gets the same reporter, stays quiet about it.
-_missing_clip: "weakref.WeakKeyDictionary[Any, dict[str, str]]" = weakref.WeakKeyDictionary()
+_missing_clip: weakref.WeakKeyDictionary[Any, dict[str, str]] = weakref.WeakKeyDictionary()
 
 
 def _remember_missing(reporter: Any, spec: str, reason: str) -> None:
@@ -161,7 +170,11 @@ class Report:
         if self.fps is None:
             return "each frame once" + (", at its own time (--keep-timestamps)" if self.keep_timestamps else "")
         change = self.resampled
-        counts = f": {change.dropped} frames dropped, {change.repeated} repeated" if change.dropped or change.repeated else ""
+        counts = (
+            f": {change.dropped} frames dropped, {change.repeated} repeated"
+            if change.dropped or change.repeated
+            else ""
+        )
         return f"at the source's average {self.fps} fps{counts}"
 
     def as_dict(self) -> dict[str, Any]:
@@ -235,7 +248,9 @@ class Report:
         table = Table("figure", "edit", "source (floor)")
         for column in table.columns[1:]:
             column.justify = "right"
-        table.add_row(Text("warp error (x1e-3)"), Text(_fmt(self.edit.warp_error, 3)), Text(_fmt(self.floor.warp_error, 3)))
+        table.add_row(
+            Text("warp error (x1e-3)"), Text(_fmt(self.edit.warp_error, 3)), Text(_fmt(self.floor.warp_error, 3))
+        )
         table.add_row(
             Text("pairs measured"),
             Text(f"{self.edit.measured_pairs} of {self.pairs}"),
@@ -513,7 +528,9 @@ def evaluate(
                 f"before the edit's {count}; give the source the edit was made from"
             ) from None
         if edited_tap.ended:
-            raise InputError(f"{edited_path}: ends after {edited_tap.count} frames, before the {count} it promised") from None
+            raise InputError(
+                f"{edited_path}: ends after {edited_tap.count} frames, before the {count} it promised"
+            ) from None
         raise VeditError(f"evaluating {edited_path} failed: {error}") from None
 
     compared = source_tap.count  # the edit gave as many: warp_errors refuses clips of unequal length
@@ -589,6 +606,14 @@ def evaluate_run(output: Path, clip: Any, config: Any, reporter: Reporter | None
 
 
 __all__ = [
-    "REPORT_FORMAT", "Figures", "Report", "check_eval", "check_report_path", "evaluate", "evaluate_run", "is_report",
-    "report_path", "write_json",
+    "REPORT_FORMAT",
+    "Figures",
+    "Report",
+    "check_eval",
+    "check_report_path",
+    "evaluate",
+    "evaluate_run",
+    "is_report",
+    "report_path",
+    "write_json",
 ]

@@ -20,8 +20,9 @@ boundary). Gradients are forward differences, zero in the last row and column.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -140,7 +141,9 @@ def pair_flows(frames: Iterable[np.ndarray], backend: FlowBackend, batch_size: i
         frame = np.asarray(frame)
         if previous is not None:
             if frame.shape != previous.shape:
-                raise ValueError(f"frame {start + len(pending) + 1} is {frame.shape}, the one before it {previous.shape}")
+                raise ValueError(
+                    f"frame {start + len(pending) + 1} is {frame.shape}, the one before it {previous.shape}"
+                )
             pending.append((previous, frame))
             if len(pending) == batch_size:
                 yield from flush()

@@ -21,8 +21,8 @@ whatever the footage, which would only pull the mean down.
 from __future__ import annotations
 
 import math
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Collection, Iterable, Iterator
 
 import numpy as np
 
@@ -93,8 +93,12 @@ class WarpError:
 
 
 def warp_errors(
-    source: Iterable[np.ndarray], clips: Iterable[Iterable[np.ndarray]] | None = None, *, backend: FlowBackend,
-    batch_size: int = 8, repeated_pairs: Collection[int] = (),
+    source: Iterable[np.ndarray],
+    clips: Iterable[Iterable[np.ndarray]] | None = None,
+    *,
+    backend: FlowBackend,
+    batch_size: int = 8,
+    repeated_pairs: Collection[int] = (),
 ) -> tuple[WarpError, list[WarpError]]:
     """Warp error of the source along its own flow (the floor) and of each of ``clips`` (edits of
     it, frame for frame) along that same flow; everything streamed, one flow per source pair.

@@ -36,9 +36,10 @@ apply in order, separated by commas, each ``name[:key=value[:key=value...]]``::
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any, Callable, Iterable, Iterator, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -322,7 +323,7 @@ class Chain:
         finally:
             self.context.close()
 
-    def __enter__(self) -> "Chain":
+    def __enter__(self) -> Chain:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -10,8 +10,9 @@ speed per image there does not depend on the batch (the UNet runs near the matri
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -66,7 +67,7 @@ def choose_batches(model: Any, given: int | str, frames: int, size: tuple[int, i
 
     def unet(batch: int) -> None:
         latents = torch.zeros(batch * branches, 4, h, w, device=device, dtype=model.dtype)
-        model.unet(latents, 500, encoder_hidden_states=text.expand(batch * branches, -1, -1)).sample
+        _ = model.unet(latents, 500, encoder_hidden_states=text.expand(batch * branches, -1, -1)).sample
 
     def vae(batch: int) -> None:
         model.decode_latents(torch.zeros(batch, 4, h, w, device=device, dtype=model.dtype), batch_size=batch)

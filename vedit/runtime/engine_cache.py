@@ -11,9 +11,10 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -76,7 +77,7 @@ class EngineCache:
         cache_dir: str | os.PathLike | None = None,
         *,
         message: Callable[[str], None] | None = None,
-    ) -> "EngineCache":
+    ) -> EngineCache:
         """The folder ``engine_cache`` (``--engine-cache``) names, else the default: ``engines`` in the cache
         folder (``cache_dir``, ``$VEDIT_CACHE_DIR`` or ``~/.cache/vedit``), beside the inversions."""
         if engine_cache:
@@ -156,7 +157,10 @@ class EngineCache:
                 try:
                     return load(folder)
                 except Exception as error:  # a file that hashes right but does not load
-                    problem = f"corrupt (it does not load: {str(error).splitlines()[0] if str(error) else type(error).__name__})"
+                    problem = (
+                        "corrupt (it does not load: "
+                        f"{str(error).splitlines()[0] if str(error) else type(error).__name__})"
+                    )
             self.message(f"engine cache: {label} in {folder} is {problem}; rebuilding")
         self._mention_earlier()
         # A build can take minutes (a TorchScript trace on the CPU, a TensorRT plan): say so, and when it ends.
@@ -175,7 +179,9 @@ class EngineCache:
             build(scratch)
             files = {
                 p.name: {
-                    "crc32": file_digest(p), "sha256": file_sha256(p), "size": p.stat().st_size,
+                    "crc32": file_digest(p),
+                    "sha256": file_sha256(p),
+                    "size": p.stat().st_size,
                     "mtime_ns": p.stat().st_mtime_ns,
                 }  # fmt: skip
                 for p in sorted(scratch.iterdir())

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import torch
 
@@ -160,7 +161,7 @@ class Passes:
         self._said: set[str] = set()
 
     # lifetime ------------------------------------------------------------------------------
-    def __enter__(self) -> "Passes":
+    def __enter__(self) -> Passes:
         self.controlled.install()
         return self
 
@@ -217,7 +218,9 @@ class Passes:
                 outputs = fn(*inputs)  # the first call is part of the build: it may fail too
             except Exception as error:
                 if self.strict:
-                    raise EngineError(f"engine {engine.name!r} cannot run the {name} pass: {first_line(error)}") from None
+                    raise EngineError(
+                        f"engine {engine.name!r} cannot run the {name} pass: {first_line(error)}"
+                    ) from None
                 failed.add(engine.name)
                 self.warn(f"engine {engine.name!r} cannot run the {name} pass ({first_line(error)}); trying the next")
                 continue
@@ -248,7 +251,9 @@ class Passes:
             out = self._run("keyframe_bounded", kind, (latents, t, text, flags, partners))
         return out[0], list(out[1:])
 
-    def propagate(self, latents, t, text, flags, weights, records: Sequence[torch.Tensor], *, kind: str = "propagation"):
+    def propagate(
+        self, latents, t, text, flags, weights, records: Sequence[torch.Tensor], *, kind: str = "propagation"
+    ):
         return self._run("propagation", kind, (latents, t, text, flags, weights, *records))
 
     def custom(self, latents, t, text, ctx: CallContext, *, kind: str) -> torch.Tensor:
