@@ -73,12 +73,8 @@ def _save(suite: str, device: str, save: Optional[str], no_save: bool) -> Option
     return resolve_save(suite, device, save, no_save)
 
 
-@hookimpl
-def register_commands(app):
-    bench = typer.Typer(
-        help="Measure speed, FLOP rates, memory and UNet work; compare results files.", no_args_is_help=True
-    )
-    app.add_typer(bench, name="bench")
+def _add_edit(bench: typer.Typer) -> None:
+    """Add ``vedit bench edit`` to ``bench``."""
 
     @bench.command("edit")
     def edit(
@@ -124,6 +120,10 @@ decode, write."""
                 save=_save("edit", device, save, no_save),
             )  # fmt: skip
 
+
+def _add_invert(bench: typer.Typer) -> None:
+    """Add ``vedit bench invert`` to ``bench``."""
+
     @bench.command("invert")
     def invert(
         model: str = typer.Option("random:sd21", help="Model spec."),
@@ -161,6 +161,10 @@ decode, write."""
                 repeats=repeats, warmup=warmup, engine_cache=engine_cache, vs=vs, peak=peak, json_out=json_out,
                 save=_save("invert", device, save, no_save),
             )  # fmt: skip
+
+
+def _add_unet(bench: typer.Typer) -> None:
+    """Add ``vedit bench unet`` to ``bench``."""
 
     @bench.command("unet")
     def unet(
@@ -202,6 +206,10 @@ ratios to eager."""
                 json_out=json_out, save=_save("unet", device, save, no_save),
             )  # fmt: skip
 
+
+def _add_nn(bench: typer.Typer) -> None:
+    """Add ``vedit bench nn`` to ``bench``."""
+
     @bench.command("nn")
     def nn(
         seqs: str = typer.Option("4096,1024,256,64", help="Comma-separated tokens per frame (sequence lengths)."),
@@ -224,6 +232,10 @@ ratios to eager."""
                 device=device, dtype=dtype, repeats=repeats, save=_save("nn", device, save, no_save),
             )  # fmt: skip
 
+
+def _add_calls(bench: typer.Typer) -> None:
+    """Add ``vedit bench calls`` to ``bench``."""
+
     @bench.command("calls")
     def calls(
         model: str = typer.Option("random:sd21", help="Model spec."),
@@ -240,6 +252,10 @@ ratios to eager."""
             run_calls_suite = _suite("calls", "run_calls_suite")
             run_calls_suite(model=model, size=size, batch=batch, repeats=repeats, device=device, dtype=dtype,
                             save=_save("calls", device, save, no_save))  # fmt: skip
+
+
+def _add_batch(bench: typer.Typer) -> None:
+    """Add ``vedit bench batch`` to ``bench``."""
 
     @bench.command("batch")
     def batch(
@@ -280,6 +296,10 @@ ratios to eager."""
                 save=_save("batch", device, save, no_save),
             )
 
+
+def _add_memory(bench: typer.Typer) -> None:
+    """Add ``vedit bench memory`` to ``bench``."""
+
     @bench.command("memory")
     def memory(
         frames: str = typer.Option("16,64,256", help="Comma-separated frame counts."),
@@ -306,6 +326,10 @@ ratios to eager."""
                 save=_save("memory", device, save, no_save), max_joint_keyframes=max_joint_keyframes,
             )  # fmt: skip
 
+
+def _add_work(bench: typer.Typer) -> None:
+    """Add ``vedit bench work`` to ``bench``."""
+
     @bench.command("work")
     def work(
         frames: str = typer.Option("8,13,40", help="Comma-separated frame counts."),
@@ -321,6 +345,10 @@ ratios to eager."""
 
             run_work_suite(_ints(frames, "--frames"), chunk_size=chunk_size, steps=steps, json_out=json_out,
                            save=_save("work", "cpu", save, no_save))  # fmt: skip
+
+
+def _add_consistency(bench: typer.Typer) -> None:
+    """Add ``vedit bench consistency`` to ``bench``."""
 
     @bench.command("consistency")
     def consistency(
@@ -346,6 +374,10 @@ ratios to eager."""
                 save=save,
             )
 
+
+def _add_quality(bench: typer.Typer) -> None:
+    """Add ``vedit bench quality`` to ``bench``."""
+
     @bench.command("quality")
     def quality(
         clips: list[str] = typer.Argument(..., help="Clips to edit, PATH or PATH:FRAMES (the first FRAMES frames)."),
@@ -362,6 +394,10 @@ ratios to eager."""
             run_quality_suite = _suite("quality", "run_quality_suite")
             run_quality_suite(clips, size=size, steps=steps, seed=seed, chunk_size=chunk_size, flow=flow,
                               save=_save("quality", "cpu", save, no_save))  # fmt: skip
+
+
+def _add_checksums(bench: typer.Typer) -> None:
+    """Add ``vedit bench checksums`` to ``bench``."""
 
     @bench.command("checksums")
     def checksums(
@@ -403,6 +439,10 @@ check."""
                 save=_save("checksums", "cpu", save, no_save),
             )  # fmt: skip
 
+
+def _add_compare(bench: typer.Typer) -> None:
+    """Add ``vedit bench compare`` to ``bench``."""
+
     @bench.command("compare")
     def compare(
         a: str = typer.Argument(..., help="The first results file (A)."),
@@ -414,3 +454,27 @@ check."""
             from .compare import run_compare
 
             run_compare(a, b, json_out=json_out)
+
+
+@hookimpl
+def register_commands(app):
+    bench = typer.Typer(
+        help="Measure speed, FLOP rates, memory and UNet work; compare results files.", no_args_is_help=True
+    )
+    app.add_typer(bench, name="bench")
+    # 'vedit bench --help' lists them in this order
+    for add in (
+        _add_edit,
+        _add_invert,
+        _add_unet,
+        _add_nn,
+        _add_calls,
+        _add_batch,
+        _add_memory,
+        _add_work,
+        _add_consistency,
+        _add_quality,
+        _add_checksums,
+        _add_compare,
+    ):
+        add(bench)
