@@ -3,7 +3,7 @@
 On CUDA it captures CUDA graphs (``mode="reduce-overhead"``), so a step's many small kernels
 launch as one; elsewhere inductor's default mode. Each pass and shape compiles once per
 process: everything that changes between steps and chunks is a tensor input, so no step or
-chunk recompiles (``tests/test_engines.py`` reads dynamo's counters). ``VEDIT_COMPILE_MODE``
+chunk recompiles (``tests/runtime/test_runner.py`` reads dynamo's counters). ``VEDIT_COMPILE_MODE``
 overrides the mode (``default``, ``reduce-overhead``, ``max-autotune``, ...).
 """
 

@@ -49,8 +49,19 @@ def example_plugin(tmp_path_factory):
     work = tmp_path_factory.mktemp("example-plugin")
     source, site = work / "src", work / "site"
     shutil.copytree(PLUGIN_PKG, source)
-    cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index",
-           "--target", str(site), str(source)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "-q",
+        "--no-deps",
+        "--no-build-isolation",
+        "--no-index",
+        "--target",
+        str(site),
+        str(source),
+    ]
     subprocess.run(cmd, check=True, capture_output=True)
     sys.path.insert(0, str(site))
     importlib.invalidate_caches()

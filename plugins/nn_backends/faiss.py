@@ -15,7 +15,7 @@ search (``METRIC_INNER_PRODUCT``, k = 1) on L2-normalised features.
   beyond the normalisation itself).
 
 The indices equal the ``torch`` backend's except where two keys are equally similar to a query
-up to rounding (``tests/test_nn.py``).
+up to rounding (``tests/plugins/test_nn_backends.py``).
 """
 
 from __future__ import annotations

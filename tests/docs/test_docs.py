@@ -22,8 +22,8 @@ def _gen_cli():
 def _fenced(page: Path, language: str, after: str = "") -> str:
     """The first ```language block of ``page`` after the text ``after``."""
     text = page.read_text()
-    text = text[text.index(after):]
-    block = text[text.index(f"```{language}\n") + len(f"```{language}\n"):]
+    text = text[text.index(after) :]
+    block = text[text.index(f"```{language}\n") + len(f"```{language}\n") :]
     return block[: block.index("```")]
 
 
@@ -34,8 +34,16 @@ def test_the_command_line_reference_is_what_the_code_gives():
 
 def test_the_reference_holds_every_command_and_flag_with_its_help_and_default():
     text = _gen_cli().render()
-    for command in ("vedit run", "vedit invert", "vedit eval", "vedit batch", "vedit engines build", "vedit cache prune",
-                    "vedit plugins", "vedit bench edit"):
+    for command in (
+        "vedit run",
+        "vedit invert",
+        "vedit eval",
+        "vedit batch",
+        "vedit engines build",
+        "vedit cache prune",
+        "vedit plugins",
+        "vedit bench edit",
+    ):
         assert f"\n## {command}\n" in text or f"\n### {command}\n" in text, command
     assert "```\nvedit run [OPTIONS] CLIP\n```" in text
     assert "| `--inversion-steps` | INTEGER | 50 | DDIM inversion steps." in text

@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from vedit.method.denoise import EditJob, EditPlan
 from vedit.plugins.hookspecs import hookimpl
