@@ -118,7 +118,9 @@ def test_a_run_killed_mid_denoise_resumes_to_the_same_bytes(clip, reference, tmp
     cache = tmp_path / "cache"
     out = tmp_path / "out.mp4"
     script = textwrap.dedent(f"""
-        import time, vedit
+        import time, torch, vedit
+
+        torch.set_num_threads({torch.get_num_threads()})  # as this process: a reduction's order follows it
 
         class Slow:  # sleeps once 4 steps are done, so the test can kill the process there
             def task(self, description, total):
