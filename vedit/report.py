@@ -75,7 +75,7 @@ class VeditWarning(UserWarning):
 class SilentReporter:
     """No progress and no messages; warnings go through :mod:`warnings` (the Python API's default)."""
 
-    def task(self, description: str, total: int | None) -> SilentReporter:
+    def task(self, description: str, total: int | None) -> Task:
         return self
 
     def advance(self, amount: int = 1) -> None:

@@ -156,9 +156,15 @@ def test_a_terminated_run_leaves_no_output(clip, tmp_path):
         str(out_dir / "out.mp4"),
     ]
     process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(6)
+    # Mid-run: once the run has said something (its progress), not after a fixed time that a loaded machine may
+    # spend still importing.
+    deadline, said = time.monotonic() + 300, []
+    while not said and time.monotonic() < deadline and process.poll() is None:
+        said.append(process.stderr.readline())
+    assert said and said[0] and process.poll() is None, said
     process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=60)
+    _, rest = process.communicate(timeout=60)
+    stderr = said[0] + rest
     assert process.returncode == 130, stderr
     assert "interrupted" in stderr.strip().splitlines()[-1]
     assert list(out_dir.iterdir()) == []

@@ -17,6 +17,7 @@ from ..batch.plan import OutputsRefused, Plan, PlannedEdit, plan_batch
 from ..batch.run import FAILED_EXIT_CODE, default_summary_path, run_batch
 from ..batch.scheduler import DEFAULT_RETRIES, BatchEvents
 from ..batch.workers import Outcome, Unit
+from ..report import Task
 from .options import option_help
 from .output import PlainReporter, err_console, fail, out_console, user_errors, warn
 
@@ -175,7 +176,7 @@ class _Display(BatchEvents):
         display, uid = self, unit.uid
 
         class _Stages:
-            def task(self, description: str, total: int | None):
+            def task(self, description: str, total: int | None) -> Task:
                 row = display.progress.add_task(f"  {description}", total=total)
                 display.rows.setdefault(uid, []).append(row)
                 progress = display.progress

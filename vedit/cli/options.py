@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 import typer.core
@@ -68,7 +68,7 @@ class CommandGroup(typer.core.TyperGroup):
     """Ends a usage error (bad flag, bad value) in one line and exit code 4, like every other bad option;
     runs every command under :func:`vedit.config.command_line`, with output to a pipe or file unfolded."""
 
-    def main(self, *args, standalone_mode: bool = True, **kwargs):
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
         try:
             with command_line(), unfolded():  # flags, not the Python API's keywords; whole lines in a pipe
                 code = super().main(*args, standalone_mode=False, **kwargs)

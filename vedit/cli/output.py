@@ -9,7 +9,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import typer
 from rich.console import Console
@@ -22,12 +22,16 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.progress import Task as ProgressTask
 from rich.table import Table
 from rich.text import Text
 
 from ..config import RunConfig
 from ..errors import VeditError
-from ..report import SilentReporter, duration
+from ..report import SilentReporter, Task, duration
+
+if TYPE_CHECKING:
+    from ..pipeline.edit import EditResult
 
 # Nothing vedit prints is rich markup: paths, prompts and messages are shown literally
 # (no "[faiss]" eaten as a tag, no ":100:" turned into an emoji, no numbers recoloured).
@@ -94,7 +98,7 @@ class RichReporter(QuietReporter):
     def __init__(self, progress: Progress):
         self.progress = progress
 
-    def task(self, description: str, total: int | None, frames_per_unit: int | None = None, done: int = 0):
+    def task(self, description: str, total: int | None, frames_per_unit: int | None = None, done: int = 0) -> Task:
         # rich's speed (and so the time left) comes from advances only: what was done before is not among them
         task_id = self.progress.add_task(description, total=total, completed=done, frames_per_unit=frames_per_unit)
         progress = self.progress
@@ -123,7 +127,7 @@ def _rate(units: float, seconds: float, frames_per_unit: int | None) -> str:
 class _FrameRate(ProgressColumn):
     """Frames per second of a task whose units stand for frames (a denoising step: every frame)."""
 
-    def render(self, task) -> Text:
+    def render(self, task: ProgressTask) -> Text:
         speed = task.finished_speed or task.speed
         per_unit = task.fields.get("frames_per_unit")
         if not speed or not per_unit:
@@ -147,7 +151,7 @@ class PlainReporter(QuietReporter):
     def _print(self, text: str) -> None:
         print(f"vedit: {text}", file=self.stream, flush=True)
 
-    def task(self, description: str, total: int | None, frames_per_unit: int | None = None, done: int = 0):
+    def task(self, description: str, total: int | None, frames_per_unit: int | None = None, done: int = 0) -> Task:
         reporter = self
         began = time.monotonic()
         already = f", {done} done before" if done else ""
@@ -206,7 +210,7 @@ def reporting(quiet: bool) -> Iterator[QuietReporter]:
         yield RichReporter(progress)
 
 
-def summary_table(result, config: RunConfig) -> Table:
+def summary_table(result: EditResult, config: RunConfig) -> Table:
     """What was written and everything needed to repeat the run; every cell literal text."""
     rows: list[tuple[str, str]] = [("output", str(result.output))]
     frames = str(result.frames)

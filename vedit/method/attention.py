@@ -82,14 +82,14 @@ def project_out(attn: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
     return attn.to_out[1](hidden_states)
 
 
-def per_frame_attention(attn: nn.Module, query, key, value) -> torch.Tensor:
+def per_frame_attention(attn: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     """Ordinary self-attention of every frame on its own tokens; (b, seq, inner) in and out."""
     heads = attn.heads
     out = attend(split_heads(query, heads), split_heads(key, heads), split_heads(value, heads))
     return merge_heads(out)
 
 
-def joint_attention(attn: nn.Module, query, key, value) -> torch.Tensor:
+def joint_attention(attn: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     """Extended attention: every frame's queries attend to the tokens of all frames given.
 
     Equivalent to concatenating the keys and values of all frames for each frame's queries,
@@ -107,7 +107,9 @@ def joint_attention(attn: nn.Module, query, key, value) -> torch.Tensor:
 MAX_GATHERED_ELEMENTS = 1 << 26
 
 
-def bounded_joint_attention(attn: nn.Module, query, key, value, partners: torch.Tensor) -> torch.Tensor:
+def bounded_joint_attention(
+    attn: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, partners: torch.Tensor
+) -> torch.Tensor:
     """Extended attention over chosen frames: frame ``i``'s queries attend to the tokens of frames
     ``partners[i]`` (a (frames, M) index tensor), in that order.
 
@@ -133,6 +135,8 @@ def bounded_joint_attention(attn: nn.Module, query, key, value, partners: torch.
 class PlainAttention:
     """Each frame attends to itself, as in the unmodified UNet (with Q/K injection where on)."""
 
-    def self_attention(self, layer: LayerInfo, attn: nn.Module, hidden_states: torch.Tensor, ctx: CallContext):
+    def self_attention(
+        self, layer: LayerInfo, attn: nn.Module, hidden_states: torch.Tensor, ctx: CallContext
+    ) -> torch.Tensor:
         query, key, value = project_qkv(attn, hidden_states, ctx, layer)
         return project_out(attn, per_frame_attention(attn, query, key, value))

@@ -116,7 +116,9 @@ class KeyframeAttention:
             return joint_attention(attn, query, key, value)
         return bounded_joint_attention(attn, query, key, value, self.partners)
 
-    def self_attention(self, layer: LayerInfo, attn, hidden_states: torch.Tensor, ctx: CallContext) -> torch.Tensor:
+    def self_attention(
+        self, layer: LayerInfo, attn: nn.Module, hidden_states: torch.Tensor, ctx: CallContext
+    ) -> torch.Tensor:
         query, key, value = project_qkv(attn, hidden_states, ctx, layer)
         parts = []
         for branch in ctx.branches:
@@ -154,7 +156,9 @@ class PropagatedAttention:
             return cosine_nearest_tokens(source, features)
         return self.nearest(source.reshape(-1, source.shape[-1]), features)
 
-    def self_attention(self, layer: LayerInfo, attn, hidden_states: torch.Tensor, ctx: CallContext) -> torch.Tensor:
+    def self_attention(
+        self, layer: LayerInfo, attn: nn.Module, hidden_states: torch.Tensor, ctx: CallContext
+    ) -> torch.Tensor:
         branches = len(ctx.branches)
         _, seq, dim = hidden_states.shape
         n = hidden_states.shape[0] // branches
@@ -215,7 +219,7 @@ class FramesPass(PassModule):
     name = "frames"
     input_names = ("latents", "t", "text", "flags")
 
-    def forward(self, latents, t, text, flags):
+    def forward(self, latents: torch.Tensor, t: torch.Tensor, text: torch.Tensor, flags: torch.Tensor) -> torch.Tensor:
         ctx = CallContext(
             branches=BRANCHES, frames=latents.shape[0] // 3, attention=PlainAttention(),
             injection=Injection(conv=flags[0], qk=flags[1]),
@@ -236,7 +240,9 @@ class KeyframePass(PassModule):
             names += [f"features_{layer.index}", f"outputs_{layer.index}"]
         return names
 
-    def forward(self, latents, t, text, flags):
+    def forward(
+        self, latents: torch.Tensor, t: torch.Tensor, text: torch.Tensor, flags: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
         return self._keyframes(latents, t, text, flags, None)
 
     def _keyframes(self, latents, t, text, flags, partners):
@@ -259,7 +265,9 @@ class BoundedKeyframePass(KeyframePass):
     name = "keyframe_bounded"
     input_names = ("latents", "t", "text", "flags", "partners")
 
-    def forward(self, latents, t, text, flags, partners):
+    def forward(
+        self, latents: torch.Tensor, t: torch.Tensor, text: torch.Tensor, flags: torch.Tensor, partners: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
         return self._keyframes(latents, t, text, flags, partners)
 
 
@@ -283,7 +291,15 @@ class PropagationPass(PassModule):
             names += [f"features_{layer.index}", f"outputs_{layer.index}"]
         return tuple(names)
 
-    def forward(self, latents, t, text, flags, weights, *records):
+    def forward(
+        self,
+        latents: torch.Tensor,
+        t: torch.Tensor,
+        text: torch.Tensor,
+        flags: torch.Tensor,
+        weights: torch.Tensor,
+        *records: torch.Tensor,
+    ) -> torch.Tensor:
         pairs = [(records[2 * i], records[2 * i + 1]) for i in range(len(records) // 2)]
         ctx = CallContext(
             branches=BRANCHES, frames=latents.shape[0] // 3,

@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -118,7 +118,7 @@ def load_for_edit(config: RunConfig, checked: Preflight, reporter: Reporter, sd:
     inverting = not config.inversion and editor.needs_inversion
     check_schedules(model.new_scheduler(), config.steps, config.inversion_steps if inverting else None)
     warn_long_prompts(model, config, reporter, ("prompt", "source_prompt", "negative_prompt"))
-    texts = [config.source_prompt, config.negative_prompt, config.prompt]
+    texts = [config.source_prompt, config.negative_prompt, cast(str, config.prompt)]  # given: the callers check it
     embeds = dict(zip((SOURCE, UNCOND, COND), model.encode_prompt(texts).split(1)))
     return model, batches, embeds
 

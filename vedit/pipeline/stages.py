@@ -10,7 +10,7 @@ import hashlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -35,11 +35,14 @@ from ..runtime.transfer import to_device
 from .plan import batches_of, branches, pass_batches
 from .preflight import Clip, Preflight, identity_mismatch, postprocess_context
 
+if TYPE_CHECKING:
+    from ..model.stable_diffusion import StableDiffusion
+
 READ_AHEAD_BYTES = 256 * 2**20  # frames read ahead of the encoder while the model loads
 WRITE_BEHIND_BATCHES = 3  # decoded batches waiting for the writer thread
 
 
-def load_model_for(config: RunConfig, preflight: Preflight, sd: Any = None):
+def load_model_for(config: RunConfig, preflight: Preflight, sd: Any = None) -> StableDiffusion:
     """The model (loaded unless given)."""
     from ..model.loading import load_model
 
@@ -67,7 +70,7 @@ def make_passes(
     )  # fmt: skip
 
 
-def warn_long_prompts(model, config: RunConfig, reporter: Reporter, keys: tuple[str, ...]) -> None:
+def warn_long_prompts(model: StableDiffusion, config: RunConfig, reporter: Reporter, keys: tuple[str, ...]) -> None:
     """Warn of each prompt option among ``keys`` that the text encoder cuts: where, and what it ignores."""
     for key in keys:
         text = getattr(config, key) or ""
@@ -85,7 +88,7 @@ def warn_long_prompts(model, config: RunConfig, reporter: Reporter, keys: tuple[
 
 
 def encode_clip(
-    model, clip: Clip, batch_size: int, reporter: Reporter, batches: Iterable[np.ndarray] | None = None
+    model: StableDiffusion, clip: Clip, batch_size: int, reporter: Reporter, batches: Iterable[np.ndarray] | None = None
 ) -> tuple[torch.Tensor, str]:
     """Stage clip → latents: stream the frames through the VAE encoder; returns (N, 4, h, w) latents
     and the frames' sha256. ``batches`` are the clip's frames already being read (a
@@ -148,7 +151,7 @@ def inversion_cache(config: RunConfig, reporter: Reporter) -> InversionCache:
     return InversionCache(config.cache_dir, max_bytes=gb_to_bytes(config.cache_max_gb), warn=reporter.warning)
 
 
-def inversion_key(model, config: RunConfig, clip: Clip, frames_sha: str) -> str:
+def inversion_key(model: StableDiffusion, config: RunConfig, clip: Clip, frames_sha: str) -> str:
     """The inversion cache's key for this clip's frames, model and schedules."""
     return cache_key(
         frames_sha256=frames_sha,
@@ -162,7 +165,14 @@ def inversion_key(model, config: RunConfig, clip: Clip, frames_sha: str) -> str:
 
 
 def trajectory_for(
-    model, config: RunConfig, clip: Clip, latents: torch.Tensor, frames_sha: str, source_embeds, passes, reporter
+    model: StableDiffusion,
+    config: RunConfig,
+    clip: Clip,
+    latents: torch.Tensor,
+    frames_sha: str,
+    source_embeds: torch.Tensor,
+    passes: Passes,
+    reporter: Reporter,
 ) -> tuple[Trajectory, str, Path | None]:
     """The inverted clip: from --inversion, the cache, or computed now (and cached)."""
     if config.inversion:
@@ -251,7 +261,13 @@ def _spool(metadata: dict[str, str], reporter: Reporter) -> Any:
 
 
 def invert_latents(
-    model, config: RunConfig, checked: Preflight, latents: torch.Tensor, frames_sha: str, source_embeds, reporter
+    model: StableDiffusion,
+    config: RunConfig,
+    checked: Preflight,
+    latents: torch.Tensor,
+    frames_sha: str,
+    source_embeds: torch.Tensor,
+    reporter: Reporter,
 ) -> tuple[Trajectory, str, Path | None, dict[str, int], dict[str, str]]:
     """Stage latents → trajectory: from --inversion, the cache, or computed now through the
     engines (and cached). Returns the trajectory, how it was had, its file, UNet forwards and the
@@ -285,7 +301,7 @@ class Checkpointing:
 
 
 def checkpoints_for(
-    model, config: RunConfig, checked: Preflight, frames_sha: str, inversion: str, reporter: Reporter
+    model: StableDiffusion, config: RunConfig, checked: Preflight, frames_sha: str, inversion: str, reporter: Reporter
 ) -> Checkpointing | None:
     """The run's checkpoints, unless --checkpoint-every 0 or --no-cache turn them off. ``config``
     is the run's as given (``--batch-size auto`` unresolved: free memory must not change the key)."""
@@ -343,13 +359,13 @@ def _resume_point(checkpoints: Checkpointing, job: EditJob, plan: Any, propagato
 
 
 def edit_latents(
-    model,
+    model: StableDiffusion,
     config: RunConfig,
     checked: Preflight,
     latents: torch.Tensor,
     trajectory: Trajectory | None,
-    embeds,
-    reporter,
+    embeds: dict[str, torch.Tensor],
+    reporter: Reporter,
     *,
     checkpoints: Checkpointing | None = None,
 ) -> tuple[torch.Tensor, dict[str, int], int, dict[str, str]]:
@@ -363,7 +379,8 @@ def edit_latents(
     """
     editor, propagator = checked.editor, checked.propagator
     config = _with_batch_size(config, model, latents, branches(editor, propagator))
-    scheduler = model.new_scheduler()
+    # A diffusers DDIMScheduler; typed Any since mypy reads `diffusers.DDIMScheduler` as diffusers' dummy class.
+    scheduler: Any = model.new_scheduler()
     scheduler.set_timesteps(config.steps)
     job = EditJob(
         config=config, model=model, scheduler=scheduler, clean_latents=latents, trajectory=trajectory,
@@ -414,13 +431,13 @@ def edit_latents(
 
 
 def write_frames(
-    model,
+    model: StableDiffusion,
     config: RunConfig,
     checked: Preflight,
     edited: torch.Tensor,
     output: Path,
     size: tuple[int, int],
-    reporter,
+    reporter: Reporter,
     vae_batch_size: int | None = None,
 ) -> None:
     """Stage edited latents → frames → file: decode, post-process and write atomically.

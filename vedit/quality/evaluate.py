@@ -26,7 +26,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -48,6 +48,10 @@ from .clip_score import (
 )
 from .flow import DEFAULT_FLOW, flow_backend
 from .metrics import WARP_ERROR_UNIT, WarpError, warp_errors
+
+if TYPE_CHECKING:
+    from rich.console import Group
+    from rich.table import Table
 
 REPORT_FORMAT = "vedit-eval/1"
 REPORT_SUFFIX = ".eval.json"
@@ -219,7 +223,7 @@ class Report:
             )
         return ", ".join(parts)
 
-    def details(self):
+    def details(self) -> Table:
         """Key/value table of what was compared, with what (rich; every cell literal text)."""
         from rich.table import Table
         from rich.text import Text
@@ -240,7 +244,7 @@ class Report:
             table.add_row(Text(name), Text(value))
         return table
 
-    def table(self):
+    def table(self) -> Table:
         """The figures, edit beside source (rich)."""
         from rich.table import Table
         from rich.text import Text
@@ -276,7 +280,7 @@ class Report:
         )
         return table
 
-    def renderable(self):
+    def renderable(self) -> Group:
         """Details, then the figures table."""
         from rich.console import Group
 

@@ -15,7 +15,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 import torch
 
@@ -81,7 +81,7 @@ def profiling(profile: Profile | None) -> Iterator[Profile | None]:
         _active.profile = previous
 
 
-def stage(name: str, sync: bool = True):
+def stage(name: str, sync: bool = True) -> AbstractContextManager[None]:
     """A context that charges its time to ``name`` in the current profile (a no-op without one)."""
     profile = current()
     return nullcontext() if profile is None else profile.stage(name, sync)

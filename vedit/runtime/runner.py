@@ -38,7 +38,7 @@ from ..method.passes import (
     PlainPass,
     PropagationPass,
 )
-from ..method.unet import CallContext, ControlledUNet
+from ..method.unet import CallContext, ControlledUNet, LayerInfo
 from .engine_cache import EngineCache, torch_key_parts
 
 
@@ -169,7 +169,7 @@ class Passes:
         self.controlled.uninstall()
 
     @property
-    def layers(self):
+    def layers(self) -> list[LayerInfo]:
         return self.controlled.layers
 
     def _say_once(self, text: str) -> None:
@@ -238,11 +238,20 @@ class Passes:
     def plain(self, latents: torch.Tensor, t: torch.Tensor, text: torch.Tensor, *, kind: str = "plain") -> torch.Tensor:
         return self._run("plain", kind, (latents, t, text))
 
-    def frames(self, latents, t, text, flags, *, kind: str = "frames") -> torch.Tensor:
+    def frames(
+        self, latents: torch.Tensor, t: torch.Tensor, text: torch.Tensor, flags: torch.Tensor, *, kind: str = "frames"
+    ) -> torch.Tensor:
         return self._run("frames", kind, (latents, t, text, flags))
 
     def keyframe(
-        self, latents, t, text, flags, partners: torch.Tensor | None = None, *, kind: str = "keyframes"
+        self,
+        latents: torch.Tensor,
+        t: torch.Tensor,
+        text: torch.Tensor,
+        flags: torch.Tensor,
+        partners: torch.Tensor | None = None,
+        *,
+        kind: str = "keyframes",
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The keyframe pass; with ``partners`` (K, M), its bounded form (``--max-joint-keyframes``)."""
         if partners is None:
@@ -252,11 +261,21 @@ class Passes:
         return out[0], list(out[1:])
 
     def propagate(
-        self, latents, t, text, flags, weights, records: Sequence[torch.Tensor], *, kind: str = "propagation"
-    ):
+        self,
+        latents: torch.Tensor,
+        t: torch.Tensor,
+        text: torch.Tensor,
+        flags: torch.Tensor,
+        weights: torch.Tensor,
+        records: Sequence[torch.Tensor],
+        *,
+        kind: str = "propagation",
+    ) -> torch.Tensor:
         return self._run("propagation", kind, (latents, t, text, flags, weights, *records))
 
-    def custom(self, latents, t, text, ctx: CallContext, *, kind: str) -> torch.Tensor:
+    def custom(
+        self, latents: torch.Tensor, t: torch.Tensor, text: torch.Tensor, ctx: CallContext, *, kind: str
+    ) -> torch.Tensor:
         """A plugin's own attention handler: Python inside the UNet, so always eager."""
         if any(e.name != "eager" for e in self.engines[:1]):
             self._say_once(
