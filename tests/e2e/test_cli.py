@@ -163,7 +163,7 @@ def test_a_terminated_run_leaves_no_output(clip, tmp_path):
         said.append(process.stderr.readline())
     assert said and said[0] and process.poll() is None, said
     process.send_signal(signal.SIGTERM)
-    _, rest = process.communicate(timeout=60)
+    _, rest = process.communicate(timeout=180)
     stderr = said[0] + rest
     assert process.returncode == 130, stderr
     assert "interrupted" in stderr.strip().splitlines()[-1]
