@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers.method import N, T, plain_unet
+from helpers.method import N, T, clean, embeds, plain_unet, sd  # noqa: F401  (fixtures, used by name)
 from vedit.errors import ConfigError
 from vedit.method.ddim import inversion_timesteps, invert, reconstruct
-from vedit.method.unet import COND, SOURCE, UNCOND
+from vedit.method.unet import SOURCE
 from vedit.model.loading import load_model
 
 
@@ -89,25 +89,6 @@ def test_the_inversion_steps_rule_is_the_one_the_help_states():
         r"\(it never visits t=667\); use inversion_steps=9$",
     ):
         check_schedules(scheduler, 3, 6)
-
-
-@pytest.fixture(scope="module")
-def sd():
-    return load_model("tiny@3", device="cpu", dtype="fp32")
-
-
-@pytest.fixture(scope="module")
-def clean(sd):
-    gen = torch.Generator().manual_seed(0)
-    base = torch.randn(1, 4, 8, 8, generator=gen)
-    drift = torch.randn(N, 4, 8, 8, generator=gen)
-    return base + 0.3 * drift  # frames that resemble each other, like a video's
-
-
-@pytest.fixture(scope="module")
-def embeds(sd):
-    prompts = ["a photo of a cat", "", "a watercolor of a dog"]
-    return dict(zip((SOURCE, UNCOND, COND), sd.encode_prompt(prompts).split(1)))
 
 
 def test_inversion_costs_one_forward_per_frame_per_step(sd, clean, embeds):

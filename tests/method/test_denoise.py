@@ -5,37 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers.method import B, N, T, plain_unet, run_vedit
-from vedit.method.ddim import invert
+from helpers.method import B, N, T, clean, embeds, plain_unet, run_vedit, sd, trajectory  # noqa: F401  (fixtures, used by name)
 from vedit.method.trajectory import Trajectory
-from vedit.method.unet import COND, SOURCE, UNCOND
-from vedit.model.loading import load_model
-
-
-@pytest.fixture(scope="module")
-def sd():
-    return load_model("tiny@3", device="cpu", dtype="fp32")
-
-
-@pytest.fixture(scope="module")
-def clean(sd):
-    gen = torch.Generator().manual_seed(0)
-    base = torch.randn(1, 4, 8, 8, generator=gen)
-    drift = torch.randn(N, 4, 8, 8, generator=gen)
-    return base + 0.3 * drift  # frames that resemble each other, like a video's
-
-
-@pytest.fixture(scope="module")
-def embeds(sd):
-    prompts = ["a photo of a cat", "", "a watercolor of a dog"]
-    return dict(zip((SOURCE, UNCOND, COND), sd.encode_prompt(prompts).split(1)))
-
-
-@pytest.fixture(scope="module")
-def trajectory(sd, clean, embeds):
-    return invert(
-        plain_unet(sd), sd.new_scheduler(), clean, embeds[SOURCE], inversion_steps=2 * T, steps=T, batch_size=4
-    )
 
 
 @pytest.mark.slow
