@@ -201,3 +201,21 @@ def gapped_clip(path: Path, gap: int = 2, after: int = 2, frames: int = 20) -> P
 def frame_numbers(frames: np.ndarray) -> list[int]:
     """Which frame of the graded clip each picture is."""
     return [int(round((frame.mean() - 20) / 3)) for frame in frames]
+
+
+@pytest.fixture(scope="module")
+def bt601_full_range(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Quadrants converted to YUV with BT.601 at full range, and tagged so."""
+    path = tmp_path_factory.mktemp("colour") / "bt601.mp4"
+    frames = np.stack([quadrant_picture()] * 6)
+    subprocess.run(
+        [
+            find_ffmpeg(), "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", "64x48",
+            "-r", "24", "-i", "pipe:", "-vf",
+            "scale=out_color_matrix=bt601:out_range=pc,format=yuv420p,"
+            "setparams=colorspace=bt470bg:color_primaries=bt470bg:color_trc=smpte170m:range=pc",
+            "-c:v", "libx264", "-qp", "0", str(path),
+        ],
+        input=frames.tobytes(), check=True,
+    )  # fmt: skip
+    return path

@@ -3,7 +3,6 @@ square pixels, and what an output cannot hold named."""
 
 from __future__ import annotations
 
-import subprocess
 from fractions import Fraction
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from PIL import Image
 from helpers.clips import (
     NTSC,
     QUADRANTS,
+    bt601_full_range,  # noqa: F401  (a fixture, used by name)
     coloured_frames,
     disc_extent,
     ffmpeg_children,
@@ -27,7 +27,6 @@ from helpers.clips import (
     stored_with_pixel_aspect,
 )
 from vedit.errors import OutputError
-from vedit.io.ffmpeg import find_ffmpeg
 from vedit.io.probe import ColorTags, probe
 from vedit.io.reader import FrameReader
 from vedit.io.writer import VideoWriter, lost_in_writing, written_size
@@ -36,24 +35,6 @@ from vedit.io.writer import VideoWriter, lost_in_writing, written_size
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return sample_clips(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def bt601_full_range(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Quadrants converted to YUV with BT.601 at full range, and tagged so."""
-    path = tmp_path_factory.mktemp("colour") / "bt601.mp4"
-    frames = np.stack([quadrant_picture()] * 6)
-    subprocess.run(
-        [
-            find_ffmpeg(), "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", "64x48",
-            "-r", "24", "-i", "pipe:", "-vf",
-            "scale=out_color_matrix=bt601:out_range=pc,format=yuv420p,"
-            "setparams=colorspace=bt470bg:color_primaries=bt470bg:color_trc=smpte170m:range=pc",
-            "-c:v", "libx264", "-qp", "0", str(path),
-        ],
-        input=frames.tobytes(), check=True,
-    )  # fmt: skip
-    return path
 
 
 def audible_seconds(path: Path) -> float:
