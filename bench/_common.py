@@ -797,16 +797,16 @@ def parse_vs(
     replace (RunConfig values are checked like flags). A piece
     without ``=`` continues the previous value, so ``engine=tensorrt,compile`` is one engine list.
     """
-    from dataclasses import fields
-
-    from vedit.config import RunConfig, field_types, validate
+    from vedit.config import field_types, host_names, host_specs, validate
     from vedit.errors import ConfigError
+    from vedit.plugins.options import flat_names
 
     if text is None or not text.strip():
         return {}
     aliases = aliases or {}
     fixed = set(fixed)
-    run_fields = {f.name for f in fields(RunConfig)}
+    run_fields = set(host_specs())
+    plugin_options = flat_names(host_names())
     types = field_types()
     raw: list[list[str]] = []
     for piece in text.split(","):
@@ -828,6 +828,8 @@ def parse_vs(
         elif run_options and name in run_fields:
             coerced = _coerce(key, value, None, types[name])
             overrides[name] = validate({name: coerced})[name]
+        elif run_options and name in plugin_options:  # a plugin's option by its flag: chunk-size, pnp-f-t
+            overrides[name] = plugin_options[name][1].parse(value, f"--vs: {key}")
         else:
             known = ", ".join(k.replace("_", "-") for k in settings if k not in fixed)
             more = "; or any option of vedit run" if run_options else ""

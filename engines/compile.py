@@ -3,8 +3,9 @@
 On CUDA it captures CUDA graphs (``mode="reduce-overhead"``), so a step's many small kernels
 launch as one; elsewhere inductor's default mode. Each pass and shape compiles once per
 process: everything that changes between steps and chunks is a tensor input, so no step or
-chunk recompiles (``tests/runtime/test_runner.py`` reads dynamo's counters). ``VEDIT_COMPILE_MODE``
-overrides the mode (``default``, ``reduce-overhead``, ``max-autotune``, ...).
+chunk recompiles (``tests/runtime/test_runner.py`` reads dynamo's counters). ``--compile-mode``
+(or, when it is not given, ``VEDIT_COMPILE_MODE``) overrides the mode (``default``,
+``reduce-overhead``, ``max-autotune``, ...).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import time
 
 import torch
 
+import vedit
 from vedit.plugins.hookspecs import hookimpl
 from vedit.runtime.engine_cache import batches_text
 
@@ -23,8 +25,9 @@ from vedit.runtime.engine_cache import batches_text
 RECOMPILE_LIMIT = 256
 
 
-def compile_mode(device: torch.device) -> str | None:
-    mode = os.environ.get("VEDIT_COMPILE_MODE")
+def compile_mode(device: torch.device, asked: str | None = None) -> str | None:
+    """torch.compile's mode on ``device``: ``asked`` (the option), else ``VEDIT_COMPILE_MODE``, else by device."""
+    mode = asked or os.environ.get("VEDIT_COMPILE_MODE")
     if mode:
         return None if mode == "default" else mode
     return "reduce-overhead" if device.type == "cuda" else None
@@ -34,6 +37,14 @@ class Compile:
     name = "compile"
     description = "torch.compile of each pass (inductor; CUDA graphs on GPUs), compiled once per pass and shape"
 
+    class Options(vedit.Options):
+        mode: str | None = vedit.option(
+            None,
+            help="torch.compile mode: default, reduce-overhead, max-autotune, ... "
+            "(unset: $VEDIT_COMPILE_MODE, else reduce-overhead on CUDA and default elsewhere).",
+            affects_output=False,
+        )
+
     def build(self, module, example, target):
         import torch._dynamo
 
@@ -41,7 +52,8 @@ class Compile:
         config.recompile_limit = max(config.recompile_limit, RECOMPILE_LIMIT)
         config.accumulated_recompile_limit = max(config.accumulated_recompile_limit, 4 * RECOMPILE_LIMIT)
         config.fail_on_recompile_limit_hit = True
-        mode = compile_mode(target.device)
+        options = getattr(self, "options", None)
+        mode = compile_mode(target.device, options.mode if options is not None else None)
         compiled = torch.compile(module, fullgraph=True, dynamic=False, mode=mode)
         # Both modes capture CUDA graphs on a GPU, whose outputs the next replay overwrites.
         graphs = target.device.type == "cuda" and mode in ("reduce-overhead", "max-autotune")

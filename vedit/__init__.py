@@ -17,6 +17,8 @@ from . import _compat  # noqa: E402
 
 _compat.install()
 
+from .options import Options, option  # noqa: E402  (the schema plugins declare their options with)
+
 if TYPE_CHECKING:  # pragma: no cover
     from .pipeline.edit import EditResult
     from .pipeline.invert import InversionResult
@@ -36,4 +38,4 @@ def invert(input: Any, output: Any = None, config: Any = None, **options: Any) -
     return invert_clip(input, output, config, **options)
 
 
-__all__ = ["edit", "invert", "__version__"]
+__all__ = ["Options", "edit", "invert", "option", "__version__"]

@@ -1,82 +1,274 @@
-"""Run options: their defaults, the ``vedit.toml`` file that overrides them, and validation.
+"""Run options: the ones every run has, declared once here; the plugins' own; ``vedit.toml``; validation.
 
-Precedence, lowest first: the defaults below, ``vedit.toml`` in the working directory (or the
-file given with ``--config``), then command-line flags. A key in ``vedit.toml`` has the same
-name as its flag (``negative-prompt``; ``negative_prompt`` is accepted too).
+Precedence, lowest first: the defaults, ``vedit.toml`` in the working directory (or the file given
+with ``--config``), then command-line flags or keywords. A key in ``vedit.toml`` has the same name as
+its flag (``negative-prompt``; ``negative_prompt`` is accepted too); a plugin's options go in a table
+of their own (``[run.pnp]`` with ``f-t = 0.9``) or under ``[run]`` by their flag (``pnp-f-t = 0.9``).
+
+Each option of :class:`RunConfig` is declared once, with :func:`setting`: its default, help, range,
+the commands that take it and what it changes. The command line's flags, ``vedit invert``'s and
+``vedit engines build``'s options, validation, cache keys and batch digests all come from that
+declaration (:func:`host_specs`), and a plugin's options from its :class:`vedit.Options` class.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import math
+import functools
 import typing
-from collections.abc import Iterable, Iterator
-from contextvars import ContextVar
-from dataclasses import dataclass, fields
+from collections.abc import Iterable
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import tomllib
 
 from .errors import ConfigError
+from .options import (
+    OptionSpec,
+    annotation_kinds,
+    check_number,
+    command_line,
+    flag_name,
+    option,
+    option_label,
+    option_value,
+)
 
 CONFIG_FILENAME = "vedit.toml"
 DEFAULT_MODEL = "stabilityai/stable-diffusion-2-1-base"
 MAX_SEED = 2**63 - 1  # the largest seed torch.manual_seed takes that is also a signed 64-bit number
 
+RUN, INVERT, BUILD = "run", "invert", "engines build"  # the commands that take run options
 
-@dataclass
+
+@dataclass(frozen=True)
+class Setting:
+    """What the command line needs to know of a host option beyond its :class:`OptionSpec`."""
+
+    commands: tuple[str, ...] = (RUN,)
+    flags: tuple[str, ...] = ()  # the flag and its short form when they are not --<name>: ("--prompt", "-p")
+    default_text: str | None = None  # help's [default: ...] when the default itself says nothing useful
+    negatable: bool = False  # a switch written --name/--no-name (else --name alone)
+    affects_latents: bool = True  # enters checkpoint keys: changes the edited latents, bit for bit
+    hidden_in: tuple[str, ...] = ()  # commands that take it but do not show it (ignored there)
+
+
+def setting(
+    default: Any,
+    help: str = "",  # noqa: A002
+    *,
+    min: float | None = None,  # noqa: A002
+    max: float | None = None,  # noqa: A002
+    choices: Iterable[Any] | None = None,
+    affects_output: bool = True,
+    affects_latents: bool = True,
+    path: bool = False,
+    commands: Iterable[str] = (RUN,),
+    flags: Iterable[str] = (),
+    default_text: str | None = None,
+    negatable: bool = False,
+    hidden_in: Iterable[str] = (),
+) -> Any:
+    """A field of :class:`RunConfig`: an option (:func:`vedit.option`'s meaning) plus where it appears.
+
+    ``affects_output``: enters batch's up-to-date digest (the frames written depend on it);
+    ``affects_latents``: enters checkpoint keys (the edited latents depend on it, bit for bit)."""
+    spec = option(default, help=help, min=min, max=max, choices=choices, affects_output=affects_output, path=path)
+    extra = Setting(tuple(commands), tuple(flags), default_text, negatable, affects_latents, tuple(hidden_in))
+    return field(default=default, metadata={"option": spec, "setting": extra})
+
+
+ALL = (RUN, INVERT, BUILD)
+CACHE_DIR_DEFAULT = "$VEDIT_CACHE_DIR or ~/.cache/vedit"
+INVERSION_STEPS_HELP = (
+    "DDIM inversion steps. Their schedule must pass through every timestep of the --steps one: with 50 steps, "
+    "50, 100, 200, 250, 500 and 1000 do (a multiple of --steps alone is not enough); an error names the nearest "
+    "multiple that does."
+)
+
+
+@dataclass(init=False)
 class RunConfig:
-    """Every option of ``vedit run``; the Python API takes the same names as keyword arguments."""
+    """Every option of ``vedit run``; the Python API takes the same names as keyword arguments.
 
-    prompt: str | None = None
-    source_prompt: str = ""
-    negative_prompt: str = ""
-    editor: str = "pnp"
-    propagator: str = "tokenflow"
-    engine: str = "auto"
-    engine_cache: str | None = None  # None: "engines" in the cache folder (cache_dir), beside the inversions
-    nn_backend: str = "auto"
-    model: str = DEFAULT_MODEL
-    revision: str | None = None
-    steps: int = 50
-    inversion_steps: int = 50
-    strength: float = 0.8
-    start: float = 0.9
-    guidance: float = 7.5
-    pnp_f_t: float = 0.8
-    pnp_attn_t: float = 0.5
-    chunk_size: int = 8
-    max_joint_keyframes: int = 32  # tokenflow: keyframes each keyframe attends to; all of them when K ≤ this
-    keyframes: str | None = None
-    checkpoint_every: int = 5  # denoising steps between checkpoints a killed run resumes from; 0: none
-    inversion: str | None = None
-    seed: int = 0
-    size: str | None = None
-    frames: str | None = None
-    max_frames: int | None = None
-    fps: str | None = None
-    output_size: str = "source"
-    device: str = "auto"
-    dtype: str = "auto"
-    batch_size: int | str = "auto"  # "auto": chosen from free device memory (8 on the CPU)
-    postprocess: str | None = None
-    flow: str = "dis"  # optical-flow backend for --eval and flow-guided post-processing
-    clip: str = "openai/clip-vit-large-patch14"  # CLIP model for --eval's text and frame scores (local only)
-    eval: bool = False
-    cache_dir: str | None = None
-    no_cache: bool = False
-    cache_max_gb: float = 20.0
-    allow_short: bool = False
-    force_inversion: bool = False
-    keep_timestamps: bool = False
-    overwrite: bool = False  # replace an existing output that vedit did not write
+    The options of plugins are in :attr:`options` (plugin name → its options as given); a plugin's
+    option can also be read and given by its flat name (``config.chunk_size``,
+    ``RunConfig(pnp_f_t=0.9)``), as when they were fields of this class.
+    """
+
+    prompt: str | None = setting(None, "What the edited video should show (required).", flags=("--prompt", "-p"))
+    source_prompt: str = setting("", "What the input shows (inversion and source branch).", commands=(RUN, INVERT))
+    negative_prompt: str = setting("", "Negative prompt (the unconditional branch).")
+    editor: str = setting("pnp", "Editor plugin: pnp, sdedit, img2img, or a plugin's.", commands=(RUN, BUILD))
+    propagator: str = setting("tokenflow", "Propagator plugin: tokenflow, none, or a plugin's.", commands=(RUN, BUILD))
+    engine: str = setting(
+        "auto",
+        "UNet engine: eager, compile, torchscript, onnxruntime, tensorrt, torch-tensorrt, a plugin's, auto, "
+        "or a comma-separated list to try in order.",
+        affects_output=False,
+        commands=(RUN, INVERT),
+    )
+    engine_cache: str | None = setting(
+        None,
+        "Folder of built engines (ONNX, TorchScript, TensorRT plans).",
+        default_text="engines in the cache folder",
+        affects_output=False,
+        affects_latents=False,
+        path=True,
+        commands=ALL,
+    )  # None: "engines" in the cache folder (cache_dir), beside the inversions
+    model: str = setting(
+        DEFAULT_MODEL,
+        "Hub id, local diffusers folder, tiny, random:sd15 or random:sd21 (tiny@N: weights from seed N).",
+        commands=ALL,
+    )
+    revision: str | None = setting(None, "Model revision (hub branch, tag or commit).", commands=ALL)
+    steps: int = setting(
+        50, "Sampling steps T.", min=1, max=1000,
+        commands=(RUN, INVERT),
+    )  # fmt: skip
+    inversion_steps: int = setting(50, INVERSION_STEPS_HELP, min=1, max=1000, commands=(RUN, INVERT))
+    guidance: float = setting(7.5, "Classifier-free guidance scale.", min=0.0, max=100.0)
+    checkpoint_every: int = setting(
+        5,
+        "Keep a checkpoint of the edited latents in the cache every this many steps; "
+        "the same command resumes a stopped run from it. 0: none.",
+        min=0,
+        max=1000,
+        affects_output=False,
+        affects_latents=False,
+    )
+    inversion: str | None = setting(
+        None, "Use this trajectory file (from 'vedit invert -o') instead of inverting.", path=True
+    )
+    seed: int = setting(
+        0,
+        "Random seed of the img2img noise and the keyframe draws (a built model's weights come from its spec: tiny@N).",
+        min=0,
+        max=MAX_SEED,
+        commands=ALL,
+        hidden_in=(INVERT, BUILD),
+    )
+    size: str | None = setting(
+        None, "Working size WxH (multiples of 8).", default_text="short side near 512", commands=(RUN, INVERT)
+    )
+    frames: str | None = setting(
+        None,
+        "Frame range START:STOP:STEP (source frame indices, STOP exclusive).",
+        default_text="all",
+        commands=(RUN, INVERT),
+    )
+    max_frames: int | None = setting(None, "At most this many frames.", min=1, commands=(RUN, INVERT))
+    fps: str | None = setting(
+        None, "Source frame rate override (folders of images default to 24).", default_text="the source's",
+        affects_latents=False,
+    )  # fmt: skip
+    output_size: str = setting("source", "source, working or WxH.", affects_latents=False)
+    device: str = setting("auto", "auto, cpu, cuda, cuda:N or mps.", commands=ALL)
+    dtype: str = setting("auto", "auto, fp32, fp16 or bf16.", commands=ALL)
+    batch_size: int | str = setting(
+        "auto",
+        "Frames per VAE / inversion / per-frame UNet batch, or auto (from free device memory).",
+        min=1,
+        max=4096,
+        choices=("auto",),
+        affects_output=False,
+        commands=ALL,
+    )  # "auto": chosen from free device memory (8 on the CPU)
+    postprocess: str | None = setting(
+        None,
+        "Post-processors applied to the decoded frames, in order: NAME[:KEY=VALUE...], comma-separated "
+        "(deflicker-luma,deflicker-flow:strength=0.7).",
+        affects_latents=False,
+    )
+    flow: str = setting(
+        "dis", "Optical-flow backend for --eval and flow-guided post-processing: dis, raft or a plugin's.",
+        affects_latents=False,
+    )  # fmt: skip
+    clip: str = setting(
+        "openai/clip-vit-large-patch14",
+        "CLIP model for --eval's text and frame scores: a hub id already in the local cache, "
+        "or a folder (never downloaded).",
+        affects_latents=False,
+    )
+    eval: bool = setting(
+        False,
+        "After writing, measure the edit as 'vedit eval' does and write the report beside the output "
+        "(out.mp4 -> out.eval.json).",
+        negatable=True,
+        affects_latents=False,
+    )
+    cache_dir: str | None = setting(
+        None,
+        "Cache folder: inversions, checkpoints and, unless --engine-cache, built engines.",
+        default_text=CACHE_DIR_DEFAULT,
+        affects_output=False,
+        affects_latents=False,
+        path=True,
+        commands=(RUN, INVERT),
+    )
+    no_cache: bool = setting(
+        False, "Neither read nor write the inversion cache (nor checkpoints).", affects_output=False,
+        affects_latents=False, commands=(RUN, INVERT),
+    )  # fmt: skip
+    cache_max_gb: float = setting(
+        20.0, "Cache size cap in GB; the least recently used inversions are evicted.", min=0.0,
+        affects_output=False, affects_latents=False, commands=(RUN, INVERT),
+    )  # fmt: skip
+    allow_short: bool = setting(
+        False,
+        "Accept a clip that ends before its container says: warn and edit the frames that could be read.",
+        affects_latents=False,
+        commands=(RUN, INVERT),
+    )
+    force_inversion: bool = setting(
+        False,
+        "Use the --inversion file even if it was made from another clip, model or source prompt.",
+        affects_latents=False,
+    )
+    keep_timestamps: bool = setting(
+        False,
+        "Keep a variable-rate source's own frame times instead of resampling it to its average rate.",
+        affects_latents=False,
+    )
+    # Each command says what --overwrite replaces: declared by the commands, not generated.
+    overwrite: bool = setting(False, affects_output=False, affects_latents=False, commands=())
+    # The options of plugins (plugin name, "-" as "_" → option → value) as given; defaults are not stored.
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     # Not an option (no annotation: not a field, so in no key, digest or file): the options the
     # user set, in vedit.toml, as flags or as keywords, so that a check can tell a value asked
     # for from the same value by default. load_config and the Python API fill it in.
     given = frozenset[str]()
+
+    def __init__(self, **values: Any) -> None:
+        for f in fields(self):
+            setattr(self, f.name, f.default if f.default_factory is dataclasses.MISSING else f.default_factory())
+        plugin_values = values.pop("options", None) or {}
+        self.options = {plugin: dict(table) for plugin, table in plugin_values.items()}
+        host = host_names()
+        for key, value in values.items():
+            if key in host:
+                setattr(self, key, value)
+                continue
+            owner, spec = _plugin_option(key, f"RunConfig() got an unexpected keyword argument {key!r}")
+            self.options.setdefault(owner, {})[spec.name] = value
+
+    def __getattr__(self, name: str) -> Any:
+        # Only for names that are not attributes: a plugin's option by its flat name (config.chunk_size).
+        if name.startswith("_") or "options" not in self.__dict__:
+            raise AttributeError(name)
+        owner, spec = _plugin_option(name, f"'RunConfig' object has no attribute {name!r}", error=AttributeError)
+        return self.options.get(owner, {}).get(spec.name, spec.default)
+
+    def plugin_options(self, plugin: str) -> Any:
+        """The options instance of ``plugin`` (a :class:`vedit.Options`), with what was given for it;
+        None for a plugin that declares none."""
+        from .plugins.options import declared, identifier
+
+        owner = declared().get(identifier(plugin))
+        return owner.instance(self.options.get(identifier(plugin))) if owner is not None else None
 
     def replace(self, **changes: Any) -> RunConfig:
         copy = dataclasses.replace(self, **changes)
@@ -90,166 +282,136 @@ class RunConfig:
         return copy
 
 
-# Inclusive bounds; None means unbounded on that side.
-_RANGES: dict[str, tuple[float | None, float | None]] = {
-    "steps": (1, 1000),
-    "inversion_steps": (1, 1000),
-    "strength": (0.0, 1.0),
-    "start": (0.0, 1.0),
-    "pnp_f_t": (0.0, 1.0),
-    "pnp_attn_t": (0.0, 1.0),
-    "chunk_size": (1, 1024),
-    "max_joint_keyframes": (1, None),
-    "checkpoint_every": (0, 1000),
-    "batch_size": (1, 4096),
-    "max_frames": (1, None),
-    "guidance": (0.0, 100.0),
-    "seed": (0, MAX_SEED),
-    "cache_max_gb": (0.0, None),
-}
+@functools.cache
+def host_specs() -> dict[str, tuple[OptionSpec, Setting]]:
+    """Every option of :class:`RunConfig` (not the plugins') with its spec and where it appears, in order."""
+    hints = typing.get_type_hints(RunConfig)
+    specs: dict[str, tuple[OptionSpec, Setting]] = {}
+    for f in fields(RunConfig):
+        if "option" not in f.metadata:
+            continue
+        spec = dataclasses.replace(f.metadata["option"], name=f.name, kinds=annotation_kinds(hints[f.name], f.name))
+        specs[f.name] = (spec, f.metadata["setting"])
+    return specs
 
 
-def flag_name(key: str) -> str:
-    return "--" + key.replace("_", "-")
+def host_names() -> frozenset[str]:
+    return frozenset(f.name for f in fields(RunConfig))
 
 
-# Whether messages speak to a user of the command line (set by the CLI) or of the Python API.
-_COMMAND_LINE: ContextVar[bool] = ContextVar("vedit_command_line", default=False)
+def _plugin_option(name: str, unknown: str, error: type[Exception] = TypeError) -> tuple[str, OptionSpec]:
+    """The plugin (by identifier) and option a flat name (``chunk_size``, ``pnp_f_t``) stands for."""
+    from .plugins.options import flat_names, identifier
 
-
-@contextlib.contextmanager
-def command_line() -> Iterator[None]:
-    """Within it, :func:`option_label` names options as flags (``vedit``'s commands run in it)."""
-    token = _COMMAND_LINE.set(True)
-    try:
-        yield
-    finally:
-        _COMMAND_LINE.reset(token)
-
-
-def option_label(key: str) -> str:
-    """An option as a message names it: the flag (``--inversion-steps``) under the command line,
-    the keyword (``inversion_steps``) under the Python API, where a flag means nothing."""
-    key = key.removeprefix("--").replace("-", "_")
-    return flag_name(key) if _COMMAND_LINE.get() else key
-
-
-def option_value(key: str, value: Any, *, placeholder: bool = False) -> str:
-    """An option with a value as the user would write it: ``--steps 20`` (a switch alone:
-    ``--allow-short``) under the command line, ``steps=20``, ``size='64x48'`` or
-    ``allow_short=True`` under the Python API. A ``placeholder`` (``TEXT``, ``PATH``) is never quoted."""
-    if _COMMAND_LINE.get():
-        return option_label(key) if value is True else f"{option_label(key)} {value}"
-    return f"{option_label(key)}={value if placeholder else repr(value)}"
+    found = flat_names(host_names()).get(identifier(name))
+    if found is None:
+        raise error(unknown)
+    owner, spec = found
+    return identifier(owner.plugin), spec
 
 
 def field_types() -> dict[str, Any]:
-    """Every run option's name (as in :class:`RunConfig`) mapped to its type annotation."""
+    """Every host run option's name (as in :class:`RunConfig`) mapped to its type annotation."""
     hints = typing.get_type_hints(RunConfig)
-    return {f.name: hints[f.name] for f in fields(RunConfig)}
-
-
-def _accepts(annotation: Any, value: Any) -> bool:
-    allowed = typing.get_args(annotation) or (annotation,)
-    for kind in allowed:
-        if kind is type(None) and value is None:
-            return True
-        if kind is bool and isinstance(value, bool):
-            return True
-        if kind is int and isinstance(value, int) and not isinstance(value, bool):
-            return True
-        if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return True
-        if kind is str and isinstance(value, str):
-            return True
-    return False
-
-
-def _type_label(annotation: Any) -> str:
-    names = [
-        getattr(a, "__name__", str(a)) for a in (typing.get_args(annotation) or (annotation,)) if a is not type(None)
-    ]
-    return " or ".join(names)
-
-
-def _number(value: float | None) -> str:
-    """A bound as a person writes it: 1, 0.5, 1000 (never 1e+03)."""
-    if value is None or isinstance(value, int):
-        return str(value)
-    return str(int(value)) if float(value).is_integer() else repr(float(value))
-
-
-def _range_text(low: float | None, high: float | None) -> str:
-    if low is None and high is None:
-        return "any number"
-    if high is None:
-        return f"{_number(low)} or more"
-    if low is None:
-        return f"{_number(high)} or less"
-    return f"between {_number(low)} and {_number(high)}"
-
-
-def check_number(value: float, where: str, low: float | None = None, high: float | None = None) -> float:
-    """``value`` when it is finite and within the inclusive bounds (None: unbounded), else a
-    one-line ConfigError naming ``where`` (a flag, keyword or file key), the range and the value.
-
-    Every number a user gives passes here. NaN fails no comparison, so a range check alone lets
-    it through (a NaN guidance writes black frames), and no option means anything at ±inf.
-    """
-    if isinstance(value, float) and not math.isfinite(value):
-        bounds = f" ({_range_text(low, high)})" if low is not None or high is not None else ""
-        raise ConfigError(f"{where} must be a finite number{bounds}, got {_number(value)}")
-    if (low is not None and value < low) or (high is not None and value > high):
-        raise ConfigError(f"{where} must be {_range_text(low, high)}, got {_number(value)}")
-    return value
+    return {name: hints[name] for name in host_specs()}
 
 
 def check_numbers(config: RunConfig) -> RunConfig:
-    """``config`` when every number in it is finite and in range (a RunConfig built by hand has
-    not been through :func:`validate`); the same one-line errors otherwise."""
-    for f in fields(config):
-        value = getattr(config, f.name)
+    """``config`` when every value in it is of its option's type and every number is finite and in
+    range (a RunConfig built by hand has not been through :func:`validate`); one-line errors otherwise."""
+    for name, (spec, _) in host_specs().items():
+        value = getattr(config, name)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            check_number(value, option_label(f.name), *_RANGES.get(f.name, (None, None)))
+            check_number(value, option_label(name), spec.min, spec.max)
+    validate({"options": config.options})
     return config
 
 
-def _batch_size(text: str, where: str) -> int | str:
-    """``auto`` or a whole number given as text (as the command line gives it)."""
-    text = text.strip().lower()
-    if text == "auto":
-        return "auto"
-    if text.isdigit():
-        return int(text)
-    raise ConfigError(f"{where} must be auto or a whole number, got {text!r}")
+def _known_keys() -> list[str]:
+    from .plugins.options import flat_names
+
+    return sorted({*host_specs(), *flat_names(host_names())})
+
+
+def _check_plugin_table(plugin: str, table: Any, origin: str | None, clean: dict[str, dict[str, Any]]) -> None:
+    """The options of one plugin given as a table (``[run.pnp]``, ``options={"pnp": {...}}``) into ``clean``."""
+    from .plugins.options import declared, identifier
+
+    owners = declared()
+    owner = owners.get(identifier(plugin))
+    where = f"{origin}: [run.{plugin}]" if origin else f"options[{plugin!r}]"
+    if owner is None:
+        known = ", ".join(sorted(o.plugin for o in owners.values())) or "none"
+        raise ConfigError(f"{where}: no installed plugin {plugin!r} has options (plugins with options: {known})")
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where} must be a table of options, got {type(table).__name__}")
+    specs = {identifier(spec.name): spec for spec in owner.options.specs()}
+    for raw_key, value in table.items():
+        spec = specs.get(identifier(raw_key))
+        if spec is None:
+            known = ", ".join(name.replace("_", "-") for name in specs)
+            raise ConfigError(
+                f"{where}: {owner.kind} {owner.plugin!r} has no option {raw_key!r} (its options: {known})"
+            )
+        label = f"{where} option {raw_key!r}" if origin else option_label(owner.key_name(spec))
+        clean.setdefault(identifier(owner.plugin), {})[spec.name] = spec.check(value, label)
 
 
 def validate(values: dict[str, Any], origin: str | None = None) -> dict[str, Any]:
     """Normalise keys and check names, types and ranges; errors name the offending key.
 
-    With ``origin`` (a file name) errors name the key as written in that file; without it the
-    values came from the command line or the Python API and errors name the flag (``--max-frames``)
-    or the keyword (``max_frames``), as :func:`option_label` does.
+    Host options keep their names; a plugin's options, given by flat name (``pnp_f_t``, ``chunk-size``),
+    as a table (``pnp = {f-t = 0.9}`` in a file) or as ``options={"pnp": {"f_t": 0.9}}``, come back under
+    ``"options"`` (plugin → option → value). With ``origin`` (a file name) errors name the key as written in
+    that file; without it the values came from the command line or the Python API and errors name the flag
+    (``--max-frames``) or the keyword (``max_frames``), as :func:`option_label` does.
     """
-    types = field_types()
+    from .plugins.options import flat_names, identifier
+
+    host = host_specs()
+    plugin_names = flat_names(host_names())
     clean: dict[str, Any] = {}
+    plugin_values: dict[str, dict[str, Any]] = {}
     for raw_key, value in values.items():
-        key = raw_key.replace("-", "_")
+        key = identifier(raw_key)
         where = f"{origin}: option {raw_key!r}" if origin else option_label(key)
-        if key not in types:
-            known = ", ".join(sorted(k.replace("_", "-") for k in types))
+        if key == "options" and isinstance(value, dict) and not origin:
+            for plugin, table in value.items():
+                _check_plugin_table(plugin, table, origin, plugin_values)
+        elif key in host:
+            clean[key] = host[key][0].check(value, where)
+        elif key in plugin_names:
+            owner, spec = plugin_names[key]
+            plugin_values.setdefault(identifier(owner.plugin), {})[spec.name] = spec.check(value, where)
+        elif isinstance(value, dict) and origin:
+            _check_plugin_table(raw_key, value, origin, plugin_values)
+        else:
+            known = ", ".join(k.replace("_", "-") for k in _known_keys())
             prefix = f"{origin}: " if origin else ""
             raise ConfigError(f"{prefix}unknown option {raw_key!r} (known: {known})")
-        if not _accepts(types[key], value):
-            raise ConfigError(f"{where} must be {_type_label(types[key])}, got {type(value).__name__} {value!r}")
-        if key == "batch_size" and isinstance(value, str):
-            value = _batch_size(value, where)
-        if types[key] is float or float in typing.get_args(types[key]):
-            value = float(value) if value is not None else None
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            check_number(value, where, *_RANGES.get(key, (None, None)))
-        clean[key] = value
+    if plugin_values:
+        clean["options"] = plugin_values
     return clean
+
+
+def merge(values: dict[str, Any], more: dict[str, Any]) -> dict[str, Any]:
+    """``values`` updated with ``more`` (both as :func:`validate` returns them), plugin by plugin."""
+    merged = {**values, **{k: v for k, v in more.items() if k != "options"}}
+    options = {plugin: dict(table) for plugin, table in values.get("options", {}).items()}
+    for plugin, table in more.get("options", {}).items():
+        options.setdefault(plugin, {}).update(table)
+    if options:
+        merged["options"] = options
+    return merged
+
+
+def given_names(values: dict[str, Any]) -> set[str]:
+    """The option names ``values`` (as :func:`validate` returns them) sets: host names and plugins' flat
+    ``<plugin>_<option>`` names."""
+    names = {key for key in values if key != "options"}
+    for plugin, table in values.get("options", {}).items():
+        names.update(f"{plugin}_{name}" for name in table)
+    return names
 
 
 def read_toml(path: str | Path, what: str = "config file") -> dict[str, Any]:
@@ -269,7 +431,7 @@ def read_toml(path: str | Path, what: str = "config file") -> dict[str, Any]:
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
-    """The ``[run]`` table of a vedit.toml file, validated."""
+    """The ``[run]`` table of a vedit.toml file (with its ``[run.<plugin>]`` tables), validated."""
     path = Path(path)
     data = read_toml(path)
     unknown = set(data) - {"run"}
@@ -288,41 +450,77 @@ def load_config(config_path: str | Path | None = None, cwd: Path | None = None, 
     """
     values: dict[str, Any] = {}
     if config_path is not None:
-        values.update(read_config_file(config_path))
+        values = read_config_file(config_path)
     else:
         local = (cwd or Path.cwd()) / CONFIG_FILENAME
         if local.is_file():
-            values.update(read_config_file(local))
+            values = read_config_file(local)
     # A file that restates a default (a copy of the defaults, as the repository's vedit.toml is)
     # asks for nothing; a flag or keyword always asks.
     defaults = RunConfig()
-    stated = {key for key, value in values.items() if value != getattr(defaults, key)}
-    given = {k: v for k, v in overrides.items() if v is not None}
-    values.update(validate(given))
-    return RunConfig(**values).giving(stated | set(given))
+    stated = {key for key in given_names(values) if _value(values, key) != getattr(defaults, key)}
+    values = _without_restated_plugin_defaults(values, stated)
+    given = validate({k: v for k, v in overrides.items() if v is not None})
+    values = merge(values, given)
+    return RunConfig(**values).giving(stated | given_names(given))
+
+
+def _without_restated_plugin_defaults(values: dict[str, Any], stated: set[str]) -> dict[str, Any]:
+    options = {
+        plugin: kept
+        for plugin, table in values.get("options", {}).items()
+        if (kept := {name: value for name, value in table.items() if f"{plugin}_{name}" in stated})
+    }
+    return {**{k: v for k, v in values.items() if k != "options"}, **({"options": options} if options else {})}
+
+
+def _value(values: dict[str, Any], name: str) -> Any:
+    if name in values:
+        return values[name]
+    for plugin, table in values.get("options", {}).items():
+        for option_name, value in table.items():
+            if f"{plugin}_{option_name}" == name:
+                return value
+    return None
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'"{value}"'
+    return repr(value)
 
 
 def defaults_as_toml() -> str:
-    """The defaults written as a vedit.toml ``[run]`` table (options without a default are left out)."""
+    """The defaults written as a vedit.toml: the ``[run]`` table, then one ``[run.<plugin>]`` table per
+    installed plugin with options (options without a default are left out)."""
+    from .plugins.options import declared
+
     lines = ["[run]"]
-    for f in fields(RunConfig):
-        value = f.default
-        if value is None or value is dataclasses.MISSING:
-            continue
-        key = f.name.replace("_", "-")
-        if isinstance(value, bool):
-            lines.append(f"{key} = {'true' if value else 'false'}")
-        elif isinstance(value, str):
-            lines.append(f'{key} = "{value}"')
-        else:
-            lines.append(f"{key} = {value!r}")
+    for name, (spec, _) in host_specs().items():
+        if spec.default is not None:
+            lines.append(f"{name.replace('_', '-')} = {_toml_value(spec.default)}")
+    for owner in declared().values():
+        table = [
+            f"{s.name.replace('_', '-')} = {_toml_value(s.default)}"
+            for s in owner.options.specs()
+            if s.default is not None
+        ]
+        if table:
+            lines += ["", f"[run.{owner.plugin}]", *table]
     return "\n".join(lines) + "\n"
 
 
 __all__ = [
     "RunConfig",
+    "Setting",
+    "setting",
+    "host_specs",
     "field_types",
     "load_config",
+    "merge",
+    "given_names",
     "read_config_file",
     "validate",
     "flag_name",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+import vedit
 from vedit.config import option_value
 from vedit.errors import ConfigError
 from vedit.method.denoise import EditJob, EditPlan
@@ -16,21 +17,27 @@ class Img2Img:
     description = "plain img2img: noise each frame to --strength and denoise it with the target prompt"
     needs_inversion = False
 
-    def timesteps(self, scheduler, config) -> torch.Tensor:
+    class Options(vedit.Options):
+        strength: float = vedit.option(
+            0.8, help="Fraction of the schedule to run.", min=0.0, max=1.0, aliases=("strength",)
+        )
+
+    def timesteps(self, scheduler, config, options: Options | None = None) -> torch.Tensor:
         """The last ``int(strength·T)`` timesteps of the T-step schedule."""
+        strength = (options or config.plugin_options(self.name)).strength
         scheduler.set_timesteps(config.steps)
         total = len(scheduler.timesteps)
-        run = min(int(total * config.strength), total)
+        run = min(int(total * strength), total)
         if run == 0:
             raise ConfigError(
-                f"{option_value('strength', config.strength)} with {option_value('steps', total)} "
+                f"{option_value('strength', strength)} with {option_value('steps', total)} "
                 "runs no denoising step; raise either"
             )
         return scheduler.timesteps[total - run :]
 
     def plan(self, job: EditJob) -> EditPlan:
         scheduler = job.scheduler
-        timesteps = self.timesteps(scheduler, job.config)
+        timesteps = self.timesteps(scheduler, job.config, job.options)
         z0 = job.clean_latents
         noise = torch.randn(z0.shape, generator=job.generator, dtype=torch.float32).to(z0)
         start = scheduler.add_noise(z0, noise, timesteps[:1])

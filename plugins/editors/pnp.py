@@ -1,14 +1,15 @@
 """Editor ``pnp``: Plug-and-Play feature injection (Tumanyan et al., CVPR 2023) from the inverted clip.
 
-For the first ``int(T·pnp_f_t)`` steps the residual branch of ``up_blocks[1].resnets[1]`` in the
+For the first ``int(T·f_t)`` steps (``--pnp-f-t``) the residual branch of ``up_blocks[1].resnets[1]`` in the
 uncond and cond branches takes the source branch's; for the first ``int(T·pnp_attn_t)`` steps the
-self-attention queries and keys of decoder blocks 4–11 do.
+self-attention queries and keys of decoder blocks 4–11 do (``--pnp-attn-t``).
 """
 
 from __future__ import annotations
 
 import torch
 
+import vedit
 from vedit.method.denoise import EditJob, EditPlan
 from vedit.method.unet import Injection
 from vedit.plugins.hookspecs import hookimpl
@@ -35,6 +36,10 @@ class PnP:
     conv_layers = CONV_LAYERS  # what `vedit engines build` builds the passes with
     qk_layers = QK_LAYERS
 
+    class Options(vedit.Options):
+        f_t: float = vedit.option(0.8, help="Fraction of steps with conv feature injection.", min=0.0, max=1.0)
+        attn_t: float = vedit.option(0.5, help="Fraction of steps with self-attention Q/K injection.", min=0.0, max=1.0)
+
     def timesteps(self, scheduler, config) -> torch.Tensor:
         """All T timesteps."""
         scheduler.set_timesteps(config.steps)
@@ -44,8 +49,8 @@ class PnP:
         check_trajectory(job)
         timesteps = self.timesteps(job.scheduler, job.config)
         total = len(timesteps)
-        conv_steps = int(total * job.config.pnp_f_t)
-        qk_steps = int(total * job.config.pnp_attn_t)
+        conv_steps = int(total * job.options.f_t)
+        qk_steps = int(total * job.options.attn_t)
         return EditPlan(
             timesteps=timesteps,
             start_latents=start_from_ddim_noise(job, timesteps[0]),

@@ -2,7 +2,8 @@
 
 It never downloads: the weights are looked for where torchvision keeps them once fetched
 (``$TORCH_HOME/hub/checkpoints``, the file name of ``Raft_Large_Weights.DEFAULT``) or at the file
-``VEDIT_RAFT_WEIGHTS`` names (a state dict for ``raft_large``). Frames are scaled to [-1, 1] as the
+``--raft-weights`` names (or, when it is not given, ``VEDIT_RAFT_WEIGHTS``): a state dict for
+``raft_large``. Frames are scaled to [-1, 1] as the
 weights' own transform does, padded by edge repetition to a multiple of 8 (and at least 128 px, for
 RAFT's four-level correlation pyramid) and the flow cropped back. It runs on CUDA when there is
 one, else on the CPU (slowly: about a second per 320x240 pair on two cores).
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+import vedit
 from vedit.plugins.hookspecs import hookimpl
 
 WEIGHTS_ENV = "VEDIT_RAFT_WEIGHTS"
@@ -32,12 +34,21 @@ class RAFTFlow:
     name = "raft"
     description = "torchvision RAFT (large, C_T_SKHT_V2 weights), from weights already on this machine"
 
+    class Options(vedit.Options):
+        weights: str | None = vedit.option(
+            None,
+            help="RAFT weights file (a raft_large state dict; unset: $VEDIT_RAFT_WEIGHTS, else torchvision's cache).",
+            path=True,
+            affects_output=True,
+        )
+
     def __init__(self) -> None:
         self._models: dict[str, object] = {}
         self._lock = threading.Lock()
 
     def weights_file(self) -> Path:
-        given = os.environ.get(WEIGHTS_ENV)
+        options = getattr(self, "options", None)
+        given = (options.weights if options is not None else None) or os.environ.get(WEIGHTS_ENV)
         if given:
             return Path(given).expanduser()
         import torch
@@ -56,7 +67,7 @@ class RAFTFlow:
         if not path.is_file():
             return (
                 f"RAFT weights not found at {path}; fetch them once with torchvision "
-                f"(raft_large(weights=Raft_Large_Weights.DEFAULT)) or set {WEIGHTS_ENV} to the file"
+                f"(raft_large(weights=Raft_Large_Weights.DEFAULT)) or give the file with --raft-weights"
             )
         return None
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+import vedit
 from vedit.plugins.hookspecs import hookimpl
 from vedit.quality.flow import PairFlow, flow_backend, pair_flows, unreliable, warp
 from vedit.quality.postprocess import Context
@@ -167,14 +168,15 @@ class FlowDeflicker:
 class DeflickerLuma:
     name = "deflicker-luma"
     description = "match each frame's brightness and contrast to the moving median of its neighbours (window, max-gain)"
-    options = {"window": 5, "max-gain": 2.0}
+
+    class Options(vedit.Options):
+        window: int = vedit.option(5, help="Frames in the moving median: odd, 3 or more.")
+        max_gain: float = vedit.option(2.0, help="Largest factor a frame's brightness is scaled by.", min=1.0)
 
     def check(self, settings: dict[str, Any], context: Context) -> None:
         window = settings["window"]
-        if window < 3 or window % 2 == 0:
+        if window % 2 == 0:
             raise ValueError(f"window must be an odd number of frames, 3 or more, got {window}")
-        if settings["max_gain"] < 1.0:
-            raise ValueError(f"max-gain must be 1 or more, got {settings['max_gain']:g}")
 
     def open(self, context: Context, window: int = 5, max_gain: float = 2.0) -> LumaDeflicker:
         return LumaDeflicker(window, max_gain)
@@ -183,12 +185,12 @@ class DeflickerLuma:
 class DeflickerFlow:
     name = "deflicker-flow"
     description = "blend the previous output, warped along the source's flow, into each frame (strength, flow)"
-    options = {"strength": 0.5, "flow": ""}  # flow "": the run's --flow
+
+    class Options(vedit.Options):
+        strength: float = vedit.option(0.5, help="Weight of the warped previous output.", min=0.0, max=1.0)
+        flow: str = vedit.option("", help="Optical-flow backend (empty: the run's --flow).")
 
     def check(self, settings: dict[str, Any], context: Context) -> None:
-        strength = settings["strength"]
-        if not 0.0 <= strength <= 1.0:
-            raise ValueError(f"strength must be between 0 and 1, got {strength:g}")
         flow_backend(settings["flow"] or context.flow)  # an unknown or unusable backend: one line now
 
     def open(self, context: Context, strength: float = 0.5, flow: str = "") -> FlowDeflicker:

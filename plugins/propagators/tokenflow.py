@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+import vedit
 from vedit import plugins
 from vedit.errors import ConfigError
 from vedit.method.denoise import Denoiser, EditJob, EditPlan, RunShape, Step
@@ -77,27 +78,52 @@ class TokenFlow:
     description = "TokenFlow: joint keyframe editing with extended attention, propagated along NN correspondences"
     needs_source_branch = True
 
+    class Options(vedit.Options):
+        chunk_size: int = vedit.option(
+            8, help="Frames per chunk B (one keyframe each).", min=1, max=1024, aliases=("chunk-size",)
+        )
+        max_joint_keyframes: int = vedit.option(
+            32,
+            help="Keyframes each keyframe's extended attention covers (itself, its neighbours, a seeded spread); "
+            "all of them while K <= this.",
+            min=1,
+            aliases=("max-joint-keyframes",),
+        )
+        keyframes: str | None = vedit.option(
+            None,
+            help='JSON keyframe schedule file, {"keyframes": [[k, ...], ...]}, one list per step.',
+            path=True,
+            aliases=("keyframes",),
+        )
+        nn_backend: str = vedit.option(
+            "auto",
+            help="Nearest-neighbour backend: torch, faiss or auto.",
+            affects_output=False,
+            aliases=("nn-backend",),
+        )
+
     def validate(self, config, shape: RunShape) -> None:
         """Before any heavy work: the NN backend exists and runs here, the keyframe file fits the run."""
-        plugins.choose("nn_backend", config.nn_backend, shape.device)
-        if config.keyframes:
-            schedule = read_keyframe_schedule(config.keyframes)
+        options = config.plugin_options(self.name)
+        plugins.choose("nn_backend", options.nn_backend, shape.device)
+        if options.keyframes:
+            schedule = read_keyframe_schedule(options.keyframes)
             check_keyframe_schedule(
-                schedule, chunk_ranges(shape.frames, config.chunk_size), shape.steps, config.keyframes
+                schedule, chunk_ranges(shape.frames, options.chunk_size), shape.steps, options.keyframes
             )
 
     def begin(self, job: EditJob, plan: EditPlan) -> None:
-        config = job.config
-        self.chunk_size = config.chunk_size
-        self.chunks = chunk_ranges(job.num_frames, config.chunk_size)
-        self.max_joint = config.max_joint_keyframes
-        self.generator = torch.Generator().manual_seed(config.seed)
+        options = job.options
+        self.chunk_size = options.chunk_size
+        self.chunks = chunk_ranges(job.num_frames, options.chunk_size)
+        self.max_joint = options.max_joint_keyframes
+        self.generator = torch.Generator().manual_seed(job.config.seed)
         self._prepared = None
         self.schedule = None
-        if config.keyframes:
+        if options.keyframes:
             # Checked again: a clip that ended early (--allow-short) has fewer chunks than promised.
-            self.schedule = read_keyframe_schedule(config.keyframes)
-            check_keyframe_schedule(self.schedule, self.chunks, len(plan.timesteps), config.keyframes)
+            self.schedule = read_keyframe_schedule(options.keyframes)
+            check_keyframe_schedule(self.schedule, self.chunks, len(plan.timesteps), options.keyframes)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """What changes from step to step: the generator that draws keyframes and partners."""
@@ -157,7 +183,7 @@ class JointKeyframes:
     needs_source_branch = True
 
     def begin(self, job: EditJob, plan: EditPlan) -> None:
-        self.max_joint = job.config.max_joint_keyframes
+        self.max_joint = job.config.plugin_options(TokenFlow.name).max_joint_keyframes
         self.generator = torch.Generator().manual_seed(job.config.seed)
 
     def planned_forwards(self, frames: int, steps_run: int, config) -> dict[str, int]:

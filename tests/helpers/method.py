@@ -35,7 +35,8 @@ def run_vedit(sd, clean, embeds, trajectory, tmp_path, **options):
         trajectory=trajectory,
         generator=torch.Generator().manual_seed(0),
     )
-    plan = plugins.get("editor", config.editor).plan(job)
+    editor = plugins.get("editor", config.editor)
+    plan = editor.plan(job.for_plugin(editor))
     propagator = plugins.get("propagator", config.propagator)
     eager = [plugins.get("engine", "eager")]
     with Passes(sd, eager, conv_layers=plan.conv_layers, qk_layers=plan.qk_layers) as passes:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import CONFIG_FILENAME, RunConfig, read_config_file, read_toml, validate
+from ..config import CONFIG_FILENAME, RunConfig, given_names, host_specs, merge, read_config_file, read_toml, validate
 from ..errors import ConfigError
 
 JOB_FORMAT = "vedit-batch/1"
@@ -24,8 +24,6 @@ JOB_KEYS = ("name", "input", "prompts", "seeds", "output")
 BATCH_KEYS = ("output",)
 # Output pattern fields.
 PATTERN_FIELDS = ("clip", "job", "prompt_index", "prompt_slug", "seed", "editor")
-# Run options that are paths: relative values written in a job file are relative to its folder.
-PATH_OPTIONS = ("keyframes", "inversion", "cache_dir", "engine_cache")
 # Options that may name a local folder or a hub id: a relative value is a path when it exists.
 FOLDER_OR_ID_OPTIONS = ("model", "clip")
 
@@ -76,16 +74,25 @@ def absolute_path(value: str, base: Path) -> str:
 
 
 def _resolve_paths(values: dict[str, Any], written: Iterable[str], base: Path, cwd: Path) -> dict[str, Any]:
-    """Path options made absolute: those ``written`` in the job file against its folder, the
-    rest (defaults, vedit.toml) against the working directory, so that every worker reads the same
-    files whatever its own working directory."""
+    """Path options (declared with ``path``, the host's and the plugins') made absolute: those
+    ``written`` in the job file against its folder, the rest (defaults, vedit.toml) against the
+    working directory, so that every worker reads the same files whatever its own working directory."""
     from ..model.builders import is_built_in
+    from ..plugins.options import declared
 
     out = dict(values)
     written = set(written)
-    for key in PATH_OPTIONS:
-        if out.get(key):
+    for key, (spec, _) in host_specs().items():
+        if spec.path and out.get(key):
             out[key] = absolute_path(out[key], base if key in written else cwd)
+    owners = declared()
+    options = {plugin: dict(table) for plugin, table in out.get("options", {}).items()}
+    for plugin, table in options.items():
+        for spec in owners[plugin].options.specs() if plugin in owners else ():
+            if spec.path and table.get(spec.name):
+                table[spec.name] = absolute_path(table[spec.name], base if f"{plugin}_{spec.name}" in written else cwd)
+    if options:
+        out["options"] = options
     for key in FOLDER_OR_ID_OPTIONS:
         value = out.get(key)
         if isinstance(value, str) and value and not (key == "model" and is_built_in(value)):
@@ -130,13 +137,16 @@ def _validate_each(values: dict[str, Any], origin: str, errors: list[str], extra
     an unknown key gets the nearest known one as a hint."""
     import difflib
 
-    from ..config import field_types
+    from ..config import host_names
+    from ..plugins.options import declared, flat_names
 
-    known = {k.replace("_", "-") for k in field_types()}
+    owners = declared()
+    known = {k.replace("_", "-") for k in [*host_specs(), *flat_names(host_names())]}
     extra = tuple(extra)
     clean: dict[str, Any] = {}
     for key, value in values.items():
-        if key.replace("_", "-") not in known:
+        is_table = isinstance(value, dict) and key.replace("-", "_") in owners  # [run.<plugin>]
+        if key.replace("_", "-") not in known and not is_table:
             close = difflib.get_close_matches(key.replace("_", "-"), [*sorted(known), *extra], n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
             takes = (
@@ -147,7 +157,7 @@ def _validate_each(values: dict[str, Any], origin: str, errors: list[str], extra
             errors.append(f"{origin}: unknown option {key!r} ({hint}{takes})")
             continue
         try:
-            clean.update(validate({key: value}, origin))
+            clean = merge(clean, validate({key: value}, origin))
         except ConfigError as error:
             errors.append(str(error))
     return clean
@@ -196,9 +206,9 @@ def read_job_file(
 
     defaults: dict[str, Any] = {}
     if config_path is not None:
-        defaults.update(read_config_file(config_path))
+        defaults = read_config_file(config_path)
     elif (cwd / CONFIG_FILENAME).is_file():
-        defaults.update(read_config_file(cwd / CONFIG_FILENAME))
+        defaults = read_config_file(cwd / CONFIG_FILENAME)
     shared: dict[str, Any] = {}
     run = data.get("run", {})
     if not isinstance(run, dict):
@@ -240,8 +250,8 @@ def read_job_file(
             errors,
             extra=("input", "prompt", "prompts", "seed", "seeds", "name", "output"),
         )
-        values = {**defaults, **shared, **own}
-        written = set(shared) | set(own)
+        values = merge(merge(defaults, shared), own)
+        written = given_names(shared) | given_names(own)
 
         inputs: list[Path] = []
         patterns = _strings(table.get("input"))

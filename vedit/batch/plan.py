@@ -5,7 +5,6 @@ beside each output records the settings digest it was made with. :func:`plan_bat
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -15,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..cache.keys import keyed_options
 from ..config import RunConfig
 from ..errors import ConfigError, OutputError, PluginError, VeditError
 from ..report import SilentReporter
@@ -30,12 +30,6 @@ from .jobfile import (  # noqa: F401  (SIDECAR_SUFFIX and sidecar_path: the reco
 )
 
 SIDECAR_FORMAT = "vedit-batch-output/1"
-# Options that do not change the frames written: left out of the settings digest, so changing
-# them does not make an output out of date.
-NOT_IN_DIGEST = frozenset({
-    "engine", "engine_cache", "nn_backend", "batch_size", "cache_dir", "no_cache", "cache_max_gb",
-    "checkpoint_every", "overwrite",
-})  # fmt: skip
 
 
 class OutputsRefused(MultiLineError, OutputError):
@@ -69,9 +63,10 @@ def _identity(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def settings_of(config: RunConfig, input: Path) -> dict[str, Any]:
-    """Everything an output depends on: the run options (less :data:`NOT_IN_DIGEST`) and the
-    identity of the input and of any file an option names (keyframe schedule, inversion file)."""
-    settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in NOT_IN_DIGEST}
+    """Everything an output depends on: the options that change the frames written
+    (:func:`vedit.cache.keys.keyed_options`) and the identity of the input and of any file an option
+    names (keyframe schedule, inversion file)."""
+    settings, paths = keyed_options(config, latents=False)
     built = _built(config.model)
     if built is not None:
         # Before the weights' seed was part of the spec, a built model's weights came from the
@@ -81,7 +76,7 @@ def settings_of(config: RunConfig, input: Path) -> dict[str, Any]:
         if built.seed != config.seed:
             settings["model_seed"] = built.seed
     settings["input"] = _identity(input)
-    for key in ("keyframes", "inversion"):
+    for key in sorted(paths):
         if settings.get(key):
             settings[f"{key}_file"] = _identity(settings[key])
     return settings

@@ -29,7 +29,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,14 +40,9 @@ from safetensors.torch import save_file
 from ..errors import OutputError
 from .checksums import ChecksumMismatch, check_tensor, checksums_of, file_sha256, with_checksums
 from .files import CacheEntry, cache_root, failure_reason, partial_prefix, scan_folder, sweep_partials
+from .keys import keyed_options
 
 FORMAT = "vedit-checkpoint/1"
-
-# Options that change nothing in the edited latents: a run that differs only in these resumes.
-_NOT_IN_KEY = frozenset({
-    "engine_cache", "postprocess", "flow", "clip", "eval", "cache_dir", "no_cache", "cache_max_gb",
-    "output_size", "fps", "keep_timestamps", "checkpoint_every", "force_inversion", "allow_short", "overwrite",
-})  # fmt: skip
 
 
 def _file_identity(path: str | os.PathLike) -> dict[str, Any]:
@@ -60,12 +55,14 @@ def checkpoint_key(
 ) -> str:
     """A stable key over everything a run's edited latents depend on: the frames, the model, every
     option of the edit (all of :class:`~vedit.config.RunConfig` but the few that only change what
-    is done with the latents afterwards) and the trajectory the edit starts from (``trajectory``:
-    its cache key, or the identity of an ``--inversion`` file; "" without one)."""
-    options = {f.name: getattr(config, f.name) for f in fields(config) if f.name not in _NOT_IN_KEY}
-    if options.get("keyframes"):
-        options["keyframes"] = _file_identity(options["keyframes"])
-    if options.get("inversion"):
+    is done with the latents afterwards: :func:`vedit.cache.keys.keyed_options`) and the trajectory the
+    edit starts from (``trajectory``: its cache key, or the identity of an ``--inversion`` file; ""
+    without one). A file an option names enters by its content."""
+    options, paths = keyed_options(config, latents=True)
+    for name in paths - {"inversion"}:
+        if options.get(name):
+            options[name] = _file_identity(options[name])
+    if options.get("inversion"):  # its content enters as ``trajectory``
         options["inversion"] = str(Path(options["inversion"]).resolve())
     key = {
         "format": FORMAT,

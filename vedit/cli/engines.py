@@ -9,7 +9,8 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from .options import CACHE_DIR_DEFAULT, ENGINE_CACHE_DEFAULT, config_from_flags, option_help, warn_ignored_seed
+from ..config import BUILD, CACHE_DIR_DEFAULT
+from .options import config_from_flags, option_help, takes_run_options, warn_ignored_seed
 from .output import out_console, reporting, user_errors
 
 
@@ -20,31 +21,12 @@ def add_to(app: typer.Typer) -> None:
     engine_cache_help = "Folder of built engines."
 
     @engines_app.command("build")
+    @takes_run_options(BUILD)
     def engines_build(
         engine: str = typer.Option(..., help="Engine, or a comma-separated list to try in order (as for 'vedit run')."),
-        model: Optional[str] = typer.Option(None, help=option_help("Model (as for 'vedit run').", "model")),
-        revision: Optional[str] = typer.Option(None, help=option_help("Model revision.")),
         size: str = typer.Option("512x512", help="Working size WxH the run will use."),
         frames: int = typer.Option(40, min=1, help="Frames the run will edit (decides the batch sizes built)."),
-        editor: Optional[str] = typer.Option(None, help=option_help("Editor plugin.", "editor")),
-        propagator: Optional[str] = typer.Option(None, help=option_help("Propagator plugin.", "propagator")),
-        chunk_size: Optional[int] = typer.Option(
-            None, help=option_help("tokenflow: frames per chunk B.", "chunk_size")
-        ),
-        max_joint_keyframes: Optional[int] = typer.Option(
-            None, help=option_help("tokenflow: keyframes each keyframe attends to.", "max_joint_keyframes")
-        ),
-        batch_size: Optional[str] = typer.Option(
-            None, help=option_help("Frames per inversion / per-frame batch, or auto.", "batch_size")
-        ),
-        device: Optional[str] = typer.Option(None, help=option_help("auto, cpu, cuda, cuda:N or mps.", "device")),
-        dtype: Optional[str] = typer.Option(None, help=option_help("auto, fp32, fp16 or bf16.", "dtype")),
-        seed: Optional[int] = typer.Option(
-            None, hidden=True, help="Ignored: a built model's weights come from its spec (tiny@N)."
-        ),
-        engine_cache: Optional[str] = typer.Option(
-            None, help=option_help(engine_cache_help, default=ENGINE_CACHE_DEFAULT)
-        ),
+        options: dict = None,  # type: ignore[assignment]  (the run options and plugin options a build depends on)
         config: Optional[Path] = typer.Option(
             None, "--config", help=option_help("Read defaults from this vedit.toml.")
         ),
@@ -55,20 +37,8 @@ def add_to(app: typer.Typer) -> None:
         from ..pipeline.engines import build_engines
 
         with user_errors():
-            run_config = config_from_flags(
-                config,
-                engine=engine,
-                model=model,
-                revision=revision,
-                editor=editor,
-                propagator=propagator,
-                chunk_size=chunk_size,
-                max_joint_keyframes=max_joint_keyframes,
-                batch_size=batch_size,
-                device=device,
-                dtype=dtype,
-                engine_cache=engine_cache,
-            )
+            seed = options.pop("seed", None)
+            run_config = config_from_flags(config, engine=engine, **options)
             warn_ignored_seed(seed, "building engines")
             with reporting(quiet) as reporter:
                 built = build_engines(run_config, frames, size=parse_size(size, "--size"), reporter=reporter)

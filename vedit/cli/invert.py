@@ -7,15 +7,8 @@ from typing import Optional
 
 import typer
 
-from .options import (
-    CACHE_DIR_DEFAULT,
-    CACHE_DIR_HELP,
-    ENGINE_CACHE_DEFAULT,
-    INVERSION_STEPS_HELP,
-    config_from_flags,
-    option_help,
-    warn_ignored_seed,
-)
+from ..config import INVERT
+from .options import config_from_flags, option_help, takes_run_options, warn_ignored_seed
 from .output import out_console, reporting, user_errors
 
 
@@ -23,6 +16,7 @@ def add_to(app: typer.Typer) -> None:
     """Add ``vedit invert`` to ``app``."""
 
     @app.command()
+    @takes_run_options(INVERT, plugins=False)
     def invert(
         clip: Path = typer.Argument(..., help="Input video file, or a folder of numbered images."),
         output: Optional[Path] = typer.Option(
@@ -31,36 +25,7 @@ def add_to(app: typer.Typer) -> None:
         overwrite: bool = typer.Option(
             False, "--overwrite", help=option_help("Replace an existing -o file that is not a vedit trajectory.")
         ),
-        source_prompt: Optional[str] = typer.Option(None, help=option_help("What the input shows.", "source_prompt")),
-        model: Optional[str] = typer.Option(None, help=option_help("Model (as for 'vedit run').", "model")),
-        revision: Optional[str] = typer.Option(None, help=option_help("Model revision.")),
-        engine: Optional[str] = typer.Option(None, help=option_help("UNet engine (as for 'vedit run').", "engine")),
-        engine_cache: Optional[str] = typer.Option(
-            None, help=option_help("Folder of built engines.", default=ENGINE_CACHE_DEFAULT)
-        ),
-        steps: Optional[int] = typer.Option(
-            None, help=option_help("Sampling steps T the trajectory is stored for.", "steps")
-        ),
-        inversion_steps: Optional[int] = typer.Option(None, help=option_help(INVERSION_STEPS_HELP, "inversion_steps")),
-        seed: Optional[int] = typer.Option(
-            None, hidden=True, help="Ignored: a built model's weights come from its spec (tiny@N)."
-        ),
-        size: Optional[str] = typer.Option(None, help=option_help("Working size WxH.", default="short side near 512")),
-        frames: Optional[str] = typer.Option(None, help=option_help("Frame range START:STOP:STEP.", default="all")),
-        max_frames: Optional[int] = typer.Option(None, help=option_help("At most this many frames.")),
-        allow_short: bool = typer.Option(
-            False, "--allow-short", help=option_help("Accept a clip that ends before its container says.")
-        ),
-        device: Optional[str] = typer.Option(None, help=option_help("auto, cpu, cuda, cuda:N or mps.", "device")),
-        dtype: Optional[str] = typer.Option(None, help=option_help("auto, fp32, fp16 or bf16.", "dtype")),
-        batch_size: Optional[str] = typer.Option(
-            None, help=option_help("Frames per UNet batch, or auto.", "batch_size")
-        ),
-        cache_dir: Optional[str] = typer.Option(None, help=option_help(CACHE_DIR_HELP, default=CACHE_DIR_DEFAULT)),
-        cache_max_gb: Optional[float] = typer.Option(None, help=option_help("Cache size cap in GB.", "cache_max_gb")),
-        no_cache: bool = typer.Option(
-            False, "--no-cache", help=option_help("Neither read nor write the inversion cache.")
-        ),
+        options: dict = None,  # type: ignore[assignment]  (the flags of the run options inversion takes)
         check: bool = typer.Option(
             False,
             "--check",
@@ -77,27 +42,8 @@ def add_to(app: typer.Typer) -> None:
         from ..pipeline.invert import invert_clip
 
         with user_errors():
-            run_config = config_from_flags(
-                config,
-                source_prompt=source_prompt,
-                model=model,
-                revision=revision,
-                engine=engine,
-                engine_cache=engine_cache,
-                steps=steps,
-                inversion_steps=inversion_steps,
-                size=size,
-                frames=frames,
-                max_frames=max_frames,
-                allow_short=allow_short or None,
-                device=device,
-                dtype=dtype,
-                batch_size=batch_size,
-                cache_dir=cache_dir,
-                cache_max_gb=cache_max_gb,
-                no_cache=no_cache or None,
-                overwrite=overwrite or None,
-            )
+            seed = options.pop("seed", None)
+            run_config = config_from_flags(config, **options, overwrite=overwrite or None)
             warn_ignored_seed(seed, "inversion")
             with reporting(quiet) as reporter:
                 result = invert_clip(clip, output, run_config, reporter=reporter, check=check)

@@ -1,4 +1,5 @@
-"""``vedit plugins``: list every plugin, its kind and package, and whether it can run here."""
+"""``vedit plugins``: list every plugin, its kind and package, and whether it can run here; with
+``--options``, every installed plugin's options."""
 
 from __future__ import annotations
 
@@ -14,9 +15,18 @@ def add_to(app: typer.Typer) -> None:
     """Add ``vedit plugins`` to ``app``."""
 
     @app.command("plugins")
-    def list_plugins() -> None:
+    def list_plugins(
+        options: bool = typer.Option(
+            False,
+            "--options",
+            help="List every installed plugin's options instead: flags, type, default, range and help.",
+        ),
+    ) -> None:
         """List every plugin: kind, name, version, source package and whether it can run here."""
         with user_errors():
+            if options:
+                out_console.print(options_table())
+                return
             table = Table("kind", "name", "version", "package", "plugin", "runs here")
             for column in table.columns:
                 column.overflow = "fold"  # never cut a name short on a narrow terminal
@@ -39,3 +49,28 @@ def add_to(app: typer.Typer) -> None:
                     markup=False,
                     highlight=False,
                 )
+
+
+def options_table() -> Table:
+    """Every installed plugin's options: its kind and name, the flags, type, default, range or choices,
+    whether it changes the output (cache keys, batch digests) and the help."""
+    from ..cli.options import describe_range
+    from ..plugins.options import declared
+
+    table = Table("plugin", "flags", "type", "default", "range", "output", "help")
+    for column in table.columns:
+        column.overflow = "fold"
+    for owner in declared().values():
+        for spec in owner.options.specs():
+            flags = owner.flags(spec)
+            cells = (
+                f"{owner.kind.replace('_', ' ')} {owner.plugin}",
+                ", ".join([*flags[1:], flags[0]]),
+                spec.type_label + (" or none" if spec.optional else ""),
+                "none" if spec.default is None else repr(spec.default),
+                describe_range(spec) or "-",
+                "changes" if spec.affects_output else "-",
+                spec.help + (" (a path: relative to the file that names it)" if spec.path else ""),
+            )
+            table.add_row(*(Text(str(cell)) for cell in cells))
+    return table

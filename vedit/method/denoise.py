@@ -8,6 +8,7 @@ groups of frames it chooses with whatever attention handler it needs. The loop a
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -46,10 +47,17 @@ class EditJob:
     clean_latents: torch.Tensor  # (N, 4, h, w), VAE posterior mean × scaling factor
     trajectory: Any | None = None  # vedit.method.trajectory.Trajectory when the editor needs inversion
     generator: torch.Generator | None = None
+    options: Any = None  # the options (a vedit.Options) of the plugin this job is handed to; None: it has none
 
     @property
     def num_frames(self) -> int:
         return self.clean_latents.shape[0]
+
+    def for_plugin(self, plugin: Any) -> EditJob:
+        """This job as ``plugin`` sees it: with its own options (``job.options``)."""
+        config = self.config
+        options = config.plugin_options(plugin.name) if hasattr(config, "plugin_options") else None
+        return dataclasses.replace(self, options=options)
 
 
 @dataclass
@@ -271,7 +279,7 @@ def denoise(
     if with_source and plan.source is None:
         raise ValueError(f"propagator {propagator.name!r} needs source latents, which the editor does not provide")
     denoiser = Denoiser(passes, plan, embeds, job.config.guidance, with_source)
-    propagator.begin(job, plan)
+    propagator.begin(job.for_plugin(propagator), plan)
     latents = plan.start_latents
     first = 0
     if resume is not None:

@@ -14,7 +14,7 @@ import torch
 from diffusers import DDIMScheduler
 
 from .. import plugins
-from ..config import RunConfig, check_numbers, load_config, option_label, option_value, validate
+from ..config import RunConfig, check_numbers, given_names, load_config, merge, option_label, option_value, validate
 from ..errors import ConfigError
 from ..io.frames import FrameRange, parse_size, working_size
 from ..io.probe import probe
@@ -23,6 +23,7 @@ from ..method.ddim import check_schedules, sampling_timesteps
 from ..method.denoise import RunShape
 from ..method.trajectory import RUN_FIELDS, read_metadata
 from ..model.loading import SD_SCHEDULER_CONFIG
+from ..plugins.options import configure, unused_options
 from ..report import Reporter, Task, open_task
 from ..runtime.runner import engine_chain
 
@@ -51,7 +52,10 @@ def resolve_config(config: RunConfig | None, options: dict[str, Any]) -> RunConf
     given), or ``vedit.toml``'s and the defaults with them when there is no ``config``."""
     if config is None:
         return load_config(**options)
-    return config.replace(**validate(options)).giving(options) if options else config
+    if not options:
+        return config
+    given = validate(options)
+    return config.replace(**merge({"options": config.options}, given)).giving(given_names(given))
 
 
 @dataclass
@@ -127,7 +131,7 @@ def _resolve_postprocessors(config: RunConfig, clip: Clip) -> list[Any]:
     """``--postprocess`` found, parsed and checked (one-line errors): vedit.quality.postprocess.Step each."""
     from ..quality.postprocess import resolve
 
-    return resolve(config.postprocess, postprocess_context(config, clip))
+    return resolve(config.postprocess, postprocess_context(config, clip), config)
 
 
 @dataclass
@@ -169,6 +173,10 @@ def preflight(
         reporter.warning(note)
     editor = plugins.get("editor", config.editor) if editing else None
     propagator = plugins.get("propagator", config.propagator) if editing else None
+    configure([*engines, editor, propagator], config)
+    if editing:
+        for note in unused_options(config, {"editor": editor.name, "propagator": propagator.name}):
+            reporter.warning(note)
     postprocessors = _resolve_postprocessors(config, clip) if editing else []
     if editing:
         requested_output_size(config, clip)

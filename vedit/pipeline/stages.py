@@ -344,7 +344,7 @@ def _resume_point(checkpoints: Checkpointing, job: EditJob, plan: Any, propagato
         checkpoints.store.remove(checkpoints.key)
         return None
     if found.state:  # tried now, on the propagator begun as the loop begins it: a state it refuses is a fresh start
-        propagator.begin(job, plan)
+        propagator.begin(job.for_plugin(propagator), plan)
         try:
             propagator.load_state_dict(found.state)
         except Exception as error:
@@ -386,6 +386,7 @@ def edit_latents(
         config=config, model=model, scheduler=scheduler, clean_latents=latents, trajectory=trajectory,
         generator=torch.Generator().manual_seed(config.seed),
     )  # fmt: skip
+    job = job.for_plugin(editor)
     plan = editor.plan(job)
     # A Python search backend takes the propagation pass out of a compiled graph: auto may choose
     # one only when the passes run eagerly anyway.

@@ -45,6 +45,7 @@ import numpy as np
 
 from ..config import check_number, option_label
 from ..errors import ConfigError, PluginError, VeditError
+from ..options import options_class
 from .flow import DEFAULT_FLOW
 
 _TRUE = ("1", "true", "yes", "on")
@@ -128,6 +129,11 @@ def _key(text: str) -> str:
 
 
 def _options(plugin: Any) -> dict[str, Any]:
+    """A post-processor's settings and their defaults, by name as written (``max-gain``): from its
+    :class:`vedit.Options` class, or from an ``options`` dict (the way before options classes)."""
+    declared = options_class(plugin)
+    if declared is not None:
+        return {_key(spec.name): spec.default for spec in declared.specs()}
     options = getattr(plugin, "options", None) or {}
     return {_key(name): default for name, default in options.items()}
 
@@ -175,9 +181,13 @@ def parse(spec: str | None) -> list[tuple[str, list[tuple[str, str]]]]:
     return items
 
 
-def resolve(spec: str | None, context: Context | None = None) -> list[Step]:
+def resolve(spec: str | None, context: Context | None = None, config: Any = None) -> list[Step]:
     """Find every post-processor a spec names and parse and check its settings; one-line errors
-    (:class:`PluginError` for an unknown name, :class:`ConfigError` for a bad setting)."""
+    (:class:`PluginError` for an unknown name, :class:`ConfigError` for a bad setting).
+
+    A post-processor with a :class:`vedit.Options` class starts from its options in ``config`` (a
+    RunConfig: ``--deflicker-flow-strength``, ``[run.deflicker-flow]``); the spec's ``key=value``
+    settings override them for that step."""
     from .. import plugins
 
     context = context if context is not None else Context()
@@ -191,7 +201,11 @@ def resolve(spec: str | None, context: Context | None = None) -> list[Step]:
         options = _options(plugin) if streaming else {}
         if pairs and not options:
             raise ConfigError(f"{flag} {name}: takes no settings, got {pairs[0][0]}={pairs[0][1]}")
+        declared = options_class(plugin)
         values = dict(options)
+        if declared is not None and config is not None:
+            values = {_key(name): value for name, value in config.plugin_options(name).as_dict().items()}
+        specs = {_key(s.name): s for s in declared.specs()} if declared is not None else {}
         given: set[str] = set()
         for raw_key, text in pairs:
             key = _key(raw_key)
@@ -201,12 +215,19 @@ def resolve(spec: str | None, context: Context | None = None) -> list[Step]:
             if key in given:
                 raise ConfigError(f"{flag} {name}: {key} is given twice")
             given.add(key)
+            where = f"{flag} {name}: {key}"
+            if key in specs:
+                parsed = specs[key].convert(text, where)
+                if isinstance(parsed, float):
+                    check_number(parsed, where)  # NaN and inf named as such before the range
+                values[key] = specs[key].check(parsed, where)
+                continue
             try:
                 values[key] = _parse_value(text, options[key])
             except ValueError as expected:
-                raise ConfigError(f"{flag} {name}: {key} must be {expected}, got {text!r}") from None
+                raise ConfigError(f"{where} must be {expected}, got {text!r}") from None
             if isinstance(values[key], float):
-                check_number(values[key], f"{flag} {name}: {key}")
+                check_number(values[key], where)
         settings = {key.replace("-", "_"): value for key, value in values.items()}
         check = getattr(plugin, "check", None)
         if check is not None:
