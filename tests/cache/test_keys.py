@@ -1,0 +1,60 @@
+"""What enters checkpoint keys and batch digests, from the options' declarations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from vedit.cache.checkpoints import checkpoint_key
+from vedit.cache.keys import keyed_options
+from vedit.config import RunConfig
+
+KEY_PARTS = {"frames_sha256": "f", "fingerprint": "m", "dtype": "fp32", "device": "cpu", "trajectory": "t"}
+
+
+@pytest.mark.parametrize(
+    "options, key",
+    [  # the keys these settings had when every option was a field of RunConfig: existing checkpoints still resume
+        ({"prompt": "a"}, "96d5580b104c6176cd197682cb520542"),
+        ({"prompt": "a", "editor": "sdedit", "start": 0.5}, "4eef4d843ea2a4ecf3258d3f5e6f328c"),
+        ({"prompt": "b", "chunk_size": 4, "pnp_f_t": 0.3, "nn_backend": "torch"}, "c1b706bc9ba74ef1d45e03f3d93d8652"),
+        ({"prompt": "d", "model": "tiny@3", "seed": 2}, "0579bdafa48f6a9a249b2f89170cc53b"),
+    ],
+)
+def test_checkpoint_keys_of_settings_from_before_plugins_declared_options_are_unchanged(options, key):
+    assert checkpoint_key(RunConfig(**options), **KEY_PARTS) == key
+
+
+def test_the_digest_covers_the_options_that_change_the_frames_and_no_others():
+    settings, paths = keyed_options(RunConfig(prompt="a"), latents=False)
+    assert {"prompt", "model", "steps", "device", "postprocess", "output_size", "pnp_f_t", "chunk_size"} <= set(
+        settings
+    )
+    assert not {"engine", "batch_size", "cache_dir", "checkpoint_every", "overwrite", "nn_backend"} & set(settings)
+    assert paths == {"inversion", "keyframes"}
+    latents, _ = keyed_options(RunConfig(prompt="a"), latents=True)
+    assert {"engine", "batch_size", "nn_backend", "pnp_f_t"} <= set(latents)
+    assert not {"postprocess", "output_size", "flow", "checkpoint_every"} & set(latents)
+
+
+def test_a_plugin_option_counts_only_when_its_plugin_runs_and_it_is_not_the_default():
+    base, _ = keyed_options(RunConfig(prompt="a", engine="compile"), latents=True)
+    assert "compile_mode" not in base  # at its default: keys made before the option existed still match
+    moded, _ = keyed_options(RunConfig(prompt="a", engine="compile", compile_mode="max-autotune"), latents=True)
+    assert moded["compile_mode"] == "max-autotune"
+    unused, _ = keyed_options(RunConfig(prompt="a", engine="eager", compile_mode="max-autotune"), latents=True)
+    assert "compile_mode" not in unused
+    flow, _ = keyed_options(
+        RunConfig(prompt="a", postprocess="deflicker-flow", deflicker_flow_strength=0.2), latents=False
+    )
+    assert flow["deflicker_flow_strength"] == 0.2
+    assert "deflicker_flow_strength" not in keyed_options(RunConfig(prompt="a"), latents=False)[0]
+
+
+def test_a_keyframe_schedule_enters_a_checkpoint_key_by_its_content(tmp_path: Path):
+    schedule = tmp_path / "k.json"
+    schedule.write_text('{"keyframes": [[0]]}')
+    first = checkpoint_key(RunConfig(prompt="a", keyframes=str(schedule)), **KEY_PARTS)
+    schedule.write_text('{"keyframes": [[1]]}')
+    assert checkpoint_key(RunConfig(prompt="a", keyframes=str(schedule)), **KEY_PARTS) != first
