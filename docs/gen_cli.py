@@ -4,8 +4,8 @@
     python docs/gen_cli.py --check   # exit 1 when the committed page is not what the code gives now
 
 Every command and subcommand of ``vedit.cli.create_app()`` that vedit itself ships (third-party plugins' commands
-are left out, so the page is the same wherever it is made): its usage, help, arguments and options with their help
-and defaults, as ``--help`` shows them. Nothing depends on the terminal: no line is wrapped.
+and options are left out, so the page is the same wherever it is made): its usage, help, arguments and options with
+their help and defaults, as ``--help`` shows them. Nothing depends on the terminal: no line is wrapped.
 """
 
 from __future__ import annotations
@@ -66,6 +66,20 @@ def _is_vedits(command: Any) -> bool:
     return any(_is_vedits(sub) for sub in getattr(command, "commands", {}).values())
 
 
+def _foreign_flags() -> set[str]:
+    """The flags of the options of plugins vedit does not ship: left out of the page as their commands are."""
+    from vedit.plugins.manager import BUILT_IN_PACKAGE
+    from vedit.plugins.options import declared
+
+    return {
+        flag
+        for owner in declared().values()
+        if owner.package != BUILT_IN_PACKAGE
+        for spec in owner.options.specs()
+        for flag in owner.flags(spec)
+    }
+
+
 def _subcommands(command: Any, ctx: Any) -> Iterator[tuple[str, Any, Any]]:
     for name in command.list_commands(ctx) if hasattr(command, "list_commands") else ():
         sub = command.get_command(ctx, name)
@@ -123,7 +137,8 @@ def _command_section(title: str, command: Any, ctx: Any, depth: int) -> list[str
         lines += [_plain(paragraph) for paragraph in inspect.cleandoc(command.help).split("\n\n")]
         lines.append("")
     lines += ["```", _usage(command, ctx), "```", ""]
-    params = [p for p in command.params if not getattr(p, "hidden", False)]
+    foreign = _foreign_flags()
+    params = [p for p in command.params if not getattr(p, "hidden", False) and not foreign & set(p.opts)]
     if params:
         lines += ["| argument or option | value | default | |", "|---|---|---|---|"]
         lines += [_parameter_row(p, ctx) for p in params]

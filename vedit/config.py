@@ -39,7 +39,7 @@ CONFIG_FILENAME = "vedit.toml"
 DEFAULT_MODEL = "stabilityai/stable-diffusion-2-1-base"
 MAX_SEED = 2**63 - 1  # the largest seed torch.manual_seed takes that is also a signed 64-bit number
 
-RUN, INVERT, BUILD = "run", "invert", "engines build"  # the commands that take run options
+RUN, INVERT, BUILD, EVAL = "run", "invert", "engines build", "eval"  # the commands that take run options
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,7 @@ class Setting:
     negatable: bool = False  # a switch written --name/--no-name (else --name alone)
     affects_latents: bool = True  # enters checkpoint keys: changes the edited latents, bit for bit
     hidden_in: tuple[str, ...] = ()  # commands that take it but do not show it (ignored there)
+    folder_or_id: bool = False  # a local folder or a hub id: a relative value is a path when it exists
 
 
 def setting(
@@ -69,13 +70,16 @@ def setting(
     default_text: str | None = None,
     negatable: bool = False,
     hidden_in: Iterable[str] = (),
+    folder_or_id: bool = False,
 ) -> Any:
     """A field of :class:`RunConfig`: an option (:func:`vedit.option`'s meaning) plus where it appears.
 
     ``affects_output``: enters batch's up-to-date digest (the frames written depend on it);
     ``affects_latents``: enters checkpoint keys (the edited latents depend on it, bit for bit)."""
     spec = option(default, help=help, min=min, max=max, choices=choices, affects_output=affects_output, path=path)
-    extra = Setting(tuple(commands), tuple(flags), default_text, negatable, affects_latents, tuple(hidden_in))
+    extra = Setting(
+        tuple(commands), tuple(flags), default_text, negatable, affects_latents, tuple(hidden_in), folder_or_id
+    )
     return field(default=default, metadata={"option": spec, "setting": extra})
 
 
@@ -122,6 +126,7 @@ class RunConfig:
         DEFAULT_MODEL,
         "Hub id, local diffusers folder, tiny, random:sd15 or random:sd21 (tiny@N: weights from seed N).",
         commands=ALL,
+        folder_or_id=True,
     )
     revision: str | None = setting(None, "Model revision (hub branch, tag or commit).", commands=ALL)
     steps: int = setting(
@@ -184,13 +189,15 @@ class RunConfig:
     )
     flow: str = setting(
         "dis", "Optical-flow backend for --eval and flow-guided post-processing: dis, raft or a plugin's.",
-        affects_latents=False,
+        affects_latents=False, commands=(RUN, EVAL),
     )  # fmt: skip
     clip: str = setting(
         "openai/clip-vit-large-patch14",
-        "CLIP model for --eval's text and frame scores: a hub id already in the local cache, "
-        "or a folder (never downloaded).",
+        "CLIP model for the text and frame scores of --eval and 'vedit eval': a hub id already in the local "
+        "cache, or a folder (never downloaded).",
         affects_latents=False,
+        commands=(RUN, EVAL),
+        folder_or_id=True,
     )
     eval: bool = setting(
         False,

@@ -24,8 +24,6 @@ JOB_KEYS = ("name", "input", "prompts", "seeds", "output")
 BATCH_KEYS = ("output",)
 # Output pattern fields.
 PATTERN_FIELDS = ("clip", "job", "prompt_index", "prompt_slug", "seed", "editor")
-# Options that may name a local folder or a hub id: a relative value is a path when it exists.
-FOLDER_OR_ID_OPTIONS = ("model", "clip")
 
 
 class MultiLineError:
@@ -93,7 +91,7 @@ def _resolve_paths(values: dict[str, Any], written: Iterable[str], base: Path, c
                 table[spec.name] = absolute_path(table[spec.name], base if f"{plugin}_{spec.name}" in written else cwd)
     if options:
         out["options"] = options
-    for key in FOLDER_OR_ID_OPTIONS:
+    for key in [name for name, (_, where) in host_specs().items() if where.folder_or_id]:
         value = out.get(key)
         if isinstance(value, str) and value and not (key == "model" and is_built_in(value)):
             candidate = Path(absolute_path(value, base if key in written else cwd))

@@ -21,7 +21,7 @@ def add_to(app: typer.Typer) -> None:
     engine_cache_help = "Folder of built engines."
 
     @engines_app.command("build")
-    @takes_run_options(BUILD)
+    @takes_run_options(BUILD, plugin_kinds=("editor", "propagator", "engine"))  # what decides the passes
     def engines_build(
         engine: str = typer.Option(..., help="Engine, or a comma-separated list to try in order (as for 'vedit run')."),
         size: str = typer.Option("512x512", help="Working size WxH the run will use."),

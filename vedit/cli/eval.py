@@ -7,8 +7,9 @@ from typing import Optional
 
 import typer
 
+from ..config import EVAL
 from ..errors import ConfigError
-from .options import config_from_flags, option_help
+from .options import config_from_flags, option_help, takes_run_options
 from .output import out_console, reporting, user_errors
 
 
@@ -16,6 +17,7 @@ def add_to(app: typer.Typer) -> None:
     """Add ``vedit eval`` to ``app``."""
 
     @app.command("eval")
+    @takes_run_options(EVAL, plugin_kinds=("flow_backend",))
     def eval_command(
         edited: Path = typer.Argument(..., help="The edited video file, or folder of numbered frames."),
         source: Path = typer.Option(
@@ -30,16 +32,7 @@ def add_to(app: typer.Typer) -> None:
         overwrite: bool = typer.Option(
             False, "--overwrite", help=option_help("Replace an existing --json file that is not a vedit report.")
         ),
-        flow: Optional[str] = typer.Option(
-            None, help=option_help("Optical-flow backend: dis, raft or a plugin's.", "flow")
-        ),
-        clip_model: Optional[str] = typer.Option(
-            None,
-            "--clip",
-            help=option_help(
-                "CLIP model: a hub id already in the local cache, or a folder (never downloaded).", "clip"
-            ),
-        ),
+        options: dict = None,  # type: ignore[assignment]  (--flow, --clip and the flow backends' options)
         source_frames: Optional[str] = typer.Option(
             None,
             help=option_help(
@@ -67,7 +60,7 @@ def add_to(app: typer.Typer) -> None:
 
         with user_errors():
             run_config = config_from_flags(
-                config, flow=flow, clip=clip_model, keep_timestamps=keep_timestamps or None, overwrite=overwrite or None
+                config, **options, keep_timestamps=keep_timestamps or None, overwrite=overwrite or None
             )
             try:
                 selection = FrameRange.parse(source_frames) if source_frames is not None else None
@@ -80,6 +73,7 @@ def add_to(app: typer.Typer) -> None:
                 report = evaluate(
                     edited, source, prompt=prompt, flow=run_config.flow, clip=run_config.clip,
                     source_frames=selection, reporter=reporter, keep_timestamps=run_config.keep_timestamps,
+                    config=run_config,
                 )  # fmt: skip
             if target is not None:
                 write_json(report, target, overwrite=run_config.overwrite)

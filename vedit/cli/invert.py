@@ -16,7 +16,7 @@ def add_to(app: typer.Typer) -> None:
     """Add ``vedit invert`` to ``app``."""
 
     @app.command()
-    @takes_run_options(INVERT, plugins=False)
+    @takes_run_options(INVERT, plugin_kinds=("engine",))  # an inversion runs the engines, nothing else
     def invert(
         clip: Path = typer.Argument(..., help="Input video file, or a folder of numbered images."),
         output: Optional[Path] = typer.Option(

@@ -87,14 +87,17 @@ def _host_parameter(name: str, command: str) -> inspect.Parameter | None:
     return inspect.Parameter(PREFIX + name, inspect.Parameter.KEYWORD_ONLY, default=info, annotation=_flag_type(spec))
 
 
-def _plugin_parameters() -> list[inspect.Parameter]:
-    """One flag per plugin option (``--pnp-f-t``, and its aliases), in a help panel per plugin."""
+def _plugin_parameters(kinds: tuple[str, ...] | None) -> list[inspect.Parameter]:
+    """One flag per plugin option (``--pnp-f-t``, and its aliases) of the plugins of ``kinds`` (None: every
+    kind), in a help panel per plugin."""
     from ..config import host_names
     from ..plugins.options import declared, flat_names, identifier
 
     names = flat_names(host_names())
     parameters = []
     for owner in declared().values():
+        if kinds is not None and owner.kind not in kinds:
+            continue
         panel = f"{owner.kind.replace('_', ' ')} {owner.plugin!r}"
         for spec in owner.options.specs():
             text = spec.help + (f" ({describe_range(spec)})" if describe_range(spec) else "")
@@ -122,9 +125,12 @@ def describe_range(spec: OptionSpec) -> str:
     return range_text(spec.min, spec.max) if spec.min is not None or spec.max is not None else ""
 
 
-def takes_run_options(command: str, *, plugins: bool = True) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def takes_run_options(
+    command: str, *, plugin_kinds: tuple[str, ...] | None = None
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Give a command the flags of every run option ``command`` takes, made from their declarations
-    (:func:`vedit.config.setting`) and, with ``plugins``, of every installed plugin's options.
+    (:func:`vedit.config.setting`), and of the options of the installed plugins of ``plugin_kinds``
+    (None: every kind; ``()``: none).
 
     The command function has a parameter ``options`` where these flags go (in help, in that place); it
     receives them there as a dict of the values given (None and unset switches left out)."""
@@ -132,8 +138,7 @@ def takes_run_options(command: str, *, plugins: bool = True) -> Callable[[Callab
     def decorate(function: Callable[..., Any]) -> Callable[..., Any]:
         signature = inspect.signature(function, eval_str=True)
         generated = [p for name in host_specs() if (p := _host_parameter(name, command)) is not None]
-        if plugins:
-            generated += _plugin_parameters()
+        generated += _plugin_parameters(plugin_kinds)
         names = {p.name for p in generated}
         own: list[inspect.Parameter] = []
         for parameter in signature.parameters.values():

@@ -124,7 +124,7 @@ def postprocess_context(config: RunConfig, clip: Clip, frames: int | None = None
         )  # fmt: skip
 
     count = len(clip.reader) if frames is None else frames
-    return Context(fps=clip.fps, size=clip.reader.size, frames=count, flow=config.flow, source=source)
+    return Context(fps=clip.fps, size=clip.reader.size, frames=count, flow=config.flow, source=source, config=config)
 
 
 def _resolve_postprocessors(config: RunConfig, clip: Clip) -> list[Any]:

@@ -27,6 +27,7 @@ from pluggy import HookImpl
 
 from .. import __version__
 from ..errors import PluginError
+from ..options import options_class
 from . import hookspecs
 
 ENTRY_POINT_GROUP = "vedit"
@@ -250,13 +251,18 @@ def registered(kind: str) -> dict[str, Registered]:
     return items
 
 
-def get(kind: str, name: str) -> Any:
-    """The registered item ``name`` of ``kind``; unknown or unusable names are one-line errors."""
+def get(kind: str, name: str, *, config: Any = None) -> Any:
+    """The registered item ``name`` of ``kind``; unknown or unusable names are one-line errors.
+
+    With ``config`` (a RunConfig) the item is handed its options first (``item.options``), so that
+    whether it can run here may depend on them (a weights file given as an option)."""
     items = registered(kind)
     if name not in items:
         known = ", ".join(sorted(items)) or "none"
         label = kind.replace("_", " ")
         raise PluginError(f"unknown {label} {name!r}; available: {known} (see 'vedit plugins')")
+    if config is not None and options_class(items[name].item) is not None:
+        items[name].item.options = config.plugin_options(name)
     reason = items[name].unavailable_reason()
     if reason:
         raise PluginError(f"{kind.replace('_', ' ')} {name!r} cannot run here: {reason}")

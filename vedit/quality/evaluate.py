@@ -349,7 +349,7 @@ def check_eval(config: Any, reporter: Reporter | None = None) -> None:
     """Before a run with ``eval``: the flow backend must resolve (else a one-line error now); a
     CLIP model that is not here is one warning that its scores will be left out."""
     reporter = reporter or SilentReporter()
-    flow_backend(config.flow)
+    flow_backend(config.flow, config)
     reason = unavailable_reason(config.clip)
     if reason:
         reporter.warning(_clip_left_out(reason))
@@ -431,6 +431,7 @@ def evaluate(
     keep_timestamps: bool = False,
     allow_short: bool = False,
     source_info: VideoInfo | None = None,
+    config: Any = None,
 ) -> Report:
     """Measure the edit at ``edited_path`` against the clip it was made from.
 
@@ -452,7 +453,7 @@ def evaluate(
     :func:`evaluate_run`, which repeats the run's reading of the source.
     """
     reporter = reporter or SilentReporter()
-    backend = flow_backend(flow)
+    backend = flow_backend(flow, config)
     edited_path, source_path = Path(edited_path), Path(source_path)
     edited_info = probe(edited_path)
     source_info = source_info if source_info is not None else probe(source_path)
@@ -599,7 +600,7 @@ def evaluate_run(output: Path, clip: Any, config: Any, reporter: Reporter | None
         report = evaluate(
             output, clip.info.path, prompt=config.prompt, flow=config.flow, clip=config.clip,
             source_frames=reader.frames, reporter=reporter, frames=count, keep_timestamps=config.keep_timestamps,
-            allow_short=config.allow_short or reader.short_read is not None, source_info=clip.info,
+            allow_short=config.allow_short or reader.short_read is not None, source_info=clip.info, config=config,
         )  # fmt: skip
         write_json(report, report_path(output), overwrite=config.overwrite)
     except VeditError as error:

@@ -36,11 +36,12 @@ class FlowBackend(Protocol):
     def flow(self, first: np.ndarray, second: np.ndarray) -> np.ndarray: ...
 
 
-def flow_backend(name: str = DEFAULT_FLOW) -> FlowBackend:
-    """The registered flow backend ``name``; unknown or unusable names are one-line errors."""
+def flow_backend(name: str = DEFAULT_FLOW, config: Any = None) -> FlowBackend:
+    """The registered flow backend ``name``, with its options from ``config`` (a RunConfig: ``--raft-weights``)
+    when there is one; unknown or unusable names are one-line errors."""
     from .. import plugins
 
-    return plugins.get("flow_backend", name)
+    return plugins.get("flow_backend", name, config=config)
 
 
 def warp(image: np.ndarray, flow: np.ndarray) -> np.ndarray:

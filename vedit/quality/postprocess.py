@@ -56,10 +56,11 @@ _FALSE = ("0", "false", "no", "off")
 class Context:
     """What a streaming post-processor knows about the run when it is opened.
 
-    ``size`` is (width, height) of the frames it will be given and ``frames`` how many it will be
-    given; ``flow`` names the run's optical-flow backend (``--flow``). ``source`` makes a fresh
-    iterable of the source clip's frames; filters call :meth:`source_frames`, which opens it only
-    then (reading the source costs a second decode).
+        ``size`` is (width, height) of the frames it will be given and ``frames`` how many it will be
+        given; ``flow`` names the run's optical-flow backend (``--flow``) and ``config`` holds the run's
+    options (for a flow backend's own: ``flow_backend(name, context.config)``). ``source`` makes a fresh
+        iterable of the source clip's frames; filters call :meth:`source_frames`, which opens it only
+        then (reading the source costs a second decode).
     """
 
     fps: Fraction | float = Fraction(24)
@@ -67,6 +68,7 @@ class Context:
     frames: int = 0
     flow: str = DEFAULT_FLOW
     source: Callable[[], Iterable[np.ndarray]] | None = field(default=None, repr=False)
+    config: Any = field(default=None, repr=False)  # the run's options (a RunConfig), when there is a run
     _opened: list[Iterator[np.ndarray]] = field(default_factory=list, repr=False)
 
     def source_frames(self) -> Iterator[np.ndarray]:
