@@ -191,10 +191,10 @@ class DeflickerFlow:
         flow: str = vedit.option("", help="Optical-flow backend (empty: the run's --flow).")
 
     def check(self, settings: dict[str, Any], context: Context) -> None:
-        flow_backend(settings["flow"] or context.flow)  # an unknown or unusable backend: one line now
+        flow_backend(settings["flow"] or context.flow, context.config)  # an unknown or unusable backend: one line now
 
     def open(self, context: Context, strength: float = 0.5, flow: str = "") -> FlowDeflicker:
-        backend = flow_backend(flow or context.flow) if strength > 0 else None
+        backend = flow_backend(flow or context.flow, context.config) if strength > 0 else None
         return FlowDeflicker(context, strength, backend)
 
 
