@@ -165,8 +165,28 @@ def render() -> str:
 
     command = typer.main.get_command(create_app())
     ctx = command.context_class(command, info_name="vedit")
-    lines = [HEADER] + _command_section("vedit", command, ctx, 2)
+    lines = [HEADER] + _command_section("vedit", command, ctx, 2) + _plugin_options()
     return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def _plugin_options() -> list[str]:
+    """The options vedit's own plugins declare, as ``vedit plugins --options`` lists them."""
+    from vedit.cli.plugins import OPTION_COLUMNS, option_rows
+    from vedit.plugins.manager import BUILT_IN_PACKAGE
+
+    lines = [
+        "## Plugin options",
+        "",
+        "The options vedit's own plugins declare, as `vedit plugins --options` lists them (with those of every "
+        "installed plugin). Each is a flag of `vedit run` and, where the command runs the plugin, of `vedit invert`, "
+        "`vedit engines build` and `vedit eval`; in `vedit.toml` and job files it is a key of the plugin's "
+        "`[run.<plugin>]` table, or its flag's name under `[run]`.",
+        "",
+        "| " + " | ".join(OPTION_COLUMNS) + " |",
+        "|" + "---|" * len(OPTION_COLUMNS),
+    ]
+    lines += ["| " + " | ".join(_cell(cell) for cell in row) + " |" for row in option_rows([BUILT_IN_PACKAGE])]
+    return lines + [""]
 
 
 def main(argv: list[str] | None = None, page: Path = PAGE) -> int:

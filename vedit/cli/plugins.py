@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import typer
 from rich.table import Table
 from rich.text import Text
@@ -51,19 +53,23 @@ def add_to(app: typer.Typer) -> None:
                 )
 
 
-def options_table() -> Table:
-    """Every installed plugin's options: its kind and name, the flags, type, default, range or choices,
-    whether it changes the output (cache keys, batch digests) and the help."""
+OPTION_COLUMNS = ("plugin", "flags", "type", "default", "range", "output", "help")
+
+
+def option_rows(packages: Collection[str] | None = None) -> list[tuple[str, ...]]:
+    """Every installed plugin's options (of the plugins from ``packages`` only, when given), one row
+    each: its kind and name, the flags, type, default, range or choices, whether it changes the output
+    (cache keys, batch digests) and the help."""
     from ..cli.options import describe_range
     from ..plugins.options import declared
 
-    table = Table("plugin", "flags", "type", "default", "range", "output", "help")
-    for column in table.columns:
-        column.overflow = "fold"
+    rows = []
     for owner in declared().values():
+        if packages is not None and owner.package not in packages:
+            continue
         for spec in owner.options.specs():
             flags = owner.flags(spec)
-            cells = (
+            rows.append((
                 f"{owner.kind.replace('_', ' ')} {owner.plugin}",
                 ", ".join([*flags[1:], flags[0]]),
                 spec.type_label + (" or none" if spec.optional else ""),
@@ -71,6 +77,15 @@ def options_table() -> Table:
                 describe_range(spec) or "-",
                 "changes" if spec.affects_output else "-",
                 spec.help + (" (a path: relative to the file that names it)" if spec.path else ""),
-            )
-            table.add_row(*(Text(str(cell)) for cell in cells))
+            ))  # fmt: skip
+    return rows
+
+
+def options_table() -> Table:
+    """:func:`option_rows` as a table."""
+    table = Table(*OPTION_COLUMNS)
+    for column in table.columns:
+        column.overflow = "fold"
+    for row in option_rows():
+        table.add_row(*(Text(cell) for cell in row))
     return table
