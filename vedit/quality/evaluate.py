@@ -36,6 +36,7 @@ from ..io.frames import FrameRange
 from ..io.probe import VideoInfo, probe
 from ..io.reader import FrameReader
 from ..io.timing import Resampling, resampling
+from ..options import option_label, option_value
 from ..report import Reporter, SilentReporter
 from .clip_score import (
     DEFAULT_CLIP,
@@ -172,7 +173,9 @@ class Report:
     def timeline(self) -> str:
         """How both clips were read, in words."""
         if self.fps is None:
-            return "each frame once" + (", at its own time (--keep-timestamps)" if self.keep_timestamps else "")
+            return "each frame once" + (
+                f", at its own time ({option_label('keep_timestamps')})" if self.keep_timestamps else ""
+            )
         change = self.resampled
         counts = (
             f": {change.dropped} frames dropped, {change.repeated} repeated"
@@ -267,7 +270,7 @@ class Report:
                 Text(str(self.floor.repeated_pairs)),
             )
         absent = "-" if self.clip_model is None else None
-        text_absent = absent or ("- (no --prompt)" if self.prompt is None else None)
+        text_absent = absent or (f"- (no {option_label('prompt')})" if self.prompt is None else None)
         table.add_row(
             Text("CLIP text score"),
             Text(text_absent or _fmt(self.edit.clip_text_score, 4)),
@@ -474,19 +477,19 @@ def evaluate(
         available = source_reader(selection)
     except InputError as error:
         if source_frames is not None:  # the reader names the run's option
-            error.args = (str(error).replace("--frames", "--source-frames"),)
+            error.args = (str(error).replace(option_label("frames"), option_label("source_frames")),)
         raise
     # At the constant rate the selection gives as many frames as its time span holds: fewer than
     # the clip has when its timestamps leave gaps (the packets say how many, and which repeat).
     change = None if keep_timestamps else resampling(source_info, selection)
     have = available.indices[: len(change.shown)] if change is not None and change.shown else available.indices
-    chosen = f" (--source-frames {selection})" if source_frames is not None else ""
+    chosen = f" ({option_value('source_frames', str(selection))})" if source_frames is not None else ""
     if len(have) < count:
         resampled = change is not None and (change.dropped or change.repeated)
         raise InputError(
             f"{source_path}: has {len(have)} frames{chosen} but the edit has {count}; "
             "give the source the edit was made from, or the frame range it was made from"
-            + (", and --keep-timestamps if the edit was made with it" if resampled else "")
+            + (f", and {option_label('keep_timestamps')} if the edit was made with it" if resampled else "")
         )
     if len(have) > count:
         if frames is None:  # a caller that gives the count (a run) already knows how the two line up
@@ -506,7 +509,7 @@ def evaluate(
     if apart is not None:
         notes.append(
             f"{edited_path}: its frame times are not the source's ({apart}); an edit made without "
-            "--keep-timestamps is evaluated without it"
+            f"{option_label('keep_timestamps')} is evaluated without it"
         )
         reporter.warning(notes[-1])
 
@@ -545,7 +548,8 @@ def evaluate(
         repeats = len(change.repeated_pairs)
         skipped = f"; {repeats} pair{'s' * (repeats != 1)} of a repeated frame not measured" if repeats else ""
         notes.append(
-            f"{change.summary(source_info.fps)}{skipped} (--keep-timestamps reads each frame once, at its own time)"
+            f"{change.summary(source_info.fps)}{skipped} "
+            f"({option_label('keep_timestamps')} reads each frame once, at its own time)"
         )
         if frames is None:  # a run's summary already says how it read the source
             reporter.message(f"note: {notes[-1]}")
