@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import shutil
@@ -40,11 +39,11 @@ def _isolated(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="session")
-def example_plugin(tmp_path_factory):
-    """The example third-party plugin package (tests/plugin_pkg), installed offline for the session.
+def example_plugin_site(tmp_path_factory) -> Path:
+    """The example third-party plugin package (tests/plugin_pkg), installed offline once per session.
 
-    It is built from a copy in a temporary folder and installed there (``pip --target``), then put
-    on ``sys.path``: the user's environment and the checkout are left exactly as they were.
+    It is built from a copy in a temporary folder and installed there (``pip --target``): the user's
+    environment and the checkout are left exactly as they were.
     """
     work = tmp_path_factory.mktemp("example-plugin")
     source, site = work / "src", work / "site"
@@ -63,13 +62,21 @@ def example_plugin(tmp_path_factory):
         str(source),
     ]
     subprocess.run(cmd, check=True, capture_output=True)
-    sys.path.insert(0, str(site))
-    importlib.invalidate_caches()
+    return site
+
+
+@pytest.fixture
+def example_plugin(example_plugin_site, monkeypatch):
+    """The example package on ``sys.path`` for one test: only then does vedit find its entry points, so
+    no other test sees its plugins (their options would be in every list of flags and defaults)."""
+    from vedit import plugins
+
+    monkeypatch.syspath_prepend(str(example_plugin_site))
+    plugins.reset()
     yield "vedit-example-plugin"
-    sys.path.remove(str(site))
     for name in [m for m in sys.modules if m.startswith("vedit_example_plugin")]:
         del sys.modules[name]
-    importlib.invalidate_caches()
+    plugins.reset()
 
 
 def ffmpeg() -> str:
