@@ -340,13 +340,25 @@ def _known_keys() -> list[str]:
     return sorted({*host_specs(), *flat_names(host_names())})
 
 
+def _table_label(plugin: str, origin: str | None) -> str:
+    """Where a plugin's table is, as an error names it: ``v.toml: [run.pnp]``, ``jobs.toml: [run.pnp]``,
+    ``jobs.toml: job 2: pnp`` (a job's inline table), or ``options['pnp']`` in the Python API."""
+    if origin is None:
+        return f"options[{plugin!r}]"
+    if origin.endswith(": [run]"):  # a job file's shared table
+        return f"{origin.removesuffix('[run]')}[run.{plugin}]"
+    if ": " in origin:  # a place inside a file: a job
+        return f"{origin}: {plugin}"
+    return f"{origin}: [run.{plugin}]"
+
+
 def _check_plugin_table(plugin: str, table: Any, origin: str | None, clean: dict[str, dict[str, Any]]) -> None:
     """The options of one plugin given as a table (``[run.pnp]``, ``options={"pnp": {...}}``) into ``clean``."""
     from .plugins.options import declared, identifier
 
     owners = declared()
     owner = owners.get(identifier(plugin))
-    where = f"{origin}: [run.{plugin}]" if origin else f"options[{plugin!r}]"
+    where = _table_label(plugin, origin)
     if owner is None:
         known = ", ".join(sorted(o.plugin for o in owners.values())) or "none"
         raise ConfigError(f"{where}: no installed plugin {plugin!r} has options (plugins with options: {known})")
@@ -437,8 +449,37 @@ def read_toml(path: str | Path, what: str = "config file") -> dict[str, Any]:
         raise ConfigError(f"{what} {path} is not valid TOML: {error}") from None
 
 
+def absolute_path(value: str, base: Path) -> str:
+    """A path option's value made absolute: ``~`` expanded, a relative one taken from ``base``."""
+    path = Path(value).expanduser()
+    return str(path if path.is_absolute() else (base / path).resolve())
+
+
+def paths_from(values: dict[str, Any], base: Path, only: Iterable[str] | None = None) -> dict[str, Any]:
+    """``values`` (as :func:`validate` returns them) with every path option (declared with ``path``, the
+    host's and the plugins') made absolute from ``base``: the folder of the file that named them. With
+    ``only``, only the options of those names (host names, plugins' ``<plugin>_<option>``) are."""
+    from .plugins.options import declared
+
+    chosen = None if only is None else set(only)
+    out = dict(values)
+    for key, (spec, _) in host_specs().items():
+        if spec.path and out.get(key) and (chosen is None or key in chosen):
+            out[key] = absolute_path(out[key], base)
+    owners = declared()
+    options = {plugin: dict(table) for plugin, table in out.get("options", {}).items()}
+    for plugin, table in options.items():
+        for spec in owners[plugin].options.specs() if plugin in owners else ():
+            if spec.path and table.get(spec.name) and (chosen is None or f"{plugin}_{spec.name}" in chosen):
+                table[spec.name] = absolute_path(table[spec.name], base)
+    if options:
+        out["options"] = options
+    return out
+
+
 def read_config_file(path: str | Path) -> dict[str, Any]:
-    """The ``[run]`` table of a vedit.toml file (with its ``[run.<plugin>]`` tables), validated."""
+    """The ``[run]`` table of a vedit.toml file (with its ``[run.<plugin>]`` tables), validated; path
+    options are made absolute from the file's folder."""
     path = Path(path)
     data = read_toml(path)
     unknown = set(data) - {"run"}
@@ -447,7 +488,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     run = data.get("run", {})
     if not isinstance(run, dict):
         raise ConfigError(f"{path}: 'run' must be a table")
-    return validate(run, str(path))
+    return paths_from(validate(run, str(path)), path.resolve().parent)
 
 
 def load_config(config_path: str | Path | None = None, cwd: Path | None = None, **overrides: Any) -> RunConfig:
@@ -527,6 +568,8 @@ __all__ = [
     "field_types",
     "load_config",
     "merge",
+    "absolute_path",
+    "paths_from",
     "given_names",
     "read_config_file",
     "validate",

@@ -178,7 +178,7 @@ class DeflickerLuma:
         if window % 2 == 0:
             raise ValueError(f"window must be an odd number of frames, 3 or more, got {window}")
 
-    def open(self, context: Context, window: int = 5, max_gain: float = 2.0) -> LumaDeflicker:
+    def open(self, context: Context, *, window: int, max_gain: float) -> LumaDeflicker:
         return LumaDeflicker(window, max_gain)
 
 
@@ -193,7 +193,7 @@ class DeflickerFlow:
     def check(self, settings: dict[str, Any], context: Context) -> None:
         flow_backend(settings["flow"] or context.flow, context.config)  # an unknown or unusable backend: one line now
 
-    def open(self, context: Context, strength: float = 0.5, flow: str = "") -> FlowDeflicker:
+    def open(self, context: Context, *, strength: float, flow: str) -> FlowDeflicker:
         backend = flow_backend(flow or context.flow, context.config) if strength > 0 else None
         return FlowDeflicker(context, strength, backend)
 

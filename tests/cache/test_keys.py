@@ -6,9 +6,12 @@ from pathlib import Path
 
 import pytest
 
+import vedit
+from vedit import plugins
 from vedit.cache.checkpoints import checkpoint_key
 from vedit.cache.keys import keyed_options
 from vedit.config import RunConfig
+from vedit.plugins.hookspecs import hookimpl
 
 KEY_PARTS = {"frames_sha256": "f", "fingerprint": "m", "dtype": "fp32", "device": "cpu", "trajectory": "t"}
 
@@ -38,18 +41,43 @@ def test_the_digest_covers_the_options_that_change_the_frames_and_no_others():
     assert not {"postprocess", "output_size", "flow", "checkpoint_every"} & set(latents)
 
 
-def test_a_plugin_option_counts_only_when_its_plugin_runs_and_it_is_not_the_default():
-    base, _ = keyed_options(RunConfig(prompt="a", engine="compile"), latents=True)
-    assert "compile_mode" not in base  # at its default: keys made before the option existed still match
-    moded, _ = keyed_options(RunConfig(prompt="a", engine="compile", compile_mode="max-autotune"), latents=True)
-    assert moded["compile_mode"] == "max-autotune"
-    unused, _ = keyed_options(RunConfig(prompt="a", engine="eager", compile_mode="max-autotune"), latents=True)
-    assert "compile_mode" not in unused
-    flow, _ = keyed_options(
-        RunConfig(prompt="a", postprocess="deflicker-flow", deflicker_flow_strength=0.2), latents=False
-    )
+class Sharpen:
+    name = "sharpen-test"
+    needs_inversion = False
+
+    class Options(vedit.Options):
+        amount: float = vedit.option(0.5, min=0.0, max=1.0)
+        verbose: bool = vedit.option(False, affects_output=False)
+
+
+class SharpenPlugin:
+    @hookimpl
+    def register_editors(self, register):
+        register(Sharpen())
+
+
+@pytest.fixture
+def sharpen():
+    pm = plugins.get_plugin_manager()
+    plugin = SharpenPlugin()
+    pm.register(plugin, name="sharpen-test-plugin")
+    yield
+    pm.unregister(plugin)
+
+
+def test_a_plugin_option_counts_when_its_plugin_runs_it_changes_the_output_and_it_is_not_the_default(sharpen):
+    def keyed(latents, **options):
+        return keyed_options(RunConfig(prompt="a", **options), latents=latents)[0]
+
+    for latents in (False, True):
+        assert "sharpen_test_amount" not in keyed(latents, editor="sharpen-test")  # the default: keys as before
+        assert keyed(latents, editor="sharpen-test", sharpen_test_amount=0.7)["sharpen_test_amount"] == 0.7
+        assert "sharpen_test_amount" not in keyed(latents, sharpen_test_amount=0.7)  # another editor runs
+        assert "sharpen_test_verbose" not in keyed(latents, editor="sharpen-test", sharpen_test_verbose=True)
+    assert "compile_mode" not in keyed(True, engine="compile", compile_mode="max-autotune")  # the same numbers
+    flow = keyed(False, postprocess="deflicker-flow", deflicker_flow_strength=0.2)
     assert flow["deflicker_flow_strength"] == 0.2
-    assert "deflicker_flow_strength" not in keyed_options(RunConfig(prompt="a"), latents=False)[0]
+    assert "deflicker_flow_strength" not in keyed(True, postprocess="deflicker-flow", deflicker_flow_strength=0.2)
 
 
 def test_a_keyframe_schedule_enters_a_checkpoint_key_by_its_content(tmp_path: Path):

@@ -109,3 +109,24 @@ def test_options_for_an_editor_the_run_does_not_use_are_named_in_a_warning(blur)
     assert unused_options(config.replace(), {"editor": "blur-test", "propagator": "tokenflow"}) == [
         "pnp_f_t ignored: editor 'pnp' does not run (editor 'blur-test' does)"
     ]
+
+
+def test_a_plugin_found_by_name_always_has_its_options(blur):
+    assert plugins.get("editor", "blur-test").options == Blur.Options()  # the defaults, when no run is given
+    config = RunConfig(blur_radius=4)
+    assert plugins.get("editor", "blur-test", config=config).options.radius == 4
+    assert plugins.choose("engine", "eager", "cpu", config=config) is not None  # no options: nothing handed
+    assert (
+        plugins.choose("engine", "compile", "cpu", config=RunConfig(compile_mode="default")).options.mode == "default"
+    )
+
+
+def test_path_options_in_a_config_file_are_relative_to_its_folder(tmp_path, blur):
+    folder = tmp_path / "settings"
+    folder.mkdir()
+    (folder / "v.toml").write_text('[run]\ninversion = "t.safetensors"\n\n[run.tokenflow]\nkeyframes = "k.json"\n')
+    values = read_config_file(folder / "v.toml")
+    assert values["inversion"] == str(folder / "t.safetensors")
+    assert values["options"]["tokenflow"]["keyframes"] == str(folder / "k.json")
+    config = load_config(folder / "v.toml", cwd=tmp_path)
+    assert config.keyframes == str(folder / "k.json") and config.inversion == str(folder / "t.safetensors")

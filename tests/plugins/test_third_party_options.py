@@ -177,3 +177,15 @@ def test_the_python_api_hands_them_to_the_editor_by_table_and_by_keyword(example
     )
     assert np.array_equal(zero, plain)  # amount 0 shifts nothing: the VAE's reconstruction
     assert np.abs(tinted - plain).mean() > 5 and np.abs(tinted - default).mean() > 1  # 0.9 is not 0.5 either
+
+
+def test_an_editor_without_source_latents_under_tokenflow_is_one_line_naming_the_fix(example_plugin, clip, tmp_path):
+    out = tmp_path / "o.mp4"
+    args = ["--model", "tiny", "--size", "64x48", "--max-frames", "4"]
+    result = vedit("run", clip, "-p", "x", "-o", out, "--editor", "tint", "--quiet", *args, cwd=tmp_path)
+    assert result.exit_code == 4, result.output
+    assert one_error_line(result) == (
+        "vedit: error: propagator 'tokenflow' matches tokens in the source clip, which editor 'tint' does not "
+        "provide; use --propagator none with it"
+    )
+    assert not out.exists()

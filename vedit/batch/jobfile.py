@@ -12,7 +12,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import CONFIG_FILENAME, RunConfig, given_names, host_specs, merge, read_config_file, read_toml, validate
+from ..config import (
+    CONFIG_FILENAME,
+    RunConfig,
+    absolute_path,
+    given_names,
+    host_specs,
+    merge,
+    paths_from,
+    read_config_file,
+    read_toml,
+    validate,
+)
 from ..errors import ConfigError
 
 JOB_FORMAT = "vedit-batch/1"
@@ -66,31 +77,14 @@ def job_label(number: int, name: Any) -> str:
     return f"job {number}" + (f" ({name!r})" if isinstance(name, str) and name else "")
 
 
-def absolute_path(value: str, base: Path) -> str:
-    path = Path(value).expanduser()
-    return str(path if path.is_absolute() else (base / path).resolve())
-
-
 def _resolve_paths(values: dict[str, Any], written: Iterable[str], base: Path, cwd: Path) -> dict[str, Any]:
     """Path options (declared with ``path``, the host's and the plugins') made absolute: those
     ``written`` in the job file against its folder, the rest (defaults, vedit.toml) against the
     working directory, so that every worker reads the same files whatever its own working directory."""
     from ..model.builders import is_built_in
-    from ..plugins.options import declared
 
-    out = dict(values)
     written = set(written)
-    for key, (spec, _) in host_specs().items():
-        if spec.path and out.get(key):
-            out[key] = absolute_path(out[key], base if key in written else cwd)
-    owners = declared()
-    options = {plugin: dict(table) for plugin, table in out.get("options", {}).items()}
-    for plugin, table in options.items():
-        for spec in owners[plugin].options.specs() if plugin in owners else ():
-            if spec.path and table.get(spec.name):
-                table[spec.name] = absolute_path(table[spec.name], base if f"{plugin}_{spec.name}" in written else cwd)
-    if options:
-        out["options"] = options
+    out = paths_from(paths_from(values, base, only=written), cwd)
     for key in [name for name, (_, where) in host_specs().items() if where.folder_or_id]:
         value = out.get(key)
         if isinstance(value, str) and value and not (key == "model" and is_built_in(value)):

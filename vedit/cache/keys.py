@@ -29,9 +29,10 @@ def keyed_options(config: RunConfig, *, latents: bool) -> tuple[dict[str, Any], 
 
     ``latents=False`` (batch's up-to-date digest): the options that change the frames written, those
     declared ``affects_output``. ``latents=True`` (checkpoint keys): the host options that change the
-    edited latents bit for bit, and every option of the plugins that act on the latents (editor,
-    propagator, engines, NN backends). A plugin's option counts when the run uses the plugin and
-    its value is not the default, so that a plugin that gains an option leaves every key as it was."""
+    edited latents bit for bit, and the ``affects_output`` options of the plugins that act on the
+    latents (editor, propagator, engines, NN backends). A plugin's option counts when the run uses the
+    plugin and its value is not the default, so that a plugin that gains an option leaves every key as
+    it was (the few that were vedit's own before plugins declared options count always, as they did)."""
     values: dict[str, Any] = {}
     paths: set[str] = set()
     for name, (spec, where) in host_specs().items():
@@ -48,8 +49,11 @@ def keyed_options(config: RunConfig, *, latents: bool) -> tuple[dict[str, Any], 
         given = config.options.get(key, {})
         for spec in owner.options.specs():
             value = given.get(spec.name, spec.default)
-            counts = (key, spec.name) in always or (key in used and value != spec.default)
-            if counts and (latents or spec.affects_output):
+            if (key, spec.name) in always:
+                counts = latents or spec.affects_output  # as when they were RunConfig fields
+            else:
+                counts = key in used and value != spec.default and spec.affects_output
+            if counts:
                 values[owner.key_name(spec)] = value
                 if spec.path:
                     paths.add(owner.key_name(spec))

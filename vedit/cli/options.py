@@ -101,7 +101,8 @@ def _plugin_parameters(kinds: tuple[str, ...] | None) -> list[inspect.Parameter]
         panel = f"{owner.kind.replace('_', ' ')} {owner.plugin!r}"
         for spec in owner.options.specs():
             text = spec.help + (f" ({describe_range(spec)})" if describe_range(spec) else "")
-            help_text = option_help(text, default=_default_text(spec.default))
+            shown = ("on" if spec.default else "off") if isinstance(spec.default, bool) else _default_text(spec.default)
+            help_text = option_help(text, default=shown)
             flags = [flag for flag in owner.flags(spec) if names.get(identifier(flag[2:])) == (owner, spec)]
             if not flags:
                 continue

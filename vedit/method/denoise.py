@@ -15,6 +15,8 @@ from typing import Any, Protocol
 
 import torch
 
+from ..errors import ConfigError
+from ..options import option_value
 from ..runtime import profiling
 from ..runtime.transfer import to_device
 from .passes import select_keyframes
@@ -277,7 +279,10 @@ def denoise(
     """
     with_source = plan.needs_source_branch or propagator.needs_source_branch
     if with_source and plan.source is None:
-        raise ValueError(f"propagator {propagator.name!r} needs source latents, which the editor does not provide")
+        raise ConfigError(
+            f"propagator {propagator.name!r} matches tokens in the source clip, which editor {job.config.editor!r} "
+            f"does not provide; use {option_value('propagator', 'none')} with it"
+        )
     denoiser = Denoiser(passes, plan, embeds, job.config.guidance, with_source)
     propagator.begin(job.for_plugin(propagator), plan)
     latents = plan.start_latents

@@ -13,6 +13,7 @@ from .. import plugins
 from ..config import RunConfig, option_value
 from ..errors import ConfigError
 from ..method.passes import joint_partners, select_keyframes
+from ..plugins.options import configure
 from ..report import Reporter, SilentReporter
 from ..runtime.batch_sizes import choose_batches
 from ..runtime.runner import engine_chain
@@ -47,6 +48,7 @@ def build_engines(
     device = sd.device if sd is not None else resolve_device(config.device)
     dtype = sd.dtype if sd is not None else resolve_dtype(config.dtype, device)
     engines, strict, notes = engine_chain(config.engine, device)
+    configure([*engines, editor, propagator], config)
     for note in notes:
         reporter.warning(note)
     if size[0] % 8 or size[1] % 8:
@@ -70,7 +72,7 @@ def build_engines(
     layers = (getattr(editor, "conv_layers", ()), getattr(editor, "qk_layers", ()))
     built: list[BuiltEngine] = []
     task = reporter.task("build engines", sum(len(v) for v in batches.values()))
-    nearest = plugins.choose("nn_backend", config.nn_backend, device)
+    nearest = plugins.choose("nn_backend", config.nn_backend, device, config=config)
     with make_passes(model, config, checked, reporter, conv_layers=layers[0], qk_layers=layers[1], nearest=nearest,
                      batches=batches) as passes:  # fmt: skip
         records: list[torch.Tensor] = []

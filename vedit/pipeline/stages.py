@@ -392,7 +392,7 @@ def edit_latents(
     # one only when the passes run eagerly anyway.
     eager_only = all(getattr(engine, "name", "") == "eager" for engine in checked.engines)
     tokens = latents.shape[-2] * latents.shape[-1] if eager_only else None
-    nearest = plugins.choose("nn_backend", config.nn_backend, model.device, tokens=tokens)
+    nearest = plugins.choose("nn_backend", config.nn_backend, model.device, tokens=tokens, config=config)
     batches = pass_batches(config, len(latents), editor, propagator)
     steps = len(plan.timesteps)
     resume = writer = None

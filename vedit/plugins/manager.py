@@ -254,27 +254,30 @@ def registered(kind: str) -> dict[str, Registered]:
 def get(kind: str, name: str, *, config: Any = None) -> Any:
     """The registered item ``name`` of ``kind``; unknown or unusable names are one-line errors.
 
-    With ``config`` (a RunConfig) the item is handed its options first (``item.options``), so that
-    whether it can run here may depend on them (a weights file given as an option)."""
+    An item that declares options is handed them first (``item.options``): those of ``config`` (a
+    RunConfig), else the defaults; so whether it can run here may depend on them (a weights file given
+    as an option), and ``self.options`` is there whenever it is used."""
     items = registered(kind)
     if name not in items:
         known = ", ".join(sorted(items)) or "none"
         label = kind.replace("_", " ")
         raise PluginError(f"unknown {label} {name!r}; available: {known} (see 'vedit plugins')")
-    if config is not None and options_class(items[name].item) is not None:
-        items[name].item.options = config.plugin_options(name)
+    declared = options_class(items[name].item)
+    if declared is not None:
+        items[name].item.options = config.plugin_options(name) if config is not None else declared()
     reason = items[name].unavailable_reason()
     if reason:
         raise PluginError(f"{kind.replace('_', ' ')} {name!r} cannot run here: {reason}")
     return items[name].item
 
 
-def choose(kind: str, requested: str, device: Any, *, tokens: int | None = None) -> Any:
+def choose(kind: str, requested: str, device: Any, *, tokens: int | None = None, config: Any = None) -> Any:
     """Resolve ``requested`` (a name or ``auto``) through the firstresult ``choose_*`` hooks.
 
-    ``tokens`` (nn backends only): the largest tokens per frame the run searches, if known."""
+    ``tokens`` (nn backends only): the largest tokens per frame the run searches, if known; ``config``:
+    the run's options, whose the chosen item is handed (as :func:`get` does)."""
     if requested != "auto":
-        return get(kind, requested)
+        return get(kind, requested, config=config)
     hooks = get_plugin_manager().hook
     if kind == "nn_backend":
         name = hooks.choose_nn_backend(device=device, tokens=tokens)
@@ -282,7 +285,7 @@ def choose(kind: str, requested: str, device: Any, *, tokens: int | None = None)
         name = {"engine": hooks.choose_engine}[kind](device=device)
     if name is None:
         raise PluginError(f"no {kind.replace('_', ' ')} plugin offers itself for {device}; name one explicitly")
-    return get(kind, name)
+    return get(kind, name, config=config)
 
 
 def register_commands(app: Any) -> None:
