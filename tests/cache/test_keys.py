@@ -7,11 +7,10 @@ from pathlib import Path
 import pytest
 
 import vedit
-from vedit import plugins
+from helpers.plugins import registered_editor
 from vedit.cache.checkpoints import checkpoint_key
 from vedit.cache.keys import keyed_options
 from vedit.config import RunConfig
-from vedit.plugins.hookspecs import hookimpl
 
 KEY_PARTS = {"frames_sha256": "f", "fingerprint": "m", "dtype": "fp32", "device": "cpu", "trajectory": "t"}
 
@@ -50,19 +49,10 @@ class Sharpen:
         verbose: bool = vedit.option(False, affects_output=False)
 
 
-class SharpenPlugin:
-    @hookimpl
-    def register_editors(self, register):
-        register(Sharpen())
-
-
 @pytest.fixture
 def sharpen():
-    pm = plugins.get_plugin_manager()
-    plugin = SharpenPlugin()
-    pm.register(plugin, name="sharpen-test-plugin")
-    yield
-    pm.unregister(plugin)
+    with registered_editor(Sharpen()) as editor:
+        yield editor
 
 
 def test_a_plugin_option_counts_when_its_plugin_runs_it_changes_the_output_and_it_is_not_the_default(sharpen):

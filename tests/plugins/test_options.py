@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 import vedit
+from helpers.plugins import registered_editor
 from vedit import plugins
 from vedit.config import RunConfig, host_names, load_config, read_config_file, validate
 from vedit.errors import ConfigError
-from vedit.plugins.hookspecs import hookimpl
 from vedit.plugins.options import configure, declared, flat_names, unused_options
 
 
@@ -22,19 +22,10 @@ class Blur:
         quiet: bool = vedit.option(False, affects_output=False)
 
 
-class BlurPlugin:
-    @hookimpl
-    def register_editors(self, register):
-        register(Blur())
-
-
 @pytest.fixture
 def blur():
-    pm = plugins.get_plugin_manager()
-    plugin = BlurPlugin()
-    pm.register(plugin, name="blur-test-plugin")
-    yield
-    pm.unregister(plugin)
+    with registered_editor(Blur()) as editor:
+        yield editor
 
 
 def test_the_built_ins_declare_the_settings_that_were_run_config_fields():
