@@ -29,13 +29,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..runtime import profiling
 from .attention import (
     PlainAttention,
     bounded_joint_attention,
+    cosine_nearest,
     in_graph,
     joint_attention,
     per_frame_attention,
@@ -49,15 +49,6 @@ PASS_VERSION = 1
 
 BRANCHES = (SOURCE, UNCOND, COND)
 PASS_NAMES = ("plain", "frames", "keyframe", "keyframe_bounded", "propagation")
-
-
-def cosine_nearest_tokens(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-    """For each token of ``queries`` (n, seq, dim), the index of its cosine nearest neighbour among
-    ``keys`` (m, dim); returns (n·seq,). One batched product, no Python loop over shapes, so a
-    traced or exported graph stays valid for every batch size."""
-    q = F.normalize(queries, dim=-1)
-    k = F.normalize(keys, dim=-1)
-    return torch.matmul(q, k.transpose(0, 1)).argmax(dim=-1).reshape(-1)
 
 
 def select_keyframes(records: list[torch.Tensor], slots: torch.Tensor) -> list[torch.Tensor]:
@@ -153,7 +144,7 @@ class PropagatedAttention:
     def _search(self, source: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """Nearest keyframe token (in ``features`` (seq, dim)) of each token of ``source`` (n, seq, dim)."""
         if self.nearest is None:
-            return cosine_nearest_tokens(source, features)
+            return cosine_nearest(source, features)
         return self.nearest(source.reshape(-1, source.shape[-1]), features)
 
     def self_attention(
