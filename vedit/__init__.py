@@ -17,6 +17,9 @@ from . import _compat  # noqa: E402
 
 _compat.install()
 
+# What a plugin registers a UNet pass with (``register_passes``); torch-free, like the rest of this import.
+from .plugins.passes import ExampleRequest, PassSpec  # noqa: E402
+
 if TYPE_CHECKING:  # pragma: no cover
     from .pipeline.edit import EditResult
     from .pipeline.invert import InversionResult
@@ -36,4 +39,4 @@ def invert(input: Any, output: Any = None, config: Any = None, **options: Any) -
     return invert_clip(input, output, config, **options)
 
 
-__all__ = ["edit", "invert", "__version__"]
+__all__ = ["edit", "invert", "PassSpec", "ExampleRequest", "__version__"]

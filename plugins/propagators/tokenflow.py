@@ -8,22 +8,34 @@ with self-attention replaced: each token takes the recorded output of its cosine
 neighbour (in the source branch's features) in keyframe i and in keyframe i−1, blended by
 distance to the chunks' centres (Sec. 4.2, eq. 5).
 
-The two passes themselves live in :mod:`vedit.method.passes` (the modules every engine runs); this
-plugin chooses the keyframes and the chunks and calls them through the :class:`Denoiser`.
+The passes' modules are :mod:`vedit.method.passes`' public building blocks (the modules every
+engine runs); this plugin registers them as ``keyframe``, ``keyframe_bounded`` and ``propagation``
+(``register_passes``), with the functions that make their example inputs, chooses the keyframes and
+the chunks, and calls the passes through the :class:`Denoiser`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from vedit import plugins
 from vedit.errors import ConfigError
 from vedit.method.denoise import Denoiser, EditJob, EditPlan, RunShape, Step
-from vedit.method.passes import joint_partners
+from vedit.method.passes import (
+    BoundedKeyframePass,
+    KeyframePass,
+    PropagationPass,
+    branched_example,
+    joint_partners,
+    select_keyframes,
+)
 from vedit.plugins.hookspecs import hookimpl
+from vedit.plugins.passes import ExampleRequest, PassSpec
 from vedit.runtime.transfer import to_device
 
 
@@ -160,9 +172,9 @@ class JointKeyframes:
         self.max_joint = job.config.max_joint_keyframes
         self.generator = torch.Generator().manual_seed(job.config.seed)
 
-    def planned_forwards(self, frames: int, steps_run: int, config) -> dict[str, int]:
+    def planned_forwards(self, frames: int, steps_run: int, options: Any) -> dict[str, int]:
         """One keyframe pass over all frames per step, three branches each."""
-        return {"keyframes": 3 * frames * steps_run}
+        return {"keyframe": 3 * frames * steps_run}
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"generator": self.generator.get_state()}
@@ -178,6 +190,48 @@ class JointKeyframes:
         return denoiser.joint(torch.arange(count), latents, step, partners)
 
 
+def _bounded_example(request: ExampleRequest) -> tuple[torch.Tensor, ...]:
+    """The keyframe pass's inputs and each keyframe's partners: ``max_joint_keyframes`` of the run's
+    options, else one fewer than the keyframes (so the example is bounded)."""
+    limit = getattr(request.options, "max_joint_keyframes", None) or max(1, request.frames - 1)
+    partners = joint_partners(request.frames, limit, request.generator)
+    return (*branched_example(request), partners.to(request.device))
+
+
+def _propagation_example(request: ExampleRequest) -> tuple[torch.Tensor, ...]:
+    """A chunk's inputs with the records of keyframes [1, 0] of a two-keyframe pass (run eagerly through
+    ``request.run``) and weights that blend both."""
+    if request.run is None:
+        raise ValueError("the propagation pass's example needs request.run: its records come from the keyframe pass")
+    _, *records = request.run("keyframe", branched_example(dataclasses.replace(request, frames=2)))
+    slots = torch.tensor([1, 0], device=request.device)
+    weights = torch.linspace(0.9, 0.6, request.frames, device=request.device)
+    return (*branched_example(request), weights, *select_keyframes(records, slots))
+
+
+KEYFRAME = PassSpec(
+    name="keyframe", build=KeyframePass, example=branched_example, returns_records=True,
+    description="the keyframes denoised jointly with extended attention, recording each block's features and outputs",
+)  # fmt: skip
+KEYFRAME_BOUNDED = PassSpec(
+    name="keyframe_bounded", build=BoundedKeyframePass, example=_bounded_example, returns_records=True,
+    batched_inputs={"latents": "rows", "text": "rows", "partners": "frames"}, kind="keyframe",
+    description="the keyframe pass with each keyframe attending to its partners only (--max-joint-keyframes)",
+)  # fmt: skip
+PROPAGATION = PassSpec(
+    name="propagation", build=PropagationPass, example=_propagation_example, searches_nearest=True,
+    batched_inputs={"latents": "rows", "text": "rows", "weights": "frames"},
+    description="a chunk's self-attention taken from its two keyframes' along nearest-neighbour correspondences",
+)  # fmt: skip
+
+
 @hookimpl
 def register_propagators(register):
     register(TokenFlow())
+
+
+@hookimpl
+def register_passes(register):
+    register(KEYFRAME)
+    register(KEYFRAME_BOUNDED)
+    register(PROPAGATION)

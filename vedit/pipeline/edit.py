@@ -24,6 +24,7 @@ from ..report import Reporter, SilentReporter
 from ..runtime import profiling
 from ..runtime.allocator import configure_allocator
 from ..runtime.batch_sizes import choose_batches
+from ..runtime.runner import Forwards
 from .plan import branches
 from .preflight import Clip, Preflight, Recording, preflight, requested_output_size, resolve_config
 from .stages import (
@@ -50,7 +51,7 @@ class EditResult:
     fps: Fraction
     seconds: float
     stage_seconds: dict[str, float] = field(default_factory=dict)
-    forwards: dict[str, int] = field(default_factory=dict)  # UNet image-forwards by pass
+    forwards: Forwards = field(default_factory=Forwards)  # UNet image-forwards by kind (vedit.runtime.runner)
     steps_run: int = 0
     inversion: str = "none"  # "none", "computed", "cached" or "file"
     inversion_path: Path | None = None  # the cache entry or file the trajectory came from or went to
@@ -203,7 +204,7 @@ def _edit(
         fps=clip.fps,
         seconds=time.perf_counter() - began,
         stage_seconds=stages,
-        forwards=forwards,
+        forwards=Forwards(forwards),
         steps_run=steps_run,
         engines={**inversion_engines, **engines},
         inversion=inversion,

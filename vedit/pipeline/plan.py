@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..config import RunConfig
+from ..runtime.runner import Forwards
 
 
 def batches_of(total: int, size: int) -> list[int]:
@@ -48,13 +49,13 @@ def pass_batches(config: RunConfig, frames: int, editor: Any, propagator: Any) -
 
 def planned_forwards(
     config: RunConfig, frames: int, editor: Any, propagator: Any, steps_run: int, *, inverting: bool = True
-) -> dict[str, int]:
+) -> Forwards:
     """The UNet image-forwards a run of ``frames`` frames will make, by kind (the keys of
     :attr:`~vedit.pipeline.edit.EditResult.forwards`), known before any heavy work. ``inverting``: the trajectory is
     computed in this run (not cached or given). A propagator other than the built-in ones may say
     with ``planned_forwards(frames, steps_run, config)``; without it, one per-frame call per frame
     and step is assumed."""
-    forwards: dict[str, int] = {}
+    forwards = Forwards()
     if editor.needs_inversion and inverting:
         forwards["inversion"] = frames * config.inversion_steps
     own = getattr(propagator, "planned_forwards", None)
@@ -62,7 +63,7 @@ def planned_forwards(
         forwards.update(own(frames, steps_run, config))
     elif propagator.name == "tokenflow":
         keys = -(-frames // config.chunk_size)
-        forwards["keyframes"] = 3 * keys * steps_run
+        forwards["keyframe"] = 3 * keys * steps_run
         forwards["propagation"] = 3 * frames * steps_run
     else:
         forwards["frames"] = (3 if _per_frame_with_source(editor, propagator) else 2) * frames * steps_run

@@ -41,6 +41,7 @@ from ..method.trajectory import Trajectory
 from ..method.unet import SOURCE
 from ..report import Reporter, SilentReporter, Task, duration, open_task
 from ..runtime.allocator import configure_allocator
+from ..runtime.runner import Forwards
 from .edit import load_for_edit
 from .plan import planned_forwards
 from .preflight import Recording, preflight, resolve_config
@@ -71,8 +72,8 @@ class PreviewResult:
     size: tuple[int, int]  # working size (W, H): each half of a pair
     seconds: float  # the whole preview, model loading included
     stage_seconds: dict[str, float] = field(default_factory=dict)  # load, read, encode, invert, denoise, decode, write
-    forwards: dict[str, int] = field(default_factory=dict)  # UNet image-forwards measured, by kind
-    full_forwards: dict[str, int] = field(default_factory=dict)  # what the full run will make, by kind
+    forwards: Forwards = field(default_factory=Forwards)  # UNet image-forwards measured, by kind
+    full_forwards: Forwards = field(default_factory=Forwards)  # what the full run will make, by kind
     estimated_seconds: float = 0.0  # the full run, at this preview's measured speed (see estimate_full_run)
     estimate: dict[str, float] = field(default_factory=dict)  # estimated_seconds by stage
     steps_run: int = 0
@@ -336,8 +337,8 @@ def preview(
     estimate = estimate_full_run(stages, forwards, full_forwards, len(chosen), total)
     model_name = model.model_id if model.fingerprint == model.model_id else f"{model.model_id} ({model.fingerprint})"
     return PreviewResult(
-        output=output, frames=chosen, total_frames=total, size=clip.reader.size,
-        seconds=time.perf_counter() - began, stage_seconds=stages, forwards=forwards, full_forwards=full_forwards,
+        output=output, frames=chosen, total_frames=total, size=clip.reader.size, seconds=time.perf_counter() - began,
+        stage_seconds=stages, forwards=Forwards(forwards), full_forwards=full_forwards,
         estimated_seconds=sum(estimate.values()), estimate=estimate, steps_run=steps_run, inversion=inversion,
         inversion_path=inversion_path, source_frames=source_frames, tiles=tiles, latents=edited.detach().cpu(),
         engines=engines, model=model_name, seed=config.seed, warnings=list(reporter.warnings),
