@@ -11,7 +11,7 @@ distance to the chunks' centres (Sec. 4.2, eq. 5).
 The passes' modules are :mod:`vedit.method.passes`' public building blocks (the modules every
 engine runs); this plugin registers them as ``keyframe``, ``keyframe_bounded`` and ``propagation``
 (``register_passes``), with the functions that make their example inputs, chooses the keyframes and
-the chunks, and calls the passes through the :class:`Denoiser`.
+the chunks, calls the passes through the :class:`Denoiser`, and answers what they cost.
 """
 
 from __future__ import annotations
@@ -52,6 +52,11 @@ def blend_weights(frames: range, chunk: int, chunk_size: int) -> torch.Tensor:
     return torch.sigmoid(d2 / (d1 + d2))
 
 
+def keyframe_pass(keys: int, max_joint_keyframes: int) -> str:
+    """The keyframe pass a step of ``keys`` keyframes runs: bounded beyond ``max_joint_keyframes``."""
+    return "keyframe" if keys <= max_joint_keyframes else "keyframe_bounded"
+
+
 def read_keyframe_schedule(path: str | Path) -> list[list[int]]:
     """A keyframe schedule file: ``{"keyframes": [[k, ...], ...]}``, one list per step run."""
     try:
@@ -88,6 +93,33 @@ class TokenFlow:
     name = "tokenflow"
     description = "TokenFlow: joint keyframe editing with extended attention, propagated along NN correspondences"
     needs_source_branch = True
+
+    # What the host asks before any heavy work. ``options`` are read for chunk_size and
+    # max_joint_keyframes alone.
+    def planned_forwards(self, frames: int, steps_run: int, options: Any) -> dict[str, int]:
+        """Per step, the keyframe pass on K = ⌈N/B⌉ keyframes and the propagation pass on all N
+        frames, three branches each: 3·(1 + K/N) forwards per frame and step."""
+        keys = len(chunk_ranges(frames, options.chunk_size))
+        return {"keyframe": 3 * keys * steps_run, "propagation": 3 * frames * steps_run}
+
+    def pass_batches(self, frames: int, batch_size: int, options: Any) -> dict[str, list[int]]:
+        """The keyframe pass on all K keyframes (bounded beyond ``max_joint_keyframes``), the propagation
+        pass on every chunk's length; ``--batch-size`` plays no part."""
+        chunks = chunk_ranges(frames, options.chunk_size)
+        return {
+            keyframe_pass(len(chunks), options.max_joint_keyframes): [3 * len(chunks)],
+            "propagation": sorted({3 * len(chunk) for chunk in chunks}),
+        }
+
+    def batch_size_branches(self, branches: int, options: Any) -> int:
+        """1: only the inversion runs ``--batch-size`` frames at a time; the passes take keyframes and chunks."""
+        return 1
+
+    def preview_frames(self, total: int, options: Any) -> list[int]:
+        """The K keyframes a preview edits: the centre of every chunk."""
+        from vedit.pipeline.preview import default_frames
+
+        return default_frames(total, options.chunk_size)
 
     def validate(self, config, shape: RunShape) -> None:
         """Before any heavy work: the NN backend exists and runs here, the keyframe file fits the run."""
@@ -132,7 +164,7 @@ class TokenFlow:
     def predict(self, step: Step, latents: torch.Tensor, denoiser: Denoiser) -> torch.Tensor:
         keys = to_device(self.keyframes(step), latents.device)  # moved once per step, without a wait
         partners = None
-        if len(self.chunks) > self.max_joint:  # bounded extended attention, redrawn every step
+        if keyframe_pass(len(self.chunks), self.max_joint) == "keyframe_bounded":  # redrawn every step
             partners = to_device(joint_partners(len(self.chunks), self.max_joint, self.generator), latents.device)
         # The keyframe pass only records features; its noise prediction is not used.
         records = denoiser.keyframes(keys, latents[keys], step, partners)
@@ -176,6 +208,14 @@ class JointKeyframes:
         """One keyframe pass over all frames per step, three branches each."""
         return {"keyframe": 3 * frames * steps_run}
 
+    def pass_batches(self, frames: int, batch_size: int, options: Any) -> dict[str, list[int]]:
+        """The keyframe pass on all the frames at once."""
+        return {keyframe_pass(frames, options.max_joint_keyframes): [3 * frames]}
+
+    def batch_size_branches(self, branches: int, options: Any) -> int:
+        """1: it makes no call of ``--batch-size`` frames."""
+        return 1
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"generator": self.generator.get_state()}
 
@@ -185,7 +225,7 @@ class JointKeyframes:
     def predict(self, step: Step, latents: torch.Tensor, denoiser: Denoiser) -> torch.Tensor:
         count = latents.shape[0]
         partners = None
-        if count > self.max_joint:  # bounded extended attention, redrawn every step
+        if keyframe_pass(count, self.max_joint) == "keyframe_bounded":  # redrawn every step
             partners = to_device(joint_partners(count, self.max_joint, self.generator), latents.device)
         return denoiser.joint(torch.arange(count), latents, step, partners)
 

@@ -115,7 +115,9 @@ def load_for_edit(config: RunConfig, checked: Preflight, reporter: Reporter, sd:
     by branch; the schedules are checked against the loaded model and long prompts warned of."""
     editor, propagator, clip = checked.editor, checked.propagator, checked.clip
     model = load_model_for(config, checked, sd)
-    batches = choose_batches(model, config.batch_size, len(clip.reader), clip.reader.size, branches(editor, propagator))
+    batches = choose_batches(
+        model, config.batch_size, len(clip.reader), clip.reader.size, branches(editor, propagator, config)
+    )
     inverting = not config.inversion and editor.needs_inversion
     check_schedules(model.new_scheduler(), config.steps, config.inversion_steps if inverting else None)
     warn_long_prompts(model, config, reporter, ("prompt", "source_prompt", "negative_prompt"))

@@ -51,7 +51,7 @@ def build_engines(
         raise ConfigError(f"{option_value('size', f'{size[0]}x{size[1]}')}: both sides must be multiples of 8")
     model = sd or load_model(config.model, device=device, dtype=dtype, revision=config.revision)
     config = config.replace(
-        batch_size=choose_batches(model, config.batch_size, frames, size, branches(editor, propagator)).unet
+        batch_size=choose_batches(model, config.batch_size, frames, size, branches(editor, propagator, config)).unet
     )
     checked = Preflight(None, editor, propagator, [], engines, strict, device, dtype, config.steps, None)  # type: ignore[arg-type]
     batches = pass_batches(config, frames, editor, propagator)
