@@ -245,7 +245,7 @@ class Editor(Protocol):
 
 
 class Propagator(Protocol):
-    """Couples frames at each step (see plugins/tokenflow.py and plugins/perframe.py).
+    """Couples frames at each step (see plugins/propagators/tokenflow.py and plugins/propagators/none.py).
 
     Optional: ``validate(config, shape)``, called with a :class:`RunShape` before any heavy work,
     raising a :class:`~vedit.errors.VeditError` for options that cannot work; ``state_dict()``
@@ -254,6 +254,13 @@ class Propagator(Protocol):
     propagator without them keeps no checkpoints; one that keeps no such state returns ``{}``.
     ``preview()`` returns the propagator that edits the few frames of a preview
     (:mod:`vedit.pipeline.preview`) instead of this one; without it, this one runs on those frames.
+
+    Optional too, what a run will cost, asked before any heavy work with the run's ``options``
+    (:mod:`vedit.pipeline.plan` has the defaults: one per-frame call per frame and step):
+    ``planned_forwards(frames, steps_run, options) -> {kind: forwards}``;
+    ``pass_batches(frames, batch_size, options) -> {pass: [rows]}``, the batch sizes of the passes it
+    runs; ``batch_size_branches(branches, options) -> int``, images per frame of its calls of
+    ``--batch-size`` frames; ``preview_frames(total, options) -> [frames]``, the frames a preview edits.
     """
 
     name: str
