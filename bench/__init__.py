@@ -178,7 +178,8 @@ def _add_unet(bench: typer.Typer) -> None:
             ),
         ),
         passes: str = typer.Option(
-            "plain,keyframe,propagation", help="Comma-separated passes (plain, frames, keyframe, propagation)."
+            "plain,keyframe,propagation",
+            help="Comma-separated passes: any registered pass (vedit plugins lists them, kind pass).",
         ),
         repeats: int = typer.Option(3, help=_REPEATS),
         warmup: int = typer.Option(1, help=_WARMUP),

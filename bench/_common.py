@@ -272,14 +272,9 @@ def count_flops(
 
 
 _FLOPS: dict[tuple, int] = {}
-PASS_OF_KIND = {
-    "inversion": "plain", "reconstruction": "plain", "plain": "plain",
-    "frames": "frames", "keyframes": "keyframe", "keyframe": "keyframe", "propagation": "propagation",
-}  # fmt: skip
 
 
 def pass_inputs(
-    sd: Any,
     passes: Any,
     name: str,
     frames: int,
@@ -288,59 +283,39 @@ def pass_inputs(
     *,
     embeds: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    options: Any = None,
 ) -> tuple[torch.Tensor, ...]:
-    """Inputs of pass ``name`` for ``frames`` frames at latent size ``h``×``w``: ``plain`` gets ``frames`` latents (an
-    inversion batch: one branch), the others the three branches ``[source, uncond, cond]`` of
-    ``frames`` frames (``keyframe``: K = ``frames`` keyframes; ``propagation``: a chunk of
-    ``frames`` frames with the records of keyframes [1, 0] of a two-keyframe pass run through
-    ``passes``). ``embeds`` (3, 77, D) are the three prompts' embeddings (random when None). Works
-    under ``FakeTensorMode`` too."""
-    from vedit.method.passes import select_keyframes
-
-    device, dtype = sd.device, sd.dtype
-    width = sd.text_encoder.config.hidden_size
-    if embeds is None:
-        embeds = torch.randn(3, 77, width, device=device, dtype=dtype)
-
-    def latents(n: int) -> torch.Tensor:
-        if generator is None:
-            return torch.randn(n, 4, h, w, device=device, dtype=dtype)
-        return torch.randn(n, 4, h, w, generator=generator).to(device, dtype)
-
-    def text(n: int) -> torch.Tensor:
-        return torch.cat([embeds[b : b + 1].expand(n, -1, -1) for b in range(3)]).contiguous()
-
-    t = torch.tensor(501, device=device)
-    flags = torch.tensor([True, True], device=device)
-    if name == "plain":
-        return (latents(frames), t, embeds[0:1].expand(frames, -1, -1).contiguous())
-    if name in ("frames", "keyframe"):
-        return (latents(3 * frames), t, text(frames), flags)
-    if name == "propagation":
-        _, records = passes.keyframe(latents(6), t, text(2), flags, kind="bench")
-        slots = torch.tensor([1, 0], device=device)
-        weights = torch.linspace(0.9, 0.6, frames, device=device)
-        return (latents(3 * frames), t, text(frames), flags, weights, *select_keyframes(records, slots))
-    raise ValueError(f"unknown pass {name!r}")
+    """Inputs of pass ``name`` for a call of ``frames`` frames at latent size ``h``×``w``, made by the
+    pass's own example (:attr:`vedit.PassSpec.example`, through :meth:`vedit.runtime.runner.Passes.example`,
+    as ``vedit engines build`` makes them): ``plain`` gets ``frames`` latents (an inversion batch: one
+    branch), the others the three branches ``[source, uncond, cond]`` of ``frames`` frames
+    (``keyframe``: K = ``frames`` keyframes; ``propagation``: a chunk of ``frames`` frames with the
+    records of keyframes [1, 0] of a two-keyframe pass). ``embeds`` (3, 77, D) are the three prompts'
+    embeddings (random text when None), ``options`` the run's (``keyframe_bounded`` reads
+    ``max_joint_keyframes``). Works under ``FakeTensorMode`` too."""
+    return passes.example(name, frames, (h, w), options=options, embeds=embeds, generator=generator)
 
 
 def call_pass(passes: Any, name: str, inputs: Sequence[torch.Tensor]) -> Any:
     """Run pass ``name`` of a :class:`vedit.runtime.runner.Passes` on ``inputs`` (from :func:`pass_inputs`)."""
-    if name == "plain":
-        return passes.plain(*inputs, kind="bench")
-    if name == "frames":
-        return passes.frames(*inputs, kind="bench")
-    if name == "keyframe":
-        return passes.keyframe(*inputs, kind="bench")
-    return passes.propagate(*inputs[:5], inputs[5:], kind="bench")
+    return passes.run(name, inputs, kind="bench")
 
 
 def pass_flops(
-    sd: Any, name: str, frames: int, h: int, w: int, *, conv_layers=(), qk_layers=(), notes: list[str] | None = None
+    sd: Any,
+    name: str,
+    frames: int,
+    h: int,
+    w: int,
+    *,
+    conv_layers=(),
+    qk_layers=(),
+    options: Any = None,
+    notes: list[str] | None = None,
 ) -> int | None:
     """FLOPs of one call of pass ``name`` on ``frames`` frames (see :func:`pass_inputs`) at latent
-    size ``h``×``w``, counted with fake tensors through vedit's own pass module; counted once
-    per (model, dtype, device, pass, frames, size, injection layers) in a process. None when the
+    size ``h``×``w``, counted with fake tensors through the pass's own module; counted once per
+    (model, dtype, device, pass, frames, size, injection layers, options) in a process. None when the
     pass cannot be counted (the reason goes to ``notes``)."""
     from vedit import plugins
     from vedit.runtime.runner import Passes
@@ -356,6 +331,7 @@ def pass_flops(
         w,
         tuple(conv_layers),
         tuple(qk_layers),
+        repr(options),
     )
     if key in _FLOPS:
         return _FLOPS[key]
@@ -367,14 +343,15 @@ def pass_flops(
     try:
         with Passes(sd, eager, conv_layers=tuple(conv_layers), qk_layers=tuple(qk_layers)) as passes:
             module = passes.module(name)
+            inputs = lambda: pass_inputs(passes, name, frames, h, w, options=options)  # noqa: E731
             try:
-                flops = count_flops(module, lambda: pass_inputs(sd, passes, name, frames, h, w), fake=fake)
+                flops = count_flops(module, inputs, fake=fake)
             except Exception as error:  # an op without a fake-tensor rule: count it for real
                 if not fake:
                     raise
                 if notes is not None:
                     notes.append(f"FLOPs of the {name} pass counted with real tensors ({_first_line(error)})")
-                flops = count_flops(module, lambda: pass_inputs(sd, passes, name, frames, h, w), fake=False)
+                flops = count_flops(module, inputs, fake=False)
     except Exception as error:
         if notes is not None:
             notes.append(f"FLOPs of the {name} pass at {frames} frames could not be counted: {_first_line(error)}")
@@ -383,9 +360,20 @@ def pass_flops(
     return flops
 
 
+def forwards_text(forwards: dict[str, int]) -> str:
+    """``kind count, …`` of a document's UNet forwards, each count once: a document also carries the counts
+    under their earlier names (:meth:`vedit.runtime.runner.Forwards.by_name`), which are left out here."""
+    from vedit.runtime.runner import EARLIER_KINDS
+
+    doubles = {old for old, new in EARLIER_KINDS.items() if old in forwards and forwards[old] == forwards.get(new)}
+    return ", ".join(f"{kind} {count}" for kind, count in forwards.items() if kind not in doubles)
+
+
 def images_per_call(name: str, frames: int) -> int:
     """UNet image-forwards in one call of pass ``name`` on ``frames`` frames (see :func:`pass_inputs`)."""
-    return frames if name == "plain" else 3 * frames
+    from vedit.plugins.passes import pass_spec
+
+    return pass_spec(name).rows_per_frame * frames
 
 
 def _first_line(error: BaseException) -> str:

@@ -23,7 +23,6 @@ its forwards × counted FLOP per image over its median seconds.
 from __future__ import annotations
 
 import inspect
-import math
 import shutil
 import tempfile
 from pathlib import Path
@@ -41,6 +40,7 @@ from ._common import (
     document,
     finish,
     fmt,
+    forwards_text,
     header,
     parse_vs,
     pass_flops,
@@ -52,13 +52,20 @@ from ._common import (
     vs_rows,
 )
 
-PARTS = ("load", "read", "encode", "invert", "keyframe", "propagation", "nn", "decode", "postprocess", "write")
 STAGES = ("load", "read", "invert", "denoise", "write")  # EditResult.stage_seconds, without a profile
 SETTINGS = (
     "model", "size", "frames", "steps", "inversion_steps", "engine", "dtype", "device", "chunk_size", "batch_size",
     "editor", "propagator", "seed", "reuse_inversion", "engine_cache",
 )  # fmt: skip
 PROMPT, SOURCE_PROMPT = "a watercolor painting", "a test pattern"
+
+
+def parts() -> tuple[str, ...]:
+    """The parts of a profiled edit, in the order they run: each registered pass is profiled as its kind
+    (:attr:`vedit.PassSpec.kind`), the nearest-neighbour search inside the propagation pass as ``nn``."""
+    from vedit.plugins.passes import pass_kinds
+
+    return ("load", "read", "encode", "invert", *pass_kinds(), "nn", "decode", "postprocess", "write")
 
 
 def profile_supported() -> bool:
@@ -77,10 +84,6 @@ class Collect(SilentReporter):
     def warning(self, text: str) -> None:
         if f"warning: {text}" not in self.notes:
             self.notes.append(f"warning: {text}")
-
-
-def _chunks(total: int, size: int) -> list[int]:
-    return [min(size, total - start) for start in range(0, total, size)]
 
 
 class _Config:
@@ -147,55 +150,56 @@ class _Config:
         return figures, result
 
     def flops_per_image(self, forwards: dict[str, int]) -> dict[str, float | None]:
-        """Counted FLOPs per UNet image-forward of each kind of forward the run made."""
-        n, b, batch = self.settings["frames"], self.settings["chunk_size"], self.settings["batch_size"]
-        layers: dict[str, Any] = {}
-        if self.settings["editor"] == "pnp":
-            from vedit_plugins.editors.pnp import CONV_LAYERS, QK_LAYERS
+        """Counted FLOPs per UNet image-forward of each kind of forward the run made: the inversion's plain
+        pass at its batches, and each kind's pass at the batch sizes the run's plan gives it
+        (:func:`vedit.pipeline.plan.pass_batches`, which asks the propagator), with the editor's injection
+        layers."""
+        from vedit import plugins
+        from vedit.pipeline.plan import batches_of, pass_batches
+        from vedit.plugins.passes import registered_passes
 
-            layers = {"conv_layers": CONV_LAYERS, "qk_layers": QK_LAYERS}
+        n, batch = self.settings["frames"], self.settings["batch_size"]
+        editor = plugins.get("editor", self.config.editor)
+        propagator = plugins.get("propagator", self.config.propagator)
+        config = self.config.replace(batch_size=batch)
+        plan = pass_batches(config, n, editor, propagator)
+        layers = {"conv_layers": getattr(editor, "conv_layers", ()), "qk_layers": getattr(editor, "qk_layers", ())}
+        specs = registered_passes()
         h, w = self.size[1] // 8, self.size[0] // 8
 
-        def weighted(name: str, sizes: list[int], images_each: int, **more) -> float | None:
-            counts = [pass_flops(self.sd, name, s, h, w, notes=self.notes, **more) for s in sizes]
+        def per_image(name: str, rows: list[int], **more) -> float | None:
+            frames = [r // specs[name].rows_per_frame for r in rows]
+            counts = [pass_flops(self.sd, name, f, h, w, options=config, notes=self.notes, **more) for f in frames]
             if any(c is None for c in counts):
                 return None
-            return sum(counts) / (images_each * sum(sizes))
+            return sum(counts) / sum(rows)  # type: ignore[arg-type]
 
-        plans = {
-            "inversion": lambda: weighted("plain", _chunks(n, batch), 1),
-            "reconstruction": lambda: weighted("plain", _chunks(n, batch), 1),
-            "keyframes": lambda: weighted("keyframe", [math.ceil(n / b)], 3, **layers),
-            "propagation": lambda: weighted("propagation", _chunks(n, b), 3, **layers),
-            "frames": lambda: weighted("frames", _chunks(n, batch), 3, **layers),
-            "plain": lambda: weighted("plain", [2 * s for s in _chunks(n, batch)], 1),
-        }
         result: dict[str, float | None] = {}
         for kind in forwards:
-            if kind in plans:
-                result[kind] = plans[kind]()
+            if kind in ("inversion", "reconstruction"):
+                result[kind] = per_image("plain", batches_of(n, batch))
+                continue
+            ran = [name for name, spec in specs.items() if spec.kind == kind and name in plan]
+            if ran:
+                result[kind] = per_image(ran[0], plan[ran[0]], **layers)
             else:
                 result[kind] = None
-                self.notes.append(f"UNet forwards of kind {kind!r} have no FLOP count (a plugin's own pass)")
+                self.notes.append(f"UNet forwards of kind {kind!r} have no FLOP count (no pass of the run's plan)")
         return result
 
 
 def _kinds_of(part: str, forwards: dict[str, int]) -> list[str]:
-    """The kinds of UNet forward (``EditResult.forwards`` keys) made inside a part of the edit."""
+    """The kinds of UNet forward (``EditResult.forwards`` keys) made inside a part of the edit: a pass's
+    part is its kind."""
     edit_kinds = [k for k in forwards if k not in ("inversion", "reconstruction")]
-    return {
-        "invert": ["inversion"],
-        "keyframe": [k for k in edit_kinds if k in ("keyframes", "keyframe")],
-        "propagation": [k for k in edit_kinds if k not in ("keyframes", "keyframe")],
-        "denoise": edit_kinds,
-        "total": list(forwards),
-    }.get(part, [])
+    groups = {"invert": ["inversion"], "denoise": edit_kinds, "total": list(forwards)}
+    return groups.get(part, [part] if part in edit_kinds else [])
 
 
 def _rows(
     figures: list[dict[str, float]], result: Any, per_image: dict[str, float | None], peak: float | None, profiled: bool
 ) -> list[dict[str, Any]]:
-    order = PARTS if profiled else STAGES
+    order = parts() if profiled else STAGES
     seen = [k for k in order if any(k in f for f in figures)]
     seen += [k for f in figures for k in f if k not in seen and k != "total"]
     totals = Stats.of([f["total"] for f in figures])
@@ -328,7 +332,7 @@ def _run_plain(
                   repeats=repeats, matmul_peak=probe)  # fmt: skip
     return document(
         "edit", head, rows, key_fields=("stage",), parts="profile" if used_profile else "stage_seconds",
-        forwards=dict(result.forwards),
+        forwards=result.forwards.by_name(),
         gflop_per_image={k: round(v / 1e9, 4) if v else None for k, v in per_image.items()},
         engines=dict(result.engines), inversion=result.inversion, steps_run=result.steps_run, frames=result.frames,
         notes=notes,
@@ -355,7 +359,7 @@ def _run_vs(
                         on_call=lambda label, i, counted: say(
                             f"bench edit: {label} {'pair ' + str(i + 1) if counted else 'warm-up'}"))  # fmt: skip
     rows = vs_rows(pairing, ("stage",))
-    order = {name: i for i, name in enumerate(dict.fromkeys([*PARTS, *STAGES, "total"]))}
+    order = {name: i for i, name in enumerate(dict.fromkeys([*parts(), *STAGES, "total"]))}
     rows.sort(key=lambda r: order.get(r["stage"], len(order) - 1))
     probe.probe(sd.device, sd.dtype)
     head = header("edit", device=sd.device, dtype=sd.dtype, settings=dict(a.settings), warmup=warmup, repeats=repeats,
@@ -364,7 +368,7 @@ def _run_vs(
         "edit", head, rows, key_fields=("stage",), value_field="ratio_median",
         vs={"overrides": describe_vs(overrides), "a": dict(a.settings), "b": dict(b.settings),
             "b_options": {k: v for k, v in overrides.items() if k not in a.settings}, "order": pairing.order,
-            "forwards": {k: dict(r.forwards) for k, r in last.items()},
+            "forwards": {k: r.forwards.by_name() for k, r in last.items()},
             "engines": {k: dict(r.engines) for k, r in last.items()}},
         notes=notes,
     )  # fmt: skip
@@ -377,7 +381,7 @@ def _render(doc: dict[str, Any]) -> None:
                 f"order {' '.join(o.split(' ')[0] for o in vs['order'])}", doc["rows"], ["stage"])  # fmt: skip
         for label, engines in vs.get("engines", {}).items():
             print(f"{label}: engines {', '.join(f'{k} {v}' for k, v in engines.items()) or '-'}; "
-                  f"UNet forwards {', '.join(f'{k} {v}' for k, v in vs['forwards'][label].items())}")  # fmt: skip
+                  f"UNet forwards {forwards_text(vs['forwards'][label])}")  # fmt: skip
         return
     s = doc["header"]["settings"]
     what = (

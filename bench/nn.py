@@ -12,7 +12,8 @@ against seq keys per block. For SD 1.5 / 2.1 at 512×512 (64×64 latents) the bl
 
 Each backend registered here and able to run is timed at each size, plus ``in-graph``: the
 search the propagation pass makes itself when the backend is traceable (the ``torch`` backend),
-``vedit.method.passes.cosine_nearest_tokens`` on (B, seq, dim) queries. After a warm-up call of each,
+``vedit.method.attention.cosine_nearest`` on (B, seq, dim) queries; the ``torch`` backend is the same
+function on the B·seq queries flattened, blocked over all of them. After a warm-up call of each,
 ``repeats`` rounds time every backend once in turn (CUDA: events on the current stream, then a
 synchronise; elsewhere the wall clock), so a drifting machine load falls on all alike, and the
 median, min and max are reported, with the ratio of each backend to ``torch`` and to ``in-graph``
@@ -44,7 +45,7 @@ SEARCHES_PER_BLOCK = 2  # keyframe i and keyframe i−1 (chunk 0 searches its on
 def _searches(names: list[str] | None, device: torch.device) -> dict[str, Callable]:
     """name -> callable(queries (B, seq, dim), keys (seq, dim)) -> indices (B·seq,)."""
     from vedit import plugins
-    from vedit.method.passes import cosine_nearest_tokens
+    from vedit.method.attention import cosine_nearest
 
     found: dict[str, Callable] = {}
     skipped: list[str] = []
@@ -58,7 +59,7 @@ def _searches(names: list[str] | None, device: torch.device) -> dict[str, Callab
         nearest = entry.item.nearest
         found[name] = lambda q, k, nearest=nearest: nearest(q.reshape(-1, q.shape[-1]), k)
     if names is None or IN_GRAPH in names:
-        found[IN_GRAPH] = cosine_nearest_tokens
+        found[IN_GRAPH] = cosine_nearest
     unknown = sorted(set(names or ()) - set(found) - {s.split(" ")[0] for s in skipped})
     if unknown:
         raise ValueError(f"unknown nn backend(s) {', '.join(unknown)}; known: {', '.join(sorted(found))}")

@@ -71,6 +71,7 @@ def run_unet_suite(
     from vedit.io.frames import parse_size
     from vedit.model.device import dtype_name
     from vedit.model.loading import load_model
+    from vedit.plugins.passes import registered_passes
     from vedit.runtime.engine_cache import EngineCache
     from vedit.runtime.runner import Passes
     from vedit_plugins.editors.pnp import CONV_LAYERS, QK_LAYERS
@@ -79,11 +80,11 @@ def run_unet_suite(
         batches = [int(b) for b in batches.split(",") if b.strip()]
     batches = sorted(set(batches))
     pass_names = [p.strip() for p in passes.split(",")] if isinstance(passes, str) else list(passes)
-    unknown_passes = [p for p in pass_names if p not in ("plain", "frames", "keyframe", "propagation")]
+    known = registered_passes()
+    unknown_passes = [p for p in pass_names if p not in known]
     if unknown_passes or not pass_names:
         raise ConfigError(
-            f"--passes: unknown pass {unknown_passes[0] if unknown_passes else ''!r} "
-            "(plain, frames, keyframe, propagation)"
+            f"--passes: unknown pass {unknown_passes[0] if unknown_passes else ''!r} ({', '.join(known)})"
         )
     if not batches or min(batches) < 1:
         raise ConfigError("--batches: give one or more frame counts of 1 or more, e.g. 1,4,8")
@@ -111,7 +112,7 @@ def run_unet_suite(
     embeds = sd.encode_prompt(["a photo", "", "a painting"])
     with Passes(sd, [plugins.get("engine", "eager")], **layers) as eager:
         inputs = {
-            (p, b): pass_inputs(sd, eager, p, b, h, w, embeds=embeds, generator=generator)
+            (p, b): pass_inputs(eager, p, b, h, w, embeds=embeds, generator=generator)
             for p in pass_names
             for b in batches
         }

@@ -1,4 +1,5 @@
-"""UNet image-forwards per frame per step, counted by the code for each propagator (tiny model).
+"""UNet image-forwards per frame per step, counted by the code for each propagator (tiny model), beside
+what the propagator plans (:func:`vedit.pipeline.plan.planned_forwards`, which asks it).
 
 TokenFlow costs a keyframe pass of 3K images and a propagation pass of 3N images per step, with
 K = ceil(N / B): 3·(1 + K/N) forwards per frame per step, 3·(1 + 1/B) when B divides N.
@@ -6,18 +7,20 @@ K = ceil(N / B): 3·(1 + K/N) forwards per frame per step, 3·(1 + 1/B) when B d
 
 from __future__ import annotations
 
-import math
 import tempfile
 from pathlib import Path
 
-from ._common import document, finish, header, show, synthetic_clip
+from ._common import document, finish, forwards_text, header, show, synthetic_clip
 
 
 def run_work_suite(
     frame_counts, *, chunk_size: int, steps: int, save: str | None = None, json_out: bool = False
 ) -> dict:
+    from vedit import plugins
+    from vedit.config import load_config
     from vedit.model.loading import load_model
     from vedit.pipeline.edit import edit
+    from vedit.pipeline.plan import planned_forwards
 
     sd = load_model("tiny", device="cpu", dtype="fp32")
     rows = []
@@ -25,27 +28,21 @@ def run_work_suite(
         for frames in frame_counts:
             clip = synthetic_clip(Path(tmp) / f"clip{frames}.mp4", frames, (64, 64))
             for propagator in ("tokenflow", "none"):
-                result = edit(
-                    clip,
-                    Path(tmp) / "out.mp4",
-                    sd=sd,
-                    prompt="a painting",
-                    model="tiny",
-                    steps=steps,
-                    inversion_steps=steps,
-                    propagator=propagator,
-                    chunk_size=chunk_size,
-                    device="cpu",
-                    dtype="fp32",
+                # vedit.toml, then these: the options edit() itself would resolve from them
+                config = load_config(
+                    prompt="a painting", model="tiny", steps=steps, inversion_steps=steps, propagator=propagator,
+                    chunk_size=chunk_size, device="cpu", dtype="fp32",
                     cache_dir=str(Path(tmp) / f"cache-{frames}-{propagator}"),  # inverted (and counted) every time
-                )
-                keyframes = math.ceil(frames / chunk_size)
-                expected = 3 * (1 + keyframes / frames) if propagator == "tokenflow" else 3.0
+                )  # fmt: skip
+                result = edit(clip, Path(tmp) / "out.mp4", config, sd=sd)
+                editor, plugin = plugins.get("editor", config.editor), plugins.get("propagator", propagator)
+                planned = planned_forwards(config, frames, editor, plugin, steps, inverting=False)
+                expected = sum(planned.values()) / (frames * steps)
                 rows.append(
                     {
                         "frames": frames,
                         "propagator": propagator,
-                        "forwards": result.forwards,
+                        "forwards": result.forwards.by_name(),
                         "per_frame_step": round(result.forwards_per_frame_step, 4),
                         "expected": round(expected, 4),
                         "inversion_per_frame_step": result.forwards.get("inversion", 0) / (frames * steps),
@@ -68,7 +65,7 @@ def _render(doc: dict) -> None:
     s = doc["header"]["settings"]
     show(
         f"UNet image-forwards, B={s['chunk_size']}, {s['steps']} steps",
-        ["frames", "propagator", "per frame per step", "3(1+K/N)", "inversion per frame per step", "by pass"],
+        ["frames", "propagator", "per frame per step", "planned", "inversion per frame per step", "by pass"],
         [
             [
                 r["frames"],
@@ -76,7 +73,7 @@ def _render(doc: dict) -> None:
                 r["per_frame_step"],
                 r["expected"],
                 r["inversion_per_frame_step"],
-                ", ".join(f"{k} {v}" for k, v in r["forwards"].items()),
+                forwards_text(r["forwards"]),
             ]
             for r in doc["rows"]
         ],

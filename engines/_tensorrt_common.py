@@ -19,11 +19,9 @@ from typing import Any
 
 import torch
 
-GIB = 1 << 30
+from vedit.plugins.passes import pass_spec
 
-# Inputs whose first dimension follows the batch: the frame count times this many rows.
-# (latents and text carry every branch of every frame; the blend weights one row per frame.)
-BATCHED_ROWS = {"latents": "batch", "text": "batch", "weights": "frames", "partners": "frames"}
+GIB = 1 << 30
 
 _PRECISIONS = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
 
@@ -33,8 +31,8 @@ _PRECISIONS = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp
 
 
 def rows_per_frame(pass_name: str) -> int:
-    """Batch rows per frame: the plain pass runs one branch, the others three."""
-    return 1 if pass_name == "plain" else 3
+    """Batch rows per frame, as the pass's spec says: the plain pass runs one branch, the others three."""
+    return pass_spec(pass_name).rows_per_frame
 
 
 def batch_range(pass_name: str, example: Sequence[torch.Tensor], batches: Sequence[int]) -> tuple[int, int]:
@@ -52,22 +50,22 @@ def profile_shapes(
 ) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
     """(min, opt, max) shape of every input of a pass built for ``batches``.
 
-    Batched inputs span the smallest to the largest batch, optimised for the largest (the full
-    chunk most calls have); every other input (t, flags, the keyframes' records) is fixed at its
-    example shape.
+    The inputs the pass's spec batches span the smallest to the largest batch, optimised for the
+    largest (the full chunk most calls have); every other input (t, flags, the keyframes' records)
+    is fixed at its example shape.
     """
     if len(input_names) != len(example):
         raise ValueError(f"the {pass_name} pass names {len(input_names)} inputs but the example has {len(example)}")
     low, high = batch_range(pass_name, example, batches)
-    per = rows_per_frame(pass_name)
+    spec = pass_spec(pass_name)
     profile = {}
     for name, tensor in zip(input_names, example):
         shape = tuple(int(d) for d in tensor.shape)
-        kind = BATCHED_ROWS.get(name)
+        kind = spec.batched_inputs.get(name)
         if kind is None:
             profile[name] = (shape, shape, shape)
             continue
-        step = 1 if kind == "batch" else per
+        step = 1 if kind == "rows" else spec.rows_per_frame
         rows = (low // step, high // step, high // step)
         profile[name] = tuple((r, *shape[1:]) for r in rows)  # type: ignore[assignment]
     return profile

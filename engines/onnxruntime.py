@@ -63,7 +63,7 @@ class OnnxRuntime:
         names = list(module.input_names)
         wanted = {i.name for i in session.get_inputs()}  # the exporter drops inputs a pass does not use
         outputs = session.get_outputs()
-        many = module.returns_records
+        many = target.spec.returns_records
         if target.device.type == "cuda":
             if any(i.type == "tensor(bfloat16)" for i in session.get_inputs()):
                 raise RuntimeError(

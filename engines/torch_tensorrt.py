@@ -19,9 +19,9 @@ from typing import Any
 import torch
 
 from vedit.plugins.hookspecs import hookimpl
+from vedit.plugins.passes import pass_spec
 
 from ._tensorrt_common import (
-    BATCHED_ROWS,
     first_line,
     key_parts,
     library_version,
@@ -30,7 +30,6 @@ from ._tensorrt_common import (
     precision_for,
     profile_shapes,
     require_cuda,
-    rows_per_frame,
     timing_cache_path,
     unavailable,
     workspace_bytes,
@@ -46,37 +45,16 @@ PROGRAM_FILE = "pass.ep"
 def dynamic_shapes(
     module: torch.nn.Module, input_names: Sequence[str], profile: dict[str, tuple[tuple[int, ...], ...]]
 ) -> dict[str, Any] | None:
-    """``torch.export`` dynamic shapes for the profile: one ``frames`` dimension that the batched
-    inputs share (latents and text have rows-per-frame times as many rows as the weights), keyed
-    by the names of ``module.forward``'s parameters (a ``*records`` parameter takes a tuple).
-    None when the profile is one shape."""
-    from torch.export import Dim
-
-    batched = [n for n in input_names if n in BATCHED_ROWS and profile[n][0] != profile[n][2]]
+    """``torch.export`` dynamic shapes for the profile (:meth:`vedit.PassSpec.dynamic_shapes`): one
+    ``frames`` dimension that the pass's batched inputs share, keyed by the names of ``module.forward``'s
+    parameters. None when the profile is one shape."""
+    spec = pass_spec(str(getattr(module, "name", "")))
+    batched = [n for n in input_names if n in spec.batched_inputs and profile[n][0] != profile[n][2]]
     if not batched:
         return None
-    per = rows_per_frame(getattr(module, "name", ""))
-
-    def frames_of(name: str, rows: int) -> int:
-        return rows // per if BATCHED_ROWS[name] == "batch" else rows
-
     first = batched[0]
-    frames = Dim("frames", min=frames_of(first, profile[first][0][0]), max=frames_of(first, profile[first][2][0]))
-    batch = frames if per == 1 else per * frames
-    specs = [
-        None if name not in BATCHED_ROWS else {0: batch if BATCHED_ROWS[name] == "batch" else frames}
-        for name in input_names
-    ]
-    shapes: dict[str, Any] = {}
-    position = 0
-    for parameter in inspect.signature(module.forward).parameters.values():
-        if parameter.kind is inspect.Parameter.VAR_POSITIONAL:
-            shapes[parameter.name] = tuple(specs[position:])
-            position = len(specs)
-        elif position < len(specs):
-            shapes[parameter.name] = specs[position]
-            position += 1
-    return shapes
+    per = spec.rows_per_frame if spec.batched_inputs[first] == "rows" else 1
+    return spec.dynamic_shapes(module, profile[first][0][0] // per, profile[first][2][0] // per)
 
 
 # --------------------------------------------------------------------------------------------

@@ -18,6 +18,8 @@ from . import _compat  # noqa: E402
 _compat.install()
 
 from .options import Options, option  # noqa: E402  (the schema plugins declare their options with)
+# What a plugin registers a UNet pass with (``register_passes``); torch-free, like the rest of this import.
+from .plugins.passes import ExampleRequest, PassSpec  # noqa: E402
 
 if TYPE_CHECKING:  # pragma: no cover
     from .pipeline.edit import EditResult
@@ -38,4 +40,4 @@ def invert(input: Any, output: Any = None, config: Any = None, **options: Any) -
     return invert_clip(input, output, config, **options)
 
 
-__all__ = ["Options", "edit", "invert", "option", "__version__"]
+__all__ = ["ExampleRequest", "Options", "PassSpec", "edit", "invert", "option", "__version__"]

@@ -27,7 +27,7 @@ class PerFrame:
         for start in range(0, latents.shape[0], self.batch_size):
             stop = min(start + self.batch_size, latents.shape[0])
             # slices, not index tensors: indexing a device tensor with host indices waits for the device
-            eps[start:stop] = denoiser(torch.arange(start, stop), latents[start:stop], step, kind="frames")
+            eps[start:stop] = denoiser(torch.arange(start, stop), latents[start:stop], step)
         return eps
 
 

@@ -8,14 +8,18 @@ with self-attention replaced: each token takes the recorded output of its cosine
 neighbour (in the source branch's features) in keyframe i and in keyframe i−1, blended by
 distance to the chunks' centres (Sec. 4.2, eq. 5).
 
-The two passes themselves live in :mod:`vedit.method.passes` (the modules every engine runs); this
-plugin chooses the keyframes and the chunks and calls them through the :class:`Denoiser`.
+The passes' modules are :mod:`vedit.method.passes`' public building blocks (the modules every
+engine runs); this plugin registers them as ``keyframe``, ``keyframe_bounded`` and ``propagation``
+(``register_passes``), with the functions that make their example inputs, chooses the keyframes and
+the chunks, calls the passes through the :class:`Denoiser`, and answers what they cost.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -23,8 +27,16 @@ import vedit
 from vedit import plugins
 from vedit.errors import ConfigError
 from vedit.method.denoise import Denoiser, EditJob, EditPlan, RunShape, Step
-from vedit.method.passes import joint_partners
+from vedit.method.passes import (
+    BoundedKeyframePass,
+    KeyframePass,
+    PropagationPass,
+    branched_example,
+    joint_partners,
+    select_keyframes,
+)
 from vedit.plugins.hookspecs import hookimpl
+from vedit.plugins.passes import ExampleRequest, PassSpec
 from vedit.runtime.transfer import to_device
 
 
@@ -39,6 +51,11 @@ def blend_weights(frames: range, chunk: int, chunk_size: int) -> torch.Tensor:
     d1 = (s - (chunk * chunk_size + chunk_size // 2)).abs()
     d2 = (s - ((chunk - 1) * chunk_size + chunk_size // 2)).abs()
     return torch.sigmoid(d2 / (d1 + d2))
+
+
+def keyframe_pass(keys: int, max_joint_keyframes: int) -> str:
+    """The keyframe pass a step of ``keys`` keyframes runs: bounded beyond ``max_joint_keyframes``."""
+    return "keyframe" if keys <= max_joint_keyframes else "keyframe_bounded"
 
 
 def read_keyframe_schedule(path: str | Path) -> list[list[int]]:
@@ -102,6 +119,33 @@ class TokenFlow:
             aliases=("nn-backend",),
         )
 
+    # What the host asks before any heavy work. ``options`` are read for chunk_size and
+    # max_joint_keyframes alone.
+    def planned_forwards(self, frames: int, steps_run: int, options: Any) -> dict[str, int]:
+        """Per step, the keyframe pass on K = ⌈N/B⌉ keyframes and the propagation pass on all N
+        frames, three branches each: 3·(1 + K/N) forwards per frame and step."""
+        keys = len(chunk_ranges(frames, options.chunk_size))
+        return {"keyframe": 3 * keys * steps_run, "propagation": 3 * frames * steps_run}
+
+    def pass_batches(self, frames: int, batch_size: int, options: Any) -> dict[str, list[int]]:
+        """The keyframe pass on all K keyframes (bounded beyond ``max_joint_keyframes``), the propagation
+        pass on every chunk's length; ``--batch-size`` plays no part."""
+        chunks = chunk_ranges(frames, options.chunk_size)
+        return {
+            keyframe_pass(len(chunks), options.max_joint_keyframes): [3 * len(chunks)],
+            "propagation": sorted({3 * len(chunk) for chunk in chunks}),
+        }
+
+    def batch_size_branches(self, branches: int, options: Any) -> int:
+        """1: only the inversion runs ``--batch-size`` frames at a time; the passes take keyframes and chunks."""
+        return 1
+
+    def preview_frames(self, total: int, options: Any) -> list[int]:
+        """The K keyframes a preview edits: the centre of every chunk."""
+        from vedit.pipeline.preview import default_frames
+
+        return default_frames(total, options.chunk_size)
+
     def validate(self, config, shape: RunShape) -> None:
         """Before any heavy work: the NN backend exists and runs here, the keyframe file fits the run."""
         options = config.plugin_options(self.name)
@@ -146,7 +190,7 @@ class TokenFlow:
     def predict(self, step: Step, latents: torch.Tensor, denoiser: Denoiser) -> torch.Tensor:
         keys = to_device(self.keyframes(step), latents.device)  # moved once per step, without a wait
         partners = None
-        if len(self.chunks) > self.max_joint:  # bounded extended attention, redrawn every step
+        if keyframe_pass(len(self.chunks), self.max_joint) == "keyframe_bounded":  # redrawn every step
             partners = to_device(joint_partners(len(self.chunks), self.max_joint, self.generator), latents.device)
         # The keyframe pass only records features; its noise prediction is not used.
         records = denoiser.keyframes(keys, latents[keys], step, partners)
@@ -186,9 +230,17 @@ class JointKeyframes:
         self.max_joint = job.config.plugin_options(TokenFlow.name).max_joint_keyframes
         self.generator = torch.Generator().manual_seed(job.config.seed)
 
-    def planned_forwards(self, frames: int, steps_run: int, config) -> dict[str, int]:
+    def planned_forwards(self, frames: int, steps_run: int, options: Any) -> dict[str, int]:
         """One keyframe pass over all frames per step, three branches each."""
-        return {"keyframes": 3 * frames * steps_run}
+        return {"keyframe": 3 * frames * steps_run}
+
+    def pass_batches(self, frames: int, batch_size: int, options: Any) -> dict[str, list[int]]:
+        """The keyframe pass on all the frames at once."""
+        return {keyframe_pass(frames, options.max_joint_keyframes): [3 * frames]}
+
+    def batch_size_branches(self, branches: int, options: Any) -> int:
+        """1: it makes no call of ``--batch-size`` frames."""
+        return 1
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"generator": self.generator.get_state()}
@@ -199,11 +251,53 @@ class JointKeyframes:
     def predict(self, step: Step, latents: torch.Tensor, denoiser: Denoiser) -> torch.Tensor:
         count = latents.shape[0]
         partners = None
-        if count > self.max_joint:  # bounded extended attention, redrawn every step
+        if keyframe_pass(count, self.max_joint) == "keyframe_bounded":  # redrawn every step
             partners = to_device(joint_partners(count, self.max_joint, self.generator), latents.device)
         return denoiser.joint(torch.arange(count), latents, step, partners)
+
+
+def _bounded_example(request: ExampleRequest) -> tuple[torch.Tensor, ...]:
+    """The keyframe pass's inputs and each keyframe's partners: ``max_joint_keyframes`` of the run's
+    options, else one fewer than the keyframes (so the example is bounded)."""
+    limit = getattr(request.options, "max_joint_keyframes", None) or max(1, request.frames - 1)
+    partners = joint_partners(request.frames, limit, request.generator)
+    return (*branched_example(request), partners.to(request.device))
+
+
+def _propagation_example(request: ExampleRequest) -> tuple[torch.Tensor, ...]:
+    """A chunk's inputs with the records of keyframes [1, 0] of a two-keyframe pass (run eagerly through
+    ``request.run``) and weights that blend both."""
+    if request.run is None:
+        raise ValueError("the propagation pass's example needs request.run: its records come from the keyframe pass")
+    _, *records = request.run("keyframe", branched_example(dataclasses.replace(request, frames=2)))
+    slots = torch.tensor([1, 0], device=request.device)
+    weights = torch.linspace(0.9, 0.6, request.frames, device=request.device)
+    return (*branched_example(request), weights, *select_keyframes(records, slots))
+
+
+KEYFRAME = PassSpec(
+    name="keyframe", build=KeyframePass, example=branched_example, returns_records=True,
+    description="the keyframes denoised jointly with extended attention, recording each block's features and outputs",
+)  # fmt: skip
+KEYFRAME_BOUNDED = PassSpec(
+    name="keyframe_bounded", build=BoundedKeyframePass, example=_bounded_example, returns_records=True,
+    batched_inputs={"latents": "rows", "text": "rows", "partners": "frames"}, kind="keyframe",
+    description="the keyframe pass with each keyframe attending to its partners only (--max-joint-keyframes)",
+)  # fmt: skip
+PROPAGATION = PassSpec(
+    name="propagation", build=PropagationPass, example=_propagation_example, searches_nearest=True,
+    batched_inputs={"latents": "rows", "text": "rows", "weights": "frames"},
+    description="a chunk's self-attention taken from its two keyframes' along nearest-neighbour correspondences",
+)  # fmt: skip
 
 
 @hookimpl
 def register_propagators(register):
     register(TokenFlow())
+
+
+@hookimpl
+def register_passes(register):
+    register(KEYFRAME)
+    register(KEYFRAME_BOUNDED)
+    register(PROPAGATION)

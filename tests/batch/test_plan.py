@@ -75,14 +75,15 @@ def test_dry_run_prints_the_plan_edits_inversions_and_unet_forwards(tmp_path, cl
     assert len(plan.edits) == 12 and len(plan.groups) == 2  # one per clip: the seeds share the tiny model
     assert all(len(g.edits) == 6 for g in plan.groups)
     # per edit: 4 frames, 1 step, chunk 4: 3 keyframe forwards (one keyframe × 3 branches) + 12 propagation
-    assert all(e.forwards == {"keyframes": 3, "propagation": 12} for e in plan.edits)
-    assert plan.planned_forwards() == {"inversion": 2 * 4, "keyframes": 36, "propagation": 144}
+    assert all(e.forwards == {"keyframe": 3, "propagation": 12} for e in plan.edits)
+    assert all(e.forwards["keyframes"] == 3 for e in plan.edits)  # the kind's earlier name still reads it
+    assert plan.planned_forwards() == {"inversion": 2 * 4, "keyframe": 36, "propagation": 144}
     result = vedit("batch", path, "--dry-run", cwd=tmp_path)
     assert result.exit_code == 0, result.output
     assert "out/pattern-snow-2.mp4" in result.stdout
     assert (
         "12 edits: 12 to run, 0 up to date, 0 failing; 2 inversions of 2 clips to compute (one already in the cache "
-        "costs none); UNet image-forwards 188 (inversion 8, keyframes 36, propagation 144)"
+        "costs none); UNet image-forwards 188 (inversion 8, keyframe 36, propagation 144)"
     ) in result.stdout
     assert not (tmp_path / "out").exists() and not (tmp_path / "jobs.summary.json").exists()
 

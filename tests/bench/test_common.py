@@ -75,6 +75,27 @@ def test_pass_flops_are_counted_once_and_scale_with_the_batch():
     assert _common.pass_flops(sd, "plain", 4, 8, 8) == 123
 
 
+def test_bench_makes_a_passs_inputs_with_its_spec_and_counts_a_plugins_pass_too():
+    """The benchmarks' inputs are the pass's own example (as ``vedit engines build`` makes them), for a
+    built-in pass and for a pass a plugin registers."""
+    from helpers.passes import register_gain_pass
+    from vedit import plugins
+    from vedit.model.loading import load_model
+    from vedit.runtime.runner import Passes
+
+    register_gain_pass()
+    sd = load_model("tiny", device="cpu", dtype="fp32")
+    with Passes(sd, [plugins.get("engine", "eager")]) as passes:
+        for name in ("gain", "propagation"):
+            made = _common.pass_inputs(passes, name, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+            spec = passes.example(name, 3, (8, 8), generator=torch.Generator().manual_seed(2))
+            assert len(made) == len(spec) and all(torch.equal(a, b) for a, b in zip(made, spec)), name
+        assert made[0].shape == (9, 4, 8, 8) and made[4].shape == (3,)  # a chunk of 3 frames, its blend weights
+        assert _common.images_per_call("gain", 3) == 9 and _common.images_per_call("plain", 3) == 3
+    one, two = _common.pass_flops(sd, "gain", 1, 8, 8), _common.pass_flops(sd, "gain", 2, 8, 8)
+    assert one > 0 and two == 2 * one  # per-frame attention: linear in the frames
+
+
 # ------------------------------------------------------------------------------ results files
 
 

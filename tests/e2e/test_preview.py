@@ -30,8 +30,8 @@ def test_the_preview_costs_its_frames_and_plans_exactly_what_the_full_run_makes(
     options = {**OPTIONS, "batch_size": 1}
     computed = preview(clip, tmp_path / "computed.png", sd=sd, **options)
     p = len(computed.frames)
-    assert computed.forwards == {"inversion": p * INV, "keyframes": 3 * p * T}
-    assert computed.full_forwards == {"inversion": N * INV, "keyframes": 3 * (N // B) * T, "propagation": 3 * N * T}
+    assert computed.forwards == {"inversion": p * INV, "keyframe": 3 * p * T}
+    assert computed.full_forwards == {"inversion": N * INV, "keyframe": 3 * (N // B) * T, "propagation": 3 * N * T}
     full = edit(clip, tmp_path / "full.mp4", sd=sd, **options)
     assert full.forwards == computed.full_forwards
     assert full.inversion == "computed"  # and now in the cache: the next preview slices it
@@ -39,7 +39,7 @@ def test_the_preview_costs_its_frames_and_plans_exactly_what_the_full_run_makes(
     reporter = Recorder()
     cached = preview(clip, tmp_path / "cached.png", sd=sd, reporter=reporter, **options)
     assert cached.inversion == "cached" and cached.inversion_path == full.inversion_path
-    assert cached.forwards == {"keyframes": 3 * p * T}  # no inversion forwards
+    assert cached.forwards == {"keyframe": 3 * p * T}  # no inversion forwards
     assert "invert" not in reporter.tasks and any("sliced from the cached inversion" in m for m in reporter.messages)
     again = edit(clip, tmp_path / "again.mp4", sd=sd, **options)
     assert again.inversion == "cached" and cached.full_forwards == again.forwards

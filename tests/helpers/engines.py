@@ -4,6 +4,7 @@ of the shapes the engine runs use (8 frames of 64x48, B = 4, batch 8), so builds
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -12,13 +13,10 @@ from PIL import Image
 
 from conftest import make_clip
 from vedit import plugins
-from vedit.method.passes import joint_partners, select_keyframes
-from vedit.method.unet import COND, SOURCE, UNCOND
 from vedit.model.loading import load_model
 from vedit.pipeline.edit import edit
 from vedit.runtime.runner import Passes
 from vedit_plugins.editors.pnp import CONV_LAYERS, QK_LAYERS
-from vedit_plugins.propagators.tokenflow import blend_weights
 
 # The shapes of the whole runs (tests/e2e/test_engines.py: 8 frames of 64x48, B = 4, batch 8), so that the per-pass
 # builds and the runs share entries (and inductor's own cache, for compile).
@@ -43,38 +41,26 @@ def engine_cache(tmp_path_factory) -> Path:
 
 
 def pass_inputs(sd, passes: Passes) -> dict[str, tuple[torch.Tensor, ...]]:
-    """Inputs of every pass, with real records from an eager keyframe pass."""
+    """Inputs of every built-in pass, made by each pass's own example (the propagation pass's records
+    from an eager keyframe pass), with the prompts' real embeddings."""
     gen = torch.Generator().manual_seed(4)
-    embeds = dict(zip((SOURCE, UNCOND, COND), sd.encode_prompt(["a cat", "", "a dog"]).split(1)))
-    text = lambda n: torch.cat([embeds[b].expand(n, -1, -1) for b in (SOURCE, UNCOND, COND)])  # noqa: E731
-    t, flags = torch.tensor(601), torch.tensor([True, True])
-    keyframe = (torch.randn(3 * K, 4, H, W, generator=gen), t, text(K), flags)
-    _, records = passes.keyframe(*keyframe)
-    chosen = select_keyframes(records, torch.tensor([1, 0]))
-    weights = blend_weights(range(4, 8), 1, B)
-    return {
-        "plain": (torch.randn(8, 4, H, W, generator=gen), t, embeds[SOURCE].expand(8, -1, -1).contiguous()),
-        "frames": (torch.randn(3 * B, 4, H, W, generator=gen), t, text(B), torch.tensor([True, False])),
-        "keyframe": keyframe,
-        # three keyframes, each attending to two of them (--max-joint-keyframes 2)
-        "keyframe_bounded": (torch.randn(9, 4, H, W, generator=gen), t, text(3), flags, joint_partners(3, 2, gen)),
-        "propagation": (torch.randn(3 * B, 4, H, W, generator=gen), t, text(B), flags, weights, *chosen),
+    embeds = sd.encode_prompt(["a cat", "", "a dog"])
+    options = SimpleNamespace(max_joint_keyframes=2)  # three keyframes, each attending to two of them
+    frames = {"plain": 8, "frames": B, "keyframe": K, "keyframe_bounded": 3, "propagation": B}
+    inputs = {
+        name: passes.example(name, n, (H, W), options=options, embeds=embeds, generator=gen)
+        for name, n in frames.items()
     }
+    inputs["frames"] = (*inputs["frames"][:3], torch.tensor([True, False]))  # conv injection on, Q/K off
+    return inputs
 
 
 def run_all(passes: Passes, inputs) -> dict[str, list[torch.Tensor]]:
+    """Every pass run by name: ε, then the records of a pass that returns them."""
     out = {}
     for name, args in inputs.items():
-        result = {
-            "plain": passes.plain,
-            "frames": passes.frames,
-            "propagation": lambda *a: passes.propagate(*a[:5], a[5:]),
-        }.get(name)
-        if name in ("keyframe", "keyframe_bounded"):
-            eps, records = passes.keyframe(*args)
-            out[name] = [eps, *records]
-        else:
-            out[name] = [result(*args)]
+        result = passes.run(name, args)
+        out[name] = list(result) if isinstance(result, tuple) else [result]
     return out
 
 

@@ -77,3 +77,25 @@ def test_blocked_attention_equals_one_fused_call(monkeypatch):
     monkeypatch.setattr(attention.F, "scaled_dot_product_attention", lambda *a: calls.append(a) or sdpa(*a))
     assert torch.allclose(attention.attend(q, k, v), whole, atol=1e-6)
     assert len(calls) == 10  # 96 queries in blocks of 10
+
+
+def test_one_cosine_search_blocked_over_tokens_serves_the_backend_and_every_traced_batch(monkeypatch):
+    """The propagation pass's in-graph search and the torch backend are one function: blocked over the
+    tokens (not the frames), so its trace holds for another frame count, and bitwise the one product."""
+    import torch.nn.functional as F
+
+    from vedit.method import attention
+    from vedit_plugins.nn_backends import torch as torch_nn
+
+    def one_product(q, k):
+        return (F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).T).argmax(-1).reshape(-1)
+
+    gen = torch.Generator().manual_seed(6)
+    queries, keys = torch.randn(2, 300, 16, generator=gen), torch.randn(70, 16, generator=gen)
+    monkeypatch.setattr(attention, "MAX_SCORES_PER_BLOCK", 70 * 7)  # 7 tokens a block: 43 blocks per frame
+    expected = one_product(queries, keys)
+    assert torch.equal(attention.cosine_nearest(queries, keys), expected)
+    assert torch.equal(torch_nn.TorchNearest().nearest(queries.reshape(-1, 16), keys), expected)
+    traced = torch.jit.trace(attention.cosine_nearest, (queries, keys), check_trace=False)
+    three = torch.randn(3, 300, 16, generator=gen)
+    assert torch.equal(traced(three, keys), one_product(three, keys))

@@ -21,7 +21,7 @@ def test_same_seed_same_keyframes_different_seed_different(sd, clean, embeds, tr
 def test_tokenflow_work_is_three_times_one_plus_one_over_b(sd, clean, embeds, trajectory, tmp_path):
     _, forwards, plan = run_vedit(sd, clean, embeds, trajectory, tmp_path)
     chunks = -(-N // B)
-    assert forwards["keyframes"] == 3 * chunks * T
+    assert forwards["keyframe"] == 3 * chunks * T
     assert forwards["propagation"] == 3 * N * T
     assert sum(forwards.values()) / (N * T) == pytest.approx(3 * (1 + chunks / N))
     # with B dividing N it is exactly 3(1 + 1/B)

@@ -125,7 +125,7 @@ def test_the_sheet_holds_each_source_frame_beside_its_edit(clip, source_frames, 
     assert rows["preview"] == f"{result.output}: frames 2, 6, 10, 14 of 16"
     assert rows["inversion"] == "computed for the 4 preview frames only (not cached)"
     assert rows["full run"].startswith(
-        "about 152 UNet image-forwards (inversion 32, keyframes 24, propagation 96), about "
+        "about 152 UNet image-forwards (inversion 32, keyframe 24, propagation 96), about "
     ) and rows["full run"].endswith("at this preview's speed (without writing the video)")
 
 
@@ -172,7 +172,7 @@ def test_joint_keyframes_draws_partners_as_tokenflow_does():
                         clean_latents=latents), None)  # fmt: skip
     shown.predict(Step(0, torch.tensor(1), 1), latents, denoiser)
     assert denoiser.calls[-1][1] is None  # P ≤ M: every frame attends to all, nothing drawn
-    assert shown.planned_forwards(5, 7, config) == {"keyframes": 105}
+    assert shown.planned_forwards(5, 7, config) == {"keyframe": 105}
 
 
 def test_the_estimate_scales_the_measured_speed_to_the_full_run():

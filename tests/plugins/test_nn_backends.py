@@ -317,12 +317,13 @@ def test_a_plugin_choosing_by_device_alone_still_overrides():
 
 
 def test_blocked_nearest_neighbours_equal_one_matmul(monkeypatch):
+    from vedit.method import attention
     from vedit_plugins.nn_backends import torch as torch_nn
 
     gen = torch.Generator().manual_seed(4)
     queries, keys = torch.randn(300, 16, generator=gen), torch.randn(70, 16, generator=gen)
     expected = (F.normalize(queries, dim=-1) @ F.normalize(keys, dim=-1).T).argmax(-1)
-    monkeypatch.setattr(torch_nn, "BLOCK_ELEMENTS", 70 * 7)
+    monkeypatch.setattr(attention, "MAX_SCORES_PER_BLOCK", 70 * 7)
     assert torch.equal(torch_nn.cosine_nearest(queries, keys), expected)
     if plugins.registered("nn_backend")["faiss"].unavailable_reason() is None:
         assert torch.equal(plugins.get("nn_backend", "faiss").nearest(queries, keys), expected)

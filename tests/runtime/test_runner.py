@@ -1,5 +1,6 @@
 """The pass runner (vedit.runtime.runner): every pass through every engine that runs here equals eager,
-the engine chain, passes that must run eagerly, and the old ``vedit.engine`` path."""
+a plugin's own pass built and run by name, the engine chain, passes that must run eagerly, the forwards
+as a result reads them, and the old ``vedit.engine`` path."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import torch
 from helpers.engines import (  # noqa: F401  (fixtures, used by name)
     ENGINES,
     B,
+    H,
+    W,
     eager_outputs,
     engine_cache,
     passes_with,
@@ -16,11 +19,13 @@ from helpers.engines import (  # noqa: F401  (fixtures, used by name)
     run_all,
     sd,  # noqa: F401  (fixtures, used by name)
 )
+from helpers.passes import register_gain_pass
 from vedit import plugins
 from vedit.errors import PluginError
+from vedit.method.denoise import Denoiser, EditPlan, Step
 from vedit.method.unet import COND, SOURCE, UNCOND
 from vedit.runtime.engine_cache import EngineCache
-from vedit.runtime.runner import Passes, engine_chain
+from vedit.runtime.runner import Forwards, Passes, engine_chain
 from vedit_plugins.editors.pnp import CONV_LAYERS, QK_LAYERS
 
 
@@ -45,6 +50,48 @@ def test_every_pass_through_the_engine_equals_eager(sd, eager_outputs, engine_ca
     args = inputs["propagation"]
     zeroed = passes_with(sd, engine, cache, lambda p: p.propagate(*args[:5], [r * 0 for r in args[5:]]))
     assert relative_error(zeroed, expected["propagation"][0]) > 1e-2
+
+
+def test_a_plugins_own_pass_is_built_by_the_engines_and_run_by_name_as_eager_runs_it(sd, engine_cache):
+    register_gain_pass()
+    gen = torch.Generator().manual_seed(3)
+    embeds = dict(zip((SOURCE, UNCOND, COND), sd.encode_prompt(["a cat", "", "a dog"]).split(1)))
+    source, latents = torch.randn(2, 4, H, W, generator=gen), torch.randn(2, 4, H, W, generator=gen)
+    plan = EditPlan(timesteps=torch.tensor([601]), start_latents=latents, source=lambda t, frames: source)
+    step, gains = Step(index=0, t=torch.tensor(601), count=1), torch.tensor([0.7, 1.3])
+    got = {}
+    for engine in ("eager", "torchscript"):
+        with Passes(sd, [plugins.get("engine", engine)], strict=True, cache=EngineCache(engine_cache)) as passes:
+            example = passes.example("gain", 2, (H, W), generator=torch.Generator().manual_seed(1))
+            eps = passes.run("gain", example)
+            silent = passes.run("gain", (*example[:4], example[4] * 0))
+            guided, records = Denoiser(passes, plan, embeds, 7.5, with_source=True).run(
+                "gain", torch.arange(2), latents, step, gains
+            )
+        assert passes.used == {"gain": engine} and passes.forwards == {"gain": 3 * 2 * 3}
+        got[engine] = eps, silent, guided
+        assert [tuple(x.shape) for x in example] == [(6, 4, H, W), (), (6, 77, 32), (2,), (2,)] and records == []
+    for a, b in zip(got["torchscript"], got["eager"]):
+        assert relative_error(a, b) < 1e-4
+    assert relative_error(got["torchscript"][1], got["eager"][0]) > 1e-2  # the gains are read, not baked in
+    # the Denoiser's call is the pass on [source, latents, latents] with the plan's timestep and flags, guided
+    with Passes(sd, [plugins.get("engine", "eager")]) as passes:
+        text = torch.cat([embeds[b].expand(2, -1, -1) for b in (SOURCE, UNCOND, COND)])
+        flags = torch.tensor([False, False])  # the plan's injection: none
+        eps = passes.run("gain", (torch.cat([source, latents, latents]), torch.tensor(601), text, flags, gains))
+    assert torch.allclose(got["eager"][2], eps[2:4] + 7.5 * (eps[4:] - eps[2:4]), atol=1e-5)
+
+
+def test_a_result_reads_the_forwards_by_their_earlier_names_too():
+    forwards = Forwards({"inversion": 8, "keyframe": 12, "propagation": 24})
+    assert forwards["keyframes"] == 12 and forwards.get("keyframes") == 12 and "keyframes" in forwards
+    assert sum(forwards.values()) == 44 and forwards == {"inversion": 8, "keyframe": 12, "propagation": 24}
+    assert forwards.by_name() == {"inversion": 8, "keyframe": 12, "propagation": 24, "keyframes": 12}
+    per_frame = Forwards({"inversion": 8, "plain": 16})  # per-frame calls without a source branch
+    assert per_frame["frames"] == 16 and Forwards({"frames": 24, "plain": 2})["frames"] == 24
+    assert "frames" not in forwards and forwards.get("frames") is None
+    with pytest.raises(KeyError):
+        forwards["frames"]
 
 
 def test_engine_lists_auto_and_engines_that_cannot_run_here():

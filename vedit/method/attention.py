@@ -132,6 +132,26 @@ def bounded_joint_attention(
     return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
+def cosine_nearest(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """For each row of ``queries`` (…, q, dim), the index of its cosine nearest row of ``keys`` (m, dim),
+    as (…·q,) int64 in the queries' order: TokenFlow's correspondence search (Geyer et al., Sec. 4.2),
+    full feature dim, no head split.
+
+    The q axis goes in blocks of at most ``MAX_SCORES_PER_BLOCK`` similarities per leading index, so
+    memory stays bounded whatever the token count. The blocks depend on q and m only, never on the
+    leading (frame) dimensions, so a traced or exported graph serves every batch size; up to 64×64
+    latents (q = m = 4096) a frame's search is one product.
+    """
+    q = F.normalize(queries, dim=-1)
+    k = F.normalize(keys, dim=-1).transpose(0, 1)  # (dim, m)
+    count = queries.shape[-2]
+    rows = max(1, MAX_SCORES_PER_BLOCK // max(1, keys.shape[0]))
+    if count <= rows:
+        return torch.matmul(q, k).argmax(dim=-1).reshape(-1)
+    blocks = [torch.matmul(q[..., s : s + rows, :], k).argmax(dim=-1) for s in range(0, count, rows)]
+    return torch.cat(blocks, dim=-1).reshape(-1)
+
+
 class PlainAttention:
     """Each frame attends to itself, as in the unmodified UNet (with Q/K injection where on)."""
 

@@ -100,8 +100,9 @@ class Denoiser:
     """Guided noise prediction for groups of frames, through the run's :class:`~vedit.runtime.runner.Passes`.
 
     ``__call__`` runs the plain (or, with a source branch, the injected per-frame) pass, or a
-    plugin's own attention handler eagerly; ``keyframes`` and ``propagate`` run TokenFlow's two
-    passes. Everything a pass takes is prepared here once per step: the timestep and the
+    plugin's own attention handler eagerly; :meth:`run` runs any registered pass by name
+    (:mod:`vedit.plugins.passes`); ``keyframes``, ``joint`` and ``propagate`` are TokenFlow's two
+    passes through it. Everything a pass takes is prepared here once per step: the timestep and the
     injection flags as device tensors, the text embeddings per batch size.
     """
 
@@ -159,9 +160,11 @@ class Denoiser:
         step: Step,
         attention: AttentionHandler | None = None,
         *,
-        kind: str = "frames",
+        kind: str | None = None,
     ) -> torch.Tensor:
-        """ε = ε_u + g (ε_c − ε_u) for ``latents`` (n, 4, h, w) of global frame indices ``frames``."""
+        """ε = ε_u + g (ε_c − ε_u) for ``latents`` (n, 4, h, w) of global frame indices ``frames``. Its
+        forwards count as the pass that runs (``frames`` with a source branch, else ``plain``) unless
+        ``kind`` names another; a plugin's own ``attention`` handler counts as ``kind`` or ``frames``."""
         n = latents.shape[0]
         batch, text = self._batch(frames, latents, step), self._text(n)
         t, flags = self._step_inputs(step)
@@ -169,12 +172,34 @@ class Denoiser:
             ctx = CallContext(
                 branches=self.branches, frames=n, attention=attention, injection=self.plan.injection(step.index)
             )
-            eps = self.passes.custom(batch, t, text, ctx, kind=kind)
+            eps = self.passes.custom(batch, t, text, ctx, kind=kind or "frames")
         elif self.branches[0] == SOURCE:
             eps = self.passes.frames(batch, t, text, flags, kind=kind)
         else:
             eps = self.passes.plain(batch, t, text, kind=kind)
         return self._guide(eps, n)
+
+    def run(
+        self, name: str, frames: torch.Tensor, latents: torch.Tensor, step: Step, *inputs: torch.Tensor
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Registered pass ``name`` on ``latents`` (n, 4, h, w) of global frame indices ``frames``: the
+        guided ε of those frames and the records the pass returns (none for a pass that returns ε
+        alone). The pass takes ``(latents, t, text, flags, *inputs)``, one row per frame and branch;
+        ``inputs`` are its own (on the device). Profiled and counted as the pass's kind."""
+        spec = self.passes.spec(name)
+        if spec.rows_per_frame != len(self.branches):
+            raise ValueError(
+                f"the {name} pass takes {spec.rows_per_frame} images per frame; this run's UNet calls have "
+                f"{len(self.branches)} ({', '.join(self.branches)}): it needs the source branch"
+            )
+        n = latents.shape[0]
+        t, flags = self._step_inputs(step)
+        batch = self._batch(frames, latents, step)
+        with profiling.stage(spec.kind):
+            out = self.passes.run(name, (batch, t, self._text(n), flags, *inputs))
+        if spec.returns_records:
+            return self._guide(out[0], n), list(out[1:])
+        return self._guide(out, n), []
 
     def keyframes(
         self, frames: torch.Tensor, latents: torch.Tensor, step: Step, partners: torch.Tensor | None = None
@@ -183,13 +208,7 @@ class Denoiser:
         ``[features₀ (K, seq, dim), outputs₀ (3K, seq, dim), features₁, …]``. Its ε is not used.
         ``partners`` (K, M) on the device bounds each keyframe's extended attention to those
         keyframes (:func:`vedit.method.passes.joint_partners`); None: all of them."""
-        if self.branches[0] != SOURCE:
-            raise ValueError("the keyframe pass needs the source branch")
-        t, flags = self._step_inputs(step)
-        batch = self._batch(frames, latents, step)
-        with profiling.stage("keyframe"):
-            _, records = self.passes.keyframe(batch, t, self._text(len(frames)), flags, partners)
-        return records
+        return self._keyframe_pass(frames, latents, step, partners)[1]
 
     def joint(
         self, frames: torch.Tensor, latents: torch.Tensor, step: Step, partners: torch.Tensor | None = None
@@ -198,14 +217,14 @@ class Denoiser:
         denoised jointly, with extended attention across all of them (``partners`` (n, M) on the
         device bounds it as in :meth:`keyframes`). Its records are let go. What a preview of
         keyframes alone runs (:mod:`vedit.pipeline.preview`)."""
-        if self.branches[0] != SOURCE:
-            raise ValueError("the keyframe pass needs the source branch")
-        n = latents.shape[0]
-        t, flags = self._step_inputs(step)
-        batch = self._batch(frames, latents, step)
-        with profiling.stage("keyframe"):
-            eps, _ = self.passes.keyframe(batch, t, self._text(n), flags, partners)
-        return self._guide(eps, n)
+        return self._keyframe_pass(frames, latents, step, partners)[0]
+
+    def _keyframe_pass(
+        self, frames: torch.Tensor, latents: torch.Tensor, step: Step, partners: torch.Tensor | None
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        if partners is None:
+            return self.run("keyframe", frames, latents, step)
+        return self.run("keyframe_bounded", frames, latents, step, partners)
 
     def propagate(
         self,
@@ -219,12 +238,7 @@ class Denoiser:
         """TokenFlow's propagation pass: guided ε of ``latents`` (n, 4, h, w) from the records of
         keyframes ``slots`` = [i, i−1] (positions among the keyframes, on the device), blended with
         ``weights`` (n,), the weight of keyframe i."""
-        n = latents.shape[0]
-        t, flags = self._step_inputs(step)
-        batch = self._batch(frames, latents, step)
-        with profiling.stage("propagation"):
-            eps = self.passes.propagate(batch, t, self._text(n), flags, weights, select_keyframes(records, slots))
-        return self._guide(eps, n)
+        return self.run("propagation", frames, latents, step, weights, *select_keyframes(records, slots))[0]
 
 
 class Editor(Protocol):
@@ -241,7 +255,7 @@ class Editor(Protocol):
 
 
 class Propagator(Protocol):
-    """Couples frames at each step (see plugins/tokenflow.py and plugins/perframe.py).
+    """Couples frames at each step (see plugins/propagators/tokenflow.py and plugins/propagators/none.py).
 
     Optional: ``validate(config, shape)``, called with a :class:`RunShape` before any heavy work,
     raising a :class:`~vedit.errors.VeditError` for options that cannot work; ``state_dict()``
@@ -250,6 +264,13 @@ class Propagator(Protocol):
     propagator without them keeps no checkpoints; one that keeps no such state returns ``{}``.
     ``preview()`` returns the propagator that edits the few frames of a preview
     (:mod:`vedit.pipeline.preview`) instead of this one; without it, this one runs on those frames.
+
+    Optional too, what a run will cost, asked before any heavy work with the run's ``options``
+    (:mod:`vedit.pipeline.plan` has the defaults: one per-frame call per frame and step):
+    ``planned_forwards(frames, steps_run, options) -> {kind: forwards}``;
+    ``pass_batches(frames, batch_size, options) -> {pass: [rows]}``, the batch sizes of the passes it
+    runs; ``batch_size_branches(branches, options) -> int``, images per frame of its calls of
+    ``--batch-size`` frames; ``preview_frames(total, options) -> [frames]``, the frames a preview edits.
     """
 
     name: str

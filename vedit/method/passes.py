@@ -22,6 +22,10 @@ propagation latents (3n,…), t, text (3n,…), flags, weights (n,), per       �
            block: features (2,seq,dim) and outputs (6,seq,dim) of the
            keyframes [i, i−1]
 ========== ============================================================== ==========================
+
+Engines find them in the pass registry (:mod:`vedit.plugins.passes`): vedit registers ``plain`` and
+``frames`` here, the ``tokenflow`` propagator the other three, each module class being its spec's
+``build``. The modules and their attention handlers are public building blocks for a plugin's own pass.
 """
 
 from __future__ import annotations
@@ -29,13 +33,15 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from ..plugins.hookspecs import hookimpl
+from ..plugins.passes import ExampleRequest, PassSpec
 from ..runtime import profiling
 from .attention import (
     PlainAttention,
     bounded_joint_attention,
+    cosine_nearest,
     in_graph,
     joint_attention,
     per_frame_attention,
@@ -48,16 +54,6 @@ from .unet import COND, SOURCE, UNCOND, CallContext, ControlledUNet, Injection, 
 PASS_VERSION = 1
 
 BRANCHES = (SOURCE, UNCOND, COND)
-PASS_NAMES = ("plain", "frames", "keyframe", "keyframe_bounded", "propagation")
-
-
-def cosine_nearest_tokens(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-    """For each token of ``queries`` (n, seq, dim), the index of its cosine nearest neighbour among
-    ``keys`` (m, dim); returns (n·seq,). One batched product, no Python loop over shapes, so a
-    traced or exported graph stays valid for every batch size."""
-    q = F.normalize(queries, dim=-1)
-    k = F.normalize(keys, dim=-1)
-    return torch.matmul(q, k.transpose(0, 1)).argmax(dim=-1).reshape(-1)
 
 
 def select_keyframes(records: list[torch.Tensor], slots: torch.Tensor) -> list[torch.Tensor]:
@@ -153,7 +149,7 @@ class PropagatedAttention:
     def _search(self, source: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """Nearest keyframe token (in ``features`` (seq, dim)) of each token of ``source`` (n, seq, dim)."""
         if self.nearest is None:
-            return cosine_nearest_tokens(source, features)
+            return cosine_nearest(source, features)
         return self.nearest(source.reshape(-1, source.shape[-1]), features)
 
     def self_attention(
@@ -180,22 +176,26 @@ class PropagatedAttention:
 
 class PassModule(nn.Module):
     """A UNet pass with tensor inputs and outputs; ``controlled`` must be installed while it runs
-    eagerly or is traced."""
+    eagerly or is traced. A subclass is itself a :attr:`~vedit.PassSpec.build`: ``nearest`` is the
+    nearest-neighbour search handed to a pass that searches (None: its own, in the graph)."""
 
     name = ""
     input_names: tuple[str, ...] = ()
-    returns_records = False  # outputs (ε, features₀, outputs₀, …) rather than ε alone
 
-    def __init__(self, controlled: ControlledUNet):
+    def __init__(
+        self, controlled: ControlledUNet, nearest: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    ):
         super().__init__()
         self.unet = controlled.unet
+        self.nearest = nearest
         self._controlled = [controlled]  # a list, so nn.Module does not register it
 
     @property
     def layers(self) -> list[LayerInfo]:
         return self._controlled[0].layers
 
-    def _run(self, latents, t, text, ctx: CallContext) -> torch.Tensor:
+    def run_unet(self, latents: torch.Tensor, t: torch.Tensor, text: torch.Tensor, ctx: CallContext) -> torch.Tensor:
+        """The controlled UNet on ``latents`` with ``ctx`` acting inside."""
         return self._controlled[0].run(latents, t, text, ctx)
 
     def output_names(self) -> list[str]:
@@ -210,7 +210,7 @@ class PlainPass(PassModule):
 
     def forward(self, latents: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         ctx = CallContext(branches=(SOURCE,), frames=latents.shape[0], attention=PlainAttention())
-        return self._run(latents, t, text, ctx)
+        return self.run_unet(latents, t, text, ctx)
 
 
 class FramesPass(PassModule):
@@ -224,7 +224,7 @@ class FramesPass(PassModule):
             branches=BRANCHES, frames=latents.shape[0] // 3, attention=PlainAttention(),
             injection=Injection(conv=flags[0], qk=flags[1]),
         )  # fmt: skip
-        return self._run(latents, t, text, ctx)
+        return self.run_unet(latents, t, text, ctx)
 
 
 class KeyframePass(PassModule):
@@ -232,7 +232,6 @@ class KeyframePass(PassModule):
 
     name = "keyframe"
     input_names = ("latents", "t", "text", "flags")
-    returns_records = True
 
     def output_names(self) -> list[str]:
         names = ["eps"]
@@ -251,7 +250,7 @@ class KeyframePass(PassModule):
             branches=BRANCHES, frames=latents.shape[0] // 3, attention=KeyframeAttention(records, partners),
             injection=Injection(conv=flags[0], qk=flags[1]),
         )  # fmt: skip
-        eps = self._run(latents, t, text, ctx)
+        eps = self.run_unet(latents, t, text, ctx)
         flat = [eps]
         for index in sorted(records):
             flat += list(records[index])
@@ -280,10 +279,6 @@ class PropagationPass(PassModule):
 
     name = "propagation"
 
-    def __init__(self, controlled: ControlledUNet, nearest=None):
-        super().__init__(controlled)
-        self.nearest = nearest
-
     @property
     def input_names(self) -> tuple[str, ...]:  # type: ignore[override]
         names = ["latents", "t", "text", "flags", "weights"]
@@ -306,4 +301,30 @@ class PropagationPass(PassModule):
             attention=PropagatedAttention(pairs, weights, self.nearest),
             injection=Injection(conv=flags[0], qk=flags[1]),
         )  # fmt: skip
-        return self._run(latents, t, text, ctx)
+        return self.run_unet(latents, t, text, ctx)
+
+
+def branched_example(request: ExampleRequest) -> tuple[torch.Tensor, ...]:
+    """``(latents[3n], t, text[3n], flags)``: the inputs every three-branch pass starts with."""
+    return (request.latents(3 * request.frames), request.timestep(), request.text(3), request.flags())
+
+
+def _plain_example(request: ExampleRequest) -> tuple[torch.Tensor, ...]:
+    return (request.latents(request.frames), request.timestep(), request.text(1))
+
+
+PLAIN = PassSpec(
+    name="plain", build=PlainPass, example=_plain_example, rows_per_frame=1,
+    description="the unmodified UNet: inversion, reconstruction, per-frame edits without a source branch",
+)  # fmt: skip
+FRAMES = PassSpec(
+    name="frames", build=FramesPass, example=branched_example,
+    description="per-frame attention in the three branches, with PnP injection",
+)  # fmt: skip
+
+
+@hookimpl
+def register_passes(register: Callable[[PassSpec], None]) -> None:
+    """The host's own passes; the tokenflow propagator registers its keyframe and propagation passes."""
+    register(PLAIN)
+    register(FRAMES)

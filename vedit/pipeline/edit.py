@@ -24,6 +24,7 @@ from ..report import Reporter, SilentReporter
 from ..runtime import profiling
 from ..runtime.allocator import configure_allocator
 from ..runtime.batch_sizes import choose_batches
+from ..runtime.runner import Forwards
 from .plan import branches
 from .preflight import Clip, Preflight, Recording, preflight, requested_output_size, resolve_config
 from .stages import (
@@ -50,7 +51,7 @@ class EditResult:
     fps: Fraction
     seconds: float
     stage_seconds: dict[str, float] = field(default_factory=dict)
-    forwards: dict[str, int] = field(default_factory=dict)  # UNet image-forwards by pass
+    forwards: Forwards = field(default_factory=Forwards)  # UNet image-forwards by kind (vedit.runtime.runner)
     steps_run: int = 0
     inversion: str = "none"  # "none", "computed", "cached" or "file"
     inversion_path: Path | None = None  # the cache entry or file the trajectory came from or went to
@@ -114,7 +115,9 @@ def load_for_edit(config: RunConfig, checked: Preflight, reporter: Reporter, sd:
     by branch; the schedules are checked against the loaded model and long prompts warned of."""
     editor, propagator, clip = checked.editor, checked.propagator, checked.clip
     model = load_model_for(config, checked, sd)
-    batches = choose_batches(model, config.batch_size, len(clip.reader), clip.reader.size, branches(editor, propagator))
+    batches = choose_batches(
+        model, config.batch_size, len(clip.reader), clip.reader.size, branches(editor, propagator, config)
+    )
     inverting = not config.inversion and editor.needs_inversion
     check_schedules(model.new_scheduler(), config.steps, config.inversion_steps if inverting else None)
     warn_long_prompts(model, config, reporter, ("prompt", "source_prompt", "negative_prompt"))
@@ -203,7 +206,7 @@ def _edit(
         fps=clip.fps,
         seconds=time.perf_counter() - began,
         stage_seconds=stages,
-        forwards=forwards,
+        forwards=Forwards(forwards),
         steps_run=steps_run,
         engines={**inversion_engines, **engines},
         inversion=inversion,

@@ -12,12 +12,10 @@ import torch
 from .. import plugins
 from ..config import RunConfig, option_value
 from ..errors import ConfigError
-from ..method.passes import joint_partners, select_keyframes
 from ..plugins.options import configure
 from ..report import Reporter, SilentReporter
 from ..runtime.batch_sizes import choose_batches
 from ..runtime.runner import engine_chain
-from ..runtime.transfer import to_device
 from .plan import branches, pass_batches
 from .preflight import Preflight, Recording
 from .stages import make_passes
@@ -55,41 +53,24 @@ def build_engines(
         raise ConfigError(f"{option_value('size', f'{size[0]}x{size[1]}')}: both sides must be multiples of 8")
     model = sd or load_model(config.model, device=device, dtype=dtype, revision=config.revision)
     config = config.replace(
-        batch_size=choose_batches(model, config.batch_size, frames, size, branches(editor, propagator)).unet
+        batch_size=choose_batches(model, config.batch_size, frames, size, branches(editor, propagator, config)).unet
     )
     checked = Preflight(None, editor, propagator, [], engines, strict, device, dtype, config.steps, None)  # type: ignore[arg-type]
     batches = pass_batches(config, frames, editor, propagator)
-    h, w = size[1] // 8, size[0] // 8
+    latent_size = (size[1] // 8, size[0] // 8)
     gen = torch.Generator().manual_seed(0)
-    text_len, text_dim = model.tokenizer.model_max_length, model.text_encoder.config.hidden_size
-
-    def example(batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        latents = torch.randn(batch, 4, h, w, generator=gen).to(device, dtype)
-        text = torch.randn(batch, text_len, text_dim, generator=gen).to(device, dtype)
-        return latents, torch.tensor(501, device=device), text
-
-    flags = torch.tensor([True, True], device=device)
     layers = (getattr(editor, "conv_layers", ()), getattr(editor, "qk_layers", ()))
     built: list[BuiltEngine] = []
     task = reporter.task("build engines", sum(len(v) for v in batches.values()))
     nearest = plugins.choose("nn_backend", config.nn_backend, device, config=config)
     with make_passes(model, config, checked, reporter, conv_layers=layers[0], qk_layers=layers[1], nearest=nearest,
                      batches=batches) as passes:  # fmt: skip
-        records: list[torch.Tensor] = []
-        for name in ("plain", "frames", "keyframe", "keyframe_bounded", "propagation"):
-            for batch in batches.get(name, []):
+        for name, sizes in batches.items():
+            for batch in sizes:
                 mark = time.perf_counter()
-                inputs: tuple[torch.Tensor, ...] = example(batch)
-                if name != "plain":
-                    inputs += (flags,)
-                if name == "keyframe_bounded":
-                    inputs += (to_device(joint_partners(batch // 3, config.max_joint_keyframes, gen), device),)
-                if name == "propagation":
-                    slots = torch.tensor([0, 0], device=device)
-                    inputs += (torch.ones(batch // 3, device=device), *select_keyframes(records, slots))
-                out = passes.prepare(name, inputs)(*inputs)
-                if passes.module(name).returns_records:
-                    records = list(out[1:])
+                frames_per_call = batch // passes.spec(name).rows_per_frame
+                inputs = passes.example(name, frames_per_call, latent_size, options=config, generator=gen)
+                passes.prepare(name, inputs)(*inputs)
                 built.append(BuiltEngine(name, batch, passes.used[name], time.perf_counter() - mark))
                 task.advance(1)
     return built

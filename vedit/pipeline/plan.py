@@ -1,11 +1,19 @@
 """The cost plan of a run, known before any heavy work: the batch sizes each UNet pass runs at, the
-images per frame of a UNet call, and the UNet image-forwards a run will make, by kind."""
+images per frame of a ``--batch-size`` UNet call, and the UNet image-forwards a run will make, by kind.
+
+The host knows only the inversion and the per-frame calls; what a propagator does beyond them it
+answers itself (:class:`vedit.method.denoise.Propagator`): ``planned_forwards``, ``pass_batches`` and
+``batch_size_branches``. A propagator without them makes one per-frame call per frame and step, in
+batches of ``--batch-size``: the ``frames`` pass (three branches) when the editor injects or the
+propagator needs the source branch, else the ``plain`` pass on the uncond and cond branches.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from ..config import RunConfig
+from ..runtime.runner import Forwards
 
 
 def batches_of(total: int, size: int) -> list[int]:
@@ -20,50 +28,53 @@ def _per_frame_with_source(editor: Any, propagator: Any) -> bool:
     )
 
 
-def branches(editor: Any, propagator: Any) -> int:
-    """Images per frame in a ``--batch-size`` UNet call: 1 with tokenflow (only inversion is batched
-    so), else the per-frame calls' 3 branches with the source, 2 without."""
-    if propagator.name == "tokenflow":
-        return 1
-    return 3 if _per_frame_with_source(editor, propagator) else 2
+def per_frame_pass(editor: Any, propagator: Any) -> tuple[str, int]:
+    """The pass of a per-frame UNet call and its images per frame: ``frames`` and 3 with the source
+    branch, ``plain`` and 2 (uncond and cond) without."""
+    return ("frames", 3) if _per_frame_with_source(editor, propagator) else ("plain", 2)
+
+
+def branches(editor: Any, propagator: Any, config: RunConfig) -> int:
+    """Images per frame in a ``--batch-size`` UNet call, for ``--batch-size auto``: the propagator's
+    ``batch_size_branches(branches, options)`` (tokenflow: 1, only inversion is batched so), else the
+    per-frame calls' 3 branches with the source, 2 without."""
+    per_frame = per_frame_pass(editor, propagator)[1]
+    own = getattr(propagator, "batch_size_branches", None)
+    return int(own(per_frame, config)) if own is not None else per_frame
 
 
 def pass_batches(config: RunConfig, frames: int, editor: Any, propagator: Any) -> dict[str, list[int]]:
-    """The batch sizes each pass runs at in a run of ``frames`` frames with these plugins."""
-    n, b, size = frames, config.chunk_size, config.batch_size
+    """The batch sizes (rows) each pass runs at in a run of ``frames`` frames with these plugins: the
+    inversion's, and the propagator's ``pass_batches(frames, batch_size, options)`` (else its per-frame
+    calls')."""
     batches: dict[str, list[int]] = {}
     if editor.needs_inversion:
-        batches["plain"] = batches_of(n, size)
-    if propagator.name == "tokenflow":
-        keys = -(-n // b)
-        batches["keyframe" if keys <= config.max_joint_keyframes else "keyframe_bounded"] = [3 * keys]
-        batches["propagation"] = [3 * x for x in batches_of(n, b)]
-    elif _per_frame_with_source(editor, propagator):
-        batches["frames"] = [3 * x for x in batches_of(n, size)]
+        batches["plain"] = batches_of(frames, config.batch_size)
+    own = getattr(propagator, "pass_batches", None)
+    if own is not None:
+        planned = own(frames, config.batch_size, config)
     else:
-        batches.setdefault("plain", [])
-        batches["plain"] = sorted(set(batches["plain"]) | {2 * x for x in batches_of(n, size)})
+        name, images = per_frame_pass(editor, propagator)
+        planned = {name: [images * x for x in batches_of(frames, config.batch_size)]}
+    for name, sizes in planned.items():
+        batches[name] = sorted(set(batches.get(name, [])) | set(sizes))
     return batches
 
 
 def planned_forwards(
     config: RunConfig, frames: int, editor: Any, propagator: Any, steps_run: int, *, inverting: bool = True
-) -> dict[str, int]:
+) -> Forwards:
     """The UNet image-forwards a run of ``frames`` frames will make, by kind (the keys of
-    :attr:`~vedit.pipeline.edit.EditResult.forwards`), known before any heavy work. ``inverting``: the trajectory is
-    computed in this run (not cached or given). A propagator other than the built-in ones may say
-    with ``planned_forwards(frames, steps_run, config)``; without it, one per-frame call per frame
-    and step is assumed."""
-    forwards: dict[str, int] = {}
+    :attr:`~vedit.pipeline.edit.EditResult.forwards`), known before any heavy work. ``inverting``: the
+    trajectory is computed in this run (not cached or given). The propagator's own
+    ``planned_forwards(frames, steps_run, options)``; without it, one per-frame call per frame and step."""
+    forwards = Forwards()
     if editor.needs_inversion and inverting:
         forwards["inversion"] = frames * config.inversion_steps
     own = getattr(propagator, "planned_forwards", None)
     if own is not None:
         forwards.update(own(frames, steps_run, config))
-    elif propagator.name == "tokenflow":
-        keys = -(-frames // config.chunk_size)
-        forwards["keyframes"] = 3 * keys * steps_run
-        forwards["propagation"] = 3 * frames * steps_run
     else:
-        forwards["frames"] = (3 if _per_frame_with_source(editor, propagator) else 2) * frames * steps_run
+        name, images = per_frame_pass(editor, propagator)
+        forwards[name] = images * frames * steps_run
     return forwards

@@ -1,11 +1,12 @@
 """``vedit run --preview``: edit only the keyframes of a run and show them beside their sources.
 
 A TokenFlow run edits K = ⌈N/B⌉ keyframes jointly and propagates them to the other frames. The
-preview edits just those K frames (or the ones ``--preview-frames`` names), jointly, with extended
-attention, for the run's full number of steps, and writes a contact sheet PNG: each frame's source
-beside its edit. Only the preview frames are VAE-encoded, inverted and denoised, so it costs about
-K/N of the run (the clip is still read and hashed whole, which is cheap, so that a cached inversion
-of the full run is found and sliced instead of inverting again).
+preview edits just those K frames (the ones the propagator's ``preview_frames`` names, or the ones
+``--preview-frames`` names), jointly, with extended attention, for the run's full number of steps,
+and writes a contact sheet PNG: each frame's source beside its edit. Only the preview frames are
+VAE-encoded, inverted and denoised, so it costs about K/N of the run (the clip is still read and
+hashed whole, which is cheap, so that a cached inversion of the full run is found and sliced
+instead of inverting again).
 
 Everything here is the pipeline's own stages (:mod:`vedit.pipeline.stages`) on a sub-clip: the run's
 preflight, model, inversion (or its cache entry or ``--inversion`` file, sliced), the run's editor
@@ -41,6 +42,7 @@ from ..method.trajectory import Trajectory
 from ..method.unet import SOURCE
 from ..report import Reporter, SilentReporter, Task, duration, open_task
 from ..runtime.allocator import configure_allocator
+from ..runtime.runner import Forwards
 from .edit import load_for_edit
 from .plan import planned_forwards
 from .preflight import Recording, preflight, resolve_config
@@ -56,6 +58,7 @@ from .stages import (
     trajectory_for,
 )
 
+PREVIEW_SPACING = 8  # without the propagator's preview_frames: the centre of every 8 frames
 GAP = 4  # pixels between the pairs of the sheet
 BACKGROUND = 24  # grey of the sheet's background and caption strips
 INK = 235  # grey of the captions
@@ -71,8 +74,8 @@ class PreviewResult:
     size: tuple[int, int]  # working size (W, H): each half of a pair
     seconds: float  # the whole preview, model loading included
     stage_seconds: dict[str, float] = field(default_factory=dict)  # load, read, encode, invert, denoise, decode, write
-    forwards: dict[str, int] = field(default_factory=dict)  # UNet image-forwards measured, by kind
-    full_forwards: dict[str, int] = field(default_factory=dict)  # what the full run will make, by kind
+    forwards: Forwards = field(default_factory=Forwards)  # UNet image-forwards measured, by kind
+    full_forwards: Forwards = field(default_factory=Forwards)  # what the full run will make, by kind
     estimated_seconds: float = 0.0  # the full run, at this preview's measured speed (see estimate_full_run)
     estimate: dict[str, float] = field(default_factory=dict)  # estimated_seconds by stage
     steps_run: int = 0
@@ -97,17 +100,24 @@ def preview_path(output: str | os.PathLike) -> Path:
     return path.with_name(f"{path.stem if path.suffix else path.name}.preview.png")
 
 
-def default_frames(total: int, chunk_size: int) -> list[int]:
-    """One frame per chunk of ``chunk_size``: the chunk's centre, the K keyframes of a TokenFlow run."""
-    return [start + (min(start + chunk_size, total) - start) // 2 for start in range(0, total, chunk_size)]
+def default_frames(total: int, spacing: int = PREVIEW_SPACING) -> list[int]:
+    """One frame per run of ``spacing`` frames, its centre: with the chunk size, the K keyframes of a TokenFlow run."""
+    return [start + (min(start + spacing, total) - start) // 2 for start in range(0, total, spacing)]
 
 
-def parse_frames(frames: Sequence[int] | str | None, total: int, chunk_size: int) -> list[int]:
+def frames_to_preview(propagator: Any, total: int, options: Any) -> list[int]:
+    """The frames a preview edits by default: the propagator's ``preview_frames(total, options)``, else
+    :func:`default_frames` (the centre of every :data:`PREVIEW_SPACING` frames)."""
+    own = getattr(propagator, "preview_frames", None)
+    return sorted(own(total, options)) if own is not None else default_frames(total)
+
+
+def parse_frames(frames: Sequence[int] | str | None, total: int, spacing: int = PREVIEW_SPACING) -> list[int]:
     """The preview's frames, sorted: ``frames`` as ``"0,40,80"`` or a list of indices among the
-    run's ``total`` selected frames, or None for :func:`default_frames`. A one-line ConfigError
-    names a value that is not an integer, out of range, given twice, or an empty list."""
+    run's ``total`` selected frames, or None for :func:`default_frames` every ``spacing`` frames. A
+    one-line ConfigError names a value that is not an integer, out of range, given twice, or an empty list."""
     if frames is None:
-        return default_frames(total, chunk_size)
+        return default_frames(total, spacing)
     flag = option_label("preview_frames")
     if isinstance(frames, str):
         items: list[Any] = [part.strip() for part in frames.split(",")]
@@ -203,8 +213,9 @@ def preview(
     fields (``frames`` among them is the run's ``--frames`` selection, as for :func:`vedit.edit`).
 
     ``preview_frames`` (``--preview-frames``): indices among the run's selected frames (after
-    ``frames``/``max_frames``), as ``"0,40,80"`` or a list; default, the centre frame of every chunk
-    of ``chunk_size``, the K keyframes of a TokenFlow run. The frames are edited by the run's
+    ``frames``/``max_frames``), as ``"0,40,80"`` or a list; default, the frames the propagator names
+    (:func:`frames_to_preview`; TokenFlow: the centre frame of every chunk of ``chunk_size``, its K
+    keyframes). The frames are edited by the run's
     editor and the run's propagator's preview form (TokenFlow: all of them jointly with extended
     attention, bounded beyond ``max_joint_keyframes``), for the run's full number of steps.
     Post-processors and ``eval`` are not applied. Nothing is cached; an inversion already cached
@@ -221,7 +232,10 @@ def preview(
     checked = preflight(input, config.replace(eval=False), reporter, sd=sd)
     clip, editor, propagator = checked.clip, checked.editor, checked.propagator
     total = len(clip.reader)
-    chosen = parse_frames(preview_frames, total, config.chunk_size)
+    if preview_frames is None:
+        chosen = frames_to_preview(propagator, total, config)
+    else:
+        chosen = parse_frames(preview_frames, total)
     shown = getattr(propagator, "preview", None)
     shown = shown() if shown is not None else propagator
     if config.postprocess:
@@ -262,8 +276,10 @@ def preview(
                     f"{option_label('preview_frames')} {past[0]} is past its end"
                 )
             chosen = [k for k in chosen if k < position]
-            if not any(k >= (position - 1) // config.chunk_size * config.chunk_size for k in chosen):
-                kept[position - 1] = last.copy()  # the last chunk's centre was never read: its last frame
+            # The frames read end before the last one the propagator would preview for them: its last
+            # frame stands in for it (the last chunk's centre, for TokenFlow, was never read).
+            if not any(k >= frames_to_preview(propagator, position, config)[-1] for k in chosen):
+                kept[position - 1] = last.copy()
                 chosen.append(position - 1)
             total = position
         source = np.stack([kept[k] for k in chosen])  # (P, H, W, 3) uint8
@@ -336,8 +352,8 @@ def preview(
     estimate = estimate_full_run(stages, forwards, full_forwards, len(chosen), total)
     model_name = model.model_id if model.fingerprint == model.model_id else f"{model.model_id} ({model.fingerprint})"
     return PreviewResult(
-        output=output, frames=chosen, total_frames=total, size=clip.reader.size,
-        seconds=time.perf_counter() - began, stage_seconds=stages, forwards=forwards, full_forwards=full_forwards,
+        output=output, frames=chosen, total_frames=total, size=clip.reader.size, seconds=time.perf_counter() - began,
+        stage_seconds=stages, forwards=Forwards(forwards), full_forwards=full_forwards,
         estimated_seconds=sum(estimate.values()), estimate=estimate, steps_run=steps_run, inversion=inversion,
         inversion_path=inversion_path, source_frames=source_frames, tiles=tiles, latents=edited.detach().cpu(),
         engines=engines, model=model_name, seed=config.seed, warnings=list(reporter.warnings),
@@ -492,6 +508,6 @@ def summary_rows(result: PreviewResult) -> list[tuple[str, str]]:
 
 
 __all__ = [
-    "PreviewResult", "preview", "preview_path", "summary_rows", "parse_frames", "default_frames",
+    "PreviewResult", "preview", "preview_path", "summary_rows", "parse_frames", "default_frames", "frames_to_preview",
     "check_preview_output", "contact_sheet", "write_png", "estimate_full_run",
 ]  # fmt: skip

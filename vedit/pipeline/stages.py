@@ -378,7 +378,7 @@ def edit_latents(
     last; the caller removes it (:meth:`Checkpointing.finish`) once the output is written.
     """
     editor, propagator = checked.editor, checked.propagator
-    config = _with_batch_size(config, model, latents, branches(editor, propagator))
+    config = _with_batch_size(config, model, latents, branches(editor, propagator, config))
     # A diffusers DDIMScheduler; typed Any since mypy reads `diffusers.DDIMScheduler` as diffusers' dummy class.
     scheduler: Any = model.new_scheduler()
     scheduler.set_timesteps(config.steps)

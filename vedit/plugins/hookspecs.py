@@ -1,8 +1,7 @@
 """The hooks a vedit plugin can implement (pluggy project name ``vedit``).
 
-Every built-in editor, propagator, engine, nearest-neighbour backend, post-processor and flow
-backend is
-registered through these hooks, exactly as a third-party package registers its own.
+Every built-in editor, propagator, engine, nearest-neighbour backend, post-processor, flow backend
+and UNet pass is registered through these hooks, exactly as a third-party package registers its own.
 """
 
 from __future__ import annotations
@@ -46,6 +45,13 @@ def register_postprocessors(register: Register) -> None:
 @hookspec
 def register_flow_backends(register: Register) -> None:
     """Register optical-flow backends, used by ``vedit eval`` and flow-guided post-processors."""
+
+
+@hookspec
+def register_passes(register: Register) -> None:
+    """Register UNet passes (:class:`vedit.PassSpec`): a module with tensor inputs and outputs that every
+    engine can build, with the function that makes its example inputs. Register the passes the plugin's
+    own propagator or editor runs by name (``denoiser.run(name, ...)``)."""
 
 
 @hookspec

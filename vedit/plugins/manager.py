@@ -37,6 +37,7 @@ DEFAULT_PLUGINS: dict[str, str] = {
     "img2img": "vedit_plugins.editors.img2img",
     "pnp": "vedit_plugins.editors.pnp",
     "sdedit": "vedit_plugins.editors.sdedit",
+    "passes": "vedit.method.passes",
     "tokenflow": "vedit_plugins.propagators.tokenflow",
     "perframe": "vedit_plugins.propagators.none",
     "eager": "vedit_engines.eager",
@@ -53,7 +54,7 @@ DEFAULT_PLUGINS: dict[str, str] = {
     "bench": "vedit_bench",
 }
 BUILT_IN_PACKAGE = "vedit"
-KINDS = ("editor", "propagator", "engine", "nn_backend", "postprocessor", "flow_backend")
+KINDS = ("editor", "propagator", "engine", "nn_backend", "postprocessor", "flow_backend", "pass")
 _HOOK_FOR_KIND = {
     "editor": "register_editors",
     "propagator": "register_propagators",
@@ -61,6 +62,7 @@ _HOOK_FOR_KIND = {
     "nn_backend": "register_nn_backends",
     "postprocessor": "register_postprocessors",
     "flow_backend": "register_flow_backends",
+    "pass": "register_passes",
 }
 
 

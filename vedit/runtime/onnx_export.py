@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from ..method.passes import PassModule
+from ..plugins.passes import pass_spec
 
 OPSET = 18
 
@@ -36,16 +37,16 @@ def export_pass(
 ) -> Path:
     """Write ``module`` traced on ``example`` to ``path`` (weights beside it in ``path.data`` when large).
 
-    With several ``batches`` the batch dimension is symbolic over their range: the latents, text
-    and (for the propagation pass) the blend weights share the frame count n = batch / 3 (the
-    batch itself for the plain pass); the records' and flags' shapes stay fixed.
+    With several ``batches`` the batch dimension is symbolic over their range: the inputs the pass's
+    spec batches (:attr:`~vedit.PassSpec.batched_inputs`: the latents and text, and for instance the
+    propagation pass's blend weights) share the frame count; every other input's shape stays fixed.
     """
     path = Path(path)
+    spec = pass_spec(module.name)
     dynamic_shapes = None
-    per_frame = 1 if module.name == "plain" else 3
-    frames = sorted({b // per_frame for b in batches} | {example[0].shape[0] // per_frame})
+    frames = sorted({b // spec.rows_per_frame for b in (*batches, example[0].shape[0])})
     if len(frames) > 1:
-        dynamic_shapes = _batch_dims(module, example, frames[0], frames[-1])
+        dynamic_shapes = spec.dynamic_shapes(module, frames[0], frames[-1])
     with _quiet(), torch.no_grad():
         # Exported first, then converted: torch.onnx.export mangles dynamic shapes given for *records.
         program = torch.export.export(module, example, dynamic_shapes=dynamic_shapes, strict=False)
@@ -64,19 +65,3 @@ def export_pass(
     if not path.exists():  # pragma: no cover - exporter contract
         raise RuntimeError(f"torch.onnx.export wrote nothing to {path}")
     return path
-
-
-def _batch_dims(module: PassModule, example: tuple[torch.Tensor, ...], low: int, high: int) -> dict:
-    from torch.export import Dim
-
-    frames = Dim("frames", min=low, max=high)
-    batch = frames if module.name == "plain" else 3 * frames
-    shapes: dict = {"latents": {0: batch}, "t": None, "text": {0: batch}}
-    if "flags" in module.input_names:
-        shapes["flags"] = None
-    if "partners" in module.input_names:
-        shapes["partners"] = {0: frames}
-    if module.name == "propagation":
-        shapes["weights"] = {0: frames}
-        shapes["records"] = tuple(None for _ in example[5:])
-    return shapes

@@ -9,12 +9,12 @@ An engine plugin implements::
     unavailable_reason() -> str | None            # optional: why it cannot run here (missing library)
     build(module, example, target) -> callable    # callable(*inputs) returns what module(*inputs) does
 
-``module`` is one of :mod:`vedit.method.passes`' modules, ``example`` a tuple of input tensors of the
-shape it will be called with, and ``target`` a :class:`BuildTarget` with the pass's name, the
-batch sizes it must serve, the device, precision, the engine cache and the key of the weights.
-The runner (:class:`Passes`) asks for one build per pass and shape (per pass, for engines with
-``dynamic_batch``) and falls back along the user's engine list when a build or its first call
-fails.
+``module`` is the module of a registered pass (:mod:`vedit.plugins.passes`; the built-in ones are
+:mod:`vedit.method.passes`'), ``example`` a tuple of input tensors of the shape it will be called with,
+and ``target`` a :class:`BuildTarget` with the pass's name and spec, the batch sizes it must serve, the
+device, precision, the engine cache and the key of the weights. The runner (:class:`Passes`) builds
+whatever pass it is asked to run by name, one build per pass and shape (per pass, for engines with
+``dynamic_batch``), and falls back along the user's engine list when a build or its first call fails.
 """
 
 from __future__ import annotations
@@ -29,17 +29,43 @@ import torch
 
 from ..config import option_value
 from ..errors import PluginError
-from ..method.passes import (
-    PASS_VERSION,
-    BoundedKeyframePass,
-    FramesPass,
-    KeyframePass,
-    PassModule,
-    PlainPass,
-    PropagationPass,
-)
+from ..method.passes import PASS_VERSION
 from ..method.unet import CallContext, ControlledUNet, LayerInfo
+from ..plugins.passes import ExampleRequest, PassSpec, pass_spec
 from .engine_cache import EngineCache, torch_key_parts
+
+# Kinds of UNet forward counted under another name before each took the name of its pass: reading the
+# old name answers the count of the new one, where the old name is not a kind counted in its own right.
+EARLIER_KINDS = {"keyframes": "keyframe", "frames": "plain"}
+
+
+class Forwards(dict[str, int]):
+    """A run's UNet image-forwards by kind, as its result reports them: the kind of the pass that made
+    them (:attr:`~vedit.PassSpec.kind`) or what the plain pass served (``inversion``,
+    ``reconstruction``). The names of :data:`EARLIER_KINDS` still read what they used to:
+    ``forwards["keyframes"]`` is the keyframe pass's count, and ``forwards["frames"]`` of a run whose
+    per-frame calls had no source branch (and so ran the plain pass) is their count. A result to read:
+    the runner counts in a plain :class:`~collections.Counter`."""
+
+    def __missing__(self, key: str) -> int:
+        if key in EARLIER_KINDS and dict.__contains__(self, EARLIER_KINDS[key]):
+            return self[EARLIER_KINDS[key]]
+        raise KeyError(key)
+
+    def __contains__(self, key: object) -> bool:
+        return dict.__contains__(self, key) or (
+            isinstance(key, str) and key in EARLIER_KINDS and dict.__contains__(self, EARLIER_KINDS[key])
+        )
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self[key] if key in self else default
+
+    def by_name(self) -> dict[str, int]:
+        """The counts under every name they can be read by, earlier names included: for JSON documents,
+        whose readers cannot ask a mapping."""
+        named = dict(self)
+        named.update({old: self[new] for old, new in EARLIER_KINDS.items() if old not in named and new in named})
+        return named
 
 
 class EngineError(PluginError):
@@ -48,7 +74,9 @@ class EngineError(PluginError):
 
 @dataclass
 class BuildTarget:
-    """What an engine is asked to build: one pass, for the given batch sizes, on one device."""
+    """What an engine is asked to build: one pass, for the given batch sizes, on one device. ``spec`` is
+    the pass's :class:`~vedit.PassSpec` (its images per frame, its batched inputs, whether it returns
+    records)."""
 
     pass_name: str
     batches: tuple[int, ...]  # every batch size the callable must serve (one, for static engines)
@@ -75,6 +103,10 @@ class BuildTarget:
         }
 
     IDENTITY = ("engine", "pass", "model", "layers", "shapes", "batches", "dtype", "device")
+
+    @property
+    def spec(self) -> PassSpec:
+        return pass_spec(self.pass_name)
 
 
 def engine_chain(requested: str, device: torch.device) -> tuple[list[Any], bool, list[str]]:
@@ -122,9 +154,10 @@ def first_line(error: BaseException) -> str:
 class Passes:
     """Every UNet call of a run, through the chosen engines.
 
-    ``plain``, ``frames``, ``keyframe`` and ``propagate`` run the pass modules of
-    :mod:`vedit.method.passes`; ``custom`` runs a propagator plugin's own attention handler eagerly.
-    UNet image-forwards are counted by kind.
+    :meth:`run` runs any registered pass by name (:mod:`vedit.plugins.passes`), building it on first
+    use; ``plain``, ``frames``, ``keyframe`` and ``propagate`` are the built-in passes' calls;
+    ``custom`` runs a propagator plugin's own attention handler eagerly. UNet image-forwards are
+    counted by kind, the kind of the pass unless the caller names another.
     """
 
     def __init__(
@@ -149,13 +182,14 @@ class Passes:
         self.cache = cache or EngineCache.for_options(message=self.message)
         self.controlled = ControlledUNet(model.unet, conv_layers=conv_layers, qk_layers=qk_layers)
         self.layers_key = json.dumps([list(conv_layers), list(qk_layers)])
-        # A nearest-neighbour backend that is not traceable runs inside the propagation pass in Python.
+        # A nearest-neighbour backend that is not traceable runs inside the searching passes in Python.
         self.nearest = None if nearest is None or getattr(nearest, "traceable", False) else nearest.nearest
         self.nearest_name = getattr(nearest, "name", "torch")
         self.batches = {k: tuple(sorted(set(v))) for k, v in (batches or {}).items()}
         self.forwards: Counter[str] = Counter()
         self.used: dict[str, str] = {}  # pass -> engine that runs it
-        self._modules: dict[str, PassModule] = {}
+        self._specs: dict[str, PassSpec] = {}
+        self._modules: dict[str, Any] = {}
         self._callables: dict[tuple, Callable] = {}
         self._failed: dict[str, set[str]] = {}
         self._said: set[str] = set()
@@ -178,15 +212,51 @@ class Passes:
             self.warn(text)
 
     # building ------------------------------------------------------------------------------
-    def module(self, name: str) -> PassModule:
+    def spec(self, name: str) -> PassSpec:
+        """The registered pass ``name``, looked up once per run."""
+        if name not in self._specs:
+            self._specs[name] = pass_spec(name)
+        return self._specs[name]
+
+    def module(self, name: str) -> Any:
+        """The module of pass ``name``, built by its spec on first use."""
         if name not in self._modules:
-            make = {
-                "plain": PlainPass, "frames": FramesPass, "keyframe": KeyframePass,
-                "keyframe_bounded": BoundedKeyframePass,
-            }.get(name)  # fmt: skip
-            module = make(self.controlled) if make else PropagationPass(self.controlled, self.nearest)
+            spec = self.spec(name)
+            module = spec.build(self.controlled, self.nearest if spec.searches_nearest else None)
+            if getattr(module, "name", None) != name:
+                found = getattr(module, "name", None)
+                raise PluginError(f"pass {name!r} builds a module named {found!r}; its name must be the pass's")
             self._modules[name] = module.eval()
         return self._modules[name]
+
+    def example(
+        self,
+        name: str,
+        frames: int,
+        size: tuple[int, int],
+        *,
+        options: Any = None,
+        embeds: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, ...]:
+        """Example inputs of pass ``name`` for a call of ``frames`` frames at latent ``size`` (h, w), on the
+        model's device and dtype, made by the pass's own :attr:`~vedit.PassSpec.example`: what engines
+        are built from and the benchmarks time. ``options`` are the run's, ``embeds`` (branches, L, D)
+        the prompts' embeddings (random text without), ``generator`` draws the rest (seed 0 without)."""
+        text = self.model.text_encoder.config
+        request = ExampleRequest(
+            frames=frames, height=size[0], width=size[1], channels=self.model.unet.config.in_channels,
+            text_length=self.model.tokenizer.model_max_length, text_dim=text.hidden_size, device=self.model.device,
+            dtype=self.model.dtype, generator=generator or torch.Generator().manual_seed(0), embeds=embeds,
+            options=options, run=self._run_eagerly,
+        )  # fmt: skip
+        return tuple(self.spec(name).example(request))
+
+    def _run_eagerly(self, name: str, inputs: tuple[torch.Tensor, ...]) -> Any:
+        """Pass ``name``'s module itself on ``inputs``: what an example needs of another pass (its
+        records) without building that pass for another shape; not counted."""
+        with torch.no_grad():
+            return self.module(name)(*inputs)
 
     def _target(self, name: str, batches: tuple[int, ...]) -> BuildTarget:
         return BuildTarget(
@@ -205,9 +275,9 @@ class Passes:
         for engine in self.engines:
             if engine.name in failed:
                 continue
-            if engine.name != "eager" and name == "propagation" and self.nearest is not None:
+            if engine.name != "eager" and self.spec(name).searches_nearest and self.nearest is not None:
                 self._say_once(
-                    f"nn backend {self.nearest_name!r} runs in Python, so the propagation pass runs eagerly "
+                    f"nn backend {self.nearest_name!r} runs in Python, so the {name} pass runs eagerly "
                     f"(the torch backend compiles with it)"
                 )
                 continue
@@ -230,18 +300,30 @@ class Passes:
         # Not reached for a chain that ends at eager, unless eager itself fails (a real bug).
         raise EngineError(f"no engine could run the {name} pass; tried {', '.join(e.name for e in self.engines)}")
 
-    def _run(self, name: str, kind: str, inputs: tuple[torch.Tensor, ...]):
-        self.forwards[kind] += inputs[0].shape[0]
+    # the passes ---------------------------------------------------------------------------
+    def run(self, name: str, inputs: Sequence[torch.Tensor], *, kind: str | None = None) -> Any:
+        """Pass ``name`` on ``inputs`` (its module's inputs, in order) through the engines: ε, or
+        ``(ε, records…)`` for a pass that returns records. Its image-forwards count as ``kind``
+        (default: the pass's own kind)."""
+        inputs = tuple(inputs)
+        self.forwards[kind or self.spec(name).kind] += inputs[0].shape[0]
         return self._callable(name, inputs)(*inputs)
 
-    # the passes ---------------------------------------------------------------------------
-    def plain(self, latents: torch.Tensor, t: torch.Tensor, text: torch.Tensor, *, kind: str = "plain") -> torch.Tensor:
-        return self._run("plain", kind, (latents, t, text))
+    def plain(
+        self, latents: torch.Tensor, t: torch.Tensor, text: torch.Tensor, *, kind: str | None = None
+    ) -> torch.Tensor:
+        return self.run("plain", (latents, t, text), kind=kind)
 
     def frames(
-        self, latents: torch.Tensor, t: torch.Tensor, text: torch.Tensor, flags: torch.Tensor, *, kind: str = "frames"
+        self,
+        latents: torch.Tensor,
+        t: torch.Tensor,
+        text: torch.Tensor,
+        flags: torch.Tensor,
+        *,
+        kind: str | None = None,
     ) -> torch.Tensor:
-        return self._run("frames", kind, (latents, t, text, flags))
+        return self.run("frames", (latents, t, text, flags), kind=kind)
 
     def keyframe(
         self,
@@ -251,13 +333,13 @@ class Passes:
         flags: torch.Tensor,
         partners: torch.Tensor | None = None,
         *,
-        kind: str = "keyframes",
+        kind: str | None = None,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The keyframe pass; with ``partners`` (K, M), its bounded form (``--max-joint-keyframes``)."""
         if partners is None:
-            out = self._run("keyframe", kind, (latents, t, text, flags))
+            out = self.run("keyframe", (latents, t, text, flags), kind=kind)
         else:
-            out = self._run("keyframe_bounded", kind, (latents, t, text, flags, partners))
+            out = self.run("keyframe_bounded", (latents, t, text, flags, partners), kind=kind)
         return out[0], list(out[1:])
 
     def propagate(
@@ -269,9 +351,9 @@ class Passes:
         weights: torch.Tensor,
         records: Sequence[torch.Tensor],
         *,
-        kind: str = "propagation",
+        kind: str | None = None,
     ) -> torch.Tensor:
-        return self._run("propagation", kind, (latents, t, text, flags, weights, *records))
+        return self.run("propagation", (latents, t, text, flags, weights, *records), kind=kind)
 
     def custom(
         self, latents: torch.Tensor, t: torch.Tensor, text: torch.Tensor, ctx: CallContext, *, kind: str
