@@ -155,7 +155,7 @@ class _Config:
         (:func:`vedit.pipeline.plan.pass_batches`, which asks the propagator), with the editor's injection
         layers."""
         from vedit import plugins
-        from vedit.pipeline.plan import batches_of, pass_batches
+        from vedit.pipeline.plan import batches_of, own_options, pass_batches
         from vedit.plugins.passes import registered_passes
 
         n, batch = self.settings["frames"], self.settings["batch_size"]
@@ -169,7 +169,8 @@ class _Config:
 
         def per_image(name: str, rows: list[int], **more) -> float | None:
             frames = [r // specs[name].rows_per_frame for r in rows]
-            counts = [pass_flops(self.sd, name, f, h, w, options=config, notes=self.notes, **more) for f in frames]
+            options = own_options(propagator, config)
+            counts = [pass_flops(self.sd, name, f, h, w, options=options, notes=self.notes, **more) for f in frames]
             if any(c is None for c in counts):
                 return None
             return sum(counts) / sum(rows)  # type: ignore[arg-type]

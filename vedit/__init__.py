@@ -18,6 +18,7 @@ from . import _compat  # noqa: E402
 _compat.install()
 
 from .options import Options, option  # noqa: E402  (the schema plugins declare their options with)
+
 # What a plugin registers a UNet pass with (``register_passes``); torch-free, like the rest of this import.
 from .plugins.passes import ExampleRequest, PassSpec  # noqa: E402
 

@@ -140,6 +140,10 @@ class TokenFlow:
         """1: only the inversion runs ``--batch-size`` frames at a time; the passes take keyframes and chunks."""
         return 1
 
+    def nn_backend(self, options: Any) -> str:
+        """The NN backend the propagation pass searches with: ``--nn-backend``."""
+        return options.nn_backend
+
     def preview_frames(self, total: int, options: Any) -> list[int]:
         """The K keyframes a preview edits: the centre of every chunk."""
         from vedit.pipeline.preview import default_frames
@@ -178,7 +182,9 @@ class TokenFlow:
 
     def preview(self) -> JointKeyframes:
         """The propagator of a preview (:mod:`vedit.pipeline.preview`): its frames are the keyframes."""
-        return JointKeyframes()
+        preview = JointKeyframes()
+        preview.options = getattr(self, "options", None) or self.Options()  # its own, from the run
+        return preview
 
     def keyframes(self, step: Step) -> torch.Tensor:
         """One keyframe per chunk for this step: from the schedule, else drawn with the seeded generator."""
@@ -227,7 +233,8 @@ class JointKeyframes:
     needs_source_branch = True
 
     def begin(self, job: EditJob, plan: EditPlan) -> None:
-        self.max_joint = job.config.plugin_options(TokenFlow.name).max_joint_keyframes
+        options = job.options if job.options is not None else job.config.plugin_options(TokenFlow.name)
+        self.max_joint = options.max_joint_keyframes
         self.generator = torch.Generator().manual_seed(job.config.seed)
 
     def planned_forwards(self, frames: int, steps_run: int, options: Any) -> dict[str, int]:

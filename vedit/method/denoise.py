@@ -56,9 +56,12 @@ class EditJob:
         return self.clean_latents.shape[0]
 
     def for_plugin(self, plugin: Any) -> EditJob:
-        """This job as ``plugin`` sees it: with its own options (``job.options``)."""
+        """This job as ``plugin`` sees it: with its own options (``job.options``): those the run's options
+        hold for it, else those it carries (``plugin.options``)."""
         config = self.config
         options = config.plugin_options(plugin.name) if hasattr(config, "plugin_options") else None
+        if options is None:
+            options = getattr(plugin, "options", None)
         return dataclasses.replace(self, options=options)
 
 
@@ -265,12 +268,15 @@ class Propagator(Protocol):
     ``preview()`` returns the propagator that edits the few frames of a preview
     (:mod:`vedit.pipeline.preview`) instead of this one; without it, this one runs on those frames.
 
-    Optional too, what a run will cost, asked before any heavy work with the run's ``options``
-    (:mod:`vedit.pipeline.plan` has the defaults: one per-frame call per frame and step):
+    Optional too, what a run will cost, asked before any heavy work with the propagator's own
+    ``options`` (its :class:`vedit.Options` instance; None when it declares none;
+    :mod:`vedit.pipeline.plan` has the defaults: one per-frame call per frame and step):
     ``planned_forwards(frames, steps_run, options) -> {kind: forwards}``;
     ``pass_batches(frames, batch_size, options) -> {pass: [rows]}``, the batch sizes of the passes it
     runs; ``batch_size_branches(branches, options) -> int``, images per frame of its calls of
-    ``--batch-size`` frames; ``preview_frames(total, options) -> [frames]``, the frames a preview edits.
+    ``--batch-size`` frames; ``preview_frames(total, options) -> [frames]``, the frames a preview edits;
+    ``nn_backend(options) -> str``, the nearest-neighbour backend its passes search with (a name or
+    ``auto``; without it, none).
     """
 
     name: str

@@ -16,7 +16,7 @@ from ..plugins.options import configure
 from ..report import Reporter, SilentReporter
 from ..runtime.batch_sizes import choose_batches
 from ..runtime.runner import engine_chain
-from .plan import branches, pass_batches
+from .plan import branches, nearest_backend, own_options, pass_batches
 from .preflight import Preflight, Recording
 from .stages import make_passes
 
@@ -62,14 +62,16 @@ def build_engines(
     layers = (getattr(editor, "conv_layers", ()), getattr(editor, "qk_layers", ()))
     built: list[BuiltEngine] = []
     task = reporter.task("build engines", sum(len(v) for v in batches.values()))
-    nearest = plugins.choose("nn_backend", config.nn_backend, device, config=config)
+    nearest = nearest_backend(propagator, config, device)
     with make_passes(model, config, checked, reporter, conv_layers=layers[0], qk_layers=layers[1], nearest=nearest,
                      batches=batches) as passes:  # fmt: skip
         for name, sizes in batches.items():
             for batch in sizes:
                 mark = time.perf_counter()
                 frames_per_call = batch // passes.spec(name).rows_per_frame
-                inputs = passes.example(name, frames_per_call, latent_size, options=config, generator=gen)
+                inputs = passes.example(
+                    name, frames_per_call, latent_size, options=own_options(propagator, config), generator=gen
+                )
                 passes.prepare(name, inputs)(*inputs)
                 built.append(BuiltEngine(name, batch, passes.used[name], time.perf_counter() - mark))
                 task.advance(1)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .. import plugins
 from ..config import RunConfig
 from ..runtime.runner import Forwards
 
@@ -28,6 +29,25 @@ def _per_frame_with_source(editor: Any, propagator: Any) -> bool:
     )
 
 
+def own_options(plugin: Any, config: RunConfig) -> Any:
+    """The options a plugin's methods are handed: those ``config`` holds for it, else those it carries
+    (``plugin.options``: a form of a plugin under another name, such as tokenflow's preview, carries its
+    plugin's); None for a plugin that declares none."""
+    options = config.plugin_options(plugin.name)
+    return options if options is not None else getattr(plugin, "options", None)
+
+
+def nearest_backend(propagator: Any, config: RunConfig, device: Any, tokens: int | None = None) -> Any:
+    """The nearest-neighbour backend the propagator's passes search with: the one its
+    ``nn_backend(options)`` names (or ``auto``: the ``choose_nn_backend`` hook's), with its options; None
+    for a propagator that searches none."""
+    own = getattr(propagator, "nn_backend", None)
+    requested = own(own_options(propagator, config)) if callable(own) else None
+    if requested is None:
+        return None
+    return plugins.choose("nn_backend", requested, device, tokens=tokens, config=config)
+
+
 def per_frame_pass(editor: Any, propagator: Any) -> tuple[str, int]:
     """The pass of a per-frame UNet call and its images per frame: ``frames`` and 3 with the source
     branch, ``plain`` and 2 (uncond and cond) without."""
@@ -40,7 +60,7 @@ def branches(editor: Any, propagator: Any, config: RunConfig) -> int:
     per-frame calls' 3 branches with the source, 2 without."""
     per_frame = per_frame_pass(editor, propagator)[1]
     own = getattr(propagator, "batch_size_branches", None)
-    return int(own(per_frame, config)) if own is not None else per_frame
+    return int(own(per_frame, own_options(propagator, config))) if own is not None else per_frame
 
 
 def pass_batches(config: RunConfig, frames: int, editor: Any, propagator: Any) -> dict[str, list[int]]:
@@ -52,7 +72,7 @@ def pass_batches(config: RunConfig, frames: int, editor: Any, propagator: Any) -
         batches["plain"] = batches_of(frames, config.batch_size)
     own = getattr(propagator, "pass_batches", None)
     if own is not None:
-        planned = own(frames, config.batch_size, config)
+        planned = own(frames, config.batch_size, own_options(propagator, config))
     else:
         name, images = per_frame_pass(editor, propagator)
         planned = {name: [images * x for x in batches_of(frames, config.batch_size)]}
@@ -73,7 +93,7 @@ def planned_forwards(
         forwards["inversion"] = frames * config.inversion_steps
     own = getattr(propagator, "planned_forwards", None)
     if own is not None:
-        forwards.update(own(frames, steps_run, config))
+        forwards.update(own(frames, steps_run, own_options(propagator, config)))
     else:
         name, images = per_frame_pass(editor, propagator)
         forwards[name] = images * frames * steps_run

@@ -44,7 +44,7 @@ from ..report import Reporter, SilentReporter, Task, duration, open_task
 from ..runtime.allocator import configure_allocator
 from ..runtime.runner import Forwards
 from .edit import load_for_edit
-from .plan import planned_forwards
+from .plan import own_options, planned_forwards
 from .preflight import Recording, preflight, resolve_config
 from .stages import (
     edit_latents,
@@ -233,7 +233,7 @@ def preview(
     clip, editor, propagator = checked.clip, checked.editor, checked.propagator
     total = len(clip.reader)
     if preview_frames is None:
-        chosen = frames_to_preview(propagator, total, config)
+        chosen = frames_to_preview(propagator, total, own_options(propagator, config))
     else:
         chosen = parse_frames(preview_frames, total)
     shown = getattr(propagator, "preview", None)
@@ -278,7 +278,9 @@ def preview(
             chosen = [k for k in chosen if k < position]
             # The frames read end before the last one the propagator would preview for them: its last
             # frame stands in for it (the last chunk's centre, for TokenFlow, was never read).
-            if not any(k >= frames_to_preview(propagator, position, config)[-1] for k in chosen):
+            if not any(
+                k >= frames_to_preview(propagator, position, own_options(propagator, config))[-1] for k in chosen
+            ):
                 kept[position - 1] = last.copy()
                 chosen.append(position - 1)
             total = position

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .. import plugins
 from ..cache.checkpoints import CheckpointStore, CheckpointWriter, checkpoint_key, inversion_file_identity
 from ..cache.files import gb_to_bytes
 from ..cache.inversions import InversionCache, cache_key
@@ -32,7 +31,7 @@ from ..runtime.batch_sizes import CPU_BATCH, choose_batches
 from ..runtime.engine_cache import EngineCache
 from ..runtime.runner import Passes, first_line
 from ..runtime.transfer import to_device
-from .plan import batches_of, branches, pass_batches
+from .plan import batches_of, branches, nearest_backend, pass_batches
 from .preflight import Clip, Preflight, identity_mismatch, postprocess_context
 
 if TYPE_CHECKING:
@@ -392,7 +391,7 @@ def edit_latents(
     # one only when the passes run eagerly anyway.
     eager_only = all(getattr(engine, "name", "") == "eager" for engine in checked.engines)
     tokens = latents.shape[-2] * latents.shape[-1] if eager_only else None
-    nearest = plugins.choose("nn_backend", config.nn_backend, model.device, tokens=tokens, config=config)
+    nearest = nearest_backend(propagator, config, model.device, tokens)
     batches = pass_batches(config, len(latents), editor, propagator)
     steps = len(plan.timesteps)
     resume = writer = None
