@@ -50,7 +50,7 @@ class ExampleRequest:
     channels: int = 4  # latent channels
     generator: Any = field(default_factory=_seeded_generator)  # draws every random input
     embeds: Any = None  # (branches, L, D) prompt embeddings, branch-major; random text when None
-    options: Any = None  # the run's options (the bounded keyframe pass reads max_joint_keyframes)
+    options: Any = None  # the propagator's options (the bounded keyframe pass reads max_joint_keyframes)
     run: Callable[[str, tuple[Any, ...]], Any] | None = None  # runs another registered pass eagerly (records)
 
     def latents(self, rows: int) -> Any:
