@@ -185,7 +185,7 @@ def test_an_editor_without_source_latents_under_tokenflow_is_one_line_naming_the
     result = vedit("run", clip, "-p", "x", "-o", out, "--editor", "tint", "--quiet", *args, cwd=tmp_path)
     assert result.exit_code == 4, result.output
     assert one_error_line(result) == (
-        "vedit: error: propagator 'tokenflow' matches tokens in the source clip, which editor 'tint' does not "
-        "provide; use --propagator none with it"
+        "vedit: error: propagator 'tokenflow' needs the source clip's latents at every step, which editor 'tint' "
+        "does not provide; use --propagator none with it"
     )
     assert not out.exists()

@@ -307,8 +307,8 @@ def denoise(
     with_source = plan.needs_source_branch or propagator.needs_source_branch
     if with_source and plan.source is None:
         raise ConfigError(
-            f"propagator {propagator.name!r} matches tokens in the source clip, which editor {job.config.editor!r} "
-            f"does not provide; use {option_value('propagator', 'none')} with it"
+            f"propagator {propagator.name!r} needs the source clip's latents at every step, which editor "
+            f"{job.config.editor!r} does not provide; use {option_value('propagator', 'none')} with it"
         )
     denoiser = Denoiser(passes, plan, embeds, job.config.guidance, with_source)
     propagator.begin(job.for_plugin(propagator), plan)

@@ -63,16 +63,23 @@ def build_engines(
     built: list[BuiltEngine] = []
     task = reporter.task("build engines", sum(len(v) for v in batches.values()))
     nearest = nearest_backend(propagator, config, device)
-    with make_passes(model, config, checked, reporter, conv_layers=layers[0], qk_layers=layers[1], nearest=nearest,
-                     batches=batches) as passes:  # fmt: skip
-        for name, sizes in batches.items():
-            for batch in sizes:
-                mark = time.perf_counter()
-                frames_per_call = batch // passes.spec(name).rows_per_frame
-                inputs = passes.example(
-                    name, frames_per_call, latent_size, options=own_options(propagator, config), generator=gen
-                )
-                passes.prepare(name, inputs)(*inputs)
-                built.append(BuiltEngine(name, batch, passes.used[name], time.perf_counter() - mark))
-                task.advance(1)
+    # The inversion runs the plain pass with no injection, as vedit run and vedit invert build it (the
+    # layers are part of an engine's key); the denoising loop's passes take the editor's layers.
+    inversion = {name: sizes for name, sizes in batches.items() if name == "plain"}
+    loop = {name: sizes for name, sizes in batches.items() if name != "plain"}
+    for group, group_layers in ((inversion, ((), ())), (loop, layers)):
+        if not group:
+            continue
+        with make_passes(model, config, checked, reporter, conv_layers=group_layers[0], qk_layers=group_layers[1],
+                         nearest=nearest, batches=group) as passes:  # fmt: skip
+            for name, sizes in group.items():
+                for batch in sizes:
+                    mark = time.perf_counter()
+                    frames_per_call = batch // passes.spec(name).rows_per_frame
+                    inputs = passes.example(
+                        name, frames_per_call, latent_size, options=own_options(propagator, config), generator=gen
+                    )
+                    passes.prepare(name, inputs)(*inputs)
+                    built.append(BuiltEngine(name, batch, passes.used[name], time.perf_counter() - mark))
+                    task.advance(1)
     return built
