@@ -269,8 +269,8 @@ class Options:
         cls.__options__ = specs
 
     def __init__(self, **values: Any) -> None:
-        for name, spec in self.__options__.items():
-            object.__setattr__(self, name, spec.default)
+        for name, declared in self.__options__.items():
+            object.__setattr__(self, name, declared.default)
         for key, value in values.items():
             spec = self.__options__.get(key)
             if spec is None:
@@ -297,7 +297,7 @@ class Options:
         raise AttributeError(f"{type(self).__qualname__} is immutable: use .replace({name}=...)")
 
     def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and other.as_dict() == self.as_dict()  # type: ignore[union-attr]
+        return isinstance(other, Options) and type(other) is type(self) and other.as_dict() == self.as_dict()
 
     def __hash__(self) -> int:
         return hash((type(self), tuple(self.as_dict().items())))
