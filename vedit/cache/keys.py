@@ -43,8 +43,9 @@ def keyed_options(config: RunConfig, *, latents: bool) -> tuple[dict[str, Any], 
     used = set(plugins_used(config))
     always = {(identifier(owner.plugin), spec.name) for name, (owner, spec) in flat_names(host_names()).items()
               if name in _KEYED_SINCE_BEFORE}  # fmt: skip
+    always_plugins = {plugin for plugin, _ in always}
     for key, owner in declared().items():
-        if (latents and owner.kind not in LATENT_KINDS) or not (key in used or any(k == key for k, _ in always)):
+        if (latents and owner.kind not in LATENT_KINDS) or not (key in used or key in always_plugins):
             continue
         given = config.options.get(key, {})
         for spec in owner.options.specs():

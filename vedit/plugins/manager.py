@@ -253,6 +253,14 @@ def registered(kind: str) -> dict[str, Registered]:
     return items
 
 
+def hand_options(item: Any, config: Any = None) -> None:
+    """Give ``item`` its options (``item.options``) when it declares them: those ``config`` (a RunConfig)
+    holds for it, else the defaults."""
+    declared = options_class(item)
+    if declared is not None:
+        item.options = config.plugin_options(item.name) if config is not None else declared()
+
+
 def get(kind: str, name: str, *, config: Any = None) -> Any:
     """The registered item ``name`` of ``kind``; unknown or unusable names are one-line errors.
 
@@ -264,9 +272,7 @@ def get(kind: str, name: str, *, config: Any = None) -> Any:
         known = ", ".join(sorted(items)) or "none"
         label = kind.replace("_", " ")
         raise PluginError(f"unknown {label} {name!r}; available: {known} (see 'vedit plugins')")
-    declared = options_class(items[name].item)
-    if declared is not None:
-        items[name].item.options = config.plugin_options(name) if config is not None else declared()
+    hand_options(items[name].item, config)
     reason = items[name].unavailable_reason()
     if reason:
         raise PluginError(f"{kind.replace('_', ' ')} {name!r} cannot run here: {reason}")

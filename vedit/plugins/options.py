@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..options import Options, OptionSpec, option_label, options_class
-from .manager import KINDS, registered
+from .manager import KINDS, hand_options, registered
 
 # Kinds whose plugins act on the latents before they are decoded: their options enter checkpoint keys.
 LATENT_KINDS = ("editor", "propagator", "engine", "nn_backend")
@@ -91,8 +91,8 @@ def flat_names(reserved: frozenset[str] = frozenset()) -> dict[str, tuple[Plugin
 def configure(items: Iterable[Any], config: Any) -> None:
     """Hand each plugin object a run uses its own options: ``item.options``, from ``config`` (a RunConfig)."""
     for item in items:
-        if item is not None and options_class(item) is not None:
-            item.options = config.plugin_options(item.name)
+        if item is not None:
+            hand_options(item, config)
 
 
 def unused_options(config: Any, used: dict[str, str]) -> list[str]:
