@@ -79,7 +79,9 @@ def _add_edit(bench: typer.Typer) -> None:
     @bench.command("edit")
     def edit(
         model: str = typer.Option(
-            "random:sd21", help="Model spec (tiny, random:sd15, random:sd21, a hub id or folder)."
+            "random:sd21",
+            help="Model spec (tiny, tiny-sdxl, random:sd15, random:sd21, random:sd21-v, random:sdxl, a hub id, "
+            "folder or file).",
         ),
         size: str = typer.Option("512x512", help="Working size WxH (the synthetic clip is made at this size)."),
         frames: int = typer.Option(40, help="Frames of the synthetic clip."),
@@ -304,7 +306,7 @@ def _add_memory(bench: typer.Typer) -> None:
     @bench.command("memory")
     def memory(
         frames: str = typer.Option("16,64,256", help="Comma-separated frame counts."),
-        model: str = typer.Option("tiny", help="Model spec (tiny, random:sd15, random:sd21, ...)."),
+        model: str = typer.Option("tiny", help="Model spec (tiny, tiny-sdxl, random:sd15, random:sdxl, ...)."),
         size: str = typer.Option("64x64", help="Working size WxH."),
         steps: int = typer.Option(2, help="Sampling (and inversion) steps."),
         editor: str = typer.Option("pnp", help="Editor."),

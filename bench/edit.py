@@ -155,7 +155,7 @@ class _Config:
         (:func:`vedit.pipeline.plan.pass_batches`, which asks the propagator), with the editor's injection
         layers."""
         from vedit import plugins
-        from vedit.pipeline.plan import batches_of, own_options, pass_batches
+        from vedit.pipeline.plan import batches_of, editor_layers, own_options, pass_batches
         from vedit.plugins.passes import registered_passes
 
         n, batch = self.settings["frames"], self.settings["batch_size"]
@@ -163,7 +163,8 @@ class _Config:
         propagator = plugins.get("propagator", self.config.propagator)
         config = self.config.replace(batch_size=batch)
         plan = pass_batches(config, n, editor, propagator)
-        layers = {"conv_layers": getattr(editor, "conv_layers", ()), "qk_layers": getattr(editor, "qk_layers", ())}
+        conv_layers, qk_layers = editor_layers(editor, self.sd.family)
+        layers = {"conv_layers": conv_layers, "qk_layers": qk_layers}
         specs = registered_passes()
         h, w = self.size[1] // 8, self.size[0] // 8
 

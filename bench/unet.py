@@ -74,7 +74,6 @@ def run_unet_suite(
     from vedit.plugins.passes import registered_passes
     from vedit.runtime.engine_cache import EngineCache
     from vedit.runtime.runner import Passes
-    from vedit_plugins.editors.pnp import CONV_LAYERS, QK_LAYERS
 
     if isinstance(batches, str):
         batches = [int(b) for b in batches.split(",") if b.strip()]
@@ -105,7 +104,7 @@ def run_unet_suite(
     cache_root = engine_cache or tempfile.mkdtemp(prefix="vedit-bench-engines-")
     notes: list[str] = []
     cache = EngineCache(cache_root, message=notes.append)
-    layers = {"conv_layers": CONV_LAYERS, "qk_layers": QK_LAYERS}
+    layers = {"conv_layers": sd.family.conv_layers, "qk_layers": sd.family.qk_layers}
 
     # Inputs (records of a real keyframe pass for the propagation pass) and the counted FLOPs.
     generator = torch.Generator().manual_seed(0)

@@ -17,6 +17,8 @@ from . import _compat  # noqa: E402
 
 _compat.install()
 
+# What a plugin describes a diffusion architecture with (``register_model_families``); torch-free too.
+from .model.families import ModelFamily  # noqa: E402
 from .options import Options, option  # noqa: E402  (the schema plugins declare their options with)
 
 # What a plugin registers a UNet pass with (``register_passes``); torch-free, like the rest of this import.
@@ -41,4 +43,4 @@ def invert(input: Any, output: Any = None, config: Any = None, **options: Any) -
     return invert_clip(input, output, config, **options)
 
 
-__all__ = ["ExampleRequest", "Options", "PassSpec", "edit", "invert", "option", "__version__"]
+__all__ = ["ExampleRequest", "ModelFamily", "Options", "PassSpec", "edit", "invert", "option", "__version__"]

@@ -19,10 +19,28 @@ def registered_editor(editor: Any) -> Iterator[Any]:
         def register_editors(self, register):
             register(editor)
 
-    pm = plugins.get_plugin_manager()
-    plugin = Plugin()
-    pm.register(plugin, name=f"{editor.name}-plugin")
-    try:
+    with _registered(Plugin(), f"{editor.name}-plugin"):
         yield editor
+
+
+@contextlib.contextmanager
+def registered_family(family: Any) -> Iterator[Any]:
+    """Model family ``family`` registered (through ``register_model_families``) while the block runs."""
+
+    class Plugin:
+        @hookimpl
+        def register_model_families(self, register):
+            register(family)
+
+    with _registered(Plugin(), f"{family.name}-family-plugin"):
+        yield family
+
+
+@contextlib.contextmanager
+def _registered(plugin: Any, name: str) -> Iterator[None]:
+    pm = plugins.get_plugin_manager()
+    pm.register(plugin, name=name)
+    try:
+        yield
     finally:
         pm.unregister(plugin)

@@ -65,7 +65,11 @@ def test_the_weights_seed_is_part_of_the_spec():
         ("tiny@", "model 'tiny@': the weights' seed"),
         ("tiny@1.5", "model 'tiny@1.5': the weights' seed"),
         (f"tiny@{2**63}", "from 0 to 9223372036854775807, as in 'tiny@3'"),
-        ("random:nosuch", "unknown model 'random:nosuch': use tiny, random:sd15 or random:sd21 (with @N"),
+        (
+            "random:nosuch",
+            "unknown model 'random:nosuch': use tiny, tiny-sd2, tiny-sd2-v, tiny-sdxl, random:sd15, random:sd21, "
+            "random:sd21-v or random:sdxl (with @N",
+        ),
         ("random:nosuch@2", "unknown model 'random:nosuch@2'"),
     ],
 )

@@ -209,14 +209,14 @@ def test_a_file_is_not_a_model_folder(tmp_path):
     assert "is a file, not a diffusers model folder" in one_line(error)
 
 
-def test_v_prediction_models_are_refused(tiny_folder, tmp_path):
+def test_a_model_of_an_unknown_prediction_type_is_refused(tiny_folder, tmp_path):
     copy = copy_folder(tiny_folder, tmp_path / "copy")
     config_path = copy / "scheduler" / "scheduler_config.json"
     config = json.loads(config_path.read_text())
-    config_path.write_text(json.dumps({**config, "prediction_type": "v_prediction"}))
+    config_path.write_text(json.dumps({**config, "prediction_type": "flow"}))
     with pytest.raises(ModelError) as error:
         load_model(str(copy), device="cpu")
-    assert "predicts 'v_prediction'" in one_line(error)
+    assert "predicts 'flow'" in one_line(error)
 
 
 def test_running_out_of_memory_is_a_one_line_model_error(monkeypatch):

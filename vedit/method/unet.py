@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
@@ -110,9 +110,17 @@ class _InjectedConv(nn.Module):
         return inject_from_source(out, ctx, ctx.injection.conv)
 
 
-def transformer_block_names(unet: nn.Module) -> list[str]:
-    """Module paths of every transformer block that has a self-attention ``attn1``, in forward order."""
-    return [name for name, module in unet.named_modules() if type(module).__name__ == "BasicTransformerBlock"]
+def transformer_block_names(unet: nn.Module, within: tuple[str, ...] | None = None) -> list[str]:
+    """Module paths of every transformer block that has a self-attention ``attn1``, in forward order; with
+    ``within``, only those under one of these module paths."""
+    names = [name for name, module in unet.named_modules() if type(module).__name__ == "BasicTransformerBlock"]
+    if within is None:
+        return names
+    return [name for name in names if any(name == p or name.startswith(p + ".") for p in within)]
+
+
+def _text_only(text: torch.Tensor) -> dict:
+    return {"encoder_hidden_states": text}
 
 
 class ControlledUNet:
@@ -121,10 +129,23 @@ class ControlledUNet:
     Use as a context manager: the original processors and convolutions come back on exit.
     """
 
-    def __init__(self, unet: nn.Module, *, conv_layers: tuple[str, ...] = (), qk_layers: tuple[str, ...] = ()):
+    def __init__(
+        self,
+        unet: nn.Module,
+        *,
+        conv_layers: tuple[str, ...] = (),
+        qk_layers: tuple[str, ...] = (),
+        attention_layers: tuple[str, ...] | None = None,
+        unet_inputs: Callable[[torch.Tensor], dict] = _text_only,
+    ):
+        """``attention_layers``: the module paths whose transformer blocks' self-attention the handlers
+        compute (all without; the others keep the UNet's own); ``unet_inputs``: the model family's split of
+        the conditioning into the UNet's keyword arguments."""
         self.unet = unet
         self.conv_layers = tuple(conv_layers)
         self.qk_layers = tuple(qk_layers)
+        self.attention_layers = None if attention_layers is None else tuple(attention_layers)
+        self.unet_inputs = unet_inputs
         self.forwards: Counter[str] = Counter()
         self._context: CallContext | None = None
         self._saved_processors = None
@@ -145,7 +166,7 @@ class ControlledUNet:
         self._saved_processors = self.unet.attn_processors
         processors = dict(self._saved_processors)
         self.layers = []
-        for index, name in enumerate(transformer_block_names(self.unet)):
+        for index, name in enumerate(transformer_block_names(self.unet, self.attention_layers)):
             inject = any(name == p or name.startswith(p + ".") for p in self.qk_layers)
             layer = LayerInfo(name=name, index=index, inject_qk=inject)
             self.layers.append(layer)
@@ -200,4 +221,4 @@ class ControlledUNet:
         """The UNet on ``latents`` with ``ctx`` acting inside (nothing counted: traced and compiled passes
         call this)."""
         with self._using(ctx):
-            return self.unet(latents, t, encoder_hidden_states=text, return_dict=False)[0]
+            return self.unet(latents, t, **self.unet_inputs(text), return_dict=False)[0]

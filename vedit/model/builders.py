@@ -1,16 +1,19 @@
 """Stable Diffusions built in code, offline, from a spec that names the architecture and the seed
 its weights are drawn from:
 
-- ``tiny``: a tiny randomly initialised SD with SD's exact block structure and a byte-level
+- ``tiny``: a tiny randomly initialised SD 1.x with SD's exact block structure and a byte-level
   CLIP tokenizer written locally; it builds offline in a fraction of a second, for tests.
-- ``random:sd15`` / ``random:sd21``: the real SD 1.5 / SD 2.1-base architectures with random
-  weights; they cost exactly what the real models cost, for speed and memory figures.
-  These three take ``@N`` for weights drawn from seed N (``tiny@3``, ``random:sd15@7``); without
-  it the seed is 0. The weights' seed is part of the spec, so an edit's own seed never changes
-  the model.
+  ``tiny-sd2`` and ``tiny-sd2-v`` are the same size with SD 2.x's linear attention projections (the
+  second a v-prediction model, as SD 2.x 768 is); ``tiny-sdxl`` has SDXL's three levels, two text
+  encoders and added conditioning.
+- ``random:sd15`` / ``random:sd21`` / ``random:sd21-v`` / ``random:sdxl``: the real SD 1.5, SD 2.1-base,
+  SD 2.1 (768, v-prediction) and SDXL base architectures with random weights; they cost exactly what
+  the real models cost, for speed and memory figures.
 
-Each gets SD's training schedule (:data:`SD_SCHEDULER_CONFIG`) and the local tokenizer
-(:func:`build_tokenizer`).
+Every spec takes ``@N`` for weights drawn from seed N (``tiny@3``, ``random:sd15@7``); without it the seed
+is 0. The weights' seed is part of the spec, so an edit's own seed never changes the model. Each gets its
+architecture's training schedule (:data:`SD_SCHEDULER_CONFIG`, v-prediction for the ``-v`` ones) and the
+local tokenizer (:func:`build_tokenizer`).
 """
 
 from __future__ import annotations
@@ -34,7 +37,16 @@ from .stable_diffusion import StableDiffusion
 if TYPE_CHECKING:
     from transformers import CLIPTokenizer
 
-BUILT_IN_SPECS = ("tiny", "random:sd15", "random:sd21")
+BUILT_IN_SPECS = (
+    "tiny",
+    "tiny-sd2",
+    "tiny-sd2-v",
+    "tiny-sdxl",
+    "random:sd15",
+    "random:sd21",
+    "random:sd21-v",
+    "random:sdxl",
+)
 PROMPT_LENGTH = 77  # CLIP's context: SD pads every prompt to 77 tokens
 _BYTE_VOCAB_SIZE = 512  # the local tokenizer: every byte, alone and as a word's end ("</w>")
 
@@ -51,13 +63,20 @@ SD_SCHEDULER_CONFIG: dict[str, Any] = {
 }
 
 SPEC_HELP = (
-    "use tiny, random:sd15 or random:sd21 (with @N for weights drawn from seed N, e.g. tiny@3), "
-    "a Hugging Face hub id or a local diffusers folder"
+    f"use {', '.join(BUILT_IN_SPECS[:-1])} or {BUILT_IN_SPECS[-1]} (with @N for weights drawn from seed N, "
+    "e.g. tiny@3), a Hugging Face hub id, a local diffusers folder or a single-file checkpoint"
 )
 
 
+def scheduler_config(spec: str) -> dict[str, Any]:
+    """The DDIM scheduler config of a built-in spec: SD's schedule, predicting v for the ``-v`` architectures."""
+    if _architecture(spec).endswith("-v"):
+        return {**SD_SCHEDULER_CONFIG, "prediction_type": "v_prediction"}
+    return dict(SD_SCHEDULER_CONFIG)
+
+
 def unet_config(spec: str) -> dict[str, Any]:
-    """``UNet2DConditionModel`` arguments of a built-in spec (tiny, random:sd15, random:sd21)."""
+    """``UNet2DConditionModel`` arguments of a built-in spec."""
     sd = {
         "sample_size": 64,
         "in_channels": 4,
@@ -83,9 +102,12 @@ def unet_config(spec: str) -> dict[str, Any]:
     if architecture == "sd15":
         # attention_head_dim is diffusers' (misnamed) head count: 8 heads at every level
         return {**sd, "cross_attention_dim": 768, "attention_head_dim": 8, "use_linear_projection": False}
-    if architecture == "sd21":
-        # 5/10/20/20 heads of 64 channels each
-        return {**sd, "cross_attention_dim": 1024, "attention_head_dim": [5, 10, 20, 20], "use_linear_projection": True}
+    if architecture in ("sd21", "sd21-v"):
+        # 5/10/20/20 heads of 64 channels each; the 768 model upcasts attention to fp32 and was trained at 96×96
+        sd21 = {**sd, "cross_attention_dim": 1024, "attention_head_dim": [5, 10, 20, 20], "use_linear_projection": True}
+        return {**sd21, "upcast_attention": True, "sample_size": 96} if architecture == "sd21-v" else sd21
+    if architecture in ("sdxl", "tiny-sdxl"):
+        return sdxl_unet_config(tiny=architecture == "tiny-sdxl")
     return {
         **sd,
         "sample_size": 8,
@@ -93,12 +115,54 @@ def unet_config(spec: str) -> dict[str, Any]:
         "norm_num_groups": 4,
         "cross_attention_dim": 32,
         "attention_head_dim": 2,
-        "use_linear_projection": False,
+        "use_linear_projection": architecture.startswith("tiny-sd2"),
+    }
+
+
+def sdxl_unet_config(*, tiny: bool) -> dict[str, Any]:
+    """SDXL base's UNet, or the same three-level layout at tiny widths: no attention at the finest level, then
+    1 and 10 (tiny: 1 and 2) transformer blocks per attention, and the added embedding of the pooled text
+    embedding beside six size ids (256 sinusoid channels each; tiny 8)."""
+    config: dict[str, Any] = {
+        "sample_size": 128,
+        "in_channels": 4,
+        "out_channels": 4,
+        "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+        "mid_block_type": "UNetMidBlock2DCrossAttn",
+        "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+        "block_out_channels": [320, 640, 1280],
+        "layers_per_block": 2,
+        "transformer_layers_per_block": [1, 2, 10],
+        "attention_head_dim": [5, 10, 20],
+        "cross_attention_dim": 2048,
+        "use_linear_projection": True,
+        "addition_embed_type": "text_time",
+        "addition_time_embed_dim": 256,
+        "projection_class_embeddings_input_dim": 1280 + 6 * 256,
+        "norm_num_groups": 32,
+        "flip_sin_to_cos": True,
+        "freq_shift": 0,
+        "act_fn": "silu",
+        "upcast_attention": False,
+    }
+    if not tiny:
+        return config
+    return {
+        **config,
+        "sample_size": 8,
+        "block_out_channels": [16, 32, 32],
+        "transformer_layers_per_block": [1, 1, 2],
+        "attention_head_dim": 2,
+        "cross_attention_dim": 64,  # the two tiny encoders' 32 + 32
+        "addition_time_embed_dim": 8,
+        "projection_class_embeddings_input_dim": 32 + 6 * 8,
+        "norm_num_groups": 4,
     }
 
 
 def vae_config(spec: str) -> dict[str, Any]:
-    """``AutoencoderKL`` arguments of a built-in spec: SD's VAE (the same for 1.5 and 2.1)."""
+    """``AutoencoderKL`` arguments of a built-in spec: SD's VAE (the same for 1.5 and 2.1; SDXL's has the same
+    layout, another scaling factor, and is upcast to fp32 beside an fp16 UNet)."""
     sd = {
         "in_channels": 3,
         "out_channels": 3,
@@ -112,7 +176,10 @@ def vae_config(spec: str) -> dict[str, Any]:
         "sample_size": 512,
         "scaling_factor": 0.18215,
     }
-    if _architecture(spec) == "tiny":
+    architecture = _architecture(spec)
+    if architecture.endswith("sdxl"):
+        sd = {**sd, "scaling_factor": 0.13025, "sample_size": 1024, "force_upcast": True}
+    if architecture.startswith("tiny"):
         return {
             **sd,
             "block_out_channels": [8, 8, 16, 16],
@@ -123,15 +190,29 @@ def vae_config(spec: str) -> dict[str, Any]:
     return sd
 
 
-def text_encoder_config(spec: str) -> dict[str, Any]:
-    """``CLIPTextConfig`` arguments of a built-in spec, with the local tokenizer's token ids."""
+def text_encoder_config(spec: str, second: bool = False) -> dict[str, Any]:
+    """``CLIPTextConfig`` arguments of a built-in spec's text encoder (``second``: SDXL's second one), with
+    the local tokenizer's token ids."""
     special = {
         "bos_token_id": _BYTE_VOCAB_SIZE,
         "eos_token_id": _BYTE_VOCAB_SIZE + 1,
         "pad_token_id": _BYTE_VOCAB_SIZE + 1,
     }
     architecture = _architecture(spec)
-    if architecture == "sd15":  # CLIP ViT-L/14's text tower
+    if architecture == "sdxl" and second:  # OpenCLIP ViT-bigG/14's text tower, with its projection
+        return {
+            "vocab_size": 49408,
+            "hidden_size": 1280,
+            "intermediate_size": 5120,
+            "num_hidden_layers": 32,
+            "num_attention_heads": 20,
+            "projection_dim": 1280,
+            "max_position_embeddings": PROMPT_LENGTH,
+            "hidden_act": "gelu",
+            "layer_norm_eps": 1e-5,
+            **special,
+        }
+    if architecture in ("sd15", "sdxl"):  # CLIP ViT-L/14's text tower
         return {
             "vocab_size": 49408,
             "hidden_size": 768,
@@ -144,7 +225,7 @@ def text_encoder_config(spec: str) -> dict[str, Any]:
             "layer_norm_eps": 1e-5,
             **special,
         }
-    if architecture == "sd21":  # OpenCLIP ViT-H/14's text tower without its last layer
+    if architecture in ("sd21", "sd21-v"):  # OpenCLIP ViT-H/14's text tower without its last layer
         return {
             "vocab_size": 49408,
             "hidden_size": 1024,
@@ -180,6 +261,11 @@ class BuiltSpec:
     seed: int = 0
 
     @property
+    def two_encoders(self) -> bool:
+        """Whether the architecture is SDXL's, with a second text encoder."""
+        return self.architecture.endswith("sdxl")
+
+    @property
     def name(self) -> str:
         """The spec as vedit writes it: ``tiny`` for seed 0, ``tiny@3`` otherwise."""
         return self.architecture if self.seed == 0 else f"{self.architecture}@{self.seed}"
@@ -195,7 +281,7 @@ def is_built_in(spec: str) -> bool:
     """Whether ``spec`` is meant as a model built in code (``tiny``, ``tiny@N``, ``random:...``),
     well formed or not, rather than a hub id or a folder."""
     head = str(spec).strip().partition("@")[0]
-    return head == "tiny" or head.startswith("random:")
+    return head == "tiny" or head.startswith(("tiny-", "random:"))
 
 
 def built_spec(spec: str) -> BuiltSpec | None:
@@ -218,7 +304,7 @@ def built_spec(spec: str) -> BuiltSpec | None:
 
 
 def _architecture(spec: str) -> str:
-    """``tiny``, ``sd15`` or ``sd21``: the architecture a built spec has, whatever its seed."""
+    """``tiny``, ``tiny-sdxl``, ``sd15``, ``sd21-v``, …: the architecture a built spec has, whatever its seed."""
     built = built_spec(spec)
     if built is None:
         raise ConfigError(f"unknown model '{spec}': {SPEC_HELP}")
@@ -273,10 +359,10 @@ def _drawing(seed: int, device: torch.device, dtype: torch.dtype) -> Iterator[No
 def build_model(built: BuiltSpec, device: torch.device, dtype: torch.dtype) -> StableDiffusion:
     """The model ``built`` names, its weights drawn from its seed, on ``device`` in ``dtype``."""
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     spec, seed = built.architecture, built.seed
-    if spec == "tiny":
+    if spec.startswith("tiny"):
         # drawn on the CPU in fp32 and then cast: a seed gives the same model everywhere
         draw_on, draw_in, fingerprint = torch.device("cpu"), torch.float32, built.fingerprint
     else:
@@ -292,15 +378,23 @@ def build_model(built: BuiltSpec, device: torch.device, dtype: torch.dtype) -> S
         vae = place_for_inference(vae, device, vae_dtype_for(dtype, vae.config.force_upcast))
         text_config = CLIPTextConfig(**text_encoder_config(spec))
         text_encoder = place_for_inference(CLIPTextModel(text_config), device, dtype)
+        second = {}
+        if built.two_encoders:
+            second_config = CLIPTextConfig(**text_encoder_config(spec, second=True))
+            second = {
+                "text_encoder_2": place_for_inference(CLIPTextModelWithProjection(second_config), device, dtype),
+                "tokenizer_2": build_tokenizer(),
+            }
     return StableDiffusion(
         unet=unet,
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=build_tokenizer(),
-        scheduler=DDIMScheduler(**SD_SCHEDULER_CONFIG),
+        scheduler=DDIMScheduler(**scheduler_config(spec)),
         model_id=built.name,
         revision=None,
         fingerprint=fingerprint,
         device=device,
         dtype=dtype,
+        **second,
     )

@@ -33,7 +33,7 @@ import torch
 
 from ..config import DEFAULT_MODEL, option_label, option_value
 from ..errors import ModelError
-from .builders import SD_SCHEDULER_CONFIG, SPEC_HELP, build_model, built_spec
+from .builders import SPEC_HELP, build_model, built_spec, scheduler_config
 from .device import (
     dtype_name,
     is_out_of_memory,
@@ -43,7 +43,7 @@ from .device import (
     use_fast_float32,
     vae_dtype_for,
 )
-from .stable_diffusion import COMPONENTS, StableDiffusion
+from .stable_diffusion import COMPONENTS, SECOND_ENCODER, StableDiffusion
 
 if TYPE_CHECKING:
     from diffusers import DDIMScheduler
@@ -58,7 +58,7 @@ def peek_scheduler(spec: str = DEFAULT_MODEL, revision: str | None = None) -> DD
 
     spec = str(spec).strip()
     if built_spec(spec) is not None:
-        return DDIMScheduler(**SD_SCHEDULER_CONFIG)
+        return DDIMScheduler(**scheduler_config(spec))
     try:
         path = Path(spec).expanduser()
         if path.is_dir():
@@ -113,7 +113,7 @@ def load_model(
         raise ModelError(
             f"not enough memory on {device} for '{spec}' in {dtype_name(dtype)}: {_loading_hint(device, dtype)}"
         ) from None
-    _check_compatible(model)
+    check_compatible(model)
     return model
 
 
@@ -133,7 +133,7 @@ def _release_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def _check_compatible(model: StableDiffusion) -> None:
+def check_compatible(model: StableDiffusion) -> None:
     """Refuse models whose shape or objective the rest of vedit does not handle."""
     name = model.model_id
     if model.vae_scale_factor != 8:
@@ -147,17 +147,12 @@ def _check_compatible(model: StableDiffusion) -> None:
             "channels (an inpainting or depth model?): vedit needs a text-to-image "
             "model with 4"
         )
-    if model.unet.config.cross_attention_dim != model.text_encoder.config.hidden_size:
-        raise ModelError(
-            f"model '{name}' is inconsistent: its UNet expects "
-            f"{model.unet.config.cross_attention_dim}-dim text embeddings, its text "
-            f"encoder makes {model.text_encoder.config.hidden_size}-dim ones"
-        )
+    model.family.check(model)
     prediction = model.scheduler.config.prediction_type
-    if prediction != "epsilon":
+    if prediction not in ("epsilon", "v_prediction"):
         raise ModelError(
-            f"model '{name}' predicts '{prediction}', not noise ('epsilon'): vedit "
-            "supports epsilon models such as SD 1.5 and SD 2.1-base"
+            f"model '{name}' predicts '{prediction}': vedit runs models that predict the noise ('epsilon') "
+            "or v ('v_prediction')"
         )
 
 
@@ -187,7 +182,7 @@ def _route_library_logs() -> None:
 
 def _load_pretrained(spec: str, device: torch.device, dtype: torch.dtype, revision: str | None) -> StableDiffusion:
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     _route_library_logs()
 
@@ -215,6 +210,12 @@ def _load_pretrained(spec: str, device: torch.device, dtype: torch.dtype, revisi
         "tokenizer": lambda: CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **options),
         "scheduler": lambda: DDIMScheduler.from_pretrained(source, subfolder="scheduler", **options),
     }
+    index = _model_index(source, options)
+    if "text_encoder_2" in index:  # SDXL's second text encoder
+        loaders["text_encoder_2"] = lambda: CLIPTextModelWithProjection.from_pretrained(
+            source, subfolder="text_encoder_2", **{_transformers_dtype_keyword(): dtype}, **placed, **options
+        )
+        loaders["tokenizer_2"] = lambda: CLIPTokenizer.from_pretrained(source, subfolder="tokenizer_2", **options)
     parts: dict[str, Any] = {}
     for name, load in loaders.items():
         try:
@@ -229,7 +230,9 @@ def _load_pretrained(spec: str, device: torch.device, dtype: torch.dtype, revisi
                 raise ModelError(_hub_message(spec, revision, error)) from None
             where = f"model folder '{folder}'" if folder is not None else f"model '{spec}'"
             raise ModelError(f"could not read the {name} of {where}: {_first_line(error)}") from None
-    for name in ("unet", "vae", "text_encoder"):
+    for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        if name not in parts:
+            continue
         wanted = vae_dtype_for(dtype, parts[name].config.force_upcast) if name == "vae" else dtype
         parts[name] = place_for_inference(parts[name], device, wanted)
     if folder is not None:
@@ -237,8 +240,25 @@ def _load_pretrained(spec: str, device: torch.device, dtype: torch.dtype, revisi
     else:
         model_id, fingerprint = spec, _hub_fingerprint(spec, revision)
     return StableDiffusion(
-        **parts, model_id=model_id, revision=revision, fingerprint=fingerprint, device=device, dtype=dtype
-    )
+        **parts, model_id=model_id, revision=revision, fingerprint=fingerprint, device=device, dtype=dtype,
+        force_zeros_for_empty_prompt=bool(index.get("force_zeros_for_empty_prompt", True)),
+    )  # fmt: skip
+
+
+def _model_index(source: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The pipeline's ``model_index.json`` (which parts it has), or {} where it has none."""
+    try:
+        folder = Path(source)
+        if folder.is_dir():
+            path = folder / "model_index.json"
+            return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        from huggingface_hub import hf_hub_download
+
+        revision = {"revision": options["revision"]} if "revision" in options else {}
+        cached = hf_hub_download(source, "model_index.json", local_files_only=options["local_files_only"], **revision)
+        return json.loads(Path(cached).read_text(encoding="utf-8"))
+    except Exception:  # no index: the five parts of SD 1.x/2.x, as before
+        return {}
 
 
 def _can_place(device: torch.device) -> bool:
@@ -442,7 +462,7 @@ def _folder_fingerprint(folder: Path) -> str:
     Configs, tokenizer and scheduler files count too: changing any of them changes the outputs.
     """
     digest = hashlib.sha256()
-    for name in COMPONENTS:
+    for name in COMPONENTS + SECOND_ENCODER:
         for path in sorted((folder / name).rglob("*")):
             relative = path.relative_to(folder)
             if any(part.startswith(".") for part in relative.parts) or not path.is_file():

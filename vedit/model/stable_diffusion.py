@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -15,12 +16,19 @@ if TYPE_CHECKING:
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
+    from .families import ModelFamily
+
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+SECOND_ENCODER = ("text_encoder_2", "tokenizer_2")  # SDXL's, in a diffusers folder beside the others
 
 
 @dataclass(eq=False)
 class StableDiffusion:
-    """The parts of a Stable Diffusion model that vedit runs, on one device in one dtype."""
+    """The parts of a Stable Diffusion model that vedit runs, on one device in one dtype.
+
+    ``text_encoder_2`` and ``tokenizer_2`` are SDXL's second text encoder (None for SD 1.x/2.x). What the
+    method needs to know of the architecture is its :attr:`family`'s.
+    """
 
     unet: UNet2DConditionModel = field(repr=False)
     vae: AutoencoderKL = field(repr=False)
@@ -32,6 +40,31 @@ class StableDiffusion:
     fingerprint: str
     device: torch.device
     dtype: torch.dtype
+    text_encoder_2: Any = field(default=None, repr=False)
+    tokenizer_2: Any = field(default=None, repr=False)
+    # SDXL: whether the empty prompt's conditioning is zeros rather than its embedding (model_index.json says)
+    force_zeros_for_empty_prompt: bool = field(default=True, repr=False)
+
+    @cached_property
+    def family(self) -> ModelFamily:
+        """The registered model family of this UNet (:func:`vedit.model.families.family_of`)."""
+        from .families import family_of
+
+        return family_of(self.unet.config, self.model_id)
+
+    @property
+    def components(self) -> tuple[str, ...]:
+        """The parts a diffusers folder of this model holds."""
+        return COMPONENTS + (SECOND_ENCODER if self.text_encoder_2 is not None else ())
+
+    @property
+    def text_shape(self) -> tuple[int, int]:
+        """(L, D) of one prompt's conditioning, the UNet passes' ``text`` input."""
+        return self.family.text_shape(self)
+
+    def unet_inputs(self, text: torch.Tensor) -> dict[str, Any]:
+        """The UNet's keyword arguments for the conditioning ``text`` (traceable)."""
+        return self.family.unet_inputs(text, self.unet.config)
 
     @property
     def latent_scale(self) -> float:
@@ -51,19 +84,13 @@ class StableDiffusion:
         return type(self.scheduler).from_config(self.scheduler.config)
 
     @torch.no_grad()
-    def encode_prompt(self, prompts: list[str]) -> torch.Tensor:
-        """CLIP text embeddings of the prompts, each padded to the tokenizer's 77 tokens."""
+    def encode_prompt(self, prompts: list[str], size: tuple[int, int] | None = None) -> torch.Tensor:
+        """The UNet's conditioning for each prompt (n, L, D), as the family makes it: for SD 1.x/2.x the
+        CLIP text embeddings padded to 77 tokens. ``size`` is the frames' (height, width) in pixels (SDXL's
+        size conditioning; the family's training size without it)."""
         if isinstance(prompts, str):
             prompts = [prompts]
-        tokens = self.tokenizer(
-            list(prompts),
-            padding="max_length",
-            max_length=self.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        )
-        ids = tokens.input_ids.to(self.text_encoder.device)  # (n, 77)
-        return self.text_encoder(ids)[0].to(self.device, self.dtype)  # (n, 77, dim)
+        return self.family.encode_prompt(self, list(prompts), size)
 
     def prompt_overflow(self, prompt: str) -> tuple[int, str, str] | None:
         """(tokens, kept, dropped) when ``prompt`` is longer than the text encoder reads, else None.
@@ -133,20 +160,24 @@ class StableDiffusion:
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        for name in COMPONENTS:
+        for name in self.components:
             getattr(self, name).save_pretrained(folder / name)
+        second = self.text_encoder_2 is not None
         index = {
-            "_class_name": "StableDiffusionPipeline",
+            "_class_name": "StableDiffusionXLPipeline" if second else "StableDiffusionPipeline",
             "_diffusers_version": diffusers_version,
             "unet": ["diffusers", type(self.unet).__name__],
             "vae": ["diffusers", type(self.vae).__name__],
             "text_encoder": ["transformers", type(self.text_encoder).__name__],
             "tokenizer": ["transformers", type(self.tokenizer).__name__],
             "scheduler": ["diffusers", type(self.scheduler).__name__],
-            "safety_checker": [None, None],
-            "feature_extractor": [None, None],
-            "requires_safety_checker": False,
         }
+        if second:
+            index["text_encoder_2"] = ["transformers", type(self.text_encoder_2).__name__]
+            index["tokenizer_2"] = ["transformers", type(self.tokenizer_2).__name__]
+            index["force_zeros_for_empty_prompt"] = self.force_zeros_for_empty_prompt
+        else:
+            index.update(safety_checker=[None, None], feature_extractor=[None, None], requires_safety_checker=False)
         (folder / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
         return folder
 

@@ -16,7 +16,7 @@ from ..plugins.options import configure
 from ..report import Reporter, SilentReporter
 from ..runtime.batch_sizes import choose_batches
 from ..runtime.runner import engine_chain
-from .plan import branches, nearest_backend, own_options, pass_batches
+from .plan import branches, editor_layers, nearest_backend, own_options, pass_batches
 from .preflight import Preflight, Recording
 from .stages import make_passes
 
@@ -59,7 +59,7 @@ def build_engines(
     batches = pass_batches(config, frames, editor, propagator)
     latent_size = (size[1] // 8, size[0] // 8)
     gen = torch.Generator().manual_seed(0)
-    layers = (getattr(editor, "conv_layers", ()), getattr(editor, "qk_layers", ()))
+    layers = editor_layers(editor, model.family)
     built: list[BuiltEngine] = []
     task = reporter.task("build engines", sum(len(v) for v in batches.values()))
     nearest = nearest_backend(propagator, config, device)

@@ -29,6 +29,16 @@ def _per_frame_with_source(editor: Any, propagator: Any) -> bool:
     )
 
 
+def editor_layers(editor: Any, family: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The (conv, Q/K) layers ``editor`` injects into in a model of ``family``: its ``injection_layers(family)``
+    where it has one, else its ``conv_layers`` and ``qk_layers`` (none: an editor that does not inject)."""
+    choose = getattr(editor, "injection_layers", None)
+    if choose is not None:
+        conv, qk = choose(family)
+        return tuple(conv), tuple(qk)
+    return tuple(getattr(editor, "conv_layers", ())), tuple(getattr(editor, "qk_layers", ()))
+
+
 def own_options(plugin: Any, config: RunConfig) -> Any:
     """The options a plugin's methods are handed: those ``config`` holds for it, else those it carries
     (``plugin.options``: a form of a plugin under another name, such as tokenflow's preview, carries its

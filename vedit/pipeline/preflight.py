@@ -22,7 +22,7 @@ from ..io.reader import FrameReader
 from ..method.ddim import check_schedules, sampling_timesteps
 from ..method.denoise import RunShape
 from ..method.trajectory import RUN_FIELDS, read_metadata
-from ..model.loading import SD_SCHEDULER_CONFIG
+from ..model.builders import SD_SCHEDULER_CONFIG
 from ..plugins.options import configure, unused_options
 from ..report import Reporter, Task, open_task
 from ..runtime.runner import engine_chain

@@ -41,6 +41,18 @@ READ_AHEAD_BYTES = 256 * 2**20  # frames read ahead of the encoder while the mod
 WRITE_BEHIND_BATCHES = 3  # decoded batches waiting for the writer thread
 
 
+def given_model(config: RunConfig, sd: Any, pipeline: Any) -> Any:
+    """The model the caller handed over: ``sd`` (a loaded :class:`StableDiffusion`), or ``pipeline`` (a loaded
+    diffusers pipeline, :func:`vedit.model.pipelines.from_pipeline`) on ``config``'s device and dtype; None."""
+    if pipeline is None:
+        return sd
+    if sd is not None:
+        raise ConfigError("pass either sd= or pipeline=, not both")
+    from ..model.pipelines import from_pipeline
+
+    return from_pipeline(pipeline, device=config.device, dtype=config.dtype)
+
+
 def load_model_for(config: RunConfig, preflight: Preflight, sd: Any = None) -> StableDiffusion:
     """The model (loaded unless given)."""
     from ..model.loading import load_model
@@ -67,6 +79,12 @@ def make_passes(
         model, checked.engines, strict=checked.strict_engine, conv_layers=conv_layers, qk_layers=qk_layers,
         nearest=nearest, cache=cache, message=reporter.message, warn=reporter.warning, batches=batches,
     )  # fmt: skip
+
+
+def pixel_size(clip: Clip) -> tuple[int, int]:
+    """(height, width) in pixels of the frames the model sees: what a family's conditioning may depend on."""
+    width, height = clip.reader.size
+    return height, width
 
 
 def warn_long_prompts(model: StableDiffusion, config: RunConfig, reporter: Reporter, keys: tuple[str, ...]) -> None:

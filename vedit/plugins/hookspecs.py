@@ -55,6 +55,12 @@ def register_passes(register: Register) -> None:
 
 
 @hookspec
+def register_model_families(register: Register) -> None:
+    """Register model families (:class:`vedit.ModelFamily`): how to recognise an architecture from its UNet's
+    config, how prompts become its conditioning, and the layers PnP injects into and TokenFlow propagates."""
+
+
+@hookspec
 def register_commands(app: Any) -> None:
     """Add commands to the ``vedit`` Typer app."""
 

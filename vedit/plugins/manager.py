@@ -51,10 +51,11 @@ DEFAULT_PLUGINS: dict[str, str] = {
     "opencv_flow": "vedit_plugins.flow_backends.dis",
     "raft_flow": "vedit_plugins.flow_backends.raft",
     "deflicker": "vedit_plugins.postprocessors.deflicker",
+    "sd_families": "vedit_plugins.families.sd",
     "bench": "vedit_bench",
 }
 BUILT_IN_PACKAGE = "vedit"
-KINDS = ("editor", "propagator", "engine", "nn_backend", "postprocessor", "flow_backend", "pass")
+KINDS = ("editor", "propagator", "engine", "nn_backend", "postprocessor", "flow_backend", "pass", "model_family")
 _HOOK_FOR_KIND = {
     "editor": "register_editors",
     "propagator": "register_propagators",
@@ -63,6 +64,7 @@ _HOOK_FOR_KIND = {
     "postprocessor": "register_postprocessors",
     "flow_backend": "register_flow_backends",
     "pass": "register_passes",
+    "model_family": "register_model_families",
 }
 
 

@@ -63,11 +63,11 @@ def choose_batches(model: Any, given: int | str, frames: int, size: tuple[int, i
     free, _ = torch.cuda.mem_get_info(device)
     budget = free * MEMORY_SHARE
     h, w = size[1] // model.vae_scale_factor, size[0] // model.vae_scale_factor
-    text = model.encode_prompt([""])  # (1, L, D)
+    text = model.encode_prompt([""], (size[1], size[0]))  # (1, L, D)
 
     def unet(batch: int) -> None:
         latents = torch.zeros(batch * branches, 4, h, w, device=device, dtype=model.dtype)
-        _ = model.unet(latents, 500, encoder_hidden_states=text.expand(batch * branches, -1, -1)).sample
+        _ = model.unet(latents, 500, **model.unet_inputs(text.expand(batch * branches, -1, -1))).sample
 
     def vae(batch: int) -> None:
         model.decode_latents(torch.zeros(batch, 4, h, w, device=device, dtype=model.dtype), batch_size=batch)

@@ -180,7 +180,10 @@ class Passes:
         self.message = message or (lambda text: None)
         self.warn = warn or self.message
         self.cache = cache or EngineCache.for_options(message=self.message)
-        self.controlled = ControlledUNet(model.unet, conv_layers=conv_layers, qk_layers=qk_layers)
+        self.controlled = ControlledUNet(
+            model.unet, conv_layers=conv_layers, qk_layers=qk_layers,
+            attention_layers=model.family.attention_layers, unet_inputs=model.unet_inputs,
+        )  # fmt: skip
         self.layers_key = json.dumps([list(conv_layers), list(qk_layers)])
         # A nearest-neighbour backend that is not traceable runs inside the searching passes in Python.
         self.nearest = None if nearest is None or getattr(nearest, "traceable", False) else nearest.nearest
@@ -243,10 +246,10 @@ class Passes:
         model's device and dtype, made by the pass's own :attr:`~vedit.PassSpec.example`: what engines
         are built from and the benchmarks time. ``options`` are the run's, ``embeds`` (branches, L, D)
         the prompts' embeddings (random text without), ``generator`` draws the rest (seed 0 without)."""
-        text = self.model.text_encoder.config
+        text_length, text_dim = self.model.text_shape
         request = ExampleRequest(
             frames=frames, height=size[0], width=size[1], channels=self.model.unet.config.in_channels,
-            text_length=self.model.tokenizer.model_max_length, text_dim=text.hidden_size, device=self.model.device,
+            text_length=text_length, text_dim=text_dim, device=self.model.device,
             dtype=self.model.dtype, generator=generator or torch.Generator().manual_seed(0), embeds=embeds,
             options=options, run=self._run_eagerly,
         )  # fmt: skip
