@@ -31,8 +31,10 @@ from .stages import (
     checkpoints_for,
     edit_latents,
     encode_clip,
+    given_model,
     invert_latents,
     load_model_for,
+    pixel_size,
     read_ahead,
     reading_batch,
     warn_long_prompts,
@@ -83,6 +85,7 @@ def edit(
     *,
     reporter: Reporter | None = None,
     sd: Any = None,
+    pipeline: Any = None,
     profile: bool = False,
     **options: Any,
 ) -> EditResult:
@@ -90,7 +93,9 @@ def edit(
 
     Example: ``vedit.edit("clip.mp4", "out.mp4", prompt="a watercolor painting", model="tiny")``.
     Without ``config``, ``vedit.toml`` in the working directory supplies defaults. ``sd`` is an
-    already loaded :class:`~vedit.model.models.StableDiffusion`, to reuse one model across edits.
+    already loaded :class:`~vedit.model.stable_diffusion.StableDiffusion`, to reuse one model across edits;
+    ``pipeline`` an already loaded diffusers ``StableDiffusionPipeline`` or ``StableDiffusionXLPipeline``
+    (with whatever was loaded into it), edited with instead of ``--model``.
     ``profile`` times each component with device synchronisation (``EditResult.profile``); it
     slows the run a little.
     """
@@ -100,6 +105,7 @@ def edit(
     if not config.prompt:
         raise ConfigError(f"a target prompt is required: pass {option_value('prompt', 'TEXT', placeholder=True)}")
     began = time.perf_counter()
+    sd = given_model(config, sd, pipeline)
     checked = preflight(input, config, reporter, sd=sd)
     timer = profiling.Profile(checked.device) if profile else None
     with profiling.profiling(timer):
@@ -122,7 +128,7 @@ def load_for_edit(config: RunConfig, checked: Preflight, reporter: Reporter, sd:
     check_schedules(model.new_scheduler(), config.steps, config.inversion_steps if inverting else None)
     warn_long_prompts(model, config, reporter, ("prompt", "source_prompt", "negative_prompt"))
     texts = [config.source_prompt, config.negative_prompt, cast(str, config.prompt)]  # given: the callers check it
-    embeds = dict(zip((SOURCE, UNCOND, COND), model.encode_prompt(texts).split(1)))
+    embeds = dict(zip((SOURCE, UNCOND, COND), model.encode_prompt(texts, pixel_size(clip)).split(1)))
     return model, batches, embeds
 
 

@@ -23,8 +23,10 @@ from .plan import batches_of
 from .preflight import Recording, preflight, resolve_config
 from .stages import (
     encode_clip,
+    given_model,
     load_model_for,
     make_passes,
+    pixel_size,
     plain_unet,
     read_ahead,
     reading_batch,
@@ -60,18 +62,21 @@ def invert_clip(
     *,
     reporter: Reporter | None = None,
     sd: Any = None,
+    pipeline: Any = None,
     check: bool = False,
     **options: Any,
 ) -> InversionResult:
     """Invert ``input`` (or reuse the cached inversion); optionally also write it to ``output``.
 
-    With ``check``, also sample back from the inverted noise and measure the reconstruction.
+    With ``check``, also sample back from the inverted noise and measure the reconstruction. ``sd`` and
+    ``pipeline`` are as :func:`vedit.pipeline.edit.edit` takes them.
     """
     configure_allocator()  # once per process: importing vedit leaves the C allocator alone
     config = resolve_config(config, options).replace(inversion=None)
     reporter = Recording(reporter or SilentReporter())
     if output is not None:
         output = _check_trajectory_output(output, config.overwrite)
+    sd = given_model(config, sd, pipeline)
     checked = preflight(input, config, reporter, sd=sd, editing=False)
     clip = checked.clip
     with read_ahead(clip, reading_batch(config)) as frames:  # reading overlaps loading the model
@@ -80,7 +85,7 @@ def invert_clip(
         config = config.replace(batch_size=batches.unet)
         check_schedules(model.new_scheduler(), config.steps, config.inversion_steps)
         warn_long_prompts(model, config, reporter, ("source_prompt",))
-        (source_embeds,) = model.encode_prompt([config.source_prompt]).split(1)
+        (source_embeds,) = model.encode_prompt([config.source_prompt], pixel_size(clip)).split(1)
         latents, frames_sha = encode_clip(model, clip, batches.vae, reporter, batches=frames)
     reconstruction = None
     pass_batches = {"plain": batches_of(len(latents), batches.unet)}
