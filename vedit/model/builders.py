@@ -38,56 +38,37 @@ BUILT_IN_SPECS = ("tiny", "random:sd15", "random:sd21")
 PROMPT_LENGTH = 77  # CLIP's context: SD pads every prompt to 77 tokens
 _BYTE_VOCAB_SIZE = 512  # the local tokenizer: every byte, alone and as a word's end ("</w>")
 
-# SD 1.x / 2.x-base training schedule, as their scheduler_config.json files give it.
-SD_SCHEDULER_CONFIG: dict[str, Any] = {
-    "num_train_timesteps": 1000,
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "clip_sample": False,
-    "set_alpha_to_one": False,
-    "steps_offset": 1,
-    "prediction_type": "epsilon",
-}
-
 SPEC_HELP = (
     "use tiny, random:sd15 or random:sd21 (with @N for weights drawn from seed N, e.g. tiny@3), "
     "a Hugging Face hub id or a local diffusers folder"
 )
 
 
+CONFIGS = Path(__file__).parent / "configs"  # the published architectures' diffusers configs, shipped as JSON
+ARCHITECTURE_CONFIGS = {"sd15": "sd15", "sd21": "sd21-base"}  # a built spec's architecture → its config folder
+_CONFIG_METADATA = ("architectures", "model_type")  # keys of a config file that are no constructor argument
+
+
+def shipped_config(family: str, component: str) -> dict[str, Any]:
+    """The constructor arguments in the shipped config of ``component`` (``unet``, ``vae``,
+    ``text_encoder``...) of ``family`` (``sd15``, ``sd21-base``, ``sd21-v``, ``sdxl-base``)."""
+    folder = CONFIGS / family / component
+    name = "scheduler_config.json" if component == "scheduler" else "config.json"
+    config = json.loads((folder / name).read_text(encoding="utf-8"))
+    return {key: value for key, value in config.items() if not key.startswith("_") and key not in _CONFIG_METADATA}
+
+
+# SD 1.x / 2.x-base training schedule, as their scheduler_config.json files give it.
+SD_SCHEDULER_CONFIG: dict[str, Any] = shipped_config("sd15", "scheduler")
+
+
 def unet_config(spec: str) -> dict[str, Any]:
     """``UNet2DConditionModel`` arguments of a built-in spec (tiny, random:sd15, random:sd21)."""
-    sd = {
-        "sample_size": 64,
-        "in_channels": 4,
-        "out_channels": 4,
-        "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
-        "mid_block_type": "UNetMidBlock2DCrossAttn",
-        "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
-        "block_out_channels": [320, 640, 1280, 1280],
-        "layers_per_block": 2,
-        "downsample_padding": 1,
-        "mid_block_scale_factor": 1,
-        "act_fn": "silu",
-        "norm_num_groups": 32,
-        "norm_eps": 1e-5,
-        "flip_sin_to_cos": True,
-        "freq_shift": 0,
-        "center_input_sample": False,
-        "dual_cross_attention": False,
-        "only_cross_attention": False,
-        "upcast_attention": False,
-    }
     architecture = _architecture(spec)
-    if architecture == "sd15":
-        # attention_head_dim is diffusers' (misnamed) head count: 8 heads at every level
-        return {**sd, "cross_attention_dim": 768, "attention_head_dim": 8, "use_linear_projection": False}
-    if architecture == "sd21":
-        # 5/10/20/20 heads of 64 channels each
-        return {**sd, "cross_attention_dim": 1024, "attention_head_dim": [5, 10, 20, 20], "use_linear_projection": True}
+    if architecture in ARCHITECTURE_CONFIGS:
+        return shipped_config(ARCHITECTURE_CONFIGS[architecture], "unet")
     return {
-        **sd,
+        **shipped_config("sd15", "unet"),
         "sample_size": 8,
         "block_out_channels": [16, 16, 32, 32],
         "norm_num_groups": 4,
@@ -99,19 +80,7 @@ def unet_config(spec: str) -> dict[str, Any]:
 
 def vae_config(spec: str) -> dict[str, Any]:
     """``AutoencoderKL`` arguments of a built-in spec: SD's VAE (the same for 1.5 and 2.1)."""
-    sd = {
-        "in_channels": 3,
-        "out_channels": 3,
-        "down_block_types": ["DownEncoderBlock2D"] * 4,
-        "up_block_types": ["UpDecoderBlock2D"] * 4,
-        "block_out_channels": [128, 256, 512, 512],
-        "layers_per_block": 2,
-        "act_fn": "silu",
-        "latent_channels": 4,
-        "norm_num_groups": 32,
-        "sample_size": 512,
-        "scaling_factor": 0.18215,
-    }
+    sd = shipped_config("sd15", "vae")
     if _architecture(spec) == "tiny":
         return {
             **sd,
@@ -131,32 +100,8 @@ def text_encoder_config(spec: str) -> dict[str, Any]:
         "pad_token_id": _BYTE_VOCAB_SIZE + 1,
     }
     architecture = _architecture(spec)
-    if architecture == "sd15":  # CLIP ViT-L/14's text tower
-        return {
-            "vocab_size": 49408,
-            "hidden_size": 768,
-            "intermediate_size": 3072,
-            "num_hidden_layers": 12,
-            "num_attention_heads": 12,
-            "projection_dim": 768,
-            "max_position_embeddings": PROMPT_LENGTH,
-            "hidden_act": "quick_gelu",
-            "layer_norm_eps": 1e-5,
-            **special,
-        }
-    if architecture == "sd21":  # OpenCLIP ViT-H/14's text tower without its last layer
-        return {
-            "vocab_size": 49408,
-            "hidden_size": 1024,
-            "intermediate_size": 4096,
-            "num_hidden_layers": 23,
-            "num_attention_heads": 16,
-            "projection_dim": 512,
-            "max_position_embeddings": PROMPT_LENGTH,
-            "hidden_act": "gelu",
-            "layer_norm_eps": 1e-5,
-            **special,
-        }
+    if architecture in ARCHITECTURE_CONFIGS:  # CLIP ViT-L/14's text tower; OpenCLIP ViT-H/14's without its last layer
+        return {**shipped_config(ARCHITECTURE_CONFIGS[architecture], "text_encoder"), **special}
     return {
         "vocab_size": _BYTE_VOCAB_SIZE + 2,
         "hidden_size": 32,
