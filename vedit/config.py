@@ -135,6 +135,7 @@ class RunConfig:
         "Folder of diffusers component configs (model_index.json, unet/config.json, scheduler/...) for a single-file "
         "--model checkpoint, overriding the configs of the family recognised from its weights.",
         default_text="the recognised family's",
+        affects_latents=False,  # the configs it holds enter the model's fingerprint, which keys every cache
         path=True,
         commands=ALL,
     )

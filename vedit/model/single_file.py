@@ -400,14 +400,17 @@ def _loaded(component: str, load: Callable[[], Any], name: str) -> Any:
     except (ValueError, RuntimeError, KeyError, OSError) as error:
         if is_out_of_memory(error):
             raise
+        if "meta tensor" in str(error):  # a weight the checkpoint lacks stayed empty until placed
+            raise ModelError(_incomplete(name, component)) from None
         raise ModelError(f"'{name}' does not fit its {component} config: {_first_line(error)}") from None
     missing = [key for key, value in module.state_dict().items() if value.is_meta]
     if missing:
-        raise ModelError(
-            f"'{name}' lacks {len(missing)} weights of its {component} (first: {missing[0]}): "
-            f"it is not a complete checkpoint for this config"
-        )
+        raise ModelError(_incomplete(name, component, f" ({len(missing)}, the first {missing[0]})"))
     return module
+
+
+def _incomplete(name: str, component: str, which: str = "") -> str:
+    return f"'{name}' lacks weights of its {component}{which}: it is not a complete checkpoint for this config"
 
 
 # ----------------------------------------------------------------------------- tokenizer
