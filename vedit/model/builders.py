@@ -10,7 +10,8 @@ its weights are drawn from:
   the model.
 
 Each gets SD's training schedule (:data:`SD_SCHEDULER_CONFIG`) and the local tokenizer
-(:func:`build_tokenizer`).
+(:func:`build_tokenizer`). The real architectures are the diffusers configs vedit ships for
+single-file checkpoints (``configs/<family>/``, read by :func:`shipped_config`): one source for both.
 """
 
 from __future__ import annotations
