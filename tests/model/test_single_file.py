@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from conftest import make_clip
+from helpers.checks import _refused, no_heavy_work  # noqa: F401  (a fixture, used by name)
 from helpers.cli import FAST, one_error_line, vedit
 from helpers.models import one_line
 from helpers.single_file import module_weights, to_original, unet_to_original, write_checkpoint
@@ -206,6 +207,17 @@ def test_a_checkpoint_missing_weights_names_them(tiny, tiny_folder, tmp_path):
     assert "lacks weights of its text_encoder (1, the first final_layer_norm.bias)" in one_line(error)
 
 
+def test_a_model_config_folder_must_configure_a_component(tiny_file, tmp_path):
+    with pytest.raises(ConfigError) as error:
+        load_model(str(tiny_file), model_config=str(tmp_path / "nowhere"), device="cpu")
+    assert one_line(error) == f"model_config={str(tmp_path / 'nowhere')!r}: no such folder"
+    (tmp_path / "index-only").mkdir()
+    (tmp_path / "index-only" / "model_index.json").write_text("{}")
+    with pytest.raises(ConfigError) as error:
+        load_model(str(tiny_file), model_config=str(tmp_path / "index-only"), device="cpu")
+    assert "configures no component: it needs one of unet/config.json" in one_line(error)
+
+
 def test_a_model_config_beside_a_model_that_is_no_file_is_one_line(tiny_folder):
     with pytest.raises(ConfigError) as error:
         load_model("tiny", model_config=str(tiny_folder), device="cpu")
@@ -383,6 +395,42 @@ def test_a_bad_checkpoint_on_the_command_line_is_one_line_and_exit_6(tmp_path):
     assert result.exit_code == 6
     assert f"checkpoint '{path}' is corrupt or truncated" in one_error_line(result)
     assert not (tmp_path / "out.mp4").exists()
+
+
+def test_a_checkpoint_that_cannot_load_is_refused_before_any_heavy_work(tiny, tmp_path, no_heavy_work):
+    from safetensors.torch import save_file
+
+    weights = to_original(tiny)
+    conv_in = weights[single_file.CONV_IN]
+    weights[single_file.CONV_IN] = torch.cat([conv_in, torch.zeros(conv_in.shape[0], 5, 3, 3)], dim=1)
+    save_file(weights, tmp_path / "inpainting.safetensors")
+    clip = make_clip(tmp_path / "clip.mp4", frames=4)
+    line = _refused(tmp_path, clip, "--model", tmp_path / "inpainting.safetensors", code=6)
+    assert "'inpainting.safetensors' has a UNet with 9 input channels" in line
+
+
+def test_an_sd2_files_guessed_prediction_is_a_warning_before_the_model_loads(tmp_path, monkeypatch):
+    import shutil
+
+    from vedit.model import loading
+
+    model = sd2_shaped_tiny()
+    folder = model.save_pretrained(tmp_path / "config")
+    shutil.rmtree(folder / "scheduler")  # the schedule, and with it the prediction type, is the guessed family's
+    path = write_checkpoint(model, tmp_path / "sd2.safetensors", text_layout="open_clip")
+
+    def stop(*args, **kwargs):
+        raise ModelError("stopped where the model loads")
+
+    monkeypatch.setattr(loading, "load_model", stop)
+    clip = make_clip(tmp_path / "clip.mp4", frames=4)
+    fast = [arg for arg in FAST if arg not in ("--model", "tiny")]
+    args = ["--model", path, "--model-config", folder, *fast]
+    result = vedit("run", clip, "-p", "x", "--size", "64x48", "-o", tmp_path / "out.mp4", *args)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines[0].startswith("vedit: warning: 'sd2.safetensors' is an SD 2.x checkpoint, taken for the 768-v model")
+    assert lines[0].endswith(f"pass --model-config {single_file.CONFIGS / 'sd21-base'}")
+    assert lines[-1] == "vedit: error: stopped where the model loads"
 
 
 # ----------------------------------------------------------------------------- SDXL

@@ -47,6 +47,7 @@ from .device import (
 )
 from .single_file import (
     CHECKPOINT_SUFFIXES,
+    _first_line,
     config_folder,
     is_checkpoint_file,
     load_single_file,
@@ -393,11 +394,6 @@ def _is_load_error(error: BaseException) -> bool:
     from safetensors import SafetensorError
 
     return isinstance(error, (OSError, ValueError, RuntimeError, SafetensorError, KeyError))
-
-
-def _first_line(error: BaseException) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[0] if lines else type(error).__name__
 
 
 def _causes(error: BaseException) -> Iterator[BaseException]:

@@ -37,12 +37,7 @@ if TYPE_CHECKING:
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 PICKLE_SUFFIXES = CHECKPOINT_SUFFIXES[1:]
 FAMILIES = ("sd15", "sd21-base", "sd21-v", "sdxl-base")
-FAMILY_NAMES = {
-    "sd15": "SD 1.x",
-    "sd21-base": "SD 2.x base (epsilon)",
-    "sd21-v": "SD 2.x 768-v (v-prediction)",
-    "sdxl-base": "SDXL base",
-}
+COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler", "text_encoder_2", "tokenizer_2")  # SDXL's last
 
 # What the original layouts name their parts (the keys diffusers' converters read).
 UNET_PREFIX = "model.diffusion_model."
@@ -72,7 +67,6 @@ class Recognised:
 
     family: str
     cross_attention_dim: int
-    in_channels: int
     prediction_guessed: bool = False  # an SD 2.x file: epsilon or v cannot be read from its weights
 
 
@@ -151,6 +145,7 @@ def _corrupt(path: Path, detail: str) -> str:
 
 
 def _first_line(error: BaseException) -> str:
+    """The first non-blank line of an error's text (a library's message can run to a page)."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     return lines[0] if lines else type(error).__name__
 
@@ -200,7 +195,7 @@ def recognise(checkpoint: dict[str, torch.Tensor], global_step: int | None, name
             f"'{name}' has no text encoder vedit recognises: expected 'cond_stage_model.transformer.*' "
             "(SD 1.x), 'cond_stage_model.model.*' (SD 2.x) or 'conditioner.embedders.0/1.*' (SDXL)"
         )
-    return Recognised(family, cross_attention_dim, in_channels, guessed)
+    return Recognised(family, cross_attention_dim, guessed)
 
 
 def prediction_note(recognised: Recognised, name: str, model_config: Path | None) -> str | None:
@@ -228,8 +223,7 @@ class Configs:
 
     @property
     def components(self) -> tuple[str, ...]:
-        second = ("text_encoder_2", "tokenizer_2") if self.family == "sdxl-base" else ()
-        return ("unet", "vae", "text_encoder", "tokenizer", "scheduler", *second)
+        return COMPONENTS if self.family == "sdxl-base" else COMPONENTS[:5]
 
     def folder(self, component: str) -> Path:
         """The folder whose ``component/`` subfolder configures that component."""
@@ -265,18 +259,18 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def config_folder(model_config: str | os.PathLike | None) -> Path | None:
-    """The ``--model-config`` folder, checked: it must hold diffusers configs (model_index.json or a
-    component's config)."""
+    """The ``--model-config`` folder, checked: it must configure at least one component, or it would
+    change nothing."""
     if model_config is None or str(model_config) == "":
         return None
     folder = Path(model_config).expanduser()
     if not folder.is_dir():
-        raise ModelError(f"{option_value('model_config', str(model_config))}: no such folder")
-    known = ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
-    if not (folder / "model_index.json").is_file() and not any(_has_config(folder / name) for name in known):
-        raise ModelError(
-            f"{option_value('model_config', str(model_config))} holds no diffusers configs (model_index.json, "
-            "unet/config.json, vae/config.json, text_encoder/config.json, scheduler/scheduler_config.json...)"
+        raise ConfigError(f"{option_value('model_config', str(model_config))}: no such folder")
+    if not any(_has_config(folder / name) for name in COMPONENTS):
+        raise ConfigError(
+            f"{option_value('model_config', str(model_config))} configures no component: it needs one of "
+            "unet/config.json, vae/config.json, text_encoder/config.json, tokenizer/tokenizer_config.json, "
+            "scheduler/scheduler_config.json (as in a diffusers model folder)"
         )
     return folder.resolve()
 
