@@ -171,7 +171,7 @@ def _architecture(spec: str) -> str:
     return built.architecture.removeprefix("random:")
 
 
-def _byte_symbols() -> list[str]:
+def byte_symbols() -> list[str]:
     """GPT-2/CLIP's byte-to-unicode table: printable bytes stand for themselves, the rest are
     shifted past 255 so that no symbol is whitespace or a control character."""
     printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
@@ -192,7 +192,7 @@ def build_tokenizer() -> CLIPTokenizer:
     """
     from transformers import CLIPTokenizer
 
-    symbols = _byte_symbols()
+    symbols = byte_symbols()
     tokens = symbols + [symbol + "</w>" for symbol in symbols] + ["<|startoftext|>", "<|endoftext|>"]
     vocab = {token: index for index, token in enumerate(tokens)}
     with tempfile.TemporaryDirectory(prefix="vedit-tokenizer-") as folder:

@@ -47,8 +47,8 @@ from .device import (
 )
 from .single_file import (
     CHECKPOINT_SUFFIXES,
-    _first_line,
     config_folder,
+    first_line,
     is_checkpoint_file,
     load_single_file,
     refuse_stray_config,
@@ -251,7 +251,7 @@ def _load_pretrained(spec: str, device: torch.device, dtype: torch.dtype, revisi
             if folder is None and isinstance(error, OSError):  # not in the cache, not on the hub
                 raise ModelError(_hub_message(spec, revision, error)) from None
             where = f"model folder '{folder}'" if folder is not None else f"model '{spec}'"
-            raise ModelError(f"could not read the {name} of {where}: {_first_line(error)}") from None
+            raise ModelError(f"could not read the {name} of {where}: {first_line(error)}") from None
     for name in ("unet", "vae", "text_encoder"):
         wanted = vae_dtype_for(dtype, parts[name].config.force_upcast) if name == "vae" else dtype
         parts[name] = place_for_inference(parts[name], device, wanted)

@@ -26,7 +26,7 @@ import torch
 from ..cache.files import cache_root
 from ..config import option_label, option_value
 from ..errors import ConfigError, ModelError
-from .builders import CONFIGS, PROMPT_LENGTH, _byte_symbols
+from .builders import CONFIGS, PROMPT_LENGTH, byte_symbols
 from .device import place_for_inference, vae_dtype_for
 from .stable_diffusion import StableDiffusion
 
@@ -95,7 +95,7 @@ def read_shapes(path: Path) -> tuple[dict[str, torch.Tensor], int | None]:
         with safe_open(path, framework="pt") as opened:
             return {key: torch.empty(opened.get_slice(key).get_shape(), device="meta") for key in opened.keys()}, None
     except SafetensorError as error:
-        raise ModelError(_corrupt(path, _first_line(error))) from None
+        raise ModelError(_corrupt(path, first_line(error))) from None
     except OSError as error:
         raise ModelError(f"checkpoint '{path}' cannot be read: {error.strerror or error}") from None
 
@@ -107,7 +107,7 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(path)
     except SafetensorError as error:
-        raise ModelError(_corrupt(path, _first_line(error))) from None
+        raise ModelError(_corrupt(path, first_line(error))) from None
     except OSError as error:
         raise ModelError(f"checkpoint '{path}' cannot be read: {error.strerror or error}") from None
 
@@ -125,7 +125,7 @@ def _read_pickle(path: Path) -> tuple[dict[str, torch.Tensor], int | None]:
             "file of the same model (most models publish one)"
         ) from None
     except (RuntimeError, EOFError, ValueError) as error:
-        raise ModelError(_corrupt(path, _first_line(error))) from None
+        raise ModelError(_corrupt(path, first_line(error))) from None
     except OSError as error:
         raise ModelError(f"checkpoint '{path}' cannot be read: {error.strerror or error}") from None
     while isinstance(content, dict) and isinstance(content.get("state_dict"), dict):
@@ -144,7 +144,7 @@ def _corrupt(path: Path, detail: str) -> str:
     return f"checkpoint '{path}' is corrupt or truncated ({detail}): download it again"
 
 
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
     """The first non-blank line of an error's text (a library's message can run to a page)."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     return lines[0] if lines else type(error).__name__
@@ -252,7 +252,7 @@ def _read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
-        raise ModelError(f"model config '{path}' cannot be read: {_first_line(error)}") from None
+        raise ModelError(f"model config '{path}' cannot be read: {first_line(error)}") from None
     if not isinstance(data, dict):
         raise ModelError(f"model config '{path}' is not a JSON object")
     return data
@@ -390,13 +390,13 @@ def _loaded(component: str, load: Callable[[], Any], name: str) -> Any:
     try:
         module = load()
     except SingleFileComponentError as error:
-        raise ModelError(f"'{name}' lacks the weights of its {component}: {_first_line(error)}") from None
+        raise ModelError(f"'{name}' lacks the weights of its {component}: {first_line(error)}") from None
     except (ValueError, RuntimeError, KeyError, OSError) as error:
         if is_out_of_memory(error):
             raise
         if "meta tensor" in str(error):  # a weight the checkpoint lacks stayed empty until placed
             raise ModelError(_incomplete(name, component)) from None
-        raise ModelError(f"'{name}' does not fit its {component} config: {_first_line(error)}") from None
+        raise ModelError(f"'{name}' does not fit its {component} config: {first_line(error)}") from None
     missing = [key for key, value in module.state_dict().items() if value.is_meta]
     if missing:
         raise ModelError(_incomplete(name, component, f" ({len(missing)}, the first {missing[0]})"))
@@ -442,7 +442,7 @@ def clip_vocabulary(cache: Path | None = None) -> Path:
         return folder
     lines = gzip.decompress(BPE_VOCABULARY.read_bytes()).decode("utf-8").split("\n")
     merges = lines[1 : BPE_MERGES + 1]  # the first line is a header
-    symbols = _byte_symbols()
+    symbols = byte_symbols()
     tokens = symbols + [symbol + "</w>" for symbol in symbols] + [pair.replace(" ", "") for pair in merges]
     tokens += ["<|startoftext|>", "<|endoftext|>"]
     folder.mkdir(parents=True, exist_ok=True)
