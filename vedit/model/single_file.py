@@ -282,8 +282,8 @@ def check_against_config(recognised: Recognised, configs: Configs, name: str) ->
     if unet.get("cross_attention_dim") != recognised.cross_attention_dim:
         raise ModelError(
             f"'{name}' has {recognised.cross_attention_dim}-dim cross-attention, its config ({where}) "
-            f"{unet.get('cross_attention_dim')}: pass {option_label('model_config')} FOLDER with the configs it was "
-            "trained with"
+            f"{unet.get('cross_attention_dim')}: pass {option_value('model_config', 'FOLDER', placeholder=True)} "
+            "with the configs it was trained with"
         )
 
 
