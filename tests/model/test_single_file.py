@@ -333,6 +333,19 @@ def test_the_vocabulary_made_from_the_shipped_bpe_file_gives_clips_token_ids():
     assert json.loads((single_file.clip_vocabulary() / "vocab.json").read_text())["cat</w>"] == 2368
 
 
+def test_the_vocabulary_is_made_once_into_the_cache_folder_or_afresh_where_it_cannot_be_written(tmp_path, monkeypatch):
+    made = single_file.clip_vocabulary()
+    assert made.parent == tmp_path / "cache" / "tokenizers"  # the test's VEDIT_CACHE_DIR
+    written = (made / "vocab.json").stat().st_mtime_ns
+    assert single_file.clip_vocabulary() == made and (made / "vocab.json").stat().st_mtime_ns == written
+    assert not [path for path in made.iterdir() if path.name.endswith(".partial")]
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the cache folder would be")
+    monkeypatch.setenv("VEDIT_CACHE_DIR", str(blocked))
+    tokenizer = single_file.clip_tokenizer(single_file.CONFIGS / "sd15" / "tokenizer")
+    assert tokenizer("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]
+
+
 # ----------------------------------------------------------------------------- fingerprints and the network
 
 

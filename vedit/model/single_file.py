@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import re
+import tempfile
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, fields
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..cache.files import cache_root
+from ..cache.files import cache_root, partial_prefix, sweep_partials
 from ..config import option_label, option_value
 from ..errors import ConfigError, ModelError
 from .builders import CONFIGS, PROMPT_LENGTH, byte_symbols
@@ -425,7 +426,12 @@ def clip_tokenizer(folder: Path) -> CLIPTokenizer:
         if isinstance(config.get(key), (str, int))
     }
     settings.setdefault("model_max_length", PROMPT_LENGTH)
-    return CLIPTokenizer.from_pretrained(clip_vocabulary(), local_files_only=True, **settings)
+    try:
+        vocabulary = clip_vocabulary()
+    except OSError:  # a cache folder that cannot be written: the vocabulary is made afresh for this load
+        with tempfile.TemporaryDirectory(prefix="vedit-clip-bpe-") as scratch:
+            return CLIPTokenizer.from_pretrained(clip_vocabulary(Path(scratch)), local_files_only=True, **settings)
+    return CLIPTokenizer.from_pretrained(vocabulary, local_files_only=True, **settings)
 
 
 def clip_vocabulary(cache: Path | None = None) -> Path:
@@ -436,9 +442,7 @@ def clip_vocabulary(cache: Path | None = None) -> Path:
     """
     digest = hashlib.sha256(BPE_VOCABULARY.read_bytes()).hexdigest()[:16]
     folder = (cache or cache_root()) / "tokenizers" / f"clip-bpe-{digest}"
-    if (folder / "tokenizer.json").is_file() or (
-        (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()
-    ):
+    if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
         return folder
     lines = gzip.decompress(BPE_VOCABULARY.read_bytes()).decode("utf-8").split("\n")
     merges = lines[1 : BPE_MERGES + 1]  # the first line is a header
@@ -446,12 +450,12 @@ def clip_vocabulary(cache: Path | None = None) -> Path:
     tokens = symbols + [symbol + "</w>" for symbol in symbols] + [pair.replace(" ", "") for pair in merges]
     tokens += ["<|startoftext|>", "<|endoftext|>"]
     folder.mkdir(parents=True, exist_ok=True)
-    suffix = f".pid{os.getpid()}.partial"
+    sweep_partials(folder)  # what a writer killed mid-write left
     for name, text in (
         ("vocab.json", json.dumps({token: index for index, token in enumerate(tokens)})),
         ("merges.txt", "#version: 0.2\n" + "\n".join(merges) + "\n"),
     ):
-        partial = folder / (name + suffix)
+        partial = folder / (partial_prefix(name) + "tmp.partial")
         partial.write_text(text, encoding="utf-8")
         partial.replace(folder / name)  # another process may write the same file: each write is whole
     return folder
