@@ -124,11 +124,21 @@ class RunConfig:
     )  # None: "engines" in the cache folder (cache_dir), beside the inversions
     model: str = setting(
         DEFAULT_MODEL,
-        "Hub id, local diffusers folder, tiny, random:sd15 or random:sd21 (tiny@N: weights from seed N).",
+        "Hub id, local diffusers folder, single-file checkpoint (.safetensors, .ckpt), tiny, random:sd15 or "
+        "random:sd21 (tiny@N: weights from seed N).",
         commands=ALL,
         folder_or_id=True,
     )
     revision: str | None = setting(None, "Model revision (hub branch, tag or commit).", commands=ALL)
+    model_config: str | None = setting(
+        None,
+        "Folder of diffusers component configs (model_index.json, unet/config.json, scheduler/...) for a single-file "
+        "--model checkpoint, overriding the configs of the family recognised from its weights.",
+        default_text="the recognised family's",
+        affects_latents=False,  # the configs it holds enter the model's fingerprint, which keys every cache
+        path=True,
+        commands=ALL,
+    )
     steps: int = setting(
         50, "Sampling steps T.", min=1, max=1000,
         commands=(RUN, INVERT),

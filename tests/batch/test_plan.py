@@ -125,3 +125,31 @@ def test_outputs_made_when_the_seed_drew_the_weights_are_redone_only_where_they_
     clip = clips / "pattern.mp4"
     then = {k: v for k, v in settings_of(RunConfig(model="tiny", seed=2), clip).items() if k != "model_seed"}
     assert digest_of(settings_of(RunConfig(model="tiny@2", seed=2), clip)) == digest_of(then)  # what seed 2 made then
+
+
+def test_a_single_file_model_written_in_a_job_file_is_found_from_its_folder(tmp_path, clips, monkeypatch):
+    from helpers.single_file import write_checkpoint
+    from vedit.batch.plan import model_key
+    from vedit.model.loading import load_model
+
+    tiny = load_model("tiny", device="cpu")
+    (tmp_path / "jobs").mkdir()
+    tiny.save_pretrained(tmp_path / "jobs" / "config")
+    tiny.scheduler.save_pretrained(tmp_path / "jobs" / "schedule" / "scheduler")
+    write_checkpoint(tiny, tmp_path / "jobs" / "tiny.safetensors")
+    monkeypatch.chdir(tmp_path)  # another folder than the job file's
+    clip = str(clips / "pattern.mp4")
+    checkpoint = {"model": "tiny.safetensors", "model-config": "config"}
+    path = job_file(
+        tmp_path / "jobs" / "jobs.toml",
+        [
+            {"name": "file", "input": clip, "prompts": ["x"], "output": "out/file.mp4", **checkpoint},
+            {"name": "other-config", "input": clip, "prompts": ["x"], "output": "out/b.mp4", **checkpoint,
+             "model-config": str(tmp_path / "jobs" / "schedule")},
+        ],
+    )  # fmt: skip
+    configs = {edit.job_name: edit.config for edit in plan_batch(path).edits}
+    assert configs["file"].model == str(tmp_path / "jobs" / "tiny.safetensors")
+    assert configs["file"].model_config == str(tmp_path / "jobs" / "config")
+    # the same file under other configs is another model: the workers do not share one loaded model between them
+    assert model_key(configs["file"]) != model_key(configs["other-config"])

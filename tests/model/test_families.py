@@ -81,16 +81,16 @@ def test_sdxl_injects_at_its_coarsest_decoder_level_with_attention(models):
 def test_sdxl_conditioning_is_the_two_encoders_penultimate_states_then_pooled_and_size_ids(models):
     model = models["tiny-sdxl"]
     text = model.encode_prompt(["a cat"], (48, 64))
-    assert text.shape == (1, 78, 64)
+    assert text.shape == (1, 78, 80)
     ids = [tok(["a cat"], padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
            for tok in (model.tokenizer, model.tokenizer_2)]  # fmt: skip
     first = model.text_encoder(ids[0], output_hidden_states=True).hidden_states[-2]
     second = model.text_encoder_2(ids[1], output_hidden_states=True)
     torch.testing.assert_close(text[:, :77], torch.cat([first, second.hidden_states[-2]], dim=-1))
-    pooled = second.text_embeds  # (1, 32)
-    torch.testing.assert_close(text[0, 77, :32], pooled[0])
-    assert text[0, 77, 32:38].tolist() == [48, 64, 0, 0, 48, 64]
-    assert not text[0, 77, 38:].any()
+    pooled = second.text_embeds  # (1, 48)
+    torch.testing.assert_close(text[0, 77, :48], pooled[0])
+    assert text[0, 77, 48:54].tolist() == [48, 64, 0, 0, 48, 64]
+    assert not text[0, 77, 54:].any()
 
     inputs = model.unet_inputs(text)
     latents = torch.randn(1, 4, 6, 8, generator=torch.Generator().manual_seed(0))
@@ -102,8 +102,8 @@ def test_sdxl_conditioning_is_the_two_encoders_penultimate_states_then_pooled_an
 def test_sdxl_conditions_the_empty_prompt_on_zeros_unless_the_model_says_otherwise(models):
     model = models["tiny-sdxl"]
     empty = model.encode_prompt([""], (64, 64))
-    assert not empty[:, :77].any() and not empty[0, 77, :32].any()
-    assert empty[0, 77, 32:38].tolist() == [64, 64, 0, 0, 64, 64]  # the size ids are kept
+    assert not empty[:, :77].any() and not empty[0, 77, :48].any()
+    assert empty[0, 77, 48:54].tolist() == [64, 64, 0, 0, 64, 64]  # the size ids are kept
     model.force_zeros_for_empty_prompt = False
     try:
         assert model.encode_prompt([""], (64, 64))[:, :77].abs().sum() > 0

@@ -201,12 +201,13 @@ def test_a_path_that_does_not_exist_is_not_taken_for_a_hub_id(spec, says):
     assert says in one_line(error)
 
 
-def test_a_file_is_not_a_model_folder(tmp_path):
-    checkpoint = tmp_path / "model.safetensors"
-    checkpoint.write_bytes(b"")
+def test_a_file_of_another_kind_is_neither_a_model_folder_nor_a_checkpoint(tmp_path):
+    path = tmp_path / "model.gguf"
+    path.write_bytes(b"GGUF")
     with pytest.raises(ModelError) as error:
-        load_model(str(checkpoint), device="cpu")
-    assert "is a file, not a diffusers model folder" in one_line(error)
+        load_model(str(path), device="cpu")
+    assert "is neither a diffusers model folder" in one_line(error)
+    assert "nor a single-file checkpoint (.safetensors, .ckpt, .pt, .pth, .bin)" in one_line(error)
 
 
 def test_a_model_of_an_unknown_prediction_type_is_refused(tiny_folder, tmp_path):

@@ -89,7 +89,7 @@ def _resolve_paths(values: dict[str, Any], written: Iterable[str], base: Path, c
         value = out.get(key)
         if isinstance(value, str) and value and not (key == "model" and is_built_in(value)):
             candidate = Path(absolute_path(value, base if key in written else cwd))
-            if candidate.is_dir():
+            if candidate.is_dir() or (key == "model" and candidate.is_file()):  # a single-file checkpoint
                 out[key] = str(candidate)
     return out
 

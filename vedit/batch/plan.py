@@ -131,7 +131,8 @@ def model_key(config: RunConfig) -> tuple:
     """Edits with equal keys can share one loaded model (whatever their seeds: a built model's
     weights come from its spec, ``tiny@3``, and ``tiny`` is ``tiny@0``)."""
     built = _built(config.model)
-    return (built.name if built is not None else config.model, config.revision, config.device, config.dtype)
+    model = built.name if built is not None else config.model
+    return (model, config.revision, config.model_config, config.device, config.dtype)
 
 
 def inversion_key(config: RunConfig, input: Path) -> tuple:

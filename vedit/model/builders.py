@@ -12,8 +12,10 @@ its weights are drawn from:
 
 Every spec takes ``@N`` for weights drawn from seed N (``tiny@3``, ``random:sd15@7``); without it the seed
 is 0. The weights' seed is part of the spec, so an edit's own seed never changes the model. Each gets its
-architecture's training schedule (:data:`SD_SCHEDULER_CONFIG`, v-prediction for the ``-v`` ones) and the
-local tokenizer (:func:`build_tokenizer`).
+architecture's training schedule (v-prediction for the ``-v`` ones) and the local tokenizer
+(:func:`build_tokenizer`). The real architectures, and the layouts the tiny ones shrink, are the diffusers
+configs vedit ships for single-file checkpoints (``configs/<family>/``, read by :func:`shipped_config`): one
+source for both.
 """
 
 from __future__ import annotations
@@ -50,135 +52,69 @@ BUILT_IN_SPECS = (
 PROMPT_LENGTH = 77  # CLIP's context: SD pads every prompt to 77 tokens
 _BYTE_VOCAB_SIZE = 512  # the local tokenizer: every byte, alone and as a word's end ("</w>")
 
-# SD 1.x / 2.x-base training schedule, as their scheduler_config.json files give it.
-SD_SCHEDULER_CONFIG: dict[str, Any] = {
-    "num_train_timesteps": 1000,
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "clip_sample": False,
-    "set_alpha_to_one": False,
-    "steps_offset": 1,
-    "prediction_type": "epsilon",
-}
-
 SPEC_HELP = (
     f"use {', '.join(BUILT_IN_SPECS[:-1])} or {BUILT_IN_SPECS[-1]} (with @N for weights drawn from seed N, "
     "e.g. tiny@3), a Hugging Face hub id, a local diffusers folder or a single-file checkpoint"
 )
 
 
+CONFIGS = Path(__file__).parent / "configs"  # the published architectures' diffusers configs, shipped as JSON
+# A built spec's architecture → the config folder of the architecture it is (random:*) or shrinks (tiny*).
+ARCHITECTURE_CONFIGS = {
+    "sd15": "sd15", "sd21": "sd21-base", "sd21-v": "sd21-v", "sdxl": "sdxl-base",
+    "tiny": "sd15", "tiny-sd2": "sd21-base", "tiny-sd2-v": "sd21-v", "tiny-sdxl": "sdxl-base",
+}  # fmt: skip
+_CONFIG_METADATA = ("architectures", "model_type")  # keys of a config file that are no constructor argument
+
+
+def shipped_config(family: str, component: str) -> dict[str, Any]:
+    """The constructor arguments in the shipped config of ``component`` (``unet``, ``vae``,
+    ``text_encoder``...) of ``family`` (``sd15``, ``sd21-base``, ``sd21-v``, ``sdxl-base``)."""
+    folder = CONFIGS / family / component
+    name = "scheduler_config.json" if component == "scheduler" else "config.json"
+    config = json.loads((folder / name).read_text(encoding="utf-8"))
+    return {key: value for key, value in config.items() if not key.startswith("_") and key not in _CONFIG_METADATA}
+
+
+# SD 1.x / 2.x-base training schedule, as their scheduler_config.json files give it.
+SD_SCHEDULER_CONFIG: dict[str, Any] = shipped_config("sd15", "scheduler")
+
+
 def scheduler_config(spec: str) -> dict[str, Any]:
-    """The DDIM scheduler config of a built-in spec: SD's schedule, predicting v for the ``-v`` architectures."""
-    if _architecture(spec).endswith("-v"):
-        return {**SD_SCHEDULER_CONFIG, "prediction_type": "v_prediction"}
-    return dict(SD_SCHEDULER_CONFIG)
+    """The scheduler config of a built-in spec's architecture (v-prediction for the ``-v`` ones)."""
+    return shipped_config(ARCHITECTURE_CONFIGS[_architecture(spec)], "scheduler")
 
 
 def unet_config(spec: str) -> dict[str, Any]:
     """``UNet2DConditionModel`` arguments of a built-in spec."""
-    sd = {
-        "sample_size": 64,
-        "in_channels": 4,
-        "out_channels": 4,
-        "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
-        "mid_block_type": "UNetMidBlock2DCrossAttn",
-        "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
-        "block_out_channels": [320, 640, 1280, 1280],
-        "layers_per_block": 2,
-        "downsample_padding": 1,
-        "mid_block_scale_factor": 1,
-        "act_fn": "silu",
-        "norm_num_groups": 32,
-        "norm_eps": 1e-5,
-        "flip_sin_to_cos": True,
-        "freq_shift": 0,
-        "center_input_sample": False,
-        "dual_cross_attention": False,
-        "only_cross_attention": False,
-        "upcast_attention": False,
-    }
     architecture = _architecture(spec)
-    if architecture == "sd15":
-        # attention_head_dim is diffusers' (misnamed) head count: 8 heads at every level
-        return {**sd, "cross_attention_dim": 768, "attention_head_dim": 8, "use_linear_projection": False}
-    if architecture in ("sd21", "sd21-v"):
-        # 5/10/20/20 heads of 64 channels each; the 768 model upcasts attention to fp32 and was trained at 96×96
-        sd21 = {**sd, "cross_attention_dim": 1024, "attention_head_dim": [5, 10, 20, 20], "use_linear_projection": True}
-        return {**sd21, "upcast_attention": True, "sample_size": 96} if architecture == "sd21-v" else sd21
-    if architecture in ("sdxl", "tiny-sdxl"):
-        return sdxl_unet_config(tiny=architecture == "tiny-sdxl")
+    real = shipped_config(ARCHITECTURE_CONFIGS[architecture], "unet")
+    if not architecture.startswith("tiny"):
+        return real
+    if architecture == "tiny-sdxl":
+        # SDXL's three levels (no attention at the finest) with 1 and 2 transformer blocks per attention, the two
+        # encoders' states side by side (32 + 48), and the added embedding of the second encoder's pooled output
+        # (48) beside six size ids of 8 channels each
+        return {
+            **real, "sample_size": 8, "block_out_channels": [16, 32, 32], "transformer_layers_per_block": [1, 1, 2],
+            "attention_head_dim": 2, "cross_attention_dim": 32 + 48, "addition_time_embed_dim": 8,
+            "projection_class_embeddings_input_dim": 48 + 6 * 8, "norm_num_groups": 4,
+        }  # fmt: skip
     return {
-        **sd,
+        **real,
         "sample_size": 8,
         "block_out_channels": [16, 16, 32, 32],
         "norm_num_groups": 4,
         "cross_attention_dim": 32,
         "attention_head_dim": 2,
-        "use_linear_projection": architecture.startswith("tiny-sd2"),
-    }
-
-
-def sdxl_unet_config(*, tiny: bool) -> dict[str, Any]:
-    """SDXL base's UNet, or the same three-level layout at tiny widths: no attention at the finest level, then
-    1 and 10 (tiny: 1 and 2) transformer blocks per attention, and the added embedding of the pooled text
-    embedding beside six size ids (256 sinusoid channels each; tiny 8)."""
-    config: dict[str, Any] = {
-        "sample_size": 128,
-        "in_channels": 4,
-        "out_channels": 4,
-        "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
-        "mid_block_type": "UNetMidBlock2DCrossAttn",
-        "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
-        "block_out_channels": [320, 640, 1280],
-        "layers_per_block": 2,
-        "transformer_layers_per_block": [1, 2, 10],
-        "attention_head_dim": [5, 10, 20],
-        "cross_attention_dim": 2048,
-        "use_linear_projection": True,
-        "addition_embed_type": "text_time",
-        "addition_time_embed_dim": 256,
-        "projection_class_embeddings_input_dim": 1280 + 6 * 256,
-        "norm_num_groups": 32,
-        "flip_sin_to_cos": True,
-        "freq_shift": 0,
-        "act_fn": "silu",
-        "upcast_attention": False,
-    }
-    if not tiny:
-        return config
-    return {
-        **config,
-        "sample_size": 8,
-        "block_out_channels": [16, 32, 32],
-        "transformer_layers_per_block": [1, 1, 2],
-        "attention_head_dim": 2,
-        "cross_attention_dim": 64,  # the two tiny encoders' 32 + 32
-        "addition_time_embed_dim": 8,
-        "projection_class_embeddings_input_dim": 32 + 6 * 8,
-        "norm_num_groups": 4,
     }
 
 
 def vae_config(spec: str) -> dict[str, Any]:
     """``AutoencoderKL`` arguments of a built-in spec: SD's VAE (the same for 1.5 and 2.1; SDXL's has the same
     layout, another scaling factor, and is upcast to fp32 beside an fp16 UNet)."""
-    sd = {
-        "in_channels": 3,
-        "out_channels": 3,
-        "down_block_types": ["DownEncoderBlock2D"] * 4,
-        "up_block_types": ["UpDecoderBlock2D"] * 4,
-        "block_out_channels": [128, 256, 512, 512],
-        "layers_per_block": 2,
-        "act_fn": "silu",
-        "latent_channels": 4,
-        "norm_num_groups": 32,
-        "sample_size": 512,
-        "scaling_factor": 0.18215,
-    }
     architecture = _architecture(spec)
-    if architecture.endswith("sdxl"):
-        sd = {**sd, "scaling_factor": 0.13025, "sample_size": 1024, "force_upcast": True}
+    sd = shipped_config(ARCHITECTURE_CONFIGS[architecture], "vae")
     if architecture.startswith("tiny"):
         return {
             **sd,
@@ -199,45 +135,13 @@ def text_encoder_config(spec: str, second: bool = False) -> dict[str, Any]:
         "pad_token_id": _BYTE_VOCAB_SIZE + 1,
     }
     architecture = _architecture(spec)
-    if architecture == "sdxl" and second:  # OpenCLIP ViT-bigG/14's text tower, with its projection
-        return {
-            "vocab_size": 49408,
-            "hidden_size": 1280,
-            "intermediate_size": 5120,
-            "num_hidden_layers": 32,
-            "num_attention_heads": 20,
-            "projection_dim": 1280,
-            "max_position_embeddings": PROMPT_LENGTH,
-            "hidden_act": "gelu",
-            "layer_norm_eps": 1e-5,
-            **special,
-        }
-    if architecture in ("sd15", "sdxl"):  # CLIP ViT-L/14's text tower
-        return {
-            "vocab_size": 49408,
-            "hidden_size": 768,
-            "intermediate_size": 3072,
-            "num_hidden_layers": 12,
-            "num_attention_heads": 12,
-            "projection_dim": 768,
-            "max_position_embeddings": PROMPT_LENGTH,
-            "hidden_act": "quick_gelu",
-            "layer_norm_eps": 1e-5,
-            **special,
-        }
-    if architecture in ("sd21", "sd21-v"):  # OpenCLIP ViT-H/14's text tower without its last layer
-        return {
-            "vocab_size": 49408,
-            "hidden_size": 1024,
-            "intermediate_size": 4096,
-            "num_hidden_layers": 23,
-            "num_attention_heads": 16,
-            "projection_dim": 512,
-            "max_position_embeddings": PROMPT_LENGTH,
-            "hidden_act": "gelu",
-            "layer_norm_eps": 1e-5,
-            **special,
-        }
+    if not architecture.startswith("tiny"):  # CLIP ViT-L/14's text tower, OpenCLIP ViT-H/14's without its last
+        # layer (SD 2.x), or SDXL's ViT-L and ViT-bigG with its projection
+        component = "text_encoder_2" if second else "text_encoder"
+        return {**shipped_config(ARCHITECTURE_CONFIGS[architecture], component), **special}
+    if second:  # as in SDXL, the second encoder is the wider one (single-file layouts tell them apart by width)
+        return {**text_encoder_config(spec), "hidden_size": 48, "intermediate_size": 96, "projection_dim": 48,
+                "hidden_act": "gelu"}  # fmt: skip
     return {
         "vocab_size": _BYTE_VOCAB_SIZE + 2,
         "hidden_size": 32,
@@ -311,7 +215,7 @@ def _architecture(spec: str) -> str:
     return built.architecture.removeprefix("random:")
 
 
-def _byte_symbols() -> list[str]:
+def byte_symbols() -> list[str]:
     """GPT-2/CLIP's byte-to-unicode table: printable bytes stand for themselves, the rest are
     shifted past 255 so that no symbol is whitespace or a control character."""
     printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
@@ -332,7 +236,7 @@ def build_tokenizer() -> CLIPTokenizer:
     """
     from transformers import CLIPTokenizer
 
-    symbols = _byte_symbols()
+    symbols = byte_symbols()
     tokens = symbols + [symbol + "</w>" for symbol in symbols] + ["<|startoftext|>", "<|endoftext|>"]
     vocab = {token: index for index, token in enumerate(tokens)}
     with tempfile.TemporaryDirectory(prefix="vedit-tokenizer-") as folder:
@@ -390,7 +294,7 @@ def build_model(built: BuiltSpec, device: torch.device, dtype: torch.dtype) -> S
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=build_tokenizer(),
-        scheduler=DDIMScheduler(**scheduler_config(spec)),
+        scheduler=DDIMScheduler.from_config(scheduler_config(spec)),  # SDXL's ships as Euler: its schedule is DDIM's
         model_id=built.name,
         revision=None,
         fingerprint=fingerprint,

@@ -6,6 +6,8 @@
   (``tiny@3``): built in code (:mod:`vedit.model.builders`);
 - a local diffusers folder (``unet/``, ``vae/``, ``text_encoder/``, ``tokenizer/``,
   ``scheduler/``, as ``save_pretrained`` writes them);
+- a single-file checkpoint in the original layout (``.safetensors``, ``.ckpt``...), with the configs
+  vedit ships or a ``model_config`` folder (:mod:`vedit.model.single_file`);
 - anything else is a Hugging Face hub id (read from the local cache when ``HF_HUB_OFFLINE``
   is set).
 
@@ -43,13 +45,24 @@ from .device import (
     use_fast_float32,
     vae_dtype_for,
 )
+from .single_file import (
+    CHECKPOINT_SUFFIXES,
+    config_folder,
+    first_line,
+    is_checkpoint_file,
+    load_single_file,
+    refuse_stray_config,
+    scheduler_of,
+)
 from .stable_diffusion import COMPONENTS, SECOND_ENCODER, StableDiffusion
 
 if TYPE_CHECKING:
     from diffusers import DDIMScheduler
 
 
-def peek_scheduler(spec: str = DEFAULT_MODEL, revision: str | None = None) -> DDIMScheduler | None:
+def peek_scheduler(
+    spec: str = DEFAULT_MODEL, revision: str | None = None, model_config: str | None = None
+) -> DDIMScheduler | None:
     """The model's DDIM scheduler from its config file alone (no weights), or None if not at hand.
 
     Lets option combinations be checked against the model's real schedule before loading it.
@@ -61,6 +74,8 @@ def peek_scheduler(spec: str = DEFAULT_MODEL, revision: str | None = None) -> DD
         return DDIMScheduler(**scheduler_config(spec))
     try:
         path = Path(spec).expanduser()
+        if is_checkpoint_file(path):
+            return scheduler_of(path, config_folder(model_config))
         if path.is_dir():
             config_file = path / "scheduler" / "scheduler_config.json"
         else:
@@ -82,8 +97,12 @@ def load_model(
     dtype: str | torch.dtype | None = "auto",
     revision: str | None = None,
     seed: int | None = None,
+    model_config: str | None = None,
 ) -> StableDiffusion:
     """Load (or, for ``tiny`` and ``random:*``, build from the seed the spec names) a Stable Diffusion model.
+
+    ``model_config``: a folder of diffusers configs for a single-file checkpoint, overriding those of
+    the family recognised from its weights.
 
     ``seed`` is deprecated: it gives a built spec written without ``@N`` its weights' seed, as
     ``tiny@N`` does.
@@ -98,12 +117,16 @@ def load_model(
         )
         if built is not None and "@" not in spec:
             built = built_spec(f"{spec}@{seed}")
+    refuse_stray_config(spec, model_config)
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
     use_fast_float32(device)
     try:
         if built is not None:
             model = build_model(built, device, dtype)
+        elif is_checkpoint_file(spec):
+            _route_library_logs()
+            model = load_single_file(Path(spec).expanduser().resolve(), model_config, device, dtype)
         else:
             model = _load_pretrained(spec, device, dtype, revision)
     except Exception as error:
@@ -229,7 +252,7 @@ def _load_pretrained(spec: str, device: torch.device, dtype: torch.dtype, revisi
             if folder is None and isinstance(error, OSError):  # not in the cache, not on the hub
                 raise ModelError(_hub_message(spec, revision, error)) from None
             where = f"model folder '{folder}'" if folder is not None else f"model '{spec}'"
-            raise ModelError(f"could not read the {name} of {where}: {_first_line(error)}") from None
+            raise ModelError(f"could not read the {name} of {where}: {first_line(error)}") from None
     for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
         if name not in parts:
             continue
@@ -294,9 +317,8 @@ def _local_folder(spec: str) -> Path | None:
         return folder
     if path.exists():
         raise ModelError(
-            f"'{spec}' is a file, not a diffusers model folder (unet/, vae/, "
-            "text_encoder/, tokenizer/, scheduler/): convert single-file "
-            "checkpoints to the diffusers layout first"
+            f"'{spec}' is neither a diffusers model folder (unet/, vae/, text_encoder/, tokenizer/, "
+            f"scheduler/) nor a single-file checkpoint ({', '.join(CHECKPOINT_SUFFIXES)})"
         )
     looks_like_path = spec.startswith((".", "/", "~")) or "\\" in spec or spec.count("/") > 1 or spec.endswith("/")
     if looks_like_path:
@@ -392,11 +414,6 @@ def _is_load_error(error: BaseException) -> bool:
     from safetensors import SafetensorError
 
     return isinstance(error, (OSError, ValueError, RuntimeError, SafetensorError, KeyError))
-
-
-def _first_line(error: BaseException) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[0] if lines else type(error).__name__
 
 
 def _causes(error: BaseException) -> Iterator[BaseException]:

@@ -160,6 +160,7 @@ def preflight(
     ``editing=False`` checks an inversion only (no editor, propagator or post-processors)."""
     from ..model.device import resolve_device, resolve_dtype
     from ..model.loading import peek_scheduler
+    from ..model.single_file import check_checkpoint_file
 
     check_numbers(config)  # a RunConfig built by hand has not been validated
     clip = open_clip(input, config)
@@ -184,8 +185,13 @@ def preflight(
             from ..quality.evaluate import check_eval
 
             check_eval(config, reporter)
+    if sd is None:
+        for note in check_checkpoint_file(config.model, config.model_config):
+            reporter.warning(note)
     # The model's own schedule when its config is at hand, else SD's: checked again after loading.
-    scheduler = sd.new_scheduler() if sd is not None else peek_scheduler(config.model, config.revision)
+    scheduler = (
+        sd.new_scheduler() if sd is not None else peek_scheduler(config.model, config.revision, config.model_config)
+    )
     if scheduler is None:
         scheduler = DDIMScheduler(**SD_SCHEDULER_CONFIG)
     needs_inversion = not editing or editor.needs_inversion

@@ -59,7 +59,13 @@ def load_model_for(config: RunConfig, preflight: Preflight, sd: Any = None) -> S
 
     if sd is not None:
         return sd
-    return load_model(config.model, device=preflight.device, dtype=preflight.dtype, revision=config.revision)
+    return load_model(
+        config.model,
+        device=preflight.device,
+        dtype=preflight.dtype,
+        revision=config.revision,
+        model_config=config.model_config,
+    )
 
 
 def make_passes(
