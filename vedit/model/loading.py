@@ -33,6 +33,7 @@ import torch
 
 from ..config import DEFAULT_MODEL, option_label, option_value
 from ..errors import ModelError
+from ..method.prediction import check_prediction_type
 from .builders import SD_SCHEDULER_CONFIG, SPEC_HELP, build_model, built_spec
 from .device import (
     dtype_name,
@@ -153,12 +154,7 @@ def _check_compatible(model: StableDiffusion) -> None:
             f"{model.unet.config.cross_attention_dim}-dim text embeddings, its text "
             f"encoder makes {model.text_encoder.config.hidden_size}-dim ones"
         )
-    prediction = model.scheduler.config.prediction_type
-    if prediction != "epsilon":
-        raise ModelError(
-            f"model '{name}' predicts '{prediction}', not noise ('epsilon'): vedit "
-            "supports epsilon models such as SD 1.5 and SD 2.1-base"
-        )
+    check_prediction_type(model.scheduler, name)
 
 
 # ----------------------------------------------------------------------------- from_pretrained
