@@ -4,6 +4,7 @@ ship with), from a saved model folder, beside the same weights predicting ε; an
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -95,3 +96,11 @@ def test_a_model_of_an_unknown_prediction_type_is_one_line_before_it_loads(folde
         "predict the noise ('epsilon'), the velocity ('v_prediction') or the clean latent ('sample')"
     )
     assert not (tmp_path / "out.mp4").exists()
+
+
+def test_vedit_invert_checks_a_v_model_from_its_zero_snr_noise(folders, clip_file):
+    args = ["--size", "64x48", "--steps", "2", "--inversion-steps", "2", "--check"]
+    result = vedit("invert", clip_file, "--model", folders["v_prediction"], *args)
+    assert result.exit_code == 0, result.output
+    found = re.search(r"reconstruction PSNR ([\d.]+) dB", result.stdout)
+    assert found is not None and 0 < float(found.group(1)) < 100, result.stdout
