@@ -225,6 +225,14 @@ def test_a_v_prediction_model_loads_with_its_own_schedule(tiny_folder, tmp_path)
         assert float(scheduler.alphas_cumprod[-1]) == 0  # zero terminal SNR
 
 
+def test_a_scheduler_of_another_class_gives_ddim_its_settings(tiny_folder, tmp_path):
+    settings = {"prediction_type": "v_prediction", "timestep_spacing": "trailing", "steps_offset": 0}
+    folder = with_scheduler_settings(tiny_folder, tmp_path / "copy", _class_name="EulerDiscreteScheduler", **settings)
+    for scheduler in (load_model(str(folder), device="cpu").new_scheduler(), loading.peek_scheduler(str(folder))):
+        assert type(scheduler).__name__ == "DDIMScheduler"
+        assert {name: scheduler.config[name] for name in settings} == settings
+
+
 def test_a_model_with_an_unknown_prediction_type_is_refused(tiny_folder, tmp_path):
     folder = with_scheduler_settings(tiny_folder, tmp_path / "copy", prediction_type="flow_prediction")
     with pytest.raises(ModelError) as error:

@@ -104,3 +104,16 @@ def test_vedit_invert_checks_a_v_model_from_its_zero_snr_noise(folders, clip_fil
     assert result.exit_code == 0, result.output
     found = re.search(r"reconstruction PSNR ([\d.]+) dB", result.stdout)
     assert found is not None and 0 < float(found.group(1)) < 100, result.stdout
+
+
+def test_an_epsilon_model_on_a_zero_snr_trailing_schedule_is_one_line_before_it_loads(folders, clip_file, tmp_path):
+    folder = with_schedule(folders["epsilon"], tmp_path / "eps-zero-snr", timestep_spacing="trailing",
+                           rescale_betas_zero_snr=True)  # fmt: skip
+    result = vedit("run", clip_file, "-p", "x", "--model", folder, "-o", tmp_path / "out.mp4", "--quiet")
+    assert result.exit_code == 6
+    assert one_error_line(result) == (
+        "vedit: error: the model predicts the noise ('epsilon') but its schedule reaches t=999, where zero terminal "
+        "SNR leaves no signal (ᾱ=0) to recover the clean latent from: set rescale_betas_zero_snr to false in its "
+        "scheduler_config.json, or use a v-prediction model"
+    )
+    assert "Loading" not in result.output and not (tmp_path / "out.mp4").exists()

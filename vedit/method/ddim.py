@@ -57,8 +57,8 @@ def check_schedules(scheduler: Any, steps: int, inversion_steps: int | None = No
     if prediction == "epsilon" and float(scheduler.alphas_cumprod[max(sampling)]) == 0:
         raise ModelError(
             f"the model predicts the noise ('epsilon') but its schedule reaches t={max(sampling)}, where zero "
-            "terminal SNR leaves no signal (ᾱ=0) to recover the clean latent from: an ε model needs a schedule "
-            "without rescale_betas_zero_snr (its scheduler_config.json), or use a v-prediction model"
+            "terminal SNR leaves no signal (ᾱ=0) to recover the clean latent from: set rescale_betas_zero_snr to "
+            "false in its scheduler_config.json, or use a v-prediction model"
         )
     if inversion_steps is None:
         return
