@@ -87,8 +87,8 @@ ALL = (RUN, INVERT, BUILD)
 CACHE_DIR_DEFAULT = "$VEDIT_CACHE_DIR or ~/.cache/vedit"
 INVERSION_STEPS_HELP = (
     "DDIM inversion steps. Their schedule must pass through every timestep of the --steps one: with 50 steps, "
-    "50, 100, 200, 250, 500 and 1000 do (a multiple of --steps alone is not enough); an error names the nearest "
-    "multiple that does."
+    "50, 100, 200, 250, 500 and 1000 do on SD's leading spacing, every multiple of 50 on a trailing one (a "
+    "multiple of --steps alone is not always enough); an error names the nearest multiple that does."
 )
 
 

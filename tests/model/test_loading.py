@@ -210,14 +210,38 @@ def test_a_file_of_another_kind_is_neither_a_model_folder_nor_a_checkpoint(tmp_p
     assert "nor a single-file checkpoint (.safetensors, .ckpt, .pt, .pth, .bin)" in one_line(error)
 
 
-def test_a_model_of_an_unknown_prediction_type_is_refused(tiny_folder, tmp_path):
-    copy = copy_folder(tiny_folder, tmp_path / "copy")
+def with_scheduler_settings(folder: Path, target: Path, **settings) -> Path:
+    copy = copy_folder(folder, target)
     config_path = copy / "scheduler" / "scheduler_config.json"
-    config = json.loads(config_path.read_text())
-    config_path.write_text(json.dumps({**config, "prediction_type": "flow"}))
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), **settings}))
+    return copy
+
+
+def test_a_v_prediction_model_loads_with_its_own_schedule(tiny_folder, tmp_path):
+    settings = {"prediction_type": "v_prediction", "timestep_spacing": "trailing", "rescale_betas_zero_snr": True}
+    folder = with_scheduler_settings(tiny_folder, tmp_path / "copy", **settings)
+    model = load_model(str(folder), device="cpu")
+    for scheduler in (model.scheduler, model.new_scheduler(), loading.peek_scheduler(str(folder))):
+        assert {name: scheduler.config[name] for name in settings} == settings
+        assert float(scheduler.alphas_cumprod[-1]) == 0  # zero terminal SNR
+
+
+def test_a_scheduler_of_another_class_gives_ddim_its_settings(tiny_folder, tmp_path):
+    settings = {"prediction_type": "v_prediction", "timestep_spacing": "trailing", "steps_offset": 0}
+    folder = with_scheduler_settings(tiny_folder, tmp_path / "copy", _class_name="EulerDiscreteScheduler", **settings)
+    for scheduler in (load_model(str(folder), device="cpu").new_scheduler(), loading.peek_scheduler(str(folder))):
+        assert type(scheduler).__name__ == "DDIMScheduler"
+        assert {name: scheduler.config[name] for name in settings} == settings
+
+
+def test_a_model_with_an_unknown_prediction_type_is_refused(tiny_folder, tmp_path):
+    folder = with_scheduler_settings(tiny_folder, tmp_path / "copy", prediction_type="flow_prediction")
     with pytest.raises(ModelError) as error:
-        load_model(str(copy), device="cpu")
-    assert "predicts 'flow'" in one_line(error)
+        load_model(str(folder), device="cpu")
+    assert one_line(error) == (
+        f"model '{folder}' predicts 'flow_prediction', which vedit cannot edit with: it takes models that predict "
+        "the noise ('epsilon'), the velocity ('v_prediction') or the clean latent ('sample')"
+    )
 
 
 def test_running_out_of_memory_is_a_one_line_model_error(monkeypatch):

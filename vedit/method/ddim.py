@@ -1,6 +1,7 @@
 """DDIM inversion and sampling with η = 0 (Song et al. 2021, eq. 12): the inversion and sampling
 schedules and the check that the one passes through the other, the inversion of every frame of a
-clip with the source prompt, and its exact reverse."""
+clip with the source prompt, and its exact reverse; for ε-, v- and x0-predicting models alike, on
+the model's own schedule (leading, trailing or linspace spacing, zero terminal SNR or not)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from typing import Any
 import torch
 
 from ..config import option_value
-from ..errors import ConfigError
+from ..errors import ConfigError, ModelError
 from ..runtime.transfer import to_device, to_host, wait
+from .prediction import check_prediction_type, clean_and_noise
 from .trajectory import Trajectory, TrajectoryWriter
 
 
@@ -38,14 +40,25 @@ def check_schedules(scheduler: Any, steps: int, inversion_steps: int | None = No
     them must be visited by the inversion schedule (with SD's "leading" spacing, 3 inversion
     steps never visit the 2-step schedule's t=501; 500 always visit the 50-step one's). Being a
     multiple of ``steps`` is not enough (6 never visit the 3-step schedule's t=667); the error
-    names the multiple of ``steps`` nearest to ``inversion_steps`` that passes through.
+    names the multiple of ``steps`` nearest to ``inversion_steps`` that passes through. Any spacing
+    works ("trailing" starts at t=999: 999, 979, ... with 50 steps).
+
+    ModelError for a prediction type vedit does not know, and for an ε model whose schedule
+    reaches ᾱ_t = 0 (zero terminal SNR), where its prediction says nothing of the clean latent.
     """
+    prediction = check_prediction_type(scheduler)
     limit = scheduler.config.num_train_timesteps
     sampling = sampling_timesteps(scheduler, steps)
     if max(sampling) >= limit:
         raise ConfigError(
             f"{option_value('steps', steps)}: that schedule reaches t={max(sampling)}, past the model's {limit} "
             f"training timesteps; use at most {limit - 1} steps"
+        )
+    if prediction == "epsilon" and float(scheduler.alphas_cumprod[max(sampling)]) == 0:
+        raise ModelError(
+            f"the model predicts the noise ('epsilon') but its schedule reaches t={max(sampling)}, where zero "
+            "terminal SNR leaves no signal (ᾱ=0) to recover the clean latent from: set rescale_betas_zero_snr to "
+            "false in its scheduler_config.json, or use a v-prediction model"
         )
     if inversion_steps is None:
         return
@@ -76,7 +89,8 @@ def invert(
 ) -> Trajectory:
     """DDIM inversion (Song et al. 2021, eq. 12 run backwards) with the source prompt, guidance 1.
 
-    ``unet(latents, t, text)`` returns ε. Keeps every frame's latent at each timestep of the
+    ``unet(latents, t, text)`` returns the model's output: ε, v or x0, as the scheduler's prediction type
+    says (:mod:`vedit.method.prediction`). Keeps every frame's latent at each timestep of the
     ``steps``-step sampling schedule and at the noisiest inversion timestep: in memory, or with
     ``writer`` in its file as each is reached (the trajectory returned is then read from it).
     On a failure the writer's temporary file is removed.
@@ -99,33 +113,23 @@ def _invert(
     scheduler.set_timesteps(steps)
     keep = [int(t) for t in scheduler.timesteps]
     schedule = inversion_timesteps(scheduler, inversion_steps)
-    alphas = scheduler.alphas_cumprod.to(torch.float64)
-    final_alpha = torch.as_tensor(scheduler.final_alpha_cumprod, dtype=torch.float64)
+    prediction = check_prediction_type(scheduler)
     x = clean_latents.clone()
     device = x.device
     # Every timestep and DDIM coefficient is sent to the device once, before the loop: inside it,
     # nothing waits for the device (the kept latents are copied back without blocking).
     steps_on_device = to_device(torch.tensor(schedule, dtype=torch.int64), device)
-    previous = [alphas[schedule[i - 1]] if i > 0 else final_alpha for i in range(len(schedule))]
-    coefficients = to_device(
-        torch.stack(
-            [
-                torch.stack([(1 - prev).sqrt(), prev.sqrt(), alphas[t].sqrt(), (1 - alphas[t]).sqrt()])
-                for t, prev in zip(schedule, previous)
-            ]
-        ).to(x.dtype),
-        device,
-    )  # (steps, 4): √(1−ᾱ_prev), √ᾱ_prev, √ᾱ_t, √(1−ᾱ_t)
+    coefficients = _coefficients(scheduler, schedule, x.dtype, device)
     stored: dict[int, torch.Tensor] = {}
     if writer is not None:
         writer.begin(clean_latents.detach(), keep, schedule[-1])
     for i, t in enumerate(schedule):
-        noise_prev, signal_prev, signal_t, noise_t = coefficients[i]
+        signal_prev, noise_prev, signal_t, noise_t = coefficients[i]
         for b in range(0, x.shape[0], batch_size):
             x_b = x[b : b + batch_size]
             text = source_embeds.expand(x_b.shape[0], -1, -1)
-            eps = unet(x_b, steps_on_device[i], text)
-            x0 = (x_b - noise_prev * eps) / signal_prev
+            # the output at t taken at t', the level x is at: DDIM inversion's one approximation
+            x0, eps = clean_and_noise(prediction, unet(x_b, steps_on_device[i], text), x_b, signal_prev, noise_prev)
             x[b : b + batch_size] = signal_t * x0 + noise_t * eps
         if t in keep or i == len(schedule) - 1:
             if writer is not None:
@@ -161,25 +165,30 @@ def reconstruct(
     The exact reverse of :func:`invert`; with a faithful inversion it returns z_0 (N, 4, h, w).
     """
     schedule = inversion_timesteps(scheduler, inversion_steps)
-    alphas = scheduler.alphas_cumprod.to(torch.float64)
-    final_alpha = torch.as_tensor(scheduler.final_alpha_cumprod, dtype=torch.float64)
+    prediction = check_prediction_type(scheduler)
     x = trajectory.latents[trajectory.noisiest].to(device=device, dtype=source_embeds.dtype).clone()
     steps_on_device = to_device(torch.tensor(schedule, dtype=torch.int64), x.device)
-    previous = [alphas[schedule[i - 1]] if i > 0 else final_alpha for i in range(len(schedule))]
-    coefficients = to_device(
-        torch.stack(
-            [
-                torch.stack([(1 - alphas[t]).sqrt(), alphas[t].sqrt(), prev.sqrt(), (1 - prev).sqrt()])
-                for t, prev in zip(schedule, previous)
-            ]
-        ).to(x.dtype),
-        x.device,
-    )  # (steps, 4): √(1−ᾱ_t), √ᾱ_t, √ᾱ_prev, √(1−ᾱ_prev)
+    coefficients = _coefficients(scheduler, schedule, x.dtype, x.device)
     for i in reversed(range(len(schedule))):
-        noise_t, signal_t, signal_prev, noise_prev = coefficients[i]
+        signal_prev, noise_prev, signal_t, noise_t = coefficients[i]
         for b in range(0, x.shape[0], batch_size):
             x_b = x[b : b + batch_size]
-            eps = unet(x_b, steps_on_device[i], source_embeds.expand(x_b.shape[0], -1, -1))
-            x0 = (x_b - noise_t * eps) / signal_t
+            output = unet(x_b, steps_on_device[i], source_embeds.expand(x_b.shape[0], -1, -1))
+            x0, eps = clean_and_noise(prediction, output, x_b, signal_t, noise_t)
             x[b : b + batch_size] = signal_prev * x0 + noise_prev * eps
     return x
+
+
+def _coefficients(scheduler: Any, schedule: list[int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(steps, 4): √ᾱ_t', √(1−ᾱ_t'), √ᾱ_t, √(1−ᾱ_t) of each timestep t of ``schedule`` (least noisy first) and
+    the one before it, t' (the scheduler's final alpha for the first), on ``device`` in ``dtype``.
+
+    Taken in float64 and cast after: 1 − ᾱ near 1 loses its digits in half precision."""
+    alphas = scheduler.alphas_cumprod.to(torch.float64)
+    final_alpha = torch.as_tensor(scheduler.final_alpha_cumprod, dtype=torch.float64)
+    previous = [alphas[schedule[i - 1]] if i > 0 else final_alpha for i in range(len(schedule))]
+    rows = [
+        torch.stack([prev.sqrt(), (1 - prev).sqrt(), alphas[t].sqrt(), (1 - alphas[t]).sqrt()])
+        for t, prev in zip(schedule, previous)
+    ]
+    return to_device(torch.stack(rows).to(dtype), device)

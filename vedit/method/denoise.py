@@ -4,6 +4,10 @@ An *editor* turns an :class:`EditJob` into an :class:`EditPlan` (start latents, 
 to run, the source branch's latents and when PnP injection acts). A *propagator* produces the
 guided noise prediction of every frame at one step, calling the :class:`Denoiser` on whatever
 groups of frames it chooses with whatever attention handler it needs. The loop applies DDIM.
+
+"Noise prediction" and ε here stand for the UNet's raw output, whatever the model predicts (ε, v or x0):
+guidance is linear, so it is the same on any of them, and the run's scheduler, built from the model's own
+config, reads it by its prediction type in its DDIM step.
 """
 
 from __future__ import annotations

@@ -48,6 +48,7 @@ from ..cache.checksums import (
 from ..cache.files import failure_reason, partial_prefix
 from ..errors import InputError
 from ..runtime.transfer import to_host
+from .prediction import clean_and_noise
 
 FORMAT = "vedit-trajectory/1"
 # The metadata reading a trajectory file needs, and what checking that it fits a run needs besides:
@@ -149,10 +150,13 @@ class Trajectory:
         return latents.clone() if isinstance(self.latents, MappedLatents) else latents
 
     def ddim_noise(self, alphas_cumprod: torch.Tensor) -> torch.Tensor:
-        """ε = (z_T − √ᾱ_T z_0) / √(1 − ᾱ_T): the noise that DDIM inversion found for each frame."""
+        """ε = (z_T − √ᾱ_T z_0) / √(1 − ᾱ_T): the noise that DDIM inversion found for each frame.
+
+        The same whatever the model predicts (z_0 in the place of a predicted clean latent), and finite at
+        ᾱ_T = 0 (zero terminal SNR), where it is z_T itself."""
         alpha = alphas_cumprod[self.noisiest].double()
         z_t, z_0 = self.latents[self.noisiest].double(), self.clean.double()
-        return ((z_t - alpha.sqrt() * z_0) / (1 - alpha).sqrt()).to(self.clean.dtype)
+        return clean_and_noise("sample", z_0, z_t, alpha.sqrt(), (1 - alpha).sqrt())[1].to(self.clean.dtype)
 
     def save(self, path: str | Path) -> Path:
         """Write atomically (temporary sibling, then rename)."""

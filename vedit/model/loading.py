@@ -35,6 +35,7 @@ import torch
 
 from ..config import DEFAULT_MODEL, option_label, option_value
 from ..errors import ModelError
+from ..method.prediction import check_prediction_type
 from .builders import SPEC_HELP, build_model, built_spec, scheduler_config
 from .device import (
     dtype_name,
@@ -71,7 +72,7 @@ def peek_scheduler(
 
     spec = str(spec).strip()
     if built_spec(spec) is not None:
-        return DDIMScheduler(**scheduler_config(spec))
+        return DDIMScheduler.from_config(scheduler_config(spec))
     try:
         path = Path(spec).expanduser()
         if is_checkpoint_file(path):
@@ -171,12 +172,7 @@ def check_compatible(model: StableDiffusion) -> None:
             "model with 4"
         )
     model.family.check(model)
-    prediction = model.scheduler.config.prediction_type
-    if prediction not in ("epsilon", "v_prediction"):
-        raise ModelError(
-            f"model '{name}' predicts '{prediction}': vedit runs models that predict the noise ('epsilon') "
-            "or v ('v_prediction')"
-        )
+    check_prediction_type(model.scheduler, name)
 
 
 # ----------------------------------------------------------------------------- from_pretrained
