@@ -84,7 +84,10 @@ def _load(config: RunConfig) -> tuple[Any, bool]:
 
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-    model = load_model(config.model, device=config.device, dtype=config.dtype, revision=config.revision)
+    model = load_model(
+        config.model, device=config.device, dtype=config.dtype, revision=config.revision, lora=config.lora,
+        embeddings=config.embedding,
+    )  # fmt: skip
     _MODEL[0], _MODEL[1] = key, model
     return model, True
 

@@ -37,6 +37,8 @@ def keyed_options(config: RunConfig, *, latents: bool) -> tuple[dict[str, Any], 
     paths: set[str] = set()
     for name, (spec, where) in host_specs().items():
         if where.affects_latents if latents else spec.affects_output:
+            if getattr(config, name) == ():  # a list left empty: keys made before the option existed still match
+                continue
             values[name] = getattr(config, name)
             if spec.path:
                 paths.add(name)

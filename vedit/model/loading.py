@@ -25,7 +25,7 @@ import os
 import re
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +33,7 @@ import torch
 
 from ..config import DEFAULT_MODEL, option_label, option_value
 from ..errors import ModelError
+from .adapters import apply_adapters
 from .builders import SD_SCHEDULER_CONFIG, SPEC_HELP, build_model, built_spec
 from .device import (
     dtype_name,
@@ -82,8 +83,14 @@ def load_model(
     dtype: str | torch.dtype | None = "auto",
     revision: str | None = None,
     seed: int | None = None,
+    lora: Sequence[str] = (),
+    embeddings: Sequence[str] = (),
+    warn: Callable[[str], None] | None = None,
 ) -> StableDiffusion:
     """Load (or, for ``tiny`` and ``random:*``, build from the seed the spec names) a Stable Diffusion model.
+
+    ``lora`` (``FILE_OR_ID[:SCALE]`` each) are fused into its weights and ``embeddings`` (``FILE[:TOKEN]``)
+    added to its tokenizer, in order (:mod:`vedit.model.adapters`); ``warn`` hears what did not apply.
 
     ``seed`` is deprecated: it gives a built spec written without ``@N`` its weights' seed, as
     ``tiny@N`` does.
@@ -114,6 +121,8 @@ def load_model(
             f"not enough memory on {device} for '{spec}' in {dtype_name(dtype)}: {_loading_hint(device, dtype)}"
         ) from None
     _check_compatible(model)
+    if lora or embeddings:
+        apply_adapters(model, lora, embeddings, warn)
     return model
 
 

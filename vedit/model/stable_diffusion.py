@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from .adapters import expand_prompt
+
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
@@ -32,6 +34,8 @@ class StableDiffusion:
     fingerprint: str
     device: torch.device
     dtype: torch.dtype
+    # Multi-vector embeddings' tokens (vedit.model.adapters): "<cat>" → ["<cat>", "<cat>_1", "<cat>_2"].
+    embedding_tokens: dict[str, list[str]] = field(default_factory=dict, repr=False)
 
     @property
     def latent_scale(self) -> float:
@@ -50,13 +54,18 @@ class StableDiffusion:
         """A fresh scheduler: ``set_timesteps`` leaves state behind, so each run gets its own."""
         return type(self.scheduler).from_config(self.scheduler.config)
 
+    def expand_prompt(self, prompt: str) -> str:
+        """``prompt`` as the text encoder reads it: each multi-vector embedding's token written out as all of its
+        tokens (:func:`vedit.model.adapters.expand_prompt`)."""
+        return expand_prompt(prompt, self.embedding_tokens) if self.embedding_tokens else prompt
+
     @torch.no_grad()
     def encode_prompt(self, prompts: list[str]) -> torch.Tensor:
         """CLIP text embeddings of the prompts, each padded to the tokenizer's 77 tokens."""
         if isinstance(prompts, str):
             prompts = [prompts]
         tokens = self.tokenizer(
-            list(prompts),
+            [self.expand_prompt(prompt) for prompt in prompts],
             padding="max_length",
             max_length=self.tokenizer.model_max_length,
             truncation=True,
@@ -75,7 +84,7 @@ class StableDiffusion:
         limit = self.tokenizer.model_max_length
 
         def tokens(text: str) -> int:
-            return len(self.tokenizer(text, truncation=False, verbose=False).input_ids)
+            return len(self.tokenizer(self.expand_prompt(text), truncation=False, verbose=False).input_ids)
 
         count = tokens(prompt)
         if count <= limit:

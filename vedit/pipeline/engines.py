@@ -51,7 +51,10 @@ def build_engines(
         reporter.warning(note)
     if size[0] % 8 or size[1] % 8:
         raise ConfigError(f"{option_value('size', f'{size[0]}x{size[1]}')}: both sides must be multiples of 8")
-    model = sd or load_model(config.model, device=device, dtype=dtype, revision=config.revision)
+    model = sd or load_model(
+        config.model, device=device, dtype=dtype, revision=config.revision, lora=config.lora,
+        embeddings=config.embedding, warn=reporter.warning,
+    )  # fmt: skip
     config = config.replace(
         batch_size=choose_batches(model, config.batch_size, frames, size, branches(editor, propagator, config)).unet
     )

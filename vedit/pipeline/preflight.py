@@ -162,6 +162,7 @@ def preflight(
     from ..model.loading import peek_scheduler
 
     check_numbers(config)  # a RunConfig built by hand has not been validated
+    _check_adapters(config, sd)
     clip = open_clip(input, config)
     if sd is not None:
         device, dtype = sd.device, sd.dtype
@@ -250,6 +251,20 @@ def _check_inversion_file(
             f"this run's is {config.source_prompt!r}",
             reporter,
         )
+
+
+def _check_adapters(config: RunConfig, sd: Any) -> None:
+    """LoRAs and embeddings that can be checked before the model loads: their values and files."""
+    from ..model.adapters import check_adapters
+
+    if not (config.lora or config.embedding):
+        return
+    if sd is not None:
+        raise ConfigError(
+            f"{option_label('lora')} and {option_label('embedding')} apply when vedit loads the model: load it with "
+            "vedit.model.loading.load_model(..., lora=[...], embeddings=[...]) and pass that"
+        )
+    check_adapters(config.lora, config.embedding)
 
 
 def identity_mismatch(config: RunConfig, what: str, reporter: Reporter) -> None:

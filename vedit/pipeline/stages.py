@@ -41,13 +41,18 @@ READ_AHEAD_BYTES = 256 * 2**20  # frames read ahead of the encoder while the mod
 WRITE_BEHIND_BATCHES = 3  # decoded batches waiting for the writer thread
 
 
-def load_model_for(config: RunConfig, preflight: Preflight, sd: Any = None) -> StableDiffusion:
-    """The model (loaded unless given)."""
+def load_model_for(
+    config: RunConfig, preflight: Preflight, sd: Any = None, reporter: Reporter | None = None
+) -> StableDiffusion:
+    """The model (loaded, with the run's LoRAs and embeddings, unless given)."""
     from ..model.loading import load_model
 
     if sd is not None:
         return sd
-    return load_model(config.model, device=preflight.device, dtype=preflight.dtype, revision=config.revision)
+    return load_model(
+        config.model, device=preflight.device, dtype=preflight.dtype, revision=config.revision, lora=config.lora,
+        embeddings=config.embedding, warn=reporter.warning if reporter is not None else None,
+    )  # fmt: skip
 
 
 def make_passes(
