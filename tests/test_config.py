@@ -94,4 +94,5 @@ def test_loras_and_embeddings_are_lists_whose_files_are_relative_to_the_file_tha
     (tmp_path / "bad.toml").write_text('[run]\nembedding = ["toy.pt", ""]\n')
     with pytest.raises(ConfigError) as error:
         load_config(tmp_path / "bad.toml")
-    assert str(error.value) == f"{tmp_path / 'bad.toml'}: option 'embedding' must not hold an empty item, got ['toy.pt', '']"
+    expected = f"{tmp_path / 'bad.toml'}: option 'embedding' must not hold an empty item, got ['toy.pt', '']"
+    assert str(error.value) == expected

@@ -136,7 +136,8 @@ def test_a_loras_scale_or_content_changes_the_digest_and_the_shared_model_and_no
 
     (tmp_path / "loras").mkdir()
     lora = tmp_path / "loras" / "style.safetensors"
-    save_file({"lora_unet_x.lora_down.weight": torch.zeros(1, 2), "lora_unet_x.lora_up.weight": torch.zeros(2, 1)}, lora)
+    save_file({"lora_unet_x.lora_down.weight": torch.zeros(1, 2), "lora_unet_x.lora_up.weight": torch.zeros(2, 1)},
+              lora)  # fmt: skip
     job = {"input": str(clips / "pattern.mp4"), "prompt": "x", "output": "out.mp4"}
 
     def planned(lora_value: list[str]):

@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import pickle
-import re
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ import torch
 from ..cache.checksums import file_sha256
 from ..config import option_label, path_and_suffix
 from ..errors import ConfigError, ModelError
+from .stable_diffusion import expand_prompt
 
 if TYPE_CHECKING:
     from .stable_diffusion import StableDiffusion
@@ -509,15 +509,6 @@ def add_embedding(model: StableDiffusion, spec: EmbeddingSpec) -> tuple[Path, st
 def multi_vector_tokens(token: str, count: int) -> list[str]:
     """The tokens an embedding of ``count`` vectors adds: ``token``, ``token_1`` … ``token_{count-1}``."""
     return [token] + [f"{token}_{index}" for index in range(1, count)]
-
-
-def expand_prompt(prompt: str, embedding_tokens: dict[str, list[str]]) -> str:
-    """``prompt`` with each multi-vector embedding's token written out as all of its tokens, as the text encoder
-    reads them (``<cat>`` → ``<cat> <cat>_1 <cat>_2``)."""
-    for token, tokens in embedding_tokens.items():
-        written_out = " ".join(tokens)
-        prompt = re.sub(re.escape(token) + r"(?!_\d)", lambda _, text=written_out: text, prompt)
-    return prompt
 
 
 # ----------------------------------------------------------------------------- both

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-
-from .adapters import expand_prompt
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
@@ -56,7 +55,7 @@ class StableDiffusion:
 
     def expand_prompt(self, prompt: str) -> str:
         """``prompt`` as the text encoder reads it: each multi-vector embedding's token written out as all of its
-        tokens (:func:`vedit.model.adapters.expand_prompt`)."""
+        tokens (:func:`expand_prompt`)."""
         return expand_prompt(prompt, self.embedding_tokens) if self.embedding_tokens else prompt
 
     @torch.no_grad()
@@ -158,6 +157,16 @@ class StableDiffusion:
         }
         (folder / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
         return folder
+
+
+def expand_prompt(prompt: str, embedding_tokens: dict[str, list[str]]) -> str:
+    """``prompt`` with each multi-vector embedding's token written out as all of its tokens, as the text encoder
+    reads them (``<cat>`` → ``<cat> <cat>_1 <cat>_2``), as
+    :mod:`vedit.model.adapters` adds them."""
+    for token, tokens in embedding_tokens.items():
+        written_out = " ".join(tokens)
+        prompt = re.sub(re.escape(token) + r"(?!_\d)", lambda _, text=written_out: text, prompt)
+    return prompt
 
 
 def _check_images(images: torch.Tensor, scale: int) -> tuple[int, int]:
