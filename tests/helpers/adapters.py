@@ -71,3 +71,31 @@ def a1111_embedding(path: Path, vectors: torch.Tensor, name: str = "<cat-toy>") 
     """An embedding as A1111 saves it (.pt): ``string_to_param`` and its name."""
     torch.save({"string_to_param": {"*": vectors}, "name": name, "step": 500}, path)
     return path
+
+
+def tiny_sdxl(base: StableDiffusion) -> StableDiffusion:
+    """An SDXL-shaped model: a UNet with SDXL's added conditioning (``text_time``), one 32-wide ``CLIPTextModel``
+    and one 48-wide ``CLIPTextModelWithProjection`` with a tokenizer each (``text_encoder_2``, ``tokenizer_2``); the
+    rest of ``base``. Two levels, one ResNet each, the second with two transformer blocks."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from vedit.model.builders import build_tokenizer, text_encoder_config
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=8, block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=4, attention_head_dim=2,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 2), use_linear_projection=True, cross_attention_dim=32 + 48,
+        addition_embed_type="text_time", addition_time_embed_dim=8, projection_class_embeddings_input_dim=48 + 6 * 8,
+    )  # fmt: skip
+    config = text_encoder_config("tiny")
+    model = StableDiffusion(
+        unet=unet.eval(), vae=base.vae, text_encoder=CLIPTextModel(CLIPTextConfig(**config)).eval(),
+        tokenizer=build_tokenizer(), scheduler=base.scheduler, model_id="tiny-sdxl", revision=None,
+        fingerprint="tiny-sdxl", device=torch.device("cpu"), dtype=torch.float32,
+    )  # fmt: skip
+    wider = CLIPTextConfig(**{**config, "hidden_size": 48, "projection_dim": 48})
+    model.text_encoder_2 = CLIPTextModelWithProjection(wider).eval()  # type: ignore[attr-defined]
+    model.tokenizer_2 = build_tokenizer()  # type: ignore[attr-defined]
+    return model

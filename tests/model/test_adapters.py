@@ -13,19 +13,13 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from helpers.adapters import (
-    a1111_embedding,
-    diffusers_lora,
-    embedding_vectors,
-    kohya_delta,
-    kohya_lora,
-)
+from helpers.adapters import a1111_embedding, diffusers_lora, embedding_vectors, kohya_delta, kohya_lora, tiny_sdxl
 from helpers.models import one_line, unet_output
 from vedit.cache.inversions import cache_key
 from vedit.errors import ConfigError, ModelError
-from vedit.model.adapters import check_adapters, expand_prompt, parse_embedding, parse_lora
+from vedit.model.adapters import apply_adapters, check_adapters, parse_embedding, parse_lora
 from vedit.model.loading import load_model
-from vedit.model.stable_diffusion import StableDiffusion
+from vedit.model.stable_diffusion import StableDiffusion, expand_prompt
 from vedit.report import VeditWarning
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # nothing in this file may reach the network
@@ -295,3 +289,99 @@ def test_an_embedding_whose_token_exists_or_whose_width_fits_no_encoder_is_one_l
     with pytest.raises(ModelError) as error:
         with_embedding(str(tmp_path / "sd15.safetensors"))
     assert "has 768-wide vectors; this model's text encoders take 32" in one_line(error)
+
+
+# ----------------------------------------------------------------------------- SDXL: two text encoders
+
+
+def test_an_sdxl_lora_in_kohyas_own_block_names_reaches_the_unet_and_both_text_encoders(base, tmp_path):
+    model = tiny_sdxl(base)
+    generator = torch.Generator().manual_seed(0)
+    tensors: dict[str, torch.Tensor] = {}
+    # kohya's key → the part and layer it adapts, by diffusers' names; kohya names SDXL's UNet blocks as SGM does
+    targets = {
+        "lora_unet_input_blocks_3_1_transformer_blocks_0_attn1_to_q": (
+            "unet", "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q"
+        ),
+        "lora_unet_output_blocks_0_1_transformer_blocks_1_attn2_to_k": (
+            "unet", "up_blocks.0.attentions.0.transformer_blocks.1.attn2.to_k"
+        ),
+        "lora_te1_text_model_encoder_layers_0_self_attn_q_proj": ("text_encoder", "encoder.layers.0.self_attn.q_proj"),
+        "lora_te1_text_model_encoder_layers_0_self_attn_k_proj": ("text_encoder", "encoder.layers.0.self_attn.k_proj"),
+        "lora_te2_text_model_encoder_layers_1_self_attn_v_proj": (
+            "text_encoder_2", "text_model.encoder.layers.1.self_attn.v_proj"
+        ),
+        "lora_te2_text_model_encoder_layers_1_self_attn_out_proj": (
+            "text_encoder_2", "text_model.encoder.layers.1.self_attn.out_proj"
+        ),
+    }  # fmt: skip
+    layers = {key: getattr(model, part).get_submodule(path) for key, (part, path) in targets.items()}
+    for key, layer in layers.items():
+        tensors[f"{key}.lora_down.weight"] = torch.randn(2, layer.in_features, generator=generator)
+        tensors[f"{key}.lora_up.weight"] = torch.randn(layer.out_features, 2, generator=generator)
+        tensors[f"{key}.alpha"] = torch.tensor(1.0)
+    save_file(tensors, str(tmp_path / "xl.safetensors"))
+    before = {key: layer.weight.detach().clone() for key, layer in layers.items()}
+    heard: list[str] = []
+    apply_adapters(model, [f"{tmp_path / 'xl.safetensors'}:0.5"], [], heard.append)
+    assert heard == []
+    for key, layer in layers.items():
+        expected = before[key] + 0.5 * kohya_delta(tensors, key, prefix="")
+        torch.testing.assert_close(layer.weight.detach(), expected, rtol=0, atol=1e-6)
+
+
+def test_an_sdxl_embedding_gives_each_text_encoder_its_own_vectors(base, tmp_path):
+    model = tiny_sdxl(base)
+    clip_l, clip_g = torch.randn(2, 32), torch.randn(2, 48)
+    save_file({"clip_l": clip_l, "clip_g": clip_g}, str(tmp_path / "xl-style.safetensors"))
+    apply_adapters(model, [], [f"{tmp_path / 'xl-style.safetensors'}:<xl>"])
+    for tokenizer, encoder, vectors in (
+        (model.tokenizer, model.text_encoder, clip_l),
+        (model.tokenizer_2, model.text_encoder_2, clip_g),  # type: ignore[attr-defined]
+    ):
+        ids = tokenizer(model.expand_prompt("<xl>"), add_special_tokens=False).input_ids
+        assert len(ids) == 2
+        torch.testing.assert_close(encoder.get_input_embeddings().weight[ids], vectors)
+    save_file({"emb_params": torch.randn(1, 32)}, str(tmp_path / "sd15-style.safetensors"))
+    with pytest.raises(ModelError) as error:
+        apply_adapters(tiny_sdxl(base), [], [str(tmp_path / "sd15-style.safetensors")])
+    assert "has vectors for 1 of this model's 2 text encoders" in one_line(error)
+
+
+# ----------------------------------------------------------------------------- hub ids and the Python API
+
+
+def test_a_hub_id_is_read_from_the_local_cache_only(base, files, monkeypatch, tmp_path):
+    import huggingface_hub.constants
+
+    commit = "0123456789abcdef" * 2 + "01234567"
+    repo = tmp_path / "hub" / "models--someone--styles"
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    kohya = (files["folder"] / "kohya.safetensors").read_bytes()
+    (repo / "snapshots" / commit / "pytorch_lora_weights.safetensors").write_bytes(kohya)
+    from_hub = with_lora("someone/styles:0.7")
+    assert torch.equal(weight(from_hub, Q), weight(with_lora(f"{files['folder'] / 'kohya.safetensors'}:0.7"), Q))
+    (repo / "snapshots" / commit / "pytorch_lora_weights.safetensors").unlink()
+    (repo / "snapshots" / commit / "ink.safetensors").write_bytes(kohya)
+    (repo / "snapshots" / commit / "chalk.safetensors").write_bytes(
+        (files["folder"] / "other.safetensors").read_bytes()
+    )
+    with pytest.raises(ModelError) as error:
+        check_adapters(["someone/styles"], [])
+    assert one_line(error) == (
+        "LoRA 'someone/styles' in the Hugging Face cache holds 2 .safetensors files (chalk.safetensors, "
+        "ink.safetensors): name one as someone/styles/FILE.safetensors"
+    )
+    assert torch.equal(weight(with_lora("someone/styles/ink.safetensors:0.7"), Q), weight(from_hub, Q))
+
+
+def test_a_model_passed_in_is_used_as_it_is_so_loras_beside_it_are_refused(base, files, clip, tmp_path):
+    import vedit
+
+    with pytest.raises(ConfigError) as error:
+        vedit.edit(clip, tmp_path / "out.mp4", prompt="x", sd=base, lora=[str(files["folder"] / "kohya.safetensors")])
+    assert one_line(error).startswith("lora and embedding apply when vedit loads the model")
+    assert not (tmp_path / "out.mp4").exists()

@@ -246,12 +246,15 @@ def _peft_keys(name: str, part: dict[str, torch.Tensor], module: torch.nn.Module
         convert_state_dict_to_peft,
         convert_unet_state_dict_to_peft,
     )
+    from diffusers.utils.state_dict_utils import StateDictType
 
     if any("lora_A" in key for key in part):
         return part
     if name == "unet":
         return convert_unet_state_dict_to_peft(part)
-    converted = convert_state_dict_to_peft(convert_state_dict_to_diffusers(part))
+    # diffusers tells its older naming (to_q_lora.down) by a to_out_lora key: a LoRA of some projections lacks one
+    older = StateDictType.DIFFUSERS_OLD if any("_lora.down." in key for key in part) else None
+    converted = convert_state_dict_to_peft(convert_state_dict_to_diffusers(part, original_type=older))
     if not hasattr(module, "text_model"):  # transformers' CLIPTextModel without its text_model level
         converted = {key.removeprefix("text_model."): value for key, value in converted.items()}
     return converted
