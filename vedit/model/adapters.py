@@ -218,8 +218,8 @@ def _lora_tensors(state: dict[str, Any], path: Path) -> dict[str, torch.Tensor]:
     tensors = {key: value for key, value in state.items() if isinstance(value, torch.Tensor)}
     if not any(marker in key for key in tensors for marker in _LORA_MARKERS):
         raise ModelError(
-            f"LoRA {path} holds no LoRA weights (no lora_down/lora_up or lora_A/lora_B keys): "
-            "is it a checkpoint or an embedding?"
+            f"LoRA {path} holds no LoRA weights (no lora_down/lora_up or lora_A/lora_B keys): is it a checkpoint, "
+            "an embedding, or a LyCORIS kind (LoHa, LoKr) that vedit does not read?"
         )
     return tensors
 
@@ -290,10 +290,8 @@ def _split_lora(model: StableDiffusion, path: Path) -> _LoraParts:
     tensors = _lora_tensors(state, path)
     loader = _loader(model)
     with _quiet_libraries():
-        try:
+        try:  # the UNet's config maps kohya's SGM block names (input_blocks_4_1) to diffusers' (down_blocks.1)
             converted, alphas = loader.lora_state_dict(tensors, unet_config=model.unet.config)
-        except TypeError:  # SD 1/2's loader takes no unet_config
-            converted, alphas = loader.lora_state_dict(tensors)
         except (ValueError, KeyError, RuntimeError) as error:
             raise ModelError(f"LoRA {path} is in a layout vedit cannot read ({_first_line(error)})") from None
     components = _components(model)
