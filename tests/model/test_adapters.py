@@ -234,7 +234,11 @@ def with_embedding(*values: str) -> StableDiffusion:
 def test_an_embedding_adds_its_token_with_the_files_vector_and_prompts_using_it_encode_differently(base, tmp_path):
     vectors = embedding_vectors(base)
     a1111_embedding(tmp_path / "toy.pt", vectors, name="<cat-toy>")
+    torch.manual_seed(5)
     adapted = with_embedding(str(tmp_path / "toy.pt"))
+    drawn = torch.rand(3)
+    torch.manual_seed(5)
+    assert torch.equal(drawn, torch.rand(3))  # loading drew nothing from torch's global generator
     (token_id,) = adapted.tokenizer("<cat-toy>", add_special_tokens=False).input_ids
     assert token_id == len(base.tokenizer)  # one new token, after the vocabulary
     torch.testing.assert_close(adapted.text_encoder.get_input_embeddings().weight[token_id], vectors[0])

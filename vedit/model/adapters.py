@@ -498,13 +498,26 @@ def add_embedding(model: StableDiffusion, spec: EmbeddingSpec) -> tuple[Path, st
         text_encoder = getattr(model, encoder)
         tokenizer.add_tokens(tokens)
         ids = tokenizer.convert_tokens_to_ids(tokens)
-        text_encoder.resize_token_embeddings(len(tokenizer))
+        _resize_token_table(text_encoder, len(tokenizer))
         table = text_encoder.get_input_embeddings().weight
         with torch.no_grad():
             table[ids] = vectors.to(table.device, table.dtype)
     if len(tokens) > 1:
         model.embedding_tokens = {**model.embedding_tokens, token: tokens}
     return path, token
+
+
+def _resize_token_table(text_encoder: Any, size: int) -> None:
+    """Grow the text encoder's token table to ``size`` rows. The new rows are overwritten with the embedding's
+    vectors: what transformers draws for them (announcing it) must not move torch's global generator, from
+    which a caller's own random numbers come."""
+    import inspect
+
+    resize = text_encoder.resize_token_embeddings
+    undrawn = {"mean_resizing": False} if "mean_resizing" in inspect.signature(resize).parameters else {}
+    device = text_encoder.get_input_embeddings().weight.device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        resize(size, **undrawn)
 
 
 def multi_vector_tokens(token: str, count: int) -> list[str]:
