@@ -79,13 +79,13 @@ def test_loras_and_embeddings_are_lists_whose_files_are_relative_to_the_file_tha
     (tmp_path / "loras").mkdir()
     (tmp_path / "loras" / "style.safetensors").write_bytes(b"")
     (tmp_path / "v.toml").write_text(
-        '[run]\nlora = ["loras/style.safetensors:0.8", "owner/style:0.5", "gone.safetensors"]\n'
+        '[run]\nlora = ["loras/style.safetensors:0.8", "owner/style:0.5", "owner/styles/ink.safetensors"]\n'
         'embedding = "toy.pt:<toy>"\n'
     )
     config = load_config(tmp_path / "v.toml")
-    # a file that exists there or has an extension is a path; owner/style is a hub id and stays as written
-    assert config.lora == (f"{tmp_path}/loras/style.safetensors:0.8", "owner/style:0.5", f"{tmp_path}/gone.safetensors")
-    assert config.embedding == (f"{tmp_path}/toy.pt:<toy>",)  # one word is a list of one
+    # a LoRA that names a file there is a path; the others are hub ids and stay as written
+    assert config.lora == (f"{tmp_path}/loras/style.safetensors:0.8", "owner/style:0.5", "owner/styles/ink.safetensors")
+    assert config.embedding == (f"{tmp_path}/toy.pt:<toy>",)  # a file, there or not; one word is a list of one
     assert load_config(tmp_path / "v.toml", lora=["a.safetensors"]).lora == ("a.safetensors",)  # keywords win
     assert RunConfig().lora == () and load_config(cwd=tmp_path).embedding == ()
     with pytest.raises(ConfigError) as error:

@@ -486,10 +486,10 @@ def path_and_suffix(item: str) -> tuple[str, str | None]:
 
 
 def _absolute_item(item: str, base: Path, folder_or_id: bool) -> str:
-    """An item of a list of files made absolute from ``base``; with ``folder_or_id``, a relative item that names
-    no file there and has no extension is a hub id and stays as it is."""
+    """An item of a list of files made absolute from ``base``; with ``folder_or_id``, only when it names a file
+    there (else it is a hub id, ``owner/name/FILE.safetensors`` included, and stays as it is)."""
     path, suffix = path_and_suffix(item)
-    if folder_or_id and not Path(path).suffix and not (base / Path(path).expanduser()).exists():
+    if folder_or_id and not (base / Path(path).expanduser()).exists():
         return item
     path = absolute_path(path, base)
     return path if suffix is None else f"{path}:{suffix}"
