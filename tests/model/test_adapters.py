@@ -382,10 +382,18 @@ def test_a_hub_id_is_read_from_the_local_cache_only(base, files, monkeypatch, tm
     assert torch.equal(weight(with_lora("someone/styles/ink.safetensors:0.7"), Q), weight(from_hub, Q))
 
 
-def test_a_model_passed_in_is_used_as_it_is_so_loras_beside_it_are_refused(base, files, clip, tmp_path):
+def test_a_model_passed_in_must_have_been_loaded_with_the_loras_beside_it(base, files, clip, tmp_path):
     import vedit
+    from vedit.config import load_config
+    from vedit.pipeline.preflight import preflight
+    from vedit.report import SilentReporter
 
+    lora = [f"{files['folder'] / 'kohya.safetensors'}:0.5"]
     with pytest.raises(ConfigError) as error:
-        vedit.edit(clip, tmp_path / "out.mp4", prompt="x", sd=base, lora=[str(files["folder"] / "kohya.safetensors")])
-    assert one_line(error).startswith("lora and embedding apply when vedit loads the model")
+        vedit.edit(clip, tmp_path / "out.mp4", prompt="x", model="tiny", sd=base, lora=lora)
+    assert one_line(error).startswith("lora and embedding apply when vedit loads the model, and the model passed in")
     assert not (tmp_path / "out.mp4").exists()
+    config = load_config(cwd=tmp_path, prompt="x", model="tiny", lora=lora)
+    preflight(clip, config, SilentReporter(), sd=with_lora(*lora))  # as batch's workers pass the model they hold
+    with pytest.raises(ConfigError):
+        preflight(clip, config, SilentReporter(), sd=with_lora(lora[0].replace(":0.5", ":0.6")))

@@ -449,6 +449,11 @@ def _embedding_vectors(data: dict[str, Any], path: Path) -> tuple[str | None, di
     return token, checked
 
 
+def embedding_token(spec: EmbeddingSpec, path: Path) -> str:
+    """The token an embedding is added under: the one given, else the one its file names, else the file's stem."""
+    return spec.token or _embedding_vectors(read_weights(path, "embedding")[0], path)[0] or path.stem
+
+
 def _encoder_widths(model: StableDiffusion) -> dict[str, int]:
     encoders = {name: getattr(model, name, None) for name in ("text_encoder", "text_encoder_2")}
     return {name: int(e.get_input_embeddings().weight.shape[1]) for name, e in encoders.items() if e is not None}
@@ -458,8 +463,8 @@ def add_embedding(model: StableDiffusion, spec: EmbeddingSpec) -> tuple[Path, st
     """Add one embedding's tokens to the model's tokenizers and its vectors to their text encoders.
     Returns its file and token."""
     path = _embedding_file(spec.path)
-    own_token, by_encoder = _embedding_vectors(read_weights(path, "embedding")[0], path)
-    token = spec.token or own_token or path.stem
+    _, by_encoder = _embedding_vectors(read_weights(path, "embedding")[0], path)
+    token = embedding_token(spec, path)
     widths = _encoder_widths(model)
     if "" in by_encoder:
         vectors = by_encoder.pop("")
@@ -542,24 +547,37 @@ def apply_adapters(
         def warn(text: str) -> None:
             warnings.warn(text, VeditWarning, stacklevel=3)
 
-    additions = []
+    for text in lora:
+        fuse_lora(model, parse_lora(text), warn)
+    for text in embeddings:
+        add_embedding(model, parse_embedding(text))
+    model.fingerprint += adapters_fingerprint(lora, embeddings)
+    return model
+
+
+def adapters_fingerprint(lora: Sequence[str] = (), embeddings: Sequence[str] = ()) -> str:
+    """What the LoRAs and embeddings add to a model's fingerprint, known before the model loads: for each, in
+    order, the sha256 of its file's content (16 hex digits) with its scale or token
+    (``+lora:e54e7be6154481ac*0.8+embedding:c810aa5fa2f8a0df=<toy>``)."""
+    parts = []
     for text in lora:
         spec = parse_lora(text)
-        path = fuse_lora(model, spec, warn)
-        additions.append(f"+lora:{file_sha256(path)[:16]}*{spec.scale!r}")
+        parts.append(f"+lora:{file_sha256(lora_file(spec.source))[:16]}*{spec.scale!r}")
     for text in embeddings:
-        path, token = add_embedding(model, parse_embedding(text))
-        additions.append(f"+embedding:{file_sha256(path)[:16]}={token}")
-    model.fingerprint += "".join(additions)
-    return model
+        spec = parse_embedding(text)
+        path = _embedding_file(spec.path)
+        parts.append(f"+embedding:{file_sha256(path)[:16]}={embedding_token(spec, path)}")
+    return "".join(parts)
 
 
 __all__ = [
     "EmbeddingSpec",
     "LoraSpec",
+    "adapters_fingerprint",
     "add_embedding",
     "apply_adapters",
     "check_adapters",
+    "embedding_token",
     "expand_prompt",
     "fuse_lora",
     "lora_file",

@@ -254,17 +254,19 @@ def _check_inversion_file(
 
 
 def _check_adapters(config: RunConfig, sd: Any) -> None:
-    """LoRAs and embeddings that can be checked before the model loads: their values and files."""
-    from ..model.adapters import check_adapters
+    """LoRAs and embeddings that can be checked before the model loads: their values and files. A model passed
+    in (``sd``, as batch's workers pass the one they hold) must have been loaded with them."""
+    from ..model.adapters import adapters_fingerprint, check_adapters
 
     if not (config.lora or config.embedding):
         return
-    if sd is not None:
-        raise ConfigError(
-            f"{option_label('lora')} and {option_label('embedding')} apply when vedit loads the model: load it with "
-            "vedit.model.loading.load_model(..., lora=[...], embeddings=[...]) and pass that"
-        )
     check_adapters(config.lora, config.embedding)
+    if sd is not None and not sd.fingerprint.endswith(adapters_fingerprint(config.lora, config.embedding)):
+        raise ConfigError(
+            f"{option_label('lora')} and {option_label('embedding')} apply when vedit loads the model, and the model "
+            "passed in was loaded without them: load it with vedit.model.loading.load_model(..., lora=[...], "
+            "embeddings=[...]) and pass that"
+        )
 
 
 def identity_mismatch(config: RunConfig, what: str, reporter: Reporter) -> None:
