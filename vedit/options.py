@@ -19,9 +19,10 @@ panel of their own), the ``[run.smooth]`` table of ``vedit.toml`` and job files,
 cache keys and batch digests (``affects_output``), which values are paths made absolute relative to
 the file that names them (``path``), and ``vedit plugins --options``.
 
-Types: ``bool``, ``int``, ``float``, ``str``, any of them ``| None``, ``int | str`` (a number or
-a word such as ``auto``) and ``tuple[str, ...]`` (a list of words: a repeatable flag, a list in a
-file). Every number passes :func:`check_number`: NaN and ±inf are refused wherever they come from.
+Types: ``bool``, ``int``, ``float``, ``str``, any of them ``| None``, and ``int | str`` (a number or
+a word such as ``auto``). Every number passes :func:`check_number`: NaN and ±inf are
+refused wherever they come from. vedit's own settings may also be ``tuple[str, ...]`` (a list: a
+repeatable flag, a list in a file), which a plugin's options cannot be yet.
 """
 
 from __future__ import annotations
@@ -279,6 +280,8 @@ class Options:
             if spec.default is _MISSING:
                 raise TypeError(f"{where}: an option needs a default (vedit.option(default, ...))")
             spec = dataclasses.replace(spec, name=name, kinds=annotation_kinds(hint, where))
+            if tuple in spec.kinds:  # cache keys and paths of a plugin's options take one value each
+                raise TypeError(f"{where}: a plugin's option cannot be a list (tuple[str, ...]) yet")
             try:
                 spec = dataclasses.replace(spec, default=spec.check(spec.default, where))
             except ConfigError as error:

@@ -161,8 +161,7 @@ class StableDiffusion:
 
 def expand_prompt(prompt: str, embedding_tokens: dict[str, list[str]]) -> str:
     """``prompt`` with each multi-vector embedding's token written out as all of its tokens, as the text encoder
-    reads them (``<cat>`` → ``<cat> <cat>_1 <cat>_2``), as
-    :mod:`vedit.model.adapters` adds them."""
+    reads them and :mod:`vedit.model.adapters` adds them (``<cat>`` → ``<cat> <cat>_1 <cat>_2``)."""
     for token, tokens in embedding_tokens.items():
         written_out = " ".join(tokens)
         prompt = re.sub(re.escape(token) + r"(?!_\d)", lambda _, text=written_out: text, prompt)
