@@ -209,6 +209,11 @@ def test_corrupt_and_pickled_files_are_one_line_and_nothing_pickled_runs(base, f
         weight(with_lora(str(tmp_path / "kohya.pt")), Q),
         weight(with_lora(str(files["folder"] / "kohya.safetensors")), Q),
     )
+    dora = tmp_path / "dora.safetensors"
+    save_file({**files["kohya"], f"lora_unet_{Q.replace('.', '_')}.dora_scale": torch.ones(1, 16)}, str(dora))
+    with pytest.raises(ModelError) as error:
+        check_adapters([str(dora)], [])
+    assert one_line(error) == f"LoRA {dora} is a DoRA (it has dora_scale weights), which vedit does not read"
     plain = tmp_path / "checkpoint.safetensors"
     save_file({"conv.weight": torch.zeros(2, 2)}, str(plain))
     with pytest.raises(ModelError) as error:

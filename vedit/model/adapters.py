@@ -216,6 +216,8 @@ def _check_file(what: str, path: Path, size: int, mtime_ns: int) -> None:
 
 def _lora_tensors(state: dict[str, Any], path: Path) -> dict[str, torch.Tensor]:
     tensors = {key: value for key, value in state.items() if isinstance(value, torch.Tensor)}
+    if any("dora_scale" in key for key in tensors):  # diffusers' loaders would drop the magnitudes and go on
+        raise ModelError(f"LoRA {path} is a DoRA (it has dora_scale weights), which vedit does not read")
     if not any(marker in key for key in tensors for marker in _LORA_MARKERS):
         raise ModelError(
             f"LoRA {path} holds no LoRA weights (no lora_down/lora_up or lora_A/lora_B keys): is it a checkpoint, "
