@@ -132,9 +132,9 @@ class RunConfig:
     # The model's fingerprint, in every cache key, covers LoRAs and embeddings by content: not in checkpoint keys.
     lora: tuple[str, ...] = setting(
         (),
-        "LoRA fused into the model's weights: a .safetensors (or weights-only .bin/.pt) file, or a hub id in the "
-        "local cache (ID or ID/WEIGHT.safetensors), with its scale after a colon (style.safetensors:0.8; default 1). "
-        "Repeat for more.",
+        "LoRA fused into the model's weights: a .safetensors (or weights-only .bin/.pt) file or its folder, or a hub "
+        "id in the local cache (ID or ID/WEIGHT.safetensors), with its scale after a colon (style.safetensors:0.8; "
+        "default 1). Repeat for more.",
         default_text="none",
         affects_latents=False,
         path=True,

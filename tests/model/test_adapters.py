@@ -360,7 +360,7 @@ def test_an_sdxl_embedding_gives_each_text_encoder_its_own_vectors(base, tmp_pat
 # ----------------------------------------------------------------------------- hub ids and the Python API
 
 
-def test_a_hub_id_is_read_from_the_local_cache_only(base, files, monkeypatch, tmp_path):
+def test_a_hub_id_is_read_from_the_local_cache_only_and_a_folder_by_the_same_rule(base, files, monkeypatch, tmp_path):
     import huggingface_hub.constants
 
     commit = "0123456789abcdef" * 2 + "01234567"
@@ -385,6 +385,9 @@ def test_a_hub_id_is_read_from_the_local_cache_only(base, files, monkeypatch, tm
         "ink.safetensors): name one as someone/styles/FILE.safetensors"
     )
     assert torch.equal(weight(with_lora("someone/styles/ink.safetensors:0.7"), Q), weight(from_hub, Q))
+    # a local folder by the same rule
+    (repo / "snapshots" / commit / "chalk.safetensors").unlink()
+    assert torch.equal(weight(with_lora(f"{repo / 'snapshots' / commit}:0.7"), Q), weight(from_hub, Q))
 
 
 def test_a_model_passed_in_must_have_been_loaded_with_the_loras_beside_it(base, files, clip, tmp_path):

@@ -92,14 +92,15 @@ def parse_embedding(text: str) -> EmbeddingSpec:
 
 
 def lora_file(source: str) -> Path:
-    """The file a LoRA source names: a local file, or a hub id's weights in the local Hugging Face cache
-    (never downloaded). ``ID`` takes the repository's ``pytorch_lora_weights.safetensors`` or its only
-    ``.safetensors`` file; ``ID/NAME.safetensors`` names the file."""
+    """The file a LoRA source names: a local file or folder, or a hub id's weights in the local Hugging Face
+    cache (never downloaded). A folder or ``ID`` gives its ``pytorch_lora_weights.safetensors`` (the file
+    diffusers' ``save_lora_weights`` writes) or its only ``.safetensors`` file; ``ID/NAME.safetensors`` names
+    the file."""
     path = Path(source).expanduser()
     if path.is_file():
         return path.resolve()
-    if path.exists():
-        raise ModelError(f"LoRA '{source}' is a folder: name its .safetensors file")
+    if path.is_dir():
+        return _weights_in(path.resolve(), f"LoRA folder '{source}'", f"{source}/FILE.safetensors")
     repo, weight = _hub_parts(source)
     if repo is None:
         raise ModelError(f"LoRA file '{source}' does not exist")
@@ -114,16 +115,18 @@ def lora_file(source: str) -> Path:
         if not found.is_file():
             raise ModelError(f"LoRA '{repo}' in the Hugging Face cache has no file '{weight}'")
         return found
-    if (snapshot / DEFAULT_LORA_WEIGHT).is_file():
-        return snapshot / DEFAULT_LORA_WEIGHT
-    candidates = sorted(p.relative_to(snapshot).as_posix() for p in snapshot.rglob("*.safetensors"))
+    return _weights_in(snapshot, f"LoRA '{repo}' in the Hugging Face cache", f"{repo}/FILE.safetensors")
+
+
+def _weights_in(folder: Path, what: str, naming: str) -> Path:
+    """A folder's LoRA file: diffusers' ``pytorch_lora_weights.safetensors``, else its only ``.safetensors``."""
+    if (folder / DEFAULT_LORA_WEIGHT).is_file():
+        return folder / DEFAULT_LORA_WEIGHT
+    candidates = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.safetensors"))
     if len(candidates) == 1:
-        return snapshot / candidates[0]
+        return folder / candidates[0]
     listed = ", ".join(candidates) or "none"
-    raise ModelError(
-        f"LoRA '{repo}' in the Hugging Face cache holds {len(candidates)} .safetensors files ({listed}): "
-        f"name one as {repo}/FILE.safetensors"
-    )
+    raise ModelError(f"{what} holds {len(candidates)} .safetensors files ({listed}): name one as {naming}")
 
 
 def _hub_parts(source: str) -> tuple[str | None, str | None]:
