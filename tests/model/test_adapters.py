@@ -75,6 +75,24 @@ def test_a_diffusers_lora_changes_the_output_by_its_own_b_a(base, files):
     assert difference > 1e-3
 
 
+def test_a_diffusers_lora_saved_with_its_metadata_fuses_at_its_own_alpha(base, tmp_path):
+    import copy
+
+    from diffusers.loaders import StableDiffusionLoraLoaderMixin
+    from peft import LoraConfig, get_peft_model_state_dict
+
+    unet = copy.deepcopy(base.unet)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["to_q", "to_v"], init_lora_weights=False)  # B A ≠ 0
+    unet.add_adapter(config)
+    tensors = get_peft_model_state_dict(unet)
+    StableDiffusionLoraLoaderMixin.save_lora_weights(
+        tmp_path, unet_lora_layers=tensors, unet_lora_adapter_metadata=config.to_dict()
+    )  # pytorch_lora_weights.safetensors, rank and alpha in its metadata
+    adapted = with_lora(f"{tmp_path}:0.5")  # the folder save_lora_weights wrote
+    delta = tensors[f"{Q}.lora_B.weight"] @ tensors[f"{Q}.lora_A.weight"]
+    torch.testing.assert_close(weight(adapted, Q), weight(base, Q) + 0.5 * 8 / 4 * delta, rtol=0, atol=1e-6)
+
+
 def test_scale_zero_gives_the_base_models_output_exactly(base, files):
     adapted = with_lora(f"{files['folder'] / 'kohya.safetensors'}:0")
     assert torch.equal(unet_output(adapted), unet_output(base))
