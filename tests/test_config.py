@@ -73,3 +73,26 @@ def test_bad_files_name_the_problem(tmp_path, text, fragment):
 def test_missing_config_file(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.toml")
+
+
+def test_loras_and_embeddings_are_lists_whose_files_are_relative_to_the_file_that_names_them(tmp_path):
+    (tmp_path / "loras").mkdir()
+    (tmp_path / "loras" / "style.safetensors").write_bytes(b"")
+    (tmp_path / "v.toml").write_text(
+        '[run]\nlora = ["loras/style.safetensors:0.8", "owner/style:0.5", "owner/styles/ink.safetensors"]\n'
+        'embedding = "toy.pt:<toy>"\n'
+    )
+    config = load_config(tmp_path / "v.toml")
+    # a LoRA that names a file there is a path; the others are hub ids and stay as written
+    assert config.lora == (f"{tmp_path}/loras/style.safetensors:0.8", "owner/style:0.5", "owner/styles/ink.safetensors")
+    assert config.embedding == (f"{tmp_path}/toy.pt:<toy>",)  # a file, there or not; one word is a list of one
+    assert load_config(tmp_path / "v.toml", lora=["a.safetensors"]).lora == ("a.safetensors",)  # keywords win
+    assert RunConfig().lora == () and load_config(cwd=tmp_path).embedding == ()
+    with pytest.raises(ConfigError) as error:
+        load_config(cwd=tmp_path, lora=[0.8])
+    assert str(error.value) == "lora must be a list of str, got list [0.8]"
+    (tmp_path / "bad.toml").write_text('[run]\nembedding = ["toy.pt", ""]\n')
+    with pytest.raises(ConfigError) as error:
+        load_config(tmp_path / "bad.toml")
+    expected = f"{tmp_path / 'bad.toml'}: option 'embedding' must not hold an empty item, got ['toy.pt', '']"
+    assert str(error.value) == expected

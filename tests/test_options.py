@@ -99,6 +99,11 @@ def test_a_bad_declaration_is_the_plugin_authors_error_at_class_creation():
         class Listed(vedit.Options):
             names: list = vedit.option([])  # type: ignore[type-arg]
 
+    with pytest.raises(TypeError, match=r"Words.names: a plugin's option cannot be a list \(tuple\[str, ...\]\) yet"):
+
+        class Words(vedit.Options):
+            names: tuple[str, ...] = vedit.option(())
+
     with pytest.raises(TypeError, match="needs a default"):
 
         class Missing(vedit.Options):

@@ -139,6 +139,27 @@ class RunConfig:
         path=True,
         commands=ALL,
     )
+    # The model's fingerprint, in every cache key, covers LoRAs and embeddings by content: not in checkpoint keys.
+    lora: tuple[str, ...] = setting(
+        (),
+        "LoRA fused into the model's weights: a .safetensors (or weights-only .bin/.pt) file or its folder, or a hub "
+        "id in the local cache (ID or ID/WEIGHT.safetensors), with its scale after a colon (style.safetensors:0.8; "
+        "default 1). Repeat for more.",
+        default_text="none",
+        affects_latents=False,
+        path=True,
+        commands=ALL,
+        folder_or_id=True,
+    )
+    embedding: tuple[str, ...] = setting(
+        (),
+        "Textual-inversion embedding file (.safetensors, .pt or .bin) with the token prompts use for it after a "
+        "colon (cat.pt:<my-cat>; default the file's own token, else its name). Repeat for more.",
+        default_text="none",
+        affects_latents=False,
+        path=True,
+        commands=ALL,
+    )
     steps: int = setting(
         50, "Sampling steps T.", min=1, max=1000,
         commands=(RUN, INVERT),
@@ -465,6 +486,25 @@ def absolute_path(value: str, base: Path) -> str:
     return str(path if path.is_absolute() else (base / path).resolve())
 
 
+def path_and_suffix(item: str) -> tuple[str, str | None]:
+    """An item of a list of files, ``PATH[:SUFFIX]`` (``style.safetensors:0.8``), split at its last colon; the
+    suffix is None when there is none (a colon inside a path, as in ``C:\\loras\\a.safetensors``, is part of it)."""
+    head, colon, tail = item.rpartition(":")
+    if not colon or not head or "/" in tail or "\\" in tail:
+        return item, None
+    return head, tail
+
+
+def _absolute_item(item: str, base: Path, folder_or_id: bool) -> str:
+    """An item of a list of files made absolute from ``base``; with ``folder_or_id``, only when it names a file
+    there (else it is a hub id, ``owner/name/FILE.safetensors`` included, and stays as it is)."""
+    path, suffix = path_and_suffix(item)
+    if folder_or_id and not (base / Path(path).expanduser()).exists():
+        return item
+    path = absolute_path(path, base)
+    return path if suffix is None else f"{path}:{suffix}"
+
+
 def paths_from(values: dict[str, Any], base: Path, only: Iterable[str] | None = None) -> dict[str, Any]:
     """``values`` (as :func:`validate` returns them) with every path option (declared with ``path``, the
     host's and the plugins') made absolute from ``base``: the folder of the file that named them. With
@@ -473,9 +513,13 @@ def paths_from(values: dict[str, Any], base: Path, only: Iterable[str] | None = 
 
     chosen = None if only is None else set(only)
     out = dict(values)
-    for key, (spec, _) in host_specs().items():
+    for key, (spec, where) in host_specs().items():
         if spec.path and out.get(key) and (chosen is None or key in chosen):
-            out[key] = absolute_path(out[key], base)
+            value = out[key]
+            if isinstance(value, tuple):
+                out[key] = tuple(_absolute_item(item, base, where.folder_or_id) for item in value)
+            else:
+                out[key] = absolute_path(value, base)
     owners = declared()
     options = {plugin: dict(table) for plugin, table in out.get("options", {}).items()}
     for plugin, table in options.items():
@@ -547,6 +591,8 @@ def _toml_value(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, str):
         return f'"{value}"'
+    if isinstance(value, tuple):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
     return repr(value)
 
 
@@ -579,6 +625,7 @@ __all__ = [
     "load_config",
     "merge",
     "absolute_path",
+    "path_and_suffix",
     "paths_from",
     "given_names",
     "read_config_file",

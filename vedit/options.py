@@ -21,7 +21,8 @@ the file that names them (``path``), and ``vedit plugins --options``.
 
 Types: ``bool``, ``int``, ``float``, ``str``, any of them ``| None``, and ``int | str`` (a number or
 a word such as ``auto``). Every number passes :func:`check_number`: NaN and ±inf are
-refused wherever they come from.
+refused wherever they come from. vedit's own settings may also be ``tuple[str, ...]`` (a list: a
+repeatable flag, a list in a file), which a plugin's options cannot be yet.
 """
 
 from __future__ import annotations
@@ -134,6 +135,8 @@ class OptionSpec:
     @property
     def type_label(self) -> str:
         """The type as help and errors name it: ``float``, ``int or str`` (None is allowed or not, unsaid)."""
+        if tuple in self.kinds:
+            return "a list of str"
         return " or ".join(kind.__name__ for kind in self.kinds if kind is not type(None))
 
     def check(self, value: Any, where: str) -> Any:
@@ -143,6 +146,8 @@ class OptionSpec:
             if self.optional:
                 return None
             raise ConfigError(f"{where} must be {self.type_label}, got none")
+        if tuple in self.kinds:
+            return _words(value, where)
         if isinstance(value, bool):
             if bool not in self.kinds:
                 raise ConfigError(f"{where} must be {self.type_label}, got {value!r}")
@@ -178,6 +183,8 @@ class OptionSpec:
     def convert(self, text: str, where: str) -> Any:
         """``text`` as a value of the option's type, not yet checked against its range or choices."""
         word = text.strip()
+        if tuple in self.kinds:
+            return (text,)
         if self.optional and word.lower() in ("", "none"):
             return None
         if bool in self.kinds:
@@ -199,6 +206,16 @@ class OptionSpec:
                 if str not in self.kinds:
                     raise ConfigError(f"{where} must be a number, got {text!r}") from None
         return text
+
+
+def _words(value: Any, where: str) -> tuple[str, ...]:
+    """A list option's value as a tuple: one word is a list of one (``lora = "a.safetensors"`` in a file)."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not all(isinstance(item, str) for item in items):
+        raise ConfigError(f"{where} must be a list of str, got {type(value).__name__} {value!r}")
+    if any(not item.strip() for item in items):
+        raise ConfigError(f"{where} must not hold an empty item, got {list(items)!r}")
+    return tuple(items)
 
 
 def option(
@@ -224,12 +241,15 @@ def option(
 
 
 def annotation_kinds(annotation: Any, where: str) -> tuple[type, ...]:
-    """The scalar types an annotation allows (``float | None`` → (float, NoneType))."""
+    """The scalar types an annotation allows (``float | None`` → (float, NoneType)); ``(tuple,)`` for a list of
+    words (``tuple[str, ...]``)."""
     origin = typing.get_origin(annotation)
+    if origin is tuple and typing.get_args(annotation) == (str, ...):
+        return (tuple,)
     args = typing.get_args(annotation) if origin in (typing.Union, types.UnionType) else (annotation,)
     kinds = tuple(arg for arg in args if arg in _SCALARS or arg is type(None))
     if len(kinds) != len(args) or not any(kind in _SCALARS for kind in kinds):
-        allowed = "bool, int, float, str or int | str (any of them | None)"
+        allowed = "bool, int, float, str or int | str (any of them | None), or tuple[str, ...]"
         raise TypeError(f"{where}: an option's type is {allowed}, not {annotation}")
     return kinds
 
@@ -260,6 +280,8 @@ class Options:
             if spec.default is _MISSING:
                 raise TypeError(f"{where}: an option needs a default (vedit.option(default, ...))")
             spec = dataclasses.replace(spec, name=name, kinds=annotation_kinds(hint, where))
+            if tuple in spec.kinds:  # cache keys and paths of a plugin's options take one value each
+                raise TypeError(f"{where}: a plugin's option cannot be a list (tuple[str, ...]) yet")
             try:
                 spec = dataclasses.replace(spec, default=spec.check(spec.default, where))
             except ConfigError as error:

@@ -4,14 +4,16 @@ resolves, and which outputs are up to date."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import one_error_line
 from helpers.jobs import PROMPTS, RUN, batch_clips, job_file, vedit
 from vedit.batch.jobfile import JobFileError
-from vedit.batch.plan import SIDECAR_FORMAT, digest_of, plan_batch, settings_of, sidecar_path
+from vedit.batch.plan import SIDECAR_FORMAT, digest_of, model_key, plan_batch, settings_of, sidecar_path
 from vedit.config import RunConfig
 
 
@@ -153,3 +155,30 @@ def test_a_single_file_model_written_in_a_job_file_is_found_from_its_folder(tmp_
     assert configs["file"].model_config == str(tmp_path / "jobs" / "config")
     # the same file under other configs is another model: the workers do not share one loaded model between them
     assert model_key(configs["file"]) != model_key(configs["other-config"])
+
+
+def test_a_loras_scale_or_content_changes_the_digest_and_the_shared_model_and_no_lora_leaves_it_as_it_was(
+    tmp_path, clips
+):
+    from safetensors.torch import save_file
+
+    (tmp_path / "loras").mkdir()
+    lora = tmp_path / "loras" / "style.safetensors"
+    save_file({"lora_unet_x.lora_down.weight": torch.zeros(1, 2), "lora_unet_x.lora_up.weight": torch.zeros(2, 1)},
+              lora)  # fmt: skip
+    job = {"input": str(clips / "pattern.mp4"), "prompt": "x", "output": "out.mp4"}
+
+    def planned(lora_value: list[str]):
+        (edit,) = plan_batch(job_file(tmp_path / "jobs.toml", [{**job, "lora": lora_value}])).edits
+        return edit
+
+    edit = planned(["loras/style.safetensors:0.8"])
+    assert edit.config.lora == (f"{lora}:0.8",)  # relative to the job file
+    assert edit.digest != planned(["loras/style.safetensors:0.5"]).digest
+    assert model_key(edit.config) != model_key(edit.config.replace(lora=()))  # no model shared with the base one
+    before = edit.digest
+    save_file({"lora_unet_x.lora_down.weight": torch.ones(1, 2), "lora_unet_x.lora_up.weight": torch.ones(2, 1)}, lora)
+    os.utime(lora, ns=(lora.stat().st_atime_ns, lora.stat().st_mtime_ns + 1_000_000))  # however fast the rewrite
+    assert planned(["loras/style.safetensors:0.8"]).digest != before
+    # without LoRAs the settings are what they were before the option existed
+    assert "lora" not in settings_of(RunConfig(model="tiny"), clips / "pattern.mp4")

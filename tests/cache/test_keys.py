@@ -35,6 +35,9 @@ def test_the_digest_covers_the_options_that_change_the_frames_and_no_others():
     )
     assert not {"engine", "batch_size", "cache_dir", "checkpoint_every", "overwrite", "nn_backend"} & set(settings)
     assert paths == {"inversion", "keyframes"}
+    assert not {"model_config", "lora", "embedding"} & set(settings)  # added later: only when set
+    given, given_paths = keyed_options(RunConfig(prompt="a", model_config="cfg", lora=["a.safetensors"]), latents=False)
+    assert {"model_config", "lora"} <= given_paths and list(given["lora"]) == ["a.safetensors"]
     latents, _ = keyed_options(RunConfig(prompt="a"), latents=True)
     assert {"engine", "batch_size", "nn_backend", "pnp_f_t"} <= set(latents)
     assert not {"postprocess", "output_size", "flow", "checkpoint_every"} & set(latents)

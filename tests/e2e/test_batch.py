@@ -322,3 +322,34 @@ def test_ray_batch_completes_when_a_worker_is_killed_mid_job(tmp_path, clips, al
     assert computed_per_clip(doc) == {"pattern": 1}
     assert_same_as_alone(doc, alone)
     assert not list((tmp_path / "out").glob(".*partial*"))
+
+
+def test_a_job_with_a_lora_edits_with_it_as_vedit_run_does(clips, tmp_path):
+    from helpers.adapters import kohya_lora
+    from vedit.model.loading import load_model
+    from vedit.pipeline.edit import edit
+
+    kohya_lora(load_model("tiny", device="cpu", dtype="fp32"), tmp_path / "style.safetensors")
+    path = job_file(
+        tmp_path / "jobs.toml",
+        [
+            {
+                "input": str(clips / "pattern.mp4"),
+                "prompt": PROMPTS[0],
+                "output": "out.mp4",
+                "lora": ["style.safetensors:0.8"],
+            }
+        ],
+    )
+    result = vedit("batch", path)
+    assert result.exit_code == 0, result.output  # the model a worker holds was loaded with the job's LoRA
+    options = {k.replace("-", "_"): v for k, v in RUN.items()}
+    alone = edit(
+        clips / "pattern.mp4",
+        tmp_path / "alone.mp4",
+        prompt=PROMPTS[0],
+        lora=[f"{tmp_path / 'style.safetensors'}:0.8"],
+        **options,
+    )
+    assert "+lora:" in alone.model
+    assert (tmp_path / "out.mp4").read_bytes() == (tmp_path / "alone.mp4").read_bytes()

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..cache.keys import keyed_options
-from ..config import RunConfig
+from ..config import RunConfig, path_and_suffix
 from ..errors import ConfigError, OutputError, PluginError, VeditError
 from ..report import SilentReporter
 from .jobfile import (  # noqa: F401  (SIDECAR_SUFFIX and sidecar_path: the records' names are given here too)
@@ -77,8 +77,11 @@ def settings_of(config: RunConfig, input: Path) -> dict[str, Any]:
             settings["model_seed"] = built.seed
     settings["input"] = _identity(input)
     for key in sorted(paths):
-        if settings.get(key):
-            settings[f"{key}_file"] = _identity(settings[key])
+        value = settings.get(key)
+        if isinstance(value, tuple):  # a list of files, each maybe with a suffix (style.safetensors:0.8)
+            settings[f"{key}_file"] = [_identity(path_and_suffix(item)[0]) for item in value]
+        elif value:
+            settings[f"{key}_file"] = _identity(value)
     return settings
 
 
@@ -132,7 +135,7 @@ def model_key(config: RunConfig) -> tuple:
     weights come from its spec, ``tiny@3``, and ``tiny`` is ``tiny@0``)."""
     built = _built(config.model)
     model = built.name if built is not None else config.model
-    return (model, config.revision, config.model_config, config.device, config.dtype)
+    return (model, config.revision, config.model_config, config.device, config.dtype, config.lora, config.embedding)
 
 
 def inversion_key(config: RunConfig, input: Path) -> tuple:

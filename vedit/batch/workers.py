@@ -85,12 +85,9 @@ def _load(config: RunConfig) -> tuple[Any, bool]:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     model = load_model(
-        config.model,
-        device=config.device,
-        dtype=config.dtype,
-        revision=config.revision,
-        model_config=config.model_config,
-    )
+        config.model, device=config.device, dtype=config.dtype, revision=config.revision,
+        model_config=config.model_config, lora=config.lora, embeddings=config.embedding,
+    )  # fmt: skip
     _MODEL[0], _MODEL[1] = key, model
     return model, True
 

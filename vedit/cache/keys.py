@@ -24,6 +24,11 @@ def plugins_used(config: RunConfig) -> list[str]:
     return list(dict.fromkeys(identifier(name.strip()) for name in named if name.strip()))
 
 
+# Host settings added after keys and digests were first written: they count only when set, so that the keys of
+# runs that do not use them stay what they were.
+KEYED_WHEN_SET = frozenset({"model_config", "lora", "embedding"})
+
+
 def keyed_options(config: RunConfig, *, latents: bool) -> tuple[dict[str, Any], set[str]]:
     """The options a key covers, by key name, and which of them name files.
 
@@ -37,6 +42,8 @@ def keyed_options(config: RunConfig, *, latents: bool) -> tuple[dict[str, Any], 
     paths: set[str] = set()
     for name, (spec, where) in host_specs().items():
         if where.affects_latents if latents else spec.affects_output:
+            if name in KEYED_WHEN_SET and getattr(config, name) == spec.default:
+                continue
             values[name] = getattr(config, name)
             if spec.path:
                 paths.add(name)

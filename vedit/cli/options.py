@@ -63,6 +63,8 @@ PREFIX = "option__"
 
 def _flag_type(spec: OptionSpec) -> Any:
     """The type Typer parses a flag as: a number or a word (``int | str``) comes as text, checked by the spec."""
+    if tuple in spec.kinds:
+        return Optional[list[str]]  # a repeatable flag
     scalars = [kind for kind in spec.kinds if kind is not type(None)]
     return Optional[scalars[0]] if len(scalars) == 1 else Optional[str]
 
@@ -152,6 +154,7 @@ def takes_run_options(
         def command_function(**values: Any) -> Any:
             given = {name.removeprefix(PREFIX): values.pop(name) for name in names}
             given = {name: value for name, value in given.items() if value is not None and value is not False}
+            given = {name: value for name, value in given.items() if value != []}  # a repeatable flag not given
             return function(**values, options=given)
 
         command_function.__signature__ = signature.replace(parameters=own)  # type: ignore[attr-defined]

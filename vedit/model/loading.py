@@ -27,7 +27,7 @@ import os
 import re
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +36,7 @@ import torch
 from ..config import DEFAULT_MODEL, option_label, option_value
 from ..errors import ModelError
 from ..method.prediction import check_prediction_type
+from .adapters import apply_adapters
 from .builders import SPEC_HELP, build_model, built_spec, scheduler_config
 from .device import (
     dtype_name,
@@ -99,11 +100,16 @@ def load_model(
     revision: str | None = None,
     seed: int | None = None,
     model_config: str | None = None,
+    lora: Sequence[str] = (),
+    embeddings: Sequence[str] = (),
+    warn: Callable[[str], None] | None = None,
 ) -> StableDiffusion:
     """Load (or, for ``tiny`` and ``random:*``, build from the seed the spec names) a Stable Diffusion model.
 
     ``model_config``: a folder of diffusers configs for a single-file checkpoint, overriding those of
-    the family recognised from its weights.
+    the family recognised from its weights. ``lora`` (``FILE_OR_ID[:SCALE]`` each) are fused into its
+    weights and ``embeddings`` (``FILE[:TOKEN]``) added to its tokenizer, in order
+    (:mod:`vedit.model.adapters`); ``warn`` hears what did not apply.
 
     ``seed`` is deprecated: it gives a built spec written without ``@N`` its weights' seed, as
     ``tiny@N`` does.
@@ -138,6 +144,8 @@ def load_model(
             f"not enough memory on {device} for '{spec}' in {dtype_name(dtype)}: {_loading_hint(device, dtype)}"
         ) from None
     check_compatible(model)
+    if lora or embeddings:
+        apply_adapters(model, lora, embeddings, warn)
     return model
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -44,6 +45,8 @@ class StableDiffusion:
     tokenizer_2: Any = field(default=None, repr=False)
     # SDXL: whether the empty prompt's conditioning is zeros rather than its embedding (model_index.json says)
     force_zeros_for_empty_prompt: bool = field(default=True, repr=False)
+    # Multi-vector embeddings' tokens (vedit.model.adapters): "<cat>" → ["<cat>", "<cat>_1", "<cat>_2"].
+    embedding_tokens: dict[str, list[str]] = field(default_factory=dict, repr=False)
 
     @cached_property
     def family(self) -> ModelFamily:
@@ -83,6 +86,11 @@ class StableDiffusion:
         """A fresh scheduler: ``set_timesteps`` leaves state behind, so each run gets its own."""
         return type(self.scheduler).from_config(self.scheduler.config)
 
+    def expand_prompt(self, prompt: str) -> str:
+        """``prompt`` as the text encoder reads it: each multi-vector embedding's token written out as all of its
+        tokens (:func:`expand_prompt`)."""
+        return expand_prompt(prompt, self.embedding_tokens) if self.embedding_tokens else prompt
+
     @torch.no_grad()
     def encode_prompt(self, prompts: list[str], size: tuple[int, int] | None = None) -> torch.Tensor:
         """The UNet's conditioning for each prompt (n, L, D), as the family makes it: for SD 1.x/2.x the
@@ -90,7 +98,7 @@ class StableDiffusion:
         size conditioning; the family's training size without it)."""
         if isinstance(prompts, str):
             prompts = [prompts]
-        return self.family.encode_prompt(self, list(prompts), size)
+        return self.family.encode_prompt(self, [self.expand_prompt(prompt) for prompt in prompts], size)
 
     def prompt_overflow(self, prompt: str) -> tuple[int, str, str] | None:
         """(tokens, kept, dropped) when ``prompt`` is longer than the text encoder reads, else None.
@@ -102,7 +110,7 @@ class StableDiffusion:
         limit = self.tokenizer.model_max_length
 
         def tokens(text: str) -> int:
-            return len(self.tokenizer(text, truncation=False, verbose=False).input_ids)
+            return len(self.tokenizer(self.expand_prompt(text), truncation=False, verbose=False).input_ids)
 
         count = tokens(prompt)
         if count <= limit:
@@ -180,6 +188,15 @@ class StableDiffusion:
             index.update(safety_checker=[None, None], feature_extractor=[None, None], requires_safety_checker=False)
         (folder / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
         return folder
+
+
+def expand_prompt(prompt: str, embedding_tokens: dict[str, list[str]]) -> str:
+    """``prompt`` with each multi-vector embedding's token written out as all of its tokens, as the text encoder
+    reads them and :mod:`vedit.model.adapters` adds them (``<cat>`` → ``<cat> <cat>_1 <cat>_2``)."""
+    for token, tokens in embedding_tokens.items():
+        written_out = " ".join(tokens)
+        prompt = re.sub(re.escape(token) + r"(?!_\d)", lambda _, text=written_out: text, prompt)
+    return prompt
 
 
 def _check_images(images: torch.Tensor, scale: int) -> tuple[int, int]:

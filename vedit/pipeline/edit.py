@@ -120,7 +120,7 @@ def load_for_edit(config: RunConfig, checked: Preflight, reporter: Reporter, sd:
     (:class:`vedit.runtime.batch_sizes.Batches`; ``--batch-size auto`` resolved), and the prompts' embeddings
     by branch; the schedules are checked against the loaded model and long prompts warned of."""
     editor, propagator, clip = checked.editor, checked.propagator, checked.clip
-    model = load_model_for(config, checked, sd)
+    model = load_model_for(config, checked, sd, reporter)
     batches = choose_batches(
         model, config.batch_size, len(clip.reader), clip.reader.size, branches(editor, propagator, config)
     )

@@ -52,8 +52,9 @@ def build_engines(
     if size[0] % 8 or size[1] % 8:
         raise ConfigError(f"{option_value('size', f'{size[0]}x{size[1]}')}: both sides must be multiples of 8")
     model = sd or load_model(
-        config.model, device=device, dtype=dtype, revision=config.revision, model_config=config.model_config
-    )
+        config.model, device=device, dtype=dtype, revision=config.revision, model_config=config.model_config,
+        lora=config.lora, embeddings=config.embedding, warn=reporter.warning,
+    )  # fmt: skip
     config = config.replace(
         batch_size=choose_batches(model, config.batch_size, frames, size, branches(editor, propagator, config)).unet
     )

@@ -80,7 +80,7 @@ def invert_clip(
     checked = preflight(input, config, reporter, sd=sd, editing=False)
     clip = checked.clip
     with read_ahead(clip, reading_batch(config)) as frames:  # reading overlaps loading the model
-        model = load_model_for(config, checked, sd)
+        model = load_model_for(config, checked, sd, reporter)
         batches = choose_batches(model, config.batch_size, len(clip.reader), clip.reader.size)
         config = config.replace(batch_size=batches.unet)
         check_schedules(model.new_scheduler(), config.steps, config.inversion_steps)

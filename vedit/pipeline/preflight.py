@@ -163,6 +163,7 @@ def preflight(
     from ..model.single_file import check_checkpoint_file
 
     check_numbers(config)  # a RunConfig built by hand has not been validated
+    _check_adapters(config, sd)
     clip = open_clip(input, config)
     if sd is not None:
         device, dtype = sd.device, sd.dtype
@@ -255,6 +256,22 @@ def _check_inversion_file(
             f"it was made with {option_label('source_prompt')} {metadata.get('source_prompt', '')!r}, "
             f"this run's is {config.source_prompt!r}",
             reporter,
+        )
+
+
+def _check_adapters(config: RunConfig, sd: Any) -> None:
+    """LoRAs and embeddings that can be checked before the model loads: their values and files. A model passed
+    in (``sd``, as batch's workers pass the one they hold) must have been loaded with them."""
+    from ..model.adapters import adapters_fingerprint, check_adapters
+
+    if not (config.lora or config.embedding):
+        return
+    check_adapters(config.lora, config.embedding)
+    if sd is not None and not sd.fingerprint.endswith(adapters_fingerprint(config.lora, config.embedding)):
+        raise ConfigError(
+            f"{option_label('lora')} and {option_label('embedding')} apply when vedit loads the model, and the model "
+            "passed in was loaded without them: load it with vedit.model.loading.load_model(..., lora=[...], "
+            "embeddings=[...]) and pass that"
         )
 
 

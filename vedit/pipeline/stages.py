@@ -53,19 +53,19 @@ def given_model(config: RunConfig, sd: Any, pipeline: Any) -> Any:
     return from_pipeline(pipeline, device=config.device, dtype=config.dtype)
 
 
-def load_model_for(config: RunConfig, preflight: Preflight, sd: Any = None) -> StableDiffusion:
-    """The model (loaded unless given)."""
+def load_model_for(
+    config: RunConfig, preflight: Preflight, sd: Any = None, reporter: Reporter | None = None
+) -> StableDiffusion:
+    """The model (loaded, with the run's LoRAs and embeddings, unless given)."""
     from ..model.loading import load_model
 
     if sd is not None:
         return sd
     return load_model(
-        config.model,
-        device=preflight.device,
-        dtype=preflight.dtype,
-        revision=config.revision,
-        model_config=config.model_config,
-    )
+        config.model, device=preflight.device, dtype=preflight.dtype, revision=config.revision,
+        model_config=config.model_config, lora=config.lora, embeddings=config.embedding,
+        warn=reporter.warning if reporter is not None else None,
+    )  # fmt: skip
 
 
 def make_passes(
