@@ -36,6 +36,8 @@ from ._common import (
     PeakProbe,
     Stats,
     alternate,
+    clip_format_checked,
+    clip_path,
     describe_vs,
     document,
     finish,
@@ -45,6 +47,7 @@ from ._common import (
     parse_vs,
     pass_flops,
     percent,
+    remove_output,
     say,
     show,
     show_vs,
@@ -55,7 +58,7 @@ from ._common import (
 STAGES = ("load", "read", "invert", "denoise", "write")  # EditResult.stage_seconds, without a profile
 SETTINGS = (
     "model", "size", "frames", "steps", "inversion_steps", "engine", "dtype", "device", "chunk_size", "batch_size",
-    "editor", "propagator", "seed", "reuse_inversion", "engine_cache",
+    "editor", "propagator", "seed", "reuse_inversion", "engine_cache", "clip_format",
 )  # fmt: skip
 PROMPT, SOURCE_PROMPT = "a watercolor painting", "a test pattern"
 
@@ -121,10 +124,11 @@ class _Config:
             models[key] = load_model(settings["model"], device=settings["device"], dtype=settings["dtype"])
         self.sd = models[key]
         self.config = base.replace(device=str(self.sd.device), dtype=dtype_name(self.sd.dtype))
-        clip_key = (settings["frames"], self.size)
+        clip_key = (settings["frames"], self.size, settings["clip_format"])
         if clip_key not in clips:
+            stem = f"clip-{settings['frames']}-{width}x{height}"
             clips[clip_key] = synthetic_clip(
-                workdir / f"clip-{settings['frames']}-{width}x{height}.mp4", settings["frames"], self.size
+                clip_path(workdir, stem, settings["clip_format"]), settings["frames"], self.size
             )
         self.clip = clips[clip_key]
         self.runs = 0
@@ -135,11 +139,11 @@ class _Config:
 
         self.runs += 1
         cache = "cache-shared" if self.settings["reuse_inversion"] else f"cache-{self.label}-{self.runs}"
-        output = self.workdir / f"out-{self.label}-{self.runs}.mp4"
+        output = clip_path(self.workdir, f"out-{self.label}-{self.runs}", self.settings["clip_format"])
         config = self.config.replace(cache_dir=str(self.workdir / cache))
         extra = {"profile": True} if self.profile else {}
         result = edit(self.clip, output, config, sd=self.sd, reporter=Collect(self.notes), **extra)
-        output.unlink(missing_ok=True)
+        remove_output(output)
         if not self.settings["reuse_inversion"]:
             shutil.rmtree(self.workdir / cache, ignore_errors=True)
         parts = dict(getattr(result, "profile", None) or {}) if self.profile else {}
@@ -250,6 +254,7 @@ def run_edit_suite(
     warmup: int = 1,
     reuse_inversion: bool = False,
     engine_cache: str | None = None,
+    clip_format: str = "mp4",
     vs: str | None = None,
     options: dict[str, Any] | None = None,
     peak: bool = True,
@@ -266,12 +271,14 @@ def run_edit_suite(
         raise ConfigError("--repeats must be 1 or more")
     if frames < 1:
         raise ConfigError("--frames must be 1 or more")
+    clip_format_checked(clip_format)
     workdir = Path(tempfile.mkdtemp(prefix="vedit-bench-edit-"))
     settings = {
         "model": model, "size": size, "frames": frames, "steps": steps, "inversion_steps": inversion_steps,
         "engine": engine, "dtype": dtype, "device": str(resolve_device(device)), "chunk_size": chunk_size,
         "batch_size": batch_size, "editor": editor, "propagator": propagator, "seed": seed,
         "reuse_inversion": reuse_inversion, "engine_cache": engine_cache or str(workdir / "engines"),
+        "clip_format": clip_format,
     }  # fmt: skip
     extra = dict(options or {})
     overrides = parse_vs(vs, settings)
