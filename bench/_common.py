@@ -238,6 +238,25 @@ def measure(
     return Stats.of(samples)
 
 
+def start_device_peak(device: torch.device | str) -> float | None:
+    """On CUDA, start counting the peak device allocation from here, and give the MiB allocated now (a loaded
+    model's weights); None on other devices, whose memory is the host's."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    return round(torch.cuda.memory_allocated(device) / 2**20, 1)
+
+
+def device_peak_mb(device: torch.device | str) -> float | None:
+    """The peak CUDA allocation in MiB since :func:`start_device_peak` (None off CUDA)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+
+
 def matmul_peak_tflops(device: torch.device | str, dtype: torch.dtype, seconds: float = 1.0) -> float:
     """What a large square matrix product reaches here, in TFLOP/s: the practical peak that the
     passes are held to. 8192² on CUDA (in the run's dtype: fp16/bf16 use the tensor cores), 2048²

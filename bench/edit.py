@@ -39,6 +39,7 @@ from ._common import (
     clip_format_checked,
     clip_path,
     describe_vs,
+    device_peak_mb,
     document,
     finish,
     fmt,
@@ -51,6 +52,7 @@ from ._common import (
     say,
     show,
     show_vs,
+    start_device_peak,
     synthetic_clip,
     vs_rows,
 )
@@ -319,6 +321,7 @@ def _run_plain(
     for index in range(warmup):
         say(f"bench edit: warm-up {index + 1}/{warmup}")
         config.run()
+    weights_mb = start_device_peak(sd.device)  # the timed runs' own peak, on CUDA
     figures, results = [], []
     for index in range(repeats):
         say(f"bench edit: run {index + 1}/{repeats}")
@@ -326,6 +329,7 @@ def _run_plain(
         figures.append(measured)
         results.append(result)
     result = results[-1]
+    peak_mb = device_peak_mb(sd.device)
     if any(r.forwards != result.forwards for r in results):
         notes.append("the runs made different numbers of UNet forwards: " + "; ".join(str(r.forwards) for r in results))
     say("bench edit: counting FLOPs")
@@ -344,7 +348,7 @@ def _run_plain(
         forwards=result.forwards.by_name(),
         gflop_per_image={k: round(v / 1e9, 4) if v else None for k, v in per_image.items()},
         engines=dict(result.engines), inversion=result.inversion, steps_run=result.steps_run, frames=result.frames,
-        notes=notes,
+        device_memory_mb={"peak": peak_mb, "before": weights_mb} if peak_mb is not None else None, notes=notes,
     )  # fmt: skip
 
 
@@ -408,3 +412,6 @@ def _render(doc: dict[str, Any]) -> None:
     engines = ", ".join(f"{k} {v}" for k, v in doc.get("engines", {}).items()) or "-"
     per_image = ", ".join(f"{k} {v}" for k, v in doc.get("gflop_per_image", {}).items())
     print(f"engines: {engines}; GFLOP per image: {per_image}; inversion {doc.get('inversion')}")
+    memory = doc.get("device_memory_mb")
+    if memory:
+        print(f"device memory: peak {memory['peak']} MiB over the timed runs, {memory['before']} MiB allocated before")

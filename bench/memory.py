@@ -16,7 +16,18 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ._common import clip_format_checked, clip_path, document, finish, header, say, show, synthetic_clip
+from ._common import (
+    clip_format_checked,
+    clip_path,
+    device_peak_mb,
+    document,
+    finish,
+    header,
+    say,
+    show,
+    start_device_peak,
+    synthetic_clip,
+)
 
 
 def _peak_rss_mb() -> float:
@@ -25,7 +36,6 @@ def _peak_rss_mb() -> float:
 
 def probe(args: argparse.Namespace) -> dict:
     """One measurement, in this process."""
-    import torch
 
     from vedit.io.frames import parse_size
     from vedit.model.loading import load_model
@@ -36,11 +46,7 @@ def probe(args: argparse.Namespace) -> dict:
         clip = synthetic_clip(clip_path(Path(tmp), "clip", args.clip_format), args.frames, size)
         sd = load_model(args.model, device=args.device, dtype=args.dtype)
         after_load = _peak_rss_mb()
-        cuda = sd.device.type == "cuda"
-        if cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            weights = torch.cuda.memory_allocated()
+        weights_mb = start_device_peak(sd.device)
         result = edit(
             clip,
             clip_path(Path(tmp), "out", args.clip_format),
@@ -69,9 +75,9 @@ def probe(args: argparse.Namespace) -> dict:
             "keyframe_ms_per_frame": round(1000 * result.profile.get("keyframe", 0.0) / args.frames, 2),
             "forwards_per_frame_step": round(result.forwards_per_frame_step, 4),
         }
-        if cuda:
-            row["cuda_peak_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
-            row["cuda_weights_mb"] = round(weights / 2**20, 1)
+        if weights_mb is not None:
+            row["cuda_peak_mb"] = device_peak_mb(sd.device)
+            row["cuda_weights_mb"] = weights_mb
         return row
 
 

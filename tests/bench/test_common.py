@@ -189,3 +189,9 @@ def test_a_synthetic_clip_without_a_suffix_is_a_folder_of_moving_png_frames_draw
     assert all(frame.shape == (32, 48, 3) for frame in frames)
     assert not np.array_equal(frames[0], frames[1]) and not np.array_equal(frames[1], frames[2])  # it moves
     assert all(np.array_equal(np.asarray(Image.open(again / name)), frame) for name, frame in zip(names, frames))
+
+
+def test_the_device_peak_is_cudas_alone():
+    from vedit_bench._common import device_peak_mb, start_device_peak
+
+    assert start_device_peak("cpu") is None and device_peak_mb("cpu") is None

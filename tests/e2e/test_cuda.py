@@ -134,3 +134,15 @@ def test_an_edit_with_batch_size_auto_on_cuda_writes_every_frame(frames_clip, tm
     assert result.frames == 12
     frames = [np.asarray(Image.open(p)) for p in sorted((tmp_path / "auto").glob("*.png"))]
     assert len(frames) == 12 and all(f.shape == (48, 64, 3) for f in frames)
+
+
+def test_the_benchmarks_device_peak_counts_from_its_start_only():
+    from vedit_bench._common import device_peak_mb, start_device_peak
+
+    device = torch.device("cuda", torch.cuda.current_device())
+    earlier = torch.empty(256 * MiB, dtype=torch.uint8, device=device)
+    del earlier  # a higher peak before the start, which must not count
+    before = start_device_peak(device)
+    block = torch.empty(64 * MiB, dtype=torch.uint8, device=device)
+    assert device_peak_mb(device) - before == 64
+    del block
