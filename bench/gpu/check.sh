@@ -11,16 +11,17 @@
 #
 # The limits (seconds) on CUDA add up to 525, inside the 9 minutes one call may take with the machine's start
 # left out. They are estimates for one H200 (none has run this yet), from the work each part does:
-#   tests       50  tiny models; the compile test's inductor build of one small pass is most of it
+#   tests       45  tiny models; the compile test's inductor build of one small pass is most of it
 #   edit-40     90  SD 2.1 at 512x512 fp16: 2000 inversion + 6750 denoising UNet forwards of 0.8 TFLOP each, about
 #                   7 PFLOP, 15-30 s per edit at 250-450 TFLOP/s; one warm-up and one timed edit, the model drawn on
 #                   the GPU in seconds, FLOPs counted on fake tensors
 #   calls       35  two processes, each loading the model and making 2 + 5 calls of each path at batch 8
-#   nn          15  one search per backend and level, 5 rounds: milliseconds each
+#   nn          25  one search per backend and level, 5 rounds (faiss-cpu's on the host, up to 0.1 s at seq 4096),
+#                   after the imports of torch, vedit and faiss
 #   edit-40-compile
 #              130  inductor builds three passes of SD 2.1 (a minute or more for the three on 16 cores, in the
 #                   warm-up), then one timed edit
-#   unet        45  the passes once more at batch 8, eager and compiled (the plain and propagation passes at the
+#   unet        40  the passes once more at batch 8, eager and compiled (the plain and propagation passes at the
 #                   compiled edit's shapes, which inductor's on-disk cache may spare a second build)
 #   edit-120   100  the same edit at 120 frames: 21 PFLOP, 50-85 s, one timed edit and no warm-up
 #   memory      60  1000 frames of 512x512 with one step: 1000 PNG frames drawn, read and written (10-20 ms each),
@@ -53,7 +54,7 @@ exec > >(tee -a "$out/log.txt") 2>&1
 if [ "$device" = cuda ]; then
   model=random:sd21 size=512x512 frames=40 long=120 steps=50 dtype=fp16 warmup=1
   memory_frames=1000 seqs=4096,1024,256,64 calls_batch=8 calls_repeats=5 unet_batch=8 nn_repeats=5
-  limits=(50 90 35 15 130 45 100 60)
+  limits=(45 90 35 25 130 40 100 60)
 else
   model=tiny size=64x64 frames=4 long=6 steps=1 dtype=fp32 warmup=0
   memory_frames=8 seqs=64 calls_batch=2 calls_repeats=1 unet_batch=2 nn_repeats=1
@@ -121,8 +122,8 @@ part() {  # part NAME LIMIT COMMAND...: run COMMAND for at most LIMIT seconds, n
   shift 2
   echo "== $name (at most $limit s): $*"
   start=$(date +%s%N)
-  timeout --kill-after=10 "$limit" "$@"
-  rc=$?
+  timeout --kill-after=10 "$limit" "$@" 2>&1 | tee "$work/parts/$name.log"
+  rc=${PIPESTATUS[0]}
   ms=$((($(date +%s%N) - start) / 1000000))
   printf '%s\t%s\t%d.%03d\t%s\n' "$name" "$limit" $((ms / 1000)) $((ms % 1000)) "$rc" >> "$work/status.tsv"
   echo "== $name: exit $rc"

@@ -43,6 +43,15 @@ def test_results(path: Path) -> dict[str, Any] | None:
     return {**counts, "failures": failures}
 
 
+def _last_line(log: Path) -> str | None:
+    """What a part printed last (its error, where it failed), shortened for a table cell."""
+    try:
+        lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return None
+    return lines[-1][:200].replace("|", "/") if lines else None
+
+
 def parts(work: Path) -> list[dict[str, Any]]:
     """Each part that has run, in order: its status line from check.sh and what it wrote."""
     found = []
@@ -58,6 +67,8 @@ def parts(work: Path) -> list[dict[str, Any]]:
             part["tests"] = test_results(work / "parts" / "tests.xml")
         else:
             part["document"] = _read_json(work / "parts" / f"{name}.json")
+        if state != "ok":
+            part["last_line"] = _last_line(work / "parts" / f"{name}.log")
         found.append(part)
     return found
 
@@ -162,6 +173,8 @@ def markdown(check: dict[str, Any]) -> str:
             if tests
             else ""
         )
+        if part.get("last_line"):
+            what = f"{what}; {part['last_line']}" if what else part["last_line"]
         overview.append([part["name"], part["status"], f"{part['seconds']:.0f}", part["budget_s"], what])
     lines += _table(["part", "status", "s", "budget s", "result"], overview)
     lines += _headline(check["parts"])

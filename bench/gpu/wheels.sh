@@ -5,9 +5,9 @@
 # huggingface-hub, onnx/onnxruntime, pluggy, typer, rich, Pillow and OpenCV, but not diffusers, PyAV,
 # imageio-ffmpeg, ffmpeg-python or faiss. What a call carries is at most 64 MiB with the repository, so this takes
 # only what the check needs: diffusers (pure Python; its own needs are all there), and faiss-cpu where it still
-# fits. Not carried: PyAV and imageio-ffmpeg (ffmpeg's libraries and binary, over 30 MiB each; the check reads and
-# writes folders of PNG frames and needs neither), ffmpeg-python (the same), faiss-gpu and onnxruntime-gpu (no
-# wheels under the limit). Versions are the development environment's, which the check's code is tested with.
+# fits. Not carried: PyAV (35.8 MB) and imageio-ffmpeg (68.0 MB; the check reads and writes folders of PNG frames
+# and needs neither), ffmpeg-python (the same), faiss-gpu-cu12 (48.4 MB and CUDA 12's libraries) and onnxruntime-gpu
+# (255.6 MB). Versions are the development environment's, which the check's code is tested with.
 set -euo pipefail
 
 DIFFUSERS=diffusers==0.42.1

@@ -114,6 +114,8 @@ def test_the_summary_says_which_parts_timed_out_or_failed_and_which_tests_failed
         '<testcase classname="tests.e2e.test_cuda" name="test_c"><skipped message="no"/></testcase>'
         "</testsuite></testsuites>"
     )
+    (work / "parts" / "edit-40.log").write_text("bench edit: warm-up 1/1\n\n")
+    (work / "parts" / "nn.log").write_text("vedit: error: --seqs takes numbers of 1 or more, got '0'\n")
     summary.main([str(work), str(out)])
     check = json.loads((out / "check.json").read_text())
     assert [(p["name"], p["status"], p["exit_code"]) for p in check["parts"]] == [
@@ -128,5 +130,7 @@ def test_the_summary_says_which_parts_timed_out_or_failed_and_which_tests_failed
     }  # fmt: skip
     text = (out / "summary.md").read_text()
     assert "| tests | failed | 42 | 50 | 1 passed, 1 failed, 0 errors, 1 skipped |" in text
-    assert "| edit-40 | timed out | 100 | 90 |  |" in text
+    assert "| edit-40 | timed out | 100 | 90 | bench edit: warm-up 1/1 |" in text
+    assert "| nn | failed | 3 | 15 | vedit: error: --seqs takes numbers of 1 or more, got '0' |" in text
+    assert check["parts"][2]["last_line"] == "vedit: error: --seqs takes numbers of 1 or more, got '0'"
     assert "- `tests.e2e.test_cuda::test_b`: assert 2 == 0" in text

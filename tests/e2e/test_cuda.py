@@ -77,14 +77,14 @@ def test_the_compile_engine_captures_cuda_graphs_that_give_eagers_outputs_and_ke
     cache = EngineCache(tmp_path / "engines")
     with Passes(cuda_sd, [plugins.get("engine", "compile")], strict=True, cache=cache) as compiled:
         got_first = compiled.run("plain", first)
+        as_returned = got_first.clone()
         got_second = compiled.run("plain", second)  # a replay of the same graph, on other inputs
-        got_first_again = compiled.run("plain", first)
     assert counters["inductor"]["cudagraph_skips"] == skips  # every graph was captured, none fell back
-    for got, want in ((got_first, expected[0]), (got_second, expected[1]), (got_first_again, expected[0])):
+    for got, want in ((got_first, expected[0]), (got_second, expected[1])):
         error = float((got.float() - want.float()).norm() / want.float().norm())
         assert error < 1e-2, error
-    # the first call's output was not overwritten by the replays after it
-    assert torch.equal(got_first, got_first_again)
+    # the replay wrote its own output: the first call's, which a graph's replay would overwrite, is as it was
+    assert torch.equal(got_first, as_returned)
     assert not torch.equal(got_first, got_second)
 
 
@@ -144,5 +144,5 @@ def test_the_benchmarks_device_peak_counts_from_its_start_only():
     del earlier  # a higher peak before the start, which must not count
     before = start_device_peak(device)
     block = torch.empty(64 * MiB, dtype=torch.uint8, device=device)
-    assert device_peak_mb(device) - before == 64
+    assert device_peak_mb(device) - before == pytest.approx(64, abs=0.2)  # MiB, each figure rounded to 0.1
     del block
