@@ -51,7 +51,7 @@ download "$DIFFUSERS" "$dir"
 used=$(bytes_of "$dir")
 if [ "$used" -gt "$budget" ]; then
   echo "wheels.sh: error: the wheels take $used bytes and the repository $repo_bytes; together over the" \
-    "64 MiB a call carries (budget $budget bytes for wheels)" >&2
+    "$((LIMIT_BYTES / 1024 / 1024)) MiB a call carries (budget $budget bytes for wheels)" >&2
   exit 1
 fi
 
