@@ -26,6 +26,10 @@ _VS = (
     "Compare with a second configuration, run alternately A,B,A,B,...: KEY=VALUE[,KEY=VALUE], keys are this "
     "command's options (engine=compile, dtype=bf16) or vedit run options; the ratio B/A is shown pair by pair."
 )
+_CLIP_FORMAT = (
+    "The synthetic clip and the edit's output: mp4 (H.264, through ffmpeg and PyAV) or png (folders of PNG frames, "
+    "which need neither)."
+)
 _PEAK = "Also measure the matmul peak (a large GEMM) and show each figure's fraction of it."
 
 
@@ -103,6 +107,7 @@ def _add_edit(bench: typer.Typer) -> None:
         engine_cache: Optional[str] = typer.Option(
             None, help="Engine cache folder (default: a temporary one shared by the runs)."
         ),
+        clip_format: str = typer.Option("mp4", help=_CLIP_FORMAT),
         vs: Optional[str] = typer.Option(None, help=_VS),
         peak: bool = typer.Option(True, help=_PEAK),
         json_out: bool = typer.Option(False, "--json", help=_JSON),
@@ -118,7 +123,7 @@ decode, write."""
                 model=model, size=size, frames=frames, steps=steps, inversion_steps=inversion_steps, engine=engine,
                 dtype=dtype, device=device, chunk_size=chunk_size, batch_size=batch_size, editor=editor,
                 propagator=propagator, seed=seed, repeats=repeats, warmup=warmup, reuse_inversion=reuse_inversion,
-                engine_cache=engine_cache, vs=vs, peak=peak, json_out=json_out,
+                engine_cache=engine_cache, clip_format=clip_format, vs=vs, peak=peak, json_out=json_out,
                 save=_save("edit", device, save, no_save),
             )  # fmt: skip
 
@@ -315,6 +320,7 @@ def _add_memory(bench: typer.Typer) -> None:
         max_joint_keyframes: int = typer.Option(32, help="tokenflow: keyframes each keyframe attends to (M)."),
         device: str = typer.Option("auto", help="Device."),
         dtype: str = typer.Option("auto", help="dtype."),
+        clip_format: str = typer.Option("mp4", help=_CLIP_FORMAT),
         json_out: bool = typer.Option(False, "--json", help=_JSON),
         save: Optional[str] = typer.Option(None, help=_SAVE),
         no_save: bool = typer.Option(False, "--no-save", help=_NO_SAVE),
@@ -327,6 +333,7 @@ def _add_memory(bench: typer.Typer) -> None:
                 _ints(frames, "--frames"), model=model, size=size, steps=steps, editor=editor, propagator=propagator,
                 chunk_size=chunk_size, device=device, dtype=dtype, json_out=json_out,
                 save=_save("memory", device, save, no_save), max_joint_keyframes=max_joint_keyframes,
+                clip_format=clip_format,
             )  # fmt: skip
 
 

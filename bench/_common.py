@@ -25,6 +25,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -57,8 +58,38 @@ RESULTS_ENV = "VEDIT_BENCH_RESULTS"
 # Clips
 
 
+# What a suite's synthetic clip and the edit's output are: H.264 files (through ffmpeg and PyAV), or folders of PNG
+# frames, which need neither (a GPU machine that has only what bench/gpu/wheels.sh carries).
+CLIP_FORMATS = ("mp4", "png")
+
+
+def clip_format_checked(clip_format: str) -> str:
+    """``clip_format`` if it is one of :data:`CLIP_FORMATS`; else the user's mistake, in one line."""
+    from vedit.errors import ConfigError
+
+    if clip_format not in CLIP_FORMATS:
+        raise ConfigError(f"--clip-format takes {' or '.join(CLIP_FORMATS)}, got {clip_format!r}")
+    return clip_format
+
+
+def clip_path(folder: Path, stem: str, clip_format: str) -> Path:
+    """Where a clip or an output of ``clip_format`` goes in ``folder``: ``stem.mp4``, or the folder ``stem``."""
+    return folder / (f"{stem}.mp4" if clip_format == "mp4" else stem)
+
+
+def remove_output(path: Path) -> None:
+    """Delete an edit's output, a file or a folder of frames."""
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
 def synthetic_clip(path: Path, frames: int, size: tuple[int, int], fps: Fraction = Fraction(24)) -> Path:
-    """A moving test pattern made with ffmpeg (no file needed on disk beforehand)."""
+    """A moving test pattern: ffmpeg's ``testsrc2`` in H.264, or, where ``path`` has no suffix, a folder of PNG
+    frames drawn here (no ffmpeg needed)."""
+    if not path.suffix:
+        return _pattern_frames(path, frames, size)
     from vedit.io.ffmpeg import find_ffmpeg
 
     cmd = [
@@ -68,6 +99,30 @@ def synthetic_clip(path: Path, frames: int, size: tuple[int, int], fps: Fraction
     ]  # fmt: skip
     subprocess.run(cmd, check=True, capture_output=True)
     return path
+
+
+def _pattern_frames(folder: Path, frames: int, size: tuple[int, int]) -> Path:
+    """Colour bars scrolling 2 px per frame under a square crossing the picture, as numbered PNG frames."""
+    import numpy as np
+    from PIL import Image
+
+    width, height = size
+    bars = np.array(
+        [[192, 192, 192], [192, 192, 0], [0, 192, 192], [0, 192, 0], [192, 0, 192], [192, 0, 0], [0, 0, 192]],
+        dtype=np.uint8,
+    )
+    columns = np.arange(width)
+    rows = np.arange(height)[:, None]
+    side = max(2, min(width, height) // 4)
+    folder.mkdir(parents=True, exist_ok=True)
+    for index in range(frames):
+        picture = bars[((columns + 2 * index) * len(bars) // width) % len(bars)][None].repeat(height, axis=0)
+        picture = picture.copy()  # (H, W, 3)
+        picture[:, :, 1] = np.maximum(picture[:, :, 1], (rows * 255 // max(1, height - 1)).astype(np.uint8))
+        left, top = (3 * index) % max(1, width - side), (2 * index) % max(1, height - side)
+        picture[top : top + side, left : left + side] = 255
+        Image.fromarray(picture).save(folder / f"{index:05d}.png", compress_level=1)
+    return folder
 
 
 def say(text: str) -> None:
@@ -181,6 +236,25 @@ def measure(
         seconds, _ = timed(fn, device)
         samples.append(seconds)
     return Stats.of(samples)
+
+
+def start_device_peak(device: torch.device | str) -> float | None:
+    """On CUDA, start counting the peak device allocation from here, and give the MiB allocated now (a loaded
+    model's weights); None on other devices, whose memory is the host's."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    return round(torch.cuda.memory_allocated(device) / 2**20, 1)
+
+
+def device_peak_mb(device: torch.device | str) -> float | None:
+    """The peak CUDA allocation in MiB since :func:`start_device_peak` (None off CUDA)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
 
 
 def matmul_peak_tflops(device: torch.device | str, dtype: torch.dtype, seconds: float = 1.0) -> float:

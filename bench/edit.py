@@ -36,7 +36,10 @@ from ._common import (
     PeakProbe,
     Stats,
     alternate,
+    clip_format_checked,
+    clip_path,
     describe_vs,
+    device_peak_mb,
     document,
     finish,
     fmt,
@@ -45,9 +48,11 @@ from ._common import (
     parse_vs,
     pass_flops,
     percent,
+    remove_output,
     say,
     show,
     show_vs,
+    start_device_peak,
     synthetic_clip,
     vs_rows,
 )
@@ -55,7 +60,7 @@ from ._common import (
 STAGES = ("load", "read", "invert", "denoise", "write")  # EditResult.stage_seconds, without a profile
 SETTINGS = (
     "model", "size", "frames", "steps", "inversion_steps", "engine", "dtype", "device", "chunk_size", "batch_size",
-    "editor", "propagator", "seed", "reuse_inversion", "engine_cache",
+    "editor", "propagator", "seed", "reuse_inversion", "engine_cache", "clip_format",
 )  # fmt: skip
 PROMPT, SOURCE_PROMPT = "a watercolor painting", "a test pattern"
 
@@ -121,10 +126,11 @@ class _Config:
             models[key] = load_model(settings["model"], device=settings["device"], dtype=settings["dtype"])
         self.sd = models[key]
         self.config = base.replace(device=str(self.sd.device), dtype=dtype_name(self.sd.dtype))
-        clip_key = (settings["frames"], self.size)
+        clip_key = (settings["frames"], self.size, settings["clip_format"])
         if clip_key not in clips:
+            stem = f"clip-{settings['frames']}-{width}x{height}"
             clips[clip_key] = synthetic_clip(
-                workdir / f"clip-{settings['frames']}-{width}x{height}.mp4", settings["frames"], self.size
+                clip_path(workdir, stem, settings["clip_format"]), settings["frames"], self.size
             )
         self.clip = clips[clip_key]
         self.runs = 0
@@ -135,11 +141,11 @@ class _Config:
 
         self.runs += 1
         cache = "cache-shared" if self.settings["reuse_inversion"] else f"cache-{self.label}-{self.runs}"
-        output = self.workdir / f"out-{self.label}-{self.runs}.mp4"
+        output = clip_path(self.workdir, f"out-{self.label}-{self.runs}", self.settings["clip_format"])
         config = self.config.replace(cache_dir=str(self.workdir / cache))
         extra = {"profile": True} if self.profile else {}
         result = edit(self.clip, output, config, sd=self.sd, reporter=Collect(self.notes), **extra)
-        output.unlink(missing_ok=True)
+        remove_output(output)
         if not self.settings["reuse_inversion"]:
             shutil.rmtree(self.workdir / cache, ignore_errors=True)
         parts = dict(getattr(result, "profile", None) or {}) if self.profile else {}
@@ -250,6 +256,7 @@ def run_edit_suite(
     warmup: int = 1,
     reuse_inversion: bool = False,
     engine_cache: str | None = None,
+    clip_format: str = "mp4",
     vs: str | None = None,
     options: dict[str, Any] | None = None,
     peak: bool = True,
@@ -266,12 +273,14 @@ def run_edit_suite(
         raise ConfigError("--repeats must be 1 or more")
     if frames < 1:
         raise ConfigError("--frames must be 1 or more")
+    clip_format_checked(clip_format)
     workdir = Path(tempfile.mkdtemp(prefix="vedit-bench-edit-"))
     settings = {
         "model": model, "size": size, "frames": frames, "steps": steps, "inversion_steps": inversion_steps,
         "engine": engine, "dtype": dtype, "device": str(resolve_device(device)), "chunk_size": chunk_size,
         "batch_size": batch_size, "editor": editor, "propagator": propagator, "seed": seed,
         "reuse_inversion": reuse_inversion, "engine_cache": engine_cache or str(workdir / "engines"),
+        "clip_format": clip_format,
     }  # fmt: skip
     extra = dict(options or {})
     overrides = parse_vs(vs, settings)
@@ -312,6 +321,7 @@ def _run_plain(
     for index in range(warmup):
         say(f"bench edit: warm-up {index + 1}/{warmup}")
         config.run()
+    weights_mb = start_device_peak(sd.device)  # the timed runs' own peak, on CUDA
     figures, results = [], []
     for index in range(repeats):
         say(f"bench edit: run {index + 1}/{repeats}")
@@ -319,6 +329,7 @@ def _run_plain(
         figures.append(measured)
         results.append(result)
     result = results[-1]
+    peak_mb = device_peak_mb(sd.device)
     if any(r.forwards != result.forwards for r in results):
         notes.append("the runs made different numbers of UNet forwards: " + "; ".join(str(r.forwards) for r in results))
     say("bench edit: counting FLOPs")
@@ -337,7 +348,7 @@ def _run_plain(
         forwards=result.forwards.by_name(),
         gflop_per_image={k: round(v / 1e9, 4) if v else None for k, v in per_image.items()},
         engines=dict(result.engines), inversion=result.inversion, steps_run=result.steps_run, frames=result.frames,
-        notes=notes,
+        device_memory_mb={"peak": peak_mb, "before": weights_mb} if peak_mb is not None else None, notes=notes,
     )  # fmt: skip
 
 
@@ -401,3 +412,6 @@ def _render(doc: dict[str, Any]) -> None:
     engines = ", ".join(f"{k} {v}" for k, v in doc.get("engines", {}).items()) or "-"
     per_image = ", ".join(f"{k} {v}" for k, v in doc.get("gflop_per_image", {}).items())
     print(f"engines: {engines}; GFLOP per image: {per_image}; inversion {doc.get('inversion')}")
+    memory = doc.get("device_memory_mb")
+    if memory:
+        print(f"device memory: peak {memory['peak']} MiB over the timed runs, {memory['before']} MiB allocated before")

@@ -16,7 +16,18 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ._common import document, finish, header, say, show, synthetic_clip
+from ._common import (
+    clip_format_checked,
+    clip_path,
+    device_peak_mb,
+    document,
+    finish,
+    header,
+    say,
+    show,
+    start_device_peak,
+    synthetic_clip,
+)
 
 
 def _peak_rss_mb() -> float:
@@ -25,7 +36,6 @@ def _peak_rss_mb() -> float:
 
 def probe(args: argparse.Namespace) -> dict:
     """One measurement, in this process."""
-    import torch
 
     from vedit.io.frames import parse_size
     from vedit.model.loading import load_model
@@ -33,17 +43,13 @@ def probe(args: argparse.Namespace) -> dict:
 
     size = parse_size(args.size)
     with tempfile.TemporaryDirectory() as tmp:
-        clip = synthetic_clip(Path(tmp) / "clip.mp4", args.frames, size)
+        clip = synthetic_clip(clip_path(Path(tmp), "clip", args.clip_format), args.frames, size)
         sd = load_model(args.model, device=args.device, dtype=args.dtype)
         after_load = _peak_rss_mb()
-        cuda = sd.device.type == "cuda"
-        if cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            weights = torch.cuda.memory_allocated()
+        weights_mb = start_device_peak(sd.device)
         result = edit(
             clip,
-            Path(tmp) / "out.mp4",
+            clip_path(Path(tmp), "out", args.clip_format),
             sd=sd,
             prompt="a painting",
             model=args.model,
@@ -69,9 +75,9 @@ def probe(args: argparse.Namespace) -> dict:
             "keyframe_ms_per_frame": round(1000 * result.profile.get("keyframe", 0.0) / args.frames, 2),
             "forwards_per_frame_step": round(result.forwards_per_frame_step, 4),
         }
-        if cuda:
-            row["cuda_peak_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
-            row["cuda_weights_mb"] = round(weights / 2**20, 1)
+        if weights_mb is not None:
+            row["cuda_peak_mb"] = device_peak_mb(sd.device)
+            row["cuda_weights_mb"] = weights_mb
         return row
 
 
@@ -89,9 +95,11 @@ def run_memory_suite(
     save=None,
     json_out=False,
     max_joint_keyframes: int = 32,
+    clip_format: str = "mp4",
 ) -> dict:
     from vedit.model.device import resolve_device, resolve_dtype
 
+    clip_format_checked(clip_format)
     rows = []
     for frames in frame_counts:
         say(f"bench memory: {frames} frames (a fresh process)")
@@ -119,6 +127,8 @@ def run_memory_suite(
             dtype,
             "--max-joint-keyframes",
             str(max_joint_keyframes),
+            "--clip-format",
+            clip_format,
         ]
         # glibc keeps freed heap memory and fragments it, so a process's peak RSS grows with the
         # number of allocations as well as with what is live. Serving every allocation above
@@ -132,7 +142,7 @@ def run_memory_suite(
     resolved = resolve_device(device)
     settings = {"model": model, "size": size, "steps": steps, "editor": editor, "propagator": propagator,
                 "chunk_size": chunk_size, "frames": list(frame_counts), "malloc_mmap_threshold": 65536,
-                "max_joint_keyframes": max_joint_keyframes}  # fmt: skip
+                "max_joint_keyframes": max_joint_keyframes, "clip_format": clip_format}  # fmt: skip
     head = header("memory", device=resolved, dtype=resolve_dtype(dtype, resolved), settings=settings)
     head["timing"] = {"clock": "none: peak memory of one edit per frame count, each in a fresh process"}
     doc = document("memory", head, rows, key_fields=("frames",), value_field="peak_rss_mb")
@@ -190,4 +200,5 @@ if __name__ == "__main__":
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--max-joint-keyframes", type=int, default=32)
+    parser.add_argument("--clip-format", default="mp4")
     print(json.dumps(probe(parser.parse_args())))

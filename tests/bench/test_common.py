@@ -172,3 +172,26 @@ def test_parse_vs_types_lists_and_errors():
         parse_vs("steps=0", {})
     with pytest.raises(ConfigError, match="unknown key 'guidance'"):
         parse_vs("guidance=5", settings, run_options=False)
+
+
+def test_a_synthetic_clip_without_a_suffix_is_a_folder_of_moving_png_frames_drawn_without_ffmpeg(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from vedit_bench._common import clip_path, synthetic_clip
+
+    folder = synthetic_clip(clip_path(tmp_path, "clip", "png"), 3, (48, 32))
+    again = synthetic_clip(clip_path(tmp_path, "again", "png"), 3, (48, 32))
+    assert folder == tmp_path / "clip" and clip_path(tmp_path, "clip", "mp4") == tmp_path / "clip.mp4"
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == ["00000.png", "00001.png", "00002.png"]
+    frames = [np.asarray(Image.open(folder / name)) for name in names]
+    assert all(frame.shape == (32, 48, 3) for frame in frames)
+    assert not np.array_equal(frames[0], frames[1]) and not np.array_equal(frames[1], frames[2])  # it moves
+    assert all(np.array_equal(np.asarray(Image.open(again / name)), frame) for name, frame in zip(names, frames))
+
+
+def test_the_device_peak_is_cudas_alone():
+    from vedit_bench._common import device_peak_mb, start_device_peak
+
+    assert start_device_peak("cpu") is None and device_peak_mb("cpu") is None

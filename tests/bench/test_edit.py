@@ -120,3 +120,12 @@ def test_bench_edit_vs_runs_both_configurations_alternately():
     rows = {r["stage"]: r for r in doc["rows"]}
     assert "total" in rows and len(rows["total"]["ratios"]) == 2
     assert doc["value_field"] == "ratio_median"
+
+
+@pytest.mark.parametrize("suite", ["edit", "memory"])
+def test_a_clip_format_other_than_mp4_or_png_is_one_line_before_anything_runs(suite, tmp_path, monkeypatch):
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # where a suite would make its temporary folder
+    result = vedit("bench", suite, "--clip-format", "gif", "--no-save")
+    assert result.exit_code == 4
+    assert result.stderr.strip() == "vedit: error: --clip-format takes mp4 or png, got 'gif'"
+    assert list(tmp_path.iterdir()) == []

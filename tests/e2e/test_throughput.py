@@ -123,29 +123,7 @@ def test_the_denoising_loop_reads_no_device_value_on_the_host(clip, tmp_path, mo
         assert callers & HOST_SIDE, callers
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_on_a_gpu_the_loop_runs_with_synchronising_calls_forbidden(clip, tmp_path, monkeypatch):
-    from vedit.method import denoise as denoise_module
-
-    real = denoise_module.denoise
-    ran: list[bool] = []
-
-    def strict(*args, **kwargs):
-        torch.cuda.set_sync_debug_mode("error")
-        try:
-            edited = real(*args, **kwargs)
-            ran.append(True)  # the whole loop ran with synchronising calls forbidden
-            return edited
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-
-    monkeypatch.setattr(stages, "denoise", strict)
-    options = {**OPTIONS, "device": "cuda", "dtype": "fp16"}
-    result = vedit.edit(clip, tmp_path / "out.mp4", **options)
-    assert ran == [True]  # the edit's one denoising loop went through the strict wrapper
-    # the clip's 12 frames edited and written, as the CPU runs of these options write them
-    assert result.frames == 12
-    assert len(FrameReader(tmp_path / "out.mp4").read_all()) == 12
+# The same loop on a GPU, with synchronising calls forbidden: tests/e2e/test_cuda.py.
 
 
 # ----------------------------------------------------------------------------- profile

@@ -411,3 +411,15 @@ def test_transparency_and_rgb_folders_are_named(tmp_path: Path) -> None:
         "4:4:4 colour (rgba) written as 4:2:0",
     ]
     assert lost_in_writing(info, tmp_path / "out") == ["the alpha channel (rgba)"]
+
+
+def test_what_folders_of_frames_hold_is_known_without_pyav_and_agrees_with_it() -> None:
+    from vedit.io.probe import PIL_PIXEL_FORMATS
+    from vedit.io.writer import FOLDER_SAMPLES, _chroma_subsampling
+
+    assert set(FOLDER_SAMPLES) == set(PIL_PIXEL_FORMATS.values())
+    for pixel_format, facts in FOLDER_SAMPLES.items():
+        samples = av.VideoFormat(pixel_format, 16, 16)
+        depth = max(component.bits for component in samples.components)
+        alpha = any(component.is_alpha for component in samples.components)
+        assert facts == (depth, alpha, _chroma_subsampling(samples)), pixel_format

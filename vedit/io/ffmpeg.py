@@ -15,11 +15,12 @@ import shutil
 import subprocess
 import threading
 from pathlib import Path
-from typing import IO
-
-import ffmpeg
+from typing import IO, TYPE_CHECKING
 
 from ..errors import ConfigError, VeditError
+
+if TYPE_CHECKING:  # imported where a video is read or written: folders of frames need neither
+    import ffmpeg
 
 _FFMPEG_PREFIX = re.compile(r"^(\[[^\]]*\]\s*)+")
 

@@ -19,8 +19,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import av
-from av.error import FFmpegError
 from PIL import Image
 
 from .. import __version__
@@ -128,16 +126,22 @@ def written_by_vedit(path: str | os.PathLike) -> bool:
     if path.is_dir():
         frames = sorted(entry for entry in path.iterdir() if _OUR_FRAME_NAME.match(entry.name))
         return bool(frames) and written_by_vedit(frames[0])
-    try:
-        if path.suffix.lower() in (".png", ".gif"):
+    if path.suffix.lower() in (".png", ".gif"):
+        try:
             with Image.open(path) as image:
                 text = image.info.get("Software") or image.info.get("comment", b"")
-            text = text.decode("ascii", "replace") if isinstance(text, bytes) else text
-        else:
+        except (OSError, ValueError, Image.DecompressionBombError):
+            return False  # not an image at all
+        text = text.decode("ascii", "replace") if isinstance(text, bytes) else text
+    else:
+        import av
+        from av.error import FFmpegError
+
+        try:
             with av.open(str(path)) as container:
                 text = next((value for key, value in container.metadata.items() if key.lower() == "comment"), "")
-    except (FFmpegError, OSError, ValueError, UnicodeDecodeError, Image.DecompressionBombError):
-        return False  # not a video or an image at all
+        except (FFmpegError, OSError, ValueError, UnicodeDecodeError):
+            return False  # not a video at all
     return isinstance(text, str) and text.split(" ", 1)[0] == "vedit"  # any version's signature
 
 

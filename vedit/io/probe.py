@@ -15,12 +15,14 @@ import re
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import av
-from av.error import FFmpegError
 from PIL import Image
 
 from ..errors import InputError
+
+if TYPE_CHECKING:  # imported where a video is read or written: folders of frames need neither
+    import av
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"})
 FOLDER_FPS = Fraction(24)  # image folders carry no rate; the caller may override it
@@ -113,6 +115,9 @@ def probe(path: str | os.PathLike) -> VideoInfo:
 
 
 def _probe_file(path: Path) -> VideoInfo:
+    import av
+    from av.error import FFmpegError
+
     unreadable = f"{path}: not a readable video; give a video file (mp4, mov, mkv, avi, webm...) or a folder of frames"
     try:
         container = av.open(str(path))
@@ -200,6 +205,8 @@ def _first_frame_facts(
     it onto every frame, along with the colour tags and pixel format as decoded (some codecs
     only know them then). Decoding one frame is cheap.
     """
+    from av.error import FFmpegError
+
     context = stream.codec_context
     codes = (context.color_primaries, context.color_trc, context.colorspace, context.color_range)
     rotation = 0.0
@@ -247,6 +254,8 @@ def _unused_streams(
     container: av.container.InputContainer, video: av.video.stream.VideoStream
 ) -> tuple[tuple[str, str], ...]:
     """(kind, codec) of every stream of ``container`` that reading and writing leave out."""
+    import av
+
     unused = []
     first_audio = container.streams.audio[0] if container.streams.audio else None
     attached_pic = int(av.stream.Disposition.attached_pic)
@@ -269,6 +278,8 @@ def _unused_streams(
 
 def first_real_video_stream(container: av.container.InputContainer) -> av.video.stream.VideoStream | None:
     """The first video stream that is not cover art, matching ffmpeg's ``0:V:0``."""
+    import av
+
     attached_pic = int(av.stream.Disposition.attached_pic)
     for stream in container.streams.video:
         if not int(stream.disposition) & attached_pic:
@@ -290,6 +301,8 @@ def _stream_fps(stream: av.video.stream.VideoStream) -> Fraction:
 
 def count_packets(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> int:
     """Count non-empty packets: the last resort when a stream states neither length nor duration."""
+    from av.error import FFmpegError
+
     try:
         return sum(1 for packet in container.demux(stream) if packet.size)
     except FFmpegError:
@@ -312,7 +325,7 @@ def numbered_images(folder: Path) -> list[Path]:
 
 
 # Pillow's image modes by ffmpeg's name for the same samples, for what writing keeps of them.
-_PIL_PIXEL_FORMATS = {"RGB": "rgb24", "RGBA": "rgba", "L": "gray", "LA": "ya8", "P": "pal8", "I;16": "gray16le"}
+PIL_PIXEL_FORMATS = {"RGB": "rgb24", "RGBA": "rgba", "L": "gray", "LA": "ya8", "P": "pal8", "I;16": "gray16le"}
 
 
 def _probe_folder(folder: Path) -> VideoInfo:
@@ -345,5 +358,5 @@ def _probe_folder(folder: Path) -> VideoInfo:
         duration=len(images) / float(FOLDER_FPS),
         codec=codec,
         is_image_sequence=True,
-        pixel_format=_PIL_PIXEL_FORMATS.get(mode, ""),
+        pixel_format=PIL_PIXEL_FORMATS.get(mode, ""),
     )

@@ -18,10 +18,7 @@ from collections.abc import Generator, Iterator
 from fractions import Fraction
 from pathlib import Path
 
-import av
-import ffmpeg
 import numpy as np
-from av.error import FFmpegError
 from PIL import Image
 
 from ..config import option_label, option_value
@@ -220,6 +217,8 @@ class FrameReader:
             self._finish(self.frames_read)
 
     def _read_file(self) -> Iterator[np.ndarray]:
+        import ffmpeg
+
         width, height = self.size
         wanted = len(self.indices)
         # Map the first real video stream explicitly: ffmpeg would otherwise pick the largest.
@@ -301,6 +300,9 @@ class FrameReader:
 
     def _nut_frames(self, process: subprocess.Popen) -> Generator[np.ndarray, None, bool]:
         """Frames from ffmpeg's NUT output, noting each one's time in ``timestamps``."""
+        import av
+        from av.error import FFmpegError
+
         width, height = self.size
         frame_bytes = width * height * 3
         # ffmpeg's clock may start elsewhere than the packets' (an MPEG-TS stream's start, a

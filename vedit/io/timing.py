@@ -12,9 +12,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
-from av.error import FFmpegError
 
 from .frames import FrameRange
 from .probe import VideoInfo, first_real_video_stream, round_half_up
@@ -46,6 +44,9 @@ def read_timeline(path: Path, fps: Fraction, *, limit: int | None = None) -> Tim
 
     ``limit`` stops after that many frames, for when only the first one matters.
     """
+    import av
+    from av.error import FFmpegError
+
     try:
         container = av.open(str(path))
     except (FFmpegError, OSError, ValueError, UnicodeDecodeError):

@@ -25,12 +25,9 @@ import subprocess
 from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
-import av
-import ffmpeg
 import numpy as np
-from av.error import FFmpegError
 from PIL import Image, PngImagePlugin
 
 from ..errors import OutputError
@@ -38,6 +35,10 @@ from .ffmpeg import StderrTail, ffmpeg_path, find_ffmpeg, start_ffmpeg, stop_ffm
 from .files import OUTPUT_FORMATS, SIGNATURE, OutputFormat, check_output_path, output_kind, remove_dead_partials
 from .probe import ColorTags, VideoInfo, round_half_up
 from .timing import read_timeline
+
+if TYPE_CHECKING:  # imported where a video is read or written: folders of frames need neither
+    import av
+    import ffmpeg
 
 _NUT_TIME_BASE = Fraction(1, 1_000_000)  # frames written with timestamps are placed to the microsecond
 _VP9_CRF = 24  # constant quality (with -b:v 0); measured against x264's 18 in the README
@@ -176,17 +177,34 @@ def lost_in_writing(info: VideoInfo, output: str | os.PathLike) -> list[str]:
         lost.append(f"{words} ({', '.join(named)})" if named else words)
     if not info.pixel_format:
         return lost
-    samples = av.VideoFormat(info.pixel_format, 16, 16)
-    depth = max(component.bits for component in samples.components)
+    depth, alpha, chroma = sample_facts(info.pixel_format)
     if depth > 8:
         lost.append(f"{depth}-bit samples ({info.pixel_format}) written as 8-bit")
-    if any(component.is_alpha for component in samples.components):
+    if alpha:
         lost.append(f"the alpha channel ({info.pixel_format})")
     if written is not None and written.even_sides:  # 4:2:0 video
-        chroma = _chroma_subsampling(samples)
         if chroma in ("4:4:4", "4:2:2", "4:4:0", "4:1:1"):  # finer than 4:2:0 one way or both
             lost.append(f"{chroma} colour ({info.pixel_format}) written as 4:2:0")
     return lost
+
+
+# The pixel formats a folder of frames is read in (Pillow's modes, vedit.io.probe.PIL_PIXEL_FORMATS), known here
+# so that folders of frames are edited without PyAV; tests/io/test_writer.py holds them to PyAV's own answers.
+FOLDER_SAMPLES = {  # pixel format: (bits per sample, alpha, chroma subsampling)
+    "rgb24": (8, False, "4:4:4"), "rgba": (8, True, "4:4:4"), "gray": (8, False, None), "ya8": (8, True, None),
+    "pal8": (8, False, "4:4:4"), "gray16le": (16, False, None),
+}  # fmt: skip
+
+
+def sample_facts(pixel_format: str) -> tuple[int, bool, str | None]:
+    """(bits per sample, whether it has an alpha channel, chroma subsampling) of an ffmpeg pixel format."""
+    if pixel_format in FOLDER_SAMPLES:
+        return FOLDER_SAMPLES[pixel_format]
+    import av
+
+    samples = av.VideoFormat(pixel_format, 16, 16)
+    depth = max(component.bits for component in samples.components)
+    return depth, any(component.is_alpha for component in samples.components), _chroma_subsampling(samples)
 
 
 def _chroma_subsampling(samples: av.VideoFormat) -> str | None:
@@ -367,6 +385,8 @@ class VideoWriter:
             stop_ffmpeg(self._process, self._stderr, kill=True)
             self._process = None
         if self._muxer is not None:
+            from av.error import FFmpegError
+
             try:
                 self._muxer.close()
             except (FFmpegError, OSError, ValueError):
@@ -393,6 +413,8 @@ class VideoWriter:
             except OSError as error:
                 raise OutputError(f"{self.path}: cannot create the output folder: {error.strerror}") from None
             return
+        import ffmpeg
+
         # With audio, frames are encoded first and the audio is added when the length of the
         # video is known: ffmpeg's -shortest lets padded audio run up to a quarter second past
         # the last frame, depending on how fast frames arrive.
@@ -456,6 +478,9 @@ class VideoWriter:
 
     def _open_muxer(self, width: int, height: int) -> None:
         """Start the NUT stream of raw frames on ffmpeg's stdin."""
+        import av
+        from av.error import FFmpegError
+
         assert self._process is not None and self.timestamps is not None
         first = self.timestamps[0]
         ticks = [round((t - first) / _NUT_TIME_BASE) for t in self.timestamps]
@@ -503,6 +528,8 @@ class VideoWriter:
 
     def _add_audio(self) -> None:
         """Mux the trimmed source audio beside the finished video, cut exactly at its end."""
+        import ffmpeg
+
         source = self._audio_source()
         assert source is not None and self._video_only is not None and self._temp is not None
         if self.timestamps is None:
@@ -544,6 +571,8 @@ class VideoWriter:
     def _write_gif(self) -> None:
         """Make the GIF from the lossless frames: the palette that suits the whole clip first,
         then every frame mapped to it (two passes, so memory does not grow with the clip)."""
+        import ffmpeg
+
         assert self._video_only is not None and self._temp is not None
         frames = ffmpeg_path(self._video_only)
         self._palette = self._temp_sibling("-palette", ".png")
@@ -598,6 +627,9 @@ class VideoWriter:
 
     def _mux_frames(self, batch: np.ndarray) -> None:
         """Send frames as NUT packets, each at its timestamp and lasting until the next one."""
+        import av
+        from av.error import FFmpegError
+
         assert self._muxer is not None and self._muxer_stream is not None and self.timestamps is not None
         if self.frames_written + len(batch) > len(self.timestamps):
             raise ValueError(
@@ -618,6 +650,8 @@ class VideoWriter:
 
     def _close_muxer(self) -> None:
         """Flush the NUT stream and write its trailer, so ffmpeg sees the end of the frames."""
+        from av.error import FFmpegError
+
         assert self._muxer is not None and self._muxer_stream is not None
         try:
             for packet in self._muxer_stream.encode(None):
