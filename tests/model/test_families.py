@@ -117,8 +117,15 @@ def test_the_size_changes_only_the_sdxl_conditioning(models):
     assert torch.equal(sd.encode_prompt(["a"], (64, 64)), sd.encode_prompt(["a"], (64, 96)))
 
 
-@pytest.mark.parametrize("spec", ["tiny-sdxl", "tiny-sd2-v"])
-def test_every_pass_of_a_family_runs_under_torchscript_as_eagerly(models, spec, tmp_path):
+@pytest.mark.parametrize(
+    ("spec", "engine"),
+    [
+        ("tiny-sdxl", "torchscript"),
+        ("tiny-sd2-v", "torchscript"),
+        pytest.param("tiny-sdxl", "onnxruntime", marks=pytest.mark.slow),  # SDXL's conditioning row through ONNX
+    ],
+)
+def test_every_pass_of_a_family_runs_under_a_compiled_engine_as_eagerly(models, spec, engine, tmp_path):
     from vedit.runtime.engine_cache import EngineCache
 
     model = models[spec]
@@ -138,7 +145,7 @@ def test_every_pass_of_a_family_runs_under_torchscript_as_eagerly(models, spec, 
                 out[name] = list(result) if isinstance(result, tuple) else [result]
         return out
 
-    eager, traced = run("eager"), run("torchscript")
+    eager, traced = run("eager"), run(engine)
     for name in frames:
         assert len(traced[name]) == len(eager[name])
         for a, b in zip(traced[name], eager[name]):
