@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 from helpers.adapters import a1111_embedding, embedding_vectors, kohya_lora
+from helpers.checks import no_heavy_work  # noqa: F401  (a fixture, used by name)
 from helpers.cli import FAST, one_error_line, vedit
 from vedit.model.loading import load_model
 
@@ -45,6 +46,18 @@ def test_bad_loras_and_embeddings_end_in_one_line_before_any_output(adapters, cl
         result = vedit("run", clip, "-p", "x", "-o", out, *FAST, *flags)
         assert result.exit_code == code, (flags, result.output)
         assert text in one_error_line(result)
+        assert not out.exists()
+
+
+def test_an_embeddings_token_the_tokenizer_has_is_refused_before_the_model_loads(
+    adapters, clip, tmp_path, no_heavy_work
+):
+    out = tmp_path / "out.mp4"
+    toy = str(adapters / "toy.pt")
+    for flags in (["--embedding", f"{toy}:a"], ["--embedding", toy, "--embedding", toy]):  # a word; twice one token
+        result = vedit("run", clip, "-p", "x", "-o", out, *FAST, *flags)
+        assert result.exit_code == 4, (flags, result.output)
+        assert "is already in the model's tokenizer" in one_error_line(result)
         assert not out.exists()
 
 

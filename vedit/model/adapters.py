@@ -23,7 +23,7 @@ import contextlib
 import functools
 import pickle
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -454,6 +454,29 @@ def _embedding_vectors(data: dict[str, Any], path: Path) -> tuple[str | None, di
     return token, checked
 
 
+def check_embedding_tokens(embeddings: Sequence[str], vocabulary: Collection[str]) -> None:
+    """ConfigError for the first embedding whose tokens are in ``vocabulary`` (the model's tokenizer's) or are
+    an earlier embedding's: what :func:`add_embedding` refuses after loading, found before it."""
+    taken = set(vocabulary)
+    for text in embeddings:
+        spec = parse_embedding(text)
+        path = _embedding_file(spec.path)
+        _, by_encoder = _embedding_vectors(read_weights(path, "embedding")[0], path)
+        token = embedding_token(spec, path)
+        tokens = multi_vector_tokens(token, next(iter(by_encoder.values())).shape[0])
+        clash = [name for name in tokens if name in taken]
+        if clash:
+            raise _token_taken(path, token, clash[0])
+        taken.update(tokens)
+
+
+def _token_taken(path: Path, token: str, taken: str) -> ConfigError:
+    return ConfigError(
+        f"{option_label('embedding')} {path.name}: the token {taken!r} is already in the model's "
+        f"tokenizer: give the embedding another after a colon ({path.name}:<{token.strip('<>')}-1>)"
+    )
+
+
 def embedding_token(spec: EmbeddingSpec, path: Path) -> str:
     """The token an embedding is added under: the one given, else the one its file names, else the file's stem."""
     return spec.token or _embedding_vectors(read_weights(path, "embedding")[0], path)[0] or path.stem
@@ -499,10 +522,7 @@ def add_embedding(model: StableDiffusion, spec: EmbeddingSpec) -> tuple[Path, st
         tokenizer = getattr(model, "tokenizer" + encoder.removeprefix("text_encoder"))
         taken = [name for name in tokens if name in tokenizer.get_vocab()]
         if taken:
-            raise ConfigError(
-                f"{option_label('embedding')} {path.name}: the token {taken[0]!r} is already in the model's "
-                f"tokenizer: give the embedding another after a colon ({path.name}:<{token.strip('<>')}-1>)"
-            )
+            raise _token_taken(path, token, taken[0])
     for encoder, vectors in by_encoder.items():
         tokenizer = getattr(model, "tokenizer" + encoder.removeprefix("text_encoder"))
         text_encoder = getattr(model, encoder)

@@ -37,7 +37,7 @@ from ..config import DEFAULT_MODEL, option_label, option_value
 from ..errors import ModelError
 from ..method.prediction import check_prediction_type
 from .adapters import apply_adapters
-from .builders import SPEC_HELP, build_model, built_spec, scheduler_config
+from .builders import SPEC_HELP, build_model, build_tokenizer, built_spec, scheduler_config
 from .device import (
     dtype_name,
     is_out_of_memory,
@@ -55,6 +55,7 @@ from .single_file import (
     load_single_file,
     refuse_stray_config,
     scheduler_of,
+    tokenizer_of,
 )
 from .stable_diffusion import COMPONENTS, SECOND_ENCODER, StableDiffusion
 
@@ -89,6 +90,26 @@ def peek_scheduler(
             config_file = Path(cached)
         return DDIMScheduler.from_config(json.loads(config_file.read_text(encoding="utf-8")))
     except Exception:  # unreadable or not there: loading the model will say what is wrong
+        return None
+
+
+def peek_tokenizer(spec: str = DEFAULT_MODEL, revision: str | None = None, model_config: str | None = None) -> Any:
+    """The model's (first) tokenizer without its weights, or None if not at hand: what lets an embedding's token
+    be checked against the vocabulary before the model loads."""
+    from transformers import CLIPTokenizer
+
+    spec = str(spec).strip()
+    try:
+        if built_spec(spec) is not None:
+            return build_tokenizer()
+        path = Path(spec).expanduser()
+        if is_checkpoint_file(path):
+            return tokenizer_of(path, config_folder(model_config))
+        if path.is_dir():
+            return CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", local_files_only=True)
+        revision_given = {"revision": revision} if revision else {}
+        return CLIPTokenizer.from_pretrained(spec, subfolder="tokenizer", local_files_only=True, **revision_given)
+    except Exception:  # not at hand: the check is made after loading instead
         return None
 
 

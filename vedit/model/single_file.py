@@ -312,6 +312,13 @@ def check_checkpoint_file(spec: str, model_config: str | os.PathLike | None) -> 
     return [note] if note else []
 
 
+def tokenizer_of(path: Path, model_config: Path | None) -> CLIPTokenizer:
+    """The (first) tokenizer a checkpoint file is read with, from its keys and the configs alone."""
+    shapes, step = read_shapes(path)
+    configs = Configs(recognise(shapes, step, path.name).family, model_config)
+    return clip_tokenizer(configs.folder("tokenizer") / "tokenizer")
+
+
 def scheduler_of(path: Path, model_config: Path | None) -> DDIMScheduler:
     """The DDIM scheduler a checkpoint file is sampled with, from its keys and the configs alone."""
     from diffusers import DDIMScheduler

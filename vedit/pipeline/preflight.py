@@ -262,11 +262,16 @@ def _check_inversion_file(
 def _check_adapters(config: RunConfig, sd: Any) -> None:
     """LoRAs and embeddings that can be checked before the model loads: their values and files. A model passed
     in (``sd``, as batch's workers pass the one they hold) must have been loaded with them."""
-    from ..model.adapters import adapters_fingerprint, check_adapters
+    from ..model.adapters import adapters_fingerprint, check_adapters, check_embedding_tokens
+    from ..model.loading import peek_tokenizer
 
     if not (config.lora or config.embedding):
         return
     check_adapters(config.lora, config.embedding)
+    if config.embedding and sd is None:
+        tokenizer = peek_tokenizer(config.model, config.revision, config.model_config)
+        if tokenizer is not None:
+            check_embedding_tokens(config.embedding, tokenizer.get_vocab())
     if sd is not None and not sd.fingerprint.endswith(adapters_fingerprint(config.lora, config.embedding)):
         raise ConfigError(
             f"{option_label('lora')} and {option_label('embedding')} apply when vedit loads the model, and the model "
