@@ -124,8 +124,9 @@ class RunConfig:
     )  # None: "engines" in the cache folder (cache_dir), beside the inversions
     model: str = setting(
         DEFAULT_MODEL,
-        "Hub id, local diffusers folder, single-file checkpoint (.safetensors, .ckpt), tiny, random:sd15 or "
-        "random:sd21 (tiny@N: weights from seed N).",
+        "Hub id, local diffusers folder, single-file checkpoint (.safetensors, .ckpt), or a model built with random "
+        "weights: tiny, tiny-sd2(-v), tiny-sdxl, random:sd15, random:sd21(-v), random:sdxl (tiny@N: weights from "
+        "seed N).",
         commands=ALL,
         folder_or_id=True,
     )
