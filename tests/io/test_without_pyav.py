@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from vedit_bench._common import synthetic_clip
@@ -27,6 +28,7 @@ print(json.dumps({{"frames": result.frames, "loaded": sorted(n for n in {blocked
 """
 
 
+@pytest.mark.slow
 def test_a_folder_of_frames_is_edited_with_pyav_and_ffmpeg_missing(tmp_path: Path) -> None:
     clip = synthetic_clip(tmp_path / "clip", 3, (32, 32))  # a folder of PNG frames, drawn without ffmpeg
     out = tmp_path / "out"

@@ -151,6 +151,7 @@ def test_the_three_prediction_types_give_back_the_clean_latent_and_noise_that_ma
     assert torch.equal(got_x0, -v) and torch.equal(got_eps, x)
 
 
+@pytest.mark.slow
 def test_a_tiny_v_model_inverts_its_clip_on_a_zero_snr_schedule():
     from diffusers import DDIMScheduler
 

@@ -120,8 +120,8 @@ def test_the_size_changes_only_the_sdxl_conditioning(models):
 @pytest.mark.parametrize(
     ("spec", "engine"),
     [
-        ("tiny-sdxl", "torchscript"),
-        ("tiny-sd2-v", "torchscript"),
+        pytest.param("tiny-sdxl", "torchscript", marks=pytest.mark.slow),
+        pytest.param("tiny-sd2-v", "torchscript", marks=pytest.mark.slow),
         pytest.param("tiny-sdxl", "onnxruntime", marks=pytest.mark.slow),  # SDXL's conditioning row through ONNX
     ],
 )

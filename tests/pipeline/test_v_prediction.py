@@ -79,6 +79,7 @@ def test_a_v_model_edits_from_the_noisiest_timestep_with_finite_latents(
     assert (edited - results["epsilon"]).abs().max() > 0.1  # the same weights read as v give another edit
 
 
+@pytest.mark.slow
 def test_vedit_run_edits_with_a_saved_v_prediction_folder(folders, clip_file, tmp_path):
     out = tmp_path / "out.mp4"
     args = [a for a in FAST if a not in ("--model", "tiny")]
