@@ -42,28 +42,31 @@ def _is_sd_layout(config: Mapping[str, Any]) -> bool:
     )
 
 
-class SD1(ModelFamily):
+class _StableDiffusion(ModelFamily):
+    """SD 1.x and 2.x: one layout and one injection choice; they differ in how attention projects, which tells
+    them apart (``linear_projection``)."""
+
+    conv_layers = SD_CONV_LAYERS
+    qk_layers = SD_QK_LAYERS
+    linear_projection = False
+
+    def matches(self, unet_config: Mapping[str, Any]) -> bool:
+        return _is_sd_layout(unet_config) and bool(unet_config.get("use_linear_projection")) == self.linear_projection
+
+
+class SD1(_StableDiffusion):
     """Stable Diffusion 1.x: CLIP ViT-L/14's text tower, attention projections as 1×1 convolutions."""
 
     name = "sd1"
     description = "Stable Diffusion 1.x (and finetunes): one CLIP ViT-L text encoder, 512×512"
-    conv_layers = SD_CONV_LAYERS
-    qk_layers = SD_QK_LAYERS
-
-    def matches(self, unet_config: Mapping[str, Any]) -> bool:
-        return _is_sd_layout(unet_config) and not unet_config.get("use_linear_projection", False)
 
 
-class SD2(ModelFamily):
+class SD2(_StableDiffusion):
     """Stable Diffusion 2.x, ε- or v-prediction: OpenCLIP ViT-H/14's text tower, linear attention projections."""
 
     name = "sd2"
     description = "Stable Diffusion 2.x (base 512 ε and 768 v-prediction, and finetunes): one OpenCLIP ViT-H encoder"
-    conv_layers = SD_CONV_LAYERS
-    qk_layers = SD_QK_LAYERS
-
-    def matches(self, unet_config: Mapping[str, Any]) -> bool:
-        return _is_sd_layout(unet_config) and bool(unet_config.get("use_linear_projection", False))
+    linear_projection = True
 
 
 # SDXL's decoder at 1024×1024 (128×128 latents): up_blocks.0 at 32×32 with three attentions of ten transformer

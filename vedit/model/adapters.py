@@ -33,6 +33,7 @@ import torch
 from ..cache.checksums import file_sha256
 from ..config import option_label, path_and_suffix
 from ..errors import ConfigError, ModelError
+from .single_file import first_line
 from .stable_diffusion import expand_prompt
 
 if TYPE_CHECKING:
@@ -171,7 +172,7 @@ def read_weights(path: Path, what: str) -> tuple[dict[str, Any], dict[str, str]]
                 metadata = dict(opened.metadata() or {})
             return load_file(str(path)), metadata
         except (SafetensorError, OSError, ValueError) as error:
-            raise ModelError(f"{what} {path} is not a readable safetensors file ({_first_line(error)})") from None
+            raise ModelError(f"{what} {path} is not a readable safetensors file ({first_line(error)})") from None
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
@@ -180,17 +181,12 @@ def read_weights(path: Path, what: str) -> tuple[dict[str, Any], dict[str, str]]
                 f"{what} {path} is a pickle that needs code to load, which vedit never runs: "
                 "convert it to .safetensors where you trust it"
             ) from None
-        raise ModelError(f"{what} {path} is damaged or not a PyTorch file ({_first_line(error)})") from None
+        raise ModelError(f"{what} {path} is damaged or not a PyTorch file ({first_line(error)})") from None
     except (RuntimeError, EOFError, OSError, ValueError) as error:
-        raise ModelError(f"{what} {path} is damaged or not a PyTorch file ({_first_line(error)})") from None
+        raise ModelError(f"{what} {path} is damaged or not a PyTorch file ({first_line(error)})") from None
     if not isinstance(data, dict):
         raise ModelError(f"{what} {path} holds a {type(data).__name__}, not a dictionary of tensors")
     return data, {}
-
-
-def _first_line(error: BaseException) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[0][:160] if lines else type(error).__name__
 
 
 def check_adapters(lora: Sequence[str], embeddings: Sequence[str]) -> None:
@@ -298,7 +294,7 @@ def _split_lora(model: StableDiffusion, path: Path) -> _LoraParts:
         try:  # the UNet's config maps kohya's SGM block names (input_blocks_4_1) to diffusers' (down_blocks.1)
             converted, alphas = loader.lora_state_dict(tensors, unet_config=model.unet.config)
         except (ValueError, KeyError, RuntimeError) as error:
-            raise ModelError(f"LoRA {path} is in a layout vedit cannot read ({_first_line(error)})") from None
+            raise ModelError(f"LoRA {path} is in a layout vedit cannot read ({first_line(error)})") from None
     components = _components(model)
     if not any(key.split(".", 1)[0] in components for key in converted):
         converted = {f"unet.{key}": value for key, value in converted.items()}  # peft's keys, without a prefix
@@ -315,7 +311,7 @@ def _split_lora(model: StableDiffusion, path: Path) -> _LoraParts:
             with _quiet_libraries():
                 peft_part = _peft_keys(name, part, module)
         except (ValueError, KeyError) as error:
-            raise ModelError(f"LoRA {path} is in a layout vedit cannot read ({_first_line(error)})") from None
+            raise ModelError(f"LoRA {path} is in a layout vedit cannot read ({first_line(error)})") from None
         fitting: dict[str, torch.Tensor] = {}
         for key in sorted(peft_part):
             if ".lora_A." not in key:
