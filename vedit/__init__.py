@@ -17,6 +17,9 @@ from . import _compat  # noqa: E402
 
 _compat.install()
 
+# What a plugin makes control frames with (``register_annotators``); torch-free.
+from .control.sources import Annotator  # noqa: E402
+
 # What a plugin describes a diffusion architecture with (``register_model_families``); torch-free too.
 from .model.families import ModelFamily  # noqa: E402
 from .options import Options, option  # noqa: E402  (the schema plugins declare their options with)
@@ -43,4 +46,4 @@ def invert(input: Any, output: Any = None, config: Any = None, **options: Any) -
     return invert_clip(input, output, config, **options)
 
 
-__all__ = ["ExampleRequest", "ModelFamily", "Options", "PassSpec", "edit", "invert", "option", "__version__"]
+__all__ = ["Annotator", "ExampleRequest", "ModelFamily", "Options", "PassSpec", "edit", "invert", "option", "__version__"]

@@ -167,6 +167,34 @@ class RunConfig:
     )  # fmt: skip
     inversion_steps: int = setting(50, INVERSION_STEPS_HELP, min=1, max=1000, commands=(RUN, INVERT))
     guidance: float = setting(7.5, "Classifier-free guidance scale.", min=0.0, max=100.0)
+    # Structure guidance (vedit.control). The control frames and the ControlNets' weights enter checkpoint keys by
+    # content (vedit.pipeline.stages.checkpoints_for), not as these paths.
+    control: tuple[str, ...] = setting(
+        (),
+        "Structure guidance with a ControlNet: an annotator (canny, softedge, or a plugin's) that makes control "
+        "frames from the source, or your own control clip or folder of control frames, with its scale after a colon "
+        "(canny:0.8, depth.mp4:0.5; default 1). Repeat for several ControlNets at once.",
+        default_text="none",
+        affects_latents=False,
+        path=True,
+        folder_or_id=True,
+    )
+    controlnet: tuple[str, ...] = setting(
+        (),
+        "The ControlNet of each --control, in order: a local diffusers folder, a hub id in the local cache, or "
+        "random (random weights made from the model's UNet, for tests and benchmarks). Where it is left out, the "
+        "annotator's configured ControlNet for the model's family.",
+        default_text="the annotator's",
+        affects_latents=False,
+        path=True,
+        folder_or_id=True,
+    )
+    control_start: float = setting(
+        0.0, "Fraction of the denoising steps run after which the controls start to act.", min=0.0, max=1.0
+    )
+    control_end: float = setting(
+        1.0, "Fraction of the denoising steps run after which the controls stop acting.", min=0.0, max=1.0
+    )
     checkpoint_every: int = setting(
         5,
         "Keep a checkpoint of the edited latents in the cache every this many steps; "

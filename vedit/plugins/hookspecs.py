@@ -55,6 +55,12 @@ def register_passes(register: Register) -> None:
 
 
 @hookspec
+def register_annotators(register: Register) -> None:
+    """Register annotators (:class:`vedit.Annotator`): what turns the source frames into a ControlNet's control
+    frames (edges, soft edges, depth, …), named by ``--control NAME``."""
+
+
+@hookspec
 def register_model_families(register: Register) -> None:
     """Register model families (:class:`vedit.ModelFamily`): how to recognise an architecture from its UNet's
     config, how prompts become its conditioning, and the layers PnP injects into and TokenFlow propagates."""

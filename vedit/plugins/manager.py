@@ -52,10 +52,11 @@ DEFAULT_PLUGINS: dict[str, str] = {
     "raft_flow": "vedit_plugins.flow_backends.raft",
     "deflicker": "vedit_plugins.postprocessors.deflicker",
     "sd_families": "vedit_plugins.families.sd",
+    "annotators": "vedit_plugins.annotators.builtin",
     "bench": "vedit_bench",
 }
 BUILT_IN_PACKAGE = "vedit"
-KINDS = ("editor", "propagator", "engine", "nn_backend", "postprocessor", "flow_backend", "pass", "model_family")
+KINDS = ("editor", "propagator", "engine", "nn_backend", "postprocessor", "flow_backend", "pass", "model_family", "annotator")
 _HOOK_FOR_KIND = {
     "editor": "register_editors",
     "propagator": "register_propagators",
@@ -65,6 +66,7 @@ _HOOK_FOR_KIND = {
     "flow_backend": "register_flow_backends",
     "pass": "register_passes",
     "model_family": "register_model_families",
+    "annotator": "register_annotators",
 }
 
 

@@ -1,0 +1,1 @@
+"""Built-in annotators: control frames made from the source frames."""
