@@ -114,9 +114,18 @@ class Denoiser:
     """
 
     def __init__(
-        self, passes: Any, plan: EditPlan, embeds: dict[str, torch.Tensor], guidance: float, with_source: bool
+        self,
+        passes: Any,
+        plan: EditPlan,
+        embeds: dict[str, torch.Tensor],
+        guidance: float,
+        with_source: bool,
+        control: Any = None,
     ):
+        """``control``: the run's :class:`~vedit.method.control.ControlFeed`; every call then takes the control
+        frames of the frames it covers, and its passes run with the ControlNets inside."""
         self.passes = passes
+        self.control = control
         self.plan = plan
         self.embeds = embeds  # branch name -> (1, L, D)
         self.guidance = guidance
@@ -177,14 +186,24 @@ class Denoiser:
         t, flags = self._step_inputs(step)
         if attention is not None:
             ctx = CallContext(
-                branches=self.branches, frames=n, attention=attention, injection=self.plan.injection(step.index)
-            )
+                branches=self.branches, frames=n, attention=attention, injection=self.plan.injection(step.index),
+                control=self._control(frames, step),
+            )  # fmt: skip
             eps = self.passes.custom(batch, t, text, ctx, kind=kind or "frames")
         elif self.branches[0] == SOURCE:
-            eps = self.passes.frames(batch, t, text, flags, kind=kind)
-        else:
-            eps = self.passes.plain(batch, t, text, kind=kind)
+            eps = self.passes.frames(batch, t, text, flags, kind=kind, **self._controlled(frames, step))
+        else:  # the plain pass: every row is an image of its own, so each branch's row takes its frame's image
+            control = self._controlled(frames, step, repeats=len(self.branches))
+            eps = self.passes.plain(batch, t, text, kind=kind, **control)
         return self._guide(eps, n)
+
+    def _control(self, frames: torch.Tensor, step: Step, repeats: int = 1) -> Any:
+        """The control inputs of a call on ``frames`` at ``step`` (None without controls)."""
+        return None if self.control is None else self.control.inputs(frames, step.index, repeats)
+
+    def _controlled(self, frames: torch.Tensor, step: Step, repeats: int = 1) -> dict[str, Any]:
+        """A pass call's ``control`` keyword: none at all without controls (a plugin's Passes need not know it)."""
+        return {} if self.control is None else {"control": self._control(frames, step, repeats)}
 
     def run(
         self, name: str, frames: torch.Tensor, latents: torch.Tensor, step: Step, *inputs: torch.Tensor
@@ -203,7 +222,7 @@ class Denoiser:
         t, flags = self._step_inputs(step)
         batch = self._batch(frames, latents, step)
         with profiling.stage(spec.kind):
-            out = self.passes.run(name, (batch, t, self._text(n), flags, *inputs))
+            out = self.passes.run(name, (batch, t, self._text(n), flags, *inputs), **self._controlled(frames, step))
         if spec.returns_records:
             return self._guide(out[0], n), list(out[1:])
         return self._guide(out, n), []
@@ -301,12 +320,14 @@ def denoise(
     *,
     resume: Any = None,
     after_step: Callable[[Step, torch.Tensor], None] | None = None,
+    control: Any = None,
 ) -> torch.Tensor:
     """Run the plan's timesteps with DDIM (η = 0); returns the edited clean latents (N, 4, h, w).
 
     ``resume`` (a :class:`vedit.cache.checkpoints.Checkpoint`) continues a loop that stopped after
     ``resume.step`` steps, from its latents and the propagator's state (its
-    ``load_state_dict``). ``after_step(step, latents)`` sees the latents after every step.
+    ``load_state_dict``). ``after_step(step, latents)`` sees the latents after every step. ``control`` (a
+    :class:`~vedit.method.control.ControlFeed`) guides every call with the run's ControlNets.
     """
     with_source = plan.needs_source_branch or propagator.needs_source_branch
     if with_source and plan.source is None:
@@ -314,7 +335,7 @@ def denoise(
             f"propagator {propagator.name!r} needs the source clip's latents at every step, which editor "
             f"{job.config.editor!r} does not provide; use {option_value('propagator', 'none')} with it"
         )
-    denoiser = Denoiser(passes, plan, embeds, job.config.guidance, with_source)
+    denoiser = Denoiser(passes, plan, embeds, job.config.guidance, with_source, control)
     propagator.begin(job.for_plugin(propagator), plan)
     latents = plan.start_latents
     first = 0

@@ -17,7 +17,7 @@ import contextlib
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import torch
 from torch import nn
@@ -57,6 +57,7 @@ class CallContext:
     frames: int  # frames per branch
     attention: AttentionHandler
     injection: Injection = field(default_factory=Injection)
+    control: Any = None  # vedit.method.control.ControlInputs: the ControlNets' inputs, when the run has controls
 
     def branch(self, name: str) -> slice:
         i = self.branches.index(name)
@@ -137,17 +138,21 @@ class ControlledUNet:
         qk_layers: tuple[str, ...] = (),
         attention_layers: tuple[str, ...] | None = None,
         unet_inputs: Callable[[torch.Tensor], dict] = _text_only,
+        controlnets: tuple[nn.Module, ...] = (),
     ):
         """``attention_layers``: the module paths whose transformer blocks' self-attention the handlers
         compute (all without; the others keep the UNet's own); ``unet_inputs``: the model family's split of
-        the conditioning into the UNet's keyword arguments."""
+        the conditioning into the UNet's keyword arguments; ``controlnets``: the ControlNets that act in a call
+        given control inputs (:mod:`vedit.method.control`)."""
         self.unet = unet
         self.conv_layers = tuple(conv_layers)
         self.qk_layers = tuple(qk_layers)
         self.attention_layers = None if attention_layers is None else tuple(attention_layers)
         self.unet_inputs = unet_inputs
+        self.controlnets = tuple(controlnets)
         self.forwards: Counter[str] = Counter()
         self._context: CallContext | None = None
+        self._control: Any = None
         self._saved_processors = None
         self._saved_convs: dict[str, nn.Module] = {}
         self.layers: list[LayerInfo] = []
@@ -208,6 +213,16 @@ class ControlledUNet:
         finally:
             self._context = None
 
+    @contextlib.contextmanager
+    def controlling(self, control: Any) -> Iterator[None]:
+        """Within it, calls whose context carries no control inputs take ``control``
+        (:class:`vedit.method.control.ControlInputs`): how a controlled pass hands them to the pass it wraps."""
+        self._control = control
+        try:
+            yield
+        finally:
+            self._control = None
+
     def __call__(
         self, latents: torch.Tensor, t: torch.Tensor | int, text: torch.Tensor, ctx: CallContext, *, kind: str = "unet"
     ) -> torch.Tensor:
@@ -220,5 +235,13 @@ class ControlledUNet:
     def run(self, latents: torch.Tensor, t: torch.Tensor, text: torch.Tensor, ctx: CallContext) -> torch.Tensor:
         """The UNet on ``latents`` with ``ctx`` acting inside (nothing counted: traced and compiled passes
         call this)."""
+        kwargs = self.unet_inputs(text)
+        control = ctx.control if ctx.control is not None else self._control
+        if control is not None:
+            if not self.controlnets:
+                raise RuntimeError("a UNet call with control inputs, but the controlled UNet has no ControlNets")
+            from .control import residuals
+
+            kwargs.update(residuals(self.controlnets, latents, t, text, ctx, control, self.unet_inputs))
         with self._using(ctx):
-            return self.unet(latents, t, **self.unet_inputs(text), return_dict=False)[0]
+            return self.unet(latents, t, **kwargs, return_dict=False)[0]

@@ -86,6 +86,8 @@ class BuildTarget:
     cache: EngineCache
     message: Callable[[str], None]
     layers: str = ""  # the injection layers the pass was built with (part of the key)
+    control: str = ""  # the ControlNets inside the pass, by their weights' fingerprints (part of the key when set)
+    controlled: PassSpec | None = None  # the spec of the pass's controlled form (vedit.method.control)
 
     def parts(self, engine: str, shapes: Iterable[Sequence[int]], **extra: str) -> dict[str, str]:
         """Every key part of an entry for this target built by ``engine``."""
@@ -99,14 +101,16 @@ class BuildTarget:
             "batches": ",".join(str(b) for b in self.batches),
             "dtype": str(self.dtype).removeprefix("torch."),
             **torch_key_parts(self.device),
+            **({"control": self.control} if self.control else {}),
             **extra,
         }
 
-    IDENTITY = ("engine", "pass", "model", "layers", "shapes", "batches", "dtype", "device")
+    IDENTITY = ("engine", "pass", "model", "layers", "shapes", "batches", "dtype", "device", "control")
 
     @property
     def spec(self) -> PassSpec:
-        return pass_spec(self.pass_name)
+        """The pass's spec: its controlled form's when the run's ControlNets are inside it."""
+        return self.controlled if self.controlled is not None else pass_spec(self.pass_name)
 
 
 def engine_chain(requested: str, device: torch.device) -> tuple[list[Any], bool, list[str]]:
@@ -173,7 +177,10 @@ class Passes:
         message: Callable[[str], None] | None = None,
         warn: Callable[[str], None] | None = None,
         batches: dict[str, Sequence[int]] | None = None,
+        controlnets: Sequence[Any] = (),
     ):
+        """``controlnets``: the run's :class:`~vedit.control.controlnets.LoadedControlNet`; a call given control
+        inputs runs the pass's controlled form, the ControlNets inside (:mod:`vedit.method.control`)."""
         self.model = model
         self.engines = list(engines)
         self.strict = strict
@@ -183,7 +190,9 @@ class Passes:
         self.controlled = ControlledUNet(
             model.unet, conv_layers=conv_layers, qk_layers=qk_layers,
             attention_layers=model.family.attention_layers, unet_inputs=model.unet_inputs,
+            controlnets=tuple(c.module for c in controlnets),
         )  # fmt: skip
+        self.control_key = json.dumps([c.fingerprint for c in controlnets]) if controlnets else ""
         self.layers_key = json.dumps([list(conv_layers), list(qk_layers)])
         # A nearest-neighbour backend that is not traceable runs inside the searching passes in Python.
         self.nearest = None if nearest is None or getattr(nearest, "traceable", False) else nearest.nearest
@@ -193,6 +202,7 @@ class Passes:
         self.used: dict[str, str] = {}  # pass -> engine that runs it
         self._specs: dict[str, PassSpec] = {}
         self._modules: dict[str, Any] = {}
+        self._controlled_modules: dict[str, Any] = {}
         self._callables: dict[tuple, Callable] = {}
         self._failed: dict[str, set[str]] = {}
         self._said: set[str] = set()
@@ -232,6 +242,19 @@ class Passes:
             self._modules[name] = module.eval()
         return self._modules[name]
 
+    def controlled_module(self, name: str) -> Any:
+        """Pass ``name``'s controlled form: its module with the run's ControlNets inside."""
+        if name not in self._controlled_modules:
+            from ..method.control import ControlledPass
+
+            self._controlled_modules[name] = ControlledPass(self.module(name), self.controlled.controlnets).eval()
+        return self._controlled_modules[name]
+
+    def controlled_spec(self, name: str) -> PassSpec:
+        from ..method.control import controlled_spec
+
+        return controlled_spec(self.spec(name), len(self.controlled.controlnets), self.model.vae_scale_factor)
+
     def example(
         self,
         name: str,
@@ -261,19 +284,21 @@ class Passes:
         with torch.no_grad():
             return self.module(name)(*inputs)
 
-    def _target(self, name: str, batches: tuple[int, ...]) -> BuildTarget:
+    def _target(self, name: str, batches: tuple[int, ...], controlled: bool = False) -> BuildTarget:
         return BuildTarget(
             pass_name=name, batches=batches, device=self.model.device, dtype=self.model.dtype,
             fingerprint=self.model.fingerprint, cache=self.cache, message=self.message, layers=self.layers_key,
+            control=self.control_key if controlled else "",
+            controlled=self.controlled_spec(name) if controlled else None,
         )  # fmt: skip
 
-    def _callable(self, name: str, inputs: tuple[torch.Tensor, ...]) -> Callable:
+    def _callable(self, name: str, inputs: tuple[torch.Tensor, ...], controlled: bool = False) -> Callable:
         batch = inputs[0].shape[0]
         shapes = tuple(tuple(x.shape) for x in inputs)
-        key = (name, shapes)
+        key = (name, shapes, controlled)
         if key in self._callables:
             return self._callables[key]
-        module = self.module(name)
+        module = self.controlled_module(name) if controlled else self.module(name)
         failed = self._failed.setdefault(name, set())
         for engine in self.engines:
             if engine.name in failed:
@@ -287,7 +312,7 @@ class Passes:
             dynamic = getattr(engine, "dynamic_batch", False)
             batches = tuple(sorted(set(self.batches.get(name, ())) | {batch})) if dynamic else (batch,)
             try:
-                fn = engine.build(module, inputs, self._target(name, batches))
+                fn = engine.build(module, inputs, self._target(name, batches, controlled))
                 outputs = fn(*inputs)  # the first call is part of the build: it may fail too
             except Exception as error:
                 if self.strict:
@@ -304,18 +329,28 @@ class Passes:
         raise EngineError(f"no engine could run the {name} pass; tried {', '.join(e.name for e in self.engines)}")
 
     # the passes ---------------------------------------------------------------------------
-    def run(self, name: str, inputs: Sequence[torch.Tensor], *, kind: str | None = None) -> Any:
+    def run(self, name: str, inputs: Sequence[torch.Tensor], *, kind: str | None = None, control: Any = None) -> Any:
         """Pass ``name`` on ``inputs`` (its module's inputs, in order) through the engines: ε, or
         ``(ε, records…)`` for a pass that returns records. Its image-forwards count as ``kind``
-        (default: the pass's own kind)."""
+        (default: the pass's own kind). With ``control`` (:class:`vedit.method.control.ControlInputs`), the
+        pass's controlled form runs, the run's ControlNets inside."""
         inputs = tuple(inputs)
         self.forwards[kind or self.spec(name).kind] += inputs[0].shape[0]
+        if control is not None:
+            inputs = (*inputs, *(image.to(self.model.dtype) for image in control.images), control.scales)
+            return self._callable(name, inputs, True)(*inputs)
         return self._callable(name, inputs)(*inputs)
 
     def plain(
-        self, latents: torch.Tensor, t: torch.Tensor, text: torch.Tensor, *, kind: str | None = None
+        self,
+        latents: torch.Tensor,
+        t: torch.Tensor,
+        text: torch.Tensor,
+        *,
+        kind: str | None = None,
+        control: Any = None,
     ) -> torch.Tensor:
-        return self.run("plain", (latents, t, text), kind=kind)
+        return self.run("plain", (latents, t, text), kind=kind, control=control)
 
     def frames(
         self,
@@ -325,8 +360,9 @@ class Passes:
         flags: torch.Tensor,
         *,
         kind: str | None = None,
+        control: Any = None,
     ) -> torch.Tensor:
-        return self.run("frames", (latents, t, text, flags), kind=kind)
+        return self.run("frames", (latents, t, text, flags), kind=kind, control=control)
 
     def keyframe(
         self,
