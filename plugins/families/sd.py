@@ -53,6 +53,14 @@ class _StableDiffusion(ModelFamily):
     def matches(self, unet_config: Mapping[str, Any]) -> bool:
         return _is_sd_layout(unet_config) and bool(unet_config.get("use_linear_projection")) == self.linear_projection
 
+    def controlnet_matches(self, controlnet_config: Mapping[str, Any]) -> bool:
+        # A ControlNet is the UNet's encoder: the down blocks tell the layout, the projections 1.x from 2.x.
+        return (
+            list(controlnet_config.get("down_block_types", ())) == ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"]
+            and controlnet_config.get("addition_embed_type") is None
+            and bool(controlnet_config.get("use_linear_projection")) == self.linear_projection
+        )
+
 
 class SD1(_StableDiffusion):
     """Stable Diffusion 1.x: CLIP ViT-L/14's text tower, attention projections as 1×1 convolutions."""
@@ -98,6 +106,9 @@ class SDXL(ModelFamily):
 
     def matches(self, unet_config: Mapping[str, Any]) -> bool:
         return unet_config.get("addition_embed_type") == "text_time"
+
+    def controlnet_matches(self, controlnet_config: Mapping[str, Any]) -> bool:
+        return controlnet_config.get("addition_embed_type") == "text_time"
 
     @staticmethod
     def pooled_dim(unet_config: Mapping[str, Any]) -> int:

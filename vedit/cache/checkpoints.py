@@ -51,13 +51,14 @@ def _file_identity(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def checkpoint_key(
-    config: Any, *, frames_sha256: str, fingerprint: str, dtype: str, device: str, trajectory: str
+    config: Any, *, frames_sha256: str, fingerprint: str, dtype: str, device: str, trajectory: str, controls: str = ""
 ) -> str:
     """A stable key over everything a run's edited latents depend on: the frames, the model, every
     option of the edit (all of :class:`~vedit.config.RunConfig` but the few that only change what
     is done with the latents afterwards: :func:`vedit.cache.keys.keyed_options`) and the trajectory the
     edit starts from (``trajectory``: its cache key, or the identity of an ``--inversion`` file; ""
-    without one). A file an option names enters by its content."""
+    without one). A file an option names enters by its content; ``controls``, the structure guidance's control
+    frames and ControlNets (:class:`vedit.pipeline.stages.Controls`), when the run has any."""
     options, paths = keyed_options(config, latents=True)
     for name in paths - {"inversion"}:
         if options.get(name):
@@ -72,6 +73,7 @@ def checkpoint_key(
         "device": device,
         "trajectory": trajectory,
         "options": options,
+        **({"controls": controls} if controls else {}),
     }
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:32]
 

@@ -110,8 +110,8 @@ def control_sources(
             )
         if controlnet is None:
             raise ConfigError(
-                f"{where}: a control clip needs its ControlNet: pass {option_value('controlnet', 'ID_OR_PATH', placeholder=True)} "
-                f"for it (in the same position)"
+                f"{where}: a control clip needs its ControlNet: pass "
+                f"{option_value('controlnet', 'ID_OR_PATH', placeholder=True)} for it (in the same position)"
             )
         sources.append(ControlSource(text, scale, None, str(path), controlnet))
     return sources

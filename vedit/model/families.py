@@ -51,6 +51,11 @@ class ModelFamily:
         """Whether a UNet with this config belongs to the family."""
         raise NotImplementedError
 
+    def controlnet_matches(self, controlnet_config: Mapping[str, Any]) -> bool:
+        """Whether a ControlNet with this config is of the family's architecture (its residuals fit the family's
+        UNets); a family that names none takes no ControlNet."""
+        return False
+
     def text_shape(self, model: Any) -> tuple[int, int]:
         """(L, D): the shape of one prompt's conditioning."""
         return int(model.tokenizer.model_max_length), int(model.text_encoder.config.hidden_size)

@@ -76,14 +76,19 @@ def weights_fingerprint(model: StableDiffusion) -> str:
             vocabulary = sorted(part.get_vocab().items())
             digest.update(repr((vocabulary, part.model_max_length)).encode())
             continue
-        config = getattr(part, "config", None)
-        settings = config.to_dict() if hasattr(config, "to_dict") else dict(config or {})
-        # not where it was read from, nor the library version that wrote it
-        kept = {k: v for k, v in settings.items() if not k.startswith("_") and k != "transformers_version"}
-        digest.update(repr(sorted(kept.items())).encode())
-        if isinstance(part, torch.nn.Module):
-            for key, tensor in part.state_dict().items():
-                digest.update(f"{key}\0{tensor.dtype}\0{tuple(tensor.shape)}\n".encode())
-                data = tensor.detach().reshape(-1).contiguous().cpu()
-                digest.update(data.view(torch.uint8).numpy().tobytes())
+        digest_part(digest, part)
     return f"weights:sha256:{digest.hexdigest()}"
+
+
+def digest_part(digest: Any, part: Any) -> None:
+    """Feed ``digest`` (a hashlib object) a model part's config (not where it was read from, nor the library
+    version that wrote it) and, for a module, every weight's name, dtype, shape and bytes."""
+    config = getattr(part, "config", None)
+    settings = config.to_dict() if hasattr(config, "to_dict") else dict(config or {})
+    kept = {k: v for k, v in settings.items() if not k.startswith("_") and k != "transformers_version"}
+    digest.update(repr(sorted(kept.items())).encode())
+    if isinstance(part, torch.nn.Module):
+        for key, tensor in part.state_dict().items():
+            digest.update(f"{key}\0{tensor.dtype}\0{tuple(tensor.shape)}\n".encode())
+            data = tensor.detach().reshape(-1).contiguous().cpu()
+            digest.update(data.view(torch.uint8).numpy().tobytes())

@@ -33,6 +33,7 @@ from .stages import (
     encode_clip,
     given_model,
     invert_latents,
+    load_controls,
     load_model_for,
     pixel_size,
     read_ahead,
@@ -176,11 +177,12 @@ def _edit(
         forwards.update(used)
         stages["invert"] = time.perf_counter() - mark
     mark = time.perf_counter()
+    controls = load_controls(model, config, checked, frames_sha, reporter)
     checkpoints = checkpoints_for(
-        model, config.replace(batch_size=given_batch), checked, frames_sha, inversion, reporter
+        model, config.replace(batch_size=given_batch), checked, frames_sha, inversion, reporter, controls
     )
     edited, used, steps_run, engines = edit_latents(
-        model, config, checked, latents, trajectory, embeds, reporter, checkpoints=checkpoints
+        model, config, checked, latents, trajectory, embeds, reporter, checkpoints=checkpoints, controls=controls
     )
     for kind, count in used.items():
         forwards[kind] = forwards.get(kind, 0) + count

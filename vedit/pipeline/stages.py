@@ -7,7 +7,7 @@ post-processed and written (:func:`write_frames`)."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -78,13 +78,75 @@ def make_passes(
     qk_layers: tuple[str, ...] = (),
     nearest: Any = None,
     batches: dict[str, list[int]] | None = None,
+    controlnets: Sequence[Any] = (),
 ) -> Passes:
     """The run's UNet passes, through the engines chosen in preflight (use as a context manager)."""
     cache = EngineCache.for_options(config.engine_cache, config.cache_dir, message=reporter.message)
     return Passes(
         model, checked.engines, strict=checked.strict_engine, conv_layers=conv_layers, qk_layers=qk_layers,
         nearest=nearest, cache=cache, message=reporter.message, warn=reporter.warning, batches=batches,
+        controlnets=controlnets,
     )  # fmt: skip
+
+
+@dataclass
+class Controls:
+    """A run's structure guidance: its ControlNets and, for each, the control frames of the frames it edits."""
+
+    sources: list[Any]  # vedit.control.sources.ControlSource, as --control gave them
+    nets: list[Any]  # vedit.control.controlnets.LoadedControlNet, paired with the sources
+    frames: list[Any]  # (N, H, W, 3) uint8 arrays, one per source
+    digest: str  # the frames, weights, scales and window: what checkpoint keys cover of the controls
+
+    def feed(self, steps: int, config: RunConfig, device: torch.device) -> Any:
+        """The loop's :class:`~vedit.method.control.ControlFeed` for ``steps`` steps run."""
+        from ..control.sources import step_scales
+        from ..method.control import ControlFeed
+
+        scales = step_scales(steps, [s.scale for s in self.sources], config.control_start, config.control_end)
+        return ControlFeed(self.frames, scales, device)
+
+
+def load_controls(
+    model: StableDiffusion,
+    config: RunConfig,
+    checked: Preflight,
+    frames_sha: str,
+    reporter: Reporter,
+    *,
+    frames: list[int] | None = None,
+) -> Controls | None:
+    """The run's ControlNets, loaded and checked against the model, and their control frames (read, or made by
+    the annotators and cached); ``frames``: only those of the run's frames (a preview). None without controls."""
+    sources = getattr(checked, "controls", None) or []
+    if not sources:
+        return None
+    from .. import plugins
+    from ..control.controlnets import load_controlnet
+    from ..control.frames import control_frames
+
+    nets = []
+    for source in sources:
+        spec = source.controlnet
+        if spec is None:
+            annotator = plugins.get("annotator", source.annotator)
+            spec = annotator.controlnet_for(model.family.name)
+            if spec is None:
+                raise ConfigError(
+                    f"{option_value('control', source.text)}: annotator {source.annotator!r} names no ControlNet "
+                    f"for {model.family.name} models: pass "
+                    f"{option_value('controlnet', 'ID_OR_PATH', placeholder=True)} in the same position"
+                )
+        with profiling.stage("load"):
+            nets.append(load_controlnet(spec, model))
+    made = control_frames(sources, config, checked.clip, frames_sha, reporter, frames=frames)
+    digest = hashlib.sha256()
+    for source, net, array in zip(sources, nets, made):
+        digest.update(f"{source.scale}\0{net.fingerprint}\0{array.shape}\n".encode())
+        for start in range(0, len(array), 64):  # memory-mapped frames are read a few at a time
+            digest.update(np.ascontiguousarray(array[start : start + 64]).tobytes())
+    digest.update(f"{config.control_start}\0{config.control_end}".encode())
+    return Controls(list(sources), nets, list(made), digest.hexdigest())
 
 
 def pixel_size(clip: Clip) -> tuple[int, int]:
@@ -324,10 +386,17 @@ class Checkpointing:
 
 
 def checkpoints_for(
-    model: StableDiffusion, config: RunConfig, checked: Preflight, frames_sha: str, inversion: str, reporter: Reporter
+    model: StableDiffusion,
+    config: RunConfig,
+    checked: Preflight,
+    frames_sha: str,
+    inversion: str,
+    reporter: Reporter,
+    controls: Controls | None = None,
 ) -> Checkpointing | None:
     """The run's checkpoints, unless --checkpoint-every 0 or --no-cache turn them off. ``config``
-    is the run's as given (``--batch-size auto`` unresolved: free memory must not change the key)."""
+    is the run's as given (``--batch-size auto`` unresolved: free memory must not change the key);
+    ``controls`` enter the key by content."""
     if config.checkpoint_every == 0 or config.no_cache:
         return None
     if config.inversion:
@@ -338,7 +407,7 @@ def checkpoints_for(
         trajectory = ""
     key = checkpoint_key(
         config, frames_sha256=frames_sha, fingerprint=model.fingerprint, dtype=str(model.dtype).removeprefix("torch."),
-        device=model.device.type, trajectory=trajectory,
+        device=model.device.type, trajectory=trajectory, controls="" if controls is None else controls.digest,
     )  # fmt: skip
     width, height = checked.clip.reader.size
     metadata = {
@@ -391,6 +460,7 @@ def edit_latents(
     reporter: Reporter,
     *,
     checkpoints: Checkpointing | None = None,
+    controls: Controls | None = None,
 ) -> tuple[torch.Tensor, dict[str, int], int, dict[str, str]]:
     """Stage trajectory → edited latents: the editor's plan and the propagator-coupled denoising
     loop, every UNet call through the engines. Returns the edited clean latents, UNet forwards by
@@ -398,7 +468,8 @@ def edit_latents(
 
     With ``checkpoints`` the loop resumes from the run's checkpoint when there is one (setting
     ``checkpoints.resumed_from``) and writes one every ``checkpoints.every`` steps and after the
-    last; the caller removes it (:meth:`Checkpointing.finish`) once the output is written.
+    last; the caller removes it (:meth:`Checkpointing.finish`) once the output is written. ``controls`` guide
+    every UNet call of the loop.
     """
     editor, propagator = checked.editor, checked.propagator
     config = _with_batch_size(config, model, latents, branches(editor, propagator, config))
@@ -436,11 +507,12 @@ def edit_latents(
     try:
         with make_passes(
             model, config, checked, reporter, conv_layers=plan.conv_layers, qk_layers=plan.qk_layers, nearest=nearest,
-            batches=batches,
+            batches=batches, controlnets=controls.nets if controls is not None else (),
         ) as passes:  # fmt: skip
             edited = denoise(
                 job, plan, propagator, passes, embeds, on_step=lambda step: task.advance(1), resume=resume,
                 after_step=keep if writer is not None else None,
+                control=controls.feed(steps, config, model.device) if controls is not None else None,
             )  # fmt: skip
     except BaseException:
         kept = writer.close() if writer is not None else None
