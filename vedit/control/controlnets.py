@@ -47,11 +47,11 @@ def load_controlnet(spec: str, model: Any, *, warn: Any = None) -> LoadedControl
     else:
         module = _pretrained(spec, model)
     check_fits(module.config, model, spec)
-    module = module.to(model.device, model.dtype).eval().requires_grad_(False)
+    module = _placed(module, model.device, model.dtype).eval().requires_grad_(False)
     digest = hashlib.sha256()
     from ..model.pipelines import digest_part
 
-    digest_part(digest, module)
+    digest_part(digest, module, as_json=True)
     return LoadedControlNet(module, spec, f"sha256:{digest.hexdigest()}")
 
 
@@ -68,7 +68,9 @@ def random_controlnet(unet: Any, *, seed: int = 0, vae_scale: int = 8) -> Any:
         if downsamples + 1 <= len(widths)
         else widths + [widths[-1]] * (downsamples + 1 - len(widths))
     )
-    module = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=tuple(widths))
+    with torch.random.fork_rng(devices=[]):  # the conditioning embedding's own initialisation, from the seed too
+        torch.manual_seed(seed)
+        module = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=tuple(widths))
     generator = torch.Generator().manual_seed(seed)
     zero_convs = [
         *module.controlnet_down_blocks,
@@ -79,7 +81,13 @@ def random_controlnet(unet: Any, *, seed: int = 0, vae_scale: int = 8) -> Any:
         for conv in zero_convs:
             conv.weight.copy_(torch.randn(conv.weight.shape, generator=generator) * RANDOM_STD)
             conv.bias.copy_(torch.randn(conv.bias.shape, generator=generator) * RANDOM_STD)
-    return module.to(dtype=unet.dtype)
+    return _placed(module, unet.device, unet.dtype)
+
+
+def _placed(module: Any, device: torch.device, dtype: torch.dtype) -> Any:
+    """``module`` on ``device`` in ``dtype``, cast only when it is not already (diffusers warns at every cast)."""
+    module = module.to(device)
+    return module if module.dtype == dtype else module.to(dtype)
 
 
 def _pretrained(spec: str, model: Any) -> Any:

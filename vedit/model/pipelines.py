@@ -10,6 +10,7 @@ fingerprint that keys the inversion cache, checkpoints and engines is a hash of 
 from __future__ import annotations
 
 import hashlib
+import json
 from typing import Any
 
 import torch
@@ -80,13 +81,16 @@ def weights_fingerprint(model: StableDiffusion) -> str:
     return f"weights:sha256:{digest.hexdigest()}"
 
 
-def digest_part(digest: Any, part: Any) -> None:
+def digest_part(digest: Any, part: Any, *, as_json: bool = False) -> None:
     """Feed ``digest`` (a hashlib object) a model part's config (not where it was read from, nor the library
-    version that wrote it) and, for a module, every weight's name, dtype, shape and bytes."""
+    version that wrote it) and, for a module, every weight's name, dtype, shape and bytes. ``as_json``: the
+    config as JSON writes it (a tuple as a list), so that a config made in code and one read back from its
+    file agree."""
     config = getattr(part, "config", None)
     settings = config.to_dict() if hasattr(config, "to_dict") else dict(config or {})
     kept = {k: v for k, v in settings.items() if not k.startswith("_") and k != "transformers_version"}
-    digest.update(repr(sorted(kept.items())).encode())
+    text = json.dumps(kept, sort_keys=True, default=str) if as_json else repr(sorted(kept.items()))
+    digest.update(text.encode())
     if isinstance(part, torch.nn.Module):
         for key, tensor in part.state_dict().items():
             digest.update(f"{key}\0{tensor.dtype}\0{tuple(tensor.shape)}\n".encode())

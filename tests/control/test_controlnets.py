@@ -1,0 +1,101 @@
+"""ControlNets loaded (vedit.control.controlnets): random ones act, a saved folder reads back weight for weight,
+one of another family or width is refused in one line, and the step scales follow diffusers' window."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from vedit.control.controlnets import load_controlnet, random_controlnet
+from vedit.control.sources import step_scales
+from vedit.errors import ModelError
+from vedit.method.control import ControlFeed
+from vedit.model.loading import load_model
+
+
+@pytest.fixture(scope="module")
+def sd():
+    return load_model("tiny", device="cpu", dtype="fp32")
+
+
+def test_a_random_controlnet_fits_its_model_and_its_residual_convolutions_are_not_zero(sd):
+    loaded = load_controlnet("random@3", sd)
+    assert list(loaded.module.config.block_out_channels) == list(sd.unet.config.block_out_channels)
+    assert float(loaded.module.controlnet_mid_block.weight.abs().sum()) > 0
+    # the encoder is the UNet's, copied (as ControlNet training starts)
+    assert torch.equal(loaded.module.conv_in.weight, sd.unet.conv_in.weight)
+    assert load_controlnet("random@3", sd).fingerprint == loaded.fingerprint
+    assert load_controlnet("random@4", sd).fingerprint != loaded.fingerprint
+
+
+def test_a_saved_controlnet_folder_reads_back_with_the_same_weights(sd, tmp_path):
+    made = random_controlnet(sd.unet, seed=5)
+    made.save_pretrained(tmp_path / "cn")
+    loaded = load_controlnet(str(tmp_path / "cn"), sd)
+    assert loaded.fingerprint == load_controlnet("random@5", sd).fingerprint
+    for (name, a), (_, b) in zip(made.state_dict().items(), loaded.module.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_a_controlnet_of_another_family_is_refused_in_one_line(sd):
+    sdxl = load_model("tiny-sdxl", device="cpu", dtype="fp32")
+    other = random_controlnet(sdxl.unet)
+    from vedit.control.controlnets import check_fits
+
+    with pytest.raises(ModelError) as caught:
+        check_fits(other.config, sd, "xl-canny")
+    text = str(caught.value)
+    assert "\n" not in text
+    assert "ControlNet 'xl-canny' does not fit model 'tiny': it is made for sdxl models, the model is sd1" in text
+    sd2 = load_model("tiny-sd2", device="cpu", dtype="fp32")
+    with pytest.raises(ModelError, match="made for sd2 models, the model is sd1"):
+        check_fits(random_controlnet(sd2.unet).config, sd, "sd2-cn")
+
+
+def test_a_controlnet_of_the_family_but_other_widths_is_refused(sd):
+    from vedit.control.controlnets import check_fits
+
+    config = dict(random_controlnet(sd.unet).config)
+    config["block_out_channels"] = [32, 32, 64, 64]
+    with pytest.raises(ModelError, match=r"its block_out_channels is \[32, 32, 64, 64\], the UNet's \[16, 16, 32, 32\]"):
+        check_fits(config, sd, "wide")
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("{tmp}/missing-cn", "neither an existing diffusers folder nor a hub id"),
+        ("{tmp}/file.safetensors", "is a single file"),
+        ("{tmp}/empty", "has no config.json"),
+        ("someone/not-cached-controlnet", "cannot be loaded from the local Hugging Face cache or the hub"),
+    ],
+)
+def test_what_is_not_a_controlnet_is_one_line(sd, tmp_path, monkeypatch, spec, message):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    (tmp_path / "file.safetensors").write_bytes(b"x")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelError) as caught:
+        load_controlnet(spec.format(tmp=tmp_path), sd)
+    assert message in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_step_scales_follow_the_window_of_the_steps_run():
+    # 10 steps, start 0.2, end 0.7: steps 2..6 act (i/10 >= 0.2 and (i+1)/10 <= 0.7)
+    rows = step_scales(10, [0.5, 2.0], 0.2, 0.7)
+    assert [row[0] for row in rows] == [0, 0, 0.5, 0.5, 0.5, 0.5, 0.5, 0, 0, 0]
+    assert [row[1] for row in rows] == [0, 0, 2.0, 2.0, 2.0, 2.0, 2.0, 0, 0, 0]
+    assert step_scales(3, [1.0], 0.0, 1.0) == [[1.0], [1.0], [1.0]]
+
+
+def test_the_feed_picks_each_calls_frames_and_steps_scales():
+    frames = np.arange(5 * 8 * 8 * 3, dtype=np.uint8).reshape(5, 8, 8, 3)
+    feed = ControlFeed([frames], [[0.0], [0.7]], torch.device("cpu"))
+    got = feed.inputs(torch.tensor([3, 1]), 1)
+    expected = torch.from_numpy(frames[[3, 1]]).permute(0, 3, 1, 2).float() / 255
+    assert torch.equal(got.images[0], expected)
+    assert got.scales.tolist() == pytest.approx([0.7])
+    doubled = feed.inputs(torch.tensor([3, 1]), 0, repeats=2)
+    assert torch.equal(doubled.images[0], torch.cat([expected, expected]))
+    assert doubled.scales.tolist() == [0.0]
