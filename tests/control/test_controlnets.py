@@ -58,7 +58,8 @@ def test_a_controlnet_of_the_family_but_other_widths_is_refused(sd):
 
     config = dict(random_controlnet(sd.unet).config)
     config["block_out_channels"] = [32, 32, 64, 64]
-    with pytest.raises(ModelError, match=r"its block_out_channels is \[32, 32, 64, 64\], the UNet's \[16, 16, 32, 32\]"):
+    wanted = r"its block_out_channels is \[32, 32, 64, 64\], the UNet's \[16, 16, 32, 32\]"
+    with pytest.raises(ModelError, match=wanted):
         check_fits(config, sd, "wide")
 
 
