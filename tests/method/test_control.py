@@ -130,3 +130,18 @@ def test_controlled_passes_through_every_engine_equal_eager(sd, nets, engine, tm
             assert relative_error(first(got), expected[name]) < 1e-4, name
             assert relative_error(first(zero), plain[name]) < 1e-4, name
     assert set(passes.used.values()) == {engine}
+
+
+@pytest.mark.parametrize("spec", ["tiny-sd2-v", "tiny-sdxl"])
+def test_every_family_takes_its_controlnet_in_the_passes(spec):
+    model = load_model(spec, device="cpu", dtype="fp32")
+    nets = [LoadedControlNet(random_controlnet(model.unet, vae_scale=model.vae_scale_factor), "random", "random")]
+    with Passes(model, [plugins.get("engine", "eager")], controlnets=nets) as passes:
+        text = model.encode_prompt(["a cat", "", "a dog"], (8 * H, 8 * W))
+        args = passes.example("frames", 2, (H, W), embeds=text, generator=torch.Generator().manual_seed(1))
+        plain = passes.run("frames", args)
+        zero = passes.run("frames", args, control=control(2, 0.0))
+        one = passes.run("frames", args, control=control(2, 1.0))
+    assert torch.equal(zero, plain)
+    assert torch.equal(one[:2], plain[:2])  # the source branch
+    assert relative_error(one[2:], plain[2:]) > 1e-3
