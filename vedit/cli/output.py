@@ -236,6 +236,8 @@ def summary_table(result: EditResult, config: RunConfig) -> Table:
         rows.append(("negative prompt", repr(config.negative_prompt)))
     rows.append(("model", result.model))
     rows.append(("seed", str(config.seed)))
+    if result.controls:
+        rows.append(("control", "; ".join(result.controls)))
     rows.append(
         ("editor", f"{config.editor} + {config.propagator}, {result.steps_run} steps, inversion {result.inversion}")
     )

@@ -70,6 +70,7 @@ class EditResult:
     profile: dict[str, float] = field(default_factory=dict)  # seconds per component, with profile=True
     evaluation: Any = None  # the quality report (vedit.quality.evaluate.Report) with eval=True
     resumed_from: int | None = None  # steps a checkpoint had done when this run resumed from it
+    controls: list[str] = field(default_factory=list)  # each control: its source, scale and ControlNet
 
     @property
     def forwards_per_frame_step(self) -> float:
@@ -229,6 +230,7 @@ def _edit(
         warnings=list(reporter.warnings),
         evaluation=evaluation,
         resumed_from=None if checkpoints is None else checkpoints.resumed_from,
+        controls=[] if controls is None else controls.described(config),
     )
 
 

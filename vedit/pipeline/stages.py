@@ -98,6 +98,15 @@ class Controls:
     frames: list[Any]  # (N, H, W, 3) uint8 arrays, one per source
     digest: str  # the frames, weights, scales and window: what checkpoint keys cover of the controls
 
+    def described(self, config: RunConfig) -> list[str]:
+        """Each control as the run's summary names it: ``canny ×0.8 via ID, steps 0–0.8``."""
+        window = (
+            ""
+            if (config.control_start, config.control_end) == (0.0, 1.0)
+            else (f", steps {config.control_start:g}–{config.control_end:g}")
+        )
+        return [f"{s.label} ×{s.scale:g} via {n.source}{window}" for s, n in zip(self.sources, self.nets)]
+
     def feed(self, steps: int, config: RunConfig, device: torch.device) -> Any:
         """The loop's :class:`~vedit.method.control.ControlFeed` for ``steps`` steps run."""
         from ..control.sources import step_scales
