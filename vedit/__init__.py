@@ -46,4 +46,14 @@ def invert(input: Any, output: Any = None, config: Any = None, **options: Any) -
     return invert_clip(input, output, config, **options)
 
 
-__all__ = ["Annotator", "ExampleRequest", "ModelFamily", "Options", "PassSpec", "edit", "invert", "option", "__version__"]
+__all__ = [
+    "Annotator",
+    "ExampleRequest",
+    "ModelFamily",
+    "Options",
+    "PassSpec",
+    "edit",
+    "invert",
+    "option",
+    "__version__",
+]

@@ -26,7 +26,9 @@ def plugins_used(config: RunConfig) -> list[str]:
 
 # Host settings added after keys and digests were first written: they count only when set, so that the keys of
 # runs that do not use them stay what they were.
-KEYED_WHEN_SET = frozenset({"model_config", "lora", "embedding", "control", "controlnet", "control_start", "control_end"})
+KEYED_WHEN_SET = frozenset(
+    {"model_config", "lora", "embedding", "control", "controlnet", "control_start", "control_end"}
+)
 
 
 def keyed_options(config: RunConfig, *, latents: bool) -> tuple[dict[str, Any], set[str]]:

@@ -56,7 +56,17 @@ DEFAULT_PLUGINS: dict[str, str] = {
     "bench": "vedit_bench",
 }
 BUILT_IN_PACKAGE = "vedit"
-KINDS = ("editor", "propagator", "engine", "nn_backend", "postprocessor", "flow_backend", "pass", "model_family", "annotator")
+KINDS = (
+    "editor",
+    "propagator",
+    "engine",
+    "nn_backend",
+    "postprocessor",
+    "flow_backend",
+    "pass",
+    "model_family",
+    "annotator",
+)
 _HOOK_FOR_KIND = {
     "editor": "register_editors",
     "propagator": "register_propagators",
