@@ -117,14 +117,11 @@ def postprocess_context(config: RunConfig, clip: Clip, frames: int | None = None
     the working size, so the source frames they may ask for are read again at that size."""
     from ..quality.postprocess import Context
 
-    def source() -> FrameReader:
-        return FrameReader(
-            clip.info.path, frames=clip.reader.frames, size=clip.reader.size, info=clip.info,
-            allow_short=config.allow_short, keep_timestamps=config.keep_timestamps,
-        )  # fmt: skip
-
     count = len(clip.reader) if frames is None else frames
-    return Context(fps=clip.fps, size=clip.reader.size, frames=count, flow=config.flow, source=source, config=config)
+    return Context(
+        fps=clip.fps, size=clip.reader.size, frames=count, flow=config.flow, source=clip.reader.matching,
+        config=config,
+    )  # fmt: skip
 
 
 def _resolve_postprocessors(config: RunConfig, clip: Clip) -> list[Any]:
