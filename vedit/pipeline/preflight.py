@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
@@ -145,6 +145,7 @@ class Preflight:
     dtype: torch.dtype
     steps_run: int
     inversion_metadata: dict[str, str] | None  # of the --inversion file
+    controls: list[Any] = field(default_factory=list)  # vedit.control.sources.ControlSource, checked
 
 
 def preflight(
@@ -155,6 +156,7 @@ def preflight(
 
     Public: tools that drive many edits (``vedit batch``) check each with it before any work.
     ``editing=False`` checks an inversion only (no editor, propagator or post-processors)."""
+    from ..control.frames import check_controls
     from ..model.device import resolve_device, resolve_dtype
     from ..model.loading import peek_scheduler
     from ..model.single_file import check_checkpoint_file
@@ -177,6 +179,7 @@ def preflight(
         for note in unused_options(config, {"editor": editor.name, "propagator": propagator.name}):
             reporter.warning(note)
     postprocessors = _resolve_postprocessors(config, clip) if editing else []
+    controls = check_controls(config, clip, reporter=reporter) if editing else []
     if editing:
         requested_output_size(config, clip)
         if config.eval:
@@ -214,7 +217,7 @@ def preflight(
         metadata = read_metadata(config.inversion, needs=RUN_FIELDS)
         _check_inversion_file(config, metadata, clip, sampling_timesteps(scheduler, config.steps), reporter)
     return Preflight(
-        clip, editor, propagator, postprocessors, engines, strict_engine, device, dtype, steps_run, metadata
+        clip, editor, propagator, postprocessors, engines, strict_engine, device, dtype, steps_run, metadata, controls
     )
 
 
