@@ -1,4 +1,5 @@
-"""The annotation cache: entries written whole or not at all, read memory-mapped, kept under the cap."""
+"""The annotation cache: entries written whole or not at all, read memory-mapped, kept under the cap, listed and
+cleared by `vedit cache`."""
 
 from __future__ import annotations
 
@@ -8,9 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
+from helpers.trajectories import put_aged
 from vedit.cache.annotations import AnnotationCache, annotation_key
-from vedit.cache.inversions import cache_key
+from vedit.cache.files import MB
+from vedit.cache.inversions import InversionCache, cache_key
+from vedit.cli import create_app
 
 SHAPE = (3, 8, 16, 3)
 
@@ -107,3 +112,26 @@ def test_inversion_keys_are_those_they_always_were():
         source_prompt="a cat", dtype="float32",
     )  # fmt: skip
     assert key == "f56357dbaa2824be9c4cdee6a9f40685"  # as computed before the key helper was shared
+
+
+def vedit(*args: str):
+    return CliRunner().invoke(create_app(), [str(a) for a in args], catch_exceptions=False, env={"COLUMNS": "250"})
+
+
+def test_vedit_cache_lists_prunes_and_clears_the_annotations_too(tmp_path):
+    annotations = AnnotationCache(tmp_path)
+    size = put(annotations, "a" * 32, age=300).stat().st_size
+    put(annotations, "b" * 32, age=100)
+    put_aged(InversionCache(tmp_path), "c" * 32, 100)
+    listed = vedit("cache", "list", "--cache-dir", tmp_path)
+    assert listed.exit_code == 0, listed.output
+    assert f"2 cached annotations (control frames), {2 * size / MB:.1f} MB in {annotations.root}" in listed.stdout
+    pruned = vedit("cache", "prune", "--max-gb", size / 2**30, "--cache-dir", tmp_path)
+    assert pruned.exit_code == 0, pruned.output
+    assert f"removed 1 cached annotations ({size / MB:.1f} MB); 1 left, {size / MB:.1f} MB" in pruned.stdout
+    assert [entry.key[0] for entry in annotations.entries()] == ["b"]
+    cleared = vedit("cache", "clear", "--cache-dir", tmp_path)
+    assert cleared.exit_code == 0, cleared.output
+    assert f", 1 cached annotations ({size / MB:.1f} MB) and 0 checkpoints" in cleared.stdout
+    assert annotations.entries() == [] and InversionCache(tmp_path).entries() == []
+    assert "annotations" not in vedit("cache", "list", "--cache-dir", tmp_path).stdout
