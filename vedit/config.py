@@ -276,11 +276,12 @@ class RunConfig:
         commands=(RUN, INVERT),
     )
     no_cache: bool = setting(
-        False, "Neither read nor write the inversion cache (nor checkpoints).", affects_output=False,
+        False, "Neither read nor write the inversion cache (nor annotations, nor checkpoints).", affects_output=False,
         affects_latents=False, commands=(RUN, INVERT),
     )  # fmt: skip
     cache_max_gb: float = setting(
-        20.0, "Cache size cap in GB; the least recently used inversions are evicted.", min=0.0,
+        20.0, "Cache size cap in GB, for the inversions and, counted apart, the annotations; the least recently "
+        "used are evicted.", min=0.0,
         affects_output=False, affects_latents=False, commands=(RUN, INVERT),
     )  # fmt: skip
     allow_short: bool = setting(

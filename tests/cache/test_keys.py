@@ -79,3 +79,12 @@ def test_a_keyframe_schedule_enters_a_checkpoint_key_by_its_content(tmp_path: Pa
     first = checkpoint_key(RunConfig(prompt="a", keyframes=str(schedule)), **KEY_PARTS)
     schedule.write_text('{"keyframes": [[1]]}')
     assert checkpoint_key(RunConfig(prompt="a", keyframes=str(schedule)), **KEY_PARTS) != first
+
+
+def test_the_digest_covers_the_options_of_the_annotators_a_run_controls_with_and_not_the_others():
+    canny = RunConfig(prompt="a", control=("canny:0.8",), canny_low=50)
+    settings, _ = keyed_options(canny, latents=False)
+    assert settings["canny_low"] == 50 and "softedge_sigma" not in settings
+    assert "canny_low" not in keyed_options(RunConfig(prompt="a", canny_low=50), latents=False)[0]  # no --control
+    softer = RunConfig(prompt="a", control=("softedge",), softedge_sigma=3.0)
+    assert keyed_options(softer, latents=False)[0]["softedge_sigma"] == 3.0

@@ -4,9 +4,14 @@ they hold, the hooks they document, and the README's test command that CI runs."
 from __future__ import annotations
 
 import importlib.util
+import types
 from pathlib import Path
 
+import numpy as np
+import pytest
+
 from conftest import make_clip
+from helpers.checks import no_heavy_work  # noqa: F401  (a fixture, used by name)
 
 REPO = Path(__file__).resolve().parents[2]
 DOCS = REPO / "docs"
@@ -113,7 +118,7 @@ def test_every_hook_has_a_docstring_and_is_in_the_docs():
 
     page = (DOCS / "plugins" / "hooks.md").read_text()
     names = [n for n in dir(hookspecs) if n.startswith(("register_", "choose_"))]
-    assert len(names) == 11
+    assert len(names) == 12
     for name in names:
         assert getattr(hookspecs, name).__doc__, name
         assert f"`{name}" in page, f"hook {name} is not documented in docs/plugins/hooks.md"
@@ -125,3 +130,69 @@ def test_ci_runs_the_readme_test_command():
     assert test_command == "python -m pytest -q"
     ci = (REPO / ".ci" / "run").read_text()
     assert ci.rstrip().splitlines()[-1] == test_command
+
+
+def tiny_dpt(folder: Path) -> Path:
+    """A small random DPT depth model and its image processor, saved as transformers' save_pretrained saves them."""
+    import torch
+    from transformers import DPTConfig, DPTForDepthEstimation, DPTImageProcessor
+
+    config = DPTConfig(
+        image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=37,
+        neck_hidden_sizes=[8, 16, 32, 32], fusion_hidden_size=16, backbone_out_indices=[0, 1, 2, 3],
+        reassemble_factors=[4, 2, 1, 0.5], is_hybrid=False, initializer_range=0.2,  # weights large enough to vary
+    )  # fmt: skip
+    torch.manual_seed(0)
+    DPTForDepthEstimation(config).save_pretrained(folder)
+    DPTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
+    return folder
+
+
+def annotator_example() -> types.ModuleType:
+    """The annotator page's example, run as written into a module of its own, as a plugin package's would be."""
+    example = types.ModuleType("depth_example")
+    exec(
+        compile(_fenced(DOCS / "plugins" / "annotators.md", "python"), "docs/plugins/annotators.md", "exec"),
+        example.__dict__,
+    )
+    return example
+
+
+def test_the_annotator_example_says_plainly_when_it_has_no_weights(tmp_path, no_heavy_work):
+    from helpers.cli import one_error_line, vedit
+    from vedit import plugins
+    from vedit.errors import ConfigError, ModelError
+
+    example = annotator_example()
+    depth = example.Depth()
+    depth.options = depth.Options()
+    with pytest.raises(ConfigError) as error:
+        depth.check()
+    assert str(error.value) == (
+        "annotator 'depth' needs weights: pass depth_weights=FOLDER, a DPT model saved by transformers (such as "
+        "Intel/dpt-hybrid-midas); nothing is downloaded"
+    )
+    depth.options = depth.Options(weights=str(tmp_path))
+    with pytest.raises(ModelError, match=r"depth_weights='.*': no model.safetensors there; give the folder"):
+        depth.check()
+    # registered as a plugin package's module is: the run stops before any work, in the example's words
+    plugins.get_plugin_manager().register(example, name="depth-example")
+    clip = make_clip(tmp_path / "clip.mp4")
+    result = vedit("run", clip, "-p", "x", "--model", "tiny", "--control", "depth", "-o", tmp_path / "o.mp4")
+    assert result.exit_code == 4
+    assert one_error_line(result) == (
+        "vedit: error: annotator 'depth' needs weights: pass --depth-weights FOLDER, a DPT model saved by "
+        "transformers (such as Intel/dpt-hybrid-midas); nothing is downloaded"
+    )
+
+
+@pytest.mark.slow
+def test_the_annotator_example_makes_depth_maps_with_local_weights(tmp_path):
+    depth = annotator_example().Depth()
+    depth.options = depth.Options(weights=str(tiny_dpt(tmp_path / "dpt")))
+    depth.check()
+    frames = np.random.default_rng(0).integers(0, 256, (2, 48, 64, 3), dtype=np.uint8)
+    made = depth.annotate(frames)
+    assert made.shape == frames.shape and made.dtype == np.uint8
+    assert [(int(m.min()), int(m.max())) for m in made] == [(0, 255), (0, 255)]  # scaled per frame
+    assert np.array_equal(made[..., 0], made[..., 2]) and not np.array_equal(made[0], made[1])

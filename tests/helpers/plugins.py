@@ -37,6 +37,19 @@ def registered_family(family: Any) -> Iterator[Any]:
 
 
 @contextlib.contextmanager
+def registered_annotator(annotator: Any) -> Iterator[Any]:
+    """Annotator ``annotator`` registered (through ``register_annotators``) while the block runs."""
+
+    class Plugin:
+        @hookimpl
+        def register_annotators(self, register):
+            register(annotator)
+
+    with _registered(Plugin(), f"{annotator.name}-annotator-plugin"):
+        yield annotator
+
+
+@contextlib.contextmanager
 def _registered(plugin: Any, name: str) -> Iterator[None]:
     pm = plugins.get_plugin_manager()
     pm.register(plugin, name=name)

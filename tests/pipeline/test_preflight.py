@@ -303,3 +303,22 @@ def test_an_ffmpeg_without_vp9_is_refused_before_any_work(clip, tmp_path, monkey
     assert result.exit_code == 3, result.output
     assert "has no libvpx-vp9 encoder, which .webm files need" in one_error_line(result)
     assert not out.exists() and not (tmp_path / "cache").exists()
+
+
+def test_a_control_clip_that_does_not_fit_is_refused_before_the_model_loads(clip, tmp_path, no_heavy_work):
+    wrong = make_clip(tmp_path / "wrong.mp4", frames=7)
+    line = _refused(tmp_path, clip, "--model", "tiny", "--control", wrong, "--controlnet", "random", code=2)
+    assert line == (
+        f"vedit: error: --control {wrong}: the control clip gives 7 frames and the source 12; a control clip needs "
+        "one frame for each frame of the source"
+    )
+    (tmp_path / "notes.mp4").write_text("not a video\n")
+    assert "notes.mp4: not a readable video" in _refused(
+        tmp_path, clip, "--model", "tiny", "--control", tmp_path / "notes.mp4", "--controlnet", "random", code=2
+    )
+    assert "--canny-low 200 must be below --canny-high 200" in _refused(
+        tmp_path, clip, "--model", "tiny", "--control", "canny", "--canny-low", "200"
+    )
+    assert "'nosuch' is neither an annotator (canny, softedge) nor an existing control clip" in _refused(
+        tmp_path, clip, "--model", "tiny", "--control", "nosuch:0.5", code=2
+    )

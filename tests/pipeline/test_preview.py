@@ -14,7 +14,9 @@ from helpers.preview import OPTIONS, N, Recorder, clip, halves, sd, sha, sheet, 
 from vedit import invert
 from vedit.errors import ConfigError, OutputError
 from vedit.pipeline.preview import (
+    BACKGROUND,
     GAP,
+    contact_sheet,
     default_frames,
     estimate_full_run,
     parse_frames,
@@ -127,6 +129,26 @@ def test_the_sheet_holds_each_source_frame_beside_its_edit(clip, source_frames, 
     assert rows["full run"].startswith(
         "about 152 UNet image-forwards (inversion 32, keyframe 24, propagation 96), about "
     ) and rows["full run"].endswith("at this preview's speed (without writing the video)")
+
+
+def test_control_frames_sit_between_each_source_and_its_edit():
+    rng = np.random.default_rng(0)
+    sources, edges, depth, edited = (rng.integers(0, 256, (3, 16, 24, 3), dtype=np.uint8) for _ in range(4))
+    sheet_image, tiles = contact_sheet(sources, edited, ["frame 0", "frame 4", "frame 8"], controls=[edges, depth])
+    for i, (x, y) in enumerate(tiles):  # source | edges | depth | edit, side by side
+        assert np.array_equal(sheet_image[y : y + 16, x : x + 24], sources[i])
+        assert np.array_equal(sheet_image[y : y + 16, x + 24 : x + 48], edges[i])
+        assert np.array_equal(sheet_image[y : y + 16, x + 48 : x + 72], depth[i])
+        assert np.array_equal(sheet_image[y : y + 16, x + 72 : x + 96], edited[i])
+        assert (sheet_image[y : y + 16, x + 96 : x + 96 + GAP] == BACKGROUND).all()  # the tile ends there
+    # tiles four frames wide: the grid of about square aspect is three tiles in a column
+    assert len({x for x, _ in tiles}) == 1 and sheet_image.shape[1] == 4 * 24 + 2 * GAP
+    plain, plain_tiles = contact_sheet(sources, edited, ["frame 0", "frame 4", "frame 8"])
+    assert np.array_equal(plain, contact_sheet(sources, edited, ["frame 0", "frame 4", "frame 8"], controls=[])[0])
+    x, y = plain_tiles[0]
+    assert np.array_equal(plain[y : y + 16, x + 24 : x + 48], edited[0])  # without controls: the edit beside it
+    with pytest.raises(ValueError, match=r"control frames \(2, 16, 24, 3\) differ in shape"):
+        contact_sheet(sources, edited, controls=[edges[:2]])
 
 
 def test_an_inversion_file_is_sliced_with_the_pipelines_checks(clip, sd, tmp_path):

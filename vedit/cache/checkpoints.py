@@ -20,8 +20,6 @@ it damaged, is one warning line, never a failed run.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import os
 import queue
 import tempfile
@@ -39,7 +37,7 @@ from safetensors.torch import save_file
 
 from ..errors import OutputError
 from .checksums import ChecksumMismatch, check_tensor, checksums_of, file_sha256, with_checksums
-from .files import CacheEntry, cache_root, failure_reason, partial_prefix, scan_folder, sweep_partials
+from .files import CacheEntry, cache_root, failure_reason, partial_prefix, scan_folder, stable_key, sweep_partials
 from .keys import keyed_options
 
 FORMAT = "vedit-checkpoint/1"
@@ -75,7 +73,7 @@ def checkpoint_key(
         "options": options,
         **({"controls": controls} if controls else {}),
     }
-    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:32]
+    return stable_key(key)
 
 
 def inversion_file_identity(path: str | os.PathLike) -> str:

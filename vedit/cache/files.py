@@ -1,15 +1,20 @@
-"""What vedit's caches on disk share (the inversion cache and the checkpoints): where they are, sizes in
-binary units, the temporary files of writes in progress and the sweeping of those that killed writers
-left, the listing of a folder's entries and their age, and the words for a failure of the file system."""
+"""What vedit's caches on disk share (the inversion cache, the annotations and the checkpoints): where they are,
+keys, sizes in binary units, the temporary files of writes in progress and the sweeping of those that killed
+writers left, the listing of a folder's entries, their age and their eviction, and the words for a failure of the
+file system."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from safetensors import safe_open
 
@@ -24,6 +29,12 @@ MB = 2**20
 def gb_to_bytes(gb: float) -> int:
     """``--cache-max-gb`` as the ``max_bytes`` of :class:`InversionCache` (1 GB = 2**30 bytes)."""
     return int(gb * GB)
+
+
+def stable_key(fields: Mapping[str, Any]) -> str:
+    """A cache key over ``fields``: the first 32 hex digits of the SHA-256 of their sorted JSON (a value JSON
+    has no form for, as its text)."""
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
 def partial_prefix(name: str) -> str:
@@ -98,12 +109,12 @@ def failure_reason(error: BaseException) -> str:
     return text[:160]
 
 
-def scan_folder(root: Path, *, metadata: bool) -> list[CacheEntry]:
-    """Every .safetensors file in ``root``, oldest modification first, with its metadata when
-    asked; OSError if the folder cannot be listed. A missing folder is empty."""
+def scan_folder(root: Path, *, metadata: bool, suffix: str = ".safetensors") -> list[CacheEntry]:
+    """Every file in ``root`` whose name ends in ``suffix``, oldest modification first, with its metadata when
+    asked (safetensors files); OSError if the folder cannot be listed. A missing folder is empty."""
     try:
         with os.scandir(root) as listing:
-            names = [item.name for item in listing if item.name.endswith(".safetensors")]
+            names = [item.name for item in listing if item.name.endswith(suffix)]
     except FileNotFoundError:
         return []
     found = []
@@ -123,6 +134,27 @@ def scan_folder(root: Path, *, metadata: bool) -> list[CacheEntry]:
         found.append(CacheEntry(path, stat.st_size, stat.st_mtime, info))
     found.sort(key=lambda entry: (entry.modified, entry.path.name))
     return found
+
+
+def evict_least_recent(entries: list[CacheEntry], max_bytes: int, *, keep: Path | None = None) -> tuple[int, int]:
+    """Delete ``entries`` (least recently used first, as :func:`scan_folder` lists them) until the rest hold at
+    most ``max_bytes``, never ``keep``; returns (files, bytes) deleted. OSError if one cannot be deleted."""
+    total = sum(entry.size_bytes for entry in entries)
+    files = freed = 0
+    for entry in entries:
+        if total <= max_bytes:
+            break
+        if entry.path == keep:
+            continue
+        try:
+            entry.path.unlink()
+        except FileNotFoundError:
+            pass  # another run removed it: it no longer counts, but we did not free it
+        else:
+            files += 1
+            freed += entry.size_bytes
+        total -= entry.size_bytes
+    return files, freed
 
 
 def describe_age(seconds: float) -> str:

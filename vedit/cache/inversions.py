@@ -4,8 +4,6 @@ inverted latents depend on (:func:`cache_key`), kept under a size cap, least rec
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import os
 import warnings
 from collections.abc import Callable
@@ -15,7 +13,17 @@ from safetensors import SafetensorError
 
 from ..errors import ConfigError, InputError, OutputError
 from ..method.trajectory import FORMAT, Trajectory, TrajectoryWriter
-from .files import GB, MB, CacheEntry, cache_root, failure_reason, scan_folder, sweep_partials
+from .files import (
+    GB,
+    MB,
+    CacheEntry,
+    cache_root,
+    evict_least_recent,
+    failure_reason,
+    scan_folder,
+    stable_key,
+    sweep_partials,
+)
 
 
 def cache_key(
@@ -39,7 +47,7 @@ def cache_key(
         "source_prompt": source_prompt,
         "dtype": dtype,
     }
-    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:32]
+    return stable_key(fields)
 
 
 def _damage(error: InputError, path: Path) -> str:
@@ -230,23 +238,7 @@ class InversionCache:
         return scan_folder(self.root, metadata=metadata)
 
     def _evict(self, max_bytes: int, *, keep: Path | None = None) -> tuple[int, int]:
-        entries = self._scan(metadata=False)
-        total = sum(entry.size_bytes for entry in entries)
-        files = freed = 0
-        for entry in entries:
-            if total <= max_bytes:
-                break
-            if entry.path == keep:
-                continue
-            try:
-                entry.path.unlink()
-            except FileNotFoundError:
-                pass  # another run removed it: it no longer counts, but we did not free it
-            else:
-                files += 1
-                freed += entry.size_bytes
-            total -= entry.size_bytes
-        return files, freed
+        return evict_least_recent(self._scan(metadata=False), max_bytes, keep=keep)
 
     def entries(self) -> list[CacheEntry]:
         """Every entry with its metadata, least recently used first; [] when the folder does not exist.

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..config import RunConfig, host_names, host_specs
+from ..config import RunConfig, host_names, host_specs, path_and_suffix
 from ..plugins.options import LATENT_KINDS, declared, flat_names, identifier
 from ..quality.postprocess import parse
 
@@ -17,10 +17,11 @@ _KEYED_SINCE_BEFORE = (
 
 
 def plugins_used(config: RunConfig) -> list[str]:
-    """The plugins a run with ``config`` uses by name: its editor, propagator, engines, post-processors and
-    flow backend."""
+    """The plugins a run with ``config`` uses by name: its editor, propagator, engines, post-processors, flow
+    backend and the annotators its ``--control`` names (a control clip's path names none)."""
     named = [config.editor, config.propagator, *config.engine.split(","), config.flow]
     named += [name for name, _ in parse(config.postprocess)]
+    named += [path_and_suffix(control)[0] for control in config.control]
     return list(dict.fromkeys(identifier(name.strip()) for name in named if name.strip()))
 
 

@@ -1,4 +1,4 @@
-"""``vedit cache``: list, remove and prune cached inversions and the checkpoints of stopped runs."""
+"""``vedit cache``: list, remove and prune cached inversions, annotations and the checkpoints of stopped runs."""
 
 from __future__ import annotations
 
@@ -43,19 +43,31 @@ def _print_checkpoints(entries, describe_age) -> None:
     )
 
 
+def _print_annotations(entries, root) -> None:
+    """One line for the cached annotations: how many, how large, where."""
+    total = sum(e.size_bytes for e in entries)
+    out_console.print(
+        f"{len(entries)} cached annotation{'s' if len(entries) != 1 else ''} (control frames), {total / 2**20:.1f} MB "
+        f"in {root}",
+        markup=False, soft_wrap=True,
+    )  # fmt: skip
+
+
 def add_to(app: typer.Typer) -> None:
     """Add ``vedit cache`` (list, rm, prune, clear) to ``app``."""
     cache_app = typer.Typer(
-        help="Manage the inversion cache and the checkpoints of stopped runs.", no_args_is_help=True
+        help="Manage the inversion cache, the cached annotations and the checkpoints of stopped runs.",
+        no_args_is_help=True,
     )
     app.add_typer(cache_app, name="cache")
 
     @cache_app.command("list")
     def cache_list(cache_dir: Optional[str] = typer.Option(None, help="Cache folder.")) -> None:
-        """List cached inversions, least recently used first, with the clip each came from, and checkpoints of \
-stopped runs."""
+        """List cached inversions, least recently used first, with the clip each came from, checkpoints of \
+stopped runs, and the cached annotations' total."""
         from rich.text import Text
 
+        from ..cache.annotations import AnnotationCache
         from ..cache.checkpoints import CheckpointStore
         from ..cache.files import describe_age, gb_to_bytes
         from ..cache.inversions import InversionCache
@@ -64,8 +76,12 @@ stopped runs."""
             cache = InversionCache(cache_dir)
             entries = cache.entries()
             checkpoints = CheckpointStore(cache_dir).entries()
+            annotations = AnnotationCache(cache_dir)
+            annotated = annotations.entries()
         if checkpoints:
             _print_checkpoints(checkpoints, describe_age)
+        if annotated:
+            _print_annotations(annotated, annotations.root)
         if not entries:
             out_console.print(f"no cached inversions in {cache.root}", markup=False, soft_wrap=True)
             return
@@ -140,7 +156,8 @@ stopped runs."""
         max_gb: float = typer.Option(
             RunConfig.cache_max_gb,
             "--max-gb",
-            help="Delete least recently used inversions until the cache holds at most this much.",
+            help="Delete least recently used inversions until the cache holds at most this much, and annotations "
+            "likewise, counted apart.",
         ),
         checkpoint_days: float = typer.Option(
             CHECKPOINT_DAYS,
@@ -149,7 +166,8 @@ stopped runs."""
         ),
         cache_dir: Optional[str] = typer.Option(None, help="Cache folder."),
     ) -> None:
-        """Shrink the cache: least recently used inversions down to a size, and old checkpoints."""
+        """Shrink the cache: least recently used inversions and annotations down to a size, and old checkpoints."""
+        from ..cache.annotations import AnnotationCache
         from ..cache.checkpoints import CheckpointStore
         from ..cache.files import gb_to_bytes
         from ..cache.inversions import InversionCache
@@ -163,11 +181,22 @@ stopped runs."""
             store = CheckpointStore(cache_dir)
             kept_files, kept_freed = store.prune(checkpoint_days * 86400.0)
             kept_left = store.entries()
+            annotations = AnnotationCache(cache_dir)
+            annotated = annotations.entries()
+            if annotated:
+                annotated_files, annotated_freed = annotations.prune(gb_to_bytes(max_gb))
+                annotated_left = annotations.entries()
         out_console.print(
             f"removed {files} cached inversions ({freed / 2**20:.1f} MB); "
             f"{len(left)} left, {sum(e.size_bytes for e in left) / 2**20:.1f} MB",
             markup=False,
         )
+        if annotated:
+            out_console.print(
+                f"removed {annotated_files} cached annotations ({annotated_freed / 2**20:.1f} MB); "
+                f"{len(annotated_left)} left, {sum(e.size_bytes for e in annotated_left) / 2**20:.1f} MB",
+                markup=False,
+            )
         plural = "s" if kept_files != 1 else ""
         out_console.print(
             f"removed {kept_files} checkpoint{plural} older than {checkpoint_days:g} days "
@@ -177,15 +206,18 @@ stopped runs."""
 
     @cache_app.command("clear")
     def cache_clear(cache_dir: Optional[str] = typer.Option(None, help="Cache folder.")) -> None:
-        """Delete every cached inversion and every checkpoint of a stopped run."""
+        """Delete every cached inversion, every cached annotation and every checkpoint of a stopped run."""
+        from ..cache.annotations import AnnotationCache
         from ..cache.checkpoints import CheckpointStore
         from ..cache.inversions import InversionCache
 
         with user_errors():
             files, freed = InversionCache(cache_dir).clear()
+            annotated, annotated_bytes = AnnotationCache(cache_dir).clear()
             kept, kept_bytes = CheckpointStore(cache_dir).clear()
         out_console.print(
-            f"removed {files} cached inversions ({freed / 2**20:.1f} MB) and {kept} "
-            f"checkpoint{'s' if kept != 1 else ''} ({kept_bytes / 2**20:.1f} MB)",
+            f"removed {files} cached inversions ({freed / 2**20:.1f} MB), {annotated} cached annotations "
+            f"({annotated_bytes / 2**20:.1f} MB) and {kept} checkpoint{'s' if kept != 1 else ''} "
+            f"({kept_bytes / 2**20:.1f} MB)",
             markup=False,
         )

@@ -12,7 +12,8 @@ from typing import Any, ClassVar
 
 from ..config import path_and_suffix
 from ..errors import ConfigError, InputError
-from ..options import check_number, option_label, option_value
+from ..options import Options as PluginOptions
+from ..options import check_number, option, option_label, option_value
 
 MAX_SCALE = 10.0  # a ControlNet's conditioning scale: diffusers' pipelines use 0–2; past 10 nothing of the edit is left
 
@@ -22,18 +23,29 @@ class Annotator:
 
     ``annotate(frames)`` takes a batch of the source's selected frames at the working size, (b, H, W, 3) uint8 RGB,
     and returns the control frames the ControlNet sees, the same shape and dtype (a one-channel map repeated
-    three times, as ControlNets are trained). Its options, if it declares an ``Options`` class, are in
-    ``self.options`` when it runs (``--<name>-<option>`` flags, ``[run.<name>]`` tables).
+    three times, as ControlNets are trained). Its options are in ``self.options`` when it runs
+    (``--<name>-<option>`` flags, ``[run.<name>]`` tables): those of :class:`Annotator.Options`, which every
+    annotator has, and those its own ``Options`` class, a subclass of it, adds.
 
     - ``version``: raise it whenever ``annotate`` computes something different: it enters the cache key of the
       annotations, which are computed once per clip and kept beside its inversion.
     - ``controlnets``: the ControlNet (hub id or folder) to use with it for each model family (``"sd1"``,
-      ``"sd2"``, ``"sdxl"``) when ``--controlnet`` leaves it out; an ``Options`` field ``controlnet`` set by the
-      user (``[run.canny] controlnet = "..."``) comes first.
+      ``"sd2"``, ``"sdxl"``) when ``--controlnet`` leaves it out; its option ``controlnet`` set by the user
+      (``[run.canny] controlnet = "..."``) comes first.
     - ``check()``: raise a :class:`~vedit.errors.VeditError` when it cannot run (an annotator that needs weights
       it was not given says so here, in preflight, before any heavy work).
     - ``batch_size``: frames per ``annotate`` call.
     """
+
+    class Options(PluginOptions):
+        """The options every annotator has: they choose the ControlNet, not the control frames, so they stay out
+        of the annotations' cache key."""
+
+        controlnet: str | None = option(
+            None,
+            help="The ControlNet for these control frames when --controlnet leaves it out: a hub id in the local "
+            "cache or a local diffusers folder (an absolute path).",
+        )
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
@@ -109,10 +121,8 @@ def control_sources(
                 f"{where}: {head!r} is neither an annotator ({known}) nor an existing control clip or folder of frames"
             )
         if controlnet is None:
-            raise ConfigError(
-                f"{where}: a control clip needs its ControlNet: pass "
-                f"{option_value('controlnet', 'ID_OR_PATH', placeholder=True)} for it (in the same position)"
-            )
+            given = option_value("controlnet", "ID_OR_PATH", placeholder=True)
+            raise ConfigError(f"{where}: a control clip needs its ControlNet: pass {given} in the same position")
         sources.append(ControlSource(text, scale, None, str(path), controlnet))
     return sources
 

@@ -90,6 +90,16 @@ class FrameReader:
             raise InputError(self._nothing_selected())
         self.timestamps: list[float] = self._planned_timestamps()
 
+    def matching(self, path: str | os.PathLike | None = None, *, info: VideoInfo | None = None) -> FrameReader:
+        """A new reader of ``path`` (by default this reader's own clip, read again) that reads it as this one does:
+        the same frame selection, size and timing, so that its frame i goes with this reader's frame i."""
+        if path is None:
+            path, info = self.path, self.info
+        return FrameReader(
+            path, frames=self.frames, size=self.size, info=info, allow_short=self.allow_short,
+            keep_timestamps=self.keep_timestamps,
+        )  # fmt: skip
+
     def __len__(self) -> int:
         return len(self.indices)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
@@ -117,14 +117,11 @@ def postprocess_context(config: RunConfig, clip: Clip, frames: int | None = None
     the working size, so the source frames they may ask for are read again at that size."""
     from ..quality.postprocess import Context
 
-    def source() -> FrameReader:
-        return FrameReader(
-            clip.info.path, frames=clip.reader.frames, size=clip.reader.size, info=clip.info,
-            allow_short=config.allow_short, keep_timestamps=config.keep_timestamps,
-        )  # fmt: skip
-
     count = len(clip.reader) if frames is None else frames
-    return Context(fps=clip.fps, size=clip.reader.size, frames=count, flow=config.flow, source=source, config=config)
+    return Context(
+        fps=clip.fps, size=clip.reader.size, frames=count, flow=config.flow, source=clip.reader.matching,
+        config=config,
+    )  # fmt: skip
 
 
 def _resolve_postprocessors(config: RunConfig, clip: Clip) -> list[Any]:
@@ -148,6 +145,7 @@ class Preflight:
     dtype: torch.dtype
     steps_run: int
     inversion_metadata: dict[str, str] | None  # of the --inversion file
+    controls: list[Any] = field(default_factory=list)  # vedit.control.sources.ControlSource, checked
 
 
 def preflight(
@@ -158,6 +156,7 @@ def preflight(
 
     Public: tools that drive many edits (``vedit batch``) check each with it before any work.
     ``editing=False`` checks an inversion only (no editor, propagator or post-processors)."""
+    from ..control.frames import check_controls
     from ..model.device import resolve_device, resolve_dtype
     from ..model.loading import peek_scheduler
     from ..model.single_file import check_checkpoint_file
@@ -180,6 +179,7 @@ def preflight(
         for note in unused_options(config, {"editor": editor.name, "propagator": propagator.name}):
             reporter.warning(note)
     postprocessors = _resolve_postprocessors(config, clip) if editing else []
+    controls = check_controls(config, clip, reporter=reporter) if editing else []
     if editing:
         requested_output_size(config, clip)
         if config.eval:
@@ -217,7 +217,7 @@ def preflight(
         metadata = read_metadata(config.inversion, needs=RUN_FIELDS)
         _check_inversion_file(config, metadata, clip, sampling_timesteps(scheduler, config.steps), reporter)
     return Preflight(
-        clip, editor, propagator, postprocessors, engines, strict_engine, device, dtype, steps_run, metadata
+        clip, editor, propagator, postprocessors, engines, strict_engine, device, dtype, steps_run, metadata, controls
     )
 
 

@@ -424,42 +424,51 @@ def _font(width: int) -> tuple[float, int]:
 
 
 def contact_sheet(
-    sources: np.ndarray, edited: np.ndarray, captions: Sequence[str] | None = None
+    sources: np.ndarray,
+    edited: np.ndarray,
+    captions: Sequence[str] | None = None,
+    controls: Sequence[np.ndarray] | None = None,
 ) -> tuple[np.ndarray, list[tuple[int, int]]]:
-    """Pairs source | edited ((P, H, W, 3) uint8 each) on a grid of about square aspect, each under
-    a small caption strip; returns the sheet (H', W', 3) uint8 RGB and, per pair, the (x, y) of its
-    source image (its edit is at x + W). The frames' own pixels are copied unchanged."""
+    """Each frame as a row of images, source | its control frames … | edited ((P, H, W, 3) uint8 each; ``controls``
+    holds one such array per control, in order), on a grid of about square aspect, each row under a small
+    caption strip; returns the sheet (H', W', 3) uint8 RGB and, per frame, the (x, y) of its source image (its
+    control frames are at x + W, x + 2W, …, its edit at x + (1 + len(controls))·W). The frames' own pixels are
+    copied unchanged."""
     import cv2
 
     count, height, width, _ = sources.shape
     if edited.shape != sources.shape:
         raise ValueError(f"source frames {sources.shape} and edited frames {edited.shape} differ in shape")
+    panels = [sources, *(controls or ()), edited]  # left to right
+    for control in panels[1:-1]:
+        if control.shape != sources.shape:
+            raise ValueError(f"source frames {sources.shape} and control frames {control.shape} differ in shape")
     captions = list(captions) if captions is not None else [""] * count
     scale, thickness = _font(width)
     font = cv2.FONT_HERSHEY_SIMPLEX
     (_, text_height), baseline = cv2.getTextSize("0", font, scale, thickness)
     strip = text_height + baseline + 4
-    pair_w, pair_h = 2 * width, height + strip
+    tile_w, tile_h = len(panels) * width, height + strip
     columns = min(
         range(1, count + 1),
         key=lambda c: abs(
-            math.log((c * pair_w + (c + 1) * GAP) / (math.ceil(count / c) * pair_h + (math.ceil(count / c) + 1) * GAP))
+            math.log((c * tile_w + (c + 1) * GAP) / (math.ceil(count / c) * tile_h + (math.ceil(count / c) + 1) * GAP))
         ),
     )
     rows = math.ceil(count / columns)
-    sheet = np.full((rows * pair_h + (rows + 1) * GAP, columns * pair_w + (columns + 1) * GAP, 3), BACKGROUND, np.uint8)
+    sheet = np.full((rows * tile_h + (rows + 1) * GAP, columns * tile_w + (columns + 1) * GAP, 3), BACKGROUND, np.uint8)
     tiles = []
     for i in range(count):
         row, column = divmod(i, columns)
-        x = GAP + column * (pair_w + GAP)
-        y = GAP + row * (pair_h + GAP) + strip
+        x = GAP + column * (tile_w + GAP)
+        y = GAP + row * (tile_h + GAP) + strip
         text, size = captions[i], scale
-        while size > 0.2 and cv2.getTextSize(text, font, size, thickness)[0][0] > pair_w - 4:
-            size -= 0.05  # a long caption over a narrow pair: smaller
+        while size > 0.2 and cv2.getTextSize(text, font, size, thickness)[0][0] > tile_w - 4:
+            size -= 0.05  # a long caption over a narrow tile: smaller
         cv2.putText(sheet, text, (x + 2, y - baseline - 2), font, size, (INK, INK, INK), thickness, cv2.LINE_AA)
         # pasted after the caption, so that nothing of it reaches into the frames
-        sheet[y : y + height, x : x + width] = sources[i]
-        sheet[y : y + height, x + width : x + pair_w] = edited[i]
+        for position, panel in enumerate(panels):
+            sheet[y : y + height, x + position * width : x + (position + 1) * width] = panel[i]
         tiles.append((x, y))
     return sheet, tiles
 
