@@ -52,6 +52,7 @@ from .stages import (
     inversion_cache,
     inversion_key,
     invert_latents,
+    load_controls,
     read_ahead,
     reading_batch,
     to_uint8,
@@ -323,11 +324,12 @@ def preview(
                 forwards.update(used)
         stages["invert"] = time.perf_counter() - mark
 
-    # The preview frames' edit: the run's editor, the propagator's preview form.
+    # The preview frames' edit: the run's editor, the propagator's preview form, the run's controls.
     mark = time.perf_counter()
+    controls = load_controls(model, config, checked, frames_sha, reporter, frames=chosen)
     edited, used, steps_run, denoise_engines = edit_latents(
         model, config, dataclasses.replace(checked, propagator=shown), latents, trajectory, embeds,
-        _Renamed(reporter, {"denoise": "preview"}),
+        _Renamed(reporter, {"denoise": "preview"}), controls=controls,
     )  # fmt: skip
     for kind, count in used.items():
         forwards[kind] = forwards.get(kind, 0) + count
@@ -344,7 +346,10 @@ def preview(
     mark = time.perf_counter()
     indices = list(clip.reader.indices)
     source_frames = [int(indices[k]) for k in chosen]
-    sheet, tiles = contact_sheet(source, np.concatenate(pictures), captions=_captions(chosen, source_frames))
+    shown_controls = None if controls is None else [np.asarray(frames) for frames in controls.frames]
+    sheet, tiles = contact_sheet(
+        source, np.concatenate(pictures), captions=_captions(chosen, source_frames), controls=shown_controls
+    )
     write_png(sheet, output)
     stages["write"] = time.perf_counter() - mark
 
