@@ -145,3 +145,21 @@ def test_every_family_takes_its_controlnet_in_the_passes(spec):
     assert torch.equal(zero, plain)
     assert torch.equal(one[:2], plain[:2])  # the source branch
     assert relative_error(one[2:], plain[2:]) > 1e-3
+
+
+def test_the_engine_cache_key_covers_the_controlnets_weights(sd, nets, tmp_path):
+    def parts(controlnets, controlled):
+        with Passes(sd, [plugins.get("engine", "eager")], controlnets=controlnets) as passes:
+            target = passes._target("frames", (2,), controlled)
+            return target.parts("torchscript", [(6, 4, H, W)]), target
+
+    plain, target = parts([], False)
+    assert "control" not in plain  # a run without controls keeps the keys it always had
+    first, target = parts(nets[:1], True)
+    other, _ = parts(nets[1:], True)
+    assert first["control"] != other["control"]
+    assert nets[0].fingerprint in first["control"]
+    cache = EngineCache(tmp_path)
+    folders = {cache.folder(p, target.IDENTITY) for p in (plain, first, other)}
+    assert len(folders) == 3  # one entry each: swapping ControlNets does not overwrite another's engines
+    assert target.spec.batched_inputs["control_0"] == "frames"
