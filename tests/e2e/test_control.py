@@ -163,3 +163,17 @@ def test_the_preview_shows_the_control_frames_between_source_and_edit(clip, cach
     for (x, y), k in zip(result.tiles, [1, 5]):
         expected = canny().annotate(frames[k : k + 1])[0]
         assert np.array_equal(sheet[y : y + height, x + width : x + 2 * width], expected)
+
+
+def test_the_command_line_runs_controls_and_names_them_in_the_summary(clip, tmp_path):
+    from helpers.cli import vedit as cli
+
+    out = tmp_path / "out.mp4"
+    result = cli(
+        "run", clip, "-o", out, "-p", "a statue", "--model", "tiny", "--steps", "2", "--inversion-steps", "2",
+        "--size", "64x48", "--control", "canny:0.5", "--controlnet", "random", "--canny-low", "50",
+        "--control-end", "0.5", "--cache-dir", tmp_path / "cache",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "canny ×0.5 via random, steps 0–0.5" in result.output
+    assert out.is_file()
