@@ -93,9 +93,9 @@ def _placed(module: Any, device: torch.device, dtype: torch.dtype) -> Any:
 def _pretrained(spec: str, model: Any) -> Any:
     from diffusers import ControlNetModel
 
-    from ..model.loading import _hub_reachable, _is_hub_id, _is_load_error, _offline, _route_library_logs
+    from ..model.loading import hub_unreachable, is_hub_id, is_load_error, route_library_logs
 
-    _route_library_logs()
+    route_library_logs()
     path = Path(spec).expanduser()
     if path.is_file():
         raise ModelError(
@@ -106,17 +106,17 @@ def _pretrained(spec: str, model: Any) -> Any:
         if not (path / "config.json").is_file():
             raise ModelError(f"ControlNet folder '{spec}' has no config.json: it is not a diffusers ControlNet")
         source, local = str(path.resolve()), True
-    elif spec.startswith((".", "/", "~")) or not _is_hub_id(spec):
+    elif spec.startswith((".", "/", "~")) or not is_hub_id(spec):
         raise ModelError(
             f"ControlNet '{spec}' is neither an existing diffusers folder nor a hub id; "
             f"{option_value('controlnet', 'random')} makes one with random weights"
         )
     else:
-        source, local = spec, _offline() or not _hub_reachable()
+        source, local = spec, hub_unreachable()
     try:
         module = ControlNetModel.from_pretrained(source, torch_dtype=model.dtype, local_files_only=local)
     except Exception as error:
-        if not _is_load_error(error):
+        if not is_load_error(error):
             raise
         where = "this folder" if path.is_dir() else "the local Hugging Face cache or the hub"
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

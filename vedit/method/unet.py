@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
@@ -240,8 +240,56 @@ class ControlledUNet:
         if control is not None:
             if not self.controlnets:
                 raise RuntimeError("a UNet call with control inputs, but the controlled UNet has no ControlNets")
-            from .control import residuals
-
             kwargs.update(residuals(self.controlnets, latents, t, text, ctx, control, self.unet_inputs))
         with self._using(ctx):
             return self.unet(latents, t, **kwargs, return_dict=False)[0]
+
+
+@dataclass(frozen=True)
+class ControlInputs:
+    """What the ControlNets of one UNet call take: per ControlNet, images (frames of the call, 3, H, W) in
+    [0, 1], and their scales (m,) at this step."""
+
+    images: tuple[torch.Tensor, ...]
+    scales: torch.Tensor
+
+
+def residuals(
+    controlnets: Sequence[nn.Module],
+    latents: torch.Tensor,
+    t: torch.Tensor,
+    text: torch.Tensor,
+    ctx: CallContext,
+    control: ControlInputs,
+    unet_inputs: Any,
+) -> dict[str, Any]:
+    """The UNet's keyword arguments that add the ControlNets' residuals: zeros on the source branch's rows (a
+    call with a source branch first), each ControlNet's scaled output on every other row, summed."""
+    skip = ctx.frames if ctx.branches[:1] == (SOURCE,) and len(ctx.branches) > 1 else 0
+    edit_latents, edit_text = latents[skip:], text[skip:]
+    kwargs = unet_inputs(edit_text)
+    down: list[torch.Tensor] | None = None
+    mid: torch.Tensor | None = None
+    for j, controlnet in enumerate(controlnets):
+        images = control.images[j].to(edit_latents.dtype)
+        repeats = edit_latents.shape[0] // images.shape[0]  # the edit branches of each frame share its image
+        if repeats > 1:
+            images = images.repeat(repeats, 1, 1, 1)
+        scale = control.scales[j].to(edit_latents.dtype)
+        blocks, middle = controlnet(
+            edit_latents, t, encoder_hidden_states=kwargs["encoder_hidden_states"], controlnet_cond=images,
+            conditioning_scale=1.0, added_cond_kwargs=kwargs.get("added_cond_kwargs"), return_dict=False,
+        )  # fmt: skip
+        blocks = [block * scale for block in blocks]
+        middle = middle * scale
+        down = blocks if down is None else [a + b for a, b in zip(down, blocks)]
+        mid = middle if mid is None else mid + middle
+    assert down is not None and mid is not None  # at least one ControlNet
+    if skip:
+        down = [_zeros_before(block, skip) for block in down]
+        mid = _zeros_before(mid, skip)
+    return {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
+
+
+def _zeros_before(x: torch.Tensor, rows: int) -> torch.Tensor:
+    return torch.cat([x.new_zeros((rows, *x.shape[1:])), x])

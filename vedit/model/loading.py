@@ -153,7 +153,7 @@ def load_model(
         if built is not None:
             model = build_model(built, device, dtype)
         elif is_checkpoint_file(spec):
-            _route_library_logs()
+            route_library_logs()
             model = load_single_file(Path(spec).expanduser().resolve(), model_config, device, dtype)
         else:
             model = _load_pretrained(spec, device, dtype, revision)
@@ -217,7 +217,7 @@ class _CurrentStderr:
         sys.stderr.flush()
 
 
-def _route_library_logs() -> None:
+def route_library_logs() -> None:
     """diffusers and transformers bind their log handler to ``sys.stderr`` when first imported; an
     embedding application (or a test runner) may have swapped and closed that stream since."""
     import logging
@@ -232,7 +232,7 @@ def _load_pretrained(spec: str, device: torch.device, dtype: torch.dtype, revisi
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-    _route_library_logs()
+    route_library_logs()
 
     folder = _local_folder(spec)
     source = str(folder) if folder else spec
@@ -272,7 +272,7 @@ def _load_pretrained(spec: str, device: torch.device, dtype: torch.dtype, revisi
                 warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")
                 parts[name] = load()
         except Exception as error:
-            if is_out_of_memory(error) or not _is_load_error(error):
+            if is_out_of_memory(error) or not is_load_error(error):
                 raise
             if folder is None and isinstance(error, OSError):  # not in the cache, not on the hub
                 raise ModelError(_hub_message(spec, revision, error)) from None
@@ -352,14 +352,14 @@ def _local_folder(spec: str) -> Path | None:
             f"{option_value('model', 'PATH', placeholder=True)} to a local diffusers folder or a "
             f"Hugging Face hub id; {option_value('model', 'tiny')} runs offline"
         )
-    if not _is_hub_id(spec):
+    if not is_hub_id(spec):
         raise ModelError(
             f"model '{spec}' is neither a folder nor a Hugging Face hub id (like '{DEFAULT_MODEL}'); {SPEC_HELP}"
         )
     return None
 
 
-def _is_hub_id(spec: str) -> bool:
+def is_hub_id(spec: str) -> bool:
     from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import validate_repo_id
 
@@ -421,6 +421,11 @@ def _hub_reachable(timeout: float = HUB_PROBE_TIMEOUT) -> bool:
         return False
 
 
+def hub_unreachable() -> bool:
+    """Whether hub files must come from the local cache alone: ``HF_HUB_OFFLINE``, or the hub not answering."""
+    return _offline() or not _hub_reachable()
+
+
 def _offline() -> bool:
     from huggingface_hub import constants
 
@@ -435,7 +440,7 @@ def _transformers_dtype_keyword() -> str:
     return "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
 
 
-def _is_load_error(error: BaseException) -> bool:
+def is_load_error(error: BaseException) -> bool:
     from safetensors import SafetensorError
 
     return isinstance(error, (OSError, ValueError, RuntimeError, SafetensorError, KeyError))
