@@ -100,3 +100,27 @@ def test_the_feed_picks_each_calls_frames_and_steps_scales():
     doubled = feed.inputs(torch.tensor([3, 1]), 0, repeats=2)
     assert torch.equal(doubled.images[0], torch.cat([expected, expected]))
     assert doubled.scales.tolist() == [0.0]
+
+
+def test_steps_outside_the_window_run_the_uncontrolled_passes():
+    from vedit.method.denoise import Denoiser, EditPlan, Step
+
+    calls = []
+
+    class Recording:
+        def plain(self, batch, t, text, *, kind=None, **control):
+            calls.append(control.get("control"))
+            return torch.zeros_like(batch)
+
+    frames = np.zeros((2, 8, 8, 3), dtype=np.uint8)
+    feed = ControlFeed([frames], step_scales(4, [0.7], 0.25, 0.75), torch.device("cpu"))
+    assert [feed.acts(i) for i in range(4)] == [False, True, True, False]
+    latents = torch.zeros(2, 4, 1, 1)
+    plan = EditPlan(timesteps=torch.tensor([900, 600, 300, 100]), start_latents=latents)
+    embeds = {"uncond": torch.zeros(1, 3, 2), "cond": torch.zeros(1, 3, 2)}
+    denoiser = Denoiser(Recording(), plan, embeds, 7.5, with_source=False, control=feed)
+    for index, t in enumerate(plan.timesteps):
+        denoiser(torch.arange(2), latents, Step(index=index, t=t, count=4))
+    assert [call is not None for call in calls] == [False, True, True, False]
+    assert calls[1].images[0].shape == (4, 3, 8, 8)  # the plain pass: one image per row, both branches
+    assert calls[1].scales.tolist() == pytest.approx([0.7])

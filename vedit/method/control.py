@@ -88,17 +88,24 @@ class ControlFeed:
     device, and every step's scales, sent once.
 
     ``frames`` holds per ControlNet the control frames of every frame the loop edits, (N, H, W, 3) uint8 arrays
-    (memory-mapped ones are read as needed); ``scales`` the scales by step, (steps, m)."""
+    (memory-mapped ones are read as needed); ``scales`` the scales by step, (steps, m). At a step where every
+    scale is 0 (outside ``--control-start``/``--control-end``) the calls run the uncontrolled passes instead,
+    which give the same output without running the ControlNets (:meth:`acts`)."""
 
     def __init__(self, frames: Sequence[Any], scales: Sequence[Sequence[float]], device: torch.device):
         self.frames = list(frames)
         self.device = device
+        self._acting = [any(scale != 0 for scale in row) for row in scales]
         self._scales = to_device(
             torch.tensor(scales, dtype=torch.float32).reshape(len(scales), len(self.frames)), device
         )
 
     def __len__(self) -> int:
         return len(self.frames)
+
+    def acts(self, step: int) -> bool:
+        """Whether any control acts at step index ``step`` (known on the host: no device wait)."""
+        return self._acting[step]
 
     def inputs(self, frames: torch.Tensor, step: int, repeats: int = 1) -> ControlInputs:
         """The control inputs of a call on ``frames`` (global indices among the loop's frames) at step index

@@ -198,12 +198,16 @@ class Denoiser:
         return self._guide(eps, n)
 
     def _control(self, frames: torch.Tensor, step: Step, repeats: int = 1) -> Any:
-        """The control inputs of a call on ``frames`` at ``step`` (None without controls)."""
-        return None if self.control is None else self.control.inputs(frames, step.index, repeats)
+        """The control inputs of a call on ``frames`` at ``step``: None without controls, or at a step none acts
+        in (the uncontrolled pass gives what every scale at 0 would, without running the ControlNets)."""
+        if self.control is None or not self.control.acts(step.index):
+            return None
+        return self.control.inputs(frames, step.index, repeats)
 
     def _controlled(self, frames: torch.Tensor, step: Step, repeats: int = 1) -> dict[str, Any]:
         """A pass call's ``control`` keyword: none at all without controls (a plugin's Passes need not know it)."""
-        return {} if self.control is None else {"control": self._control(frames, step, repeats)}
+        control = self._control(frames, step, repeats)
+        return {} if control is None else {"control": control}
 
     def run(
         self, name: str, frames: torch.Tensor, latents: torch.Tensor, step: Step, *inputs: torch.Tensor
