@@ -137,7 +137,15 @@ def test_checkpoint_keys_cover_the_controls():
     assert checkpoint_key(base.replace(control_end=0.5), **parts) != key
 
 
-def test_a_controlnet_for_another_family_or_none_configured_is_one_line_before_the_edit(clip, tmp_path):
+def test_a_controlnet_for_another_family_or_none_configured_is_one_line_before_the_edit(clip, tmp_path, monkeypatch):
+    import importlib
+
+    pipeline_edit = importlib.import_module("vedit.pipeline.edit")
+
+    def no_encoding(*args, **kwargs):
+        raise AssertionError("a frame was encoded before the ControlNets were checked")
+
+    monkeypatch.setattr(pipeline_edit, "encode_clip", no_encoding)
     with pytest.raises(ConfigError, match="annotator 'softedge' names no ControlNet for sd2 models"):
         vedit.edit(clip, tmp_path / "x", control=["softedge"], **{**OPTIONS, "model": "tiny-sd2"})
     sdxl_net = tmp_path / "xl-net"

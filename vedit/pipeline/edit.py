@@ -33,6 +33,7 @@ from .stages import (
     encode_clip,
     given_model,
     invert_latents,
+    load_controlnets,
     load_controls,
     load_model_for,
     pixel_size,
@@ -156,6 +157,7 @@ def _edit(
         mark = time.perf_counter()
         with profiling.stage("load"):
             model, batches, embeds = load_for_edit(config, checked, reporter, sd)
+            controlnets = load_controlnets(model, config, checked)
         given_batch = config.batch_size
         config = config.replace(batch_size=batches.unet)
         stages["load"] = time.perf_counter() - mark
@@ -178,7 +180,7 @@ def _edit(
         forwards.update(used)
         stages["invert"] = time.perf_counter() - mark
     mark = time.perf_counter()
-    controls = load_controls(model, config, checked, frames_sha, reporter)
+    controls = load_controls(model, config, checked, frames_sha, reporter, nets=controlnets)
     checkpoints = checkpoints_for(
         model, config.replace(batch_size=given_batch), checked, frames_sha, inversion, reporter, controls
     )

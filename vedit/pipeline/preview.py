@@ -52,6 +52,7 @@ from .stages import (
     inversion_cache,
     inversion_key,
     invert_latents,
+    load_controlnets,
     load_controls,
     read_ahead,
     reading_batch,
@@ -248,6 +249,7 @@ def preview(
     with read_ahead(clip, reading_batch(config)) as reading:  # reading overlaps loading the model
         mark = time.perf_counter()
         model, batches, embeds = load_for_edit(config, checked, reporter, sd)  # the full run's batch sizes
+        controlnets = load_controlnets(model, config, checked)
         config = config.replace(batch_size=batches.unet)
         stages["load"] = time.perf_counter() - mark
 
@@ -326,7 +328,7 @@ def preview(
 
     # The preview frames' edit: the run's editor, the propagator's preview form, the run's controls.
     mark = time.perf_counter()
-    controls = load_controls(model, config, checked, frames_sha, reporter, frames=chosen)
+    controls = load_controls(model, config, checked, frames_sha, reporter, frames=chosen, nets=controlnets)
     edited, used, steps_run, denoise_engines = edit_latents(
         model, config, dataclasses.replace(checked, propagator=shown), latents, trajectory, embeds,
         _Renamed(reporter, {"denoise": "preview"}), controls=controls,

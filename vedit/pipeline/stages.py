@@ -116,29 +116,18 @@ class Controls:
         return ControlFeed(self.frames, scales, device)
 
 
-def load_controls(
-    model: StableDiffusion,
-    config: RunConfig,
-    checked: Preflight,
-    frames_sha: str,
-    reporter: Reporter,
-    *,
-    frames: list[int] | None = None,
-) -> Controls | None:
-    """The run's ControlNets, loaded and checked against the model, and their control frames (read, or made by
-    the annotators and cached); ``frames``: only those of the run's frames (a preview). None without controls."""
-    sources = getattr(checked, "controls", None) or []
-    if not sources:
-        return None
+def load_controlnets(model: StableDiffusion, config: RunConfig, checked: Preflight) -> list[Any]:
+    """The run's ControlNets (:class:`~vedit.control.controlnets.LoadedControlNet`, one per ``--control``), loaded
+    and checked against the model: called as soon as the model is loaded, so that a ControlNet that does not fit
+    ends the run before any frame is encoded or inverted."""
     from .. import plugins
     from ..control.controlnets import load_controlnet
-    from ..control.frames import control_frames
 
     nets = []
-    for source in sources:
+    for source in getattr(checked, "controls", None) or []:
         spec = source.controlnet
         if spec is None:
-            annotator = plugins.get("annotator", source.annotator)
+            annotator = plugins.get("annotator", source.annotator, config=config)
             spec = annotator.controlnet_for(model.family.name)
             if spec is None:
                 raise ConfigError(
@@ -148,6 +137,29 @@ def load_controls(
                 )
         with profiling.stage("load"):
             nets.append(load_controlnet(spec, model))
+    return nets
+
+
+def load_controls(
+    model: StableDiffusion,
+    config: RunConfig,
+    checked: Preflight,
+    frames_sha: str,
+    reporter: Reporter,
+    *,
+    frames: list[int] | None = None,
+    nets: list[Any] | None = None,
+) -> Controls | None:
+    """The run's controls: its ControlNets (``nets``, else loaded now: :func:`load_controlnets`) and their control
+    frames (read, or made by the annotators and cached); ``frames``: only those of the run's frames (a preview).
+    None without controls."""
+    sources = getattr(checked, "controls", None) or []
+    if not sources:
+        return None
+    from ..control.frames import control_frames
+
+    if nets is None:
+        nets = load_controlnets(model, config, checked)
     made = control_frames(sources, config, checked.clip, frames_sha, reporter, frames=frames)
     digest = hashlib.sha256()
     for source, net, array in zip(sources, nets, made):
