@@ -325,3 +325,17 @@ def test_tree_avi_holds_fewer_frames_than_its_header_claims() -> None:
     pictures = 1 + sum(not np.array_equal(frames[i], frames[i - 1]) for i in range(1, len(frames)))
     assert pictures == 68
     assert frames.std() > 20  # real pictures, not blank frames
+
+
+def test_a_folder_of_16_bit_greyscale_frames_reads_as_their_top_8_bits(tmp_path: Path) -> None:
+    # a depth map's 16-bit ramp: Pillow's own conversion would clip everything above 255 to white
+    ramp = np.tile(np.linspace(0, 65535, 32).astype(np.uint16), (16, 1))
+    for i in range(2):
+        Image.fromarray(ramp).save(tmp_path / f"{i:03d}.png")
+    assert Image.open(tmp_path / "000.png").mode.startswith("I")
+    reader = FrameReader(tmp_path, info=probe(tmp_path))
+    frames = np.concatenate(list(reader.batches(2)))
+    assert frames.shape == (2, 16, 32, 3)
+    expected = (ramp >> 8).astype(np.uint8)
+    for channel in range(3):
+        assert np.array_equal(frames[0, :, :, channel], expected)

@@ -35,6 +35,18 @@ def untagged_matrix(width: int, height: int) -> str:
     return "bt709" if width >= 1280 or height > 576 else "bt601"
 
 
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I")  # how Pillow opens 16-bit greyscale PNGs (depth maps)
+
+
+def _rgb8(image: Image.Image) -> Image.Image:
+    """``image`` as 8-bit RGB. A 16-bit greyscale image keeps its top 8 bits: Pillow's own conversion clips every
+    value above 255 to white, which would flatten a 16-bit depth map to a few dark steps and then white."""
+    if image.mode in SIXTEEN_BIT_MODES:
+        values = np.asarray(image, dtype=np.uint32)
+        image = Image.fromarray((np.clip(values, 0, 65535) >> 8).astype(np.uint8), "L")
+    return image.convert("RGB")
+
+
 class FrameReader:
     """Streams the selected frames of a clip or image folder as uint8 RGB ``(H, W, 3)`` arrays.
 
@@ -215,7 +227,7 @@ class FrameReader:
                             f"{source_size[0]}x{source_size[1]} like the other frames; "
                             "all frames must have the same size"
                         )
-                    image = image.convert("RGB")
+                    image = _rgb8(image)
                     if image.size != self.size:
                         image = image.resize(self.size, Image.Resampling.LANCZOS)
                     frame = np.asarray(image, dtype=np.uint8)
