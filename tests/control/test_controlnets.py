@@ -124,3 +124,25 @@ def test_steps_outside_the_window_run_the_uncontrolled_passes():
     assert [call is not None for call in calls] == [False, True, True, False]
     assert calls[1].images[0].shape == (4, 3, 8, 8)  # the plain pass: one image per row, both branches
     assert calls[1].scales.tolist() == pytest.approx([0.7])
+
+
+def test_a_model_used_run_after_run_keeps_the_last_runs_controlnets_while_they_are_unchanged(sd, tmp_path):
+    import os
+    from types import SimpleNamespace
+
+    from vedit.config import RunConfig
+    from vedit.control.sources import ControlSource
+    from vedit.pipeline.stages import load_controlnets
+
+    random_controlnet(sd.unet, seed=7).save_pretrained(tmp_path / "cn")
+    folder = ControlSource("a.mp4", 1.0, None, "a.mp4", str(tmp_path / "cn"))
+    seeded = ControlSource("b.mp4", 1.0, None, "b.mp4", "random@1")
+    config = RunConfig(prompt="x")
+    first = load_controlnets(sd, config, SimpleNamespace(controls=[folder, seeded]))
+    again = load_controlnets(sd, config, SimpleNamespace(controls=[folder, seeded]))
+    assert again[0] is first[0] and again[1] is first[1]  # neither loaded nor hashed again
+    weights = next((tmp_path / "cn").glob("*.safetensors"))
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    (changed,) = load_controlnets(sd, config, SimpleNamespace(controls=[folder]))
+    assert changed is not first[0] and changed.fingerprint == first[0].fingerprint  # read again: same bytes
+    assert list(sd.last_controlnets.values()) == [changed]  # the ControlNets no longer used are let go

@@ -55,6 +55,19 @@ def load_controlnet(spec: str, model: Any, *, warn: Any = None) -> LoadedControl
     return LoadedControlNet(module, spec, f"sha256:{digest.hexdigest()}")
 
 
+def controlnet_identity(spec: str) -> tuple[str, ...]:
+    """What tells whether a loaded ControlNet is still the one ``spec`` names: ``random@N`` itself, a folder by its
+    files' names, sizes and times of change, a hub id by itself (its cached snapshot does not change)."""
+    path = Path(spec).expanduser()
+    if not RANDOM.match(spec) and path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+        return (
+            str(path.resolve()),
+            *(f"{p.relative_to(path)}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files),
+        )
+    return (spec,)
+
+
 def random_controlnet(unet: Any, *, seed: int = 0, vae_scale: int = 8) -> Any:
     """A ControlNet made from ``unet`` (its encoder's weights copied, as ControlNet training starts), whose
     zero-initialised convolutions get random weights drawn from ``seed``, so that it acts: for tests and
@@ -153,4 +166,4 @@ def _normal(value: Any) -> Any:
     return list(value) if isinstance(value, (list, tuple)) else value
 
 
-__all__ = ["LoadedControlNet", "check_fits", "load_controlnet", "random_controlnet"]
+__all__ = ["LoadedControlNet", "check_fits", "controlnet_identity", "load_controlnet", "random_controlnet"]

@@ -47,6 +47,8 @@ class StableDiffusion:
     force_zeros_for_empty_prompt: bool = field(default=True, repr=False)
     # Multi-vector embeddings' tokens (vedit.model.adapters): "<cat>" → ["<cat>", "<cat>_1", "<cat>_2"].
     embedding_tokens: dict[str, list[str]] = field(default_factory=dict, repr=False)
+    # The last run's ControlNets by identity (vedit.pipeline.stages.load_controlnets), for a model used run after run.
+    last_controlnets: dict[Any, Any] = field(default_factory=dict, repr=False)
 
     @cached_property
     def family(self) -> ModelFamily:

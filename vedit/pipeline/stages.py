@@ -119,10 +119,16 @@ class Controls:
 def load_controlnets(model: StableDiffusion, config: RunConfig, checked: Preflight) -> list[Any]:
     """The run's ControlNets (:class:`~vedit.control.controlnets.LoadedControlNet`, one per ``--control``), loaded
     and checked against the model: called as soon as the model is loaded, so that a ControlNet that does not fit
-    ends the run before any frame is encoded or inverted."""
-    from .. import plugins
-    from ..control.controlnets import load_controlnet
+    ends the run before any frame is encoded or inverted.
 
+    A model used for edit after edit (``vedit batch``'s workers) keeps the last run's ControlNets: the next run
+    takes those it names again, unchanged on disk (:func:`~vedit.control.controlnets.controlnet_identity`), instead
+    of loading and hashing them again, and lets the others go."""
+    from .. import plugins
+    from ..control.controlnets import controlnet_identity, load_controlnet
+
+    kept = model.last_controlnets
+    used: dict[Any, Any] = {}
     nets = []
     for source in getattr(checked, "controls", None) or []:
         spec = source.controlnet
@@ -135,8 +141,12 @@ def load_controlnets(model: StableDiffusion, config: RunConfig, checked: Preflig
                     f"for {model.family.name} models: pass "
                     f"{option_value('controlnet', 'ID_OR_PATH', placeholder=True)} in the same position"
                 )
-        with profiling.stage("load"):
-            nets.append(load_controlnet(spec, model))
+        identity = controlnet_identity(spec)
+        if identity not in used:
+            with profiling.stage("load"):
+                used[identity] = kept.get(identity) or load_controlnet(spec, model)
+        nets.append(used[identity])
+    model.last_controlnets = used
     return nets
 
 
