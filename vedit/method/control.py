@@ -3,7 +3,8 @@
 A run with controls runs each pass ``P`` as :class:`ControlledPass` (P's module and the ControlNets in one
 module): its inputs are P's, then one control image batch per ControlNet, ``control_0 … control_{m−1}``
 (frames, 3, H, W) in [0, 1] at the pixel size, then ``control_scales`` (m,), each ControlNet's scale at this
-step (0 outside ``--control-start``/``--control-end``). Inside the UNet call the ControlNets see the rows of
+step (a step outside ``--control-start``/``--control-end`` runs the uncontrolled pass instead: :class:`ControlFeed`).
+Inside the UNet call (:func:`vedit.method.unet.residuals`) the ControlNets see the rows of
 the branches that denoise the edit (uncond and cond; for ``plain`` every row) with their text, and their
 residuals, scaled and summed, are added to the UNet's skip connections and middle block. The source branch
 gets none: its latents are the inversion's, made by the UNet without control, and what PnP injects and

@@ -5,7 +5,8 @@ Every ``attn1`` of every transformer block gets a processor that hands its input
 attention, TokenFlow's propagation, or a plugin's own). The editor's conv-injection layers
 get their ``conv2`` wrapped so the residual branch of the uncond and cond branches can be
 replaced by the source branch's. What acts in a call is described by a :class:`CallContext`
-given with it; no state survives between calls except what a handler keeps itself.
+given with it; no state survives between calls except what a handler keeps itself. A call given control inputs
+also runs the run's ControlNets and adds their residuals (:func:`residuals`, :mod:`vedit.method.control`).
 
 Batches are laid out branch-major: ``[source × n, uncond × n, cond × n]`` (or without the
 source branch when no one needs it).
