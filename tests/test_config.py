@@ -96,3 +96,23 @@ def test_loras_and_embeddings_are_lists_whose_files_are_relative_to_the_file_tha
         load_config(tmp_path / "bad.toml")
     expected = f"{tmp_path / 'bad.toml'}: option 'embedding' must not hold an empty item, got ['toy.pt', '']"
     assert str(error.value) == expected
+
+
+def test_an_item_with_a_scale_splits_at_its_last_colon_and_checks_the_scale(tmp_path):
+    import pytest
+
+    from vedit.config import path_and_scale
+    from vedit.errors import ConfigError
+
+    assert path_and_scale("canny:0.5", "--control canny:0.5", 0.0, 10.0) == ("canny", 0.5)
+    assert path_and_scale("canny", "--control canny") == ("canny", None)
+    assert path_and_scale(r"C:\loras\a.safetensors", "x") == (r"C:\loras\a.safetensors", None)
+    named = tmp_path / "take:2.mp4"  # a file whose own name holds a colon is one whole item
+    named.write_bytes(b"")
+    assert path_and_scale(str(named), "x") == (str(named), None)
+    with pytest.raises(ConfigError, match=r"^--control canny:x: the scale after the colon must be a number, got 'x'$"):
+        path_and_scale("canny:x", "--control canny:x")
+    with pytest.raises(ConfigError, match=r"^--control canny:20: the scale must be between 0 and 10, got 20$"):
+        path_and_scale("canny:20", "--control canny:20", 0.0, 10.0)
+    with pytest.raises(ConfigError, match="the scale must be a finite number, got nan"):
+        path_and_scale("a.safetensors:nan", "lora")

@@ -525,6 +525,24 @@ def path_and_suffix(item: str) -> tuple[str, str | None]:
     return head, tail
 
 
+def path_and_scale(
+    item: str, where: str, low: float | None = None, high: float | None = None
+) -> tuple[str, float | None]:
+    """An item of a list, ``PATH_OR_NAME[:SCALE]`` (``style.safetensors:0.8``, ``canny:0.5``), split as
+    :func:`path_and_suffix` splits it, the scale checked against the bounds (one-line ConfigErrors naming
+    ``where``); None when there is no scale. An existing file whose own name holds a colon is one whole item."""
+    head, suffix = path_and_suffix(item)
+    if suffix is None:
+        return head, None
+    try:
+        value = float(suffix)
+    except ValueError:
+        if Path(item).expanduser().exists():
+            return item, None
+        raise ConfigError(f"{where}: the scale after the colon must be a number, got {suffix!r}") from None
+    return head, check_number(value, f"{where}: the scale", low, high)
+
+
 def _absolute_item(item: str, base: Path, folder_or_id: bool) -> str:
     """An item of a list of files made absolute from ``base``; with ``folder_or_id``, only when it names a file
     there (else it is a hub id, ``owner/name/FILE.safetensors`` included, and stays as it is)."""
@@ -656,6 +674,7 @@ __all__ = [
     "merge",
     "absolute_path",
     "path_and_suffix",
+    "path_and_scale",
     "paths_from",
     "given_names",
     "read_config_file",

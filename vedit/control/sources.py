@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ..config import path_and_suffix
+from ..config import path_and_scale
 from ..errors import ConfigError, InputError
 from ..options import Options as PluginOptions
-from ..options import check_number, option, option_label, option_value
+from ..options import option, option_label, option_value
 
 MAX_SCALE = 10.0  # a ControlNet's conditioning scale: diffusers' pipelines use 0–2; past 10 nothing of the edit is left
 
@@ -83,14 +83,6 @@ class ControlSource:
         return self.annotator or Path(self.path or self.text).name
 
 
-def parse_scale(text: str, where: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise ConfigError(f"{where}: the scale after the colon must be a number, got {text!r}") from None
-    return check_number(value, f"{where}'s scale", 0.0, MAX_SCALE)
-
-
 def control_sources(
     controls: Sequence[str], controlnets: Sequence[str], annotators: Mapping[str, Any]
 ) -> list[ControlSource]:
@@ -106,10 +98,8 @@ def control_sources(
     sources = []
     for position, text in enumerate(controls):
         where = option_value("control", text)
-        head, suffix = path_and_suffix(text)
-        if suffix is not None and not _is_number(suffix) and Path(text).exists():
-            head, suffix = text, None  # a path whose name holds a colon
-        scale = 1.0 if suffix is None else parse_scale(suffix, where)
+        head, given = path_and_scale(text, where, 0.0, MAX_SCALE)
+        scale = 1.0 if given is None else given
         controlnet = controlnets[position] if position < len(controlnets) else None
         if head in annotators:
             sources.append(ControlSource(text, scale, head, None, controlnet))
@@ -125,14 +115,6 @@ def control_sources(
             raise ConfigError(f"{where}: a control clip needs its ControlNet: pass {given} in the same position")
         sources.append(ControlSource(text, scale, None, str(path), controlnet))
     return sources
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 def check_window(start: float, end: float) -> None:
@@ -155,4 +137,4 @@ def step_scales(steps: int, scales: Sequence[float], start: float, end: float) -
     return rows
 
 
-__all__ = ["Annotator", "ControlSource", "check_window", "control_sources", "parse_scale", "step_scales"]
+__all__ = ["Annotator", "ControlSource", "check_window", "control_sources", "step_scales"]

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..cache.checksums import file_sha256
-from ..config import option_label, path_and_suffix
+from ..config import option_label, path_and_scale, path_and_suffix
 from ..errors import ConfigError, ModelError
 from .single_file import first_line
 from .stable_diffusion import expand_prompt
@@ -65,18 +65,8 @@ class EmbeddingSpec:
 
 def parse_lora(text: str) -> LoraSpec:
     """``FILE_OR_ID[:SCALE]`` → its source and scale (1 when not given); a scale that is not a number is one line."""
-    source, scale = path_and_suffix(text.strip())
-    if scale is None:
-        return LoraSpec(source, 1.0)
-    try:
-        value = float(scale)
-    except ValueError:
-        raise ConfigError(
-            f"{option_label('lora')} {text!r}: the scale after the colon must be a number, got {scale!r}"
-        ) from None
-    if value != value or value in (float("inf"), float("-inf")):
-        raise ConfigError(f"{option_label('lora')} {text!r}: the scale must be a finite number, got {scale!r}")
-    return LoraSpec(source, value)
+    source, scale = path_and_scale(text.strip(), f"{option_label('lora')} {text!r}")
+    return LoraSpec(source, 1.0 if scale is None else scale)
 
 
 def parse_embedding(text: str) -> EmbeddingSpec:
