@@ -146,3 +146,20 @@ def test_a_model_used_run_after_run_keeps_the_last_runs_controlnets_while_they_a
     (changed,) = load_controlnets(sd, config, SimpleNamespace(controls=[folder]))
     assert changed is not first[0] and changed.fingerprint == first[0].fingerprint  # read again: same bytes
     assert list(sd.last_controlnets.values()) == [changed]  # the ControlNets no longer used are let go
+
+
+def test_the_controls_digest_follows_the_frames_scales_weights_and_window():
+    from types import SimpleNamespace
+
+    from vedit.pipeline.stages import Controls
+
+    frames = np.zeros((3, 8, 8, 3), dtype=np.uint8)
+    source, net = SimpleNamespace(scale=0.5), SimpleNamespace(fingerprint="sha256:a")
+    digest = Controls([source], [net], [frames], (0.0, 1.0)).digest
+    assert Controls([source], [net], [frames.copy()], (0.0, 1.0)).digest == digest
+    changed = frames.copy()
+    changed[2, 7, 7, 1] = 1
+    assert Controls([source], [net], [changed], (0.0, 1.0)).digest != digest
+    assert Controls([SimpleNamespace(scale=0.6)], [net], [frames], (0.0, 1.0)).digest != digest
+    assert Controls([source], [SimpleNamespace(fingerprint="sha256:b")], [frames], (0.0, 1.0)).digest != digest
+    assert Controls([source], [net], [frames], (0.0, 0.8)).digest != digest

@@ -101,9 +101,6 @@ class ControlFeed:
             torch.tensor(scales, dtype=torch.float32).reshape(len(scales), len(self.frames)), device
         )
 
-    def __len__(self) -> int:
-        return len(self.frames)
-
     def acts(self, step: int) -> bool:
         """Whether any control acts at step index ``step`` (known on the host: no device wait)."""
         return self._acting[step]

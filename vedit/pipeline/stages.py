@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -96,7 +97,19 @@ class Controls:
     sources: list[Any]  # vedit.control.sources.ControlSource, as --control gave them
     nets: list[Any]  # vedit.control.controlnets.LoadedControlNet, paired with the sources
     frames: list[Any]  # (N, H, W, 3) uint8 arrays, one per source
-    digest: str  # the frames, weights, scales and window: what checkpoint keys cover of the controls
+    window: tuple[float, float]  # --control-start, --control-end
+
+    @cached_property
+    def digest(self) -> str:
+        """The frames, weights, scales and window: what checkpoint keys cover of the controls. Made when asked
+        (a run that keeps checkpoints), since it reads every control frame."""
+        digest = hashlib.sha256()
+        for source, net, array in zip(self.sources, self.nets, self.frames):
+            digest.update(f"{source.scale}\0{net.fingerprint}\0{array.shape}\n".encode())
+            for start in range(0, len(array), 64):  # memory-mapped frames are read a few at a time
+                digest.update(np.ascontiguousarray(array[start : start + 64]).tobytes())
+        digest.update(f"{self.window[0]}\0{self.window[1]}".encode())
+        return digest.hexdigest()
 
     def described(self, config: RunConfig) -> list[str]:
         """Each control as the run's summary names it: ``canny ×0.8 via ID, steps 0–0.8``."""
@@ -171,13 +184,7 @@ def load_controls(
     if nets is None:
         nets = load_controlnets(model, config, checked)
     made = control_frames(sources, config, checked.clip, frames_sha, reporter, frames=frames)
-    digest = hashlib.sha256()
-    for source, net, array in zip(sources, nets, made):
-        digest.update(f"{source.scale}\0{net.fingerprint}\0{array.shape}\n".encode())
-        for start in range(0, len(array), 64):  # memory-mapped frames are read a few at a time
-            digest.update(np.ascontiguousarray(array[start : start + 64]).tobytes())
-    digest.update(f"{config.control_start}\0{config.control_end}".encode())
-    return Controls(list(sources), nets, list(made), digest.hexdigest())
+    return Controls(list(sources), nets, list(made), (config.control_start, config.control_end))
 
 
 def pixel_size(clip: Clip) -> tuple[int, int]:
