@@ -251,7 +251,8 @@ def test_an_unreadable_control_file_is_one_line(clip, tmp_path):
     with pytest.raises(InputError) as error:
         check_controls(config, opened_clip)
     assert str(error.value) == (
-        f"{text}: not a readable video; give a video file (mp4, mov, mkv, avi, webm...) or a folder of frames"
+        f"control={str(text)!r}: {text}: not a readable video; give a video file (mp4, mov, mkv, avi, webm...) or a "
+        "folder of frames"
     )
 
 

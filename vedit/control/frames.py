@@ -68,7 +68,10 @@ def _annotator(source: ControlSource, config: RunConfig) -> Annotator:
 
 def _check_control_clip(source: ControlSource, config: RunConfig, clip: Clip, reporter: Reporter) -> None:
     where = option_value("control", source.text)
-    info = probe(source.path or "")
+    try:
+        info = probe(source.path or "")
+    except InputError as error:  # the probe's own line, said to be about the control clip
+        raise InputError(f"{where}: {error}") from None
     reader = clip.reader.matching(source.path, info=info)
     if len(reader) != len(clip.reader):
         selection = [
